@@ -1,0 +1,230 @@
+//! A small HTTP service that stands in for "the user's application" in cutover's
+//! tests, benchmarks and demo. It reports which version/slot answered, can be told
+//! to misbehave (errors, latency, failing readiness, crashing) and exposes the
+//! awkward kinds of traffic a proxy must carry (SSE, WebSocket, large bodies).
+
+mod app;
+
+use std::future::IntoFuture;
+use std::io::{IsTerminal, Read, Write};
+use std::num::NonZeroUsize;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use axum::serve::ListenerExt;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::app::{App, Faults};
+
+/// Exit code used by `--crash-after-secs`, distinct from clap's 2 and anyhow's 1 so
+/// tests can tell a simulated crash from a usage error.
+const CRASH_EXIT_CODE: i32 = 3;
+
+/// Everything the example app can be told on its command line.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Options {
+    /// Address to bind.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+
+    /// Port to bind; 0 picks a free one (printed on stdout).
+    #[arg(long, env = "PORT", default_value_t = 0)]
+    port: u16,
+
+    /// Version reported in responses and the `x-app-version` header.
+    #[arg(long, env = "CUTOVER_VERSION", default_value = "dev")]
+    version_label: String,
+
+    /// Deployment slot reported in `/` (e.g. "blue" / "green").
+    #[arg(long, env = "CUTOVER_SLOT", default_value = "")]
+    slot: String,
+
+    /// Application name reported in `/`.
+    #[arg(long, env = "CUTOVER_APP", default_value = "example")]
+    app: String,
+
+    /// Tokio worker threads (default: one per core).
+    #[arg(long, value_name = "N")]
+    threads: Option<NonZeroUsize>,
+
+    /// Share (0..=1) of `/` and `/api/*` requests answered with 500.
+    #[arg(long, value_name = "F", default_value_t = 0.0, value_parser = parse_rate)]
+    error_rate: f64,
+
+    /// Fixed delay added to `/` and `/api/*`.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    latency_ms: u64,
+
+    /// Uniform random extra delay in 0..=MS added to `/` and `/api/*`.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    latency_jitter_ms: u64,
+
+    /// Share (0..=1) of `/` and `/api/*` requests that get `--slow-ms` extra delay.
+    #[arg(long, value_name = "F", default_value_t = 0.0, value_parser = parse_rate)]
+    slow_rate: f64,
+
+    /// Extra delay for the requests picked by `--slow-rate`.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    slow_ms: u64,
+
+    /// Make `/health/ready` always answer 503.
+    #[arg(long)]
+    fail_ready: bool,
+
+    /// Exit with code 3 this many seconds after start, simulating a crash.
+    #[arg(long, value_name = "SECS")]
+    crash_after_secs: Option<u64>,
+
+    /// On SIGTERM/SIGINT, how long to wait for in-flight requests before exiting anyway.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    drain_timeout_secs: u64,
+
+    /// Exit when stdin reaches EOF. Test harnesses hold a pipe to stdin so the app dies
+    /// with them even when they are killed without a chance to clean up.
+    #[arg(long)]
+    exit_on_stdin_close: bool,
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("not a number: {e}"))?;
+    if !(0.0..=1.0).contains(&v) {
+        return Err(format!("must be between 0 and 1, got {v}"));
+    }
+    Ok(v)
+}
+
+/// Runs the app until SIGTERM or SIGINT; the exit code to end the process with.
+pub fn run(cli: Options) -> Result<ExitCode> {
+    if cli.slow_rate > 0.0 && cli.slow_ms == 0 {
+        bail!(
+            "--slow-rate {} has no effect without --slow-ms > 0",
+            cli.slow_rate
+        );
+    }
+
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        // Tests capture stderr into log files, where colour codes are noise.
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .try_init()
+        .ok();
+
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(n) = cli.threads {
+        builder.worker_threads(n.get());
+    }
+    let runtime = builder.build().context("building the tokio runtime")?;
+    let result = runtime.block_on(serve(cli));
+    // Streams still open after the drain timeout must not keep the process alive.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result.map(|()| ExitCode::SUCCESS)
+}
+
+async fn serve(cli: Options) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind((cli.host.as_str(), cli.port))
+        .await
+        .with_context(|| format!("binding {}:{}", cli.host, cli.port))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+
+    let faults = Faults {
+        error_rate: cli.error_rate,
+        latency_ms: cli.latency_ms,
+        jitter_ms: cli.latency_jitter_ms,
+        slow_rate: cli.slow_rate,
+        slow_ms: cli.slow_ms,
+    };
+    // The state lives as long as the process; leaking it makes `State` a plain
+    // reference, so the hot path does no reference counting.
+    let app: &'static App = Box::leak(Box::new(App::new(
+        &cli.app,
+        &cli.version_label,
+        &cli.slot,
+        addr.port(),
+        faults,
+        cli.fail_ready,
+    )?));
+
+    // Installed before announcing readiness: a supervisor may send SIGTERM the moment
+    // it reads the line below, and the default action would kill us with no exit code.
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+
+    if let Some(secs) = cli.crash_after_secs {
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            tracing::error!(after_secs = secs, "simulated crash (--crash-after-secs)");
+            std::process::exit(CRASH_EXIT_CODE);
+        });
+    }
+    if cli.exit_on_stdin_close {
+        std::thread::spawn(exit_when_stdin_closes);
+    }
+
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "cutover-example-app listening on http://{addr} version={}",
+            cli.version_label
+        )?;
+        out.flush()?;
+    }
+    tracing::info!(%addr, version = %cli.version_label, slot = %cli.slot, "serving");
+
+    let listener = listener.tap_io(|tcp| {
+        // Small request/response exchanges; Nagle would only add latency.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("set_nodelay failed: {e}");
+        }
+    });
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, app::router(app))
+        .with_graceful_shutdown(async {
+            let _ = drain_rx.await;
+        })
+        .into_future();
+    let mut server = std::pin::pin!(server);
+
+    let signal_name = tokio::select! {
+        res = &mut server => {
+            res.context("serving")?;
+            bail!("server stopped without being asked to");
+        }
+        _ = sigterm.recv() => "SIGTERM",
+        _ = sigint.recv() => "SIGINT",
+    };
+    tracing::info!("{signal_name} received, draining in-flight requests");
+    let _ = drain_tx.send(());
+
+    let drain_timeout = Duration::from_secs(cli.drain_timeout_secs);
+    match tokio::time::timeout(drain_timeout, server).await {
+        Ok(res) => res.context("serving while draining")?,
+        Err(_) => tracing::warn!(
+            ?drain_timeout,
+            "drain timeout passed, exiting with requests in flight"
+        ),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn exit_when_stdin_closes() {
+    let mut stdin = std::io::stdin().lock();
+    let mut buf = [0u8; 256];
+    loop {
+        match stdin.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    tracing::warn!("stdin closed (--exit-on-stdin-close), exiting");
+    std::process::exit(0);
+}

@@ -1,0 +1,591 @@
+//! The request path: who is the user, which slot, which backend, and the exchange itself.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cutover_core::{Bucket, Slot};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{pick, ActivePool, AppProxy};
+use crate::backend::{Backend, Sender};
+use crate::body::{BodyTooLarge, InFlight, ProxyBody, UpstreamRequestBody};
+use crate::config::{Forced, ListenerKind, ProxySettings};
+
+/// Where a request came from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Origin {
+    pub peer: SocketAddr,
+    pub kind: ListenerKind,
+    pub tls: bool,
+}
+
+/// Header names parsed once from the settings.
+#[derive(Debug, Clone)]
+pub(crate) struct HeaderNames {
+    pub user_key: Option<HeaderName>,
+    pub preview: HeaderName,
+}
+
+impl HeaderNames {
+    pub(crate) fn from_settings(settings: &ProxySettings) -> Self {
+        HeaderNames {
+            user_key: settings
+                .sticky
+                .user_key_header
+                .as_deref()
+                .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
+            preview: HeaderName::from_bytes(settings.preview.header.as_bytes())
+                .unwrap_or(HeaderName::from_static("x-cutover-preview")),
+        }
+    }
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+pub(crate) async fn handle(
+    app: Arc<AppProxy>,
+    req: Request<Incoming>,
+    origin: Origin,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    let mut req = req;
+    let (bucket, issued_key) = user_bucket(&app, req.headers());
+    let forced = match origin.kind {
+        ListenerKind::Preview => Some(Forced::PreviewListener),
+        ListenerKind::Public => preview_override(&app, req.headers_mut()).map(Forced::PreviewHeader),
+    };
+    let mut response = route(&app, req, origin, bucket, forced, started).await;
+    if let Some(key) = issued_key {
+        if let Ok(value) = HeaderValue::from_str(&bucket_cookie(&app.settings, &key, origin.tls)) {
+            response.headers_mut().append(header::SET_COOKIE, value);
+        }
+    }
+    Ok(response)
+}
+
+async fn route(
+    app: &Arc<AppProxy>,
+    req: Request<Incoming>,
+    origin: Origin,
+    bucket: Bucket,
+    forced: Option<Forced>,
+    started: Instant,
+) -> Response<ProxyBody> {
+    let table = app.table();
+    let slot = match forced {
+        Some(Forced::PreviewListener) => table.route.canary(),
+        Some(Forced::PreviewHeader(slot)) => slot,
+        None => table.route.slot_for(bucket),
+    };
+    let mut pool = table.pool(slot);
+    if forced.is_none() && !pool.backends.iter().any(|b| b.is_available()) {
+        // Better a user on the other slot than an error: stickiness bends, availability does not.
+        let other = table.pool(slot.other());
+        if other.backends.iter().any(|b| b.is_available()) {
+            pool = other;
+        }
+    }
+
+    let limit = app.settings.max_request_body_bytes;
+    if let Some(len) = content_length(req.headers()) {
+        if len > limit {
+            return local(
+                app,
+                Some(pool),
+                started,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("request body of {len} bytes exceeds the limit of {limit} bytes"),
+            );
+        }
+    }
+
+    let (mut parts, body) = req.into_parts();
+    let client_upgrade = if is_upgrade_request(&parts.headers) && parts.version == Version::HTTP_11 {
+        parts.extensions.remove::<OnUpgrade>()
+    } else {
+        None
+    };
+    if let Err(reason) = prepare_upstream_request(&mut parts, origin, client_upgrade.is_some()) {
+        return local(app, Some(pool), started, StatusCode::BAD_REQUEST, &reason);
+    }
+    let mut upstream_req = Request::from_parts(
+        parts,
+        UpstreamRequestBody::client(body, limit, Arc::clone(&pool.metrics)),
+    );
+
+    let mut excluded = 0u64;
+    let mut failed_connects = 0u32;
+    loop {
+        let Some((index, backend)) = pick(&pool.backends, excluded) else {
+            let reason = if failed_connects > 0 {
+                format!(
+                    "could not connect to any backend of slot {} ({failed_connects} tried)",
+                    pool.slot
+                )
+            } else if pool.backends.is_empty() {
+                format!("slot {} has no backends", pool.slot)
+            } else {
+                format!("no healthy backend in slot {}", pool.slot)
+            };
+            let status = if failed_connects > 0 {
+                StatusCode::BAD_GATEWAY
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            return local(app, Some(pool), started, status, &reason);
+        };
+        let in_flight = InFlight::start(Arc::clone(backend), Arc::clone(&pool.metrics));
+        let stop = backend.stop_token();
+        match exchange(backend, upstream_req, &app.settings, &stop).await {
+            Ok((response, sender)) => {
+                backend.record_connect_success();
+                return respond(
+                    app,
+                    pool,
+                    response,
+                    sender,
+                    in_flight,
+                    stop,
+                    client_upgrade,
+                    started,
+                );
+            }
+            Err(ExchangeError::NotSent { request, cause }) => {
+                upstream_req = request;
+                let ejected_for = backend.record_connect_failure(
+                    Duration::from_millis(app.settings.eject_base_ms),
+                    Duration::from_millis(app.settings.eject_max_ms),
+                );
+                pool.metrics.connect_failed();
+                tracing::warn!(app = %app.name, slot = %pool.slot, backend = %backend.addr,
+                    cause = %cause, ejected_ms = ejected_for.as_millis() as u64,
+                    "could not reach backend; ejected, trying another");
+                drop(in_flight);
+                failed_connects += 1;
+                if index < 64 {
+                    excluded |= 1 << index;
+                }
+                if failed_connects > app.settings.connect_retries {
+                    return local(app, Some(pool), started, StatusCode::BAD_GATEWAY,
+                        &format!("could not connect to a backend of slot {} after {failed_connects} attempts; last: {cause}", pool.slot));
+                }
+                pool.metrics.retried();
+            }
+            Err(ExchangeError::Timeout) => {
+                let ms = app.settings.response_timeout_ms;
+                return local(
+                    app,
+                    Some(pool),
+                    started,
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &format!(
+                        "backend {} of slot {} did not start its response within {ms} ms",
+                        backend.addr, pool.slot
+                    ),
+                );
+            }
+            Err(ExchangeError::Cut) => {
+                return local(
+                    app,
+                    Some(pool),
+                    started,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("slot {} lost its traffic and its drain timeout passed", pool.slot),
+                );
+            }
+            Err(ExchangeError::Failed(e)) => {
+                if error_chain_has::<BodyTooLarge>(&e) {
+                    return local(
+                        app,
+                        Some(pool),
+                        started,
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        &format!("request body exceeds the limit of {limit} bytes"),
+                    );
+                }
+                // The request reached the backend; replaying it could run it twice.
+                return local(
+                    app,
+                    Some(pool),
+                    started,
+                    StatusCode::BAD_GATEWAY,
+                    &format!(
+                        "backend {} of slot {} failed after the request was sent (not retried): {}",
+                        backend.addr,
+                        pool.slot,
+                        error_chain(&e)
+                    ),
+                );
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn respond(
+    app: &Arc<AppProxy>,
+    pool: &ActivePool,
+    mut response: Response<Incoming>,
+    sender: Sender,
+    mut in_flight: InFlight,
+    stop: CancellationToken,
+    client_upgrade: Option<OnUpgrade>,
+    started: Instant,
+) -> Response<ProxyBody> {
+    let status = response.status();
+    pool.metrics.record(status.as_u16(), started.elapsed());
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            let app_name = app.name.clone();
+            tokio::spawn(async move {
+                // The tunnel owns the in-flight claim: a WebSocket counts as a request until it closes.
+                let _in_flight = in_flight;
+                let _sender = sender;
+                let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        tracing::warn!(app = %app_name, error = %e, "protocol upgrade failed");
+                        return;
+                    }
+                };
+                let mut client = TokioIo::new(client);
+                let mut upstream = TokioIo::new(upstream);
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+                    _ = stop.cancelled() => {}
+                }
+            });
+            let (parts, _) = response.into_parts();
+            return Response::from_parts(parts, ProxyBody::empty());
+        }
+    }
+    in_flight.connection = Some(sender);
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    Response::from_parts(
+        parts,
+        ProxyBody::upstream(body, in_flight, stop.cancelled_owned()),
+    )
+}
+
+pub(crate) enum ExchangeError {
+    /// Nothing reached the backend; the request comes back for another try.
+    NotSent {
+        request: Request<UpstreamRequestBody>,
+        cause: String,
+    },
+    Timeout,
+    Cut,
+    Failed(hyper::Error),
+}
+
+/// One request on one backend: a warm connection if there is one, a new one otherwise. A pooled
+/// connection that turns out closed is replaced without counting as a failure, since the request
+/// never left.
+async fn exchange(
+    backend: &Backend,
+    request: Request<UpstreamRequestBody>,
+    settings: &ProxySettings,
+    stop: &CancellationToken,
+) -> Result<(Response<Incoming>, Sender), ExchangeError> {
+    let mut request = request;
+    let mut last_cause = String::new();
+    for _ in 0..3 {
+        let mut sender = match backend.take_idle(settings.upstream_idle_timeout()) {
+            Some(s) => s,
+            None => match connect(backend.addr, settings.connect_timeout()).await {
+                Ok(s) => s,
+                Err(cause) => return Err(ExchangeError::NotSent { request, cause }),
+            },
+        };
+        if let Err(e) = sender.ready().await {
+            last_cause = format!("connection closed before use: {e}");
+            continue;
+        }
+        let send = tokio::time::timeout(settings.response_timeout(), sender.try_send_request(request));
+        let result = tokio::select! {
+            r = send => r,
+            _ = stop.cancelled() => return Err(ExchangeError::Cut),
+        };
+        match result {
+            Err(_) => return Err(ExchangeError::Timeout),
+            Ok(Ok(response)) => return Ok((response, sender)),
+            Ok(Err(mut e)) => match e.take_message() {
+                Some(r) => {
+                    request = r;
+                    last_cause = format!("connection closed before the request was sent: {}", e.error());
+                }
+                None => return Err(ExchangeError::Failed(e.into_error())),
+            },
+        }
+    }
+    Err(ExchangeError::NotSent {
+        request,
+        cause: last_cause,
+    })
+}
+
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Sender, String> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(format!("connect to {addr}: {e}")),
+        Err(_) => {
+            return Err(format!(
+                "connect to {addr}: no answer within {} ms",
+                timeout.as_millis()
+            ))
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake::<_, UpstreamRequestBody>(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake with {addr}: {e}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(backend = %addr, error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+/// Rewrites a client's request into the one the backend gets: origin-form URI, HTTP/1.1, no
+/// hop-by-hop headers, and the X-Forwarded-* trio.
+fn prepare_upstream_request(
+    parts: &mut http::request::Parts,
+    origin: Origin,
+    upgrade: bool,
+) -> Result<(), String> {
+    let host = match parts.headers.get(header::HOST) {
+        Some(h) => Some(h.clone()),
+        None => parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
+    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    parts.uri = Uri::try_from(path).map_err(|e| format!("invalid request target {path:?}: {e}"))?;
+    parts.version = Version::HTTP_11;
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    if let Some(host) = host {
+        parts.headers.insert(X_FORWARDED_HOST, host.clone());
+        parts.headers.insert(header::HOST, host);
+    }
+    let ip = origin.peer.ip().to_string();
+    let forwarded_for = match parts.headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+        parts.headers.insert(X_FORWARDED_FOR, v);
+    }
+    parts.headers.insert(
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(if origin.tls { "https" } else { "http" }),
+    );
+    Ok(())
+}
+
+/// Removes the headers that describe one connection rather than the message (RFC 9110 §7.6.1),
+/// including any named in `Connection`. An upgrade keeps `Connection: upgrade` and `Upgrade`.
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if !(keep_upgrade && name == header::UPGRADE) {
+            headers.remove(name);
+        }
+    }
+    for name in [
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove(header::CONNECTION);
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The user's bucket, and the key of a bucket cookie to issue when the client carried no key.
+fn user_bucket(app: &AppProxy, headers: &HeaderMap) -> (Bucket, Option<String>) {
+    if let Some(name) = &app.names.user_key {
+        if let Some(v) = headers.get(name) {
+            if !v.is_empty() {
+                return (app.bucketer.bucket(v.as_bytes()), None);
+            }
+        }
+    }
+    let sticky = &app.settings.sticky;
+    if let Some(name) = &sticky.user_key_cookie {
+        if let Some(v) = cookie(headers, name) {
+            return (app.bucketer.bucket(v.as_bytes()), None);
+        }
+    }
+    if let Some(v) = cookie(headers, &sticky.bucket_cookie) {
+        return (app.bucketer.bucket(v.as_bytes()), None);
+    }
+    let key = format!("{:032x}", rand::random::<u128>());
+    (app.bucketer.bucket(key.as_bytes()), Some(key))
+}
+
+/// Value of the first non-empty cookie `name` in the request's `Cookie` headers.
+pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, v)| *k == name && !v.is_empty())
+        .map(|(_, v)| v.trim_matches('"'))
+}
+
+fn bucket_cookie(settings: &ProxySettings, key: &str, tls: bool) -> String {
+    let sticky = &settings.sticky;
+    let secure = if tls || sticky.bucket_cookie_secure {
+        "; Secure"
+    } else {
+        ""
+    };
+    format!(
+        "{}={key}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
+        sticky.bucket_cookie, sticky.bucket_cookie_max_age_secs
+    )
+}
+
+/// The slot named by a valid preview header. The header is removed whatever it says, so a guess
+/// at the token neither routes nor reaches the app.
+fn preview_override(app: &AppProxy, headers: &mut HeaderMap) -> Option<Slot> {
+    let value = headers.remove(&app.names.preview)?;
+    let token = app.settings.preview.token.as_deref()?;
+    let (slot, given) = value.to_str().ok()?.split_once(':')?;
+    let slot: Slot = slot.parse().ok()?;
+    constant_time_eq::constant_time_eq(given.trim().as_bytes(), token.as_bytes()).then_some(slot)
+}
+
+/// A response made by the proxy itself, logged with its reason.
+fn local(
+    app: &AppProxy,
+    pool: Option<&ActivePool>,
+    started: Instant,
+    status: StatusCode,
+    reason: &str,
+) -> Response<ProxyBody> {
+    if let Some(pool) = pool {
+        pool.metrics.record(status.as_u16(), started.elapsed());
+    }
+    tracing::warn!(app = %app.name, slot = pool.map(|p| p.slot.as_str()).unwrap_or("-"),
+        status = status.as_u16(), reason, "proxy answered with an error");
+    let body = format!(
+        "{} {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("error")
+    );
+    let mut response = Response::new(ProxyBody::full(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn error_chain_has<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if err.is::<E>() {
+            return true;
+        }
+        current = err.source();
+    }
+    false
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut current = e.source();
+    while let Some(err) = current {
+        out.push_str(": ");
+        out.push_str(&err.to_string());
+        current = err.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_found_among_others() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; cutover_bucket=abc; b=2"),
+        );
+        assert_eq!(cookie(&h, "cutover_bucket"), Some("abc"));
+        assert_eq!(cookie(&h, "b"), Some("2"));
+        assert_eq!(cookie(&h, "c"), None);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_and_named_ones_too() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert(KEEP_ALIVE, HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+    }
+}

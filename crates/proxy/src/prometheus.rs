@@ -1,0 +1,167 @@
+//! Prometheus text exposition (format 0.0.4) of every app's pools.
+
+use std::fmt::Write;
+
+use crate::app::AppProxy;
+use crate::metrics::{MetricsSnapshot, PROMETHEUS_BOUNDS_SECS};
+
+/// Escapes a label value: backslash, double quote and newline.
+fn escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Renders the metrics of `apps`.
+pub fn render<'a>(apps: impl IntoIterator<Item = &'a AppProxy>) -> String {
+    let mut families: Vec<(&str, &str, &str, String)> = vec![
+        (
+            "cutover_requests_total",
+            "counter",
+            "Requests answered, by status class.",
+            String::new(),
+        ),
+        (
+            "cutover_request_duration_seconds",
+            "histogram",
+            "Time to the response headers.",
+            String::new(),
+        ),
+        (
+            "cutover_requests_in_flight",
+            "gauge",
+            "Requests not yet finished.",
+            String::new(),
+        ),
+        (
+            "cutover_request_bytes_total",
+            "counter",
+            "Request body bytes received.",
+            String::new(),
+        ),
+        (
+            "cutover_response_bytes_total",
+            "counter",
+            "Response body bytes sent.",
+            String::new(),
+        ),
+        (
+            "cutover_upstream_connect_failures_total",
+            "counter",
+            "Failed connections to backends.",
+            String::new(),
+        ),
+        (
+            "cutover_upstream_retries_total",
+            "counter",
+            "Requests retried on another backend.",
+            String::new(),
+        ),
+        (
+            "cutover_traffic_weight",
+            "gauge",
+            "Share of users routed to the slot, 0 to 1.",
+            String::new(),
+        ),
+        (
+            "cutover_backend_up",
+            "gauge",
+            "1 when the backend takes new requests.",
+            String::new(),
+        ),
+    ];
+    for app in apps {
+        let table = app.table();
+        for pool in &table.pools {
+            let labels = format!(
+                "app=\"{}\",slot=\"{}\",version=\"{}\"",
+                escape(&app.name),
+                pool.slot,
+                escape(&pool.version)
+            );
+            let s: MetricsSnapshot = pool.metrics.snapshot();
+            let out = &mut families[0].3;
+            for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "cutover_requests_total{{{labels},code_class=\"{class}\"}} {}",
+                    s.requests_by_class[i]
+                );
+            }
+            let out = &mut families[1].3;
+            for bound in PROMETHEUS_BOUNDS_SECS {
+                let micros = (bound * 1e6).round() as u64;
+                let _ = writeln!(
+                    out,
+                    "cutover_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {}",
+                    s.count_at_most_micros(micros)
+                );
+            }
+            let total = s.total_requests();
+            let _ = writeln!(
+                out,
+                "cutover_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {total}"
+            );
+            let _ = writeln!(
+                out,
+                "cutover_request_duration_seconds_sum{{{labels}}} {}",
+                s.latency_sum_micros as f64 / 1e6
+            );
+            let _ = writeln!(out, "cutover_request_duration_seconds_count{{{labels}}} {total}");
+            let _ = writeln!(
+                families[2].3,
+                "cutover_requests_in_flight{{{labels}}} {}",
+                s.in_flight
+            );
+            let _ = writeln!(
+                families[3].3,
+                "cutover_request_bytes_total{{{labels}}} {}",
+                s.bytes_in
+            );
+            let _ = writeln!(
+                families[4].3,
+                "cutover_response_bytes_total{{{labels}}} {}",
+                s.bytes_out
+            );
+            let _ = writeln!(
+                families[5].3,
+                "cutover_upstream_connect_failures_total{{{labels}}} {}",
+                s.connect_failures
+            );
+            let _ = writeln!(
+                families[6].3,
+                "cutover_upstream_retries_total{{{labels}}} {}",
+                s.retries
+            );
+            let _ = writeln!(
+                families[7].3,
+                "cutover_traffic_weight{{app=\"{}\",slot=\"{}\"}} {}",
+                escape(&app.name),
+                pool.slot,
+                f64::from(pool.weight_bp) / 10_000.0
+            );
+            for b in &pool.backends {
+                let _ = writeln!(
+                    families[8].3,
+                    "cutover_backend_up{{{labels},backend=\"{}\"}} {}",
+                    b.addr,
+                    u8::from(b.is_available())
+                );
+            }
+        }
+    }
+    let mut text = String::new();
+    for (name, kind, help, body) in families {
+        let _ = writeln!(text, "# HELP {name} {help}");
+        let _ = writeln!(text, "# TYPE {name} {kind}");
+        text.push_str(&body);
+    }
+    text
+}

@@ -1,0 +1,545 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+//! The data plane against real example-app processes on ephemeral loopback ports.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cutover_core::{Pool, RouteTable, Slot};
+use cutover_proxy::{AppProxy, ListenerKind, ProxySettings};
+use cutover_test_support::{http_client, wait_until, ExampleApp};
+use futures_util::StreamExt;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+const PREVIEW_TOKEN: &str = "preview-token-0123456789";
+
+struct Proxy {
+    app: Arc<AppProxy>,
+    public: SocketAddr,
+    preview: SocketAddr,
+    shutdown: CancellationToken,
+}
+
+impl Proxy {
+    async fn start(settings: ProxySettings, route: RouteTable) -> Proxy {
+        let app = AppProxy::new("web", settings, route).unwrap();
+        let shutdown = CancellationToken::new();
+        let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let preview = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (public_addr, preview_addr) = (public.local_addr().unwrap(), preview.local_addr().unwrap());
+        for (listener, kind) in [(public, ListenerKind::Public), (preview, ListenerKind::Preview)] {
+            tokio::spawn(cutover_proxy::serve(
+                listener,
+                Arc::clone(&app),
+                kind,
+                None,
+                shutdown.clone(),
+                Duration::from_secs(5),
+            ));
+        }
+        Proxy {
+            app,
+            public: public_addr,
+            preview: preview_addr,
+            shutdown,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.public)
+    }
+
+    fn set_weight(&self, weight: u16) {
+        let mut route = self.app.route();
+        route.canary_weight_bp = weight;
+        self.app.apply(route).unwrap();
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        self.app.retire_all();
+    }
+}
+
+fn settings() -> ProxySettings {
+    let mut s = ProxySettings::default();
+    s.sticky.user_key_header = Some("X-User-ID".into());
+    s.preview.token = Some(PREVIEW_TOKEN.into());
+    s.health_check.interval_ms = 50;
+    s.health_check.timeout_ms = 1000;
+    s.health_check.healthy_threshold = 1;
+    s.health_check.unhealthy_threshold = 1;
+    s
+}
+
+fn route(blue: &[&ExampleApp], green: &[&ExampleApp], weight: u16) -> RouteTable {
+    let pool = |apps: &[&ExampleApp]| Pool {
+        version: apps.first().map(|a| a.version.clone()).unwrap_or_default(),
+        backends: apps.iter().map(|a| a.addr).collect(),
+    };
+    RouteTable {
+        live: Slot::Blue,
+        canary_weight_bp: weight,
+        blue: pool(blue),
+        green: pool(green),
+    }
+}
+
+fn version(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("x-app-version")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("?")
+        .to_string()
+}
+
+async fn version_for_user(client: &reqwest::Client, proxy: &Proxy, user: &str) -> String {
+    let r = client
+        .get(proxy.url("/"))
+        .header("X-User-ID", user)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "request for {user} failed");
+    version(&r)
+}
+
+#[tokio::test]
+async fn weighted_split_is_within_statistical_tolerance() {
+    let (v1, v2) = (ExampleApp::spawn("v1", &[]), ExampleApp::spawn("v2", &[]));
+    let proxy = Proxy::start(settings(), route(&[&v1], &[&v2], 2_000)).await;
+    let client = http_client();
+    let n = 2_000;
+    let mut on_v2 = 0;
+    for u in 0..n {
+        if version_for_user(&client, &proxy, &format!("user-{u}")).await == "v2" {
+            on_v2 += 1;
+        }
+    }
+    let share = f64::from(on_v2) / f64::from(n);
+    // 20 % expected; 5 standard deviations of a binomial share over 2000 users is 4.5 points.
+    assert!(
+        (share - 0.20).abs() < 0.045,
+        "observed canary share {share}, configured 0.20"
+    );
+}
+
+#[tokio::test]
+async fn sticky_users_never_leave_the_canary_while_the_weight_grows() {
+    let (v1, v2) = (ExampleApp::spawn("v1", &[]), ExampleApp::spawn("v2", &[]));
+    let proxy = Proxy::start(settings(), route(&[&v1], &[&v2], 0)).await;
+    let client = http_client();
+    let mut on_canary: HashSet<u32> = HashSet::new();
+    for weight in [0u16, 100, 500, 2_500, 5_000, 9_000, 10_000] {
+        proxy.set_weight(weight);
+        for u in 0..300u32 {
+            let first = version_for_user(&client, &proxy, &format!("user-{u}")).await;
+            let again = version_for_user(&client, &proxy, &format!("user-{u}")).await;
+            assert_eq!(
+                first, again,
+                "user-{u} changed version within one step at weight {weight}"
+            );
+            if first == "v2" {
+                on_canary.insert(u);
+            } else {
+                assert!(
+                    !on_canary.contains(&u),
+                    "user-{u} went back to v1 at weight {weight}"
+                );
+            }
+        }
+    }
+    assert_eq!(on_canary.len(), 300, "at 100 % everybody is on the canary");
+}
+
+#[tokio::test]
+async fn a_bucket_cookie_is_issued_to_anonymous_clients_and_honoured() {
+    let (v1, v2) = (ExampleApp::spawn("v1", &[]), ExampleApp::spawn("v2", &[]));
+    let proxy = Proxy::start(settings(), route(&[&v1], &[&v2], 5_000)).await;
+    let client = http_client();
+    let mut seen = HashMap::new();
+    for _ in 0..40 {
+        let first = client.get(proxy.url("/")).send().await.unwrap();
+        let set_cookie = first
+            .headers()
+            .get("set-cookie")
+            .expect("a bucket cookie")
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(set_cookie.starts_with("cutover_bucket="), "{set_cookie}");
+        for attribute in ["HttpOnly", "SameSite=Lax", "Path=/"] {
+            assert!(set_cookie.contains(attribute), "{set_cookie} lacks {attribute}");
+        }
+        let cookie = set_cookie.split(';').next().unwrap().to_string();
+        let v = version(&first);
+        for _ in 0..5 {
+            let r = client
+                .get(proxy.url("/"))
+                .header("cookie", &cookie)
+                .send()
+                .await
+                .unwrap();
+            assert!(
+                r.headers().get("set-cookie").is_none(),
+                "no new cookie for a client that has one"
+            );
+            assert_eq!(version(&r), v, "client with {cookie} changed version");
+        }
+        *seen.entry(v).or_insert(0) += 1;
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "at 50 % both versions serve some anonymous clients: {seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn preview_listener_and_token_header_reach_the_idle_slot() {
+    let (v1, v2) = (ExampleApp::spawn("v1", &[]), ExampleApp::spawn("v2", &[]));
+    let proxy = Proxy::start(settings(), route(&[&v1], &[&v2], 0)).await;
+    let client = http_client();
+    let r = client
+        .get(format!("http://{}/", proxy.preview))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        version(&r),
+        "v2",
+        "the preview listener serves the slot that is not live"
+    );
+
+    let with = |value: &str| {
+        client
+            .get(proxy.url("/headers"))
+            .header("x-cutover-preview", value.to_string())
+            .send()
+    };
+    assert_eq!(
+        version(&with(&format!("green:{PREVIEW_TOKEN}")).await.unwrap()),
+        "v2"
+    );
+    for wrong in ["green:not-the-token-at-all", "green", "green:", "purple:x"] {
+        let r = with(wrong).await.unwrap();
+        assert_eq!(version(&r), "v1", "header {wrong:?} must be ignored");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert!(
+            body["headers"].get("x-cutover-preview").is_none(),
+            "the header is stripped: {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn unhealthy_backends_are_taken_out_and_readmitted() {
+    let (a, b) = (ExampleApp::spawn("v1", &[]), ExampleApp::spawn("v1", &[]));
+    let proxy = Proxy::start(settings(), route(&[&a, &b], &[], 0)).await;
+    let client = http_client();
+    let backend_a = || Arc::clone(&proxy.app.table().pool(Slot::Blue).backends[0]);
+    client
+        .post(a.url("/control/ready?value=false"))
+        .send()
+        .await
+        .unwrap();
+    wait_until("backend a marked unhealthy", Duration::from_secs(10), || async {
+        !backend_a().is_healthy()
+    })
+    .await;
+    for _ in 0..50 {
+        let r = client.get(proxy.url("/")).send().await.unwrap();
+        assert_eq!(
+            r.headers()["x-app-instance"].to_str().unwrap(),
+            b.port().to_string()
+        );
+    }
+    client
+        .post(a.url("/control/ready?value=true"))
+        .send()
+        .await
+        .unwrap();
+    wait_until("backend a readmitted", Duration::from_secs(10), || async {
+        backend_a().is_healthy()
+    })
+    .await;
+    wait_until(
+        "a request reaches backend a again",
+        Duration::from_secs(10),
+        || async {
+            let r = client.get(proxy.url("/")).send().await.unwrap();
+            r.headers()["x-app-instance"].to_str().unwrap() == a.port().to_string()
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_request_that_cannot_connect_is_retried_on_another_backend() {
+    let live = ExampleApp::spawn("v1", &[]);
+    // A port with nothing behind it: bound, then closed.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut s = settings();
+    s.health_check.enabled = false;
+    let mut table = route(&[&live], &[], 0);
+    table.blue.backends.insert(0, dead);
+    let proxy = Proxy::start(s, table).await;
+    let client = http_client();
+    for i in 0..30 {
+        let r = client
+            .post(proxy.url("/echo"))
+            .body(format!("payload {i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["body_len"], format!("payload {i}").len());
+    }
+    let pool = proxy.app.table();
+    let pool = pool.pool(Slot::Blue);
+    let snapshot = pool.metrics.snapshot();
+    assert!(snapshot.connect_failures >= 1, "the dead backend was tried");
+    assert_eq!(snapshot.server_errors(), 0);
+    assert!(pool.backends[0].is_ejected(), "the dead backend is ejected");
+}
+
+#[tokio::test]
+async fn a_slot_losing_traffic_drains_its_in_flight_requests() {
+    let (v1, v2) = (ExampleApp::spawn("v1", &[]), ExampleApp::spawn("v2", &[]));
+    let proxy = Proxy::start(settings(), route(&[&v1], &[&v2], 0)).await;
+    let client = http_client();
+    // Warm a keep-alive connection to blue, then start a slow request on it.
+    assert_eq!(version(&client.get(proxy.url("/")).send().await.unwrap()), "v1");
+    let slow = tokio::spawn({
+        let (client, url) = (client.clone(), proxy.url("/slow?ms=1500"));
+        async move {
+            let r = client.get(url).send().await.unwrap();
+            (r.status(), version(&r), r.text().await.unwrap())
+        }
+    });
+    let blue = Arc::clone(&proxy.app.table().pool(Slot::Blue).backends[0]);
+    wait_until(
+        "the slow request is in flight",
+        Duration::from_secs(10),
+        || async { blue.in_flight() == 1 },
+    )
+    .await;
+    proxy.set_weight(10_000);
+    assert_eq!(
+        blue.idle_connections(),
+        0,
+        "idle connections to the drained slot are closed"
+    );
+    for _ in 0..20 {
+        assert_eq!(version(&client.get(proxy.url("/")).send().await.unwrap()), "v2");
+    }
+    let (status, v, body) = slow.await.unwrap();
+    assert_eq!(
+        (status.as_u16(), v.as_str(), body.as_str()),
+        (200, "v1", "slow done")
+    );
+    assert_eq!(
+        blue.idle_connections(),
+        0,
+        "the finished request's connection was not kept"
+    );
+}
+
+#[tokio::test]
+async fn requests_still_running_after_the_drain_timeout_are_cut() {
+    let (v1, v2) = (ExampleApp::spawn("v1", &[]), ExampleApp::spawn("v2", &[]));
+    let mut s = settings();
+    s.drain_timeout_ms = 200;
+    let proxy = Proxy::start(s, route(&[&v1], &[&v2], 0)).await;
+    let client = http_client();
+    let response = client
+        .get(proxy.url("/sse?events=100&interval_ms=100"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(version(&response), "v1");
+    let mut stream = response.bytes_stream();
+    assert!(stream.next().await.unwrap().is_ok());
+    proxy.set_weight(10_000);
+    let outcome = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(chunk) = stream.next().await {
+            if chunk.is_err() {
+                return "cut";
+            }
+        }
+        "ended"
+    })
+    .await
+    .expect("the stream ends once the drain timeout passes");
+    assert_eq!(
+        outcome, "cut",
+        "a stream of 100 events at 100 ms cannot end on its own in time"
+    );
+}
+
+#[tokio::test]
+async fn server_sent_events_stream_through_unbuffered() {
+    let v1 = ExampleApp::spawn("v1", &[]);
+    let proxy = Proxy::start(settings(), route(&[&v1], &[], 0)).await;
+    // The second event comes a minute after the first: a buffering proxy would hold the first.
+    let response = http_client()
+        .get(proxy.url("/sse?events=2&interval_ms=60000"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut stream = response.bytes_stream();
+    let first = tokio::time::timeout(Duration::from_secs(20), stream.next())
+        .await
+        .expect("the first event arrives long before the stream ends")
+        .unwrap()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&first).contains("data: event 0"),
+        "{first:?}"
+    );
+}
+
+#[tokio::test]
+async fn websockets_pass_through() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let v1 = ExampleApp::spawn("v1", &[]);
+    let proxy = Proxy::start(settings(), route(&[&v1], &[], 0)).await;
+    let (mut ws, response) = tokio_tungstenite::connect_async(format!("ws://{}/ws", proxy.public))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 101);
+    for i in 0..3 {
+        ws.send(Message::Text(format!("hello {i}").into())).await.unwrap();
+        let echoed = ws.next().await.unwrap().unwrap();
+        assert_eq!(echoed.into_text().unwrap().as_str(), format!("hello {i}"));
+    }
+    ws.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn forwarded_headers_are_set_and_hop_by_hop_headers_removed() {
+    let v1 = ExampleApp::spawn("v1", &[]);
+    let proxy = Proxy::start(settings(), route(&[&v1], &[], 0)).await;
+    let r = http_client()
+        .get(proxy.url("/headers"))
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("connection", "x-private-hop")
+        .header("x-private-hop", "secret")
+        .header("te", "trailers")
+        .header("x-user-id", "u1")
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = r.json().await.unwrap();
+    let h = &body["headers"];
+    assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], proxy.public.to_string());
+    assert_eq!(h["x-user-id"], "u1");
+    for gone in ["x-private-hop", "te", "connection"] {
+        assert!(h.get(gone).is_none(), "{gone} must not reach the backend: {h}");
+    }
+}
+
+#[tokio::test]
+async fn limits_and_timeouts_answer_with_clear_statuses() {
+    let v1 = ExampleApp::spawn("v1", &[]);
+    let mut s = settings();
+    s.max_request_body_bytes = 1024;
+    s.response_timeout_ms = 300;
+    let proxy = Proxy::start(s, route(&[&v1], &[], 0)).await;
+    let client = http_client();
+    let r = client
+        .post(proxy.url("/echo"))
+        .body(vec![b'x'; 4096])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let r = client.get(proxy.url("/slow?ms=5000")).send().await.unwrap();
+    assert_eq!(r.status(), 504);
+    let r = client
+        .post(proxy.url("/echo"))
+        .body(vec![b'x'; 512])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut table = proxy.app.route();
+    table.blue.backends.clear();
+    proxy.app.apply(table).unwrap_err();
+}
+
+#[tokio::test]
+async fn http2_cleartext_clients_are_served() {
+    let v1 = ExampleApp::spawn("v1", &[]);
+    let proxy = Proxy::start(settings(), route(&[&v1], &[], 0)).await;
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .no_proxy()
+        .build()
+        .unwrap();
+    let r = client.get(proxy.url("/headers")).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(version(&r), "v1");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        body["headers"]["host"],
+        proxy.public.to_string(),
+        "the :authority becomes Host upstream"
+    );
+}
+
+#[tokio::test]
+async fn metrics_follow_traffic_and_render_as_prometheus_text() {
+    let (v1, v2) = (
+        ExampleApp::spawn("v1", &[]),
+        ExampleApp::spawn("v2", &["--error-rate", "1"]),
+    );
+    let proxy = Proxy::start(settings(), route(&[&v1], &[&v2], 10_000)).await;
+    let client = http_client();
+    let mark = proxy.app.table().pool(Slot::Green).metrics.snapshot();
+    for _ in 0..10 {
+        client.get(proxy.url("/")).send().await.unwrap();
+    }
+    let window = proxy
+        .app
+        .table()
+        .pool(Slot::Green)
+        .metrics
+        .snapshot()
+        .since(&mark);
+    assert_eq!(window.total_requests(), 10);
+    assert_eq!(window.server_errors(), 10);
+    assert!(window.latency_quantile(0.99).is_some());
+
+    let text = cutover_proxy::prometheus::render([proxy.app.as_ref()]);
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
+    let errors = scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "cutover_requests_total"
+                && s.labels.get("slot") == Some("green")
+                && s.labels.get("version") == Some("v2")
+                && s.labels.get("code_class") == Some("5xx")
+        })
+        .expect("a 5xx series for green");
+    assert!(
+        matches!(errors.value, prometheus_parse::Value::Counter(v) if v == 10.0),
+        "{:?}",
+        errors.value
+    );
+}

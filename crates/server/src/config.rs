@@ -1,0 +1,370 @@
+//! `cutover.toml`: parsed, then validated with every error reported at once, each pointing at the
+//! file, line and field.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use cutover_core::{FieldError, RouteTable, Slot};
+use cutover_proxy::ProxySettings;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default, rename = "app")]
+    pub apps: Vec<AppConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Loopback by default: the admin API changes where traffic goes.
+    pub listen: SocketAddr,
+    /// File holding the bearer token for changes. When neither this nor the environment variable
+    /// `CUTOVER_ADMIN_TOKEN` gives one, `serve` generates a token and writes it to `token_file`
+    /// (default `.cutover/admin.token` beside the config file), readable by the owner only.
+    pub token_file: Option<PathBuf>,
+    /// Must be set to listen on anything but loopback, as a deliberate act.
+    pub allow_non_loopback: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9180)),
+            token_file: None,
+            allow_non_loopback: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    pub name: String,
+    /// Where users connect.
+    pub listen: SocketAddr,
+    /// Optional listener that always routes to the slot that is not live, for testers.
+    #[serde(default)]
+    pub preview_listen: Option<SocketAddr>,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    #[serde(default)]
+    pub proxy: ProxySettings,
+    /// The route table at start-up; later changed through the admin API.
+    #[serde(default = "default_routes")]
+    pub routes: RouteTable,
+}
+
+fn default_routes() -> RouteTable {
+    RouteTable::empty(Slot::Blue)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+}
+
+/// A problem in the configuration, located as precisely as the input allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub line: Option<usize>,
+    pub field: String,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{}", render(path, problems))]
+    Invalid {
+        path: String,
+        problems: Vec<ConfigProblem>,
+    },
+}
+
+fn render(path: &str, problems: &[ConfigProblem]) -> String {
+    let mut out = format!(
+        "{path}: {} problem{} found, nothing was started:",
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    );
+    for p in problems {
+        out.push_str("\n  ");
+        out.push_str(&p.to_string_in(path));
+    }
+    out
+}
+
+impl ConfigProblem {
+    fn to_string_in(&self, path: &str) -> String {
+        match self.line {
+            Some(line) => format!("{path}:{line}: {}: {}", self.field, self.message),
+            None => format!("{path}: {}: {}", self.field, self.message),
+        }
+    }
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_string_in("config"))
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates `text`; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let invalid = |problems| ConfigError::Invalid {
+            path: origin.to_string(),
+            problems,
+        };
+        let config: Config = match toml::from_str(text) {
+            Ok(c) => c,
+            Err(e) => {
+                let line = e.span().map(|s| line_of(text, s.start));
+                let message = e.message().trim().to_string();
+                return Err(invalid(vec![ConfigProblem {
+                    line,
+                    field: "toml".into(),
+                    message,
+                }]));
+            }
+        };
+        let errors = config.validate();
+        if errors.is_empty() {
+            return Ok(config);
+        }
+        let doc = toml_edit::Document::parse(text).ok();
+        let problems = errors
+            .into_iter()
+            .map(|e| ConfigProblem {
+                line: doc.as_ref().and_then(|d| locate(d, text, &e.field)),
+                field: e.field,
+                message: e.message,
+            })
+            .collect();
+        Err(invalid(problems))
+    }
+
+    /// Every semantic problem, with field paths as the user wrote them (`app[0].proxy...`).
+    pub fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        if !self.admin.listen.ip().is_loopback() && !self.admin.allow_non_loopback {
+            errors.push(FieldError::new(
+                "admin.listen",
+                format!(
+                    "{} is not a loopback address; the admin API changes where traffic goes, so \
+                     listening elsewhere needs admin.allow_non_loopback = true",
+                    self.admin.listen
+                ),
+            ));
+        }
+        if self.apps.is_empty() {
+            errors.push(FieldError::new(
+                "app",
+                "no [[app]] is configured; add at least one",
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut addrs = HashSet::new();
+        if self.admin.listen.port() != 0 {
+            addrs.insert(self.admin.listen);
+        }
+        for (i, app) in self.apps.iter().enumerate() {
+            let at = format!("app[{i}]");
+            let valid_name = !app.name.is_empty()
+                && app.name.len() <= 64
+                && app
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !valid_name {
+                errors.push(FieldError::new(
+                    format!("{at}.name"),
+                    format!("{:?} must be 1 to 64 letters, digits, '-' or '_'", app.name),
+                ));
+            }
+            if !names.insert(app.name.as_str()) {
+                errors.push(FieldError::new(
+                    format!("{at}.name"),
+                    format!("app {:?} is defined twice", app.name),
+                ));
+            }
+            for (field, addr) in [
+                ("listen", Some(app.listen)),
+                ("preview_listen", app.preview_listen),
+            ] {
+                if let Some(addr) = addr {
+                    if addr.port() != 0 && !addrs.insert(addr) {
+                        errors.push(FieldError::new(
+                            format!("{at}.{field}"),
+                            format!("{addr} is already used by another listener"),
+                        ));
+                    }
+                }
+            }
+            if let Some(tls) = &app.tls {
+                for (field, p) in [("cert_path", &tls.cert_path), ("key_path", &tls.key_path)] {
+                    if !p.is_file() {
+                        errors.push(FieldError::new(
+                            format!("{at}.tls.{field}"),
+                            format!("{} is not a readable file", p.display()),
+                        ));
+                    }
+                }
+            }
+            errors.extend(app.proxy.validate(&format!("{at}.proxy.")));
+            if let Err(e) = app.routes.validate() {
+                errors.extend(
+                    e.errors
+                        .into_iter()
+                        .map(|e| FieldError::new(format!("{at}.routes.{}", e.field), e.message)),
+                );
+            }
+        }
+        errors
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|b| *b == b'\n')
+        .count()
+        + 1
+}
+
+/// Finds the line of `field` (a path like `app[1].proxy.sticky.bucket_cookie`) in the document, or
+/// of the nearest enclosing item that has a position.
+fn locate(doc: &toml_edit::Document<&str>, text: &str, field: &str) -> Option<usize> {
+    enum Node<'a> {
+        Table(&'a dyn toml_edit::TableLike),
+        Item(&'a toml_edit::Item),
+        Value(&'a toml_edit::Value),
+    }
+    let mut node = Node::Table(doc.as_table());
+    let mut best: Option<usize> = None;
+    for segment in field.split('.') {
+        let (key, index) = match segment.split_once('[') {
+            Some((k, rest)) => (k, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (segment, None),
+        };
+        let table: &dyn toml_edit::TableLike = match &node {
+            Node::Table(t) => *t,
+            Node::Item(i) => match i.as_table_like() {
+                Some(t) => t,
+                None => break,
+            },
+            Node::Value(v) => match v.as_inline_table() {
+                Some(t) => t,
+                None => break,
+            },
+        };
+        let Some((k, item)) = table.get_key_value(key) else {
+            break;
+        };
+        if let Some(span) = k.span().or_else(|| item.span()) {
+            best = Some(span.start);
+        }
+        node = Node::Item(item);
+        if let Some(index) = index {
+            node = match item {
+                toml_edit::Item::ArrayOfTables(a) => match a.get(index) {
+                    Some(t) => {
+                        if let Some(span) = t.span() {
+                            best = Some(span.start);
+                        }
+                        Node::Table(t)
+                    }
+                    None => break,
+                },
+                toml_edit::Item::Value(toml_edit::Value::Array(a)) => match a.get(index) {
+                    Some(v) => {
+                        if let Some(span) = v.span() {
+                            best = Some(span.start);
+                        }
+                        Node::Value(v)
+                    }
+                    None => break,
+                },
+                _ => break,
+            };
+        }
+    }
+    best.map(|offset| line_of(text, offset))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<String> {
+        match Config::parse(text, "cutover.toml") {
+            Ok(_) => vec![],
+            Err(ConfigError::Invalid { problems, .. }) => {
+                problems.iter().map(|p| p.to_string_in("c.toml")).collect()
+            }
+            Err(e) => vec![e.to_string()],
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_line() {
+        let text = r#"
+[admin]
+listen = "0.0.0.0:9180"
+
+[[app]]
+name = "web"
+listen = "127.0.0.1:8080"
+
+[app.proxy]
+drain_timeout_ms = 0
+
+[app.proxy.sticky]
+bucket_cookie = "bad cookie"
+
+[app.routes]
+live = "blue"
+canary_weight_bp = 20000
+blue = { version = "v1", backends = ["127.0.0.1:9001", "127.0.0.1:9001"] }
+"#;
+        let got = problems(text);
+        assert_eq!(
+            got,
+            [
+                "c.toml:3: admin.listen: 0.0.0.0:9180 is not a loopback address; the admin API changes where traffic goes, so listening elsewhere needs admin.allow_non_loopback = true",
+                "c.toml:10: app[0].proxy.drain_timeout_ms: must be greater than 0",
+                "c.toml:13: app[0].proxy.sticky.bucket_cookie: \"bad cookie\" is not a valid cookie name (letters, digits and !#$%&'*+-.^_`|~)",
+                "c.toml:17: app[0].routes.canary_weight_bp: 20000 is out of range: a weight is in basis points, 0 to 10000 (10000 = 100 %)",
+                "c.toml:18: app[0].routes.blue.backends[1]: 127.0.0.1:9001 is listed twice in this pool; list each backend once",
+                "c.toml:15: app[0].routes.green.backends: slot green has weight 20000 bp but no backends; add backends or set its weight to 0",
+            ]
+        );
+    }
+
+    #[test]
+    fn syntax_and_unknown_fields_point_at_the_line() {
+        let got = problems("[[app]]\nname = \"web\"\nlisten = \"127.0.0.1:8080\"\nlisen = 1\n");
+        assert_eq!(got.len(), 1);
+        assert!(
+            got[0].starts_with("c.toml:4: toml: unknown field `lisen`"),
+            "{got:?}"
+        );
+    }
+}

@@ -1,0 +1,249 @@
+//! `cutover serve`: reads the configuration, binds every listener, runs the proxy and the admin
+//! API in one process, and stops gracefully.
+
+pub mod admin;
+pub mod config;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cutover_proxy::{AppProxy, ListenerKind};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Config, ConfigError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(
+        "cannot listen on {addr} ({field}): {source}; is another process using it? choose another address"
+    )]
+    Bind {
+        field: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{field}: {source}")]
+    Tls {
+        field: String,
+        source: cutover_proxy::TlsError,
+    },
+    #[error("app {app}: {source}")]
+    Routes {
+        app: String,
+        source: cutover_core::ValidationErrors,
+    },
+    #[error("admin token file {path}: {source}; fix its permissions or set CUTOVER_ADMIN_TOKEN")]
+    Token { path: String, source: std::io::Error },
+    #[error("admin token file {path} is empty; put a token in it or delete it to have one generated")]
+    EmptyToken { path: String },
+}
+
+/// Where the admin token came from; the token itself is never logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    Environment,
+    File(PathBuf),
+    Generated(PathBuf),
+}
+
+/// The admin token: `CUTOVER_ADMIN_TOKEN` if given, else the token file, else a new random token
+/// written to the token file with mode 0600.
+pub fn resolve_admin_token(
+    config: &Config,
+    config_dir: &Path,
+    from_env: Option<String>,
+) -> Result<(String, TokenSource), ServeError> {
+    if let Some(token) = from_env.filter(|t| !t.trim().is_empty()) {
+        return Ok((token.trim().to_string(), TokenSource::Environment));
+    }
+    let path = config
+        .admin
+        .token_file
+        .clone()
+        .map(|p| if p.is_relative() { config_dir.join(p) } else { p })
+        .unwrap_or_else(|| config_dir.join(".cutover").join("admin.token"));
+    let err = |source| ServeError::Token {
+        path: path.display().to_string(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let token = text.trim().to_string();
+            if token.is_empty() {
+                return Err(ServeError::EmptyToken {
+                    path: path.display().to_string(),
+                });
+            }
+            Ok((token, TokenSource::File(path)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let token = format!("{:032x}{:032x}", rand::random::<u128>(), rand::random::<u128>());
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(err)?;
+            }
+            write_private(&path, &token).map_err(err)?;
+            Ok((token, TokenSource::Generated(path)))
+        }
+        Err(e) => Err(err(e)),
+    }
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.write_all(b"\n")
+}
+
+/// Addresses actually bound (ports may have been 0 in the configuration).
+#[derive(Debug, Clone, Serialize)]
+pub struct Bound {
+    pub admin: SocketAddr,
+    pub apps: BTreeMap<String, BoundApp>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BoundApp {
+    pub listen: SocketAddr,
+    pub preview: Option<SocketAddr>,
+}
+
+/// A running server. Dropping it does not stop it; call [`Running::shutdown`].
+#[derive(Debug)]
+pub struct Running {
+    pub bound: Bound,
+    pub apps: BTreeMap<String, Arc<AppProxy>>,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl Running {
+    /// Stops accepting, lets open requests finish (up to each app's drain timeout), and returns
+    /// when everything has stopped.
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        for app in self.apps.values() {
+            app.retire_all();
+        }
+    }
+
+    /// Waits until `signal` completes, then shuts down.
+    pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) {
+        signal.await;
+        tracing::info!("shutting down: no new connections, finishing open requests");
+        self.shutdown().await;
+    }
+}
+
+/// Binds every listener and starts serving. Fails before serving anything if any listener cannot
+/// be bound.
+pub async fn start(config: Config, admin_token: String) -> Result<Running, ServeError> {
+    let shutdown = CancellationToken::new();
+    let mut apps = BTreeMap::new();
+    let mut bound_apps = BTreeMap::new();
+    let mut listeners = Vec::new();
+    for (i, app_config) in config.apps.iter().enumerate() {
+        let bind = |field: &str, addr: SocketAddr| {
+            let field = format!("app[{i}].{field}");
+            async move {
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServeError::Bind { field, addr, source })
+            }
+        };
+        let public = bind("listen", app_config.listen).await?;
+        let preview = match app_config.preview_listen {
+            Some(addr) => Some(bind("preview_listen", addr).await?),
+            None => None,
+        };
+        let tls = match &app_config.tls {
+            Some(t) => Some(
+                cutover_proxy::tls_acceptor(&t.cert_path, &t.key_path).map_err(|source| ServeError::Tls {
+                    field: format!("app[{i}].tls"),
+                    source,
+                })?,
+            ),
+            None => None,
+        };
+        let app = AppProxy::new(
+            app_config.name.clone(),
+            app_config.proxy.clone(),
+            app_config.routes.clone(),
+        )
+        .map_err(|source| ServeError::Routes {
+            app: app_config.name.clone(),
+            source,
+        })?;
+        let local = |l: &TcpListener, fallback| l.local_addr().unwrap_or(fallback);
+        bound_apps.insert(
+            app_config.name.clone(),
+            BoundApp {
+                listen: local(&public, app_config.listen),
+                preview: preview
+                    .as_ref()
+                    .zip(app_config.preview_listen)
+                    .map(|(l, a)| local(l, a)),
+            },
+        );
+        listeners.push((Arc::clone(&app), public, ListenerKind::Public, tls.clone()));
+        if let Some(preview) = preview {
+            listeners.push((Arc::clone(&app), preview, ListenerKind::Preview, tls));
+        }
+        apps.insert(app_config.name.clone(), app);
+    }
+    let admin_listener = TcpListener::bind(config.admin.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            field: "admin.listen".into(),
+            addr: config.admin.listen,
+            source,
+        })?;
+    let admin_addr = admin_listener.local_addr().unwrap_or(config.admin.listen);
+
+    let mut tasks = JoinSet::new();
+    for (app, listener, kind, tls) in listeners {
+        let drain = app.settings.drain_timeout();
+        tasks.spawn(cutover_proxy::serve(
+            listener,
+            app,
+            kind,
+            tls,
+            shutdown.clone(),
+            drain,
+        ));
+    }
+    let state = Arc::new(admin::AdminState {
+        apps: apps.clone(),
+        token: admin_token,
+    });
+    let admin_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        let served = axum::serve(admin_listener, admin::router(state))
+            .with_graceful_shutdown(async move { admin_shutdown.cancelled().await });
+        if let Err(e) = served.await {
+            tracing::error!(error = %e, "admin listener failed");
+        }
+    });
+    Ok(Running {
+        bound: Bound {
+            admin: admin_addr,
+            apps: bound_apps,
+        },
+        apps,
+        shutdown,
+        tasks,
+    })
+}
