@@ -164,7 +164,7 @@ async fn route(
                 );
             }
             Err(ExchangeError::NotSent { request, cause }) => {
-                upstream_req = request;
+                upstream_req = *request;
                 let ejected_for = backend.record_connect_failure(
                     Duration::from_millis(app.settings.eject_base_ms),
                     Duration::from_millis(app.settings.eject_max_ms),
@@ -285,7 +285,7 @@ fn respond(
 pub(crate) enum ExchangeError {
     /// Nothing reached the backend; the request comes back for another try.
     NotSent {
-        request: Request<UpstreamRequestBody>,
+        request: Box<Request<UpstreamRequestBody>>,
         cause: String,
     },
     Timeout,
@@ -309,7 +309,12 @@ async fn exchange(
             Some(s) => s,
             None => match connect(backend.addr, settings.connect_timeout()).await {
                 Ok(s) => s,
-                Err(cause) => return Err(ExchangeError::NotSent { request, cause }),
+                Err(cause) => {
+                    return Err(ExchangeError::NotSent {
+                        request: Box::new(request),
+                        cause,
+                    })
+                }
             },
         };
         if let Err(e) = sender.ready().await {
@@ -334,7 +339,7 @@ async fn exchange(
         }
     }
     Err(ExchangeError::NotSent {
-        request,
+        request: Box::new(request),
         cause: last_cause,
     })
 }

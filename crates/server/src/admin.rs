@@ -150,8 +150,12 @@ async fn put_routes(
             "invalid route table; nothing was changed",
         );
         err.errors.push(FieldError::new(
-            if field == "." { "body".to_string() } else { field },
-            format!("{inner} (line {}, column {})", inner.line(), inner.column()),
+            if field == "." || field == "?" {
+                "body".to_string()
+            } else {
+                field
+            },
+            inner.to_string(),
         ));
         err
     })?;

@@ -92,7 +92,7 @@ pub enum ConfigError {
 
 fn render(path: &str, problems: &[ConfigProblem]) -> String {
     let mut out = format!(
-        "{path}: {} problem{} found, nothing was started:",
+        "{path}: {} problem{} found:",
         problems.len(),
         if problems.len() == 1 { "" } else { "s" }
     );

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Throughput and tail latency of cutover next to nginx and HAProxy, all in front of the same
+# example-app process, plus the app alone as the ceiling.
+#
+#   bench/proxy.sh                              # 10 s per target, 1 worker per proxy
+#   BENCH_DURATION=30s BENCH_PROXY_THREADS=2 bench/proxy.sh
+#
+# Core budget (the reference machine has 2 cores): the backend gets BENCH_BACKEND_THREADS=1 tokio
+# worker, each proxy BENCH_PROXY_THREADS=1 worker (cutover: TOKIO_WORKER_THREADS, nginx:
+# worker_processes, HAProxy: nbthread) and wrk BENCH_WRK_THREADS=1 thread. Through a proxy that
+# is 3 busy threads on 2 cores, so every proxied figure includes the same contention; the direct
+# figure has 2 busy threads. Only one target is loaded at a time; the others sit idle.
+#
+# Environment: BENCH_DURATION (10s), BENCH_WARMUP (2s), BENCH_CONNECTIONS (64),
+# BENCH_PROXY_THREADS (1), BENCH_BACKEND_THREADS (1), BENCH_WRK_THREADS (1),
+# BENCH_IDLE_CONNS (1000; 0 skips the idle-connection memory probe), BENCH_TARGETS
+# ("direct cutover nginx haproxy"), BENCH_SKIP_BUILD=1, BENCH_KEEP_TMP=1.
+#
+# The last line of stdout is one JSON object with every figure.
+set -euo pipefail
+
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+DURATION="${BENCH_DURATION:-10s}"
+WARMUP="${BENCH_WARMUP:-2s}"
+IDLE_CONNS="${BENCH_IDLE_CONNS:-1000}"
+read -r -a TARGETS <<<"${BENCH_TARGETS:-direct cutover nginx haproxy}"
+
+bench_require_tools wrk nginx haproxy python3 curl cargo
+bench_init
+bench_build
+DURATION_S="$(bench_duration_s "$DURATION")"
+bench_duration_s "$WARMUP" >/dev/null
+
+bench_start_app app v1
+BACKEND_PORT=$BENCH_APP_PORT
+
+bench_start_cutover cutover "$(
+    cat <<EOF
+[admin]
+listen = "127.0.0.1:0"
+
+[[app]]
+name = "bench"
+listen = "127.0.0.1:0"
+
+[app.proxy.health_check]
+interval_ms = 1000
+
+[app.routes]
+live = "blue"
+canary_weight_bp = 0
+blue = { version = "v1", backends = ["127.0.0.1:$BACKEND_PORT"] }
+green = { version = "", backends = [] }
+EOF
+)"
+bench_start_nginx "$BACKEND_PORT"
+bench_start_haproxy "$BACKEND_PORT"
+
+declare -A URL=(
+    [direct]="http://127.0.0.1:$BACKEND_PORT/"
+    [cutover]="http://$BENCH_CUTOVER_LISTEN/"
+    [nginx]="http://127.0.0.1:$BENCH_NGINX_PORT/"
+    [haproxy]="http://127.0.0.1:$BENCH_HAPROXY_PORT/"
+)
+declare -A PID=(
+    [cutover]=$BENCH_CUTOVER_PID
+    [nginx]=$BENCH_NGINX_PID
+    [haproxy]=$BENCH_HAPROXY_PID
+)
+
+for t in "${TARGETS[@]}"; do
+    [[ -n ${URL[$t]:-} ]] || bench_die "unknown target $t (known: ${!URL[*]})"
+    bench_wait_http_ok "${URL[$t]}" 15 || bench_die "$t: GET ${URL[$t]} does not answer 2xx"
+done
+
+# Memory per idle keep-alive connection: RSS of the proxy's process tree (nginx: master and
+# workers) before and after IDLE_CONNS connections that each carried one request and then sit
+# idle. Measured before the load runs, on freshly started processes. Rough: allocator behaviour
+# and page granularity make it a ballpark figure, not an exact cost.
+IDLE_ARGS=()
+if ((IDLE_CONNS > 0)); then
+    for t in "${TARGETS[@]}"; do
+        [[ -n ${PID[$t]:-} ]] || continue
+        port="${URL[$t]##*:}"
+        port="${port%/}"
+        out="$BENCH_TMP/idle-$t.json"
+        if python3 "$BENCH_HELPERS" idle-conns --port "$port" --pid "${PID[$t]}" \
+            --count "$IDLE_CONNS" --timeout 60 >"$out"; then
+            bench_log "$t idle connections: $(cat "$out")"
+        else
+            bench_log "$t idle connections: not all $IDLE_CONNS connections got a response: $(cat "$out")"
+        fi
+        IDLE_ARGS+=(--idle "$t=$out")
+    done
+fi
+
+REPORT_ARGS=()
+for t in "${TARGETS[@]}"; do
+    bench_log "$t: warm-up $WARMUP"
+    wrk -t"$BENCH_WRK_THREADS" -c"$BENCH_CONNECTIONS" -d"$WARMUP" "${URL[$t]}" >"$BENCH_TMP/warmup-$t.txt"
+    bench_log "$t: wrk -t$BENCH_WRK_THREADS -c$BENCH_CONNECTIONS -d$DURATION --latency ${URL[$t]}"
+    wrk -t"$BENCH_WRK_THREADS" -c"$BENCH_CONNECTIONS" -d"$DURATION" --latency "${URL[$t]}" \
+        >"$BENCH_TMP/wrk-$t.txt"
+    sed 's/^/    /' "$BENCH_TMP/wrk-$t.txt" >&2
+    for p in "${PID[@]}"; do
+        bench_alive "$p" || bench_die "a proxy (pid $p) died during the $t run"
+    done
+    REPORT_ARGS+=(--target "$t=$BENCH_TMP/wrk-$t.txt")
+done
+
+python3 "$BENCH_HELPERS" report-proxy "${REPORT_ARGS[@]}" "${IDLE_ARGS[@]}" \
+    --duration-s "$DURATION_S" --connections "$BENCH_CONNECTIONS" \
+    --proxy-threads "$BENCH_PROXY_THREADS" --backend-threads "$BENCH_BACKEND_THREADS" \
+    --wrk-threads "$BENCH_WRK_THREADS"

@@ -1,0 +1,203 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The `cutover` binary as a user runs it.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use cutover_test_support::{http_client, ChildProcess, ExampleApp};
+use serde_json::Value;
+
+const CUTOVER: &str = env!("CARGO_BIN_EXE_cutover");
+
+fn write_config(dir: &Path, v1: &ExampleApp, v2: &ExampleApp) -> std::path::PathBuf {
+    let path = dir.join("cutover.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[[app]]
+name = "web"
+listen = "127.0.0.1:0"
+preview_listen = "127.0.0.1:0"
+
+[app.proxy]
+drain_timeout_ms = 10000
+
+[app.proxy.sticky]
+user_key_header = "X-User-ID"
+
+[app.routes]
+live = "blue"
+blue = {{ version = "v1", backends = ["{}"] }}
+green = {{ version = "v2", backends = ["{}"] }}
+"#,
+            v1.addr, v2.addr
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn serve(config: &Path) -> (ChildProcess, Value) {
+    let mut cmd = Command::new(CUTOVER);
+    cmd.args(["serve", "--config"])
+        .arg(config)
+        .env_remove("CUTOVER_ADMIN_TOKEN");
+    let mut process = ChildProcess::spawn("cutover-serve", cmd);
+    let ready = process.wait_for_stdout_line(Duration::from_secs(20), |line| {
+        serde_json::from_str::<Value>(line)
+            .ok()
+            .filter(|v| v["event"] == "ready")
+    });
+    (process, ready)
+}
+
+#[tokio::test]
+async fn serve_generates_a_private_token_and_drains_on_sigterm() {
+    let (v1, v2) = (ExampleApp::spawn("v1", &[]), ExampleApp::spawn("v2", &[]));
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &v1, &v2);
+    let (mut process, ready) = serve(&config);
+    let admin = format!("http://{}", ready["bound"]["admin"].as_str().unwrap());
+    let public = format!(
+        "http://{}",
+        ready["bound"]["apps"]["web"]["listen"].as_str().unwrap()
+    );
+
+    let token_file = dir.path().join(".cutover/admin.token");
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "the generated token is readable by its owner only"
+    );
+    let token = std::fs::read_to_string(&token_file).unwrap().trim().to_string();
+    assert!(
+        !process.stderr().contains(&token),
+        "the token must never be logged"
+    );
+
+    let client = http_client();
+    let mut route: Value = client
+        .get(format!("{admin}/v1/apps/web/routes"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    route["route"]["canary_weight_bp"] = 10_000.into();
+    let r = client
+        .put(format!("{admin}/v1/apps/web/routes"))
+        .bearer_auth(&token)
+        .json(&route["route"])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        client.get(format!("{public}/")).send().await.unwrap().headers()["x-app-version"],
+        "v2"
+    );
+
+    let slow = tokio::spawn({
+        let (client, url) = (client.clone(), format!("{public}/slow?ms=1500"));
+        async move {
+            let r = client.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    });
+    cutover_test_support::wait_until(
+        "the slow request reaches the backend",
+        Duration::from_secs(10),
+        || async {
+            let m: Value = client
+                .get(format!("{admin}/v1/apps/web/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            m[1]["metrics"]["in_flight"] == 1
+        },
+    )
+    .await;
+    process.send_signal("TERM");
+    assert_eq!(
+        slow.await.unwrap(),
+        (200, "slow done".to_string()),
+        "in-flight requests finish"
+    );
+    let status = process.wait_exit(Duration::from_secs(20));
+    assert!(
+        status.success(),
+        "cutover serve exits 0 after SIGTERM: {status:?}\n{}",
+        process.stderr()
+    );
+    assert!(
+        client.get(format!("{public}/")).send().await.is_err(),
+        "nothing listens after exit"
+    );
+}
+
+#[test]
+fn config_check_reports_every_problem_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[[app]]\nname = \"web app\"\nlisten = \"127.0.0.1:8080\"\n\n[app.proxy]\nconnect_timeout_ms = 0\n",
+    )
+    .unwrap();
+    let out = Command::new(CUTOVER)
+        .args(["config", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let shown = path.display().to_string();
+    assert!(
+        stderr.contains(&format!("{shown}:2: app[0].name: \"web app\" must be")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{shown}:6: app[0].proxy.connect_timeout_ms: must be greater than 0"
+        )),
+        "{stderr}"
+    );
+
+    std::fs::write(&path, "[[app]]\nname = \"web\"\nlisten = \"127.0.0.1:8080\"\n").unwrap();
+    let out = Command::new(CUTOVER)
+        .args(["config", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn demo_runs_the_ramp_and_rollback_without_a_failed_request() {
+    let out = Command::new(CUTOVER)
+        .args(["demo", "--users", "400", "--anonymous", "50"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("no request failed"), "{stdout}");
+    assert!(
+        stdout.contains("preview listener answered with version v2"),
+        "{stdout}"
+    );
+}

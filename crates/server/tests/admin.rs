@@ -1,0 +1,287 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The admin API and the server around it, in process, with real backends.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use cutover_core::{Pool, RouteTable, Slot};
+use cutover_proxy::ProxySettings;
+use cutover_server::config::{AdminConfig, AppConfig, TlsConfig};
+use cutover_server::{Config, Running};
+use cutover_test_support::{http_client, ExampleApp};
+use serde_json::{json, Value};
+
+const TOKEN: &str = "test-admin-token";
+
+fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+fn config(v1: &ExampleApp, v2: &ExampleApp, tls: Option<TlsConfig>) -> Config {
+    Config {
+        admin: AdminConfig {
+            listen: loopback(),
+            ..AdminConfig::default()
+        },
+        apps: vec![AppConfig {
+            name: "web".into(),
+            listen: loopback(),
+            preview_listen: None,
+            tls,
+            proxy: ProxySettings::default(),
+            routes: RouteTable {
+                live: Slot::Blue,
+                canary_weight_bp: 0,
+                blue: Pool {
+                    version: "v1".into(),
+                    backends: vec![v1.addr],
+                },
+                green: Pool {
+                    version: "v2".into(),
+                    backends: vec![v2.addr],
+                },
+            },
+        }],
+    }
+}
+
+struct Server {
+    running: Option<Running>,
+    admin: String,
+    public: SocketAddr,
+}
+
+impl Server {
+    async fn start(config: Config) -> Server {
+        let running = cutover_server::start(config, TOKEN.into()).await.unwrap();
+        let admin = format!("http://{}", running.bound.admin);
+        let public = running.bound.apps["web"].listen;
+        Server {
+            running: Some(running),
+            admin,
+            public,
+        }
+    }
+
+    async fn routes(&self) -> Value {
+        http_client()
+            .get(format!("{}/v1/apps/web/routes", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn put(&self, body: &str, token: Option<&str>) -> (u16, Value) {
+        let mut request = http_client()
+            .put(format!("{}/v1/apps/web/routes", self.admin))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let r = request.send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(running) = self.running.take() {
+            tokio::spawn(running.shutdown());
+        }
+    }
+}
+
+#[tokio::test]
+async fn route_changes_need_the_token_and_valid_input_and_change_nothing_otherwise() {
+    let (v1, v2) = (ExampleApp::spawn("v1", &[]), ExampleApp::spawn("v2", &[]));
+    let server = Server::start(config(&v1, &v2, None)).await;
+    let before = server.routes().await;
+    assert_eq!(before["generation"], 1);
+
+    let mut good = before["route"].clone();
+    good["canary_weight_bp"] = json!(2500);
+    let good = good.to_string();
+    let (status, body) = server.put(&good, None).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("Authorization: Bearer"),
+        "{body}"
+    );
+    assert_eq!(server.put(&good, Some("wrong")).await.0, 401);
+
+    let cases = [
+        (
+            r#"{"live":"blue","canary_weight_bp":20000,"blue":{"backends":["127.0.0.1:1"]},"green":{}}"#,
+            "canary_weight_bp",
+        ),
+        (r#"{"live":"purple","blue":{},"green":{}}"#, "live"),
+        (
+            r#"{"live":"blue","blue":{"backends":["not-an-address"]},"green":{}}"#,
+            "blue.backends[0]",
+        ),
+        (
+            r#"{"live":"blue","canary_wieght_bp":1,"blue":{},"green":{}}"#,
+            "canary_wieght_bp",
+        ),
+        (r#"{"live":"blue","#, "body"),
+        (
+            r#"{"live":"blue","canary_weight_bp":100,"blue":{"backends":["127.0.0.1:1"]},"green":{"backends":[]}}"#,
+            "green.backends",
+        ),
+    ];
+    for (input, field) in cases {
+        let (status, body) = server.put(input, Some(TOKEN)).await;
+        assert_eq!(status, 400, "{input} -> {body}");
+        let errors = body["errors"].as_array().unwrap();
+        assert!(
+            errors.iter().any(|e| e["field"].as_str().unwrap().contains(field)
+                || e["message"].as_str().unwrap().contains(field)),
+            "{input}: expected an error about {field}, got {body}"
+        );
+        assert_eq!(
+            server.routes().await,
+            before,
+            "a refused change must change nothing"
+        );
+    }
+
+    let (status, body) = server.put(&good, Some(TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["generation"], 2);
+    assert_eq!(server.routes().await["route"]["canary_weight_bp"], 2500);
+
+    let r = http_client()
+        .get(format!("{}/v1/apps/nope/routes", server.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("known apps: web"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn metrics_endpoint_serves_prometheus_text_labelled_by_app_slot_and_version() {
+    let (v1, v2) = (ExampleApp::spawn("v1", &[]), ExampleApp::spawn("v2", &[]));
+    let server = Server::start(config(&v1, &v2, None)).await;
+    let client = http_client();
+    for _ in 0..5 {
+        assert_eq!(
+            client
+                .get(format!("http://{}/", server.public))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    let r = client
+        .get(format!("{}/metrics", server.admin))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let text = r.text().await.unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    let count = scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "cutover_request_duration_seconds_count"
+                && s.labels.get("app") == Some("web")
+                && s.labels.get("slot") == Some("blue")
+                && s.labels.get("version") == Some("v1")
+        })
+        .unwrap_or_else(|| panic!("no duration count for blue in:\n{text}"));
+    assert!(
+        matches!(count.value, prometheus_parse::Value::Untyped(v) | prometheus_parse::Value::Counter(v) if v == 5.0),
+        "{:?}",
+        count.value
+    );
+    let weight = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "cutover_traffic_weight" && s.labels.get("slot") == Some("blue"))
+        .unwrap();
+    assert!(matches!(weight.value, prometheus_parse::Value::Gauge(v) if v == 1.0));
+
+    let slots: Value = client
+        .get(format!("{}/v1/apps/web/metrics", server.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(slots[0]["slot"], "blue");
+    assert_eq!(slots[0]["metrics"]["requests"], 5);
+    assert_eq!(slots[0]["backends"][0]["healthy"], true);
+}
+
+#[tokio::test]
+async fn tls_listeners_serve_http1_and_http2() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::TokioIo;
+
+    let (v1, v2) = (ExampleApp::spawn("v1", &[]), ExampleApp::spawn("v2", &[]));
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let server = Server::start(config(&v1, &v2, Some(TlsConfig { cert_path, key_path }))).await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    for alpn in [&b"h2"[..], &b"http/1.1"[..]] {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![alpn.to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+        let tcp = tokio::net::TcpStream::connect(server.public).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let stream = connector.connect(name, tcp).await.unwrap();
+        let request = hyper::Request::get(format!("https://localhost:{}/headers", server.public.port()))
+            .header("host", format!("localhost:{}", server.public.port()))
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let response = if alpn == b"h2" {
+            let (mut sender, conn) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                TokioIo::new(stream),
+            )
+            .await
+            .unwrap();
+            tokio::spawn(conn);
+            let mut request = request;
+            request.headers_mut().remove("host");
+            sender.send_request(request).await.unwrap()
+        } else {
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            sender.send_request(request).await.unwrap()
+        };
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-app-version"], "v1");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["headers"]["x-forwarded-proto"], "https", "{body}");
+    }
+}
