@@ -8,6 +8,7 @@ Subcommands:
                                  "event": "ready" (exit 1 if there is none yet)
   parse-wrk FILE                 parse wrk --latency output into one JSON object
   rss-kib PID                    RSS of PID and all its descendants, in KiB
+  cpu-idle SECS                  % of CPU idle over the next SECS seconds
   idle-conns ...                 memory per idle keep-alive connection (see --help)
   switcher ...                   flip canary_weight_bp through the admin API (see --help)
   report-proxy ...               print the proxy.sh table and its JSON line
@@ -116,6 +117,21 @@ def parse_wrk(text: str) -> dict:
         }
     out["socket_errors_total"] = sum(out["socket_errors"].values())
     return out
+
+
+def cpu_idle_pct(seconds: float) -> float:
+    """Share of all CPUs idle over the next `seconds` (from /proc/stat), in %."""
+
+    def sample():
+        with open("/proc/stat", encoding="ascii") as f:
+            vals = [int(v) for v in f.readline().split()[1:]]
+        idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+        return idle, sum(vals)
+
+    i0, t0 = sample()
+    time.sleep(seconds)
+    i1, t1 = sample()
+    return round(100.0 * (i1 - i0) / max(1, t1 - t0), 1)
 
 
 def descendants(pid: int) -> list[int]:
@@ -403,6 +419,8 @@ def report_proxy(args) -> int:
         "proxy_threads": args.proxy_threads,
         "backend_threads": args.backend_threads,
         "wrk_threads": args.wrk_threads,
+        "cpu_idle_pct_before": args.cpu_idle_before,
+        "cookie": args.cookie or None,
     }
     for name, r in results.items():
         entry = {"rps": r["rps"], "p99_ms": r["p99_ms"], "p50_ms": r["p50_ms"],
@@ -481,6 +499,7 @@ def report_switch(args) -> int:
         "median_switch_ms": sw["median_switch_ms"],
         "p99_switch_ms": sw["p99_switch_ms"],
         "slot_requests": {k: v["requests"] for k, v in per_slot.items()},
+        "cpu_idle_pct_before": args.cpu_idle_before,
         "ok": not problems,
     }
     print(json.dumps(doc, separators=(",", ":")))
@@ -503,6 +522,8 @@ def main(argv: list[str]) -> int:
     q.add_argument("file")
     q = sub.add_parser("rss-kib")
     q.add_argument("pid", type=int)
+    q = sub.add_parser("cpu-idle")
+    q.add_argument("seconds", type=float)
     q = sub.add_parser("idle-conns")
     q.add_argument("--port", type=int, required=True)
     q.add_argument("--pid", type=int, required=True, help="proxy process (its children count too)")
@@ -522,6 +543,8 @@ def main(argv: list[str]) -> int:
     q.add_argument("--proxy-threads", type=int, required=True)
     q.add_argument("--backend-threads", type=int, required=True)
     q.add_argument("--wrk-threads", type=int, required=True)
+    q.add_argument("--cookie", default="")
+    q.add_argument("--cpu-idle-before", type=float)
     q = sub.add_parser("report-switch")
     q.add_argument("--wrk", required=True)
     q.add_argument("--switcher", required=True)
@@ -529,6 +552,7 @@ def main(argv: list[str]) -> int:
     q.add_argument("--duration-s", type=float, required=True)
     q.add_argument("--connections", type=int, required=True)
     q.add_argument("--wrk-end-before-switches-done", action="store_true")
+    q.add_argument("--cpu-idle-before", type=float)
     args = p.parse_args(argv)
 
     if args.cmd == "free-port":
@@ -551,6 +575,9 @@ def main(argv: list[str]) -> int:
         return 0
     if args.cmd == "rss-kib":
         print(rss_kib(args.pid))
+        return 0
+    if args.cmd == "cpu-idle":
+        print(cpu_idle_pct(args.seconds))
         return 0
     if args.cmd == "idle-conns":
         return idle_conns(args)

@@ -352,6 +352,17 @@ EOF
     bench_log "haproxy on 127.0.0.1:$port, pid $BENCH_HAPROXY_PID, nbthread $BENCH_PROXY_THREADS"
 }
 
+# Sample how idle the machine is for 1 s before loading it; sets BENCH_CPU_IDLE and warns when
+# something else is using the CPU (a build, another benchmark): the figures would be lower.
+bench_check_idle() {
+    BENCH_CPU_IDLE="$(python3 "$BENCH_HELPERS" cpu-idle 1)"
+    if python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) < 90 else 1)' "$BENCH_CPU_IDLE"; then
+        bench_log "WARNING: the CPUs were only $BENCH_CPU_IDLE % idle before the run; something else is busy and the figures will suffer"
+    else
+        bench_log "CPUs $BENCH_CPU_IDLE % idle before the run"
+    fi
+}
+
 # bench_duration_s 10s|1m|500ms -> seconds (may be fractional), for wrk's -d syntax.
 bench_duration_s() {
     python3 - "$1" <<'EOF'

@@ -14,7 +14,9 @@
 # Environment: BENCH_DURATION (10s), BENCH_WARMUP (2s), BENCH_CONNECTIONS (64),
 # BENCH_PROXY_THREADS (1), BENCH_BACKEND_THREADS (1), BENCH_WRK_THREADS (1),
 # BENCH_IDLE_CONNS (1000; 0 skips the idle-connection memory probe), BENCH_TARGETS
-# ("direct cutover nginx haproxy"), BENCH_SKIP_BUILD=1, BENCH_KEEP_TMP=1.
+# ("direct cutover nginx haproxy"), BENCH_COOKIE (unset; e.g. "cutover_bucket=u1" makes wrk send
+# that Cookie header to every target, so cutover reads a returning user's bucket instead of
+# minting a key and a Set-Cookie for each request), BENCH_SKIP_BUILD=1, BENCH_KEEP_TMP=1.
 #
 # The last line of stdout is one JSON object with every figure.
 set -euo pipefail
@@ -30,6 +32,7 @@ read -r -a TARGETS <<<"${BENCH_TARGETS:-direct cutover nginx haproxy}"
 bench_require_tools wrk nginx haproxy python3 curl cargo
 bench_init
 bench_build
+bench_check_idle
 DURATION_S="$(bench_duration_s "$DURATION")"
 bench_duration_s "$WARMUP" >/dev/null
 
@@ -96,12 +99,17 @@ if ((IDLE_CONNS > 0)); then
     done
 fi
 
+WRK_EXTRA=()
+if [[ -n ${BENCH_COOKIE:-} ]]; then
+    WRK_EXTRA=(-H "Cookie: $BENCH_COOKIE")
+fi
+
 REPORT_ARGS=()
 for t in "${TARGETS[@]}"; do
     bench_log "$t: warm-up $WARMUP"
-    wrk -t"$BENCH_WRK_THREADS" -c"$BENCH_CONNECTIONS" -d"$WARMUP" "${URL[$t]}" >"$BENCH_TMP/warmup-$t.txt"
-    bench_log "$t: wrk -t$BENCH_WRK_THREADS -c$BENCH_CONNECTIONS -d$DURATION --latency ${URL[$t]}"
-    wrk -t"$BENCH_WRK_THREADS" -c"$BENCH_CONNECTIONS" -d"$DURATION" --latency "${URL[$t]}" \
+    wrk -t"$BENCH_WRK_THREADS" -c"$BENCH_CONNECTIONS" -d"$WARMUP" "${WRK_EXTRA[@]}" "${URL[$t]}" >"$BENCH_TMP/warmup-$t.txt"
+    bench_log "$t: wrk -t$BENCH_WRK_THREADS -c$BENCH_CONNECTIONS -d$DURATION --latency ${WRK_EXTRA[*]} ${URL[$t]}"
+    wrk -t"$BENCH_WRK_THREADS" -c"$BENCH_CONNECTIONS" -d"$DURATION" --latency "${WRK_EXTRA[@]}" "${URL[$t]}" \
         >"$BENCH_TMP/wrk-$t.txt"
     sed 's/^/    /' "$BENCH_TMP/wrk-$t.txt" >&2
     for p in "${PID[@]}"; do
@@ -113,4 +121,5 @@ done
 python3 "$BENCH_HELPERS" report-proxy "${REPORT_ARGS[@]}" "${IDLE_ARGS[@]}" \
     --duration-s "$DURATION_S" --connections "$BENCH_CONNECTIONS" \
     --proxy-threads "$BENCH_PROXY_THREADS" --backend-threads "$BENCH_BACKEND_THREADS" \
-    --wrk-threads "$BENCH_WRK_THREADS"
+    --wrk-threads "$BENCH_WRK_THREADS" --cpu-idle-before "$BENCH_CPU_IDLE" \
+    --cookie "${BENCH_COOKIE:-}"

@@ -35,6 +35,7 @@ SPREAD="${BENCH_SWITCH_SPREAD:-1}"
 bench_require_tools wrk python3 curl cargo
 bench_init
 bench_build
+bench_check_idle
 DURATION_S="$(bench_duration_s "$DURATION")"
 DURATION_MS="$(python3 -c 'import sys; print(int(float(sys.argv[1]) * 1000))' "$DURATION_S")"
 ((DURATION_MS >= 8000)) || bench_die "BENCH_SWITCH_DURATION must be at least 8s"
@@ -123,5 +124,6 @@ bench_alive "$BENCH_CUTOVER_PID" || bench_die "cutover died during the run"
 rc=0
 python3 "$BENCH_HELPERS" report-switch --wrk "$BENCH_TMP/wrk.out" \
     --switcher "$BENCH_TMP/switcher.json" --metrics "$BENCH_TMP/metrics.json" \
-    --duration-s "$DURATION_S" --connections "$BENCH_CONNECTIONS" "${WRK_ENDED_EARLY[@]}" || rc=$?
+    --duration-s "$DURATION_S" --connections "$BENCH_CONNECTIONS" --cpu-idle-before "$BENCH_CPU_IDLE" \
+    "${WRK_ENDED_EARLY[@]}" || rc=$?
 exit "$rc"

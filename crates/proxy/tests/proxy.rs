@@ -476,9 +476,14 @@ async fn limits_and_timeouts_answer_with_clear_statuses() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let mut table = proxy.app.route();
+    // Pointing users at an empty slot is refused, and the table stays as it was.
+    let before = proxy.app.route();
+    let mut table = before.clone();
+    table.green.backends = table.blue.backends.clone();
     table.blue.backends.clear();
-    proxy.app.apply(table).unwrap_err();
+    let errors = proxy.app.apply(table).unwrap_err();
+    assert_eq!(errors.errors[0].field, "blue.backends", "{errors}");
+    assert_eq!(proxy.app.route(), before);
 }
 
 #[tokio::test]
