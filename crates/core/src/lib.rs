@@ -11,11 +11,19 @@
 //! grows never moves a user back: see [`bucket`].
 
 pub mod bucket;
+pub mod judge;
+pub mod policy;
+pub mod release;
+pub mod rollout;
 pub mod route;
 pub mod slot;
+pub mod time;
 pub mod validate;
 
 pub use bucket::{Bucket, Bucketer};
+pub use policy::{RolloutPolicy, Step};
+pub use release::ReleaseSpec;
 pub use route::{BasisPoints, Pool, RouteTable};
 pub use slot::Slot;
+pub use time::{Clock, ManualClock, Timestamp};
 pub use validate::{FieldError, ValidationErrors};

@@ -1,0 +1,913 @@
+//! The rollout state machine.
+//!
+//! [`AppState`] is everything cutover knows about one app: which slot is live, what each slot runs,
+//! and the current (or last) rollout. [`handle`] is a pure function from a state, an input and the
+//! current time to the next state, the actions to carry out, and the events to record. The
+//! controller persists the new state and events *before* it carries out the actions, so after a
+//! crash it knows what may have half-happened; [`Input::Recovered`] tells the machine what the
+//! controller found when it came back.
+//!
+//! The route table is never an input or a free-standing piece of state: [`route_table`] derives it
+//! from the app state, and every transition that changes traffic emits [`Action::ApplyRoutes`] with
+//! the derived table. Start-up, steps, rollback and recovery all route through that one function.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::judge::{judge, Outcome, Verdict, WindowStats};
+use crate::policy::RolloutPolicy;
+use crate::release::ReleaseSpec;
+use crate::route::{Pool, RouteTable};
+use crate::slot::Slot;
+use crate::time::Timestamp;
+
+/// What one slot holds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SlotState {
+    pub release: Option<ReleaseSpec>,
+    /// Addresses of the running instances; empty when stopped.
+    pub backends: Vec<SocketAddr>,
+}
+
+impl SlotState {
+    pub fn version(&self) -> Option<&str> {
+        self.release.as_ref().map(|r| r.version.as_str())
+    }
+
+    pub fn is_running(&self) -> bool {
+        !self.backends.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppState {
+    pub app: String,
+    pub live: Slot,
+    pub blue: SlotState,
+    pub green: SlotState,
+    pub rollout: Option<Rollout>,
+    /// Id the next rollout gets.
+    pub next_rollout_id: u64,
+}
+
+impl AppState {
+    pub fn new(app: impl Into<String>) -> Self {
+        AppState {
+            app: app.into(),
+            live: Slot::Blue,
+            blue: SlotState::default(),
+            green: SlotState::default(),
+            rollout: None,
+            next_rollout_id: 1,
+        }
+    }
+
+    pub fn slot(&self, slot: Slot) -> &SlotState {
+        match slot {
+            Slot::Blue => &self.blue,
+            Slot::Green => &self.green,
+        }
+    }
+
+    pub fn slot_mut(&mut self, slot: Slot) -> &mut SlotState {
+        match slot {
+            Slot::Blue => &mut self.blue,
+            Slot::Green => &mut self.green,
+        }
+    }
+
+    /// The rollout still in progress, if any.
+    pub fn active_rollout(&self) -> Option<&Rollout> {
+        self.rollout.as_ref().filter(|r| !r.phase.is_terminal())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub id: u64,
+    /// The slot the new release goes into.
+    pub target: Slot,
+    pub release: ReleaseSpec,
+    pub policy: RolloutPolicy,
+    pub phase: Phase,
+    pub started_at: Timestamp,
+    /// Version live when the rollout started.
+    pub previous_version: Option<String>,
+    /// Deploy-freeze overridden with `--force`.
+    pub forced: bool,
+    /// Failed analysis windows so far.
+    pub failures: u32,
+    /// Start of the first window judged as failed, for "time from first bad window to rollback".
+    pub first_bad_window_at: Option<Timestamp>,
+    /// The last verdict, for status displays.
+    pub last_verdict: Option<Verdict>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+pub enum Phase {
+    /// Starting the release in the target slot and waiting for readiness.
+    Provisioning {
+        deadline: Timestamp,
+    },
+    /// Smoke checks and pre-warm against the target slot, before any user traffic.
+    Verifying,
+    /// Step `step` of the policy: its weight on the target slot, judged window by window.
+    Canary {
+        step: usize,
+        window_started_at: Timestamp,
+        /// Time spent in passing windows of this step.
+        observed_ms: u64,
+        inconclusive_in_row: u32,
+    },
+    /// Waiting for a person at step `step`. `step_done` says whether the step's observation was
+    /// complete (a manual pause step) so that `resume` moves on to the next one.
+    Paused {
+        step: usize,
+        step_done: bool,
+        reason: String,
+    },
+    /// All traffic on the target; the old slot warm until `until`, judged on absolute ceilings.
+    Promoted {
+        since: Timestamp,
+        until: Timestamp,
+        window_started_at: Timestamp,
+    },
+    Succeeded {
+        at: Timestamp,
+    },
+    RolledBack {
+        at: Timestamp,
+        reason: String,
+    },
+    Aborted {
+        at: Timestamp,
+        reason: String,
+    },
+    Failed {
+        at: Timestamp,
+        reason: String,
+    },
+}
+
+impl Phase {
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            Phase::Succeeded { .. } | Phase::RolledBack { .. } | Phase::Aborted { .. } | Phase::Failed { .. }
+        )
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Phase::Provisioning { .. } => "provisioning",
+            Phase::Verifying => "verifying",
+            Phase::Canary { .. } => "canary",
+            Phase::Paused { .. } => "paused",
+            Phase::Promoted { .. } => "promoted",
+            Phase::Succeeded { .. } => "succeeded",
+            Phase::RolledBack { .. } => "rolled_back",
+            Phase::Aborted { .. } => "aborted",
+            Phase::Failed { .. } => "failed",
+        }
+    }
+}
+
+/// A person's command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Command {
+    Promote,
+    Pause,
+    Resume,
+    Abort,
+    Rollback,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Input {
+    /// Start a rollout of `release` into the idle slot.
+    Deploy {
+        release: ReleaseSpec,
+        policy: RolloutPolicy,
+        forced: bool,
+    },
+    /// Time passed.
+    Tick,
+    /// Every instance of the target slot is running and ready at these addresses.
+    Provisioned {
+        backends: Vec<SocketAddr>,
+    },
+    ProvisionFailed {
+        reason: String,
+    },
+    VerifyPassed {
+        detail: String,
+    },
+    VerifyFailed {
+        reason: String,
+    },
+    /// The measurements of the window that just ended.
+    Window(WindowStats),
+    Command(Command),
+    /// The target slot stopped running (its instances died).
+    TargetDown {
+        reason: String,
+    },
+    /// The controller restarted and probed the slots.
+    Recovered {
+        target_ready: bool,
+        live_ready: bool,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Action {
+    /// Start `release` in `slot` and report [`Input::Provisioned`] or [`Input::ProvisionFailed`].
+    Provision {
+        slot: Slot,
+        release: ReleaseSpec,
+        deadline: Timestamp,
+    },
+    /// Smoke checks and pre-warm against `slot`; report [`Input::VerifyPassed`] or `VerifyFailed`.
+    Verify { slot: Slot },
+    /// Make the router serve this table.
+    ApplyRoutes(RouteTable),
+    /// Stop the instances of `slot` (after its drain timeout when `drain`).
+    Stop { slot: Slot, drain: bool },
+}
+
+/// Something that happened, for the event log: a sentence for people and the numbers behind it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub at: Timestamp,
+    pub rollout_id: Option<u64>,
+    pub kind: String,
+    pub message: String,
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    pub state: AppState,
+    pub actions: Vec<Action>,
+    pub events: Vec<Event>,
+}
+
+/// An input that does not apply in the current state; nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Rejected(pub String);
+
+/// The route table the app's state calls for.
+pub fn route_table(state: &AppState) -> RouteTable {
+    let pool = |s: &SlotState| Pool {
+        version: s.version().unwrap_or_default().to_string(),
+        backends: s.backends.clone(),
+    };
+    let canary_weight_bp = match state.active_rollout().map(|r| (&r.phase, &r.policy)) {
+        Some((Phase::Canary { step, .. } | Phase::Paused { step, .. }, policy)) => {
+            policy.steps.get(*step).map(|s| s.weight_bp).unwrap_or(0)
+        }
+        _ => 0,
+    };
+    RouteTable {
+        live: state.live,
+        canary_weight_bp,
+        blue: pool(&state.blue),
+        green: pool(&state.green),
+    }
+}
+
+/// Does the current phase want an analysis window judged now?
+pub fn window_due(state: &AppState, now: Timestamp) -> bool {
+    match state.active_rollout() {
+        Some(r) => match &r.phase {
+            Phase::Canary {
+                window_started_at, ..
+            }
+            | Phase::Promoted {
+                window_started_at, ..
+            } => now.millis_since(*window_started_at) >= r.policy.analysis_interval_ms,
+            _ => false,
+        },
+        None => false,
+    }
+}
+
+struct Builder {
+    state: AppState,
+    actions: Vec<Action>,
+    events: Vec<Event>,
+    now: Timestamp,
+}
+
+impl Builder {
+    fn event(&mut self, kind: &str, message: impl Into<String>, data: serde_json::Value) {
+        let rollout_id = self.state.rollout.as_ref().map(|r| r.id);
+        self.events.push(Event {
+            at: self.now,
+            rollout_id,
+            kind: kind.into(),
+            message: message.into(),
+            data,
+        });
+    }
+
+    fn apply_routes(&mut self) {
+        let table = route_table(&self.state);
+        self.actions.push(Action::ApplyRoutes(table));
+    }
+
+    fn rollout(&mut self) -> &mut Rollout {
+        // Only called on paths that checked an active rollout exists.
+        #[allow(clippy::expect_used)]
+        self.state
+            .rollout
+            .as_mut()
+            .expect("invariant: an active rollout exists on this path")
+    }
+
+    fn finish(self) -> Transition {
+        Transition {
+            state: self.state,
+            actions: self.actions,
+            events: self.events,
+        }
+    }
+
+    /// Ends the rollout with all traffic back on the old slot and the target stopped.
+    fn back_to_old(&mut self, phase: Phase, kind: &str, message: String) {
+        let now = self.now;
+        let r = self.rollout();
+        let target = r.target;
+        let first_bad = r.first_bad_window_at;
+        r.phase = phase;
+        self.state.live = target.other();
+        self.state.slot_mut(target).backends.clear();
+        self.apply_routes();
+        self.actions.push(Action::Stop {
+            slot: target,
+            drain: true,
+        });
+        let data = serde_json::json!({
+            "detection_to_rollback_ms": first_bad.map(|t| now.millis_since(t)),
+        });
+        self.event(kind, message, data);
+    }
+
+    fn fail(&mut self, reason: String) {
+        let now = self.now;
+        let r = self.rollout();
+        let target = r.target;
+        r.phase = Phase::Failed {
+            at: now,
+            reason: reason.clone(),
+        };
+        self.state.slot_mut(target).backends.clear();
+        self.state.slot_mut(target).release = None;
+        self.apply_routes();
+        self.actions.push(Action::Stop {
+            slot: target,
+            drain: false,
+        });
+        self.event(
+            "failed",
+            format!("rollout failed before any user traffic: {reason}"),
+            serde_json::Value::Null,
+        );
+    }
+
+    /// Moves to step `index`, or to promotion when it is a 100 % step or past the last step.
+    fn enter_step(&mut self, index: usize) {
+        let now = self.now;
+        let r = self.rollout();
+        let step = r.policy.steps.get(index).cloned();
+        match step {
+            Some(step) if step.weight_bp < 10_000 => {
+                r.phase = Phase::Canary {
+                    step: index,
+                    window_started_at: now,
+                    observed_ms: 0,
+                    inconclusive_in_row: 0,
+                };
+                let total = r.policy.steps.len();
+                self.apply_routes();
+                self.event(
+                    "step",
+                    format!(
+                        "step {} of {total}: {:.2} % of users on the new version for {} s",
+                        index + 1,
+                        f64::from(step.weight_bp) / 100.0,
+                        step.duration_ms / 1000
+                    ),
+                    serde_json::json!({ "step": index, "weight_bp": step.weight_bp, "duration_ms": step.duration_ms }),
+                );
+                if step.duration_ms == 0 {
+                    self.step_done(index);
+                }
+            }
+            _ => self.promote("all steps passed".into()),
+        }
+    }
+
+    fn step_done(&mut self, index: usize) {
+        let pause = self.rollout().policy.steps.get(index).is_some_and(|s| s.pause);
+        if pause {
+            self.rollout().phase = Phase::Paused {
+                step: index,
+                step_done: true,
+                reason: format!("step {} is a manual pause: resume or promote to go on", index + 1),
+            };
+            self.event(
+                "paused",
+                format!("waiting for a person after step {}", index + 1),
+                serde_json::Value::Null,
+            );
+        } else {
+            self.enter_step(index + 1);
+        }
+    }
+
+    fn promote(&mut self, why: String) {
+        let now = self.now;
+        let r = self.rollout();
+        let target = r.target;
+        let until = now.plus_ms(r.policy.rollback_window_ms);
+        let window_s = r.policy.rollback_window_ms / 1000;
+        r.phase = Phase::Promoted {
+            since: now,
+            until,
+            window_started_at: now,
+        };
+        self.state.live = target;
+        self.apply_routes();
+        self.event(
+            "promoted",
+            format!("promoted ({why}): all traffic on {target}; the old slot stays warm for {window_s} s for an instant rollback"),
+            serde_json::json!({ "until": until }),
+        );
+    }
+
+    fn succeed(&mut self) {
+        let now = self.now;
+        let r = self.rollout();
+        let old = r.target.other();
+        r.phase = Phase::Succeeded { at: now };
+        let old_slot = self.state.slot_mut(old);
+        old_slot.backends.clear();
+        old_slot.release = None;
+        self.apply_routes();
+        self.actions.push(Action::Stop {
+            slot: old,
+            drain: true,
+        });
+        self.event(
+            "succeeded",
+            format!("rollback window over: the old slot {old} is retired"),
+            serde_json::Value::Null,
+        );
+    }
+}
+
+/// The next state for `input` at `now`. An input that makes no sense in the current state is
+/// [`Rejected`] with a message saying why and what to do instead.
+pub fn handle(state: &AppState, input: Input, now: Timestamp) -> Result<Transition, Rejected> {
+    let mut b = Builder {
+        state: state.clone(),
+        actions: Vec::new(),
+        events: Vec::new(),
+        now,
+    };
+    let active = state.active_rollout().cloned();
+    match (input, active) {
+        (
+            Input::Deploy {
+                release,
+                policy,
+                forced,
+            },
+            None,
+        ) => {
+            let id = b.state.next_rollout_id;
+            b.state.next_rollout_id += 1;
+            let target = state.live.other();
+            let previous_version = state.slot(state.live).version().map(str::to_string);
+            let deadline = now.plus_ms(policy.readiness_deadline_ms);
+            let had_old = state.slot(target).is_running() || state.slot(target).release.is_some();
+            b.state.rollout = Some(Rollout {
+                id,
+                target,
+                release: release.clone(),
+                policy,
+                phase: Phase::Provisioning { deadline },
+                started_at: now,
+                previous_version: previous_version.clone(),
+                forced,
+                failures: 0,
+                first_bad_window_at: None,
+                last_verdict: None,
+            });
+            *b.state.slot_mut(target) = SlotState {
+                release: Some(release.clone()),
+                backends: Vec::new(),
+            };
+            if had_old {
+                b.apply_routes();
+                b.actions.push(Action::Stop {
+                    slot: target,
+                    drain: true,
+                });
+            }
+            b.actions.push(Action::Provision {
+                slot: target,
+                release: release.clone(),
+                deadline,
+            });
+            let from = previous_version.unwrap_or_else(|| "nothing".into());
+            b.event(
+                "deploy",
+                format!(
+                    "rollout #{id}: {} → {} in slot {target}{}",
+                    from,
+                    release.version,
+                    if forced { " (deploy freeze overridden with --force)" } else { "" }
+                ),
+                serde_json::json!({ "version": release.version, "from": from, "slot": target, "forced": forced }),
+            );
+        }
+        (Input::Deploy { .. }, Some(r)) => {
+            return Err(Rejected(format!(
+                "rollout #{} of app {} ({} → {}) is still in phase {}; wait for it, or abort it first",
+                r.id,
+                state.app,
+                r.previous_version.as_deref().unwrap_or("nothing"),
+                r.release.version,
+                r.phase.name()
+            )));
+        }
+        (Input::Recovered { .. } | Input::Tick, None) => {
+            // Nothing in progress: make sure the router serves what the state says.
+            b.apply_routes();
+        }
+        (_, None) => return Err(Rejected(format!("app {} has no rollout in progress", state.app))),
+        (input, Some(r)) => on_active(&mut b, input, r)?,
+    }
+    Ok(b.finish())
+}
+
+fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> {
+    let now = b.now;
+    match (input, &r.phase) {
+        (Input::Tick, Phase::Provisioning { deadline }) if now >= *deadline => {
+            b.fail(format!(
+                "not ready within the readiness deadline of {} s",
+                r.policy.readiness_deadline_ms / 1000
+            ));
+        }
+        (Input::Tick, Phase::Promoted { until, .. }) if now >= *until => b.succeed(),
+        (Input::Tick, _) => {}
+        (Input::Provisioned { backends }, Phase::Provisioning { .. }) => {
+            let n = backends.len();
+            b.state.slot_mut(r.target).backends = backends;
+            b.rollout().phase = Phase::Verifying;
+            b.apply_routes();
+            b.actions.push(Action::Verify { slot: r.target });
+            b.event(
+                "ready",
+                format!(
+                    "{} instance{} of {} ready in slot {}",
+                    n,
+                    if n == 1 { "" } else { "s" },
+                    r.release.version,
+                    r.target
+                ),
+                serde_json::Value::Null,
+            );
+        }
+        (Input::ProvisionFailed { reason }, Phase::Provisioning { .. }) => b.fail(reason),
+        (Input::VerifyPassed { detail }, Phase::Verifying) => {
+            b.event(
+                "verified",
+                format!("smoke checks passed: {detail}"),
+                serde_json::Value::Null,
+            );
+            b.enter_step(0);
+        }
+        (Input::VerifyFailed { reason }, Phase::Verifying) => b.fail(reason),
+        (
+            Input::Window(stats),
+            Phase::Canary {
+                step,
+                window_started_at,
+                observed_ms,
+                inconclusive_in_row,
+            },
+        ) => {
+            let verdict = judge(&r.policy.judge, stats);
+            record_verdict(b, &verdict, *window_started_at);
+            let (step, observed_ms, inconclusive_in_row) = (*step, *observed_ms, *inconclusive_in_row);
+            match verdict.outcome {
+                Outcome::Pass => {
+                    let observed = observed_ms + now.millis_since(*window_started_at);
+                    let duration = r.policy.steps.get(step).map(|s| s.duration_ms).unwrap_or(0);
+                    if observed >= duration {
+                        b.step_done(step);
+                    } else {
+                        b.rollout().phase = Phase::Canary {
+                            step,
+                            window_started_at: now,
+                            observed_ms: observed,
+                            inconclusive_in_row: 0,
+                        };
+                    }
+                }
+                Outcome::Fail => {
+                    if b.rollout().failures > r.policy.failure_limit {
+                        let message = format!("rolled back automatically: {}", verdict.reason);
+                        b.back_to_old(
+                            Phase::RolledBack {
+                                at: now,
+                                reason: verdict.reason.clone(),
+                            },
+                            "rolled_back",
+                            message,
+                        );
+                    } else {
+                        b.rollout().phase = Phase::Canary {
+                            step,
+                            window_started_at: now,
+                            observed_ms,
+                            inconclusive_in_row: 0,
+                        };
+                    }
+                }
+                Outcome::Inconclusive => {
+                    let in_row = inconclusive_in_row + 1;
+                    if in_row > r.policy.inconclusive_limit {
+                        let reason = format!(
+                            "{in_row} inconclusive windows in a row ({}); never promoting blind: resume, promote or roll back",
+                            verdict.reason
+                        );
+                        b.rollout().phase = Phase::Paused {
+                            step,
+                            step_done: false,
+                            reason: reason.clone(),
+                        };
+                        b.event("paused", reason, serde_json::Value::Null);
+                    } else {
+                        b.rollout().phase = Phase::Canary {
+                            step,
+                            window_started_at: now,
+                            observed_ms,
+                            inconclusive_in_row: in_row,
+                        };
+                    }
+                }
+            }
+        }
+        (
+            Input::Window(stats),
+            Phase::Promoted {
+                since,
+                until,
+                window_started_at,
+            },
+        ) => {
+            let verdict = judge(
+                &r.policy.judge,
+                WindowStats {
+                    baseline: None,
+                    ..stats
+                },
+            );
+            record_verdict(b, &verdict, *window_started_at);
+            if verdict.outcome == Outcome::Fail && b.rollout().failures > r.policy.failure_limit {
+                let message = format!("rolled back during the rollback window: {}", verdict.reason);
+                b.back_to_old(
+                    Phase::RolledBack {
+                        at: now,
+                        reason: verdict.reason.clone(),
+                    },
+                    "rolled_back",
+                    message,
+                );
+            } else {
+                b.rollout().phase = Phase::Promoted {
+                    since: *since,
+                    until: *until,
+                    window_started_at: now,
+                };
+                if now >= *until {
+                    b.succeed();
+                }
+            }
+        }
+        (Input::Window(_), _) => {}
+        (Input::Command(command), phase) => on_command(b, command, &r, phase.clone())?,
+        (
+            Input::TargetDown { reason },
+            Phase::Canary { .. } | Phase::Paused { .. } | Phase::Promoted { .. },
+        ) => {
+            let reason = format!("the new slot {} stopped running: {reason}", r.target);
+            b.back_to_old(
+                Phase::RolledBack {
+                    at: now,
+                    reason: reason.clone(),
+                },
+                "rolled_back",
+                format!("rolled back: {reason}"),
+            );
+        }
+        (Input::TargetDown { reason }, Phase::Provisioning { .. } | Phase::Verifying) => {
+            b.fail(format!("the new slot {} stopped running: {reason}", r.target));
+        }
+        (
+            Input::Recovered {
+                target_ready,
+                live_ready,
+            },
+            phase,
+        ) => {
+            b.event(
+                "recovered",
+                format!(
+                    "controller restarted in phase {}: new slot {}, old slot {}",
+                    phase.name(),
+                    if target_ready { "ready" } else { "not ready" },
+                    if live_ready { "ready" } else { "not ready" }
+                ),
+                serde_json::json!({ "target_ready": target_ready, "live_ready": live_ready }),
+            );
+            match phase {
+                Phase::Provisioning { deadline } => {
+                    // The platform re-adopts instances that survived, or starts them again.
+                    b.state.slot_mut(r.target).backends.clear();
+                    b.apply_routes();
+                    b.actions.push(Action::Provision {
+                        slot: r.target,
+                        release: r.release.clone(),
+                        deadline: *deadline,
+                    });
+                }
+                Phase::Verifying => {
+                    b.apply_routes();
+                    b.actions.push(Action::Verify { slot: r.target });
+                }
+                Phase::Canary { .. } | Phase::Paused { .. } | Phase::Promoted { .. } if !target_ready => {
+                    let reason = "after a controller restart the new slot is not healthy".to_string();
+                    b.back_to_old(
+                        Phase::RolledBack {
+                            at: now,
+                            reason: reason.clone(),
+                        },
+                        "rolled_back",
+                        format!("rolled back: {reason}"),
+                    );
+                }
+                Phase::Canary {
+                    step,
+                    observed_ms,
+                    inconclusive_in_row,
+                    ..
+                } => {
+                    // Counts since the crash are lost with the process: the window starts afresh.
+                    b.rollout().phase = Phase::Canary {
+                        step: *step,
+                        window_started_at: now,
+                        observed_ms: *observed_ms,
+                        inconclusive_in_row: *inconclusive_in_row,
+                    };
+                    b.apply_routes();
+                }
+                Phase::Promoted { since, until, .. } => {
+                    b.rollout().phase = Phase::Promoted {
+                        since: *since,
+                        until: *until,
+                        window_started_at: now,
+                    };
+                    b.apply_routes();
+                }
+                _ => b.apply_routes(),
+            }
+        }
+        (input, phase) => {
+            return Err(Rejected(format!(
+                "{} does not apply to rollout #{} in phase {}",
+                input_name(&input),
+                r.id,
+                phase.name()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn record_verdict(b: &mut Builder, verdict: &Verdict, window_started_at: Timestamp) {
+    let r = b.rollout();
+    r.last_verdict = Some(verdict.clone());
+    if verdict.outcome == Outcome::Fail {
+        r.failures += 1;
+        r.first_bad_window_at.get_or_insert(window_started_at);
+    }
+    let failures = r.failures;
+    let limit = r.policy.failure_limit;
+    let outcome = match verdict.outcome {
+        Outcome::Pass => "pass",
+        Outcome::Fail => "fail",
+        Outcome::Inconclusive => "inconclusive",
+    };
+    let message = match verdict.outcome {
+        Outcome::Fail => format!(
+            "{outcome} (failed window {failures}; rollback at {}): {}",
+            limit + 1,
+            verdict.reason
+        ),
+        _ => format!("{outcome}: {}", verdict.reason),
+    };
+    let data = serde_json::json!({ "verdict": verdict, "window_started_at": window_started_at });
+    b.event("decision", message, data);
+}
+
+fn on_command(b: &mut Builder, command: Command, r: &Rollout, phase: Phase) -> Result<(), Rejected> {
+    let now = b.now;
+    let reject = |what: &str| {
+        Err(Rejected(format!(
+            "cannot {what} rollout #{} in phase {}",
+            r.id,
+            phase.name()
+        )))
+    };
+    match (command, &phase) {
+        (Command::Promote, Phase::Verifying | Phase::Canary { .. } | Phase::Paused { .. }) => {
+            b.promote("by an operator".into());
+        }
+        (Command::Promote, Phase::Promoted { .. }) => b.succeed(),
+        (Command::Promote, _) => return reject("promote"),
+        (Command::Pause, Phase::Canary { step, .. }) => {
+            let reason = "paused by an operator".to_string();
+            b.rollout().phase = Phase::Paused {
+                step: *step,
+                step_done: false,
+                reason: reason.clone(),
+            };
+            b.event("paused", reason, serde_json::Value::Null);
+        }
+        (Command::Pause, _) => return reject("pause"),
+        (Command::Resume, Phase::Paused { step, step_done, .. }) => {
+            b.event("resumed", "resumed by an operator", serde_json::Value::Null);
+            if *step_done {
+                b.enter_step(step + 1);
+            } else {
+                b.rollout().phase = Phase::Canary {
+                    step: *step,
+                    window_started_at: now,
+                    observed_ms: 0,
+                    inconclusive_in_row: 0,
+                };
+                b.apply_routes();
+            }
+        }
+        (Command::Resume, _) => return reject("resume"),
+        (Command::Abort, _) => {
+            let reason = "aborted by an operator".to_string();
+            b.back_to_old(
+                Phase::Aborted {
+                    at: now,
+                    reason: reason.clone(),
+                },
+                "aborted",
+                reason,
+            );
+        }
+        (Command::Rollback, _) => {
+            let reason = "rolled back by an operator".to_string();
+            b.back_to_old(
+                Phase::RolledBack {
+                    at: now,
+                    reason: reason.clone(),
+                },
+                "rolled_back",
+                reason,
+            );
+        }
+    }
+    Ok(())
+}
+
+fn input_name(input: &Input) -> &'static str {
+    match input {
+        Input::Deploy { .. } => "deploy",
+        Input::Tick => "tick",
+        Input::Provisioned { .. } => "provisioned",
+        Input::ProvisionFailed { .. } => "provision failure",
+        Input::VerifyPassed { .. } => "verification",
+        Input::VerifyFailed { .. } => "verification failure",
+        Input::Window(_) => "window",
+        Input::Command(_) => "command",
+        Input::TargetDown { .. } => "target down",
+        Input::Recovered { .. } => "recovery",
+    }
+}

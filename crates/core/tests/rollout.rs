@@ -1,0 +1,513 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The rollout state machine in simulation: time is data, so whole rollouts run in microseconds.
+
+use std::net::SocketAddr;
+
+use cutover_core::judge::{SlotWindow, WindowStats};
+use cutover_core::rollout::{handle, route_table, window_due, Action, AppState, Command, Input, Phase};
+use cutover_core::{ReleaseSpec, RolloutPolicy, Slot, Step, Timestamp};
+
+/// Drives the engine like the controller does: carries out actions by answering with inputs,
+/// judges windows from a traffic model, advances a simulated clock.
+struct Sim {
+    state: AppState,
+    now: Timestamp,
+    /// Canary and baseline of each window: (requests, errors, p99 ms).
+    traffic: Box<dyn FnMut(u64) -> WindowStats>,
+    routes: Vec<(u16, Slot)>,
+    stopped: Vec<Slot>,
+    log: Vec<String>,
+    provision_ok: bool,
+    verify_ok: bool,
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn healthy(_: u64) -> WindowStats {
+    let w = |requests| SlotWindow {
+        requests,
+        errors: 0,
+        p99_ms: Some(20.0),
+    };
+    WindowStats {
+        canary: w(200),
+        baseline: Some(w(2000)),
+        duration_ms: 10_000,
+    }
+}
+
+fn failing(_: u64) -> WindowStats {
+    WindowStats {
+        canary: SlotWindow {
+            requests: 200,
+            errors: 20,
+            p99_ms: Some(20.0),
+        },
+        baseline: Some(SlotWindow {
+            requests: 2000,
+            errors: 2,
+            p99_ms: Some(20.0),
+        }),
+        duration_ms: 10_000,
+    }
+}
+
+fn quiet(_: u64) -> WindowStats {
+    WindowStats {
+        canary: SlotWindow {
+            requests: 3,
+            errors: 0,
+            p99_ms: Some(20.0),
+        },
+        baseline: None,
+        duration_ms: 10_000,
+    }
+}
+
+impl Sim {
+    /// An app with v1 live in blue.
+    fn new(traffic: fn(u64) -> WindowStats) -> Sim {
+        let mut state = AppState::new("web");
+        state.blue.release = Some(ReleaseSpec::new("v1", "run v1"));
+        state.blue.backends = vec![addr(9001)];
+        Sim {
+            state,
+            now: Timestamp(1_700_000_000_000),
+            traffic: Box::new(traffic),
+            routes: Vec::new(),
+            stopped: Vec::new(),
+            log: Vec::new(),
+            provision_ok: true,
+            verify_ok: true,
+        }
+    }
+
+    fn send(&mut self, input: Input) -> Result<(), String> {
+        let t = handle(&self.state, input, self.now).map_err(|e| e.0)?;
+        self.state = t.state;
+        for e in &t.events {
+            self.log.push(format!("{}: {}", e.kind, e.message));
+        }
+        for action in t.actions {
+            match action {
+                Action::ApplyRoutes(table) => {
+                    table.validate().unwrap();
+                    assert_eq!(
+                        table,
+                        route_table(&self.state),
+                        "applied routes are the derived ones"
+                    );
+                    self.routes.push((table.canary_weight_bp, table.live));
+                }
+                Action::Provision { .. } => {
+                    let reply = if self.provision_ok {
+                        Input::Provisioned {
+                            backends: vec![addr(9002)],
+                        }
+                    } else {
+                        Input::ProvisionFailed {
+                            reason: "never became ready: last probe 503".into(),
+                        }
+                    };
+                    self.send(reply)?;
+                }
+                Action::Verify { .. } => {
+                    let reply = if self.verify_ok {
+                        Input::VerifyPassed {
+                            detail: "2 checks".into(),
+                        }
+                    } else {
+                        Input::VerifyFailed {
+                            reason: "GET /api/hello: expected 200, got 500".into(),
+                        }
+                    };
+                    self.send(reply)?;
+                }
+                Action::Stop { slot, .. } => self.stopped.push(slot),
+            }
+        }
+        Ok(())
+    }
+
+    fn deploy(&mut self, policy: RolloutPolicy) {
+        self.send(Input::Deploy {
+            release: ReleaseSpec::new("v2", "run v2"),
+            policy,
+            forced: false,
+        })
+        .unwrap();
+    }
+
+    /// Advances time by `ms` in 1 s ticks, judging windows as they fall due.
+    fn run_for(&mut self, ms: u64) {
+        let end = self.now.plus_ms(ms);
+        while self.now < end {
+            self.now = self.now.plus_ms(1000);
+            if window_due(&self.state, self.now) {
+                let stats = (self.traffic)(self.now.0);
+                self.send(Input::Window(stats)).unwrap();
+            } else {
+                self.send(Input::Tick).unwrap();
+            }
+        }
+    }
+
+    fn phase(&self) -> &'static str {
+        self.state
+            .rollout
+            .as_ref()
+            .map(|r| r.phase.name())
+            .unwrap_or("none")
+    }
+
+    fn command(&mut self, c: Command) -> Result<(), String> {
+        self.send(Input::Command(c))
+    }
+}
+
+fn policy() -> RolloutPolicy {
+    RolloutPolicy {
+        steps: vec![
+            Step::new(500, 60_000),
+            Step::new(2_500, 60_000),
+            Step::new(5_000, 60_000),
+            Step::new(10_000, 0),
+        ],
+        analysis_interval_ms: 10_000,
+        rollback_window_ms: 600_000,
+        ..RolloutPolicy::default()
+    }
+}
+
+#[test]
+fn a_healthy_release_goes_through_every_step_and_retires_the_old_slot() {
+    let mut sim = Sim::new(healthy);
+    sim.deploy(policy());
+    assert_eq!(sim.phase(), "canary");
+    sim.run_for(30 * 60_000);
+    assert_eq!(sim.phase(), "succeeded", "{:#?}", sim.log);
+    let weights: Vec<u16> = sim.routes.iter().map(|r| r.0).collect();
+    assert!(weights.contains(&500) && weights.contains(&2_500) && weights.contains(&5_000));
+    assert_eq!(sim.state.live, Slot::Green);
+    assert_eq!(
+        sim.stopped,
+        [Slot::Blue],
+        "the old slot is retired after the rollback window"
+    );
+    assert!(sim.state.blue.backends.is_empty());
+    assert_eq!(route_table(&sim.state).weight_of(Slot::Green), 10_000);
+    // Users only ever move towards the new version until promotion.
+    let mut last = 0;
+    for (w, live) in &sim.routes {
+        let share_new = if *live == Slot::Blue { *w } else { 10_000 - *w };
+        assert!(
+            share_new >= last,
+            "traffic on the new version went from {last} to {share_new}"
+        );
+        last = share_new;
+    }
+}
+
+#[test]
+fn a_failing_canary_is_rolled_back_after_the_failure_limit() {
+    let mut sim = Sim::new(failing);
+    sim.deploy(policy());
+    sim.run_for(10_000);
+    assert_eq!(
+        sim.phase(),
+        "canary",
+        "one failed window is tolerated with failure_limit 1"
+    );
+    sim.run_for(10_000);
+    assert_eq!(sim.phase(), "rolled_back", "{:#?}", sim.log);
+    let table = route_table(&sim.state);
+    assert_eq!((table.live, table.weight_of(Slot::Green)), (Slot::Blue, 0));
+    assert_eq!(sim.stopped, [Slot::Green]);
+    let Phase::RolledBack { reason, .. } = &sim.state.rollout.as_ref().unwrap().phase else {
+        unreachable!()
+    };
+    assert!(reason.contains("canary error rate 10.00 %"), "{reason}");
+    assert!(
+        sim.log
+            .iter()
+            .any(|l| l.starts_with("decision: fail (failed window 1; rollback at 2)")),
+        "{:#?}",
+        sim.log
+    );
+}
+
+#[test]
+fn too_little_traffic_extends_the_step_then_pauses_for_a_person() {
+    let mut sim = Sim::new(quiet);
+    sim.deploy(policy());
+    sim.run_for(30_000);
+    assert_eq!(
+        sim.phase(),
+        "canary",
+        "three inconclusive windows extend the step"
+    );
+    sim.run_for(10_000);
+    assert_eq!(sim.phase(), "paused", "{:#?}", sim.log);
+    assert_eq!(
+        route_table(&sim.state).canary_weight_bp,
+        500,
+        "a paused rollout keeps its weight"
+    );
+    sim.traffic = Box::new(healthy);
+    sim.command(Command::Resume).unwrap();
+    sim.run_for(30 * 60_000);
+    assert_eq!(sim.phase(), "succeeded");
+}
+
+#[test]
+fn a_manual_pause_step_waits_for_a_person() {
+    let mut sim = Sim::new(healthy);
+    let mut p = policy();
+    p.steps[0].pause = true;
+    sim.deploy(p);
+    sim.run_for(5 * 60_000);
+    assert_eq!(sim.phase(), "paused");
+    assert_eq!(route_table(&sim.state).canary_weight_bp, 500);
+    sim.command(Command::Resume).unwrap();
+    assert_eq!(
+        route_table(&sim.state).canary_weight_bp,
+        2_500,
+        "resume after a pause step moves on"
+    );
+}
+
+#[test]
+fn plain_blue_green_promotes_after_verification_and_can_roll_back_instantly() {
+    let mut sim = Sim::new(healthy);
+    sim.deploy(RolloutPolicy::blue_green());
+    assert_eq!(sim.phase(), "promoted");
+    assert_eq!(sim.state.live, Slot::Green);
+    sim.run_for(60_000);
+    sim.command(Command::Rollback).unwrap();
+    assert_eq!(sim.phase(), "rolled_back");
+    assert_eq!(sim.state.live, Slot::Blue);
+    assert_eq!(
+        sim.state.blue.backends,
+        [addr(9001)],
+        "the old slot was kept warm"
+    );
+}
+
+#[test]
+fn a_regression_in_the_rollback_window_rolls_back() {
+    let mut sim = Sim::new(healthy);
+    sim.deploy(RolloutPolicy::blue_green());
+    sim.traffic = Box::new(|_| WindowStats {
+        canary: SlotWindow {
+            requests: 500,
+            errors: 100,
+            p99_ms: Some(20.0),
+        },
+        baseline: None,
+        duration_ms: 10_000,
+    });
+    sim.run_for(20_000);
+    assert_eq!(sim.phase(), "rolled_back", "{:#?}", sim.log);
+    assert_eq!(sim.state.live, Slot::Blue);
+}
+
+#[test]
+fn provisioning_and_verification_failures_shift_no_traffic() {
+    for (provision_ok, verify_ok, reason) in [
+        (false, true, "never became ready"),
+        (true, false, "expected 200, got 500"),
+    ] {
+        let mut sim = Sim::new(healthy);
+        sim.provision_ok = provision_ok;
+        sim.verify_ok = verify_ok;
+        sim.deploy(policy());
+        assert_eq!(sim.phase(), "failed");
+        let Phase::Failed { reason: got, .. } = &sim.state.rollout.as_ref().unwrap().phase else {
+            unreachable!()
+        };
+        assert!(got.contains(reason), "{got}");
+        assert!(
+            sim.routes.iter().all(|(w, live)| *w == 0 && *live == Slot::Blue),
+            "{:?}",
+            sim.routes
+        );
+        assert_eq!(sim.stopped, [Slot::Green]);
+    }
+}
+
+#[test]
+fn the_readiness_deadline_fails_a_release_that_never_reports() {
+    let mut sim = Sim::new(healthy);
+    // The platform never answers: provisioning stays pending.
+    let t = handle(
+        &sim.state,
+        Input::Deploy {
+            release: ReleaseSpec::new("v2", "x"),
+            policy: policy(),
+            forced: false,
+        },
+        sim.now,
+    )
+    .unwrap();
+    sim.state = t.state;
+    sim.run_for(59_000);
+    assert_eq!(sim.phase(), "provisioning");
+    sim.run_for(2_000);
+    assert_eq!(sim.phase(), "failed");
+}
+
+#[test]
+fn one_rollout_at_a_time() {
+    let mut sim = Sim::new(healthy);
+    sim.deploy(policy());
+    let err = sim
+        .send(Input::Deploy {
+            release: ReleaseSpec::new("v3", "x"),
+            policy: policy(),
+            forced: false,
+        })
+        .unwrap_err();
+    assert_eq!(
+        err,
+        "rollout #1 of app web (v1 → v2) is still in phase canary; wait for it, or abort it first"
+    );
+}
+
+/// Each command in each phase: the phase it leads to, or the rejection.
+#[test]
+fn commands_in_every_phase() {
+    let phases = ["verifying", "canary", "paused", "promoted", "succeeded"];
+    let commands = [
+        Command::Promote,
+        Command::Pause,
+        Command::Resume,
+        Command::Abort,
+        Command::Rollback,
+    ];
+    let expected = [
+        // promote, pause, resume, abort, rollback
+        ["promoted", "rejected", "rejected", "aborted", "rolled_back"], // verifying
+        ["promoted", "paused", "rejected", "aborted", "rolled_back"],   // canary
+        ["promoted", "rejected", "canary", "aborted", "rolled_back"],   // paused
+        ["succeeded", "rejected", "rejected", "aborted", "rolled_back"], // promoted
+        ["rejected", "rejected", "rejected", "rejected", "rejected"],   // succeeded
+    ];
+    for (p, phase) in phases.iter().enumerate() {
+        for (c, command) in commands.iter().enumerate() {
+            let mut sim = Sim::new(healthy);
+            sim.verify_ok = true;
+            // Reach the phase.
+            match *phase {
+                "verifying" => {
+                    sim.send(Input::Deploy {
+                        release: ReleaseSpec::new("v2", "x"),
+                        policy: policy(),
+                        forced: false,
+                    })
+                    .ok();
+                    // Rewind to verifying by hand: the simulator answers Verify at once.
+                    let mut st = sim.state.clone();
+                    st.rollout.as_mut().unwrap().phase = Phase::Verifying;
+                    sim.state = st;
+                }
+                "canary" => sim.deploy(policy()),
+                "paused" => {
+                    sim.deploy(policy());
+                    sim.command(Command::Pause).unwrap();
+                }
+                "promoted" => sim.deploy(RolloutPolicy::blue_green()),
+                "succeeded" => {
+                    sim.deploy(RolloutPolicy::blue_green());
+                    sim.run_for(700_000);
+                }
+                _ => unreachable!(),
+            }
+            assert_eq!(sim.phase(), *phase);
+            let outcome = match sim.command(*command) {
+                Ok(()) => sim.phase().to_string(),
+                Err(_) => "rejected".to_string(),
+            };
+            assert_eq!(outcome, expected[p][c], "{command:?} in {phase}");
+            // Whatever happened, traffic is never on a slot without backends.
+            let table = route_table(&sim.state);
+            for slot in Slot::ALL {
+                assert!(
+                    table.weight_of(slot) == 0 || !table.pool(slot).backends.is_empty(),
+                    "{command:?} in {phase}: {table:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn after_a_restart_the_rollout_resumes_or_rolls_back() {
+    for (target_ready, phase) in [(true, "canary"), (false, "rolled_back")] {
+        let mut sim = Sim::new(healthy);
+        sim.deploy(policy());
+        sim.run_for(70_000);
+        let weight = route_table(&sim.state).canary_weight_bp;
+        sim.send(Input::Recovered {
+            target_ready,
+            live_ready: true,
+        })
+        .unwrap();
+        assert_eq!(sim.phase(), phase);
+        if target_ready {
+            assert_eq!(
+                route_table(&sim.state).canary_weight_bp,
+                weight,
+                "the same step resumes"
+            );
+            sim.run_for(30 * 60_000);
+            assert_eq!(sim.phase(), "succeeded");
+        } else {
+            assert_eq!(route_table(&sim.state).weight_of(Slot::Blue), 10_000);
+        }
+    }
+}
+
+#[test]
+fn a_dead_canary_is_rolled_back() {
+    let mut sim = Sim::new(healthy);
+    sim.deploy(policy());
+    sim.send(Input::TargetDown {
+        reason: "instance 0 exited with code 3".into(),
+    })
+    .unwrap();
+    assert_eq!(sim.phase(), "rolled_back");
+    assert_eq!(route_table(&sim.state).weight_of(Slot::Blue), 10_000);
+}
+
+#[test]
+fn a_thirty_minute_rollout_is_simulated_in_milliseconds() {
+    let mut sim = Sim::new(healthy);
+    let mut p = policy();
+    p.steps = (1..=20).map(|i| Step::new(i * 400, 60_000)).collect();
+    sim.deploy(p);
+    sim.run_for(40 * 60_000);
+    assert_eq!(sim.phase(), "succeeded");
+}
+
+#[test]
+fn policies_are_validated() {
+    let mut p = policy();
+    p.steps = vec![Step::new(2_500, 1000), Step::new(500, 0), Step::new(20_000, 0)];
+    p.analysis_interval_ms = 0;
+    let fields: Vec<String> = p
+        .validate("app[0].rollout.")
+        .into_iter()
+        .map(|e| e.field)
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "app[0].rollout.steps[1].weight_bp",
+            "app[0].rollout.steps[1].duration_ms",
+            "app[0].rollout.steps[2].weight_bp",
+            "app[0].rollout.analysis_interval_ms"
+        ]
+    );
+}
