@@ -313,7 +313,8 @@ mod tests {
 
     #[test]
     fn each_decision_path() {
-        let cases: [((u64, u64, f64), Option<(u64, u64, f64)>, Outcome, &str); 8] = [
+        type Slot = (u64, u64, f64);
+        let cases: [(Slot, Option<Slot>, Outcome, &str); 8] = [
             (
                 (5, 0, 10.0),
                 Some((500, 0, 10.0)),
