@@ -9,6 +9,8 @@ Subcommands:
   parse-wrk FILE                 parse wrk --latency output into one JSON object
   rss-kib PID                    RSS of PID and all its descendants, in KiB
   cpu-idle SECS                  % of CPU idle over the next SECS seconds
+  cpu-snapshot FILE SHELL_PID    record CPU counters (start of a run)
+  foreign-cpu FILE SHELL_PID PID...   % of CPU capacity used by other processes since then
   idle-conns ...                 memory per idle keep-alive connection (see --help)
   switcher ...                   flip canary_weight_bp through the admin API (see --help)
   report-proxy ...               print the proxy.sh table and its JSON line
@@ -132,6 +134,52 @@ def cpu_idle_pct(seconds: float) -> float:
     time.sleep(seconds)
     i1, t1 = sample()
     return round(100.0 * (i1 - i0) / max(1, t1 - t0), 1)
+
+
+def _cpu_totals() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine so far."""
+    with open("/proc/stat", encoding="ascii") as f:
+        vals = [int(v) for v in f.readline().split()[1:9]]
+    idle = vals[3] + vals[4]
+    return sum(vals) - idle, sum(vals)
+
+
+def _proc_jiffies(pid: int, children_too: bool) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    # fields[0] is field 3 (state); utime/stime/cutime/cstime are fields 14..17
+    utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+    return utime + stime + (cutime + cstime if children_too else 0)
+
+
+def cpu_snapshot(path: str) -> None:
+    busy, total = _cpu_totals()
+    with open(path, "w", encoding="ascii") as f:
+        json.dump({"busy": busy, "total": total}, f)
+
+
+def foreign_cpu_pct(snapshot: str, shell_pid: int, pids: list[int]) -> float:
+    """Share of the machine's CPU capacity since `snapshot` used by processes other than ours:
+    the benchmark shell (and the children it has waited for: wrk, helpers) and the live
+    processes `pids` with their descendants. High means the figures were disturbed."""
+    with open(snapshot, encoding="ascii") as f:
+        snap = json.load(f)
+    busy, total = _cpu_totals()
+    ours = _proc_jiffies(shell_pid, children_too=True)
+    t = os.times()
+    ours += int((t.user + t.system) * os.sysconf("SC_CLK_TCK"))
+    for pid in pids:
+        for p in descendants(pid):
+            if p != shell_pid:
+                ours += _proc_jiffies(p, children_too=True)
+    # The shell's own jiffies before the snapshot (the build) are not in the window: subtract
+    # what it had then.
+    ours -= snap.get("ours_before", 0)
+    foreign = (busy - snap["busy"]) - ours
+    return round(max(0.0, 100.0 * foreign / max(1, total - snap["total"])), 1)
 
 
 def descendants(pid: int) -> list[int]:
@@ -421,6 +469,7 @@ def report_proxy(args) -> int:
         "wrk_threads": args.wrk_threads,
         "cpu_idle_pct_before": args.cpu_idle_before,
         "cookie": args.cookie or None,
+        "foreign_cpu_pct": args.foreign_cpu,
     }
     for name, r in results.items():
         entry = {"rps": r["rps"], "p99_ms": r["p99_ms"], "p50_ms": r["p50_ms"],
@@ -500,6 +549,7 @@ def report_switch(args) -> int:
         "p99_switch_ms": sw["p99_switch_ms"],
         "slot_requests": {k: v["requests"] for k, v in per_slot.items()},
         "cpu_idle_pct_before": args.cpu_idle_before,
+        "foreign_cpu_pct": args.foreign_cpu,
         "ok": not problems,
     }
     print(json.dumps(doc, separators=(",", ":")))
@@ -524,6 +574,13 @@ def main(argv: list[str]) -> int:
     q.add_argument("pid", type=int)
     q = sub.add_parser("cpu-idle")
     q.add_argument("seconds", type=float)
+    q = sub.add_parser("cpu-snapshot")
+    q.add_argument("file")
+    q.add_argument("shell_pid", type=int)
+    q = sub.add_parser("foreign-cpu")
+    q.add_argument("file")
+    q.add_argument("shell_pid", type=int)
+    q.add_argument("pids", type=int, nargs="*")
     q = sub.add_parser("idle-conns")
     q.add_argument("--port", type=int, required=True)
     q.add_argument("--pid", type=int, required=True, help="proxy process (its children count too)")
@@ -544,6 +601,7 @@ def main(argv: list[str]) -> int:
     q.add_argument("--backend-threads", type=int, required=True)
     q.add_argument("--wrk-threads", type=int, required=True)
     q.add_argument("--cookie", default="")
+    q.add_argument("--foreign-cpu", type=float)
     q.add_argument("--cpu-idle-before", type=float)
     q = sub.add_parser("report-switch")
     q.add_argument("--wrk", required=True)
@@ -552,6 +610,7 @@ def main(argv: list[str]) -> int:
     q.add_argument("--duration-s", type=float, required=True)
     q.add_argument("--connections", type=int, required=True)
     q.add_argument("--wrk-end-before-switches-done", action="store_true")
+    q.add_argument("--foreign-cpu", type=float)
     q.add_argument("--cpu-idle-before", type=float)
     args = p.parse_args(argv)
 
@@ -578,6 +637,17 @@ def main(argv: list[str]) -> int:
         return 0
     if args.cmd == "cpu-idle":
         print(cpu_idle_pct(args.seconds))
+        return 0
+    if args.cmd == "cpu-snapshot":
+        cpu_snapshot(args.file)
+        with open(args.file, encoding="ascii") as f:
+            snap = json.load(f)
+        snap["ours_before"] = _proc_jiffies(args.shell_pid, children_too=True)
+        with open(args.file, "w", encoding="ascii") as f:
+            json.dump(snap, f)
+        return 0
+    if args.cmd == "foreign-cpu":
+        print(foreign_cpu_pct(args.file, args.shell_pid, args.pids))
         return 0
     if args.cmd == "idle-conns":
         return idle_conns(args)

@@ -361,6 +361,18 @@ bench_check_idle() {
     else
         bench_log "CPUs $BENCH_CPU_IDLE % idle before the run"
     fi
+    python3 "$BENCH_HELPERS" cpu-snapshot "$BENCH_TMP/cpu-snapshot.json" "$$"
+}
+
+# Share of the CPU capacity used since bench_check_idle by processes that are not ours (sets
+# BENCH_FOREIGN_CPU); warns above 5 %.
+bench_check_foreign_cpu() {
+    BENCH_FOREIGN_CPU="$(python3 "$BENCH_HELPERS" foreign-cpu "$BENCH_TMP/cpu-snapshot.json" "$$" "${BENCH_PIDS[@]}")"
+    if python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) > 5 else 1)' "$BENCH_FOREIGN_CPU"; then
+        bench_log "WARNING: other processes used $BENCH_FOREIGN_CPU % of the CPU capacity during the run; the figures are disturbed"
+    else
+        bench_log "other processes used $BENCH_FOREIGN_CPU % of the CPU capacity during the run"
+    fi
 }
 
 # bench_duration_s 10s|1m|500ms -> seconds (may be fractional), for wrk's -d syntax.

@@ -118,8 +118,9 @@ for t in "${TARGETS[@]}"; do
     REPORT_ARGS+=(--target "$t=$BENCH_TMP/wrk-$t.txt")
 done
 
+bench_check_foreign_cpu
 python3 "$BENCH_HELPERS" report-proxy "${REPORT_ARGS[@]}" "${IDLE_ARGS[@]}" \
     --duration-s "$DURATION_S" --connections "$BENCH_CONNECTIONS" \
     --proxy-threads "$BENCH_PROXY_THREADS" --backend-threads "$BENCH_BACKEND_THREADS" \
     --wrk-threads "$BENCH_WRK_THREADS" --cpu-idle-before "$BENCH_CPU_IDLE" \
-    --cookie "${BENCH_COOKIE:-}"
+    --cookie "${BENCH_COOKIE:-}" --foreign-cpu "$BENCH_FOREIGN_CPU"

@@ -121,9 +121,10 @@ sed 's/^/    /' "$BENCH_TMP/wrk.out" >&2
 curl -fsS --max-time 2 "http://$ADMIN/v1/apps/bench/metrics" >"$BENCH_TMP/metrics.json"
 bench_alive "$BENCH_CUTOVER_PID" || bench_die "cutover died during the run"
 
+bench_check_foreign_cpu
 rc=0
 python3 "$BENCH_HELPERS" report-switch --wrk "$BENCH_TMP/wrk.out" \
     --switcher "$BENCH_TMP/switcher.json" --metrics "$BENCH_TMP/metrics.json" \
     --duration-s "$DURATION_S" --connections "$BENCH_CONNECTIONS" --cpu-idle-before "$BENCH_CPU_IDLE" \
-    "${WRK_ENDED_EARLY[@]}" || rc=$?
+    --foreign-cpu "$BENCH_FOREIGN_CPU" "${WRK_ENDED_EARLY[@]}" || rc=$?
 exit "$rc"

@@ -1,290 +1,388 @@
-//! `cutover demo`: the data plane on show, with nothing but this binary.
+//! `cutover demo`: the whole product on this machine, with nothing but this binary.
 //!
-//! Two versions of the bundled example app run as child processes; `cutover` proxies to them and
-//! ramps a population of sticky users from v1 to v2 through the admin API (0 → 5 → 25 → 50 →
-//! 100 %), then rolls back to 0 in one change. At each step it reports the split it observed, how
-//! many users changed version against the direction of the ramp (must be none) and how many
-//! requests failed (must be none). Bounded: a few thousand requests to loopback addresses.
+//! It starts `cutover serve` in process (built-in proxy, local process platform, SQLite state in a
+//! temporary directory) on free loopback ports, puts v1 of the bundled example app live, and drives
+//! a bounded load of sticky, logged-in users against the public listener while it deploys:
+//! - v2, healthy: through every canary step to promotion;
+//! - v3 with 5 % errors: rolled back automatically by the judge;
+//! - v4 that never becomes ready: fails in provisioning with no traffic shifted.
+//!
+//! Timings are compressed (one-second analysis windows) so the demo takes about a minute. It ends
+//! with a table of the rollouts, their decisions and what users saw.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use cutover_core::{Pool, RouteTable, Slot};
-use cutover_proxy::ProxySettings;
-use cutover_server::config::{AdminConfig, AppConfig};
-use cutover_server::Config;
-use futures_util::stream::{self, StreamExt};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use cutover_core::rollout::Phase;
+use cutover_core::{RolloutPolicy, Step};
+use cutover_server::config::{AdminConfig, AppConfig, PlatformKind, ServerConfig};
+use cutover_server::controller::{Controller, DeployRequest};
+use cutover_server::{Config, StartOptions};
 
 #[derive(Debug, clap::Args)]
 pub struct DemoOptions {
-    /// Sticky users (distinct `X-User-ID` values) sending requests at each step.
-    #[arg(long, default_value_t = 2000)]
-    users: u32,
-    /// Anonymous clients, sticky through the bucket cookie cutover issues them.
+    /// Sticky users (distinct `X-User-ID` values, each logged in) in the synthetic load.
     #[arg(long, default_value_t = 200)]
-    anonymous: u32,
-}
-
-struct ExampleApp {
-    addr: SocketAddr,
-    _child: Child,
-}
-
-async fn spawn_example_app(version: &str, slot: Slot) -> Result<ExampleApp> {
-    let exe = std::env::current_exe().context("locating the cutover binary")?;
-    let mut child = Command::new(exe)
-        .args([
-            "example-app",
-            "--port",
-            "0",
-            "--version-label",
-            version,
-            "--slot",
-            slot.as_str(),
-            "--threads",
-            "1",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting the example app")?;
-    let stdout = child.stdout.take().context("example app stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-        .await
-        .context("the example app did not report its port within 20 s")??
-        .context("the example app exited before reporting its port")?;
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("http://"))
-        .and_then(|a| a.parse().ok())
-        .with_context(|| format!("unexpected first line from the example app: {line:?}"))?;
-    Ok(ExampleApp { addr, _child: child })
+    users: u32,
+    /// Requests per second of the synthetic load, all users together.
+    #[arg(long, default_value_t = 400)]
+    rate: u32,
+    /// Keep the state directory (state file, instance logs) instead of deleting it.
+    #[arg(long)]
+    keep_state: bool,
 }
 
 #[derive(Default)]
-struct StepResult {
-    weight_bp: u16,
-    on_v1: u32,
-    on_v2: u32,
-    flipped_back: u32,
-    failed: u32,
-    anonymous_inconsistent: u32,
-    switch_ms: f64,
+struct Served {
+    ok: u64,
+    failed: u64,
+}
+
+/// What users saw, per version that answered ("-" for requests no version answered).
+#[derive(Default)]
+struct LoadStats {
+    by_version: BTreeMap<String, Served>,
 }
 
 pub async fn run(options: DemoOptions) -> Result<ExitCode> {
     let started = Instant::now();
-    println!("cutover demo: starting example app v1 (blue) and v2 (green) on loopback");
-    let blue = spawn_example_app("v1", Slot::Blue).await?;
-    let green = spawn_example_app("v2", Slot::Green).await?;
-
-    let mut settings = ProxySettings::default();
-    settings.sticky.user_key_header = Some("X-User-ID".into());
-    settings.health_check.interval_ms = 200;
-    settings.drain_timeout_ms = 2_000;
-    let initial = RouteTable {
-        live: Slot::Blue,
-        canary_weight_bp: 0,
-        blue: Pool {
-            version: "v1".into(),
-            backends: vec![blue.addr],
-        },
-        green: Pool {
-            version: "v2".into(),
-            backends: vec![green.addr],
-        },
+    let dir = tempfile::Builder::new()
+        .prefix("cutover-demo-")
+        .tempdir()
+        .context("creating a state directory")?;
+    let exe = std::env::current_exe().context("locating the cutover binary")?;
+    let sessions = dir.path().join("sessions.db");
+    let command = format!(
+        "exec '{}' example-app --port {{port}} --version-label {{version}} --session-store '{}'",
+        exe.display(),
+        sessions.display()
+    );
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut app = AppConfig::static_routes(
+        "demo",
+        loopback,
+        cutover_core::RouteTable::empty(cutover_core::Slot::Blue),
+    );
+    app.preview_listen = Some(loopback);
+    app.platform = Some(PlatformKind::Local);
+    app.release.command = command.clone();
+    app.release.instances = 2;
+    app.proxy.sticky.user_key_header = Some("X-User-ID".into());
+    app.proxy.health_check.interval_ms = 250;
+    app.proxy.drain_timeout_ms = 1_000;
+    app.stop_grace_ms = 2_000;
+    app.readiness.interval_ms = 100;
+    app.rollout = RolloutPolicy {
+        steps: vec![
+            Step::new(500, 3_000),
+            Step::new(2_500, 3_000),
+            Step::new(5_000, 3_000),
+            Step::new(10_000, 0),
+        ],
+        analysis_interval_ms: 1_000,
+        failure_limit: 1,
+        inconclusive_limit: 5,
+        rollback_window_ms: 3_000,
+        readiness_deadline_ms: 5_000,
+        ..RolloutPolicy::default()
     };
+    app.rollout.judge.min_requests = 10;
+    app.verify.smoke = vec![cutover_server::checks::SmokeCheck {
+        method: "GET".into(),
+        path: "/health/ready".into(),
+        expect_status: 200,
+        body_contains: None,
+        body: None,
+    }];
+    app.verify.prewarm_paths = vec!["/".into()];
+    app.verify.prewarm_requests = 5;
     let config = Config {
+        server: ServerConfig {
+            state_dir: dir.path().join("state"),
+            tick_ms: 100,
+        },
         admin: AdminConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            listen: loopback,
             ..AdminConfig::default()
         },
-        apps: vec![AppConfig {
-            name: "demo".into(),
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            preview_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
-            tls: None,
-            proxy: settings,
-            routes: initial.clone(),
-        }],
+        apps: vec![app],
     };
     let token = format!("{:032x}", rand::random::<u128>());
-    let running = cutover_server::start(config, token.clone()).await?;
-    let bound = running
+    let running = cutover_server::start(config, token, StartOptions::new(dir.path())).await?;
+    let public = running
         .bound
         .apps
         .get("demo")
         .context("demo app not bound")?
-        .clone();
-    let admin = format!("http://{}", running.bound.admin);
-    let public = format!("http://{}", bound.listen);
-    println!("proxy on {public}, admin API on {admin}");
-
-    let client = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
-    let users = options.users;
-    let mut current: BTreeMap<u32, bool> = BTreeMap::new();
-    let mut anon_cookies: Vec<Option<String>> = vec![None; options.anonymous as usize];
-    let mut anon_version: Vec<Option<String>> = vec![None; options.anonymous as usize];
-    let mut results = Vec::new();
-    let ramp = [0u16, 500, 2_500, 5_000, 10_000, 0];
-    for (i, &weight) in ramp.iter().enumerate() {
-        let rollback = i == ramp.len() - 1;
-        let mut table = initial.clone();
-        table.canary_weight_bp = weight;
-        let t = Instant::now();
-        let response = client
-            .put(format!("{admin}/v1/apps/demo/routes"))
-            .bearer_auth(&token)
-            .json(&table)
-            .send()
-            .await?;
-        if !response.status().is_success() {
-            bail!(
-                "admin API refused the route change: {}",
-                response.text().await.unwrap_or_default()
-            );
-        }
-        let mut step = StepResult {
-            weight_bp: weight,
-            switch_ms: t.elapsed().as_secs_f64() * 1000.0,
-            ..Default::default()
-        };
-
-        let answers: Vec<(u32, Option<String>)> = stream::iter(0..users)
-            .map(|u| {
-                let client = client.clone();
-                let url = format!("{public}/");
-                async move {
-                    let r = client
-                        .get(url)
-                        .header("X-User-ID", format!("user-{u}"))
-                        .send()
-                        .await;
-                    (
-                        u,
-                        r.ok()
-                            .filter(|r| r.status().is_success())
-                            .and_then(|r| version_of(&r)),
-                    )
-                }
-            })
-            .buffer_unordered(32)
-            .collect()
-            .await;
-        for (u, version) in answers {
-            match version.as_deref() {
-                Some(v) => {
-                    let on_v2 = v == "v2";
-                    if on_v2 {
-                        step.on_v2 += 1;
-                    } else {
-                        step.on_v1 += 1;
-                    }
-                    let before = current.insert(u, on_v2);
-                    // While the weight only grows, nobody goes back to v1.
-                    if !rollback && before == Some(true) && !on_v2 {
-                        step.flipped_back += 1;
-                    }
-                }
-                None => step.failed += 1,
-            }
-        }
-        for (c, cookie) in anon_cookies.iter_mut().enumerate() {
-            let mut request = client.get(format!("{public}/"));
-            if let Some(cookie) = cookie.as_ref() {
-                request = request.header("Cookie", cookie.clone());
-            }
-            match request.send().await {
-                Ok(r) if r.status().is_success() => {
-                    if let Some(set) = r.headers().get("set-cookie").and_then(|v| v.to_str().ok()) {
-                        *cookie = set.split(';').next().map(str::to_string);
-                    }
-                    let v = version_of(&r);
-                    if !rollback && anon_version[c].as_deref() == Some("v2") && v.as_deref() == Some("v1") {
-                        step.anonymous_inconsistent += 1;
-                    }
-                    anon_version[c] = v;
-                }
-                _ => step.failed += 1,
-            }
-        }
-        results.push(step);
-    }
-    let preview = match bound.preview {
-        Some(p) => client
-            .get(format!("http://{p}/"))
-            .send()
-            .await
-            .ok()
-            .and_then(|r| version_of(&r))
-            .unwrap_or_else(|| "(failed)".into()),
-        None => "(none)".into(),
-    };
-    running.shutdown().await;
-
-    println!();
-    println!(
-        "{:<10} {:>8} {:>8} {:>8} {:>10} {:>13} {:>7} {:>10}",
-        "step", "weight", "on v1", "on v2", "observed", "flipped back", "failed", "switch ms"
+        .listen;
+    let controller = Arc::clone(
+        running
+            .controllers
+            .get("demo")
+            .context("demo app has no controller")?,
     );
-    let mut ok = true;
-    for (i, s) in results.iter().enumerate() {
-        let total = s.on_v1 + s.on_v2;
-        let observed = if total == 0 {
-            0.0
-        } else {
-            f64::from(s.on_v2) / f64::from(total) * 100.0
-        };
-        let label = if i == results.len() - 1 {
-            "rollback".to_string()
-        } else {
-            format!("ramp {i}")
-        };
-        println!(
-            "{label:<10} {:>7.1}% {:>8} {:>8} {:>9.1}% {:>13} {:>7} {:>10.2}",
-            f64::from(s.weight_bp) / 100.0,
-            s.on_v1,
-            s.on_v2,
-            observed,
-            s.flipped_back + s.anonymous_inconsistent,
-            s.failed,
-            s.switch_ms
-        );
-        // Within 5 standard deviations of the configured share.
-        let p = f64::from(s.weight_bp) / 10_000.0;
-        let tolerance = 5.0 * (p * (1.0 - p) / f64::from(total.max(1))).sqrt() * 100.0 + 0.01;
-        if s.failed > 0
-            || s.flipped_back > 0
-            || s.anonymous_inconsistent > 0
-            || (observed - p * 100.0).abs() > tolerance
-        {
-            ok = false;
-        }
+    println!(
+        "cutover demo: proxy on http://{public}, admin API on http://{}",
+        running.bound.admin
+    );
+    println!("state and instance logs in {}", dir.path().display());
+
+    let result = scenario(&controller, public, &options).await;
+    // Instances outlive `cutover serve` by design (they are re-adopted after a restart); the demo
+    // cleans up after itself.
+    for slot in cutover_core::Slot::ALL {
+        let _ = controller.stop_slot(slot).await;
     }
-    println!();
-    println!("preview listener answered with version {preview} (the slot that is not live)");
-    let requests: u32 = results.iter().map(|s| s.on_v1 + s.on_v2 + s.failed).sum::<u32>()
-        + options.anonymous * results.len() as u32;
-    println!("{requests} requests in {:.1} s", started.elapsed().as_secs_f64());
-    if ok && preview == "v2" {
-        println!("result: every step within tolerance, no user moved against the ramp, no request failed");
-        Ok(ExitCode::SUCCESS)
-    } else {
-        println!("result: FAILED (see the table above)");
-        Ok(ExitCode::FAILURE)
+    running.shutdown().await;
+    if options.keep_state {
+        let kept = dir.keep();
+        println!("state kept in {}", kept.display());
+    }
+    let ok = result?;
+    println!("demo finished in {:.0} s", started.elapsed().as_secs_f64());
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+async fn scenario(controller: &Arc<Controller>, public: SocketAddr, options: &DemoOptions) -> Result<bool> {
+    println!("\n== v1 goes live (first release: nothing to compare against)");
+    let v1 = deploy_and_wait(controller, "v1", None, true).await?;
+
+    let stats = Arc::new(Mutex::new(LoadStats::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(drive_load(
+        public,
+        options.users,
+        options.rate,
+        Arc::clone(&stats),
+        Arc::clone(&stop),
+    ));
+
+    println!("\n== v2, healthy: canary steps 5 % → 25 % → 50 % → 100 %");
+    let v2 = deploy_and_wait(controller, "v2", None, true).await?;
+    println!("\n== v3 with 5 % errors: the judge should roll it back");
+    let v3 = deploy_and_wait(controller, "v3", Some("--error-rate 0.05"), true).await?;
+    println!("\n== v4 never becomes ready: provisioning should fail with no traffic shifted");
+    let v4 = deploy_and_wait(controller, "v4", Some("--fail-ready"), true).await?;
+
+    stop.store(true, Ordering::Relaxed);
+    load.await.context("load generator")?;
+
+    let outcomes = [
+        (&v1, "succeeded"),
+        (&v2, "succeeded"),
+        (&v3, "rolled_back"),
+        (&v4, "failed"),
+    ];
+    print_report(controller, &outcomes, &stats).await?;
+    Ok(outcomes.iter().all(|(r, want)| r.phase.name() == *want))
+}
+
+/// Deploys `version` and waits until its rollout ends (a promoted rollout ends when its rollback
+/// window closes).
+async fn deploy_and_wait(
+    controller: &Arc<Controller>,
+    version: &str,
+    extra_args: Option<&str>,
+    print: bool,
+) -> Result<cutover_core::rollout::Rollout> {
+    let mut request = DeployRequest {
+        version: version.into(),
+        ..DeployRequest::default()
+    };
+    if let Some(extra) = extra_args {
+        request.command = Some(format!("{} {extra}", controller.release_command()));
+    }
+    let mut events = controller.subscribe();
+    let id = controller.deploy(request).await?;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        while let Ok(e) = events.try_recv() {
+            if print && e.event.rollout_id == Some(id) {
+                println!(
+                    "  {:<12} {}",
+                    e.event.kind,
+                    e.event.message.lines().next().unwrap_or("")
+                );
+            }
+        }
+        let state = controller.state().await;
+        if let Some(r) = state.rollout.filter(|r| r.id == id && r.phase.is_terminal()) {
+            while let Ok(e) = events.try_recv() {
+                if print && e.event.rollout_id == Some(id) {
+                    println!(
+                        "  {:<12} {}",
+                        e.event.kind,
+                        e.event.message.lines().next().unwrap_or("")
+                    );
+                }
+            }
+            return Ok(r);
+        }
+        if Instant::now() > deadline {
+            bail!("rollout #{id} of {version} did not end within 90 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-fn version_of(r: &reqwest::Response) -> Option<String> {
-    r.headers()
-        .get("x-app-version")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
+/// Sticky users, each logged in once, then reading `/api/me` at a fixed total rate.
+async fn drive_load(
+    public: SocketAddr,
+    users: u32,
+    rate: u32,
+    stats: Arc<Mutex<LoadStats>>,
+    stop: Arc<AtomicBool>,
+) {
+    let client = match reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(64)
+        .build()
+    {
+        Ok(c) => c,
+        Err(_) => return,
+    };
+    let base = format!("http://{public}");
+    let users = users.max(1);
+    let mut sessions: Vec<Option<String>> = vec![None; users as usize];
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut in_flight = tokio::task::JoinSet::new();
+    // Bounded: at most 10 minutes of load whatever happens.
+    let limit = Instant::now() + Duration::from_secs(600);
+    let mut n: u64 = 0;
+    while !stop.load(Ordering::Relaxed) && Instant::now() < limit {
+        ticker.tick().await;
+        let u = (n % u64::from(users)) as usize;
+        n += 1;
+        let user = format!("user-{u}");
+        let client = client.clone();
+        let base = base.clone();
+        let session = sessions[u].clone();
+        let stats = Arc::clone(&stats);
+        if session.is_none() {
+            // Log in first; the session lives in the store every version shares.
+            let login = client
+                .post(format!("{base}/login"))
+                .header("X-User-ID", &user)
+                .json(&serde_json::json!({ "user": user }))
+                .send()
+                .await;
+            if let Ok(r) = login {
+                if let Some(cookie) = r.headers().get("set-cookie").and_then(|v| v.to_str().ok()) {
+                    sessions[u] = cookie.split(';').next().map(str::to_string);
+                }
+            }
+            continue;
+        }
+        in_flight.spawn(async move {
+            let mut request = client.get(format!("{base}/api/me")).header("X-User-ID", &user);
+            if let Some(cookie) = session {
+                request = request.header("Cookie", cookie);
+            }
+            let (version, ok) = match request.send().await {
+                Ok(r) => {
+                    let v = r
+                        .headers()
+                        .get("x-app-version")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-")
+                        .to_string();
+                    (v, r.status().is_success())
+                }
+                Err(_) => ("-".to_string(), false),
+            };
+            let mut s = stats.lock().unwrap_or_else(PoisonError::into_inner);
+            let entry = s.by_version.entry(version).or_default();
+            if ok {
+                entry.ok += 1;
+            } else {
+                entry.failed += 1;
+            }
+        });
+        while in_flight.try_join_next().is_some() {}
+    }
+    while in_flight.join_next().await.is_some() {}
+}
+
+async fn print_report(
+    controller: &Arc<Controller>,
+    outcomes: &[(&cutover_core::rollout::Rollout, &str)],
+    stats: &Mutex<LoadStats>,
+) -> Result<()> {
+    println!(
+        "\n{:<4} {:<10} {:<12} {:<12} {:>6} {:>5} {:>5} {:>13}  reason",
+        "#", "version", "expected", "outcome", "passed", "fail", "inc.", "to rollback"
+    );
+    for (r, expected) in outcomes {
+        let events = controller
+            .store()
+            .events(controller.name(), Some(r.id), 0, 100_000)?;
+        let count = |prefix: &str| {
+            events
+                .iter()
+                .filter(|e| e.event.kind == "decision" && e.event.message.starts_with(prefix))
+                .count()
+        };
+        let to_rollback = events
+            .iter()
+            .find_map(|e| {
+                e.event
+                    .data
+                    .get("detection_to_rollback_ms")
+                    .and_then(|v| v.as_u64())
+            })
+            .map(|ms| format!("{:.1} s", ms as f64 / 1000.0))
+            .unwrap_or_else(|| "-".into());
+        let reason = match &r.phase {
+            Phase::RolledBack { reason, .. }
+            | Phase::Failed { reason, .. }
+            | Phase::Aborted { reason, .. } => reason.lines().next().unwrap_or("").to_string(),
+            _ => String::new(),
+        };
+        let mut reason = reason;
+        if reason.len() > 110 {
+            let cut = (0..=110).rev().find(|i| reason.is_char_boundary(*i)).unwrap_or(0);
+            reason.truncate(cut);
+            reason.push('…');
+        }
+        println!(
+            "{:<4} {:<10} {:<12} {:<12} {:>6} {:>5} {:>5} {:>13}  {}",
+            r.id,
+            r.release.version,
+            expected,
+            r.phase.name(),
+            count("pass"),
+            count("fail"),
+            count("inconclusive"),
+            to_rollback,
+            reason
+        );
+    }
+    let s = stats.lock().unwrap_or_else(PoisonError::into_inner);
+    println!("\nuser requests by the version that answered:");
+    println!("{:<10} {:>9} {:>8}", "version", "served", "failed");
+    let (mut total, mut failed) = (0, 0);
+    for (version, served) in &s.by_version {
+        println!(
+            "{:<10} {:>9} {:>8}",
+            version,
+            served.ok + served.failed,
+            served.failed
+        );
+        total += served.ok + served.failed;
+        failed += served.failed;
+    }
+    let share = if total == 0 {
+        0.0
+    } else {
+        failed as f64 / total as f64 * 100.0
+    };
+    println!("{total} user requests, {failed} failed: {share:.3} % of user requests failed");
+    Ok(())
 }

@@ -1,5 +1,6 @@
 //! The `cutover` command: a thin shell over the server crate and the admin API.
 
+mod client;
 mod demo;
 
 use std::path::PathBuf;
@@ -13,11 +14,15 @@ use cutover_server::{Config, TokenSource};
 #[command(
     name = "cutover",
     version,
-    about = "Zero-downtime releases: blue-green, sticky canaries, instant rollback"
+    about = "Zero-downtime releases: blue-green, sticky canaries, instant rollback",
+    after_help = "Exit codes of deploy: 0 promoted, 10 rolled back, 11 aborted, 12 failed before any traffic, \
+                  3 refused by the server (another rollout running, deploy freeze, invalid request), 1 other errors."
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    connection: client::Connection,
 }
 
 #[derive(Debug, Subcommand)]
@@ -32,12 +37,76 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Deploy VERSION of APP and follow the rollout until it is promoted or ends.
+    Deploy {
+        app: String,
+        version: String,
+        /// Command line of the release (`{port}` is replaced); default: the app's configured one.
+        #[arg(long = "cmd")]
+        command: Option<String>,
+        /// Environment of the release, KEY=VALUE (repeatable).
+        #[arg(long = "env", value_parser = parse_key_value)]
+        env: Vec<(String, String)>,
+        #[arg(long)]
+        instances: Option<u32>,
+        /// Deploy inside a freeze window (recorded in the event log).
+        #[arg(long)]
+        force: bool,
+        /// Return once the rollout has started instead of following it.
+        #[arg(long)]
+        no_follow: bool,
+    },
+    /// Phase, weights, per-slot metrics and the latest decisions of APP.
+    Status {
+        app: String,
+        #[arg(long)]
+        watch: bool,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Skip the remaining analysis and move all traffic to the new version.
+    Promote {
+        app: String,
+    },
+    /// Hold the current step until resumed.
+    Pause {
+        app: String,
+    },
+    Resume {
+        app: String,
+    },
+    /// Stop the rollout: traffic back to the old version, the new one torn down.
+    Abort {
+        app: String,
+    },
+    /// Move all traffic back to the old version now (instant while it is still warm).
+    Rollback {
+        app: String,
+    },
+    /// Past rollouts of APP, newest first.
+    History {
+        app: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
     /// Show the proxy at work on this machine: two versions of the example app, a sticky ramp
     /// from 0 to 100 % and back, and the split observed at each step.
     Demo(demo::DemoOptions),
     /// Run the bundled example app (used by the demo, the tests and the benchmarks).
     #[command(hide = true)]
     ExampleApp(cutover_example_app::Options),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -56,11 +125,11 @@ fn main() -> ExitCode {
             }
         };
     }
-    // The demo prints its own story; only warnings and errors from the machinery belong beside it.
-    init_logging(if matches!(cli.command, Command::Demo(_)) {
-        "warn"
-    } else {
+    // Only the server tells its story in logs; other commands print their own output.
+    init_logging(if matches!(cli.command, Command::Serve { .. }) {
         "info"
+    } else {
+        "warn"
     });
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
@@ -69,11 +138,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    match runtime.block_on(run(cli.command, cli.connection)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            client::exit_code_for(&e)
         }
     }
 }
@@ -87,8 +156,36 @@ fn init_logging(default_level: &str) {
         .init();
 }
 
-async fn run(command: Command) -> Result<ExitCode> {
+async fn run(command: Command, connection: client::Connection) -> Result<ExitCode> {
+    let api = || client::Client::new(&connection);
     match command {
+        Command::Deploy {
+            app,
+            version,
+            command,
+            env,
+            instances,
+            force,
+            no_follow,
+        } => {
+            let body = serde_json::json!({
+                "version": version,
+                "command": command,
+                "env": env.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+                "instances": instances,
+                "force": force,
+            });
+            client::deploy(&api()?, &app, body, !no_follow).await
+        }
+        Command::Status { app, watch, output } => {
+            client::status(&api()?, &app, output == Output::Json, watch).await
+        }
+        Command::Promote { app } => client::command(&api()?, &app, "promote").await,
+        Command::Pause { app } => client::command(&api()?, &app, "pause").await,
+        Command::Resume { app } => client::command(&api()?, &app, "resume").await,
+        Command::Abort { app } => client::command(&api()?, &app, "abort").await,
+        Command::Rollback { app } => client::command(&api()?, &app, "rollback").await,
+        Command::History { app, output } => client::history(&api()?, &app, output == Output::Json).await,
         Command::Serve { config } => serve(config).await,
         Command::Config {
             command: ConfigCommand::Check { file },
@@ -122,7 +219,7 @@ async fn serve(path: PathBuf) -> Result<ExitCode> {
         TokenSource::File(p) => tracing::info!(file = %p.display(), "admin token from file"),
         TokenSource::Generated(p) => tracing::info!(file = %p.display(), "generated an admin token"),
     }
-    let running = cutover_server::start(config, token)
+    let running = cutover_server::start(config, token, cutover_server::StartOptions::new(&dir))
         .await
         .context("starting the server")?;
     // One machine-readable line on stdout: the addresses actually bound (ports may be 0 in the

@@ -48,27 +48,37 @@ impl ThresholdJudgeConfig {
                 errors.push(FieldError::new(format!("{prefix}{field}"), what.to_string()));
             }
         };
+        let finite = |v: f64| v.is_finite();
+        let e = &self;
         check(
             "max_error_rate",
-            (0.0..=1.0).contains(&self.max_error_rate),
+            finite(e.max_error_rate) && (0.0..=1.0).contains(&e.max_error_rate),
             "must be between 0 and 1",
         );
         check(
             "max_error_ratio",
-            self.max_error_ratio >= 1.0,
-            "must be at least 1",
+            finite(e.max_error_ratio) && e.max_error_ratio >= 1.0,
+            "must be a finite number of at least 1",
         );
         check(
             "error_rate_slack",
-            (0.0..=1.0).contains(&self.error_rate_slack),
+            finite(e.error_rate_slack) && (0.0..=1.0).contains(&e.error_rate_slack),
             "must be between 0 and 1",
         );
-        check("max_p99_ratio", self.max_p99_ratio >= 1.0, "must be at least 1");
-        check("p99_slack_ms", self.p99_slack_ms >= 0.0, "must not be negative");
+        check(
+            "max_p99_ratio",
+            finite(e.max_p99_ratio) && e.max_p99_ratio >= 1.0,
+            "must be a finite number of at least 1",
+        );
+        check(
+            "p99_slack_ms",
+            finite(e.p99_slack_ms) && e.p99_slack_ms >= 0.0,
+            "must be a finite number, not negative",
+        );
         check(
             "max_p99_ms",
-            self.max_p99_ms.is_none_or(|v| v > 0.0),
-            "must be greater than 0",
+            e.max_p99_ms.is_none_or(|v| finite(v) && v > 0.0),
+            "must be a finite number greater than 0",
         );
         check("min_requests", self.min_requests > 0, "must be greater than 0");
         errors

@@ -43,8 +43,6 @@ pub struct RolloutPolicy {
     pub rollback_window_ms: u64,
     /// Time allowed for a new release to become ready.
     pub readiness_deadline_ms: u64,
-    /// Time in-flight requests get on a slot that loses its traffic.
-    pub drain_timeout_ms: u64,
     pub judge: ThresholdJudgeConfig,
 }
 
@@ -62,7 +60,6 @@ impl Default for RolloutPolicy {
             inconclusive_limit: 3,
             rollback_window_ms: 600_000,
             readiness_deadline_ms: 60_000,
-            drain_timeout_ms: 30_000,
             judge: ThresholdJudgeConfig::default(),
         }
     }
@@ -113,7 +110,6 @@ impl RolloutPolicy {
         for (field, value) in [
             ("analysis_interval_ms", self.analysis_interval_ms),
             ("readiness_deadline_ms", self.readiness_deadline_ms),
-            ("drain_timeout_ms", self.drain_timeout_ms),
         ] {
             if value == 0 {
                 errors.push(FieldError::new(

@@ -594,7 +594,12 @@ fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> 
                 format!("smoke checks passed: {detail}"),
                 serde_json::Value::Null,
             );
-            b.enter_step(0);
+            if b.state.slot(r.target.other()).is_running() {
+                b.enter_step(0);
+            } else {
+                // Nothing serves users yet: there is no one to protect and nothing to compare with.
+                b.promote("first release: nothing was live".into());
+            }
         }
         (Input::VerifyFailed { reason }, Phase::Verifying) => b.fail(reason),
         (

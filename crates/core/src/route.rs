@@ -117,14 +117,15 @@ impl RouteTable {
                     ));
                 }
             }
-            // An app with nothing deployed yet is valid (it answers 503); once anything is
-            // deployed, traffic must never be pointed at an empty slot.
-            let nothing_deployed = self.blue.backends.is_empty() && self.green.backends.is_empty();
-            if self.weight_of(slot) > 0 && pool.backends.is_empty() && !nothing_deployed {
+            // A slot without a release (an app not deployed yet) may hold the weight: requests
+            // then fall back to the other slot or get 503. A slot with a release and traffic but
+            // no backends is a mistake that would fail every request sent there.
+            if self.weight_of(slot) > 0 && pool.backends.is_empty() && !pool.version.is_empty() {
                 errors.push(FieldError::new(
                     format!("{slot}.backends"),
                     format!(
-                        "slot {slot} has weight {} bp but no backends; add backends or set its weight to 0",
+                        "slot {slot} runs {} with weight {} bp but has no backends; add backends or set its weight to 0",
+                        pool.version,
                         self.weight_of(slot)
                     ),
                 ));

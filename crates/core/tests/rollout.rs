@@ -359,6 +359,17 @@ fn the_readiness_deadline_fails_a_release_that_never_reports() {
 }
 
 #[test]
+fn the_first_release_of_an_app_goes_live_after_verification() {
+    let mut sim = Sim::new(healthy);
+    sim.state = AppState::new("web");
+    sim.deploy(policy());
+    assert_eq!(sim.phase(), "promoted");
+    assert_eq!(route_table(&sim.state).weight_of(Slot::Green), 10_000);
+    sim.run_for(700_000);
+    assert_eq!(sim.phase(), "succeeded");
+}
+
+#[test]
 fn one_rollout_at_a_time() {
     let mut sim = Sim::new(healthy);
     sim.deploy(policy());

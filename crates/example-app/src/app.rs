@@ -11,16 +11,19 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use axum::body::Body;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, Query, Request, State};
-use axum::http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
-use axum::{Json, Router};
+use axum::{Form, Json, Router};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::Deserialize;
+
+use crate::dependency::Dependency;
+use crate::session::{self, Session, SessionStore, StoreError};
 
 const X_APP_VERSION: HeaderName = HeaderName::from_static("x-app-version");
 const X_APP_INSTANCE: HeaderName = HeaderName::from_static("x-app-instance");
@@ -29,6 +32,18 @@ const X_SEEN_USER_ID: HeaderName = HeaderName::from_static("x-seen-user-id");
 
 const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 const TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
+const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
+/// Expires the session cookie in the browser (the name is `session::COOKIE_NAME`).
+const CLEAR_COOKIE: HeaderValue =
+    HeaderValue::from_static("example_session=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0");
+
+/// Bound on session store calls made while answering a request. Longer than SQLite's
+/// busy timeout, so a lock held by another instance surfaces as SQLite's own error.
+const STORE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Each `/health/ready` check must answer within this.
+const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest user name `/login` accepts.
+const MAX_USER_CHARS: usize = 64;
 
 /// `/bytes` refuses to generate more than this, so a typo cannot exhaust the machine.
 const MAX_BYTES: u64 = 64 * 1024 * 1024;
@@ -67,27 +82,51 @@ impl Faults {
     }
 }
 
+/// What [`App::new`] needs; see `Options` for what each setting does.
+pub struct Settings {
+    pub app: String,
+    pub version: String,
+    pub slot: String,
+    pub port: u16,
+    pub faults: Faults,
+    pub fail_ready: bool,
+    pub sessions: Option<SessionStore>,
+    pub reject_old_sessions: bool,
+    pub ready_dependency: Option<Dependency>,
+}
+
 pub struct App {
     root_body: Bytes,
-    page_body: Bytes,
+    /// `/page` up to the per-visitor session section.
+    page_head: String,
+    /// The whole `/page` when there is no session store, so nothing varies.
+    page_static: Bytes,
     version: HeaderValue,
+    version_label: String,
     instance: HeaderValue,
     faults: Faults,
     faults_active: bool,
     fail_ready: bool,
     ready: AtomicBool,
     requests: AtomicU64,
+    sessions: Option<SessionStore>,
+    reject_old_sessions: bool,
+    ready_dependency: Option<Dependency>,
 }
 
 impl App {
-    pub fn new(
-        app: &str,
-        version: &str,
-        slot: &str,
-        port: u16,
-        faults: Faults,
-        fail_ready: bool,
-    ) -> Result<Self> {
+    pub fn new(s: Settings) -> Result<Self> {
+        let Settings {
+            app,
+            version,
+            slot,
+            port,
+            faults,
+            fail_ready,
+            sessions,
+            reject_old_sessions,
+            ready_dependency,
+        } = s;
         let root = serde_json::json!({
             "app": app,
             "version": version,
@@ -95,26 +134,37 @@ impl App {
             "instance": port,
         });
         let root_body = Bytes::from(serde_json::to_vec(&root).context("encoding the / body")?);
-        let page_body = Bytes::from(format!(
+        let mut page_head = format!(
             "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{app} {version}</title></head>\n\
              <body><h1>{app}</h1><p>version <b id=\"version\">{version}</b>, slot <b id=\"slot\">{slot}</b>, \
-             instance {port}</p></body></html>\n",
-            app = html_escape(app),
-            version = html_escape(version),
-            slot = html_escape(slot),
-        ));
-        let version_header = HeaderValue::from_str(version)
+             instance {port}</p>\n",
+            app = html_escape(&app),
+            version = html_escape(&version),
+            slot = html_escape(&slot),
+        );
+        if sessions.is_none() {
+            page_head.push_str(
+                "<p id=\"session\">Sessions are off: no <code>--session-store</code> configured.</p>\n",
+            );
+        }
+        let version_header = HeaderValue::from_str(&version)
             .with_context(|| format!("--version-label {version:?} cannot be sent as an HTTP header"))?;
+        let page_static = Bytes::from(format!("{page_head}{PAGE_TAIL}"));
         Ok(Self {
             root_body,
-            page_body,
+            page_head,
+            page_static,
             version: version_header,
+            version_label: version,
             instance: HeaderValue::from(port),
             faults_active: faults.any(),
             faults,
             fail_ready,
             ready: AtomicBool::new(true),
             requests: AtomicU64::new(0),
+            sessions,
+            reject_old_sessions,
+            ready_dependency,
         })
     }
 
@@ -126,7 +176,21 @@ impl App {
     fn count(&self) {
         self.requests.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// The 500 that `--error-rate` injects into `/` and `/api/*`.
+    fn injected_error(&self) -> Response {
+        let mut resp = Response::new(Body::from(Bytes::from_static(b"injected error\n")));
+        *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        resp.headers_mut().insert(CONTENT_TYPE, TEXT_PLAIN);
+        self.stamp(resp.headers_mut());
+        resp
+    }
 }
+
+/// Links to the routes worth clicking, then the end of the page.
+const PAGE_TAIL: &str = "<p><a href=\"/page\">reload</a> \u{b7} <a href=\"/\">/</a> \u{b7} \
+    <a href=\"/api/me\">/api/me</a> \u{b7} <a href=\"/health/ready\">/health/ready</a></p>\n\
+    </body></html>\n";
 
 type AppState = &'static App;
 
@@ -136,6 +200,8 @@ pub fn router(app: AppState) -> Router {
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/control/ready", post(set_ready))
+        .route("/login", post(login))
+        .route("/logout", post(logout))
         .route("/control/requests", get(request_count))
         .route("/slow", get(slow))
         .route("/sse", get(sse))
@@ -150,6 +216,7 @@ pub fn router(app: AppState) -> Router {
     let hot = get(api).fallback(api_method_not_allowed);
     Router::new()
         .route("/", hot.clone())
+        .route("/api/me", get(me).fallback(api_method_not_allowed))
         .route("/api/{*rest}", hot)
         .merge(others)
         .with_state(app)
@@ -169,11 +236,7 @@ async fn count_and_stamp(State(app): State<AppState>, req: Request, next: Next) 
 async fn api(State(app): State<AppState>, req: Request) -> Response {
     app.count();
     if app.faults_active && app.faults.apply().await {
-        let mut resp = Response::new(Body::from(Bytes::from_static(b"injected error\n")));
-        *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-        resp.headers_mut().insert(CONTENT_TYPE, TEXT_PLAIN);
-        app.stamp(resp.headers_mut());
-        return resp;
+        return app.injected_error();
     }
     let mut resp = Response::new(Body::from(app.root_body.clone()));
     let headers = resp.headers_mut();
@@ -196,22 +259,47 @@ async fn not_found() -> impl IntoResponse {
     (StatusCode::NOT_FOUND, "not found\n")
 }
 
-async fn page(State(app): State<AppState>) -> impl IntoResponse {
-    (
-        [(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"))],
-        app.page_body.clone(),
-    )
-}
-
 async fn live() -> &'static str {
     "ok"
 }
 
-async fn ready(State(app): State<AppState>) -> impl IntoResponse {
-    if !app.fail_ready && app.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready")
+async fn ready(State(app): State<AppState>) -> Response {
+    let mut failed = Vec::new();
+    if app.fail_ready {
+        failed.push("--fail-ready is set".to_owned());
+    }
+    if !app.ready.load(Ordering::Relaxed) {
+        failed.push("switched off through /control/ready".to_owned());
+    }
+    // Both checks wait on something outside this process, so they run side by side
+    // and a slow one costs at most one timeout.
+    let store = async {
+        let store = app.sessions.as_ref()?;
+        let e = store.ping(READY_CHECK_TIMEOUT).await.err()?;
+        Some(format!("session store: {e}"))
+    };
+    let dependency = async {
+        let dep = app.ready_dependency.as_ref()?;
+        match tokio::time::timeout(READY_CHECK_TIMEOUT, dep.check()).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(format!("dependency {dep}: {e}")),
+            Err(_) => Some(format!(
+                "dependency {dep}: no answer within {READY_CHECK_TIMEOUT:?}"
+            )),
+        }
+    };
+    let (store, dependency) = tokio::join!(store, dependency);
+    failed.extend(store);
+    failed.extend(dependency);
+    if failed.is_empty() {
+        (StatusCode::OK, "ready").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+        tracing::debug!(checks = %failed.join("; "), "not ready");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}", failed.join("; ")),
+        )
+            .into_response()
     }
 }
 
@@ -383,6 +471,237 @@ async fn bytes_route(Query(p): Query<BytesParams>) -> Response {
     // to chunked encoding, so clients and proxies see a plain sized body.
     headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
     resp
+}
+
+/// What the session cookie of a request amounts to.
+enum Visitor {
+    NoStore,
+    Anonymous,
+    /// Logged in, but by a version that `--reject-old-sessions` does not accept.
+    Rejected(Session),
+    LoggedIn(Session),
+    StoreFailed(StoreError),
+}
+
+async fn visitor(app: &App, headers: &HeaderMap) -> Visitor {
+    let Some(store) = &app.sessions else {
+        return Visitor::NoStore;
+    };
+    // A cookie we could not have issued is answered without asking the store.
+    let Some(id) = session_cookie(headers).filter(|id| session::is_well_formed_id(id)) else {
+        return Visitor::Anonymous;
+    };
+    match store.get(STORE_TIMEOUT, id.to_owned()).await {
+        Ok(None) => Visitor::Anonymous,
+        Ok(Some(s)) if app.reject_old_sessions && s.issued_by_version != app.version_label => {
+            Visitor::Rejected(s)
+        }
+        Ok(Some(s)) => Visitor::LoggedIn(s),
+        Err(e) => Visitor::StoreFailed(e),
+    }
+}
+
+fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == session::COOKIE_NAME)
+        .map(|(_, value)| value.trim_matches('"'))
+}
+
+/// JSON answer for the session routes, which must never be cached: the same URL
+/// answers differently per cookie.
+fn session_json(status: StatusCode, body: serde_json::Value) -> Response {
+    (status, [(CACHE_CONTROL, NO_STORE)], Json(body)).into_response()
+}
+
+fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
+    session_json(status, serde_json::json!({ "error": message.into() }))
+}
+
+fn no_store_response() -> Response {
+    json_error(StatusCode::SERVICE_UNAVAILABLE, "no session store configured")
+}
+
+fn store_failed_response(e: &StoreError) -> Response {
+    json_error(StatusCode::SERVICE_UNAVAILABLE, format!("session store: {e}"))
+}
+
+/// Whether the request came from the HTML form on `/page`, which expects to be sent
+/// back to the page rather than handed JSON.
+fn is_form_post(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"))
+}
+
+fn back_to_page() -> Response {
+    (
+        StatusCode::SEE_OTHER,
+        [(LOCATION, HeaderValue::from_static("/page"))],
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct LoginBody {
+    user: String,
+}
+
+fn validate_user(user: &str) -> Result<&str, &'static str> {
+    let user = user.trim();
+    if user.is_empty() {
+        return Err("user must not be empty");
+    }
+    if user.chars().count() > MAX_USER_CHARS {
+        return Err("user is longer than 64 characters");
+    }
+    if user.chars().any(char::is_control) {
+        return Err("user must not contain control characters");
+    }
+    Ok(user)
+}
+
+async fn login(State(app): State<AppState>, req: Request) -> Response {
+    let Some(store) = &app.sessions else {
+        return no_store_response();
+    };
+    let form = is_form_post(req.headers());
+    let body = if form {
+        Form::<LoginBody>::from_request(req, &())
+            .await
+            .map(|f| f.0)
+            .map_err(|r| (r.status(), r.body_text()))
+    } else {
+        Json::<LoginBody>::from_request(req, &())
+            .await
+            .map(|j| j.0)
+            .map_err(|r| (r.status(), r.body_text()))
+    };
+    let body = match body {
+        Ok(body) => body,
+        Err((status, text)) => return json_error(status, text),
+    };
+    let user = match validate_user(&body.user) {
+        Ok(user) => user.to_owned(),
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
+    };
+    let session = match store.create(STORE_TIMEOUT, user, app.version_label.clone()).await {
+        Ok(session) => session,
+        Err(e) => return store_failed_response(&e),
+    };
+    tracing::info!(user = %session.user, "logged in");
+    let mut resp = if form {
+        back_to_page()
+    } else {
+        session_json(
+            StatusCode::OK,
+            serde_json::json!({ "user": session.user, "session": session.id }),
+        )
+    };
+    // The id is 32 hex digits, so it is always a valid header value; failing here
+    // would mean a bug in id generation, answered as a 500 rather than a panic.
+    match HeaderValue::from_str(&format!(
+        "{}={}; Path=/; HttpOnly; SameSite=Lax",
+        session::COOKIE_NAME,
+        session.id
+    )) {
+        Ok(cookie) => {
+            resp.headers_mut().insert(SET_COOKIE, cookie);
+            resp
+        }
+        Err(e) => json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("session id cannot be sent as a cookie: {e}"),
+        ),
+    }
+}
+
+async fn logout(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    let Some(store) = &app.sessions else {
+        return no_store_response();
+    };
+    let removed = match session_cookie(&headers).filter(|id| session::is_well_formed_id(id)) {
+        Some(id) => match store.delete(STORE_TIMEOUT, id.to_owned()).await {
+            Ok(removed) => removed,
+            Err(e) => return store_failed_response(&e),
+        },
+        None => false,
+    };
+    let mut resp = if is_form_post(&headers) {
+        back_to_page()
+    } else {
+        session_json(StatusCode::OK, serde_json::json!({ "logged_out": removed }))
+    };
+    resp.headers_mut().insert(SET_COOKIE, CLEAR_COOKIE);
+    resp
+}
+
+/// `/api/me`: an `/api/*` route, so it takes the same faults as the others, and like
+/// them it is outside the shared middleware and stamps its own headers.
+async fn me(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    app.count();
+    if app.faults_active && app.faults.apply().await {
+        return app.injected_error();
+    }
+    let mut resp = match visitor(app, &headers).await {
+        Visitor::NoStore => no_store_response(),
+        Visitor::Anonymous => json_error(StatusCode::UNAUTHORIZED, "not logged in"),
+        Visitor::Rejected(s) => json_error(
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "session issued by {} is not accepted by {}",
+                s.issued_by_version, app.version_label
+            ),
+        ),
+        Visitor::LoggedIn(s) => session_json(
+            StatusCode::OK,
+            serde_json::json!({
+                "user": s.user,
+                "issued_by": s.issued_by_version,
+                "served_by": app.version_label,
+            }),
+        ),
+        Visitor::StoreFailed(e) => store_failed_response(&e),
+    };
+    app.stamp(resp.headers_mut());
+    resp
+}
+
+async fn page(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    const HTML: HeaderValue = HeaderValue::from_static("text/html; charset=utf-8");
+    const LOGIN_FORM: &str = "<form method=\"post\" action=\"/login\">\
+        <input name=\"user\" placeholder=\"user\" required maxlength=\"64\"> \
+        <button>Log in</button></form>\n";
+    let section = match visitor(app, &headers).await {
+        Visitor::NoStore => return ([(CONTENT_TYPE, HTML)], app.page_static.clone()).into_response(),
+        Visitor::Anonymous => format!("<p id=\"session\">Not logged in.</p>\n{LOGIN_FORM}"),
+        Visitor::Rejected(s) => format!(
+            "<p id=\"session\">Your session was issued by {} and is not accepted by {}.</p>\n{LOGIN_FORM}",
+            html_escape(&s.issued_by_version),
+            html_escape(&app.version_label),
+        ),
+        Visitor::LoggedIn(s) => format!(
+            "<p id=\"session\">Logged in as <b id=\"user\">{}</b>, session issued by {}, served by {}.</p>\n\
+             <form method=\"post\" action=\"/logout\"><button>Log out</button></form>\n",
+            html_escape(&s.user),
+            html_escape(&s.issued_by_version),
+            html_escape(&app.version_label),
+        ),
+        Visitor::StoreFailed(e) => format!(
+            "<p id=\"session\">Session store unavailable: {}</p>\n",
+            html_escape(&e.to_string())
+        ),
+    };
+    (
+        [(CONTENT_TYPE, HTML), (CACHE_CONTROL, NO_STORE)],
+        format!("{}{section}{PAGE_TAIL}", app.page_head),
+    )
+        .into_response()
 }
 
 fn html_escape(s: &str) -> String {

@@ -1,13 +1,48 @@
 //! A small HTTP service that stands in for "the user's application" in cutover's
 //! tests, benchmarks and demo. It reports which version/slot answered, can be told
-//! to misbehave (errors, latency, failing readiness, crashing) and exposes the
-//! awkward kinds of traffic a proxy must carry (SSE, WebSocket, large bodies).
+//! to misbehave (errors, latency, failing readiness, crashing), keeps login sessions
+//! in a store shared by both slots, and exposes the awkward kinds of traffic a proxy
+//! must carry (SSE, WebSocket, large bodies).
+//!
+//! # Routes
+//!
+//! - `GET /`, `GET /api/*`: JSON identity (`app`, `version`, `slot`, `instance`); the
+//!   benchmark hot path. These, and `/api/me`, are the only routes the fault flags hit.
+//! - `GET /api/me`: the logged-in user (`user`, `issued_by`, `served_by`); 401
+//!   `{"error":"not logged in"}` without a valid `example_session` cookie, or when
+//!   `--reject-old-sessions` refuses a session another version issued.
+//! - `POST /login` (`{"user":"alice"}`, or the form on `/page`): creates a session and
+//!   sets the `example_session` cookie. `POST /logout`: removes it. With no
+//!   `--session-store` the session routes answer 503.
+//! - `GET /page`: HTML with version, slot, and a login/logout form.
+//! - `GET /health/live`: always 200. `GET /health/ready`: 200 unless `--fail-ready`,
+//!   switched off at runtime, the session store fails a trivial query, or the
+//!   `--ready-dependency` URL does not answer 2xx within 1 s; the 503 body names each
+//!   failed check.
+//! - `POST /control/ready?value=BOOL`, `GET /control/requests`: runtime switches and
+//!   the request counter, for tests.
+//! - `GET /slow?ms=`, `/sse?events=&interval_ms=`, `/ws` (echo), `/echo`, `/headers`,
+//!   `/status/{code}`, `/bytes?n=`: traffic shapes a proxy must carry.
+//!
+//! # Flags
+//!
+//! Identity: `--host`, `--port` (`PORT`), `--version-label` (`CUTOVER_VERSION`),
+//! `--slot` (`CUTOVER_SLOT`), `--app` (`CUTOVER_APP`), `--threads`.
+//! Faults: `--error-rate`, `--latency-ms`, `--latency-jitter-ms`, `--slow-rate`,
+//! `--slow-ms`, `--fail-ready`, `--crash-after-secs`.
+//! Sessions: `--session-store PATH` (`EXAMPLE_SESSION_STORE`; a SQLite file, Redis is
+//! not supported yet), `--reject-old-sessions`.
+//! Readiness: `--ready-dependency URL` (`http://` only).
+//! Lifecycle: `--drain-timeout-secs`, `--exit-on-stdin-close`.
 
 mod app;
+mod dependency;
+mod session;
 
 use std::future::IntoFuture;
 use std::io::{IsTerminal, Read, Write};
 use std::num::NonZeroUsize;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -15,7 +50,9 @@ use anyhow::{bail, Context, Result};
 use axum::serve::ListenerExt;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::app::{App, Faults};
+use crate::app::{App, Faults, Settings};
+use crate::dependency::Dependency;
+use crate::session::SessionStore;
 
 /// Exit code used by `--crash-after-secs`, distinct from clap's 2 and anyhow's 1 so
 /// tests can tell a simulated crash from a usage error.
@@ -72,6 +109,21 @@ pub struct Options {
     #[arg(long)]
     fail_ready: bool,
 
+    /// SQLite file holding login sessions, shared by every instance (blue and green)
+    /// so users stay logged in across slots. Without it the session routes answer 503.
+    #[arg(long, env = "EXAMPLE_SESSION_STORE", value_name = "PATH", value_parser = parse_session_store)]
+    session_store: Option<PathBuf>,
+
+    /// Answer 401 to sessions issued by another version, like an app whose session
+    /// format changed incompatibly and logs everyone out during a rolling deploy.
+    #[arg(long)]
+    reject_old_sessions: bool,
+
+    /// `http://` URL (e.g. another service's health check) that must answer 2xx
+    /// within 1 s for `/health/ready` to pass.
+    #[arg(long, value_name = "URL", value_parser = Dependency::parse)]
+    ready_dependency: Option<Dependency>,
+
     /// Exit with code 3 this many seconds after start, simulating a crash.
     #[arg(long, value_name = "SECS")]
     crash_after_secs: Option<u64>,
@@ -94,6 +146,31 @@ fn parse_rate(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
+fn parse_session_store(s: &str) -> Result<PathBuf, String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if let Some((scheme, _)) = s.split_once("://") {
+        if scheme.eq_ignore_ascii_case("redis") || scheme.eq_ignore_ascii_case("rediss") {
+            return Err(
+                "Redis session stores are not supported yet; pass the path of a SQLite file \
+                 that every instance can reach"
+                    .into(),
+            );
+        }
+        if !scheme.is_empty()
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        {
+            return Err(format!(
+                "{scheme}:// session stores are not supported; pass the path of a SQLite file"
+            ));
+        }
+    }
+    Ok(PathBuf::from(s))
+}
+
 /// Runs the app until SIGTERM or SIGINT; the exit code to end the process with.
 pub fn run(cli: Options) -> Result<ExitCode> {
     if cli.slow_rate > 0.0 && cli.slow_ms == 0 {
@@ -101,6 +178,9 @@ pub fn run(cli: Options) -> Result<ExitCode> {
             "--slow-rate {} has no effect without --slow-ms > 0",
             cli.slow_rate
         );
+    }
+    if cli.reject_old_sessions && cli.session_store.is_none() {
+        bail!("--reject-old-sessions has no effect without --session-store");
     }
 
     tracing_subscriber::fmt()
@@ -141,14 +221,27 @@ async fn serve(cli: Options) -> Result<()> {
     };
     // The state lives as long as the process; leaking it makes `State` a plain
     // reference, so the hot path does no reference counting.
-    let app: &'static App = Box::leak(Box::new(App::new(
-        &cli.app,
-        &cli.version_label,
-        &cli.slot,
-        addr.port(),
+    let sessions = match &cli.session_store {
+        Some(path) => {
+            // Absolute, so the log names the file unambiguously: instances of the two
+            // slots may run from different directories and must open the same one.
+            let path = std::path::absolute(path)
+                .with_context(|| format!("resolving --session-store {}", path.display()))?;
+            Some(SessionStore::start(path).context("starting the session store thread")?)
+        }
+        None => None,
+    };
+    let app: &'static App = Box::leak(Box::new(App::new(Settings {
+        app: cli.app.clone(),
+        version: cli.version_label.clone(),
+        slot: cli.slot.clone(),
+        port: addr.port(),
         faults,
-        cli.fail_ready,
-    )?));
+        fail_ready: cli.fail_ready,
+        sessions,
+        reject_old_sessions: cli.reject_old_sessions,
+        ready_dependency: cli.ready_dependency.clone(),
+    })?));
 
     // Installed before announcing readiness: a supervisor may send SIGTERM the moment
     // it reads the line below, and the default action would kill us with no exit code.

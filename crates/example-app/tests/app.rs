@@ -125,7 +125,7 @@ async fn fail_ready_flag_keeps_readiness_failing() {
     let client = http_client();
     let resp = client.get(app.url("/health/ready")).send().await.unwrap();
     assert_eq!(resp.status(), 503);
-    assert_eq!(resp.text().await.unwrap(), "not ready");
+    assert_eq!(resp.text().await.unwrap(), "not ready: --fail-ready is set");
     client
         .post(app.url("/control/ready?value=true"))
         .send()

@@ -1,6 +1,7 @@
 //! Active health checks: one task per backend, a fresh connection per probe, so a probe tests what
 //! a new request would meet.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ pub(crate) fn spawn_checks(backend: Arc<Backend>, settings: ProxySettings, app: 
                 _ = backend.retired.cancelled() => return,
                 _ = ticker.tick() => {}
             }
-            let result = match tokio::time::timeout(timeout, probe(&backend, &hc.path)).await {
+            let result = match tokio::time::timeout(timeout, probe(backend.addr, &hc.path)).await {
                 Ok(r) => r,
                 Err(_) => Err(format!("no answer within {} ms", hc.timeout_ms)),
             };
@@ -44,8 +45,10 @@ pub(crate) fn spawn_checks(backend: Arc<Backend>, settings: ProxySettings, app: 
     });
 }
 
-async fn probe(backend: &Backend, path: &str) -> Result<(), String> {
-    let stream = TcpStream::connect(backend.addr)
+/// One HTTP GET of `path` on a fresh connection to `addr`; Ok for 2xx and 3xx, else why not.
+/// The caller bounds the time it may take.
+pub async fn probe(addr: SocketAddr, path: &str) -> Result<(), String> {
+    let stream = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
@@ -55,7 +58,7 @@ async fn probe(backend: &Backend, path: &str) -> Result<(), String> {
             .map_err(|e| format!("handshake: {e}"))?;
     let conn = tokio::spawn(conn);
     let request = Request::get(path)
-        .header(http::header::HOST, backend.addr.to_string())
+        .header(http::header::HOST, addr.to_string())
         .header(http::header::USER_AGENT, "cutover-health-check")
         .header(http::header::CONNECTION, "close")
         .body(UpstreamRequestBody::Empty)

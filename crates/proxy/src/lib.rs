@@ -22,7 +22,7 @@ pub mod backend;
 pub mod body;
 pub mod config;
 mod handler;
-mod health;
+pub mod health;
 pub mod listener;
 pub mod metrics;
 pub mod prometheus;

@@ -8,27 +8,40 @@
 //! | GET | `/v1/apps/{app}/routes` | the app's route table and its generation |
 //! | PUT | `/v1/apps/{app}/routes` | replace the route table (token) |
 //! | GET | `/v1/apps/{app}/metrics` | per-slot counters, quantiles and backend health |
+//! | POST | `/v1/apps/{app}/deploy` | start a rollout (token); body `{"version", "command"?, "env"?, "instances"?, "force"?}` |
+//! | GET | `/v1/apps/{app}/status` | phase, weights, per-slot live metrics, latest decisions |
+//! | POST | `/v1/apps/{app}/promote` (`pause`, `resume`, `abort`, `rollback`) | operator commands (token) |
+//! | GET | `/v1/apps/{app}/history` | past rollouts, newest first (`?limit=`) |
+//! | GET | `/v1/apps/{app}/events` | the event log (`?after=SEQ&rollout=ID&limit=`) |
+//! | GET | `/v1/apps/{app}/events/stream` | the event log live, as server-sent events (`?after=SEQ`) |
 //!
 //! Errors are JSON: `{"error": "...", "errors": [{"field": "...", "message": "..."}]}` with 400 for
-//! invalid input (and no change made), 401 without a valid token, 404 for an unknown app.
+//! invalid input (and no change made), 401 without a valid token, 404 for an unknown app, 409 for
+//! a command the current state does not allow (a second deploy, a frozen window, ...).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use axum::extract::Query;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
+use cutover_core::rollout::Command;
 use cutover_core::{FieldError, RouteTable, Slot};
 use cutover_proxy::{AppProxy, MetricsSummary};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::controller::{Controller, ControllerError, DeployRequest};
 
 /// What the admin API works on.
 #[derive(Debug)]
 pub struct AdminState {
     pub apps: BTreeMap<String, Arc<AppProxy>>,
+    pub controllers: BTreeMap<String, Arc<Controller>>,
     pub token: String,
 }
 
@@ -39,6 +52,12 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/apps", get(list_apps))
         .route("/v1/apps/{app}/routes", get(get_routes).put(put_routes))
         .route("/v1/apps/{app}/metrics", get(app_metrics))
+        .route("/v1/apps/{app}/deploy", post(deploy))
+        .route("/v1/apps/{app}/status", get(status))
+        .route("/v1/apps/{app}/history", get(history))
+        .route("/v1/apps/{app}/events", get(events))
+        .route("/v1/apps/{app}/events/stream", get(event_stream))
+        .route("/v1/apps/{app}/{command}", post(command))
         .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
         .with_state(state)
 }
@@ -140,25 +159,14 @@ async fn put_routes(
     body: Bytes,
 ) -> Result<Json<RoutesView>, ApiError> {
     authorize(&state, &headers)?;
-    let app = find_app(&state, &app)?;
-    let deserializer = &mut serde_json::Deserializer::from_slice(&body);
-    let route: RouteTable = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-        let field = e.path().to_string();
-        let inner = e.into_inner();
-        let mut err = ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid route table; nothing was changed",
-        );
-        err.errors.push(FieldError::new(
-            if field == "." || field == "?" {
-                "body".to_string()
-            } else {
-                field
-            },
-            inner.to_string(),
+    if state.controllers.contains_key(&app) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("app {app} is managed by its rollouts; use deploy, promote or rollback instead of setting routes"),
         ));
-        err
-    })?;
+    }
+    let app = find_app(&state, &app)?;
+    let route: RouteTable = parse_json(&body, "route table")?;
     app.apply(route).map_err(|e| {
         let mut err = ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -217,4 +225,199 @@ async fn app_metrics(
             })
             .collect(),
     ))
+}
+
+fn find_controller(state: &AdminState, name: &str) -> Result<Arc<Controller>, ApiError> {
+    if let Some(c) = state.controllers.get(name) {
+        return Ok(Arc::clone(c));
+    }
+    find_app(state, name)?;
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        format!("app {name} has no platform: it is routed by its route table only (set [app] platform = \"local\" to deploy)"),
+    ))
+}
+
+impl From<ControllerError> for ApiError {
+    fn from(e: ControllerError) -> Self {
+        match e {
+            ControllerError::Rejected(_) | ControllerError::Frozen { .. } => {
+                ApiError::new(StatusCode::CONFLICT, e.to_string())
+            }
+            ControllerError::Invalid(v) => {
+                let mut err = ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid deploy request; nothing was started",
+                );
+                err.errors = v.errors;
+                err
+            }
+            e => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiError> {
+    let deserializer = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = e.into_inner();
+        let mut err = ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("invalid {what}; nothing was changed"),
+        );
+        err.errors.push(FieldError::new(
+            if field == "." || field == "?" {
+                "body".to_string()
+            } else {
+                field
+            },
+            inner.to_string(),
+        ));
+        err
+    })
+}
+
+#[derive(Debug, Serialize)]
+struct Deployed {
+    app: String,
+    rollout_id: u64,
+}
+
+async fn deploy(
+    State(state): State<Arc<AdminState>>,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Deployed>), ApiError> {
+    authorize(&state, &headers)?;
+    let controller = find_controller(&state, &app)?;
+    let request: DeployRequest = parse_json(&body, "deploy request")?;
+    let rollout_id = controller.deploy(request).await?;
+    Ok((StatusCode::ACCEPTED, Json(Deployed { app, rollout_id })))
+}
+
+async fn command(
+    State(state): State<Arc<AdminState>>,
+    Path((app, command)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<crate::controller::StatusView>, ApiError> {
+    let command = match command.as_str() {
+        "promote" => Command::Promote,
+        "pause" => Command::Pause,
+        "resume" => Command::Resume,
+        "abort" => Command::Abort,
+        "rollback" => Command::Rollback,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no command {other:?}; commands are promote, pause, resume, abort and rollback"),
+            ))
+        }
+    };
+    authorize(&state, &headers)?;
+    let controller = find_controller(&state, &app)?;
+    controller.command(command).await?;
+    Ok(Json(controller.status().await?))
+}
+
+async fn status(
+    State(state): State<Arc<AdminState>>,
+    Path(app): Path<String>,
+) -> Result<Json<crate::controller::StatusView>, ApiError> {
+    let controller = find_controller(&state, &app)?;
+    Ok(Json(controller.status().await?))
+}
+
+#[derive(Debug, Deserialize)]
+struct HistoryQuery {
+    limit: Option<usize>,
+}
+
+async fn history(
+    State(state): State<Arc<AdminState>>,
+    Path(app): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Json<Vec<cutover_core::rollout::Rollout>>, ApiError> {
+    let controller = find_controller(&state, &app)?;
+    let rollouts = controller
+        .store()
+        .rollouts(&app, q.limit.unwrap_or(20).min(1000))
+        .map_err(ControllerError::from)?;
+    Ok(Json(rollouts))
+}
+
+#[derive(Debug, Deserialize)]
+struct EventsQuery {
+    after: Option<u64>,
+    rollout: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn events(
+    State(state): State<Arc<AdminState>>,
+    Path(app): Path<String>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Json<Vec<cutover_store::StoredEvent>>, ApiError> {
+    let controller = find_controller(&state, &app)?;
+    let events = controller
+        .store()
+        .events(
+            &app,
+            q.rollout,
+            q.after.unwrap_or(0),
+            q.limit.unwrap_or(1000).min(10_000),
+        )
+        .map_err(ControllerError::from)?;
+    Ok(Json(events))
+}
+
+/// The event log from `after`, then live. Events missed while the subscriber lagged are read back
+/// from the store, so a client sees every event exactly once and in order.
+async fn event_stream(
+    State(state): State<Arc<AdminState>>,
+    Path(app): Path<String>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Sse<impl futures_util::Stream<Item = Result<SseEvent, std::convert::Infallible>>>, ApiError> {
+    let controller = find_controller(&state, &app)?;
+    let receiver = controller.subscribe();
+    let start = q.after.unwrap_or(0);
+    let stream = futures_util::stream::unfold(
+        (controller, receiver, start, std::collections::VecDeque::new()),
+        |(controller, mut receiver, mut last, mut pending)| async move {
+            loop {
+                if let Some(e) = pending.pop_front() {
+                    let e: cutover_store::StoredEvent = e;
+                    if e.seq <= last {
+                        continue;
+                    }
+                    last = e.seq;
+                    let data = serde_json::to_string(&e).unwrap_or_default();
+                    let sse = SseEvent::default()
+                        .id(e.seq.to_string())
+                        .event(e.event.kind.clone())
+                        .data(data);
+                    return Some((Ok(sse), (controller, receiver, last, pending)));
+                }
+                // Catch up from the store first; then wait for live events.
+                let app = controller.name().to_string();
+                match controller.store().events(&app, None, last, 1000) {
+                    Ok(batch) if !batch.is_empty() => {
+                        pending.extend(batch);
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(_) => return None,
+                }
+                match receiver.recv().await {
+                    // Anything out of order is read back from the store at the top of the loop.
+                    Ok(e) if e.seq == last + 1 => pending.push_back(e),
+                    Ok(_) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        },
+    );
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

@@ -6,17 +6,42 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use cutover_core::{FieldError, RouteTable, Slot};
+use cutover_core::{FieldError, RolloutPolicy, RouteTable, Slot};
 use cutover_proxy::ProxySettings;
+
+use crate::checks::{ReadinessConfig, VerifyConfig};
+use crate::controller::{ManagedConfig, ReleaseTemplate};
+use crate::freeze::FreezeWindow;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default, rename = "app")]
     pub apps: Vec<AppConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Where the state file, instance records and instance logs live; relative paths are relative
+    /// to the configuration file's directory.
+    pub state_dir: PathBuf,
+    /// How often controllers look at time, windows and instances.
+    pub tick_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            state_dir: PathBuf::from(".cutover"),
+            tick_ms: 250,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -55,9 +80,69 @@ pub struct AppConfig {
     pub tls: Option<TlsConfig>,
     #[serde(default)]
     pub proxy: ProxySettings,
-    /// The route table at start-up; later changed through the admin API.
+    /// The route table at start-up of an app without a platform; later changed through the admin
+    /// API. Apps with a platform derive their routes from their persisted state instead.
     #[serde(default = "default_routes")]
     pub routes: RouteTable,
+    /// Where releases run. Without it the app is routed by `routes` and the admin API alone.
+    #[serde(default)]
+    pub platform: Option<PlatformKind>,
+    #[serde(default)]
+    pub release: ReleaseTemplate,
+    #[serde(default)]
+    pub readiness: ReadinessConfig,
+    #[serde(default)]
+    pub rollout: RolloutPolicy,
+    #[serde(default)]
+    pub verify: VerifyConfig,
+    #[serde(default)]
+    pub freeze: Vec<FreezeWindow>,
+    #[serde(default = "default_stop_grace_ms")]
+    pub stop_grace_ms: u64,
+}
+
+fn default_stop_grace_ms() -> u64 {
+    10_000
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlatformKind {
+    /// Local processes started by cutover on this host.
+    Local,
+}
+
+impl AppConfig {
+    /// An app routed by `routes` only, with default settings: handy for tests and embedding.
+    pub fn static_routes(name: impl Into<String>, listen: SocketAddr, routes: RouteTable) -> Self {
+        AppConfig {
+            name: name.into(),
+            listen,
+            preview_listen: None,
+            tls: None,
+            proxy: ProxySettings::default(),
+            routes,
+            platform: None,
+            release: ReleaseTemplate::default(),
+            readiness: ReadinessConfig::default(),
+            rollout: RolloutPolicy::default(),
+            verify: VerifyConfig::default(),
+            freeze: Vec::new(),
+            stop_grace_ms: default_stop_grace_ms(),
+        }
+    }
+
+    /// The controller's part of this app's configuration, for apps with a platform.
+    pub fn managed(&self) -> Option<ManagedConfig> {
+        self.platform.map(|_| ManagedConfig {
+            release: self.release.clone(),
+            readiness: self.readiness.clone(),
+            rollout: self.rollout.clone(),
+            verify: self.verify.clone(),
+            freeze: self.freeze.clone(),
+            stop_grace_ms: self.stop_grace_ms,
+        })
+    }
 }
 
 fn default_routes() -> RouteTable {
@@ -174,6 +259,9 @@ impl Config {
                 ),
             ));
         }
+        if self.server.tick_ms == 0 {
+            errors.push(FieldError::new("server.tick_ms", "must be greater than 0"));
+        }
         if self.apps.is_empty() {
             errors.push(FieldError::new(
                 "app",
@@ -229,6 +317,15 @@ impl Config {
                 }
             }
             errors.extend(app.proxy.validate(&format!("{at}.proxy.")));
+            if let Some(managed) = app.managed() {
+                errors.extend(managed.validate(&format!("{at}.")));
+                if app.routes != default_routes() {
+                    errors.push(FieldError::new(
+                        format!("{at}.routes"),
+                        "an app with a platform takes its routes from its rollouts; remove [app.routes] or the platform",
+                    ));
+                }
+            }
             if let Err(e) = app.routes.validate() {
                 errors.extend(
                     e.errors
@@ -353,7 +450,6 @@ blue = { version = "v1", backends = ["127.0.0.1:9001", "127.0.0.1:9001"] }
                 "c.toml:13: app[0].proxy.sticky.bucket_cookie: \"bad cookie\" is not a valid cookie name (letters, digits and !#$%&'*+-.^_`|~)",
                 "c.toml:17: app[0].routes.canary_weight_bp: 20000 is out of range: a weight is in basis points, 0 to 10000 (10000 = 100 %)",
                 "c.toml:18: app[0].routes.blue.backends[1]: 127.0.0.1:9001 is listed twice in this pool; list each backend once",
-                "c.toml:15: app[0].routes.green.backends: slot green has weight 20000 bp but no backends; add backends or set its weight to 0",
             ]
         );
     }

@@ -2,14 +2,22 @@
 //! API in one process, and stops gracefully.
 
 pub mod admin;
+pub mod checks;
 pub mod config;
+pub mod controller;
+pub mod freeze;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use cutover_core::rollout::{route_table, AppState};
+use cutover_core::{Clock, Timestamp};
 use cutover_proxy::{AppProxy, ListenerKind};
+use cutover_store::Store;
+
+use crate::controller::{Controller, Deps};
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -41,6 +49,46 @@ pub enum ServeError {
     Token { path: String, source: std::io::Error },
     #[error("admin token file {path} is empty; put a token in it or delete it to have one generated")]
     EmptyToken { path: String },
+    #[error(transparent)]
+    Store(#[from] cutover_store::StoreError),
+    #[error("platform: {0}")]
+    Platform(#[from] cutover_platform::PlatformError),
+    #[error("app {app}: {source}")]
+    Controller {
+        app: String,
+        source: controller::ControllerError,
+    },
+}
+
+/// The system's wall clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        Timestamp(ms)
+    }
+}
+
+/// What `start` needs besides the configuration.
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    /// Directory relative paths of the configuration are resolved against.
+    pub config_dir: PathBuf,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl StartOptions {
+    pub fn new(config_dir: impl Into<PathBuf>) -> Self {
+        StartOptions {
+            config_dir: config_dir.into(),
+            clock: Arc::new(SystemClock),
+        }
+    }
 }
 
 /// Where the admin token came from; the token itself is never logged.
@@ -125,6 +173,7 @@ pub struct BoundApp {
 pub struct Running {
     pub bound: Bound,
     pub apps: BTreeMap<String, Arc<AppProxy>>,
+    pub controllers: BTreeMap<String, Arc<Controller>>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -150,8 +199,32 @@ impl Running {
 
 /// Binds every listener and starts serving. Fails before serving anything if any listener cannot
 /// be bound.
-pub async fn start(config: Config, admin_token: String) -> Result<Running, ServeError> {
+pub async fn start(
+    config: Config,
+    admin_token: String,
+    options: StartOptions,
+) -> Result<Running, ServeError> {
     let shutdown = CancellationToken::new();
+    let state_dir = if config.server.state_dir.is_relative() {
+        options.config_dir.join(&config.server.state_dir)
+    } else {
+        config.server.state_dir.clone()
+    };
+    let managed_deps = if config.apps.iter().any(|a| a.platform.is_some()) {
+        let store: Arc<dyn Store> = Arc::new(cutover_store::SqliteStore::open(&state_dir.join("state.db"))?);
+        let platform: Arc<dyn cutover_platform::Platform> = Arc::new(
+            cutover_platform::LocalProcessPlatform::new(state_dir.join("platform"))?,
+        );
+        Some(Deps {
+            clock: Arc::clone(&options.clock),
+            store,
+            platform,
+            tick: std::time::Duration::from_millis(config.server.tick_ms),
+            shutdown: shutdown.clone(),
+        })
+    } else {
+        None
+    };
     let mut apps = BTreeMap::new();
     let mut bound_apps = BTreeMap::new();
     let mut listeners = Vec::new();
@@ -178,15 +251,22 @@ pub async fn start(config: Config, admin_token: String) -> Result<Running, Serve
             ),
             None => None,
         };
-        let app = AppProxy::new(
-            app_config.name.clone(),
-            app_config.proxy.clone(),
-            app_config.routes.clone(),
-        )
-        .map_err(|source| ServeError::Routes {
-            app: app_config.name.clone(),
-            source,
-        })?;
+        let initial_routes = match (&managed_deps, app_config.platform) {
+            (Some(deps), Some(_)) => {
+                let state = deps
+                    .store
+                    .load(&app_config.name)?
+                    .unwrap_or_else(|| AppState::new(&app_config.name));
+                route_table(&state)
+            }
+            _ => app_config.routes.clone(),
+        };
+        let app = AppProxy::new(app_config.name.clone(), app_config.proxy.clone(), initial_routes).map_err(
+            |source| ServeError::Routes {
+                app: app_config.name.clone(),
+                source,
+            },
+        )?;
         let local = |l: &TcpListener, fallback| l.local_addr().unwrap_or(fallback);
         bound_apps.insert(
             app_config.name.clone(),
@@ -213,6 +293,38 @@ pub async fn start(config: Config, admin_token: String) -> Result<Running, Serve
         })?;
     let admin_addr = admin_listener.local_addr().unwrap_or(config.admin.listen);
 
+    let mut controllers = BTreeMap::new();
+    if let Some(deps) = &managed_deps {
+        for app_config in &config.apps {
+            let (Some(managed), Some(proxy)) = (app_config.managed(), apps.get(&app_config.name)) else {
+                continue;
+            };
+            let controller = Controller::start(&app_config.name, managed, Arc::clone(proxy), deps.clone())
+                .await
+                .map_err(|source| ServeError::Controller {
+                    app: app_config.name.clone(),
+                    source,
+                })?;
+            controllers.insert(app_config.name.clone(), controller);
+        }
+    }
+
+    let mut controllers = BTreeMap::new();
+    if let Some(deps) = &managed_deps {
+        for app_config in &config.apps {
+            let (Some(managed), Some(proxy)) = (app_config.managed(), apps.get(&app_config.name)) else {
+                continue;
+            };
+            let controller = Controller::start(&app_config.name, managed, Arc::clone(proxy), deps.clone())
+                .await
+                .map_err(|source| ServeError::Controller {
+                    app: app_config.name.clone(),
+                    source,
+                })?;
+            controllers.insert(app_config.name.clone(), controller);
+        }
+    }
+
     let mut tasks = JoinSet::new();
     for (app, listener, kind, tls) in listeners {
         let drain = app.settings.drain_timeout();
@@ -227,6 +339,7 @@ pub async fn start(config: Config, admin_token: String) -> Result<Running, Serve
     }
     let state = Arc::new(admin::AdminState {
         apps: apps.clone(),
+        controllers: controllers.clone(),
         token: admin_token,
     });
     let admin_shutdown = shutdown.clone();
@@ -243,6 +356,7 @@ pub async fn start(config: Config, admin_token: String) -> Result<Running, Serve
             apps: bound_apps,
         },
         apps,
+        controllers,
         shutdown,
         tasks,
     })

@@ -5,9 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use cutover_core::{Pool, RouteTable, Slot};
-use cutover_proxy::ProxySettings;
-use cutover_server::config::{AdminConfig, AppConfig, TlsConfig};
-use cutover_server::{Config, Running};
+use cutover_server::config::{AdminConfig, AppConfig, ServerConfig, TlsConfig};
+use cutover_server::{Config, Running, StartOptions};
 use cutover_test_support::{http_client, ExampleApp};
 use serde_json::{json, Value};
 
@@ -18,29 +17,27 @@ fn loopback() -> SocketAddr {
 }
 
 fn config(v1: &ExampleApp, v2: &ExampleApp, tls: Option<TlsConfig>) -> Config {
+    let routes = RouteTable {
+        live: Slot::Blue,
+        canary_weight_bp: 0,
+        blue: Pool {
+            version: "v1".into(),
+            backends: vec![v1.addr],
+        },
+        green: Pool {
+            version: "v2".into(),
+            backends: vec![v2.addr],
+        },
+    };
     Config {
+        server: ServerConfig::default(),
         admin: AdminConfig {
             listen: loopback(),
             ..AdminConfig::default()
         },
         apps: vec![AppConfig {
-            name: "web".into(),
-            listen: loopback(),
-            preview_listen: None,
             tls,
-            proxy: ProxySettings::default(),
-            routes: RouteTable {
-                live: Slot::Blue,
-                canary_weight_bp: 0,
-                blue: Pool {
-                    version: "v1".into(),
-                    backends: vec![v1.addr],
-                },
-                green: Pool {
-                    version: "v2".into(),
-                    backends: vec![v2.addr],
-                },
-            },
+            ..AppConfig::static_routes("web", loopback(), routes)
         }],
     }
 }
@@ -53,7 +50,9 @@ struct Server {
 
 impl Server {
     async fn start(config: Config) -> Server {
-        let running = cutover_server::start(config, TOKEN.into()).await.unwrap();
+        let running = cutover_server::start(config, TOKEN.into(), StartOptions::new("."))
+            .await
+            .unwrap();
         let admin = format!("http://{}", running.bound.admin);
         let public = running.bound.apps["web"].listen;
         Server {

@@ -1,0 +1,334 @@
+//! The CLI's side of the admin API: deploy and follow, status, commands, history.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+/// Exit codes of `deploy` (and `status --watch` when the rollout ends).
+pub mod exit {
+    pub const PROMOTED: u8 = 0;
+    pub const ERROR: u8 = 1;
+    pub const REJECTED: u8 = 3;
+    pub const ROLLED_BACK: u8 = 10;
+    pub const ABORTED: u8 = 11;
+    pub const FAILED: u8 = 12;
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Connection {
+    /// Admin API of the cutover server.
+    #[arg(
+        long,
+        env = "CUTOVER_ADMIN",
+        default_value = "http://127.0.0.1:9180",
+        global = true
+    )]
+    pub admin: String,
+    /// File with the admin token (used when CUTOVER_ADMIN_TOKEN is not set).
+    #[arg(long, default_value = ".cutover/admin.token", global = true)]
+    pub token_file: PathBuf,
+}
+
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token_file: PathBuf,
+}
+
+impl Client {
+    pub fn new(connection: &Connection) -> Result<Client> {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        Ok(Client {
+            http,
+            base: connection.admin.trim_end_matches('/').to_string(),
+            token_file: connection.token_file.clone(),
+        })
+    }
+
+    fn token(&self) -> Result<String> {
+        if let Ok(t) = std::env::var("CUTOVER_ADMIN_TOKEN") {
+            if !t.trim().is_empty() {
+                return Ok(t.trim().to_string());
+            }
+        }
+        let text = std::fs::read_to_string(&self.token_file).with_context(|| {
+            format!(
+                "reading the admin token from {} (set CUTOVER_ADMIN_TOKEN or pass --token-file)",
+                self.token_file.display()
+            )
+        })?;
+        Ok(text.trim().to_string())
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value> {
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the cutover admin API at {}", self.base))?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(body);
+        }
+        let mut message = body["error"].as_str().unwrap_or("request failed").to_string();
+        if let Some(errors) = body["errors"].as_array() {
+            for e in errors {
+                message.push_str(&format!(
+                    "\n  - {}: {}",
+                    e["field"].as_str().unwrap_or("?"),
+                    e["message"].as_str().unwrap_or("")
+                ));
+            }
+        }
+        Err(ApiFailure {
+            status: status.as_u16(),
+            message,
+        }
+        .into())
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Value> {
+        self.send(self.http.get(format!("{}{path}", self.base))).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Result<Value> {
+        let token = self.token()?;
+        self.send(
+            self.http
+                .post(format!("{}{path}", self.base))
+                .bearer_auth(token)
+                .json(&body),
+        )
+        .await
+    }
+}
+
+/// The server said no: the status and its message.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiFailure {
+    pub status: u16,
+    pub message: String,
+}
+
+/// Exit code for an error: 3 when the server refused the request (409), 1 otherwise.
+pub fn exit_code_for(e: &anyhow::Error) -> ExitCode {
+    match e.downcast_ref::<ApiFailure>() {
+        Some(f) if f.status == 409 || f.status == 400 => ExitCode::from(exit::REJECTED),
+        _ => ExitCode::from(exit::ERROR),
+    }
+}
+
+fn pct(bp: u64) -> String {
+    format!("{:.2} %", bp as f64 / 100.0)
+}
+
+fn ms(v: &Value) -> String {
+    v.as_f64()
+        .map(|x| format!("{x:.1} ms"))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn rate(v: &Value) -> String {
+    v.as_f64()
+        .map(|x| format!("{:.2} %", x * 100.0))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// One line describing where a rollout is.
+pub fn progress_line(status: &Value) -> String {
+    let r = &status["rollout"];
+    if r.is_null() {
+        return format!("app {}: no rollout yet", status["app"].as_str().unwrap_or("?"));
+    }
+    let phase = r["phase"]["phase"].as_str().unwrap_or("?");
+    let target = r["target"].as_str().unwrap_or("?");
+    let weights = &status["weights"];
+    let weight = weights[target].as_u64().unwrap_or(0);
+    let slot = |name: &str| {
+        status["slots"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["slot"] == name))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let canary = slot(target);
+    let baseline = slot(if target == "blue" { "green" } else { "blue" });
+    let step = match r["phase"]["step"].as_u64() {
+        Some(s) => format!(
+            " step {}/{}",
+            s + 1,
+            r["policy"]["steps"].as_array().map(|a| a.len()).unwrap_or(0)
+        ),
+        None => String::new(),
+    };
+    format!(
+        "#{} {} → {} [{phase}{step}] {} on {target} | canary err {} p99 {} | baseline err {} p99 {}",
+        r["id"],
+        r["previous_version"].as_str().unwrap_or("nothing"),
+        r["release"]["version"].as_str().unwrap_or("?"),
+        pct(weight),
+        rate(&canary["metrics"]["error_rate"]),
+        ms(&canary["metrics"]["latency_p99_ms"]),
+        rate(&baseline["metrics"]["error_rate"]),
+        ms(&baseline["metrics"]["latency_p99_ms"]),
+    )
+}
+
+pub fn exit_for_phase(phase: &str) -> Option<u8> {
+    match phase {
+        "promoted" | "succeeded" => Some(exit::PROMOTED),
+        "rolled_back" => Some(exit::ROLLED_BACK),
+        "aborted" => Some(exit::ABORTED),
+        "failed" => Some(exit::FAILED),
+        _ => None,
+    }
+}
+
+/// Deploys and follows the rollout until it is promoted or ends; prints every event as it comes.
+pub async fn deploy(client: &Client, app: &str, body: Value, follow: bool) -> Result<ExitCode> {
+    let last_seq = last_event_seq(client, app).await?;
+    let deployed = client.post(&format!("/v1/apps/{app}/deploy"), body).await?;
+    let id = deployed["rollout_id"].as_u64().unwrap_or(0);
+    println!("rollout #{id} of {app} started");
+    if !follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    follow_rollout(client, app, id, last_seq).await
+}
+
+async fn last_event_seq(client: &Client, app: &str) -> Result<u64> {
+    let mut after = 0;
+    loop {
+        let batch = client
+            .get(&format!("/v1/apps/{app}/events?after={after}&limit=10000"))
+            .await?;
+        let Some(items) = batch.as_array() else {
+            return Ok(after);
+        };
+        match items.last() {
+            Some(e) => after = e["seq"].as_u64().unwrap_or(after),
+            None => return Ok(after),
+        }
+        if items.len() < 10_000 {
+            return Ok(after);
+        }
+    }
+}
+
+pub async fn follow_rollout(client: &Client, app: &str, id: u64, mut after: u64) -> Result<ExitCode> {
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.enable_steady_tick(Duration::from_millis(120));
+    loop {
+        let events = client
+            .get(&format!("/v1/apps/{app}/events?after={after}&rollout={id}"))
+            .await?;
+        for e in events.as_array().into_iter().flatten() {
+            after = after.max(e["seq"].as_u64().unwrap_or(after));
+            bar.println(format!(
+                "  {:<12} {}",
+                e["kind"].as_str().unwrap_or(""),
+                e["message"].as_str().unwrap_or("")
+            ));
+        }
+        let status = client.get(&format!("/v1/apps/{app}/status")).await?;
+        bar.set_message(progress_line(&status));
+        let phase = status["rollout"]["phase"]["phase"].as_str().unwrap_or("");
+        if status["rollout"]["id"].as_u64() == Some(id) {
+            if let Some(code) = exit_for_phase(phase) {
+                bar.finish_and_clear();
+                println!("{}", progress_line(&status));
+                println!("rollout #{id}: {phase}");
+                return Ok(ExitCode::from(code));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+pub async fn status(client: &Client, app: &str, json: bool, watch: bool) -> Result<ExitCode> {
+    loop {
+        let status = client.get(&format!("/v1/apps/{app}/status")).await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&status)?);
+        } else {
+            print_status(&status);
+        }
+        if !watch {
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if !json {
+            println!();
+        }
+    }
+}
+
+fn print_status(status: &Value) {
+    println!("{}", progress_line(status));
+    println!("live slot: {}", status["live"].as_str().unwrap_or("?"));
+    println!(
+        "{:<6} {:<10} {:>9} {:>9} {:>8} {:>10} {:>10}",
+        "slot", "version", "weight", "requests", "errors", "p50", "p99"
+    );
+    for s in status["slots"].as_array().into_iter().flatten() {
+        let name = s["slot"].as_str().unwrap_or("?");
+        println!(
+            "{:<6} {:<10} {:>9} {:>9} {:>8} {:>10} {:>10}",
+            name,
+            s["version"].as_str().unwrap_or("-"),
+            pct(status["weights"][name].as_u64().unwrap_or(0)),
+            s["metrics"]["requests"],
+            rate(&s["metrics"]["error_rate"]),
+            ms(&s["metrics"]["latency_p50_ms"]),
+            ms(&s["metrics"]["latency_p99_ms"]),
+        );
+    }
+    if let Some(reason) = status["rollout"]["phase"]["reason"].as_str() {
+        println!("reason: {reason}");
+    }
+    let decisions = status["recent_decisions"].as_array().cloned().unwrap_or_default();
+    if !decisions.is_empty() {
+        println!("latest decisions:");
+        for d in decisions.iter().rev().take(5) {
+            println!("  {}", d["message"].as_str().unwrap_or(""));
+        }
+    }
+}
+
+pub async fn command(client: &Client, app: &str, command: &str) -> Result<ExitCode> {
+    let status = client
+        .post(&format!("/v1/apps/{app}/{command}"), Value::Null)
+        .await?;
+    println!("{}", progress_line(&status));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn history(client: &Client, app: &str, json: bool) -> Result<ExitCode> {
+    let rollouts = client.get(&format!("/v1/apps/{app}/history")).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rollouts)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(list) = rollouts.as_array() else {
+        bail!("unexpected answer from the server: {rollouts}")
+    };
+    println!("{:>4} {:<12} {:<12} {:<12} reason", "id", "from", "to", "phase");
+    for r in list {
+        println!(
+            "{:>4} {:<12} {:<12} {:<12} {}",
+            r["id"],
+            r["previous_version"].as_str().unwrap_or("-"),
+            r["release"]["version"].as_str().unwrap_or("?"),
+            r["phase"]["phase"].as_str().unwrap_or("?"),
+            r["phase"]["reason"].as_str().unwrap_or("")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,82 @@
+//! Where releases run. One trait, [`Platform`], with one module per backend.
+
+pub mod local;
+
+pub use local::LocalProcessPlatform;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cutover_core::{ReleaseSpec, Slot};
+use serde::{Deserialize, Serialize};
+
+/// One running (or recently exited) instance of a release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceInfo {
+    pub index: u32,
+    pub addr: SocketAddr,
+    pub version: String,
+    pub pid: Option<u32>,
+    pub log_path: Option<PathBuf>,
+    /// `None` while running; otherwise how it ended ("exited with code 3", "killed by SIGKILL").
+    pub exited: Option<String>,
+}
+
+/// What [`Platform::reconcile`] found and did after a restart.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReconcileReport {
+    /// Instances still running and wanted: adopted.
+    pub adopted: Vec<InstanceInfo>,
+    /// Instances running but not wanted: stopped.
+    pub stopped: Vec<InstanceInfo>,
+    /// Instances recorded but no longer running: forgotten.
+    pub gone: Vec<InstanceInfo>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlatformError {
+    #[error("starting instance {index} of {version} in slot {slot}: {reason}")]
+    Start {
+        slot: Slot,
+        version: String,
+        index: u32,
+        reason: String,
+    },
+    #[error("stopping slot {slot}: {reason}")]
+    Stop { slot: Slot, reason: String },
+    #[error("platform state in {path}: {reason}")]
+    State { path: String, reason: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Starts and stops the instances of a slot. Readiness is not the platform's business: the
+/// controller probes the addresses it returns.
+#[async_trait::async_trait]
+pub trait Platform: Send + Sync + std::fmt::Debug {
+    /// Starts `release.instances` instances of `release` in `slot` of `app` and returns them once
+    /// started (not necessarily ready). Instances of another version still in the slot are stopped
+    /// first.
+    async fn start(
+        &self,
+        app: &str,
+        slot: Slot,
+        release: &ReleaseSpec,
+    ) -> Result<Vec<InstanceInfo>, PlatformError>;
+
+    /// Stops every instance of `slot`: SIGTERM (or the platform's equivalent), then a hard kill
+    /// after `grace`.
+    async fn stop(&self, app: &str, slot: Slot, grace: Duration) -> Result<(), PlatformError>;
+
+    /// The instances of `slot` as they are now, exited ones included until the slot is stopped.
+    async fn instances(&self, app: &str, slot: Slot) -> Result<Vec<InstanceInfo>, PlatformError>;
+
+    /// After a restart of cutover: adopts the recorded instances of `app` that still run and are
+    /// wanted (`keep` lists the wanted `(slot, version)` pairs), stops the rest, forgets the dead.
+    /// Leaves no orphan.
+    async fn reconcile(&self, app: &str, keep: &[(Slot, String)]) -> Result<ReconcileReport, PlatformError>;
+
+    /// The last `lines` lines of the logs of `slot`'s instances, for error messages.
+    fn log_tail(&self, app: &str, slot: Slot, lines: usize) -> String;
+}

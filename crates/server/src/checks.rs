@@ -1,0 +1,284 @@
+//! Readiness, smoke checks and pre-warm: what the controller asks of a slot before users see it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpStream;
+
+use cutover_core::FieldError;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReadinessConfig {
+    pub path: String,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+}
+
+impl Default for ReadinessConfig {
+    fn default() -> Self {
+        ReadinessConfig {
+            path: "/health/ready".into(),
+            interval_ms: 200,
+            timeout_ms: 1000,
+        }
+    }
+}
+
+/// One HTTP expectation run against every instance of the new slot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmokeCheck {
+    #[serde(default = "get")]
+    pub method: String,
+    pub path: String,
+    #[serde(default = "ok")]
+    pub expect_status: u16,
+    #[serde(default)]
+    pub body_contains: Option<String>,
+    #[serde(default)]
+    pub body: Option<String>,
+}
+
+fn get() -> String {
+    "GET".into()
+}
+
+fn ok() -> u16 {
+    200
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerifyConfig {
+    pub smoke: Vec<SmokeCheck>,
+    /// A command run with `TARGET_URL` (the first instance of the new slot) in its environment;
+    /// exit 0 passes.
+    pub command: Option<String>,
+    pub command_timeout_ms: Option<u64>,
+    /// Requests sent to every instance before the first step, to fill caches and JITs.
+    pub prewarm_paths: Vec<String>,
+    pub prewarm_requests: u32,
+}
+
+impl VerifyConfig {
+    pub fn validate(&self, prefix: &str) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        for (i, c) in self.smoke.iter().enumerate() {
+            if !c.path.starts_with('/') {
+                errors.push(FieldError::new(
+                    format!("{prefix}smoke[{i}].path"),
+                    format!("{:?} must start with '/'", c.path),
+                ));
+            }
+            if http::Method::from_bytes(c.method.as_bytes()).is_err() {
+                errors.push(FieldError::new(
+                    format!("{prefix}smoke[{i}].method"),
+                    format!("{:?} is not an HTTP method", c.method),
+                ));
+            }
+            if !(100..=599).contains(&c.expect_status) {
+                errors.push(FieldError::new(
+                    format!("{prefix}smoke[{i}].expect_status"),
+                    "must be an HTTP status, 100 to 599",
+                ));
+            }
+        }
+        for (i, p) in self.prewarm_paths.iter().enumerate() {
+            if !p.starts_with('/') {
+                errors.push(FieldError::new(
+                    format!("{prefix}prewarm_paths[{i}]"),
+                    format!("{p:?} must start with '/'"),
+                ));
+            }
+        }
+        errors
+    }
+}
+
+/// Sends one request and returns status and body.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Result<(u16, String), String> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect to {addr}: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake with {addr}: {e}"))?;
+    let conn = tokio::spawn(conn);
+    let method =
+        http::Method::from_bytes(method.as_bytes()).map_err(|e| format!("method {method:?}: {e}"))?;
+    let body = Full::new(Bytes::from(body.unwrap_or_default().to_string()));
+    let request = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, addr.to_string())
+        .header(http::header::USER_AGENT, "cutover-verify")
+        .body(body)
+        .map_err(|e| format!("request {path}: {e}"))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("{path}: {e}"))?;
+    let status = response.status().as_u16();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("{path}: reading body: {e}"))?
+        .to_bytes();
+    drop(sender);
+    conn.abort();
+    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+/// Waits until every address answers the readiness probe, or the deadline passes; the error
+/// carries the last probe result of each instance that is not ready.
+pub async fn wait_ready(
+    addrs: &[SocketAddr],
+    config: &ReadinessConfig,
+    deadline: Duration,
+) -> Result<(), String> {
+    let started = tokio::time::Instant::now();
+    let mut last: Vec<Option<String>> = vec![Some("not probed yet".into()); addrs.len()];
+    loop {
+        for (i, addr) in addrs.iter().enumerate() {
+            if last[i].is_none() {
+                continue;
+            }
+            let probe = cutover_proxy::health::probe(*addr, &config.path);
+            last[i] = match tokio::time::timeout(Duration::from_millis(config.timeout_ms), probe).await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e),
+                Err(_) => Some(format!("no answer within {} ms", config.timeout_ms)),
+            };
+        }
+        if last.iter().all(Option::is_none) {
+            return Ok(());
+        }
+        if started.elapsed() >= deadline {
+            let details: Vec<String> = addrs
+                .iter()
+                .zip(&last)
+                .filter_map(|(a, l)| {
+                    l.as_ref()
+                        .map(|l| format!("{a}: last probe of {}: {l}", config.path))
+                })
+                .collect();
+            return Err(details.join("; "));
+        }
+        tokio::time::sleep(Duration::from_millis(config.interval_ms)).await;
+    }
+}
+
+/// One probe of each address; true if all answered ready.
+pub async fn all_ready(addrs: &[SocketAddr], config: &ReadinessConfig) -> bool {
+    for addr in addrs {
+        let probe = cutover_proxy::health::probe(*addr, &config.path);
+        if !matches!(
+            tokio::time::timeout(Duration::from_millis(config.timeout_ms), probe).await,
+            Ok(Ok(()))
+        ) {
+            return false;
+        }
+    }
+    !addrs.is_empty()
+}
+
+/// Smoke checks, the smoke command and pre-warm against `addrs`. Ok carries a summary.
+pub async fn verify(addrs: &[SocketAddr], config: &VerifyConfig) -> Result<String, String> {
+    let mut passed = 0;
+    for check in &config.smoke {
+        for addr in addrs {
+            let (status, body) = request(*addr, &check.method, &check.path, check.body.as_deref())
+                .await
+                .map_err(|e| format!("smoke check {} {} on {addr}: {e}", check.method, check.path))?;
+            if status != check.expect_status {
+                return Err(format!(
+                    "smoke check {} {} on {addr}: expected status {}, got {status}; body: {}",
+                    check.method,
+                    check.path,
+                    check.expect_status,
+                    excerpt(&body)
+                ));
+            }
+            if let Some(needle) = &check.body_contains {
+                if !body.contains(needle.as_str()) {
+                    return Err(format!(
+                        "smoke check {} {} on {addr}: body does not contain {needle:?}; body: {}",
+                        check.method,
+                        check.path,
+                        excerpt(&body)
+                    ));
+                }
+            }
+            passed += 1;
+        }
+    }
+    if let Some(command) = &config.command {
+        let target = addrs.first().map(|a| format!("http://{a}")).unwrap_or_default();
+        let run = tokio::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(command)
+            .env("TARGET_URL", &target)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let timeout = Duration::from_millis(config.command_timeout_ms.unwrap_or(60_000));
+        let output = tokio::time::timeout(timeout, run)
+            .await
+            .map_err(|_| {
+                format!(
+                    "smoke command {command:?} did not finish within {} ms",
+                    timeout.as_millis()
+                )
+            })?
+            .map_err(|e| format!("smoke command {command:?} could not start: {e}"))?;
+        if !output.status.success() {
+            let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+            text.push_str(&String::from_utf8_lossy(&output.stderr));
+            return Err(format!(
+                "smoke command {command:?} failed ({}); output: {}",
+                output.status,
+                excerpt(&text)
+            ));
+        }
+        passed += 1;
+    }
+    let mut warmed = 0;
+    for path in &config.prewarm_paths {
+        for addr in addrs {
+            for _ in 0..config.prewarm_requests {
+                // Pre-warm failures are not verdicts: the smoke checks decide.
+                if request(*addr, "GET", path, None).await.is_ok() {
+                    warmed += 1;
+                }
+            }
+        }
+    }
+    Ok(format!(
+        "{passed} smoke check{} passed, {warmed} pre-warm requests",
+        if passed == 1 { "" } else { "s" }
+    ))
+}
+
+fn excerpt(text: &str) -> String {
+    let trimmed = text.trim();
+    if trimmed.len() > 400 {
+        let cut = (0..=400)
+            .rev()
+            .find(|i| trimmed.is_char_boundary(*i))
+            .unwrap_or(0);
+        format!("{}…", &trimmed[..cut])
+    } else {
+        trimmed.to_string()
+    }
+}

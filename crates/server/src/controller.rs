@@ -1,0 +1,620 @@
+//! The controller of one managed app: it feeds the pure rollout engine its inputs (time, platform
+//! results, metric windows, commands), persists every transition *before* carrying out its actions,
+//! and carries them out through the platform and the proxy.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use cutover_core::judge::{SlotWindow, WindowStats};
+use cutover_core::rollout::{self, Action, AppState, Command, Input, Phase};
+use cutover_core::{Clock, FieldError, ReleaseSpec, RolloutPolicy, Slot, Timestamp, ValidationErrors};
+use cutover_platform::Platform;
+use cutover_proxy::{AppProxy, MetricsSnapshot, PoolMetrics};
+use cutover_store::{Store, StoreError, StoredEvent};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::checks::{self, ReadinessConfig, VerifyConfig};
+use crate::freeze::{self, FreezeWindow};
+
+/// What a managed app runs and how its rollouts go; the `[app.*]` tables of the configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ManagedConfig {
+    /// Defaults for every release; `deploy` names the version and may override the rest.
+    pub release: ReleaseTemplate,
+    pub readiness: ReadinessConfig,
+    pub rollout: RolloutPolicy,
+    pub verify: VerifyConfig,
+    pub freeze: Vec<FreezeWindow>,
+    /// Time an instance gets between SIGTERM and SIGKILL.
+    pub stop_grace_ms: u64,
+}
+
+impl Default for ManagedConfig {
+    fn default() -> Self {
+        ManagedConfig {
+            release: ReleaseTemplate::default(),
+            readiness: ReadinessConfig::default(),
+            rollout: RolloutPolicy::default(),
+            verify: VerifyConfig::default(),
+            freeze: Vec::new(),
+            stop_grace_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReleaseTemplate {
+    /// Shell command with `{port}`; `{version}` is replaced by the version being deployed.
+    pub command: String,
+    pub instances: u32,
+    pub env: BTreeMap<String, String>,
+    pub workdir: Option<String>,
+}
+
+impl Default for ReleaseTemplate {
+    fn default() -> Self {
+        ReleaseTemplate {
+            command: String::new(),
+            instances: 1,
+            env: BTreeMap::new(),
+            workdir: None,
+        }
+    }
+}
+
+impl ManagedConfig {
+    pub fn validate(&self, prefix: &str) -> Vec<FieldError> {
+        let mut errors = self.rollout.validate(&format!("{prefix}rollout."));
+        errors.extend(self.verify.validate(&format!("{prefix}verify.")));
+        for (i, w) in self.freeze.iter().enumerate() {
+            errors.extend(w.validate(&format!("{prefix}freeze[{i}].")));
+        }
+        if !(1..=64).contains(&self.release.instances) {
+            errors.push(FieldError::new(
+                format!("{prefix}release.instances"),
+                "must be 1 to 64",
+            ));
+        }
+        if !self.readiness.path.starts_with('/') {
+            errors.push(FieldError::new(
+                format!("{prefix}readiness.path"),
+                "must start with '/'",
+            ));
+        }
+        if self.readiness.interval_ms == 0 || self.readiness.timeout_ms == 0 {
+            errors.push(FieldError::new(
+                format!("{prefix}readiness"),
+                "interval_ms and timeout_ms must be greater than 0",
+            ));
+        }
+        errors
+    }
+}
+
+/// A request to deploy a version.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    pub version: String,
+    #[serde(default)]
+    pub command: Option<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub instances: Option<u32>,
+    /// Deploy even inside a freeze window; recorded in the event log.
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("{0}")]
+    Rejected(String),
+    #[error("deploys of app {app} are frozen now by {window}; deploy later or pass --force (recorded in the event log)")]
+    Frozen { app: String, window: String },
+    #[error("invalid deploy request: {0}")]
+    Invalid(ValidationErrors),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("platform: {0}")]
+    Platform(#[from] cutover_platform::PlatformError),
+}
+
+/// Metric objects and counts at the start of the current analysis window.
+struct Mark {
+    canary: Option<(Arc<PoolMetrics>, MetricsSnapshot)>,
+    baseline: Option<(Arc<PoolMetrics>, MetricsSnapshot)>,
+    at: Timestamp,
+}
+
+#[derive(Debug)]
+pub struct Controller {
+    name: String,
+    config: ManagedConfig,
+    clock: Arc<dyn Clock>,
+    store: Arc<dyn Store>,
+    platform: Arc<dyn Platform>,
+    proxy: Arc<AppProxy>,
+    state: tokio::sync::Mutex<AppState>,
+    events: broadcast::Sender<StoredEvent>,
+    mark: Mutex<Option<MarkCell>>,
+    /// Bumped by every provision of a slot, so a delayed stop never hits a newer release.
+    slot_epochs: [AtomicU64; 2],
+    shutdown: CancellationToken,
+    tick: Duration,
+}
+
+/// `Mark` wrapped so `Controller` can derive Debug.
+struct MarkCell(Mark);
+
+impl std::fmt::Debug for MarkCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Mark(at {})", self.0.at)
+    }
+}
+
+/// What `status` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusView {
+    pub app: String,
+    pub live: Slot,
+    pub weights: BTreeMap<String, u16>,
+    pub rollout: Option<rollout::Rollout>,
+    pub slots: Vec<SlotView>,
+    pub recent_decisions: Vec<StoredEvent>,
+    pub now: Timestamp,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotView {
+    pub slot: Slot,
+    pub version: Option<String>,
+    pub backends: Vec<SocketAddr>,
+    pub metrics: cutover_proxy::MetricsSummary,
+}
+
+/// Everything a controller needs from the process around it.
+#[derive(Debug, Clone)]
+pub struct Deps {
+    pub clock: Arc<dyn Clock>,
+    pub store: Arc<dyn Store>,
+    pub platform: Arc<dyn Platform>,
+    pub tick: Duration,
+    pub shutdown: CancellationToken,
+}
+
+impl Controller {
+    /// Loads the app's persisted state (or starts fresh), re-adopts or cleans up its instances,
+    /// probes the slots, and resumes whatever was in progress. Returns with the control loop
+    /// running.
+    pub async fn start(
+        name: &str,
+        config: ManagedConfig,
+        proxy: Arc<AppProxy>,
+        deps: Deps,
+    ) -> Result<Arc<Self>, ControllerError> {
+        let state = deps.store.load(name)?.unwrap_or_else(|| AppState::new(name));
+        let keep: Vec<(Slot, String)> = Slot::ALL
+            .iter()
+            .filter_map(|s| {
+                let slot = state.slot(*s);
+                slot.is_running()
+                    .then(|| (*s, slot.version().unwrap_or_default().to_string()))
+            })
+            .collect();
+        let report = deps.platform.reconcile(name, &keep).await?;
+        if !report.stopped.is_empty() || !report.gone.is_empty() || !report.adopted.is_empty() {
+            tracing::info!(
+                app = name,
+                adopted = report.adopted.len(),
+                stopped = report.stopped.len(),
+                gone = report.gone.len(),
+                "reconciled instances left by an earlier run"
+            );
+        }
+        let (events, _) = broadcast::channel(1024);
+        let controller = Arc::new(Controller {
+            name: name.to_string(),
+            config,
+            clock: deps.clock,
+            store: deps.store,
+            platform: deps.platform,
+            proxy,
+            state: tokio::sync::Mutex::new(state.clone()),
+            events,
+            mark: Mutex::new(None),
+            slot_epochs: [AtomicU64::new(0), AtomicU64::new(0)],
+            shutdown: deps.shutdown,
+            tick: deps.tick,
+        });
+        let (target_ready, live_ready) = match state.active_rollout() {
+            Some(r) => (
+                checks::all_ready(&state.slot(r.target).backends, &controller.config.readiness).await,
+                checks::all_ready(
+                    &state.slot(r.target.other()).backends,
+                    &controller.config.readiness,
+                )
+                .await,
+            ),
+            None => (
+                false,
+                checks::all_ready(&state.slot(state.live).backends, &controller.config.readiness).await,
+            ),
+        };
+        if state.active_rollout().is_none() && state.slot(state.live).is_running() && !live_ready {
+            tracing::error!(app = name, slot = %state.live,
+                "the live slot's instances are not ready after the restart; deploy again to replace them");
+        }
+        controller
+            .apply(Input::Recovered {
+                target_ready,
+                live_ready,
+            })
+            .await
+            .or_else(|e| match e {
+                ControllerError::Rejected(_) => Ok(()),
+                e => Err(e),
+            })?;
+        tokio::spawn(Arc::clone(&controller).run());
+        Ok(controller)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The configured release command (before `{version}` and `{port}` are filled in).
+    pub fn release_command(&self) -> &str {
+        &self.config.release.command
+    }
+
+    /// Stops the instances of `slot` at once, whatever the state says; for shutting a demo or a
+    /// test down. Routes are not changed.
+    pub async fn stop_slot(&self, slot: Slot) -> Result<(), ControllerError> {
+        self.slot_epochs[slot.index()].fetch_add(1, Ordering::SeqCst);
+        let grace = Duration::from_millis(self.config.stop_grace_ms);
+        Ok(self.platform.stop(&self.name, slot, grace).await?)
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<StoredEvent> {
+        self.events.subscribe()
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub async fn state(&self) -> AppState {
+        self.state.lock().await.clone()
+    }
+
+    pub async fn deploy(self: &Arc<Self>, request: DeployRequest) -> Result<u64, ControllerError> {
+        let release = self.release_for(&request)?;
+        let now = self.clock.now();
+        let frozen = freeze::active_freeze(&self.config.freeze, now);
+        if let (Some(window), false) = (&frozen, request.force) {
+            return Err(ControllerError::Frozen {
+                app: self.name.clone(),
+                window: window.clone(),
+            });
+        }
+        let input = Input::Deploy {
+            release,
+            policy: self.config.rollout.clone(),
+            forced: frozen.is_some(),
+        };
+        let id = self.state.lock().await.next_rollout_id;
+        self.apply(input).await?;
+        Ok(id)
+    }
+
+    fn release_for(&self, request: &DeployRequest) -> Result<ReleaseSpec, ControllerError> {
+        let template = &self.config.release;
+        let mut errors = Vec::new();
+        let version = request.version.trim();
+        if version.is_empty()
+            || version.len() > 128
+            || version.chars().any(|c| c.is_control() || c == '"' || c == '/')
+        {
+            errors.push(FieldError::new(
+                "version",
+                format!(
+                    "{version:?} must be 1 to 128 characters without quotes, slashes or control characters"
+                ),
+            ));
+        }
+        let command = request
+            .command
+            .clone()
+            .unwrap_or_else(|| template.command.clone());
+        if command.trim().is_empty() {
+            errors.push(FieldError::new(
+                "command",
+                format!("app {} has no release command in its configuration ([app.release] command); pass one with --cmd", self.name),
+            ));
+        }
+        let instances = request.instances.unwrap_or(template.instances);
+        if !(1..=64).contains(&instances) {
+            errors.push(FieldError::new(
+                "instances",
+                format!("{instances} must be 1 to 64"),
+            ));
+        }
+        ValidationErrors::check(errors).map_err(ControllerError::Invalid)?;
+        let mut env = template.env.clone();
+        env.extend(request.env.clone());
+        Ok(ReleaseSpec {
+            version: version.to_string(),
+            command: command.replace("{version}", version),
+            env,
+            workdir: template.workdir.clone(),
+            instances,
+        })
+    }
+
+    pub async fn command(self: &Arc<Self>, command: Command) -> Result<(), ControllerError> {
+        self.apply(Input::Command(command)).await
+    }
+
+    pub async fn status(&self) -> Result<StatusView, ControllerError> {
+        let state = self.state.lock().await.clone();
+        let table = self.proxy.table();
+        let routes = rollout::route_table(&state);
+        let slots = Slot::ALL
+            .iter()
+            .map(|s| SlotView {
+                slot: *s,
+                version: state.slot(*s).version().map(str::to_string),
+                backends: state.slot(*s).backends.clone(),
+                metrics: table.pool(*s).metrics.snapshot().summary(),
+            })
+            .collect();
+        let rollout_id = state.rollout.as_ref().map(|r| r.id);
+        let recent_decisions = match rollout_id {
+            Some(id) => {
+                let mut events = self.store.events(&self.name, Some(id), 0, 100_000)?;
+                events.retain(|e| e.event.kind == "decision");
+                let skip = events.len().saturating_sub(10);
+                events.split_off(skip)
+            }
+            None => Vec::new(),
+        };
+        Ok(StatusView {
+            app: self.name.clone(),
+            live: state.live,
+            weights: Slot::ALL
+                .iter()
+                .map(|s| (s.to_string(), routes.weight_of(*s)))
+                .collect(),
+            rollout: state.rollout.clone(),
+            slots,
+            recent_decisions,
+            now: self.clock.now(),
+        })
+    }
+
+    /// Runs one input through the engine, persists the result, then carries out its actions.
+    async fn apply(self: &Arc<Self>, input: Input) -> Result<(), ControllerError> {
+        let mut state = self.state.lock().await;
+        let now = self.clock.now();
+        let transition = rollout::handle(&state, input, now).map_err(|r| ControllerError::Rejected(r.0))?;
+        if transition.state == *state && transition.events.is_empty() {
+            for action in transition.actions {
+                self.execute(action, &state);
+            }
+            return Ok(());
+        }
+        // Persist first: after a crash the stored state says what may have half-happened.
+        let stored = self.store.commit(&transition.state, &transition.events)?;
+        *state = transition.state;
+        for e in stored {
+            tracing::info!(app = %self.name, rollout = e.event.rollout_id, kind = %e.event.kind, "{}", e.event.message);
+            let _ = self.events.send(e);
+        }
+        for action in transition.actions {
+            self.execute(action, &state);
+        }
+        Ok(())
+    }
+
+    fn execute(self: &Arc<Self>, action: Action, state: &AppState) {
+        match action {
+            Action::ApplyRoutes(table) => {
+                if self.proxy.route() != table {
+                    if let Err(e) = self.proxy.apply(table) {
+                        tracing::error!(app = %self.name, error = %e, "the engine produced a route table the proxy refused");
+                    }
+                }
+                self.remark(state);
+            }
+            Action::Provision {
+                slot,
+                release,
+                deadline,
+            } => {
+                let epoch = self.slot_epochs[slot.index()].fetch_add(1, Ordering::SeqCst) + 1;
+                let this = Arc::clone(self);
+                tokio::spawn(async move { this.provision(slot, release, deadline, epoch).await });
+            }
+            Action::Verify { slot } => {
+                let addrs = state.slot(slot).backends.clone();
+                let this = Arc::clone(self);
+                tokio::spawn(async move {
+                    let input = match checks::verify(&addrs, &this.config.verify).await {
+                        Ok(detail) => Input::VerifyPassed { detail },
+                        Err(reason) => Input::VerifyFailed { reason },
+                    };
+                    this.feed(input).await;
+                });
+            }
+            Action::Stop { slot, drain } => {
+                let epoch = self.slot_epochs[slot.index()].load(Ordering::SeqCst);
+                let drain_for = if drain {
+                    self.proxy.settings.drain_timeout()
+                } else {
+                    Duration::ZERO
+                };
+                let this = Arc::clone(self);
+                tokio::spawn(async move {
+                    tokio::time::sleep(drain_for).await;
+                    if this.slot_epochs[slot.index()].load(Ordering::SeqCst) != epoch {
+                        return;
+                    }
+                    let grace = Duration::from_millis(this.config.stop_grace_ms);
+                    if let Err(e) = this.platform.stop(&this.name, slot, grace).await {
+                        tracing::error!(app = %this.name, %slot, error = %e, "stopping the slot failed");
+                    }
+                });
+            }
+        }
+    }
+
+    async fn provision(self: Arc<Self>, slot: Slot, release: ReleaseSpec, deadline: Timestamp, epoch: u64) {
+        let result = async {
+            let instances = self.platform.start(&self.name, slot, &release).await.map_err(|e| e.to_string())?;
+            let addrs: Vec<SocketAddr> = instances.iter().map(|i| i.addr).collect();
+            let remaining = deadline.since(self.clock.now());
+            let exited = async {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(self.config.readiness.interval_ms)).await;
+                    if let Ok(list) = self.platform.instances(&self.name, slot).await {
+                        if let Some(dead) = list.iter().find_map(|i| i.exited.as_ref().map(|e| (i.index, e.clone()))) {
+                            return format!("instance {} {} before becoming ready", dead.0, dead.1);
+                        }
+                    }
+                }
+            };
+            tokio::select! {
+                ready = checks::wait_ready(&addrs, &self.config.readiness, remaining) => {
+                    ready.map_err(|e| format!("not ready within the readiness deadline ({} s): {e}", release_deadline_secs(&self.config)))?;
+                }
+                why = exited => return Err(why),
+            }
+            Ok(addrs)
+        }
+        .await;
+        let input = match result {
+            Ok(backends) => Input::Provisioned { backends },
+            Err(reason) => {
+                let tail = self.platform.log_tail(&self.name, slot, 20);
+                let reason = if tail.trim().is_empty() {
+                    reason
+                } else {
+                    format!("{reason}\n--- last lines of the instance log ---\n{tail}")
+                };
+                Input::ProvisionFailed { reason }
+            }
+        };
+        let provisioned = matches!(input, Input::Provisioned { .. });
+        if let Err(e) = self.apply(input).await {
+            tracing::info!(app = %self.name, %slot, reason = %e, "provisioning result no longer wanted");
+            if provisioned && self.slot_epochs[slot.index()].load(Ordering::SeqCst) == epoch {
+                // The rollout moved on (aborted, say) while the release started: no orphans.
+                let _ = self
+                    .platform
+                    .stop(&self.name, slot, Duration::from_millis(self.config.stop_grace_ms))
+                    .await;
+            }
+        }
+    }
+
+    /// Feeds an input produced by a background task; a rejection only means the rollout moved on.
+    async fn feed(self: &Arc<Self>, input: Input) {
+        if let Err(e) = self.apply(input).await {
+            tracing::info!(app = %self.name, reason = %e, "late result ignored");
+        }
+    }
+
+    /// Starts a new analysis window at the current counts of the slots that matter now.
+    fn remark(&self, state: &AppState) {
+        let table = self.proxy.table();
+        let (canary, baseline) = match state.active_rollout() {
+            Some(r) => {
+                let canary = table.pool(r.target);
+                let baseline = table.pool(r.target.other());
+                (Some(canary), (baseline.weight_bp > 0).then_some(baseline))
+            }
+            None => (None, None),
+        };
+        let take =
+            |p: Option<&cutover_proxy::ActivePool>| p.map(|p| (Arc::clone(&p.metrics), p.metrics.snapshot()));
+        let mark = Mark {
+            canary: take(canary),
+            baseline: take(baseline),
+            at: self.clock.now(),
+        };
+        *self.mark.lock().unwrap_or_else(PoisonError::into_inner) = Some(MarkCell(mark));
+    }
+
+    fn window_stats(&self, state: &AppState) -> WindowStats {
+        let now = self.clock.now();
+        let guard = self.mark.lock().unwrap_or_else(PoisonError::into_inner);
+        let window = |m: &Option<(Arc<PoolMetrics>, MetricsSnapshot)>| {
+            m.as_ref().map(|(metrics, at_mark)| {
+                let delta = metrics.snapshot().since(at_mark);
+                SlotWindow {
+                    requests: delta.total_requests(),
+                    errors: delta.server_errors(),
+                    p99_ms: delta.latency_quantile(0.99).map(|d| d.as_secs_f64() * 1000.0),
+                }
+            })
+        };
+        let stats = match guard.as_ref() {
+            Some(MarkCell(mark)) => WindowStats {
+                canary: window(&mark.canary).unwrap_or_default(),
+                baseline: window(&mark.baseline),
+                duration_ms: now.millis_since(mark.at),
+            },
+            None => WindowStats::default(),
+        };
+        drop(guard);
+        self.remark(state);
+        stats
+    }
+
+    /// The control loop: ticks, judges windows as they fall due, watches the new slot's instances.
+    async fn run(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(self.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let state = self.state.lock().await.clone();
+            let Some(r) = state.active_rollout() else { continue };
+            if matches!(
+                r.phase,
+                Phase::Canary { .. } | Phase::Paused { .. } | Phase::Promoted { .. }
+            ) {
+                if let Ok(list) = self.platform.instances(&self.name, r.target).await {
+                    if let Some(why) = list
+                        .iter()
+                        .find_map(|i| i.exited.as_ref().map(|e| format!("instance {} {e}", i.index)))
+                    {
+                        self.feed(Input::TargetDown { reason: why }).await;
+                        continue;
+                    }
+                }
+            }
+            let input = if rollout::window_due(&state, self.clock.now()) {
+                Input::Window(self.window_stats(&state))
+            } else {
+                Input::Tick
+            };
+            self.feed(input).await;
+        }
+    }
+}
+
+fn release_deadline_secs(config: &ManagedConfig) -> u64 {
+    config.rollout.readiness_deadline_ms / 1000
+}

@@ -1,0 +1,206 @@
+//! Persistence of every app's state and event log. One trait, [`Store`], with one module per
+//! backend; every backend passes the same conformance suite.
+//!
+//! - [`SqliteStore`]: the real thing, one SQLite file per cutover.
+//! - [`MemoryStore`]: the same semantics in memory, for tests and simulations.
+//! - `conformance` (with the `conformance` feature): the behaviour every backend must have, as
+//!   functions another crate's tests can run against its own backend.
+
+use cutover_core::rollout::{AppState, Event, Rollout};
+use serde::{Deserialize, Serialize};
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+mod memory;
+mod sqlite;
+
+pub use memory::MemoryStore;
+pub use sqlite::SqliteStore;
+
+/// An event as stored: with its position in the app's log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    /// Increases by one per event of the app, from 1.
+    pub seq: u64,
+    pub app: String,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The state file could not be opened or set up; `reason` says why and what to do.
+    #[error("state file {path}: {reason}")]
+    Open { path: String, reason: String },
+    #[error("state file {path} has schema version {found}, newer than this cutover understands ({supported}); upgrade cutover")]
+    TooNew {
+        path: String,
+        found: u32,
+        supported: u32,
+    },
+    /// For backends without a file of their own; the SQLite store reports [`StoreError::Database`].
+    #[error("storage failed: {0}")]
+    Io(String),
+    /// Stored data that cannot be read back. `reason` names where it is and what to do.
+    #[error("stored data of app {app} is unreadable: {reason}")]
+    Corrupt { app: String, reason: String },
+    /// The database refused or failed an operation on an open state file.
+    #[error("state file {path}: {action} failed: {reason}; {hint}")]
+    Database {
+        path: String,
+        /// What the store was doing, e.g. "saving the state of app web".
+        action: String,
+        reason: String,
+        /// What to do about it.
+        hint: &'static str,
+    },
+    /// A commit was refused before anything was written: the state or an event could not be
+    /// stored in a form that reads back. Nothing changed.
+    #[error("cannot store the state of app {app}: {reason}")]
+    Unstorable { app: String, reason: String },
+}
+
+/// Durable state. `commit` is atomic: after a crash either the new state and all its events are
+/// there, or none of it.
+///
+/// The methods block (the SQLite store waits for the disk on `commit`) but are short; async callers
+/// can call them inline for the odd transition or move them to `spawn_blocking` under load.
+pub trait Store: Send + Sync + std::fmt::Debug {
+    fn load(&self, app: &str) -> Result<Option<AppState>, StoreError>;
+
+    /// Apps with stored state, sorted by name.
+    fn apps(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Persists `state` and appends `events` to its app's log, in one transaction; returns the
+    /// stored events with their sequence numbers. The rollout in `state`, if any, is also recorded
+    /// in the app's rollout history (replacing the earlier record of the same id).
+    ///
+    /// A state that would not read back (see [`StoreError::Unstorable`]) is refused and nothing
+    /// is written: storing it would leave an app that cannot be loaded after a restart.
+    fn commit(&self, state: &AppState, events: &[Event]) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// Events of `app` with `seq > after`, oldest first, at most `limit`; only those of
+    /// `rollout_id` when given.
+    fn events(
+        &self,
+        app: &str,
+        rollout_id: Option<u64>,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// The latest `limit` rollouts of `app`, newest first.
+    fn rollouts(&self, app: &str, limit: usize) -> Result<Vec<Rollout>, StoreError>;
+}
+
+/// One event as columns.
+#[derive(Debug)]
+pub(crate) struct EventRow {
+    pub at_ms: i64,
+    pub rollout_id: Option<i64>,
+    pub data_json: String,
+}
+
+/// A rollout as columns.
+#[derive(Debug)]
+pub(crate) struct RolloutRow {
+    pub id: i64,
+    pub phase: &'static str,
+    pub started_at_ms: i64,
+    pub json: String,
+}
+
+/// A commit encoded for storage and checked to read back. Every backend goes through this, so a
+/// state one backend refuses is refused by all of them.
+#[derive(Debug)]
+pub(crate) struct EncodedCommit {
+    pub state_json: String,
+    pub events: Vec<EventRow>,
+    pub rollout: Option<RolloutRow>,
+}
+
+pub(crate) fn encode_commit(state: &AppState, events: &[Event]) -> Result<EncodedCommit, StoreError> {
+    let app = &state.app;
+    let unstorable = |reason: String| StoreError::Unstorable {
+        app: app.clone(),
+        reason,
+    };
+    let state_json = serde_json::to_string(state).map_err(|e| {
+        unstorable(format!(
+            "it does not serialise to JSON ({e}); this is a bug in cutover"
+        ))
+    })?;
+    // serde_json writes non-finite floats (say an infinite threshold in a policy) as `null`, which
+    // then fails to parse: such a state would save fine and brick the app at the next start.
+    if let Err(e) = serde_json::from_str::<AppState>(&state_json) {
+        return Err(unstorable(format!(
+            "it would not read back ({e}); check the rollout policy for infinite or NaN numbers"
+        )));
+    }
+    let events = events
+        .iter()
+        .map(|e| {
+            Ok(EventRow {
+                at_ms: to_i64(app, "event time", e.at.as_millis())?,
+                rollout_id: e
+                    .rollout_id
+                    .map(|id| to_i64(app, "event rollout id", id))
+                    .transpose()?,
+                data_json: serde_json::to_string(&e.data).map_err(|err| {
+                    unstorable(format!(
+                        "the data of event {:?} does not serialise to JSON ({err}); this is a bug in cutover",
+                        e.kind
+                    ))
+                })?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let rollout = match &state.rollout {
+        Some(r) => Some(RolloutRow {
+            id: to_i64(app, "rollout id", r.id)?,
+            phase: r.phase.name(),
+            started_at_ms: to_i64(app, "rollout start time", r.started_at.as_millis())?,
+            json: serde_json::to_string(r).map_err(|e| {
+                unstorable(format!(
+                    "rollout #{} does not serialise to JSON ({e}); this is a bug in cutover",
+                    r.id
+                ))
+            })?,
+        }),
+        None => None,
+    };
+    Ok(EncodedCommit {
+        state_json,
+        events,
+        rollout,
+    })
+}
+
+/// SQLite integers are signed; anything past `i64::MAX` is a corrupted value, not a real time or id.
+fn to_i64(app: &str, what: &str, value: u64) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::Unstorable {
+        app: app.to_string(),
+        reason: format!("{what} {value} is beyond the largest storable integer; this is a bug in cutover"),
+    })
+}
+
+/// Parses a stored state and checks it belongs where it was found. `location` says where the JSON
+/// came from, for the error message.
+pub(crate) fn decode_state(app: &str, json: &str, location: &str) -> Result<AppState, StoreError> {
+    let state: AppState = serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
+        app: app.to_string(),
+        reason: format!(
+            "its state in {location} is not a valid app state ({e}); restore the file from a backup, or delete the app's row to start it afresh"
+        ),
+    })?;
+    if state.app != app {
+        return Err(StoreError::Corrupt {
+            app: app.to_string(),
+            reason: format!(
+                "its state in {location} is that of app {:?}; the file was edited by hand or is damaged: restore it from a backup",
+                state.app
+            ),
+        });
+    }
+    Ok(state)
+}

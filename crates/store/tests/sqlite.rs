@@ -1,0 +1,350 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! What only the SQLite store can get wrong: the file across reopening, atomicity as another
+//! connection sees it, schema versions, damaged rows, paths it cannot use.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use cutover_core::rollout::{handle, AppState, Event, Input};
+use cutover_core::{ReleaseSpec, RolloutPolicy, Timestamp};
+use cutover_store::{SqliteStore, Store, StoreError};
+use rusqlite::Connection;
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// `web` with v1 live in blue and a rollout of v2 just started, and the deploy's events.
+fn deployed() -> (AppState, Vec<Event>) {
+    let mut state = AppState::new("web");
+    state.blue.release = Some(ReleaseSpec::new("v1", "run v1"));
+    state.blue.backends = vec![addr(9001)];
+    let input = Input::Deploy {
+        release: ReleaseSpec::new("v2", "run v2"),
+        policy: RolloutPolicy::default(),
+        forced: false,
+    };
+    let t = handle(&state, input, Timestamp(1_700_000_000_000)).unwrap();
+    (t.state, t.events)
+}
+
+fn event(n: u64) -> Event {
+    Event {
+        at: Timestamp(1_700_000_000_000 + n),
+        rollout_id: Some(1),
+        kind: "test".into(),
+        message: format!("event {n}"),
+        data: serde_json::json!({ "n": n }),
+    }
+}
+
+fn raw(path: &Path) -> Connection {
+    Connection::open(path).unwrap()
+}
+
+fn count(conn: &Connection, sql: &str) -> i64 {
+    conn.query_row(sql, [], |row| row.get(0)).unwrap()
+}
+
+#[test]
+fn state_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let (state, events) = deployed();
+    let stored = {
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.path(), path);
+        store.commit(&state, &events).unwrap()
+    };
+
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.load("web").unwrap(), Some(state.clone()));
+    assert_eq!(store.apps().unwrap(), vec!["web"]);
+    assert_eq!(store.events("web", None, 0, 100).unwrap(), stored);
+    assert_eq!(
+        store.rollouts("web", 10).unwrap(),
+        vec![state.rollout.clone().unwrap()]
+    );
+    let next = store.commit(&state, &[event(1)]).unwrap();
+    assert_eq!(
+        next[0].seq,
+        stored.len() as u64 + 1,
+        "numbering continues after reopening"
+    );
+}
+
+#[test]
+fn a_commit_is_visible_whole_to_another_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let store = SqliteStore::open(&path).unwrap();
+    let (state, _) = deployed();
+    let events: Vec<Event> = (1..=3).map(event).collect();
+    store.commit(&state, &events).unwrap();
+
+    // The store is still open: the other connection reads through the WAL, as the API or a person
+    // with `sqlite3` would.
+    let other = raw(&path);
+    let json: String = other
+        .query_row("SELECT state_json FROM apps WHERE app = 'web'", [], |row| {
+            row.get(0)
+        })
+        .unwrap();
+    assert_eq!(serde_json::from_str::<AppState>(&json).unwrap(), state);
+    assert_eq!(count(&other, "SELECT COUNT(*) FROM events WHERE app = 'web'"), 3);
+    let (phase, version): (String, String) = other
+        .query_row(
+            "SELECT phase, version FROM rollouts WHERE app = 'web' AND id = 1",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((phase.as_str(), version.as_str()), ("provisioning", "v2"));
+}
+
+#[test]
+fn a_commit_that_fails_midway_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let store = SqliteStore::open(&path).unwrap();
+    let before = AppState::new("web");
+    store.commit(&before, &[event(1)]).unwrap();
+
+    // Make the last statement of a commit (recording the rollout) fail, after the state and the
+    // events were written inside the transaction.
+    raw(&path)
+        .execute_batch(
+            "CREATE TRIGGER refuse_rollouts BEFORE INSERT ON rollouts
+             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+        )
+        .unwrap();
+    let (state, events) = deployed();
+    let err = store.commit(&state, &events).unwrap_err();
+    assert!(matches!(err, StoreError::Database { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(message.contains(&path.display().to_string()), "{message}");
+    assert!(message.contains("app web"), "{message}");
+
+    assert_eq!(
+        store.load("web").unwrap(),
+        Some(before.clone()),
+        "state rolled back"
+    );
+    assert_eq!(
+        store.events("web", None, 0, 100).unwrap().len(),
+        1,
+        "events rolled back"
+    );
+    assert!(store.rollouts("web", 10).unwrap().is_empty());
+
+    // The connection is usable afterwards, and numbering is unaffected by the failed attempt.
+    raw(&path).execute_batch("DROP TRIGGER refuse_rollouts").unwrap();
+    let stored = store.commit(&state, &events).unwrap();
+    assert_eq!(stored[0].seq, 2);
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    drop(SqliteStore::open(&path).unwrap());
+    let newer = SqliteStore::SCHEMA_VERSION + 1;
+    raw(&path).pragma_update(None, "user_version", newer).unwrap();
+
+    let err = SqliteStore::open(&path).unwrap_err();
+    match &err {
+        StoreError::TooNew {
+            path: p,
+            found,
+            supported,
+        } => {
+            assert_eq!(p, &path.display().to_string());
+            assert_eq!((*found, *supported), (newer, SqliteStore::SCHEMA_VERSION));
+        }
+        other => panic!("expected TooNew, got {other:?}"),
+    }
+    assert!(err.to_string().contains("upgrade cutover"), "{err}");
+    // Refusing must not touch the file.
+    assert_eq!(count(&raw(&path), "PRAGMA user_version"), i64::from(newer));
+}
+
+#[test]
+fn opening_a_file_twice_keeps_its_schema_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    drop(SqliteStore::open(&path).unwrap());
+    drop(SqliteStore::open(&path).unwrap());
+    assert_eq!(
+        count(&raw(&path), "PRAGMA user_version"),
+        i64::from(SqliteStore::SCHEMA_VERSION)
+    );
+    assert_eq!(
+        count(
+            &raw(&path),
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'"
+        ),
+        3
+    );
+}
+
+#[test]
+fn a_corrupt_state_names_the_app_and_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let store = SqliteStore::open(&path).unwrap();
+    let (state, events) = deployed();
+    store.commit(&state, &events).unwrap();
+    store.commit(&AppState::new("api"), &[]).unwrap();
+    raw(&path)
+        .execute(
+            "UPDATE apps SET state_json = '{\"app\": \"web\", \"live\":' WHERE app = 'web'",
+            [],
+        )
+        .unwrap();
+
+    let err = store.load("web").unwrap_err();
+    match &err {
+        StoreError::Corrupt { app, .. } => assert_eq!(app, "web"),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    let message = err.to_string();
+    assert!(message.contains(&path.display().to_string()), "{message}");
+    assert!(message.contains("backup"), "should say what to do: {message}");
+    assert_eq!(
+        store.load("api").unwrap(),
+        Some(AppState::new("api")),
+        "other apps still load"
+    );
+}
+
+#[test]
+fn a_state_stored_under_another_app_is_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let store = SqliteStore::open(&path).unwrap();
+    store.commit(&AppState::new("web"), &[]).unwrap();
+    store.commit(&AppState::new("api"), &[]).unwrap();
+    raw(&path)
+        .execute(
+            "UPDATE apps SET state_json = (SELECT state_json FROM apps WHERE app = 'api') WHERE app = 'web'",
+            [],
+        )
+        .unwrap();
+    let err = store.load("web").unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt { app, .. } if app == "web"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn corrupt_events_and_rollouts_are_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let store = SqliteStore::open(&path).unwrap();
+    let (state, events) = deployed();
+    store.commit(&state, &events).unwrap();
+    let conn = raw(&path);
+
+    conn.execute("UPDATE rollouts SET rollout_json = 'nope' WHERE app = 'web'", [])
+        .unwrap();
+    let err = store.rollouts("web", 10).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt { app, .. } if app == "web"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("rollout #1"), "{err}");
+
+    conn.execute(
+        "UPDATE events SET data_json = '{' WHERE app = 'web' AND seq = 1",
+        [],
+    )
+    .unwrap();
+    let err = store.events("web", None, 0, 10).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt { app, .. } if app == "web"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("event 1"), "{err}");
+
+    conn.execute(
+        "UPDATE events SET data_json = 'null', at_ms = -5 WHERE app = 'web' AND seq = 1",
+        [],
+    )
+    .unwrap();
+    let err = store.events("web", None, 0, 10).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt { app, .. } if app == "web"),
+        "{err:?}"
+    );
+
+    conn.execute(
+        "UPDATE events SET at_ms = 'yesterday' WHERE app = 'web' AND seq = 1",
+        [],
+    )
+    .unwrap();
+    let err = store.events("web", None, 0, 10).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt { app, .. } if app == "web"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+}
+
+#[test]
+fn a_directory_that_cannot_be_created_is_an_open_error() {
+    let dir = tempfile::tempdir().unwrap();
+    // A file where a directory should be: fails for root too, unlike permissions.
+    let blocker = dir.path().join("blocker");
+    std::fs::write(&blocker, "not a directory").unwrap();
+    let path = blocker.join("sub").join("state.db");
+
+    let err = SqliteStore::open(&path).unwrap_err();
+    match &err {
+        StoreError::Open { path: p, reason } => {
+            assert_eq!(p, &path.display().to_string());
+            assert!(reason.contains("cannot create its directory"), "{reason}");
+        }
+        other => panic!("expected Open, got {other:?}"),
+    }
+    assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+}
+
+#[test]
+fn a_directory_as_the_file_is_an_open_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = SqliteStore::open(dir.path()).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Open { path, .. } if path == &dir.path().display().to_string()),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("is a directory"), "{err}");
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_an_open_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    std::fs::write(
+        &path,
+        "this is a text file, not a database; it is long enough to have a header",
+    )
+    .unwrap();
+
+    let err = SqliteStore::open(&path).unwrap_err();
+    match &err {
+        StoreError::Open { path: p, reason } => {
+            assert_eq!(p, &path.display().to_string());
+            assert!(
+                reason.contains("not a cutover state file"),
+                "should say what to do: {reason}"
+            );
+        }
+        other => panic!("expected Open, got {other:?}"),
+    }
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "this is a text file, not a database; it is long enough to have a header",
+        "the file must be left alone"
+    );
+}
