@@ -9,7 +9,7 @@ Subcommands:
   parse-wrk FILE                 parse wrk --latency output into one JSON object
   rss-kib PID                    RSS of PID and all its descendants, in KiB
   cpu-idle SECS                  % of CPU idle over the next SECS seconds
-  cpu-snapshot FILE SHELL_PID    record CPU counters (start of a run)
+  cpu-snapshot FILE SHELL_PID PID...  record CPU counters (start of a measurement)
   foreign-cpu FILE SHELL_PID PID...   % of CPU capacity used by other processes since then
   idle-conns ...                 memory per idle keep-alive connection (see --help)
   switcher ...                   flip canary_weight_bp through the admin API (see --help)
@@ -155,19 +155,10 @@ def _proc_jiffies(pid: int, children_too: bool) -> int:
     return utime + stime + (cutime + cstime if children_too else 0)
 
 
-def cpu_snapshot(path: str) -> None:
-    busy, total = _cpu_totals()
-    with open(path, "w", encoding="ascii") as f:
-        json.dump({"busy": busy, "total": total}, f)
-
-
-def foreign_cpu_pct(snapshot: str, shell_pid: int, pids: list[int]) -> float:
-    """Share of the machine's CPU capacity since `snapshot` used by processes other than ours:
-    the benchmark shell (and the children it has waited for: wrk, helpers) and the live
-    processes `pids` with their descendants. High means the figures were disturbed."""
-    with open(snapshot, encoding="ascii") as f:
-        snap = json.load(f)
-    busy, total = _cpu_totals()
+def _ours_jiffies(shell_pid: int, pids: list[int]) -> int:
+    """CPU jiffies used so far by the benchmark shell (with the children it has waited for: wrk,
+    helpers, the build), by this helper, and by the live processes `pids` and their
+    descendants."""
     ours = _proc_jiffies(shell_pid, children_too=True)
     t = os.times()
     ours += int((t.user + t.system) * os.sysconf("SC_CLK_TCK"))
@@ -175,9 +166,23 @@ def foreign_cpu_pct(snapshot: str, shell_pid: int, pids: list[int]) -> float:
         for p in descendants(pid):
             if p != shell_pid:
                 ours += _proc_jiffies(p, children_too=True)
-    # The shell's own jiffies before the snapshot (the build) are not in the window: subtract
-    # what it had then.
-    ours -= snap.get("ours_before", 0)
+    return ours
+
+
+def cpu_snapshot(path: str, shell_pid: int, pids: list[int]) -> None:
+    busy, total = _cpu_totals()
+    ours = _ours_jiffies(shell_pid, pids)
+    with open(path, "w", encoding="ascii") as f:
+        json.dump({"busy": busy, "total": total, "ours": ours}, f)
+
+
+def foreign_cpu_pct(snapshot: str, shell_pid: int, pids: list[int]) -> float:
+    """Share of the machine's CPU capacity since `snapshot` used by processes other than ours.
+    High means the figures were disturbed (a build, tests, another benchmark)."""
+    with open(snapshot, encoding="ascii") as f:
+        snap = json.load(f)
+    busy, total = _cpu_totals()
+    ours = _ours_jiffies(shell_pid, pids) - snap["ours"]
     foreign = (busy - snap["busy"]) - ours
     return round(max(0.0, 100.0 * foreign / max(1, total - snap["total"])), 1)
 
@@ -431,9 +436,14 @@ def report_proxy(args) -> int:
         except (OSError, ValueError):
             idle[name] = None
 
+    foreign = {}
+    for spec in args.target_foreign_cpu or []:
+        name, pct = spec.split("=", 1)
+        foreign[name] = float(pct)
+
     print()
     print(f"{'target':<10} {'req/s':>12} {'p50 ms':>9} {'p99 ms':>9} {'non-2xx':>8} {'sock err':>9}"
-          f" {'idle KiB/conn':>14}")
+          f" {'idle KiB/conn':>14} {'other CPU %':>12}")
     for name, r in results.items():
         rps = f"{r['rps']:.0f}" if r["rps"] is not None else "?"
         p50 = f"{r['p50_ms']:.3f}" if r["p50_ms"] is not None else "?"
@@ -441,8 +451,9 @@ def report_proxy(args) -> int:
         kib = "-"
         if idle.get(name):
             kib = f"{idle[name]['idle_conn_kib']:.1f}"
+        other = f"{foreign[name]:.1f}" if name in foreign else "-"
         print(f"{name:<10} {rps:>12} {p50:>9} {p99:>9} {r['non_2xx']:>8} "
-              f"{r['socket_errors_total']:>9} {kib:>14}")
+              f"{r['socket_errors_total']:>9} {kib:>14} {other:>12}")
 
     def get(name, key):
         return results.get(name, {}).get(key)
@@ -476,6 +487,8 @@ def report_proxy(args) -> int:
                  "non_2xx": r["non_2xx"], "socket_errors": r["socket_errors_total"]}
         if idle.get(name):
             entry["idle_conn_kib"] = idle[name]["idle_conn_kib"]
+        if name in foreign:
+            entry["foreign_cpu_pct"] = foreign[name]
         doc[name] = entry
     doc["ratios"] = ratios
     print(json.dumps(doc, separators=(",", ":")))
@@ -577,6 +590,7 @@ def main(argv: list[str]) -> int:
     q = sub.add_parser("cpu-snapshot")
     q.add_argument("file")
     q.add_argument("shell_pid", type=int)
+    q.add_argument("pids", type=int, nargs="*")
     q = sub.add_parser("foreign-cpu")
     q.add_argument("file")
     q.add_argument("shell_pid", type=int)
@@ -601,6 +615,7 @@ def main(argv: list[str]) -> int:
     q.add_argument("--backend-threads", type=int, required=True)
     q.add_argument("--wrk-threads", type=int, required=True)
     q.add_argument("--cookie", default="")
+    q.add_argument("--target-foreign-cpu", action="append", help="NAME=PCT")
     q.add_argument("--foreign-cpu", type=float)
     q.add_argument("--cpu-idle-before", type=float)
     q = sub.add_parser("report-switch")
@@ -639,12 +654,7 @@ def main(argv: list[str]) -> int:
         print(cpu_idle_pct(args.seconds))
         return 0
     if args.cmd == "cpu-snapshot":
-        cpu_snapshot(args.file)
-        with open(args.file, encoding="ascii") as f:
-            snap = json.load(f)
-        snap["ours_before"] = _proc_jiffies(args.shell_pid, children_too=True)
-        with open(args.file, "w", encoding="ascii") as f:
-            json.dump(snap, f)
+        cpu_snapshot(args.file, args.shell_pid, args.pids)
         return 0
     if args.cmd == "foreign-cpu":
         print(foreign_cpu_pct(args.file, args.shell_pid, args.pids))

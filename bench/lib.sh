@@ -353,7 +353,7 @@ EOF
 }
 
 # Sample how idle the machine is for 1 s before loading it; sets BENCH_CPU_IDLE and warns when
-# something else is using the CPU (a build, another benchmark): the figures would be lower.
+# something else is using the CPU (a build, tests, another benchmark): the figures would suffer.
 bench_check_idle() {
     BENCH_CPU_IDLE="$(python3 "$BENCH_HELPERS" cpu-idle 1)"
     if python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) < 90 else 1)' "$BENCH_CPU_IDLE"; then
@@ -361,17 +361,21 @@ bench_check_idle() {
     else
         bench_log "CPUs $BENCH_CPU_IDLE % idle before the run"
     fi
-    python3 "$BENCH_HELPERS" cpu-snapshot "$BENCH_TMP/cpu-snapshot.json" "$$"
 }
 
-# Share of the CPU capacity used since bench_check_idle by processes that are not ours (sets
-# BENCH_FOREIGN_CPU); warns above 5 %.
-bench_check_foreign_cpu() {
-    BENCH_FOREIGN_CPU="$(python3 "$BENCH_HELPERS" foreign-cpu "$BENCH_TMP/cpu-snapshot.json" "$$" "${BENCH_PIDS[@]}")"
+# bench_cpu_mark NAME: start watching CPU use by processes that are not ours.
+bench_cpu_mark() {
+    python3 "$BENCH_HELPERS" cpu-snapshot "$BENCH_TMP/cpu-$1.json" "$$" "${BENCH_PIDS[@]}"
+}
+
+# bench_cpu_foreign NAME: share of the CPU capacity used since bench_cpu_mark NAME by processes
+# that are not ours (sets BENCH_FOREIGN_CPU); warns above 5 %.
+bench_cpu_foreign() {
+    BENCH_FOREIGN_CPU="$(python3 "$BENCH_HELPERS" foreign-cpu "$BENCH_TMP/cpu-$1.json" "$$" "${BENCH_PIDS[@]}")"
     if python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) > 5 else 1)' "$BENCH_FOREIGN_CPU"; then
-        bench_log "WARNING: other processes used $BENCH_FOREIGN_CPU % of the CPU capacity during the run; the figures are disturbed"
+        bench_log "WARNING: $1: other processes used $BENCH_FOREIGN_CPU % of the CPU capacity meanwhile; these figures are disturbed"
     else
-        bench_log "other processes used $BENCH_FOREIGN_CPU % of the CPU capacity during the run"
+        bench_log "$1: other processes used $BENCH_FOREIGN_CPU % of the CPU capacity meanwhile"
     fi
 }
 

@@ -33,6 +33,7 @@ bench_require_tools wrk nginx haproxy python3 curl cargo
 bench_init
 bench_build
 bench_check_idle
+bench_cpu_mark run
 DURATION_S="$(bench_duration_s "$DURATION")"
 bench_duration_s "$WARMUP" >/dev/null
 
@@ -109,8 +110,11 @@ for t in "${TARGETS[@]}"; do
     bench_log "$t: warm-up $WARMUP"
     wrk -t"$BENCH_WRK_THREADS" -c"$BENCH_CONNECTIONS" -d"$WARMUP" "${WRK_EXTRA[@]}" "${URL[$t]}" >"$BENCH_TMP/warmup-$t.txt"
     bench_log "$t: wrk -t$BENCH_WRK_THREADS -c$BENCH_CONNECTIONS -d$DURATION --latency ${WRK_EXTRA[*]} ${URL[$t]}"
+    bench_cpu_mark "$t"
     wrk -t"$BENCH_WRK_THREADS" -c"$BENCH_CONNECTIONS" -d"$DURATION" --latency "${WRK_EXTRA[@]}" "${URL[$t]}" \
         >"$BENCH_TMP/wrk-$t.txt"
+    bench_cpu_foreign "$t"
+    REPORT_ARGS+=(--target-foreign-cpu "$t=$BENCH_FOREIGN_CPU")
     sed 's/^/    /' "$BENCH_TMP/wrk-$t.txt" >&2
     for p in "${PID[@]}"; do
         bench_alive "$p" || bench_die "a proxy (pid $p) died during the $t run"
@@ -118,7 +122,7 @@ for t in "${TARGETS[@]}"; do
     REPORT_ARGS+=(--target "$t=$BENCH_TMP/wrk-$t.txt")
 done
 
-bench_check_foreign_cpu
+bench_cpu_foreign run
 python3 "$BENCH_HELPERS" report-proxy "${REPORT_ARGS[@]}" "${IDLE_ARGS[@]}" \
     --duration-s "$DURATION_S" --connections "$BENCH_CONNECTIONS" \
     --proxy-threads "$BENCH_PROXY_THREADS" --backend-threads "$BENCH_BACKEND_THREADS" \

@@ -77,6 +77,7 @@ cutover_requests() {
 
 BASELINE="$(cutover_requests)"
 bench_log "wrk -t$BENCH_WRK_THREADS -c$BENCH_CONNECTIONS -d$DURATION --latency $URL (in the background)"
+bench_cpu_mark run
 WRK_START_MS="$(bench_now_ms)"
 bench_spawn wrk wrk -t"$BENCH_WRK_THREADS" -c"$BENCH_CONNECTIONS" -d"$DURATION" --latency "$URL"
 WRK_PID=$BENCH_LAST_PID
@@ -121,7 +122,7 @@ sed 's/^/    /' "$BENCH_TMP/wrk.out" >&2
 curl -fsS --max-time 2 "http://$ADMIN/v1/apps/bench/metrics" >"$BENCH_TMP/metrics.json"
 bench_alive "$BENCH_CUTOVER_PID" || bench_die "cutover died during the run"
 
-bench_check_foreign_cpu
+bench_cpu_foreign run
 rc=0
 python3 "$BENCH_HELPERS" report-switch --wrk "$BENCH_TMP/wrk.out" \
     --switcher "$BENCH_TMP/switcher.json" --metrics "$BENCH_TMP/metrics.json" \

@@ -231,11 +231,17 @@ pub async fn follow_rollout(client: &Client, app: &str, id: u64, mut after: u64)
             .await?;
         for e in events.as_array().into_iter().flatten() {
             after = after.max(e["seq"].as_u64().unwrap_or(after));
-            bar.println(format!(
+            let line = format!(
                 "  {:<12} {}",
                 e["kind"].as_str().unwrap_or(""),
                 e["message"].as_str().unwrap_or("")
-            ));
+            );
+            // A hidden bar (output not a terminal) prints nothing, so print plainly then.
+            if bar.is_hidden() {
+                println!("{line}");
+            } else {
+                bar.println(line);
+            }
         }
         let status = client.get(&format!("/v1/apps/{app}/status")).await?;
         bar.set_message(progress_line(&status));

@@ -27,7 +27,7 @@ use cutover_server::{Config, StartOptions};
 #[derive(Debug, clap::Args)]
 pub struct DemoOptions {
     /// Sticky users (distinct `X-User-ID` values, each logged in) in the synthetic load.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 2000)]
     users: u32,
     /// Requests per second of the synthetic load, all users together.
     #[arg(long, default_value_t = 400)]
@@ -161,16 +161,19 @@ async fn scenario(controller: &Arc<Controller>, public: SocketAddr, options: &De
         Arc::clone(&stats),
         Arc::clone(&stop),
     ));
-
-    println!("\n== v2, healthy: canary steps 5 % → 25 % → 50 % → 100 %");
-    let v2 = deploy_and_wait(controller, "v2", None, true).await?;
-    println!("\n== v3 with 5 % errors: the judge should roll it back");
-    let v3 = deploy_and_wait(controller, "v3", Some("--error-rate 0.05"), true).await?;
-    println!("\n== v4 never becomes ready: provisioning should fail with no traffic shifted");
-    let v4 = deploy_and_wait(controller, "v4", Some("--fail-ready"), true).await?;
-
+    let rollouts = async {
+        println!("\n== v2, healthy: canary steps 5 % → 25 % → 50 % → 100 %");
+        let v2 = deploy_and_wait(controller, "v2", None, true).await?;
+        println!("\n== v3 with 5 % errors: the judge should roll it back");
+        let v3 = deploy_and_wait(controller, "v3", Some("--error-rate 0.05"), true).await?;
+        println!("\n== v4 never becomes ready: provisioning should fail with no traffic shifted");
+        let v4 = deploy_and_wait(controller, "v4", Some("--fail-ready"), true).await?;
+        anyhow::Ok((v2, v3, v4))
+    }
+    .await;
     stop.store(true, Ordering::Relaxed);
     load.await.context("load generator")?;
+    let (v2, v3, v4) = rollouts?;
 
     let outcomes = [
         (&v1, "succeeded"),
@@ -211,6 +214,11 @@ async fn deploy_and_wait(
             }
         }
         let state = controller.state().await;
+        if let Some(Phase::Paused { reason, .. }) =
+            state.rollout.as_ref().filter(|r| r.id == id).map(|r| &r.phase)
+        {
+            bail!("rollout #{id} of {version} paused for a person: {reason}");
+        }
         if let Some(r) = state.rollout.filter(|r| r.id == id && r.phase.is_terminal()) {
             while let Ok(e) = events.try_recv() {
                 if print && e.event.rollout_id == Some(id) {

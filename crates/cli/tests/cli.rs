@@ -184,20 +184,29 @@ fn config_check_reports_every_problem_with_file_and_line() {
 }
 
 #[test]
-fn demo_runs_the_ramp_and_rollback_without_a_failed_request() {
-    let out = Command::new(CUTOVER)
-        .args(["demo", "--users", "400", "--anonymous", "50"])
-        .output()
-        .unwrap();
+fn demo_promotes_v2_rolls_back_v3_and_fails_v4() {
+    let out = Command::new(CUTOVER).args(["demo"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
         "demo failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("no request failed"), "{stdout}");
-    assert!(
-        stdout.contains("preview listener answered with version v2"),
-        "{stdout}"
-    );
+    let row = |version: &str| {
+        stdout
+            .lines()
+            .find(|l| {
+                let mut words = l.split_whitespace();
+                words.next().is_some_and(|w| w.parse::<u32>().is_ok()) && words.next() == Some(version)
+            })
+            .unwrap_or_else(|| panic!("no row for {version} in:\n{stdout}"))
+            .split_whitespace()
+            .take(4)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(row("v2"), "2 v2 succeeded succeeded");
+    assert_eq!(row("v3"), "3 v3 rolled_back rolled_back");
+    assert_eq!(row("v4"), "4 v4 failed failed");
+    assert!(stdout.contains("% of user requests failed"), "{stdout}");
 }

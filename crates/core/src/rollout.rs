@@ -330,7 +330,18 @@ impl Builder {
             .expect("invariant: an active rollout exists on this path")
     }
 
-    fn finish(self) -> Transition {
+    /// A transition applies at most one table, the one its final state calls for, at the point
+    /// of its first route change (before any stop, so a slot drains before it is stopped).
+    fn finish(mut self) -> Transition {
+        let table = route_table(&self.state);
+        let mut applied = false;
+        self.actions.retain_mut(|a| match a {
+            Action::ApplyRoutes(t) => {
+                *t = table.clone();
+                !std::mem::replace(&mut applied, true)
+            }
+            _ => true,
+        });
         Transition {
             state: self.state,
             actions: self.actions,
@@ -490,53 +501,26 @@ pub fn handle(state: &AppState, input: Input, now: Timestamp) -> Result<Transiti
                 forced,
             },
             None,
-        ) => {
-            let id = b.state.next_rollout_id;
-            b.state.next_rollout_id += 1;
-            let target = state.live.other();
-            let previous_version = state.slot(state.live).version().map(str::to_string);
-            let deadline = now.plus_ms(policy.readiness_deadline_ms);
-            let had_old = state.slot(target).is_running() || state.slot(target).release.is_some();
-            b.state.rollout = Some(Rollout {
-                id,
-                target,
-                release: release.clone(),
+        ) => start_rollout(&mut b, release, policy, forced),
+        (
+            Input::Deploy {
+                release,
                 policy,
-                phase: Phase::Provisioning { deadline },
-                started_at: now,
-                previous_version: previous_version.clone(),
                 forced,
-                failures: 0,
-                first_bad_window_at: None,
-                last_verdict: None,
-            });
-            *b.state.slot_mut(target) = SlotState {
-                release: Some(release.clone()),
-                backends: Vec::new(),
-            };
-            if had_old {
-                b.apply_routes();
-                b.actions.push(Action::Stop {
-                    slot: target,
-                    drain: true,
-                });
-            }
-            b.actions.push(Action::Provision {
-                slot: target,
-                release: release.clone(),
-                deadline,
-            });
-            let from = previous_version.unwrap_or_else(|| "nothing".into());
+            },
+            Some(r),
+        ) if matches!(r.phase, Phase::Promoted { .. }) => {
+            // The next release needs the slot the old one keeps warm: the rollback window ends.
             b.event(
-                "deploy",
+                "window_closed",
                 format!(
-                    "rollout #{id}: {} → {} in slot {target}{}",
-                    from,
-                    release.version,
-                    if forced { " (deploy freeze overridden with --force)" } else { "" }
+                    "rollback window of rollout #{} closed early by the next deploy",
+                    r.id
                 ),
-                serde_json::json!({ "version": release.version, "from": from, "slot": target, "forced": forced }),
+                serde_json::Value::Null,
             );
+            b.succeed();
+            start_rollout(&mut b, release, policy, forced);
         }
         (Input::Deploy { .. }, Some(r)) => {
             return Err(Rejected(format!(
@@ -556,6 +540,60 @@ pub fn handle(state: &AppState, input: Input, now: Timestamp) -> Result<Transiti
         (input, Some(r)) => on_active(&mut b, input, r)?,
     }
     Ok(b.finish())
+}
+
+fn start_rollout(b: &mut Builder, release: ReleaseSpec, policy: RolloutPolicy, forced: bool) {
+    let now = b.now;
+    let id = b.state.next_rollout_id;
+    b.state.next_rollout_id += 1;
+    let target = b.state.live.other();
+    let previous_version = b.state.slot(b.state.live).version().map(str::to_string);
+    let deadline = now.plus_ms(policy.readiness_deadline_ms);
+    let had_old = b.state.slot(target).is_running();
+    b.state.rollout = Some(Rollout {
+        id,
+        target,
+        release: release.clone(),
+        policy,
+        phase: Phase::Provisioning { deadline },
+        started_at: now,
+        previous_version: previous_version.clone(),
+        forced,
+        failures: 0,
+        first_bad_window_at: None,
+        last_verdict: None,
+    });
+    *b.state.slot_mut(target) = SlotState {
+        release: Some(release.clone()),
+        backends: Vec::new(),
+    };
+    if had_old {
+        // Whatever still ran in the idle slot has had no traffic; it makes room now.
+        b.apply_routes();
+        b.actions.push(Action::Stop {
+            slot: target,
+            drain: false,
+        });
+    }
+    b.actions.push(Action::Provision {
+        slot: target,
+        release: release.clone(),
+        deadline,
+    });
+    let from = previous_version.unwrap_or_else(|| "nothing".into());
+    b.event(
+        "deploy",
+        format!(
+            "rollout #{id}: {from} → {} in slot {target}{}",
+            release.version,
+            if forced {
+                " (deploy freeze overridden with --force)"
+            } else {
+                ""
+            }
+        ),
+        serde_json::json!({ "version": release.version, "from": from, "slot": target, "forced": forced }),
+    );
 }
 
 fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> {

@@ -90,15 +90,22 @@ impl Sim {
         for e in &t.events {
             self.log.push(format!("{}: {}", e.kind, e.message));
         }
+        // Whatever a transition applies on the way, the router ends up serving the derived table.
+        let last_applied = t.actions.iter().rev().find_map(|a| match a {
+            Action::ApplyRoutes(table) => Some(table.clone()),
+            _ => None,
+        });
+        if let Some(table) = last_applied {
+            assert_eq!(
+                table,
+                route_table(&self.state),
+                "applied routes are the derived ones"
+            );
+        }
         for action in t.actions {
             match action {
                 Action::ApplyRoutes(table) => {
                     table.validate().unwrap();
-                    assert_eq!(
-                        table,
-                        route_table(&self.state),
-                        "applied routes are the derived ones"
-                    );
                     self.routes.push((table.canary_weight_bp, table.live));
                 }
                 Action::Provision { .. } => {
@@ -367,6 +374,27 @@ fn the_first_release_of_an_app_goes_live_after_verification() {
     assert_eq!(route_table(&sim.state).weight_of(Slot::Green), 10_000);
     sim.run_for(700_000);
     assert_eq!(sim.phase(), "succeeded");
+}
+
+#[test]
+fn a_deploy_during_the_rollback_window_closes_it_and_starts() {
+    let mut sim = Sim::new(healthy);
+    sim.deploy(RolloutPolicy::blue_green());
+    assert_eq!(sim.phase(), "promoted");
+    sim.send(Input::Deploy {
+        release: ReleaseSpec::new("v3", "x"),
+        policy: RolloutPolicy::blue_green(),
+        forced: false,
+    })
+    .unwrap();
+    assert_eq!(sim.state.rollout.as_ref().unwrap().id, 2);
+    assert_eq!(sim.phase(), "promoted", "v3 went through blue-green at once");
+    assert_eq!(sim.state.live, Slot::Blue);
+    assert!(
+        sim.log.iter().any(|l| l.starts_with("window_closed")),
+        "{:#?}",
+        sim.log
+    );
 }
 
 #[test]

@@ -1,0 +1,602 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Whole rollouts with real processes: `cutover serve` with the local process platform and SQLite
+//! state, the `cutover` CLI as the client, the example app as the service, load on loopback.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cutover_test_support::{http_client, wait_until, ChildProcess};
+use serde_json::Value;
+
+const CUTOVER: &str = env!("CARGO_BIN_EXE_cutover");
+const TOKEN: &str = "rollout-test-token";
+
+/// Settings a test may change in the generated configuration.
+struct Setup {
+    steps: &'static str,
+    rollback_window_ms: u64,
+    verify: &'static str,
+    extra: &'static str,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            steps: r#"[{ weight_bp = 2500, duration_ms = 600 }, { weight_bp = 5000, duration_ms = 600 }, { weight_bp = 10000 }]"#,
+            rollback_window_ms: 500,
+            verify: r#"smoke = [{ path = "/health/ready" }]"#,
+            extra: "",
+        }
+    }
+}
+
+/// A `cutover serve` over a state directory that outlives restarts of the server.
+struct Cluster {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    serve: Option<ChildProcess>,
+    admin: String,
+    public: String,
+}
+
+impl Cluster {
+    fn new(setup: Setup) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("cutover-rollout-test-")
+            .tempdir()
+            .unwrap();
+        let sessions = dir.path().join("sessions.db");
+        let config = dir.path().join("cutover.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[server]
+tick_ms = 50
+
+[admin]
+listen = "127.0.0.1:0"
+
+[[app]]
+name = "web"
+listen = "127.0.0.1:0"
+platform = "local"
+stop_grace_ms = 2000
+
+[app.release]
+command = "exec '{CUTOVER}' example-app --port {{port}} --version-label {{version}} --session-store '{sessions}'"
+
+[app.readiness]
+interval_ms = 50
+
+[app.proxy]
+drain_timeout_ms = 300
+
+[app.proxy.sticky]
+user_key_header = "X-User-ID"
+
+[app.proxy.health_check]
+interval_ms = 100
+
+[app.rollout]
+steps = {steps}
+analysis_interval_ms = 200
+failure_limit = 1
+inconclusive_limit = 20
+rollback_window_ms = {rollback}
+readiness_deadline_ms = 4000
+
+[app.rollout.judge]
+min_requests = 5
+
+[app.verify]
+{verify}
+
+{extra}
+"#,
+                sessions = sessions.display(),
+                steps = setup.steps,
+                rollback = setup.rollback_window_ms,
+                verify = setup.verify,
+                extra = setup.extra,
+            ),
+        )
+        .unwrap();
+        let mut cluster = Cluster {
+            dir,
+            config,
+            serve: None,
+            admin: String::new(),
+            public: String::new(),
+        };
+        cluster.start();
+        cluster
+    }
+
+    fn start(&mut self) {
+        let mut cmd = Command::new(CUTOVER);
+        cmd.args(["serve", "--config"])
+            .arg(&self.config)
+            .env("CUTOVER_ADMIN_TOKEN", TOKEN);
+        let mut serve = ChildProcess::spawn("cutover-serve", cmd);
+        let ready = serve.wait_for_stdout_line(Duration::from_secs(30), |line| {
+            serde_json::from_str::<Value>(line)
+                .ok()
+                .filter(|v| v["event"] == "ready")
+        });
+        self.admin = format!("http://{}", ready["bound"]["admin"].as_str().unwrap());
+        self.public = format!(
+            "http://{}",
+            ready["bound"]["apps"]["web"]["listen"].as_str().unwrap()
+        );
+        self.serve = Some(serve);
+    }
+
+    fn kill9(&mut self) {
+        let mut serve = self.serve.take().unwrap();
+        serve.kill();
+    }
+
+    fn cli(&self, args: &[&str]) -> (i32, String) {
+        let out = Command::new(CUTOVER)
+            .arg("--admin")
+            .arg(&self.admin)
+            .args(args)
+            .env("CUTOVER_ADMIN_TOKEN", TOKEN)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code().unwrap_or(-1), text)
+    }
+
+    fn deploy(&self, version: &str, extra_args: &str) -> (i32, String) {
+        let mut args = vec!["deploy", "web", version];
+        let cmd;
+        if !extra_args.is_empty() {
+            let sessions = self.dir.path().join("sessions.db");
+            cmd = format!(
+                "exec '{CUTOVER}' example-app --port {{port}} --version-label {{version}} --session-store '{}' {extra_args}",
+                sessions.display()
+            );
+            args.extend(["--cmd", cmd.as_str()]);
+        }
+        self.cli(&args)
+    }
+
+    async fn status(&self) -> Value {
+        http_client()
+            .get(format!("{}/v1/apps/web/status", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn phase(&self) -> String {
+        self.status().await["rollout"]["phase"]["phase"]
+            .as_str()
+            .unwrap_or("none")
+            .to_string()
+    }
+
+    async fn wait_phase(&self, phase: &str) {
+        wait_until(&format!("phase {phase}"), Duration::from_secs(30), || async {
+            self.phase().await == phase
+        })
+        .await;
+    }
+
+    async fn post(&self, command: &str) -> u16 {
+        http_client()
+            .post(format!("{}/v1/apps/web/{command}", self.admin))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    async fn deploy_async(&self, version: &str, command: Option<String>) -> u16 {
+        http_client()
+            .post(format!("{}/v1/apps/web/deploy", self.admin))
+            .bearer_auth(TOKEN)
+            .json(&serde_json::json!({ "version": version, "command": command }))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    /// PIDs of the example-app processes of this cluster (their command line names its directory).
+    fn instance_pids(&self) -> Vec<u32> {
+        instance_pids(self.dir.path())
+    }
+}
+
+fn instance_pids(dir: &Path) -> Vec<u32> {
+    let needle = dir.display().to_string();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z'));
+        if !zombie && cmdline.contains("example-app") && cmdline.contains(&needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(mut serve) = self.serve.take() {
+            serve.kill();
+        }
+        // Instances outlive the server by design; the test cleans up what it started.
+        for pid in instance_pids(self.dir.path()) {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        }
+    }
+}
+
+/// Sticky users hitting the public listener until dropped; counts failures by version.
+struct Load {
+    stop: Arc<AtomicBool>,
+    failed: Arc<AtomicU64>,
+    sent: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    fn start(public: &str) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let failed = Arc::new(AtomicU64::new(0));
+        let sent = Arc::new(AtomicU64::new(0));
+        let (s, f, n, url) = (
+            Arc::clone(&stop),
+            Arc::clone(&failed),
+            Arc::clone(&sent),
+            format!("{public}/"),
+        );
+        let task = tokio::spawn(async move {
+            let client = http_client();
+            let mut i: u64 = 0;
+            // Bounded: 2 minutes at most.
+            let limit = tokio::time::Instant::now() + Duration::from_secs(120);
+            while !s.load(Ordering::Relaxed) && tokio::time::Instant::now() < limit {
+                let r = client
+                    .get(&url)
+                    .header("X-User-ID", format!("user-{}", i % 500))
+                    .send()
+                    .await;
+                n.fetch_add(1, Ordering::Relaxed);
+                if !r.is_ok_and(|r| r.status().is_success()) {
+                    f.fetch_add(1, Ordering::Relaxed);
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        });
+        Load {
+            stop,
+            failed,
+            sent,
+            task,
+        }
+    }
+
+    async fn finish(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap();
+        (
+            self.sent.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_good_release_is_promoted_and_a_bad_one_rolled_back() {
+    let cluster = Cluster::new(Setup::default());
+    let (code, out) = cluster.deploy("v1", "");
+    assert_eq!(code, 0, "first release: {out}");
+    let load = Load::start(&cluster.public);
+
+    let (code, out) = cluster.deploy("v2", "");
+    assert_eq!(code, 0, "a healthy release is promoted: {out}");
+    assert!(out.contains("step 1 of 3: 25.00 %"), "{out}");
+    cluster.wait_phase("succeeded").await;
+
+    let (code, out) = cluster.deploy("v3", "--error-rate 0.5");
+    assert_eq!(code, 10, "a failing release is rolled back: {out}");
+    assert!(
+        out.contains("rolled back automatically: canary error rate"),
+        "{out}"
+    );
+    let (sent, failed) = load.finish().await;
+    assert!(sent > 100, "the load ran: {sent}");
+
+    let status = cluster.status().await;
+    let target = status["rollout"]["target"].as_str().unwrap().to_string();
+    assert_eq!(
+        status["weights"][&target], 0,
+        "no traffic left on the rolled-back slot: {status}"
+    );
+    for _ in 0..20 {
+        let r = http_client()
+            .get(format!("{}/", cluster.public))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["x-app-version"], "v2");
+    }
+    // The failed canary's instances go once its drain timeout passed: one slot's instances remain.
+    wait_until(
+        "the bad release's instances are stopped",
+        Duration::from_secs(20),
+        || async { cluster.instance_pids().len() == 1 },
+    )
+    .await;
+    assert!(
+        failed * 20 < sent,
+        "a bounded share of requests failed: {failed} of {sent}"
+    );
+
+    let (code, out) = cluster.cli(&["history", "web"]);
+    assert_eq!(code, 0);
+    for line in ["rolled_back", "succeeded"] {
+        assert!(out.contains(line), "{out}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_that_never_becomes_ready_fails_with_its_log() {
+    let cluster = Cluster::new(Setup::default());
+    assert_eq!(cluster.deploy("v1", "").0, 0);
+    let (code, out) = cluster.deploy("v2", "--fail-ready");
+    assert_eq!(code, 12, "{out}");
+    let history: Value = http_client()
+        .get(format!("{}/v1/apps/web/history", cluster.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let reason = history[0]["phase"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("not ready within the readiness deadline"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("last probe of /health/ready: status 503"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("--- last lines of the instance log ---"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("cutover-example-app") || reason.contains("serving"),
+        "the log tail is there: {reason}"
+    );
+    let status = cluster.status().await;
+    assert_eq!(
+        status["weights"][status["live"].as_str().unwrap()],
+        10_000,
+        "no traffic shifted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_smoke_check_tears_the_slot_down_before_any_traffic() {
+    let cluster = Cluster::new(Setup {
+        verify: r#"smoke = [{ path = "/api/hello", expect_status = 200, body_contains = "version" }]"#,
+        ..Setup::default()
+    });
+    assert_eq!(cluster.deploy("v1", "").0, 0);
+    let (code, out) = cluster.deploy("v2", "--error-rate 1");
+    assert_eq!(code, 12, "{out}");
+    assert!(out.contains("expected status 200, got 500"), "{out}");
+    assert!(!out.contains("step "), "no step was entered: {out}");
+    wait_until("the new slot is torn down", Duration::from_secs(20), || async {
+        cluster.instance_pids().len() == 1
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_rollout_at_a_time_and_freeze_windows_need_force() {
+    let cluster = Cluster::new(Setup {
+        steps: r#"[{ weight_bp = 2500, duration_ms = 60000 }, { weight_bp = 10000 }]"#,
+        extra: "[[app.freeze]]\nname = \"always\"\nfrom = \"00:00\"\nto = \"23:59\"\n\n[[app.freeze]]\nname = \"last minute\"\nfrom = \"23:59\"\nto = \"00:00\"",
+        ..Setup::default()
+    });
+    let (code, out) = cluster.deploy("v1", "");
+    assert_eq!(code, 3, "frozen: {out}");
+    assert!(out.contains("frozen now by \"always\""), "{out}");
+    let (code, out) = cluster.cli(&["deploy", "web", "v1", "--force"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("deploy freeze overridden with --force"), "{out}");
+    assert_eq!(
+        cluster.deploy_async("v2", None).await,
+        409,
+        "frozen without force"
+    );
+    let (code, _) = cluster.cli(&["deploy", "web", "v2", "--force", "--no-follow"]);
+    assert_eq!(code, 0);
+    cluster.wait_phase("canary").await;
+    let (code, out) = cluster.cli(&["deploy", "web", "v3", "--force"]);
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains("rollout #2 of app web (v1 → v2) is still in phase canary"),
+        "{out}"
+    );
+    let (code, out) = cluster.cli(&["abort", "web"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(cluster.phase().await, "aborted");
+}
+
+/// `kill -9` of the server in each phase, then a restart: the rollout resumes where it was or
+/// rolls back; the routes follow the persisted state; no instance is orphaned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_in_every_phase_then_restart() {
+    for phase in ["provisioning", "verifying", "canary", "paused", "promoted"] {
+        let mut cluster = Cluster::new(Setup {
+            steps: r#"[{ weight_bp = 2500, duration_ms = 60000 }, { weight_bp = 10000 }]"#,
+            rollback_window_ms: 60_000,
+            verify: r#"command = "sleep 1.5""#,
+            ..Setup::default()
+        });
+        assert_eq!(cluster.deploy("v1", "").0, 0, "{phase}: first release");
+        // Finish v1's rollback window at once so the next rollout may start.
+        assert_eq!(cluster.post("promote").await, 200);
+        cluster.wait_phase("succeeded").await;
+
+        // A release that takes a moment to start, so provisioning can be caught.
+        let slow = format!(
+            "sleep 1.5; exec '{CUTOVER}' example-app --port {{port}} --version-label {{version}} --session-store '{}'",
+            cluster.dir.path().join("sessions.db").display()
+        );
+        assert_eq!(cluster.deploy_async("v2", Some(slow)).await, 202);
+        match phase {
+            "provisioning" | "verifying" | "canary" => cluster.wait_phase(phase).await,
+            "paused" => {
+                cluster.wait_phase("canary").await;
+                assert_eq!(cluster.post("pause").await, 200);
+            }
+            "promoted" => {
+                cluster.wait_phase("canary").await;
+                assert_eq!(cluster.post("promote").await, 200);
+            }
+            _ => unreachable!(),
+        }
+        assert_eq!(cluster.phase().await, phase);
+        cluster.kill9();
+        cluster.start();
+
+        // After the restart: the same rollout, in the same phase or moving on from it.
+        let status = cluster.status().await;
+        assert_eq!(status["rollout"]["id"], 2, "{phase}: {status}");
+        let after = cluster.phase().await;
+        let allowed: &[&str] = match phase {
+            "provisioning" => &["provisioning", "verifying", "canary"],
+            "verifying" => &["verifying", "canary"],
+            "canary" => &["canary"],
+            "paused" => &["paused"],
+            "promoted" => &["promoted"],
+            _ => unreachable!(),
+        };
+        assert!(allowed.contains(&after.as_str()), "{phase}: resumed as {after}");
+
+        // The proxy serves what the persisted state says.
+        let routes: Value = http_client()
+            .get(format!("{}/v1/apps/web/routes", cluster.admin))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let weights = &status["weights"];
+        let live = routes["route"]["live"].as_str().unwrap();
+        let canary_weight = routes["route"]["canary_weight_bp"].as_u64().unwrap();
+        assert_eq!(
+            weights[live].as_u64().unwrap() + canary_weight,
+            10_000,
+            "{phase}: {routes} vs {status}"
+        );
+
+        // Finish the rollout by hand and check nothing was orphaned.
+        if after == "paused" {
+            assert_eq!(cluster.post("resume").await, 200);
+        }
+        if after != "promoted" {
+            cluster.wait_phase("canary").await;
+            assert_eq!(cluster.post("promote").await, 200);
+        }
+        for _ in 0..10 {
+            let r = http_client()
+                .get(format!("{}/", cluster.public))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                (
+                    r.status().as_u16(),
+                    r.headers()["x-app-version"].to_str().unwrap()
+                ),
+                (200, "v2"),
+                "{phase}"
+            );
+        }
+        assert_eq!(
+            cluster.post("promote").await,
+            200,
+            "{phase}: end the rollback window"
+        );
+        cluster.wait_phase("succeeded").await;
+        wait_until(
+            &format!("{phase}: only v2's instance is left"),
+            Duration::from_secs(20),
+            || async { cluster.instance_pids().len() == 1 },
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_slot_that_dies_after_a_restart_is_rolled_back() {
+    let mut cluster = Cluster::new(Setup {
+        steps: r#"[{ weight_bp = 2500, duration_ms = 60000 }, { weight_bp = 10000 }]"#,
+        ..Setup::default()
+    });
+    assert_eq!(cluster.deploy("v1", "").0, 0);
+    cluster.wait_phase("succeeded").await;
+    assert_eq!(cluster.deploy_async("v2", None).await, 202);
+    cluster.wait_phase("canary").await;
+    let before: Vec<u32> = cluster.instance_pids();
+    cluster.kill9();
+    // The new release dies while the controller is down.
+    let status_pid = before.iter().max().copied().unwrap();
+    Command::new("kill")
+        .args(["-KILL", &status_pid.to_string()])
+        .status()
+        .unwrap();
+    cluster.start();
+    wait_until("the rollout is rolled back", Duration::from_secs(30), || async {
+        let p = cluster.phase().await;
+        p == "rolled_back"
+    })
+    .await;
+    let r = http_client()
+        .get(format!("{}/", cluster.public))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["x-app-version"],
+        "v1",
+        "traffic never stays on a slot that is not running"
+    );
+}
