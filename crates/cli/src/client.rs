@@ -161,13 +161,30 @@ pub fn progress_line(status: &Value) -> String {
     let canary = slot(target);
     let baseline = slot(if target == "blue" { "green" } else { "blue" });
     let step = match r["phase"]["step"].as_u64() {
-        Some(s) => format!(
-            " step {}/{}",
-            s + 1,
-            r["policy"]["steps"].as_array().map(|a| a.len()).unwrap_or(0)
-        ),
+        Some(s) => {
+            let steps = r["policy"]["steps"].as_array().cloned().unwrap_or_default();
+            let duration = steps
+                .get(s as usize)
+                .and_then(|st| st["duration_ms"].as_u64())
+                .unwrap_or(0);
+            let since_window = status["now"]
+                .as_u64()
+                .unwrap_or(0)
+                .saturating_sub(r["phase"]["window_started_at"].as_u64().unwrap_or(0));
+            let observed = r["phase"]["observed_ms"].as_u64().map(|o| o + since_window);
+            let progress = match observed {
+                Some(o) if duration > 0 => format!(
+                    " {:.0}/{:.0} s",
+                    (o.min(duration)) as f64 / 1000.0,
+                    duration as f64 / 1000.0
+                ),
+                _ => String::new(),
+            };
+            format!(" step {}/{}{progress}", s + 1, steps.len())
+        }
         None => String::new(),
     };
+
     format!(
         "#{} {} → {} [{phase}{step}] {} on {target} | canary err {} p99 {} | baseline err {} p99 {}",
         r["id"],

@@ -320,6 +320,28 @@ async fn a_good_release_is_promoted_and_a_bad_one_rolled_back() {
     let cluster = Cluster::new(Setup::default());
     let (code, out) = cluster.deploy("v1", "");
     assert_eq!(code, 0, "first release: {out}");
+    // The event stream replays the log from the start and goes on live.
+    let stream = http_client()
+        .get(format!("{}/v1/apps/web/events/stream?after=0", cluster.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    let mut stream = stream.bytes_stream();
+    let mut seen = String::new();
+    while !seen.contains("event: promoted") {
+        let chunk = tokio::time::timeout(
+            Duration::from_secs(20),
+            futures_util::StreamExt::next(&mut stream),
+        )
+        .await
+        .expect("events arrive")
+        .unwrap()
+        .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(seen.contains("event: deploy") && seen.contains("id: 1"), "{seen}");
+    drop(stream);
     let load = Load::start(&cluster.public);
 
     let (code, out) = cluster.deploy("v2", "");

@@ -417,7 +417,16 @@ fn one_rollout_at_a_time() {
 /// Each command in each phase: the phase it leads to, or the rejection.
 #[test]
 fn commands_in_every_phase() {
-    let phases = ["verifying", "canary", "paused", "promoted", "succeeded"];
+    let phases = [
+        "provisioning",
+        "verifying",
+        "canary",
+        "paused",
+        "promoted",
+        "succeeded",
+        "rolled_back",
+        "failed",
+    ];
     let commands = [
         Command::Promote,
         Command::Pause,
@@ -427,11 +436,14 @@ fn commands_in_every_phase() {
     ];
     let expected = [
         // promote, pause, resume, abort, rollback
+        ["rejected", "rejected", "rejected", "aborted", "rolled_back"], // provisioning
         ["promoted", "rejected", "rejected", "aborted", "rolled_back"], // verifying
         ["promoted", "paused", "rejected", "aborted", "rolled_back"],   // canary
         ["promoted", "rejected", "canary", "aborted", "rolled_back"],   // paused
         ["succeeded", "rejected", "rejected", "aborted", "rolled_back"], // promoted
         ["rejected", "rejected", "rejected", "rejected", "rejected"],   // succeeded
+        ["rejected", "rejected", "rejected", "rejected", "rejected"],   // rolled_back
+        ["rejected", "rejected", "rejected", "rejected", "rejected"],   // failed
     ];
     for (p, phase) in phases.iter().enumerate() {
         for (c, command) in commands.iter().enumerate() {
@@ -439,6 +451,23 @@ fn commands_in_every_phase() {
             sim.verify_ok = true;
             // Reach the phase.
             match *phase {
+                "provisioning" => {
+                    let deploy = Input::Deploy {
+                        release: ReleaseSpec::new("v2", "x"),
+                        policy: policy(),
+                        forced: false,
+                    };
+                    sim.state = handle(&sim.state, deploy, sim.now).unwrap().state;
+                }
+                "rolled_back" => {
+                    sim.traffic = Box::new(failing);
+                    sim.deploy(policy());
+                    sim.run_for(20_000);
+                }
+                "failed" => {
+                    sim.verify_ok = false;
+                    sim.deploy(policy());
+                }
                 "verifying" => {
                     sim.send(Input::Deploy {
                         release: ReleaseSpec::new("v2", "x"),
