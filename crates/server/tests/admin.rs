@@ -128,7 +128,7 @@ async fn route_changes_need_the_token_and_valid_input_and_change_nothing_otherwi
         ),
         (r#"{"live":"blue","#, "body"),
         (
-            r#"{"live":"blue","canary_weight_bp":100,"blue":{"backends":["127.0.0.1:1"]},"green":{"backends":[]}}"#,
+            r#"{"live":"blue","canary_weight_bp":100,"blue":{"backends":["127.0.0.1:1"]},"green":{"version":"v2","backends":[]}}"#,
             "green.backends",
         ),
     ];
