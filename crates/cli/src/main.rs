@@ -25,6 +25,8 @@ struct Cli {
     connection: client::Connection,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the proxy and the admin API from a configuration file.

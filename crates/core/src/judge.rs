@@ -1,34 +1,54 @@
-//! The threshold judge: one analysis window of the canary against the live slot.
+//! The judge: one analysis window of the canary against the live slot (the baseline).
 //!
-//! Each check compares the canary with an absolute ceiling and, when the baseline served enough
-//! requests, with the baseline: `canary <= baseline * ratio + slack`. Too few canary requests make
-//! the window inconclusive, never a pass. A ceiling the baseline breaches too is the environment's
-//! problem, not the canary's: the window is inconclusive with the reason "baseline unhealthy too".
+//! Two methods share the absolute ceilings (5xx rate, optionally p99): a ceiling the canary breaks
+//! fails the window, unless the baseline breaks it too, which is the environment's problem, not the
+//! canary's: then the window is inconclusive with the reason "baseline unhealthy too".
+//!
+//! - `threshold`: each window on its own, `canary <= baseline * ratio + slack` for the 5xx rate and
+//!   p99. Simple and familiar (Flagger, Argo Rollouts), but every look at noisy numbers is a new
+//!   chance of a false alarm, hence `failure_limit`.
+//! - `sequential` (default): the anytime-valid tests of [`crate::sequential`], accumulating evidence
+//!   over the whole canary phase, with a false-rollback rate of at most `alpha` however often it
+//!   looks. Its rejection is conclusive: the rollout rolls back at once.
+//!
+//! Too few canary requests make a window inconclusive, never a pass.
 
 use serde::{Deserialize, Serialize};
 
+use crate::sequential::{self, SequentialConfig, SequentialState, StreamReport, WindowCounts};
 use crate::validate::FieldError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JudgeMethod {
+    Threshold,
+    #[default]
+    Sequential,
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct ThresholdJudgeConfig {
-    /// Fewest requests a slot must serve in a window for its numbers to count.
+pub struct JudgeConfig {
+    pub method: JudgeMethod,
+    /// Fewest canary requests in a window for it to count as a pass.
     pub min_requests: u64,
     /// Absolute ceiling of the canary's 5xx rate (0.05 = 5 %).
     pub max_error_rate: f64,
-    /// Canary 5xx rate may be at most baseline × this + `error_rate_slack`.
+    /// Threshold method: canary 5xx rate may be at most baseline × this + `error_rate_slack`.
     pub max_error_ratio: f64,
     pub error_rate_slack: f64,
     /// Absolute ceiling of the canary's p99 latency, if any.
     pub max_p99_ms: Option<f64>,
-    /// Canary p99 may be at most baseline × this + `p99_slack_ms`.
+    /// Threshold method: canary p99 may be at most baseline × this + `p99_slack_ms`.
     pub max_p99_ratio: f64,
     pub p99_slack_ms: f64,
+    pub sequential: SequentialConfig,
 }
 
-impl Default for ThresholdJudgeConfig {
+impl Default for JudgeConfig {
     fn default() -> Self {
-        ThresholdJudgeConfig {
+        JudgeConfig {
+            method: JudgeMethod::default(),
             min_requests: 20,
             max_error_rate: 0.05,
             max_error_ratio: 2.0,
@@ -36,11 +56,20 @@ impl Default for ThresholdJudgeConfig {
             max_p99_ms: None,
             max_p99_ratio: 1.5,
             p99_slack_ms: 25.0,
+            sequential: SequentialConfig::default(),
         }
     }
 }
 
-impl ThresholdJudgeConfig {
+impl JudgeConfig {
+    /// The threshold method with default settings.
+    pub fn threshold() -> Self {
+        JudgeConfig {
+            method: JudgeMethod::Threshold,
+            ..JudgeConfig::default()
+        }
+    }
+
     pub fn validate(&self, prefix: &str) -> Vec<FieldError> {
         let mut errors = Vec::new();
         let mut check = |field: &str, ok: bool, what: &str| {
@@ -81,6 +110,7 @@ impl ThresholdJudgeConfig {
             "must be a finite number greater than 0",
         );
         check("min_requests", self.min_requests > 0, "must be greater than 0");
+        errors.extend(self.sequential.validate(&format!("{prefix}sequential.")));
         errors
     }
 }
@@ -100,11 +130,22 @@ impl SlotWindow {
 }
 
 /// A window's measurements: the canary's and, while it has traffic, the live slot's.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct WindowStats {
     pub canary: SlotWindow,
     pub baseline: Option<SlotWindow>,
     pub duration_ms: u64,
+    /// Latency histograms of the window (layout of [`crate::histogram`]); the sequential judge
+    /// compares slow requests with them. Not kept in the event log.
+    #[serde(skip)]
+    pub latency: Option<std::sync::Arc<LatencyPair>>,
+}
+
+/// Latency histograms of both slots in one window.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LatencyPair {
+    pub canary: Vec<u64>,
+    pub baseline: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,38 +173,174 @@ pub struct Verdict {
     pub reason: String,
     pub stats: WindowStats,
     pub checks: Vec<Check>,
+    /// A failure that needs no second window: the sequential test's error bound already holds.
+    #[serde(default)]
+    pub conclusive: bool,
+    /// Evidence enough that the canary is not worse than the margin: the step may end now.
+    #[serde(default)]
+    pub complete_step: bool,
+    /// The sequential tests, stream by stream, with estimates, intervals, e-values and bars.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sequential: Vec<StreamReport>,
 }
 
 fn pct(x: f64) -> String {
     format!("{:.2} %", x * 100.0)
 }
 
-pub fn judge(config: &ThresholdJudgeConfig, stats: WindowStats) -> Verdict {
+/// Judges one window. `evidence` is the sequential judge's memory of earlier windows of this
+/// rollout (ignored by the threshold method; pass `None` where no baseline is compared).
+pub fn judge(config: &JudgeConfig, stats: WindowStats, evidence: Option<&mut SequentialState>) -> Verdict {
     let canary = stats.canary;
-    let verdict = |outcome, reason: String, checks| Verdict {
-        outcome,
-        reason,
-        stats,
-        checks,
-    };
-    if canary.requests < config.min_requests {
-        return verdict(
-            Outcome::Inconclusive,
-            format!(
-                "canary served {} requests in the window, fewer than the {} needed to judge",
-                canary.requests, config.min_requests
-            ),
-            Vec::new(),
-        );
-    }
     let baseline = stats.baseline.filter(|b| b.requests >= config.min_requests);
     let mut checks = Vec::new();
     let mut failures = Vec::new();
     let mut inconclusive = Vec::new();
+    ceilings(
+        config,
+        canary,
+        baseline,
+        &mut checks,
+        &mut failures,
+        &mut inconclusive,
+    );
 
+    let mut reports = Vec::new();
+    let mut conclusive = Vec::new();
+    match config.method {
+        JudgeMethod::Threshold => {
+            if canary.requests >= config.min_requests {
+                ratios(config, canary, baseline, &mut checks, &mut failures);
+            }
+        }
+        JudgeMethod::Sequential => {
+            if let (Some(state), Some(b)) = (evidence, stats.baseline.filter(|b| b.requests > 0)) {
+                let empty = Vec::new();
+                let (cl, bl) = match &stats.latency {
+                    Some(pair) => (&pair.canary, &pair.baseline),
+                    None => (&empty, &empty),
+                };
+                reports = sequential::observe(
+                    &config.sequential,
+                    state,
+                    WindowCounts {
+                        canary_requests: canary.requests,
+                        canary_errors: canary.errors,
+                        canary_latency: cl,
+                        baseline_requests: b.requests,
+                        baseline_errors: b.errors,
+                        baseline_latency: bl,
+                    },
+                );
+                for r in reports.iter().filter(|r| r.worse) {
+                    conclusive.push(format!(
+                        "{}: canary {} [{} – {}] against baseline {} [{} – {}] over the rollout, e-value {:.0} ≥ {:.0} (false-rollback rate ≤ {})",
+                        r.name,
+                        pct(r.canary_rate),
+                        pct(r.canary_rate_ci95.0),
+                        pct(r.canary_rate_ci95.1),
+                        pct(r.baseline_rate),
+                        pct(r.baseline_rate_ci95.0),
+                        pct(r.baseline_rate_ci95.1),
+                        r.e_worse,
+                        r.bar,
+                        config.sequential.alpha
+                    ));
+                }
+            }
+        }
+    }
+
+    let verdict = |outcome, reason: String, checks, conclusive, complete_step, sequential| Verdict {
+        outcome,
+        reason,
+        stats: stats.clone(),
+        checks,
+        conclusive,
+        complete_step,
+        sequential,
+    };
+    if !conclusive.is_empty() {
+        failures.splice(0..0, conclusive);
+        return verdict(Outcome::Fail, failures.join("; "), checks, true, false, reports);
+    }
+    if !failures.is_empty() {
+        return verdict(Outcome::Fail, failures.join("; "), checks, false, false, reports);
+    }
+    if !inconclusive.is_empty() {
+        return verdict(
+            Outcome::Inconclusive,
+            inconclusive.join("; "),
+            checks,
+            false,
+            false,
+            reports,
+        );
+    }
+    if canary.requests < config.min_requests {
+        let reason = format!(
+            "canary served {} requests in the window, fewer than the {} needed to judge",
+            canary.requests, config.min_requests
+        );
+        return verdict(Outcome::Inconclusive, reason, checks, false, false, reports);
+    }
+    let c_err = canary.error_rate().unwrap_or(0.0);
+    let against = match (stats.baseline, baseline) {
+        (_, Some(b)) => format!(
+            "against baseline {} and p99 {}",
+            pct(b.error_rate().unwrap_or(0.0)),
+            b.p99_ms
+                .map(|p| format!("{p:.1} ms"))
+                .unwrap_or_else(|| "-".into())
+        ),
+        (Some(b), None) => format!(
+            "baseline served only {} requests: absolute ceilings only",
+            b.requests
+        ),
+        (None, None) => "absolute ceilings only (no baseline traffic)".into(),
+    };
+    let evidence = if reports.is_empty() {
+        String::new()
+    } else {
+        let strongest = reports.iter().map(|r| r.e_worse).fold(0.0, f64::max);
+        format!(
+            "; strongest evidence of a regression e = {strongest:.2}, bar {:.0}",
+            reports[0].bar
+        )
+    };
+    let complete_step =
+        config.sequential.early_step_completion && !reports.is_empty() && reports.iter().all(|r| r.not_worse);
+    let early = if complete_step {
+        "; not worse than the margin on every stream: step complete"
+    } else {
+        ""
+    };
+    let reason = format!(
+        "canary error rate {} and p99 {} over {} requests, {against}{evidence}{early}",
+        pct(c_err),
+        canary
+            .p99_ms
+            .map(|p| format!("{p:.1} ms"))
+            .unwrap_or_else(|| "-".into()),
+        canary.requests
+    );
+    verdict(Outcome::Pass, reason, checks, false, complete_step, reports)
+}
+
+/// Absolute ceilings, each excused when the baseline breaks it too.
+fn ceilings(
+    config: &JudgeConfig,
+    canary: SlotWindow,
+    baseline: Option<SlotWindow>,
+    checks: &mut Vec<Check>,
+    failures: &mut Vec<String>,
+    inconclusive: &mut Vec<String>,
+) {
+    if canary.requests == 0 {
+        return;
+    }
     let c_err = canary.error_rate().unwrap_or(0.0);
     let b_err = baseline.and_then(|b| b.error_rate());
-    // Absolute ceiling on errors.
     let over = c_err > config.max_error_rate;
     let baseline_over = b_err.is_some_and(|b| b > config.max_error_rate);
     let outcome = match (over, baseline_over) {
@@ -177,6 +354,7 @@ pub fn judge(config: &ThresholdJudgeConfig, stats: WindowStats) -> Verdict {
             ));
             Outcome::Inconclusive
         }
+        (true, false) if canary.requests < config.min_requests => Outcome::Pass,
         (true, false) => {
             failures.push(format!(
                 "canary error rate {} ({} of {}) is above the ceiling {}",
@@ -195,36 +373,10 @@ pub fn judge(config: &ThresholdJudgeConfig, stats: WindowStats) -> Verdict {
         threshold: Some(config.max_error_rate),
         outcome,
     });
-    if let Some(b) = b_err {
-        let limit = b * config.max_error_ratio + config.error_rate_slack;
-        let outcome = if c_err > limit {
-            Outcome::Fail
-        } else {
-            Outcome::Pass
-        };
-        if outcome == Outcome::Fail {
-            failures.push(format!(
-                "canary error rate {} is above baseline {} × {} + {} = {}",
-                pct(c_err),
-                pct(b),
-                config.max_error_ratio,
-                pct(config.error_rate_slack),
-                pct(limit)
-            ));
-        }
-        checks.push(Check {
-            name: "error_rate_vs_baseline".into(),
-            canary: Some(c_err),
-            baseline: Some(b),
-            threshold: Some(limit),
-            outcome,
-        });
-    }
-
     let c_p99 = canary.p99_ms;
     let b_p99 = baseline.and_then(|b| b.p99_ms);
     if let (Some(ceiling), Some(c)) = (config.max_p99_ms, c_p99) {
-        let over = c > ceiling;
+        let over = c > ceiling && canary.requests >= config.min_requests;
         let baseline_over = b_p99.is_some_and(|b| b > ceiling);
         let outcome = match (over, baseline_over) {
             (false, _) => Outcome::Pass,
@@ -249,54 +401,60 @@ pub fn judge(config: &ThresholdJudgeConfig, stats: WindowStats) -> Verdict {
             outcome,
         });
     }
-    if let (Some(c), Some(b)) = (c_p99, b_p99) {
-        let limit = b * config.max_p99_ratio + config.p99_slack_ms;
+}
+
+/// The threshold method's comparisons with the baseline.
+fn ratios(
+    config: &JudgeConfig,
+    canary: SlotWindow,
+    baseline: Option<SlotWindow>,
+    checks: &mut Vec<Check>,
+    failures: &mut Vec<String>,
+) {
+    let Some(b) = baseline else { return };
+    let c_err = canary.error_rate().unwrap_or(0.0);
+    if let Some(b_err) = b.error_rate() {
+        let limit = b_err * config.max_error_ratio + config.error_rate_slack;
+        let outcome = if c_err > limit {
+            Outcome::Fail
+        } else {
+            Outcome::Pass
+        };
+        if outcome == Outcome::Fail {
+            failures.push(format!(
+                "canary error rate {} is above baseline {} × {} + {} = {}",
+                pct(c_err),
+                pct(b_err),
+                config.max_error_ratio,
+                pct(config.error_rate_slack),
+                pct(limit)
+            ));
+        }
+        checks.push(Check {
+            name: "error_rate_vs_baseline".into(),
+            canary: Some(c_err),
+            baseline: Some(b_err),
+            threshold: Some(limit),
+            outcome,
+        });
+    }
+    if let (Some(c), Some(bp)) = (canary.p99_ms, b.p99_ms) {
+        let limit = bp * config.max_p99_ratio + config.p99_slack_ms;
         let outcome = if c > limit { Outcome::Fail } else { Outcome::Pass };
         if outcome == Outcome::Fail {
             failures.push(format!(
-                "canary p99 {c:.1} ms is above baseline {b:.1} ms × {} + {} ms = {limit:.1} ms",
+                "canary p99 {c:.1} ms is above baseline {bp:.1} ms × {} + {} ms = {limit:.1} ms",
                 config.max_p99_ratio, config.p99_slack_ms
             ));
         }
         checks.push(Check {
             name: "p99_vs_baseline".into(),
             canary: Some(c),
-            baseline: Some(b),
+            baseline: Some(bp),
             threshold: Some(limit),
             outcome,
         });
     }
-
-    if !failures.is_empty() {
-        return verdict(Outcome::Fail, failures.join("; "), checks);
-    }
-    if !inconclusive.is_empty() {
-        return verdict(Outcome::Inconclusive, inconclusive.join("; "), checks);
-    }
-    let against = match (stats.baseline, baseline) {
-        (_, Some(b)) => format!(
-            "against baseline {} and p99 {}",
-            pct(b.error_rate().unwrap_or(0.0)),
-            b.p99_ms
-                .map(|p| format!("{p:.1} ms"))
-                .unwrap_or_else(|| "-".into())
-        ),
-        (Some(b), None) => format!(
-            "baseline served only {} requests: absolute ceilings only",
-            b.requests
-        ),
-        (None, None) => "absolute ceilings only (no baseline traffic)".into(),
-    };
-    verdict(
-        Outcome::Pass,
-        format!(
-            "canary error rate {} and p99 {} over {} requests, {against}",
-            pct(c_err),
-            c_p99.map(|p| format!("{p:.1} ms")).unwrap_or_else(|| "-".into()),
-            canary.requests
-        ),
-        checks,
-    )
 }
 
 #[cfg(test)]
@@ -313,11 +471,12 @@ mod tests {
             canary: w(c),
             baseline: b.map(w),
             duration_ms: 10_000,
+            latency: None,
         }
     }
 
     fn check(c: (u64, u64, f64), b: Option<(u64, u64, f64)>) -> (Outcome, String) {
-        let v = judge(&ThresholdJudgeConfig::default(), window(c, b));
+        let v = judge(&JudgeConfig::threshold(), window(c, b), None);
         (v.outcome, v.reason)
     }
 
@@ -379,8 +538,9 @@ mod tests {
     #[test]
     fn a_baseline_with_too_few_requests_is_not_compared() {
         let v = judge(
-            &ThresholdJudgeConfig::default(),
+            &JudgeConfig::threshold(),
             window((100, 3, 90.0), Some((5, 0, 10.0))),
+            None,
         );
         assert_eq!(v.outcome, Outcome::Pass, "{}", v.reason);
         assert!(

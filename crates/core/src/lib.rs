@@ -11,11 +11,13 @@
 //! grows never moves a user back: see [`bucket`].
 
 pub mod bucket;
+pub mod histogram;
 pub mod judge;
 pub mod policy;
 pub mod release;
 pub mod rollout;
 pub mod route;
+pub mod sequential;
 pub mod slot;
 pub mod time;
 pub mod validate;

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::judge::ThresholdJudgeConfig;
+use crate::judge::JudgeConfig;
 use crate::validate::FieldError;
 
 /// One step of a rollout: a share of users on the new slot, observed for `duration_ms`. With
@@ -43,7 +43,7 @@ pub struct RolloutPolicy {
     pub rollback_window_ms: u64,
     /// Time allowed for a new release to become ready.
     pub readiness_deadline_ms: u64,
-    pub judge: ThresholdJudgeConfig,
+    pub judge: JudgeConfig,
 }
 
 impl Default for RolloutPolicy {
@@ -60,7 +60,7 @@ impl Default for RolloutPolicy {
             inconclusive_limit: 3,
             rollback_window_ms: 600_000,
             readiness_deadline_ms: 60_000,
-            judge: ThresholdJudgeConfig::default(),
+            judge: JudgeConfig::default(),
         }
     }
 }

@@ -15,10 +15,11 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::judge::{judge, Outcome, Verdict, WindowStats};
+use crate::judge::{judge, JudgeMethod, Outcome, Verdict, WindowStats};
 use crate::policy::RolloutPolicy;
 use crate::release::ReleaseSpec;
 use crate::route::{Pool, RouteTable};
+use crate::sequential::SequentialState;
 use crate::slot::Slot;
 use crate::time::Timestamp;
 
@@ -102,6 +103,9 @@ pub struct Rollout {
     pub first_bad_window_at: Option<Timestamp>,
     /// The last verdict, for status displays.
     pub last_verdict: Option<Verdict>,
+    /// The sequential judge's evidence so far (sequential method only).
+    #[serde(default)]
+    pub sequential: Option<SequentialState>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -185,6 +189,8 @@ pub enum Command {
     Rollback,
 }
 
+// One input per transition, moved once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Input {
     /// Start a rollout of `release` into the idle slot.
@@ -255,6 +261,9 @@ pub struct Transition {
     pub actions: Vec<Action>,
     pub events: Vec<Event>,
 }
+
+/// Grace after the readiness deadline before the engine fails a provisioning nobody reported on.
+pub const PROVISION_BACKSTOP_MS: u64 = 3_000;
 
 /// An input that does not apply in the current state; nothing changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -550,6 +559,8 @@ fn start_rollout(b: &mut Builder, release: ReleaseSpec, policy: RolloutPolicy, f
     let previous_version = b.state.slot(b.state.live).version().map(str::to_string);
     let deadline = now.plus_ms(policy.readiness_deadline_ms);
     let had_old = b.state.slot(target).is_running();
+    let policy_method = policy.judge.method;
+    let sequential_config = policy.judge.sequential.clone();
     b.state.rollout = Some(Rollout {
         id,
         target,
@@ -562,6 +573,8 @@ fn start_rollout(b: &mut Builder, release: ReleaseSpec, policy: RolloutPolicy, f
         failures: 0,
         first_bad_window_at: None,
         last_verdict: None,
+        sequential: (policy_method == JudgeMethod::Sequential)
+            .then(|| SequentialState::new(&sequential_config)),
     });
     *b.state.slot_mut(target) = SlotState {
         release: Some(release.clone()),
@@ -599,9 +612,11 @@ fn start_rollout(b: &mut Builder, release: ReleaseSpec, policy: RolloutPolicy, f
 fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> {
     let now = b.now;
     match (input, &r.phase) {
-        (Input::Tick, Phase::Provisioning { deadline }) if now >= *deadline => {
+        // The platform side reports a missed deadline itself, with the last probe and the log
+        // tail; this is the backstop for a platform that never answers at all.
+        (Input::Tick, Phase::Provisioning { deadline }) if now >= deadline.plus_ms(PROVISION_BACKSTOP_MS) => {
             b.fail(format!(
-                "not ready within the readiness deadline of {} s",
+                "not ready within the readiness deadline of {} s (the platform never reported)",
                 r.policy.readiness_deadline_ms / 1000
             ));
         }
@@ -649,14 +664,16 @@ fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> 
                 inconclusive_in_row,
             },
         ) => {
-            let verdict = judge(&r.policy.judge, stats);
+            let mut evidence = r.sequential.clone();
+            let verdict = judge(&r.policy.judge, stats, evidence.as_mut());
+            b.rollout().sequential = evidence;
             record_verdict(b, &verdict, *window_started_at);
             let (step, observed_ms, inconclusive_in_row) = (*step, *observed_ms, *inconclusive_in_row);
             match verdict.outcome {
                 Outcome::Pass => {
                     let observed = observed_ms + now.millis_since(*window_started_at);
                     let duration = r.policy.steps.get(step).map(|s| s.duration_ms).unwrap_or(0);
-                    if observed >= duration {
+                    if observed >= duration || verdict.complete_step {
                         b.step_done(step);
                     } else {
                         b.rollout().phase = Phase::Canary {
@@ -668,7 +685,7 @@ fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> 
                     }
                 }
                 Outcome::Fail => {
-                    if b.rollout().failures > r.policy.failure_limit {
+                    if verdict.conclusive || b.rollout().failures > r.policy.failure_limit {
                         let message = format!("rolled back automatically: {}", verdict.reason);
                         b.back_to_old(
                             Phase::RolledBack {
@@ -723,8 +740,10 @@ fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> 
                 &r.policy.judge,
                 WindowStats {
                     baseline: None,
+                    latency: None,
                     ..stats
                 },
+                None,
             );
             record_verdict(b, &verdict, *window_started_at);
             if verdict.outcome == Outcome::Fail && b.rollout().failures > r.policy.failure_limit {
@@ -857,12 +876,14 @@ fn record_verdict(b: &mut Builder, verdict: &Verdict, window_started_at: Timesta
     }
     let failures = r.failures;
     let limit = r.policy.failure_limit;
+    let conclusive = verdict.conclusive;
     let outcome = match verdict.outcome {
         Outcome::Pass => "pass",
         Outcome::Fail => "fail",
         Outcome::Inconclusive => "inconclusive",
     };
     let message = match verdict.outcome {
+        Outcome::Fail if conclusive => format!("{outcome} (conclusive): {}", verdict.reason),
         Outcome::Fail => format!(
             "{outcome} (failed window {failures}; rollback at {}): {}",
             limit + 1,

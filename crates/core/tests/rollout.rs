@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use cutover_core::judge::{SlotWindow, WindowStats};
+use cutover_core::judge::{JudgeConfig, SlotWindow, WindowStats};
 use cutover_core::rollout::{handle, route_table, window_due, Action, AppState, Command, Input, Phase};
 use cutover_core::{ReleaseSpec, RolloutPolicy, Slot, Step, Timestamp};
 
@@ -35,6 +35,7 @@ fn healthy(_: u64) -> WindowStats {
         canary: w(200),
         baseline: Some(w(2000)),
         duration_ms: 10_000,
+        latency: None,
     }
 }
 
@@ -51,6 +52,7 @@ fn failing(_: u64) -> WindowStats {
             p99_ms: Some(20.0),
         }),
         duration_ms: 10_000,
+        latency: None,
     }
 }
 
@@ -63,6 +65,7 @@ fn quiet(_: u64) -> WindowStats {
         },
         baseline: None,
         duration_ms: 10_000,
+        latency: None,
     }
 }
 
@@ -220,7 +223,9 @@ fn a_healthy_release_goes_through_every_step_and_retires_the_old_slot() {
 #[test]
 fn a_failing_canary_is_rolled_back_after_the_failure_limit() {
     let mut sim = Sim::new(failing);
-    sim.deploy(policy());
+    let mut p = policy();
+    p.judge = JudgeConfig::threshold();
+    sim.deploy(p);
     sim.run_for(10_000);
     assert_eq!(
         sim.phase(),
@@ -243,6 +248,21 @@ fn a_failing_canary_is_rolled_back_after_the_failure_limit() {
         "{:#?}",
         sim.log
     );
+}
+
+#[test]
+fn the_sequential_judge_rolls_back_at_once_on_strong_evidence() {
+    let mut sim = Sim::new(failing);
+    sim.deploy(policy());
+    sim.run_for(10_000);
+    assert_eq!(sim.phase(), "rolled_back", "{:#?}", sim.log);
+    let decision = sim
+        .log
+        .iter()
+        .find(|l| l.starts_with("decision: fail (conclusive)"))
+        .expect("a conclusive decision");
+    assert!(decision.contains("errors: canary 10.00 %"), "{decision}");
+    assert!(decision.contains("e-value"), "{decision}");
 }
 
 #[test]
@@ -314,6 +334,7 @@ fn a_regression_in_the_rollback_window_rolls_back() {
         },
         baseline: None,
         duration_ms: 10_000,
+        latency: None,
     });
     sim.run_for(20_000);
     assert_eq!(sim.phase(), "rolled_back", "{:#?}", sim.log);
@@ -361,7 +382,7 @@ fn the_readiness_deadline_fails_a_release_that_never_reports() {
     sim.state = t.state;
     sim.run_for(59_000);
     assert_eq!(sim.phase(), "provisioning");
-    sim.run_for(2_000);
+    sim.run_for(5_000);
     assert_eq!(sim.phase(), "failed");
 }
 

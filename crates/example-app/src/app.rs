@@ -38,7 +38,8 @@ const CLEAR_COOKIE: HeaderValue =
     HeaderValue::from_static("example_session=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0");
 
 /// Bound on session store calls made while answering a request. Longer than SQLite's
-/// busy timeout, so a lock held by another instance surfaces as SQLite's own error.
+/// busy timeout and Redis's command timeout, so a lock held by another instance or a
+/// stuck Redis surfaces as the store's own error.
 const STORE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Each `/health/ready` check must answer within this.
 const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(1);

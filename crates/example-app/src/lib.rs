@@ -16,9 +16,9 @@
 //!   `--session-store` the session routes answer 503.
 //! - `GET /page`: HTML with version, slot, and a login/logout form.
 //! - `GET /health/live`: always 200. `GET /health/ready`: 200 unless `--fail-ready`,
-//!   switched off at runtime, the session store fails a trivial query, or the
-//!   `--ready-dependency` URL does not answer 2xx within 1 s; the 503 body names each
-//!   failed check.
+//!   switched off at runtime, the session store fails a trivial query (SQLite) or does
+//!   not answer `PING` (Redis) within 1 s, or the `--ready-dependency` URL does not
+//!   answer 2xx within 1 s; the 503 body names each failed check.
 //! - `POST /control/ready?value=BOOL`, `GET /control/requests`: runtime switches and
 //!   the request counter, for tests.
 //! - `GET /slow?ms=`, `/sse?events=&interval_ms=`, `/ws` (echo), `/echo`, `/headers`,
@@ -30,8 +30,10 @@
 //! `--slot` (`CUTOVER_SLOT`), `--app` (`CUTOVER_APP`), `--threads`.
 //! Faults: `--error-rate`, `--latency-ms`, `--latency-jitter-ms`, `--slow-rate`,
 //! `--slow-ms`, `--fail-ready`, `--crash-after-secs`.
-//! Sessions: `--session-store PATH` (`EXAMPLE_SESSION_STORE`; a SQLite file, Redis is
-//! not supported yet), `--reject-old-sessions`.
+//! Sessions: `--session-store PATH|URL` (`EXAMPLE_SESSION_STORE`; a SQLite file by
+//! default, or `redis://HOST[:PORT][/DB]` for Redis), `--reject-old-sessions`. Either
+//! store is (re)connected lazily, so an instance started before its store is
+//! reachable recovers without a restart.
 //! Readiness: `--ready-dependency URL` (`http://` only).
 //! Lifecycle: `--drain-timeout-secs`, `--exit-on-stdin-close`.
 
@@ -42,7 +44,6 @@ mod session;
 use std::future::IntoFuture;
 use std::io::{IsTerminal, Read, Write};
 use std::num::NonZeroUsize;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -52,7 +53,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::app::{App, Faults, Settings};
 use crate::dependency::Dependency;
-use crate::session::SessionStore;
+use crate::session::{RedisTarget, SessionStore, StoreLocation};
 
 /// Exit code used by `--crash-after-secs`, distinct from clap's 2 and anyhow's 1 so
 /// tests can tell a simulated crash from a usage error.
@@ -109,10 +110,12 @@ pub struct Options {
     #[arg(long)]
     fail_ready: bool,
 
-    /// SQLite file holding login sessions, shared by every instance (blue and green)
-    /// so users stay logged in across slots. Without it the session routes answer 503.
-    #[arg(long, env = "EXAMPLE_SESSION_STORE", value_name = "PATH", value_parser = parse_session_store)]
-    session_store: Option<PathBuf>,
+    /// Where login sessions are kept, shared by every instance (blue and green) so
+    /// users stay logged in across slots: the path of a SQLite file, or
+    /// `redis://HOST[:PORT][/DB]` for a Redis server (port 6379 and database 0 unless
+    /// given). Without it the session routes answer 503.
+    #[arg(long, env = "EXAMPLE_SESSION_STORE", value_name = "PATH|URL", value_parser = parse_session_store)]
+    session_store: Option<StoreLocation>,
 
     /// Answer 401 to sessions issued by another version, like an app whose session
     /// format changed incompatibly and logs everyone out during a rolling deploy.
@@ -146,17 +149,15 @@ fn parse_rate(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
-fn parse_session_store(s: &str) -> Result<PathBuf, String> {
+fn parse_session_store(s: &str) -> Result<StoreLocation, String> {
     if s.is_empty() {
         return Err("must not be empty".into());
     }
     if let Some((scheme, _)) = s.split_once("://") {
+        // `rediss` too, so asking for TLS gets Redis's own explanation of what is
+        // supported rather than a generic one.
         if scheme.eq_ignore_ascii_case("redis") || scheme.eq_ignore_ascii_case("rediss") {
-            return Err(
-                "Redis session stores are not supported yet; pass the path of a SQLite file \
-                 that every instance can reach"
-                    .into(),
-            );
+            return RedisTarget::parse(s).map(StoreLocation::Redis);
         }
         if !scheme.is_empty()
             && scheme
@@ -164,11 +165,12 @@ fn parse_session_store(s: &str) -> Result<PathBuf, String> {
                 .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
         {
             return Err(format!(
-                "{scheme}:// session stores are not supported; pass the path of a SQLite file"
+                "{scheme}:// session stores are not supported; pass the path of a SQLite file \
+                 or a redis:// URL"
             ));
         }
     }
-    Ok(PathBuf::from(s))
+    Ok(StoreLocation::Sqlite(s.into()))
 }
 
 /// Runs the app until SIGTERM or SIGINT; the exit code to end the process with.
@@ -222,15 +224,20 @@ async fn serve(cli: Options) -> Result<()> {
     // The state lives as long as the process; leaking it makes `State` a plain
     // reference, so the hot path does no reference counting.
     let sessions = match &cli.session_store {
-        Some(path) => {
+        Some(StoreLocation::Sqlite(path)) => {
             // Absolute, so the log names the file unambiguously: instances of the two
             // slots may run from different directories and must open the same one.
             let path = std::path::absolute(path)
                 .with_context(|| format!("resolving --session-store {}", path.display()))?;
-            Some(SessionStore::start(path).context("starting the session store thread")?)
+            Some(StoreLocation::Sqlite(path))
         }
+        Some(redis @ StoreLocation::Redis(_)) => Some(redis.clone()),
         None => None,
     };
+    let sessions = sessions
+        .map(SessionStore::start)
+        .transpose()
+        .context("starting the session store thread")?;
     let app: &'static App = Box::leak(Box::new(App::new(Settings {
         app: cli.app.clone(),
         version: cli.version_label.clone(),

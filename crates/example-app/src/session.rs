@@ -1,21 +1,25 @@
-//! Login sessions kept in a SQLite file that every instance of the app opens, so a
-//! user who logged in on the blue slot is still logged in when green answers.
+//! Login sessions kept in a store that every instance of the app uses, so a user who
+//! logged in on the blue slot is still logged in when green answers: a SQLite file
+//! ([`sqlite_store`]) or a Redis server ([`redis_store`]).
 //!
-//! SQLite calls block, so one dedicated thread owns the connection and request
-//! handlers send it jobs over a channel: the async worker threads never wait on disk
-//! or on another process's lock, and routes that do not use sessions (`/` above all)
-//! never touch the store.
+//! Both clients block, so one dedicated thread owns the connection and request
+//! handlers send it jobs over a channel: the async worker threads never wait on disk,
+//! on another process's lock or on the network, and routes that do not use sessions
+//! (`/` above all) never touch the store.
+
+mod redis_store;
+mod sqlite_store;
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
-/// How long SQLite retries while another process holds the write lock. Instances
-/// of both slots write to the same file, so short waits are normal.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+use self::redis_store::RedisBackend;
+pub use self::redis_store::RedisTarget;
+use self::sqlite_store::SqliteBackend;
+
 /// Jobs that may wait for the store thread; beyond this, senders wait for a free
 /// slot (bounded by their own timeout) instead of queueing without limit.
 const QUEUE_LEN: usize = 256;
@@ -43,23 +47,47 @@ impl fmt::Display for StoreError {
     }
 }
 
-type Job = Box<dyn FnOnce(Result<&Connection, &StoreError>) + Send>;
+/// Where sessions are kept (`--session-store`).
+#[derive(Debug, Clone)]
+pub enum StoreLocation {
+    /// A SQLite file every instance can open.
+    Sqlite(PathBuf),
+    /// A Redis server every instance can reach.
+    Redis(RedisTarget),
+}
 
-/// Handle to the thread that owns the SQLite connection.
+/// What the store thread does with a session, whichever store holds it. Every
+/// method opens (or reopens) the connection when there is none, so an instance
+/// started while the store is unreachable recovers without a restart.
+trait Backend {
+    /// A trivial round trip to the store, for readiness.
+    fn ping(&mut self) -> Result<(), StoreError>;
+    fn insert(&mut self, session: &Session) -> Result<(), StoreError>;
+    fn get(&mut self, id: &str) -> Result<Option<Session>, StoreError>;
+    /// Whether a session was removed.
+    fn delete(&mut self, id: &str) -> Result<bool, StoreError>;
+}
+
+type Job = Box<dyn FnOnce(&mut dyn Backend) + Send>;
+
+/// Handle to the thread that owns the store connection.
 #[derive(Debug, Clone)]
 pub struct SessionStore {
     jobs: mpsc::Sender<Job>,
 }
 
 impl SessionStore {
-    /// Starts the store thread. The file is opened lazily and reopened after a
-    /// failure, so an instance started while the store is unreachable recovers
-    /// without a restart; until then every call (and so readiness) reports why.
-    pub fn start(path: PathBuf) -> std::io::Result<Self> {
+    /// Starts the store thread. The store is opened lazily and reopened after a
+    /// failure; until it works every call (and so readiness) reports why.
+    pub fn start(location: StoreLocation) -> std::io::Result<Self> {
+        let backend: Box<dyn Backend + Send> = match location {
+            StoreLocation::Sqlite(path) => Box::new(SqliteBackend::new(path)),
+            StoreLocation::Redis(target) => Box::new(RedisBackend::new(target)),
+        };
         let (tx, rx) = mpsc::channel(QUEUE_LEN);
         std::thread::Builder::new()
             .name("session-store".into())
-            .spawn(move || store_thread(&path, rx))?;
+            .spawn(move || store_thread(backend, rx))?;
         Ok(Self { jobs: tx })
     }
 
@@ -68,16 +96,18 @@ impl SessionStore {
     async fn call<T, F>(&self, timeout: Duration, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        F: FnOnce(&mut dyn Backend) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply_tx, reply_rx) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
-            let result = match conn {
-                Ok(conn) => f(conn).map_err(|e| StoreError(format!("query failed: {e}"))),
-                Err(e) => Err(e.clone()),
-            };
-            // The caller may have timed out and gone; nothing is waiting then.
-            let _ = reply_tx.send(result);
+        let job: Job = Box::new(move |backend| {
+            // The caller has already answered its request with a timeout; running the
+            // job anyway would only hold up the jobs queued behind it, which is what
+            // keeps a stuck store from recovering quickly.
+            if reply_tx.is_closed() {
+                return;
+            }
+            // The caller may time out while the job runs; nothing is waiting then.
+            let _ = reply_tx.send(f(backend));
         });
         let exchange = async {
             self.jobs
@@ -93,14 +123,9 @@ impl SessionStore {
             .unwrap_or_else(|_| Err(StoreError(format!("no answer within {timeout:?}"))))
     }
 
-    /// A trivial query that still reads the file, for readiness.
+    /// A trivial round trip to the store, for readiness.
     pub async fn ping(&self, timeout: Duration) -> Result<(), StoreError> {
-        self.call(timeout, |conn| {
-            conn.query_row("SELECT 1 FROM sessions LIMIT 1", [], |_| Ok(()))
-                .optional()
-                .map(|_| ())
-        })
-        .await
+        self.call(timeout, |backend| backend.ping()).await
     }
 
     pub async fn create(
@@ -117,47 +142,20 @@ impl SessionStore {
             issued_by_version: version,
             created_at: unix_now(),
         };
-        self.call(timeout, move |conn| {
-            conn.execute(
-                "INSERT INTO sessions (id, user, issued_by_version, created_at) VALUES (?1, ?2, ?3, ?4)",
-                (
-                    &session.id,
-                    &session.user,
-                    &session.issued_by_version,
-                    session.created_at,
-                ),
-            )?;
+        self.call(timeout, move |backend| {
+            backend.insert(&session)?;
             Ok(session)
         })
         .await
     }
 
     pub async fn get(&self, timeout: Duration, id: String) -> Result<Option<Session>, StoreError> {
-        self.call(timeout, move |conn| {
-            conn.query_row(
-                "SELECT user, issued_by_version, created_at FROM sessions WHERE id = ?1",
-                [&id],
-                |row| {
-                    Ok(Session {
-                        id: id.clone(),
-                        user: row.get(0)?,
-                        issued_by_version: row.get(1)?,
-                        created_at: row.get(2)?,
-                    })
-                },
-            )
-            .optional()
-        })
-        .await
+        self.call(timeout, move |backend| backend.get(&id)).await
     }
 
     /// Whether a session was removed.
     pub async fn delete(&self, timeout: Duration, id: String) -> Result<bool, StoreError> {
-        self.call(timeout, move |conn| {
-            conn.execute("DELETE FROM sessions WHERE id = ?1", [&id])
-                .map(|n| n > 0)
-        })
-        .await
+        self.call(timeout, move |backend| backend.delete(&id)).await
     }
 }
 
@@ -176,89 +174,31 @@ fn unix_now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-fn store_thread(path: &Path, mut jobs: mpsc::Receiver<Job>) {
-    let mut store = LazyConnection {
-        conn: None,
-        last_error: None,
-    };
-    // Opened up front so a bad path shows in the log at startup rather than at the
-    // first login.
-    let _ = store.get(path);
+fn store_thread(mut backend: Box<dyn Backend + Send>, mut jobs: mpsc::Receiver<Job>) {
+    // Connected up front so a bad location shows in the log at startup rather than
+    // at the first login; the backend logs the failure itself.
+    let _ = backend.ping();
     while let Some(job) = jobs.blocking_recv() {
-        match store.get(path) {
-            Ok(conn) => job(Ok(conn)),
-            Err(e) => job(Err(&e)),
-        }
+        job(backend.as_mut());
     }
 }
 
-struct LazyConnection {
-    conn: Option<Connection>,
-    /// Remembered so a store that stays broken is logged once, not on every request.
-    last_error: Option<String>,
+/// Remembers the last failure to open the store, so a store that stays unreachable
+/// is logged once rather than on every request.
+#[derive(Default)]
+struct OpenErrorLog {
+    last: Option<String>,
 }
 
-impl LazyConnection {
-    fn get(&mut self, path: &Path) -> Result<&Connection, StoreError> {
-        if self.conn.is_none() {
-            match open(path) {
-                Ok(conn) => {
-                    tracing::info!(path = %path.display(), "session store opened");
-                    self.conn = Some(conn);
-                    self.last_error = None;
-                }
-                Err(e) => {
-                    if self.last_error.as_deref() != Some(e.0.as_str()) {
-                        tracing::warn!("session store unavailable: {e}");
-                        self.last_error = Some(e.0.clone());
-                    }
-                    return Err(e);
-                }
-            }
+impl OpenErrorLog {
+    fn failed(&mut self, e: &StoreError) {
+        if self.last.as_deref() != Some(e.0.as_str()) {
+            tracing::warn!("session store unavailable: {e}");
+            self.last = Some(e.0.clone());
         }
-        self.conn
-            .as_ref()
-            .ok_or_else(|| StoreError("the session store is not open".into()))
     }
-}
 
-fn open(path: &Path) -> Result<Connection, StoreError> {
-    let err = |what: &str, e: rusqlite::Error| {
-        let (e, path) = (e.to_string(), path.display().to_string());
-        // SQLite's open errors already end with the path; saying it twice is noise.
-        if e.contains(&path) {
-            StoreError(format!("{what}: {e}"))
-        } else {
-            StoreError(format!("{what} {path}: {e}"))
-        }
-    };
-    let conn = Connection::open(path).map_err(|e| err("opening", e))?;
-    // Set before anything else: even switching to WAL needs a lock that another
-    // instance opening the file at the same moment may hold.
-    conn.busy_timeout(BUSY_TIMEOUT)
-        .map_err(|e| err("setting busy_timeout on", e))?;
-    // WAL lets the other slot read while one writes, instead of failing with
-    // SQLITE_BUSY on every overlapping request.
-    let mode: String = conn
-        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
-        .map_err(|e| err("enabling WAL on", e))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        // Happens on file systems without shared memory; still usable, just slower
-        // under contention.
-        tracing::warn!(path = %path.display(), %mode, "session store could not switch to WAL");
+    fn opened(&mut self) {
+        self.last = None;
     }
-    // In WAL mode NORMAL still never corrupts the file; it may only lose the last
-    // logins on power loss, which is fine for sessions.
-    conn.pragma_update(None, "synchronous", "NORMAL")
-        .map_err(|e| err("setting synchronous on", e))?;
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS sessions (
-             id TEXT PRIMARY KEY,
-             user TEXT NOT NULL,
-             issued_by_version TEXT NOT NULL,
-             created_at INTEGER NOT NULL
-         )",
-    )
-    .map_err(|e| err("creating the sessions table in", e))?;
-    Ok(conn)
 }

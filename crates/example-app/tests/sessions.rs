@@ -1,5 +1,6 @@
 //! Sessions shared between instances through one store file, and readiness checks of
-//! the store and of a `--ready-dependency`.
+//! the store and of a `--ready-dependency`. The Redis store has its own file,
+//! `redis_sessions.rs`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -454,14 +455,19 @@ fn unsupported_settings_are_rejected_naming_the_flag() {
     let bin = env!("CARGO_BIN_EXE_cutover-example-app");
     for (args, env, wanted) in [
         (
-            &["--session-store", "redis://127.0.0.1:6379"][..],
+            &["--session-store", "rediss://127.0.0.1:6379"][..],
             None,
-            &["--session-store", "Redis session stores are not supported yet"][..],
+            &["--session-store", "rediss:// (TLS) is not supported"][..],
         ),
         (
             &[][..],
-            Some("redis://127.0.0.1:6379"),
-            &["--session-store", "not supported yet"][..],
+            Some("redis://user:secret@127.0.0.1:6379"),
+            &["--session-store", "credentials in the URL are not supported"][..],
+        ),
+        (
+            &["--session-store", "redis://127.0.0.1:6379/zero"][..],
+            None,
+            &["--session-store", "expected redis://HOST[:PORT][/DB]"][..],
         ),
         (
             &["--session-store", "postgres://db/sessions"][..],

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use cutover_core::judge::{SlotWindow, WindowStats};
+use cutover_core::judge::{LatencyPair, SlotWindow, WindowStats};
 use cutover_core::rollout::{self, Action, AppState, Command, Input, Phase};
 use cutover_core::{Clock, FieldError, ReleaseSpec, RolloutPolicy, Slot, Timestamp, ValidationErrors};
 use cutover_platform::Platform;
@@ -560,19 +560,32 @@ impl Controller {
         let window = |m: &Option<(Arc<PoolMetrics>, MetricsSnapshot)>| {
             m.as_ref().map(|(metrics, at_mark)| {
                 let delta = metrics.snapshot().since(at_mark);
-                SlotWindow {
+                let slot = SlotWindow {
                     requests: delta.total_requests(),
                     errors: delta.server_errors(),
                     p99_ms: delta.latency_quantile(0.99).map(|d| d.as_secs_f64() * 1000.0),
-                }
+                };
+                (slot, delta.latency_buckets)
             })
         };
         let stats = match guard.as_ref() {
-            Some(MarkCell(mark)) => WindowStats {
-                canary: window(&mark.canary).unwrap_or_default(),
-                baseline: window(&mark.baseline),
-                duration_ms: now.millis_since(mark.at),
-            },
+            Some(MarkCell(mark)) => {
+                let canary = window(&mark.canary);
+                let baseline = window(&mark.baseline);
+                let latency = match (&canary, &baseline) {
+                    (Some((_, c)), Some((_, b))) => Some(Arc::new(LatencyPair {
+                        canary: c.clone(),
+                        baseline: b.clone(),
+                    })),
+                    _ => None,
+                };
+                WindowStats {
+                    canary: canary.map(|(s, _)| s).unwrap_or_default(),
+                    baseline: baseline.map(|(s, _)| s),
+                    duration_ms: now.millis_since(mark.at),
+                    latency,
+                }
+            }
             None => WindowStats::default(),
         };
         drop(guard);
