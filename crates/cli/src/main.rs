@@ -2,6 +2,7 @@
 
 mod client;
 mod demo;
+mod simulate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -94,6 +95,9 @@ enum Command {
     /// Show the proxy at work on this machine: two versions of the example app, a sticky ramp
     /// from 0 to 100 % and back, and the split observed at each step.
     Demo(demo::DemoOptions),
+    /// Seeded simulations of rollouts judged by the real engine: detection rates, times to
+    /// detect and false rollbacks per scenario and judge.
+    Simulate(simulate::SimulateOptions),
     /// Run the bundled example app (used by the demo, the tests and the benchmarks).
     #[command(hide = true)]
     ExampleApp(cutover_example_app::Options),
@@ -118,6 +122,15 @@ enum ConfigCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Simulate(options) = cli.command {
+        return match simulate::run(options) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     if let Command::ExampleApp(options) = cli.command {
         return match cutover_example_app::run(options) {
             Ok(code) => code,
@@ -202,7 +215,7 @@ async fn run(command: Command, connection: client::Connection) -> Result<ExitCod
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(options) => demo::run(options).await,
-        Command::ExampleApp(_) => Ok(ExitCode::FAILURE),
+        Command::ExampleApp(_) | Command::Simulate(_) => Ok(ExitCode::FAILURE),
     }
 }
 

@@ -351,10 +351,7 @@ async fn a_good_release_is_promoted_and_a_bad_one_rolled_back() {
 
     let (code, out) = cluster.deploy("v3", "--error-rate 0.5");
     assert_eq!(code, 10, "a failing release is rolled back: {out}");
-    assert!(
-        out.contains("rolled back automatically: errors: canary"),
-        "{out}"
-    );
+    assert!(out.contains("rolled back automatically: errors: canary"), "{out}");
     let (sent, failed) = load.finish().await;
     assert!(sent > 100, "the load ran: {sent}");
 

@@ -196,17 +196,21 @@ pub fn judge(config: &JudgeConfig, stats: WindowStats, evidence: Option<&mut Seq
     let mut checks = Vec::new();
     let mut failures = Vec::new();
     let mut inconclusive = Vec::new();
+    let sequential_errors = config.method == JudgeMethod::Sequential
+        && evidence.is_some()
+        && stats.baseline.is_some_and(|b| b.requests > 0);
     ceilings(
         config,
         canary,
         baseline,
+        !sequential_errors,
         &mut checks,
         &mut failures,
         &mut inconclusive,
     );
 
     let mut reports = Vec::new();
-    let mut conclusive = Vec::new();
+    let mut conclusive: Vec<String> = Vec::new();
     match config.method {
         JudgeMethod::Threshold => {
             if canary.requests >= config.min_requests {
@@ -220,18 +224,50 @@ pub fn judge(config: &JudgeConfig, stats: WindowStats, evidence: Option<&mut Seq
                     Some(pair) => (&pair.canary, &pair.baseline),
                     None => (&empty, &empty),
                 };
-                reports = sequential::observe(
-                    &config.sequential,
-                    state,
-                    WindowCounts {
-                        canary_requests: canary.requests,
-                        canary_errors: canary.errors,
-                        canary_latency: cl,
-                        baseline_requests: b.requests,
-                        baseline_errors: b.errors,
-                        baseline_latency: bl,
-                    },
-                );
+                let counts = WindowCounts {
+                    canary_requests: canary.requests,
+                    canary_errors: canary.errors,
+                    canary_latency: cl,
+                    baseline_requests: b.requests,
+                    baseline_errors: b.errors,
+                    baseline_latency: bl,
+                };
+                if let Some(c) =
+                    sequential::observe_ceiling(&config.sequential, state, config.max_error_rate, &counts)
+                {
+                    let outcome = match (c.canary_over, c.baseline_over) {
+                        (false, _) => Outcome::Pass,
+                        (true, true) => {
+                            inconclusive.push(format!(
+                                "canary error rate {} is above the ceiling {}, but the baseline's {} is too: baseline unhealthy too",
+                                pct(c.canary_rate),
+                                pct(c.ceiling),
+                                pct(c.baseline_rate)
+                            ));
+                            Outcome::Inconclusive
+                        }
+                        (true, false) => {
+                            conclusive.push(format!(
+                                "canary error rate {} [{} – {}] is above the ceiling {}, e-value {:.0} ≥ {:.0}",
+                                pct(c.canary_rate),
+                                pct(c.canary_rate_ci95.0),
+                                pct(c.canary_rate_ci95.1),
+                                pct(c.ceiling),
+                                c.e_canary,
+                                c.bar
+                            ));
+                            Outcome::Fail
+                        }
+                    };
+                    checks.push(Check {
+                        name: "error_rate_ceiling".into(),
+                        canary: Some(c.canary_rate),
+                        baseline: Some(c.baseline_rate),
+                        threshold: Some(c.ceiling),
+                        outcome,
+                    });
+                }
+                reports = sequential::observe(&config.sequential, state, counts);
                 for r in reports.iter().filter(|r| r.worse) {
                     conclusive.push(format!(
                         "{}: canary {} [{} – {}] against baseline {} [{} – {}] over the rollout, e-value {:.0} ≥ {:.0} (false-rollback rate ≤ {})",
@@ -332,6 +368,7 @@ fn ceilings(
     config: &JudgeConfig,
     canary: SlotWindow,
     baseline: Option<SlotWindow>,
+    error_ceiling: bool,
     checks: &mut Vec<Check>,
     failures: &mut Vec<String>,
     inconclusive: &mut Vec<String>,
@@ -339,40 +376,42 @@ fn ceilings(
     if canary.requests == 0 {
         return;
     }
-    let c_err = canary.error_rate().unwrap_or(0.0);
-    let b_err = baseline.and_then(|b| b.error_rate());
-    let over = c_err > config.max_error_rate;
-    let baseline_over = b_err.is_some_and(|b| b > config.max_error_rate);
-    let outcome = match (over, baseline_over) {
-        (false, _) => Outcome::Pass,
-        (true, true) => {
-            inconclusive.push(format!(
-                "canary error rate {} is above the ceiling {}, but the baseline's {} is too: baseline unhealthy too",
-                pct(c_err),
-                pct(config.max_error_rate),
-                pct(b_err.unwrap_or(0.0))
-            ));
-            Outcome::Inconclusive
-        }
-        (true, false) if canary.requests < config.min_requests => Outcome::Pass,
-        (true, false) => {
-            failures.push(format!(
-                "canary error rate {} ({} of {}) is above the ceiling {}",
-                pct(c_err),
-                canary.errors,
-                canary.requests,
-                pct(config.max_error_rate)
-            ));
-            Outcome::Fail
-        }
-    };
-    checks.push(Check {
-        name: "error_rate_ceiling".into(),
-        canary: Some(c_err),
-        baseline: b_err,
-        threshold: Some(config.max_error_rate),
-        outcome,
-    });
+    if error_ceiling {
+        let c_err = canary.error_rate().unwrap_or(0.0);
+        let b_err = baseline.and_then(|b| b.error_rate());
+        let over = c_err > config.max_error_rate;
+        let baseline_over = b_err.is_some_and(|b| b > config.max_error_rate);
+        let outcome = match (over, baseline_over) {
+            (false, _) => Outcome::Pass,
+            (true, true) => {
+                inconclusive.push(format!(
+                    "canary error rate {} is above the ceiling {}, but the baseline's {} is too: baseline unhealthy too",
+                    pct(c_err),
+                    pct(config.max_error_rate),
+                    pct(b_err.unwrap_or(0.0))
+                ));
+                Outcome::Inconclusive
+            }
+            (true, false) if canary.requests < config.min_requests => Outcome::Pass,
+            (true, false) => {
+                failures.push(format!(
+                    "canary error rate {} ({} of {}) is above the ceiling {}",
+                    pct(c_err),
+                    canary.errors,
+                    canary.requests,
+                    pct(config.max_error_rate)
+                ));
+                Outcome::Fail
+            }
+        };
+        checks.push(Check {
+            name: "error_rate_ceiling".into(),
+            canary: Some(c_err),
+            baseline: b_err,
+            threshold: Some(config.max_error_rate),
+            outcome,
+        });
+    }
     let c_p99 = canary.p99_ms;
     let b_p99 = baseline.and_then(|b| b.p99_ms);
     if let (Some(ceiling), Some(c)) = (config.max_p99_ms, c_p99) {
@@ -438,7 +477,9 @@ fn ratios(
             outcome,
         });
     }
-    if let (Some(c), Some(bp)) = (canary.p99_ms, b.p99_ms) {
+    // A p99 of fewer than 100 requests is their maximum: too noisy to compare.
+    let p99s = (canary.requests >= 100 && b.requests >= 100).then_some((canary.p99_ms, b.p99_ms));
+    if let Some((Some(c), Some(bp))) = p99s {
         let limit = bp * config.max_p99_ratio + config.p99_slack_ms;
         let outcome = if c > limit { Outcome::Fail } else { Outcome::Pass };
         if outcome == Outcome::Fail {

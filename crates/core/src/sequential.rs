@@ -17,7 +17,9 @@
 //! no worse is at most `α`: the judge may look after every window, as often as it likes, without
 //! inflating false rollbacks (this is the mixture sequential probability ratio test of the kind
 //! Lindon et al., 2022, use for software deployments, made exact by conditioning on the events).
-//! The budget `α` is split evenly over the streams.
+//! The budget `α` is split evenly over the streams and the ceiling test (a one-sample mixture
+//! test of "the error rate is above the absolute ceiling", so that a ceiling too is judged on
+//! evidence rather than on one small window).
 //!
 //! The same construction with `ψ` below a margin tests "the canary is not worse than the margin";
 //! when every stream passes it the step may end early (off by default).
@@ -54,10 +56,10 @@ pub struct SequentialConfig {
 impl Default for SequentialConfig {
     fn default() -> Self {
         SequentialConfig {
-            alpha: 0.01,
+            alpha: 0.005,
             min_error_ratio: 1.5,
             min_error_increase: 0.001,
-            latency_quantiles: vec![0.9, 0.99],
+            latency_quantiles: vec![0.9, 0.99, 0.999],
             min_latency_ratio: 1.5,
             min_latency_increase_ms: 10.0,
             latency_calibration_requests: 200,
@@ -241,6 +243,9 @@ impl StreamState {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SequentialState {
     pub streams: Vec<StreamState>,
+    /// One-sample tests of "error rate above the ceiling", canary and baseline.
+    #[serde(default)]
+    pub ceiling: Option<CeilingState>,
     /// Baseline latency histogram of all windows so far: where the latency thresholds come from.
     #[serde(default)]
     pub baseline_latency: Vec<u64>,
@@ -254,9 +259,102 @@ impl SequentialState {
         }
         SequentialState {
             streams,
+            ceiling: None,
             baseline_latency: vec![0; LATENCY_BUCKETS],
         }
     }
+}
+
+/// Evidence that a slot's error rate is above an absolute ceiling: a mixture over rates above it
+/// of Bernoulli likelihood ratios against the ceiling, a test supermartingale for any rate at or
+/// below the ceiling.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CeilingState {
+    pub ceiling: f64,
+    pub canary: Vec<f64>,
+    pub baseline: Vec<f64>,
+    pub canary_events: u64,
+    pub canary_requests: u64,
+    pub baseline_events: u64,
+    pub baseline_requests: u64,
+}
+
+/// Rates above `ceiling` the mixture spreads over.
+fn ceiling_grid(ceiling: f64) -> Vec<f64> {
+    let hi = 0.98_f64.max(ceiling * 1.2);
+    grid(ceiling * 1.2, hi).into_iter().map(|p| p.min(0.99)).collect()
+}
+
+impl CeilingState {
+    fn new(ceiling: f64) -> Self {
+        CeilingState {
+            ceiling,
+            canary: vec![0.0; 16],
+            baseline: vec![0.0; 16],
+            canary_events: 0,
+            canary_requests: 0,
+            baseline_events: 0,
+            baseline_requests: 0,
+        }
+    }
+
+    fn add(acc: &mut [f64], ceiling: f64, events: u64, n: u64) {
+        let p0 = ceiling.clamp(1e-9, 1.0 - 1e-9);
+        for (a, p1) in acc.iter_mut().zip(ceiling_grid(ceiling)) {
+            *a += events as f64 * (p1 / p0).ln() + (n - events) as f64 * ((1.0 - p1) / (1.0 - p0)).ln();
+        }
+    }
+
+    fn e(acc: &[f64]) -> f64 {
+        (log_sum_exp(acc.iter().copied()) - (acc.len() as f64).ln()).exp()
+    }
+}
+
+/// Result of the ceiling test for one window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CeilingReport {
+    pub ceiling: f64,
+    pub canary_rate: f64,
+    pub canary_rate_ci95: (f64, f64),
+    pub baseline_rate: f64,
+    pub e_canary: f64,
+    pub e_baseline: f64,
+    pub bar: f64,
+    pub canary_over: bool,
+    pub baseline_over: bool,
+}
+
+/// Adds a window to the ceiling evidence of both slots.
+pub fn observe_ceiling(
+    config: &SequentialConfig,
+    state: &mut SequentialState,
+    ceiling: f64,
+    w: &WindowCounts<'_>,
+) -> Option<CeilingReport> {
+    if !(ceiling > 0.0 && ceiling < 0.8) {
+        return None;
+    }
+    let c = state.ceiling.get_or_insert_with(|| CeilingState::new(ceiling));
+    CeilingState::add(&mut c.canary, c.ceiling, w.canary_errors, w.canary_requests);
+    CeilingState::add(&mut c.baseline, c.ceiling, w.baseline_errors, w.baseline_requests);
+    c.canary_events += w.canary_errors;
+    c.canary_requests += w.canary_requests;
+    c.baseline_events += w.baseline_errors;
+    c.baseline_requests += w.baseline_requests;
+    let bar = (config.streams() + 1) as f64 / config.alpha;
+    let rate = |e: u64, n: u64| if n == 0 { 0.0 } else { e as f64 / n as f64 };
+    let (e_canary, e_baseline) = (CeilingState::e(&c.canary), CeilingState::e(&c.baseline));
+    Some(CeilingReport {
+        ceiling: c.ceiling,
+        canary_rate: rate(c.canary_events, c.canary_requests),
+        canary_rate_ci95: wilson(c.canary_events, c.canary_requests),
+        baseline_rate: rate(c.baseline_events, c.baseline_requests),
+        e_canary,
+        e_baseline,
+        bar,
+        canary_over: e_canary >= bar,
+        baseline_over: e_baseline >= bar,
+    })
 }
 
 /// What one stream showed, for the decision record.
@@ -312,7 +410,8 @@ pub fn observe(
 ) -> Vec<StreamReport> {
     let worse_grid = |min: f64| grid(min, 50.0);
     let margin_grid = grid(0.2, config.margin_ratio);
-    let bar = config.streams() as f64 / config.alpha;
+    // One share of alpha per stream, and one for the ceiling test.
+    let bar = (config.streams() + 1) as f64 / config.alpha;
     let mut reports = Vec::new();
 
     // Errors.
