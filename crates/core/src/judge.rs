@@ -501,6 +501,7 @@ fn ratios(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sequential::{SequentialConfig, SequentialState};
 
     fn window(c: (u64, u64, f64), b: Option<(u64, u64, f64)>) -> WindowStats {
         let w = |(requests, errors, p99): (u64, u64, f64)| SlotWindow {
@@ -589,5 +590,100 @@ mod tests {
             "{}",
             v.reason
         );
+    }
+
+    /// Feeds `windows` identical windows to the sequential judge; returns the last verdict.
+    fn sequential(config: &JudgeConfig, canary: (u64, u64), baseline: (u64, u64), windows: usize) -> Verdict {
+        let mut state = SequentialState::new(&config.sequential);
+        let w = |(requests, errors): (u64, u64)| SlotWindow {
+            requests,
+            errors,
+            p99_ms: None,
+        };
+        let mut last = None;
+        for _ in 0..windows {
+            let stats = WindowStats {
+                canary: w(canary),
+                baseline: Some(w(baseline)),
+                duration_ms: 5_000,
+                latency: None,
+            };
+            last = Some(judge(config, stats, Some(&mut state)));
+        }
+        last.unwrap()
+    }
+
+    #[test]
+    fn sequential_decision_paths() {
+        let config = JudgeConfig::default();
+        // Strong evidence of more errors: conclusive failure naming the stream, with intervals.
+        let v = sequential(&config, (100, 8), (1900, 2), 2);
+        assert_eq!((v.outcome, v.conclusive), (Outcome::Fail, true), "{}", v.reason);
+        assert!(v.reason.starts_with("errors: canary 8.00 % ["), "{}", v.reason);
+        assert!(v.sequential[0].worse && v.sequential[0].e_worse >= v.sequential[0].bar);
+        // The same rates: a pass that reports the evidence so far.
+        let v = sequential(&config, (100, 1), (1900, 19), 5);
+        assert_eq!(v.outcome, Outcome::Pass, "{}", v.reason);
+        assert!(
+            v.reason.contains("strongest evidence of a regression e = "),
+            "{}",
+            v.reason
+        );
+        // Too few canary requests: inconclusive, never a pass.
+        let v = sequential(&config, (5, 0), (1900, 2), 1);
+        assert_eq!(v.outcome, Outcome::Inconclusive, "{}", v.reason);
+        // Both slots above the ceiling: the environment, not the canary.
+        let v = sequential(&config, (200, 40), (1800, 360), 3);
+        assert_eq!(v.outcome, Outcome::Inconclusive, "{}", v.reason);
+        assert!(v.reason.contains("baseline unhealthy too"), "{}", v.reason);
+        // Only the canary above the ceiling: conclusive.
+        let v = sequential(
+            &JudgeConfig {
+                max_error_rate: 0.05,
+                ..config.clone()
+            },
+            (200, 40),
+            (1800, 36),
+            2,
+        );
+        assert!(
+            v.conclusive && v.reason.contains("above the ceiling 5.00 %"),
+            "{}",
+            v.reason
+        );
+        // A significant but tiny difference is not worth a rollback.
+        let tiny = JudgeConfig {
+            sequential: SequentialConfig {
+                min_error_increase: 0.01,
+                ..SequentialConfig::default()
+            },
+            ..config.clone()
+        };
+        let v = sequential(&tiny, (20_000, 40), (20_000, 10), 3);
+        assert_eq!(v.outcome, Outcome::Pass, "{}", v.reason);
+    }
+
+    #[test]
+    fn early_step_completion_needs_evidence_of_no_regression() {
+        let off = JudgeConfig::default();
+        let on = JudgeConfig {
+            sequential: SequentialConfig {
+                early_step_completion: true,
+                latency_quantiles: vec![],
+                ..SequentialConfig::default()
+            },
+            ..JudgeConfig::default()
+        };
+        assert!(
+            !sequential(&off, (2000, 2), (2000, 2), 10).complete_step,
+            "off by default"
+        );
+        assert!(
+            !sequential(&on, (50, 0), (950, 1), 1).complete_step,
+            "one small window is not enough"
+        );
+        let v = sequential(&on, (5000, 50), (5000, 50), 10);
+        assert!(v.complete_step, "{}", v.reason);
+        assert!(v.reason.contains("step complete"), "{}", v.reason);
     }
 }

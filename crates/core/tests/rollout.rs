@@ -266,6 +266,35 @@ fn the_sequential_judge_rolls_back_at_once_on_strong_evidence() {
 }
 
 #[test]
+fn early_step_completion_moves_on_once_the_canary_is_shown_not_worse() {
+    let mut sim = Sim::new(|_| {
+        let w = |requests, errors| SlotWindow {
+            requests,
+            errors,
+            p99_ms: Some(20.0),
+        };
+        WindowStats {
+            canary: w(5000, 50),
+            baseline: Some(w(5000, 50)),
+            duration_ms: 10_000,
+            latency: None,
+        }
+    });
+    let mut p = policy();
+    p.judge.sequential.early_step_completion = true;
+    p.judge.sequential.latency_quantiles = vec![];
+    sim.deploy(p);
+    // Each step lasts a minute; with the evidence it ends well before.
+    sim.run_for(150_000);
+    assert!(matches!(sim.phase(), "promoted" | "succeeded"), "{:#?}", sim.log);
+    assert!(
+        sim.log.iter().any(|l| l.contains("step complete")),
+        "{:#?}",
+        sim.log
+    );
+}
+
+#[test]
 fn too_little_traffic_extends_the_step_then_pauses_for_a_person() {
     let mut sim = Sim::new(quiet);
     sim.deploy(policy());
