@@ -351,7 +351,10 @@ async fn a_good_release_is_promoted_and_a_bad_one_rolled_back() {
 
     let (code, out) = cluster.deploy("v3", "--error-rate 0.5");
     assert_eq!(code, 10, "a failing release is rolled back: {out}");
-    assert!(out.contains("rolled back automatically: errors: canary"), "{out}");
+    assert!(
+        out.contains("rolled back automatically: ") && out.contains("e-value"),
+        "{out}"
+    );
     let (sent, failed) = load.finish().await;
     assert!(sent > 100, "the load ran: {sent}");
 
@@ -379,6 +382,19 @@ async fn a_good_release_is_promoted_and_a_bad_one_rolled_back() {
     assert!(
         failed * 20 < sent,
         "a bounded share of requests failed: {failed} of {sent}"
+    );
+
+    let metrics = http_client()
+        .get(format!("{}/metrics", cluster.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(",version=\"v2\",phase=\"live\"} 1"),
+        "deployment marker of the live release:\n{metrics}"
     );
 
     let (code, out) = cluster.cli(&["history", "web"]);

@@ -44,6 +44,13 @@ pub struct RolloutPolicy {
     /// Time allowed for a new release to become ready.
     pub readiness_deadline_ms: u64,
     pub judge: JudgeConfig,
+    /// Ask the step gates (alerts, vetoing webhooks) before every step; the server sets this when
+    /// any are configured.
+    pub gate_steps: bool,
+    /// Wait for the confirm-promotion webhooks before promoting; set by the server likewise.
+    pub confirm_promotion: bool,
+    /// How long the confirm-promotion gate waits before a person must decide.
+    pub confirm_timeout_ms: u64,
 }
 
 impl Default for RolloutPolicy {
@@ -61,6 +68,9 @@ impl Default for RolloutPolicy {
             rollback_window_ms: 600_000,
             readiness_deadline_ms: 60_000,
             judge: JudgeConfig::default(),
+            gate_steps: false,
+            confirm_promotion: false,
+            confirm_timeout_ms: 600_000,
         }
     }
 }

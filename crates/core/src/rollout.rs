@@ -125,6 +125,16 @@ pub enum Phase {
         observed_ms: u64,
         inconclusive_in_row: u32,
     },
+    /// Asking the step gates (alerts, webhooks) before step `step` takes its weight; the traffic
+    /// stays as the previous step left it.
+    Gating {
+        step: usize,
+    },
+    /// All steps passed; waiting for the confirm-promotion gate. Traffic stays at the weight of
+    /// step `hold_step` (none: a blue-green rollout, nothing on the new slot yet).
+    AwaitingConfirmation {
+        hold_step: Option<usize>,
+    },
     /// Waiting for a person at step `step`. `step_done` says whether the step's observation was
     /// complete (a manual pause step) so that `resume` moves on to the next one.
     Paused {
@@ -168,6 +178,8 @@ impl Phase {
             Phase::Provisioning { .. } => "provisioning",
             Phase::Verifying => "verifying",
             Phase::Canary { .. } => "canary",
+            Phase::Gating { .. } => "gating",
+            Phase::AwaitingConfirmation { .. } => "awaiting_confirmation",
             Phase::Paused { .. } => "paused",
             Phase::Promoted { .. } => "promoted",
             Phase::Succeeded { .. } => "succeeded",
@@ -217,6 +229,24 @@ pub enum Input {
     /// The measurements of the window that just ended.
     Window(WindowStats),
     Command(Command),
+    /// The step gates allowed step `step`.
+    GatesPassed {
+        step: usize,
+    },
+    GatesFailed {
+        step: usize,
+        reason: String,
+    },
+    PromotionConfirmed {
+        detail: String,
+    },
+    PromotionRejected {
+        reason: String,
+    },
+    /// Nobody confirmed in time: a person decides.
+    ConfirmationTimedOut {
+        reason: String,
+    },
     /// The target slot stopped running (its instances died).
     TargetDown {
         reason: String,
@@ -240,6 +270,12 @@ pub enum Action {
     Verify { slot: Slot },
     /// Make the router serve this table.
     ApplyRoutes(RouteTable),
+    /// Ask the step gates before step `step` (weight `weight_bp`); report `GatesPassed` or
+    /// `GatesFailed`.
+    CheckGates { step: usize, weight_bp: u16 },
+    /// Ask the confirm-promotion gate; report `PromotionConfirmed`, `PromotionRejected` or
+    /// `ConfirmationTimedOut`.
+    ConfirmPromotion,
     /// Stop the instances of `slot` (after its drain timeout when `drain`).
     Stop { slot: Slot, drain: bool },
 }
@@ -279,6 +315,14 @@ pub fn route_table(state: &AppState) -> RouteTable {
     let canary_weight_bp = match state.active_rollout().map(|r| (&r.phase, &r.policy)) {
         Some((Phase::Canary { step, .. } | Phase::Paused { step, .. }, policy)) => {
             policy.steps.get(*step).map(|s| s.weight_bp).unwrap_or(0)
+        }
+        Some((Phase::Gating { step }, policy)) => step
+            .checked_sub(1)
+            .and_then(|s| policy.steps.get(s))
+            .map(|s| s.weight_bp)
+            .unwrap_or(0),
+        Some((Phase::AwaitingConfirmation { hold_step: Some(s) }, policy)) => {
+            policy.steps.get(*s).map(|s| s.weight_bp).unwrap_or(0)
         }
         _ => 0,
     };
@@ -402,6 +446,46 @@ impl Builder {
 
     /// Moves to step `index`, or to promotion when it is a 100 % step or past the last step.
     fn enter_step(&mut self, index: usize) {
+        let r = self.rollout();
+        let step = r.policy.steps.get(index).cloned();
+        match step {
+            Some(step) if step.weight_bp < 10_000 && r.policy.gate_steps => {
+                r.phase = Phase::Gating { step: index };
+                self.actions.push(Action::CheckGates {
+                    step: index,
+                    weight_bp: step.weight_bp,
+                });
+                self.event(
+                    "gating",
+                    format!(
+                        "asking the step gates before step {} ({:.2} %)",
+                        index + 1,
+                        f64::from(step.weight_bp) / 100.0
+                    ),
+                    serde_json::json!({ "step": index, "weight_bp": step.weight_bp }),
+                );
+            }
+            Some(_) => self.start_step(index),
+            None => self.before_promotion(index.checked_sub(1)),
+        }
+    }
+
+    /// All steps passed: promote, or first wait for the confirmation gate.
+    fn before_promotion(&mut self, hold_step: Option<usize>) {
+        if self.rollout().policy.confirm_promotion {
+            self.rollout().phase = Phase::AwaitingConfirmation { hold_step };
+            self.actions.push(Action::ConfirmPromotion);
+            self.event(
+                "awaiting_confirmation",
+                "all steps passed; waiting for the promotion to be confirmed",
+                serde_json::Value::Null,
+            );
+        } else {
+            self.promote("all steps passed".into());
+        }
+    }
+
+    fn start_step(&mut self, index: usize) {
         let now = self.now;
         let r = self.rollout();
         let step = r.policy.steps.get(index).cloned();
@@ -429,7 +513,7 @@ impl Builder {
                     self.step_done(index);
                 }
             }
-            _ => self.promote("all steps passed".into()),
+            _ => self.before_promotion(index.checked_sub(1)),
         }
     }
 
@@ -771,7 +855,11 @@ fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> 
         (Input::Command(command), phase) => on_command(b, command, &r, phase.clone())?,
         (
             Input::TargetDown { reason },
-            Phase::Canary { .. } | Phase::Paused { .. } | Phase::Promoted { .. },
+            Phase::Canary { .. }
+            | Phase::Paused { .. }
+            | Phase::Promoted { .. }
+            | Phase::Gating { .. }
+            | Phase::AwaitingConfirmation { .. },
         ) => {
             let reason = format!("the new slot {} stopped running: {reason}", r.target);
             b.back_to_old(
@@ -781,6 +869,47 @@ fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> 
                 },
                 "rolled_back",
                 format!("rolled back: {reason}"),
+            );
+        }
+        (Input::GatesPassed { step }, Phase::Gating { step: waiting }) if step == *waiting => {
+            b.event(
+                "gates_passed",
+                format!("step gates allow step {}", step + 1),
+                serde_json::Value::Null,
+            );
+            b.start_step(step);
+        }
+        (Input::GatesFailed { step, reason }, Phase::Gating { step: waiting }) if step == *waiting => {
+            let reason = format!("step gate before step {}: {reason}", step + 1);
+            b.back_to_old(
+                Phase::RolledBack {
+                    at: now,
+                    reason: reason.clone(),
+                },
+                "rolled_back",
+                format!("rolled back: {reason}"),
+            );
+        }
+        (Input::PromotionConfirmed { detail }, Phase::AwaitingConfirmation { .. }) => {
+            b.promote(format!("confirmed: {detail}"));
+        }
+        (Input::PromotionRejected { reason }, Phase::AwaitingConfirmation { .. }) => {
+            let reason = format!("promotion rejected: {reason}");
+            b.back_to_old(
+                Phase::RolledBack {
+                    at: now,
+                    reason: reason.clone(),
+                },
+                "rolled_back",
+                format!("rolled back: {reason}"),
+            );
+        }
+        (Input::ConfirmationTimedOut { reason }, Phase::AwaitingConfirmation { .. }) => {
+            // Never promote unconfirmed, never roll back a canary nobody found fault with.
+            b.event(
+                "confirmation_timed_out",
+                format!("promotion not confirmed in time ({reason}): promote or roll back by hand"),
+                serde_json::Value::Null,
             );
         }
         (Input::TargetDown { reason }, Phase::Provisioning { .. } | Phase::Verifying) => {
@@ -818,7 +947,25 @@ fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> 
                     b.apply_routes();
                     b.actions.push(Action::Verify { slot: r.target });
                 }
-                Phase::Canary { .. } | Phase::Paused { .. } | Phase::Promoted { .. } if !target_ready => {
+                Phase::Gating { step } if target_ready => {
+                    let weight_bp = r.policy.steps.get(*step).map(|s| s.weight_bp).unwrap_or(0);
+                    b.apply_routes();
+                    b.actions.push(Action::CheckGates {
+                        step: *step,
+                        weight_bp,
+                    });
+                }
+                Phase::AwaitingConfirmation { .. } if target_ready => {
+                    b.apply_routes();
+                    b.actions.push(Action::ConfirmPromotion);
+                }
+                Phase::Canary { .. }
+                | Phase::Paused { .. }
+                | Phase::Promoted { .. }
+                | Phase::Gating { .. }
+                | Phase::AwaitingConfirmation { .. }
+                    if !target_ready =>
+                {
                     let reason = "after a controller restart the new slot is not healthy".to_string();
                     b.back_to_old(
                         Phase::RolledBack {
@@ -905,7 +1052,14 @@ fn on_command(b: &mut Builder, command: Command, r: &Rollout, phase: Phase) -> R
         )))
     };
     match (command, &phase) {
-        (Command::Promote, Phase::Verifying | Phase::Canary { .. } | Phase::Paused { .. }) => {
+        (
+            Command::Promote,
+            Phase::Verifying
+            | Phase::Canary { .. }
+            | Phase::Paused { .. }
+            | Phase::Gating { .. }
+            | Phase::AwaitingConfirmation { .. },
+        ) => {
             b.promote("by an operator".into());
         }
         (Command::Promote, Phase::Promoted { .. }) => b.succeed(),
@@ -972,6 +1126,10 @@ fn input_name(input: &Input) -> &'static str {
         Input::Window(_) => "window",
         Input::Command(_) => "command",
         Input::TargetDown { .. } => "target down",
+        Input::GatesPassed { .. } | Input::GatesFailed { .. } => "a step gate result",
+        Input::PromotionConfirmed { .. }
+        | Input::PromotionRejected { .. }
+        | Input::ConfirmationTimedOut { .. } => "a promotion confirmation",
         Input::Recovered { .. } => "recovery",
     }
 }

@@ -19,6 +19,10 @@ struct Sim {
     log: Vec<String>,
     provision_ok: bool,
     verify_ok: bool,
+    gate_failure: Option<String>,
+    gate_fails_at: Option<usize>,
+    gates_asked: Vec<usize>,
+    confirmations_asked: u32,
 }
 
 fn addr(port: u16) -> SocketAddr {
@@ -84,6 +88,10 @@ impl Sim {
             log: Vec::new(),
             provision_ok: true,
             verify_ok: true,
+            gate_failure: None,
+            gate_fails_at: None,
+            gates_asked: Vec::new(),
+            confirmations_asked: 0,
         }
     }
 
@@ -136,6 +144,18 @@ impl Sim {
                     self.send(reply)?;
                 }
                 Action::Stop { slot, .. } => self.stopped.push(slot),
+                Action::CheckGates { step, .. } => {
+                    let reply = match &self.gate_failure {
+                        Some(reason) if self.gate_fails_at == Some(step) => Input::GatesFailed {
+                            step,
+                            reason: reason.clone(),
+                        },
+                        _ => Input::GatesPassed { step },
+                    };
+                    self.gates_asked.push(step);
+                    self.send(reply)?;
+                }
+                Action::ConfirmPromotion => self.confirmations_asked += 1,
             }
         }
         Ok(())
@@ -292,6 +312,68 @@ fn early_step_completion_moves_on_once_the_canary_is_shown_not_worse() {
         "{:#?}",
         sim.log
     );
+}
+
+#[test]
+fn step_gates_are_asked_before_every_step_and_a_refusal_rolls_back() {
+    let mut sim = Sim::new(healthy);
+    let mut p = policy();
+    p.gate_steps = true;
+    sim.gate_failure = Some("2 firing alerts match severity=\"page\": HighErrorRate".into());
+    sim.gate_fails_at = Some(1);
+    sim.deploy(p);
+    assert_eq!(sim.gates_asked, [0]);
+    assert_eq!(route_table(&sim.state).canary_weight_bp, 500);
+    sim.run_for(60_000);
+    assert_eq!(sim.gates_asked, [0, 1]);
+    assert_eq!(sim.phase(), "rolled_back");
+    let Phase::RolledBack { reason, .. } = &sim.state.rollout.as_ref().unwrap().phase else {
+        unreachable!()
+    };
+    assert_eq!(
+        reason,
+        "step gate before step 2: 2 firing alerts match severity=\"page\": HighErrorRate"
+    );
+    assert_eq!(route_table(&sim.state).weight_of(Slot::Blue), 10_000);
+}
+
+#[test]
+fn promotion_waits_for_confirmation() {
+    let mut sim = Sim::new(healthy);
+    let mut p = policy();
+    p.confirm_promotion = true;
+    sim.deploy(p.clone());
+    sim.run_for(3 * 60_000 + 10_000);
+    assert_eq!(sim.phase(), "awaiting_confirmation");
+    assert_eq!(sim.confirmations_asked, 1);
+    assert_eq!(
+        route_table(&sim.state).canary_weight_bp,
+        5_000,
+        "the last step's weight is held"
+    );
+    sim.send(Input::ConfirmationTimedOut {
+        reason: "no answer from release-bot within 600 s".into(),
+    })
+    .unwrap();
+    assert_eq!(
+        sim.phase(),
+        "awaiting_confirmation",
+        "a timeout neither promotes nor rolls back"
+    );
+    sim.send(Input::PromotionConfirmed {
+        detail: "release-bot answered 200".into(),
+    })
+    .unwrap();
+    assert_eq!(sim.phase(), "promoted");
+
+    let mut sim = Sim::new(healthy);
+    sim.deploy(p);
+    sim.run_for(3 * 60_000 + 10_000);
+    sim.send(Input::PromotionRejected {
+        reason: "release-bot answered 403".into(),
+    })
+    .unwrap();
+    assert_eq!(sim.phase(), "rolled_back");
 }
 
 #[test]

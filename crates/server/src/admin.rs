@@ -117,11 +117,41 @@ fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
-    let text = cutover_proxy::prometheus::render(state.apps.values().map(|a| a.as_ref()));
+    let mut text = cutover_proxy::prometheus::render(state.apps.values().map(|a| a.as_ref()));
+    text.push_str(&rollout_info(&state).await);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         text,
     )
+}
+
+/// Deployment markers: which version each slot runs and in what role, so dashboards and alert
+/// rules can tell a regression that came with a deploy.
+async fn rollout_info(state: &AdminState) -> String {
+    use std::fmt::Write;
+    let mut out = String::from(
+        "# HELP cutover_rollout_info Release in each slot and its role: live, idle, or the phase of the rollout bringing it in.\n# TYPE cutover_rollout_info gauge\n",
+    );
+    for (name, controller) in &state.controllers {
+        let app = controller.state().await;
+        let active = app.active_rollout();
+        for slot in Slot::ALL {
+            let Some(version) = app.slot(slot).version() else {
+                continue;
+            };
+            let phase = match active {
+                Some(r) if r.target == slot => r.phase.name(),
+                _ if slot == app.live => "live",
+                _ => "idle",
+            };
+            let _ = writeln!(
+                out,
+                "cutover_rollout_info{{app=\"{name}\",slot=\"{slot}\",version=\"{}\",phase=\"{phase}\"}} 1",
+                version.replace('\\', "\\\\").replace('"', "\\\"")
+            );
+        }
+    }
+    out
 }
 
 #[derive(Debug, Serialize)]

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::checks::{self, ReadinessConfig, VerifyConfig};
 use crate::freeze::{self, FreezeWindow};
+use crate::gates::{Confirmation, Gates};
 
 /// What a managed app runs and how its rollouts go; the `[app.*]` tables of the configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -150,6 +151,7 @@ pub struct Controller {
     slot_epochs: [AtomicU64; 2],
     shutdown: CancellationToken,
     tick: Duration,
+    gates: Arc<dyn Gates>,
 }
 
 /// `Mark` wrapped so `Controller` can derive Debug.
@@ -189,6 +191,7 @@ pub struct Deps {
     pub platform: Arc<dyn Platform>,
     pub tick: Duration,
     pub shutdown: CancellationToken,
+    pub gates: Arc<dyn Gates>,
 }
 
 impl Controller {
@@ -234,6 +237,7 @@ impl Controller {
             slot_epochs: [AtomicU64::new(0), AtomicU64::new(0)],
             shutdown: deps.shutdown,
             tick: deps.tick,
+            gates: deps.gates,
         });
         let (target_ready, live_ready) = match state.active_rollout() {
             Some(r) => (
@@ -306,9 +310,18 @@ impl Controller {
                 window: window.clone(),
             });
         }
+        self.gates
+            .before_rollout(&self.name, &release)
+            .await
+            .map_err(|reason| {
+                ControllerError::Rejected(format!("deploy of app {} refused: {reason}", self.name))
+            })?;
+        let mut policy = self.config.rollout.clone();
+        policy.gate_steps = self.gates.has_step_gates();
+        policy.confirm_promotion = self.gates.has_confirmation();
         let input = Input::Deploy {
             release,
-            policy: self.config.rollout.clone(),
+            policy,
             forced: frozen.is_some(),
         };
         let id = self.state.lock().await.next_rollout_id;
@@ -416,6 +429,7 @@ impl Controller {
         let stored = self.store.commit(&transition.state, &transition.events)?;
         *state = transition.state;
         for e in stored {
+            self.gates.notify(&self.name, &e, state.rollout.as_ref());
             tracing::info!(app = %self.name, rollout = e.event.rollout_id, kind = %e.event.kind, "{}", e.event.message);
             let _ = self.events.send(e);
         }
@@ -451,6 +465,38 @@ impl Controller {
                     let input = match checks::verify(&addrs, &this.config.verify).await {
                         Ok(detail) => Input::VerifyPassed { detail },
                         Err(reason) => Input::VerifyFailed { reason },
+                    };
+                    this.feed(input).await;
+                });
+            }
+            Action::CheckGates { step, weight_bp } => {
+                let Some(rollout) = state.rollout.clone() else {
+                    return;
+                };
+                let this = Arc::clone(self);
+                tokio::spawn(async move {
+                    let input = match this
+                        .gates
+                        .before_step(&this.name, &rollout, step, weight_bp)
+                        .await
+                    {
+                        Ok(()) => Input::GatesPassed { step },
+                        Err(reason) => Input::GatesFailed { step, reason },
+                    };
+                    this.feed(input).await;
+                });
+            }
+            Action::ConfirmPromotion => {
+                let Some(rollout) = state.rollout.clone() else {
+                    return;
+                };
+                let this = Arc::clone(self);
+                tokio::spawn(async move {
+                    let timeout = Duration::from_millis(rollout.policy.confirm_timeout_ms);
+                    let input = match this.gates.confirm_promotion(&this.name, &rollout, timeout).await {
+                        Confirmation::Confirmed(detail) => Input::PromotionConfirmed { detail },
+                        Confirmation::Rejected(reason) => Input::PromotionRejected { reason },
+                        Confirmation::TimedOut(reason) => Input::ConfirmationTimedOut { reason },
                     };
                     this.feed(input).await;
                 });

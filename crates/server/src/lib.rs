@@ -6,6 +6,7 @@ pub mod checks;
 pub mod config;
 pub mod controller;
 pub mod freeze;
+pub mod gates;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -221,6 +222,7 @@ pub async fn start(
             platform,
             tick: std::time::Duration::from_millis(config.server.tick_ms),
             shutdown: shutdown.clone(),
+            gates: Arc::new(gates::NoGates),
         })
     } else {
         None

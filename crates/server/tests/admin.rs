@@ -208,6 +208,37 @@ async fn metrics_endpoint_serves_prometheus_text_labelled_by_app_slot_and_versio
         "{:?}",
         count.value
     );
+    // Every metric the Grafana dashboard queries is one cutover exports.
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../dashboards/grafana.json"
+    ))
+    .unwrap();
+    let dashboard: Value = serde_json::from_str(&dashboard).expect("dashboards/grafana.json is JSON");
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| {
+            p["targets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["expr"].as_str().unwrap().to_string())
+        })
+        .collect();
+    assert!(exprs.len() >= 7);
+    for expr in &exprs {
+        for name in expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("cutover_"))
+        {
+            assert!(
+                text.contains(&format!("# TYPE {} ", name.trim_end_matches("_bucket"))),
+                "{name} (in {expr}) is not exported"
+            );
+        }
+    }
     let weight = scrape
         .samples
         .iter()

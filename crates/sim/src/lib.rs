@@ -342,6 +342,10 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunResult {
                     Action::Verify { .. } => pending.push(Input::VerifyPassed {
                         detail: "simulated".into(),
                     }),
+                    Action::CheckGates { step, .. } => pending.push(Input::GatesPassed { step }),
+                    Action::ConfirmPromotion => pending.push(Input::PromotionConfirmed {
+                        detail: "simulated".into(),
+                    }),
                     Action::ApplyRoutes(_) | Action::Stop { .. } => {}
                 }
             }
