@@ -311,22 +311,6 @@ pub async fn start(
         }
     }
 
-    let mut controllers = BTreeMap::new();
-    if let Some(deps) = &managed_deps {
-        for app_config in &config.apps {
-            let (Some(managed), Some(proxy)) = (app_config.managed(), apps.get(&app_config.name)) else {
-                continue;
-            };
-            let controller = Controller::start(&app_config.name, managed, Arc::clone(proxy), deps.clone())
-                .await
-                .map_err(|source| ServeError::Controller {
-                    app: app_config.name.clone(),
-                    source,
-                })?;
-            controllers.insert(app_config.name.clone(), controller);
-        }
-    }
-
     let mut tasks = JoinSet::new();
     for (app, listener, kind, tls) in listeners {
         let drain = app.settings.drain_timeout();
