@@ -19,7 +19,8 @@ struct Setup {
     steps: &'static str,
     rollback_window_ms: u64,
     verify: &'static str,
-    extra: &'static str,
+    extra: String,
+    rollout_extra: &'static str,
 }
 
 impl Default for Setup {
@@ -28,7 +29,8 @@ impl Default for Setup {
             steps: r#"[{ weight_bp = 2500, duration_ms = 600 }, { weight_bp = 5000, duration_ms = 600 }, { weight_bp = 10000 }]"#,
             rollback_window_ms: 500,
             verify: r#"smoke = [{ path = "/health/ready" }]"#,
-            extra: "",
+            extra: String::new(),
+            rollout_extra: "",
         }
     }
 }
@@ -88,6 +90,7 @@ failure_limit = 1
 inconclusive_limit = 20
 rollback_window_ms = {rollback}
 readiness_deadline_ms = 4000
+{rollout_extra}
 
 [app.rollout.judge]
 min_requests = 5
@@ -102,6 +105,7 @@ min_requests = 5
                 rollback = setup.rollback_window_ms,
                 verify = setup.verify,
                 extra = setup.extra,
+                rollout_extra = setup.rollout_extra,
             ),
         )
         .unwrap();
@@ -464,7 +468,7 @@ async fn a_failed_smoke_check_tears_the_slot_down_before_any_traffic() {
 async fn one_rollout_at_a_time_and_freeze_windows_need_force() {
     let cluster = Cluster::new(Setup {
         steps: r#"[{ weight_bp = 2500, duration_ms = 60000 }, { weight_bp = 10000 }]"#,
-        extra: "[[app.freeze]]\nname = \"always\"\nfrom = \"00:00\"\nto = \"23:59\"\n\n[[app.freeze]]\nname = \"last minute\"\nfrom = \"23:59\"\nto = \"00:00\"",
+        extra: "[[app.freeze]]\nname = \"always\"\nfrom = \"00:00\"\nto = \"23:59\"\n\n[[app.freeze]]\nname = \"last minute\"\nfrom = \"23:59\"\nto = \"00:00\"".into(),
         ..Setup::default()
     });
     let (code, out) = cluster.deploy("v1", "");
@@ -634,4 +638,172 @@ async fn a_new_slot_that_dies_after_a_restart_is_rolled_back() {
         "v1",
         "traffic never stays on a slot that is not running"
     );
+}
+
+/// A webhook receiver: records every request; `/veto` refuses step 2, `/confirm` answers
+/// "not yet" until told what to answer.
+#[derive(Clone, Default)]
+struct Receiver {
+    seen: Arc<std::sync::Mutex<Vec<(String, Value)>>>,
+    confirm_answer: Arc<std::sync::atomic::AtomicU16>,
+}
+
+impl Receiver {
+    async fn start() -> (Receiver, std::net::SocketAddr) {
+        use axum::routing::post;
+        let receiver = Receiver::default();
+        receiver.confirm_answer.store(409, Ordering::SeqCst);
+        let r = receiver.clone();
+        let app = axum::Router::new().route(
+            "/{hook}",
+            post(
+                move |axum::extract::Path(hook): axum::extract::Path<String>, body: axum::body::Bytes| {
+                    let r = r.clone();
+                    async move {
+                        let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                        r.seen.lock().unwrap().push((hook.clone(), json.clone()));
+                        let status = match hook.as_str() {
+                            "veto" if json["step"] == 1 => 409,
+                            "confirm" => r.confirm_answer.load(Ordering::SeqCst),
+                            _ => 204,
+                        };
+                        axum::http::StatusCode::from_u16(status).unwrap()
+                    }
+                },
+            ),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (receiver, addr)
+    }
+
+    fn types(&self, hook: &str) -> Vec<String> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(h, _)| h == hook)
+            .map(|(_, j)| j["type"].as_str().unwrap_or("?").to_string())
+            .collect()
+    }
+}
+
+fn webhooks(addr: std::net::SocketAddr, veto: bool) -> String {
+    let mut hooks = format!(
+        r#"
+[[app.webhook]]
+name = "audit"
+url = "http://{addr}/audit"
+events = ["pre_rollout", "step", "post_rollout", "rollback", "event"]
+
+[[app.webhook]]
+name = "release-bot"
+url = "http://{addr}/confirm"
+events = ["confirm_promotion"]
+retry_backoff_ms = 50
+"#
+    );
+    if veto {
+        hooks.push_str(&format!(
+            r#"
+[[app.webhook]]
+name = "change-board"
+url = "http://{addr}/veto"
+events = ["step"]
+can_veto = true
+retries = 0
+"#
+        ));
+    }
+    hooks
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_hear_every_event_and_confirm_the_promotion() {
+    let (receiver, addr) = Receiver::start().await;
+    let cluster = Cluster::new(Setup {
+        extra: webhooks(addr, false),
+        ..Setup::default()
+    });
+    assert_eq!(cluster.deploy("v1", "").0, 0);
+    let load = Load::start(&cluster.public);
+    assert_eq!(cluster.deploy_async("v2", None).await, 202);
+    cluster.wait_phase("awaiting_confirmation").await;
+    wait_until("the release bot is asked", Duration::from_secs(10), || async {
+        !receiver.types("confirm").is_empty()
+    })
+    .await;
+    receiver.confirm_answer.store(200, Ordering::SeqCst);
+    cluster.wait_phase("promoted").await;
+    assert_eq!(cluster.post("promote").await, 200);
+    cluster.wait_phase("succeeded").await;
+    wait_until("post-rollout notification", Duration::from_secs(10), || async {
+        receiver
+            .types("audit")
+            .iter()
+            .filter(|t| *t == "post_rollout")
+            .count()
+            >= 2
+    })
+    .await;
+    let audit = receiver.types("audit");
+    for kind in ["pre_rollout", "step", "event", "post_rollout"] {
+        assert!(
+            audit.iter().any(|t| t == kind),
+            "audit hook got no {kind}: {audit:?}"
+        );
+    }
+    assert!(receiver.types("confirm").iter().all(|t| t == "confirm_promotion"));
+    load.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vetoing_webhook_fails_the_step_and_a_silent_confirmer_leaves_it_to_a_person() {
+    let (receiver, addr) = Receiver::start().await;
+    let cluster = Cluster::new(Setup {
+        extra: webhooks(addr, true),
+        ..Setup::default()
+    });
+    assert_eq!(cluster.deploy("v1", "").0, 0);
+    let load = Load::start(&cluster.public);
+    let (code, out) = cluster.deploy("v2", "");
+    load.finish().await;
+    assert_eq!(code, 10, "{out}");
+    assert!(
+        out.contains("step gate before step 2: vetoed by webhook \"change-board\": 409"),
+        "{out}"
+    );
+    assert!(receiver.types("audit").iter().any(|t| t == "rollback"));
+
+    // The confirmer never says yes: after its timeout a person decides; nothing is promoted.
+    let (receiver, addr) = Receiver::start().await;
+    let cluster = Cluster::new(Setup {
+        extra: webhooks(addr, false),
+        rollout_extra: "confirm_timeout_ms = 500",
+        ..Setup::default()
+    });
+    assert_eq!(cluster.deploy("v1", "").0, 0);
+    let load = Load::start(&cluster.public);
+    assert_eq!(cluster.deploy_async("v2", None).await, 202);
+    wait_until("the confirmation times out", Duration::from_secs(20), || async {
+        let events: Value = http_client()
+            .get(format!("{}/v1/apps/web/events?rollout=2", cluster.admin))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "confirmation_timed_out")
+    })
+    .await;
+    assert_eq!(cluster.phase().await, "awaiting_confirmation");
+    assert!(!receiver.types("confirm").is_empty());
+    assert_eq!(cluster.post("rollback").await, 200);
+    load.finish().await;
 }

@@ -99,6 +99,9 @@ pub struct AppConfig {
     pub freeze: Vec<FreezeWindow>,
     #[serde(default = "default_stop_grace_ms")]
     pub stop_grace_ms: u64,
+    /// Webhooks told of lifecycle events; some may veto a rollout or a step, or confirm promotions.
+    #[serde(default, rename = "webhook")]
+    pub webhooks: Vec<cutover_notify::WebhookConfig>,
 }
 
 fn default_stop_grace_ms() -> u64 {
@@ -129,6 +132,7 @@ impl AppConfig {
             verify: VerifyConfig::default(),
             freeze: Vec::new(),
             stop_grace_ms: default_stop_grace_ms(),
+            webhooks: Vec::new(),
         }
     }
 
@@ -317,6 +321,11 @@ impl Config {
                 }
             }
             errors.extend(app.proxy.validate(&format!("{at}.proxy.")));
+            errors.extend(cutover_notify::validate_all(
+                &app.webhooks,
+                &format!("{at}.webhook"),
+                &cutover_notify::env_secret,
+            ));
             if let Some(managed) = app.managed() {
                 errors.extend(managed.validate(&format!("{at}.")));
                 if app.routes != default_routes() {

@@ -58,3 +58,160 @@ pub struct NoGates;
 
 #[async_trait::async_trait]
 impl Gates for NoGates {}
+
+/// The gates of one app as configured: webhooks (notifications, vetoes, confirmations) and,
+/// optionally, an alert gate.
+#[derive(Debug, Clone)]
+pub struct ConfiguredGates {
+    notifier: Option<cutover_notify::Notifier>,
+    step_vetoes: bool,
+    rollout_vetoes: bool,
+    confirmation: bool,
+}
+
+impl ConfiguredGates {
+    pub fn new(hooks: Vec<cutover_notify::WebhookConfig>) -> Result<Self, cutover_notify::NotifyError> {
+        use cutover_notify::EventKind;
+        let vetoes = |kind: EventKind| hooks.iter().any(|h| h.can_veto && h.subscribes_to(kind));
+        let step_vetoes = vetoes(EventKind::Step);
+        let rollout_vetoes = vetoes(EventKind::PreRollout);
+        let confirmation = hooks.iter().any(|h| h.subscribes_to(EventKind::ConfirmPromotion));
+        let notifier = if hooks.is_empty() {
+            None
+        } else {
+            Some(cutover_notify::Notifier::from_env(hooks)?)
+        };
+        Ok(ConfiguredGates {
+            notifier,
+            step_vetoes,
+            rollout_vetoes,
+            confirmation,
+        })
+    }
+
+    fn event(
+        kind: cutover_notify::EventKind,
+        app: &str,
+        rollout: Option<&Rollout>,
+        message: String,
+    ) -> cutover_notify::WebhookEvent {
+        let mut e = cutover_notify::WebhookEvent::new(kind, app, message, now());
+        if let Some(r) = rollout {
+            e.rollout_id = Some(r.id);
+            e.version = Some(r.release.version.clone());
+            e.previous_version = r.previous_version.clone();
+            e.phase = Some(r.phase.name().to_string());
+        }
+        e
+    }
+}
+
+fn now() -> cutover_core::Timestamp {
+    use cutover_core::Clock;
+    crate::SystemClock.now()
+}
+
+#[async_trait::async_trait]
+impl Gates for ConfiguredGates {
+    fn has_step_gates(&self) -> bool {
+        self.step_vetoes
+    }
+
+    fn has_confirmation(&self) -> bool {
+        self.confirmation
+    }
+
+    async fn before_rollout(&self, app: &str, release: &ReleaseSpec) -> Result<(), String> {
+        let Some(n) = &self.notifier else { return Ok(()) };
+        let mut e = Self::event(
+            cutover_notify::EventKind::PreRollout,
+            app,
+            None,
+            format!("about to deploy {}", release.version),
+        );
+        e.version = Some(release.version.clone());
+        if !self.rollout_vetoes {
+            n.notify(e);
+            return Ok(());
+        }
+        match n.gate(e).await {
+            cutover_notify::GateDecision::Allow => Ok(()),
+            other => Err(other.to_string()),
+        }
+    }
+
+    async fn before_step(
+        &self,
+        app: &str,
+        rollout: &Rollout,
+        step: usize,
+        weight_bp: u16,
+    ) -> Result<(), String> {
+        let Some(n) = &self.notifier else { return Ok(()) };
+        let mut e = Self::event(
+            cutover_notify::EventKind::Step,
+            app,
+            Some(rollout),
+            format!(
+                "step {}: {:.2} % of users on {}",
+                step + 1,
+                f64::from(weight_bp) / 100.0,
+                rollout.release.version
+            ),
+        );
+        e.step = Some(step);
+        e.weight_bp = Some(weight_bp);
+        match n.gate(e).await {
+            cutover_notify::GateDecision::Allow => Ok(()),
+            other => Err(other.to_string()),
+        }
+    }
+
+    async fn confirm_promotion(&self, app: &str, rollout: &Rollout, timeout: Duration) -> Confirmation {
+        let Some(n) = &self.notifier else {
+            return Confirmation::Confirmed("no confirmation webhook".into());
+        };
+        let e = Self::event(
+            cutover_notify::EventKind::ConfirmPromotion,
+            app,
+            Some(rollout),
+            format!(
+                "confirm the promotion of {} to all users",
+                rollout.release.version
+            ),
+        );
+        match n.confirm(e, timeout).await {
+            cutover_notify::GateDecision::Allow => {
+                Confirmation::Confirmed("confirmed by every webhook".into())
+            }
+            d @ cutover_notify::GateDecision::Veto { .. } => Confirmation::Rejected(d.to_string()),
+            d @ cutover_notify::GateDecision::TimedOut { .. } => Confirmation::TimedOut(d.to_string()),
+        }
+    }
+
+    fn notify(&self, app: &str, event: &StoredEvent, rollout: Option<&Rollout>) {
+        use cutover_notify::EventKind;
+        let Some(n) = &self.notifier else { return };
+        let mut every = Self::event(EventKind::Event, app, rollout, event.event.message.clone());
+        every.data = serde_json::to_value(event).unwrap_or_default();
+        n.notify(every);
+        let lifecycle: &[EventKind] = match event.event.kind.as_str() {
+            // With step gates, the gate itself told every step hook.
+            "step" if !self.step_vetoes => &[EventKind::Step],
+            "rolled_back" => &[EventKind::Rollback, EventKind::PostRollout],
+            "succeeded" | "aborted" | "failed" => &[EventKind::PostRollout],
+            _ => &[],
+        };
+        for kind in lifecycle {
+            let mut e = Self::event(*kind, app, rollout, event.event.message.clone());
+            e.data = event.event.data.clone();
+            if let Some(step) = event.event.data.get("step").and_then(|s| s.as_u64()) {
+                e.step = Some(step as usize);
+            }
+            if let Some(w) = event.event.data.get("weight_bp").and_then(|s| s.as_u64()) {
+                e.weight_bp = u16::try_from(w).ok();
+            }
+            n.notify(e);
+        }
+    }
+}

@@ -59,6 +59,11 @@ pub enum ServeError {
         app: String,
         source: controller::ControllerError,
     },
+    #[error("app {app}: webhooks: {source}")]
+    Webhooks {
+        app: String,
+        source: cutover_notify::NotifyError,
+    },
 }
 
 /// The system's wall clock.
@@ -301,7 +306,17 @@ pub async fn start(
             let (Some(managed), Some(proxy)) = (app_config.managed(), apps.get(&app_config.name)) else {
                 continue;
             };
-            let controller = Controller::start(&app_config.name, managed, Arc::clone(proxy), deps.clone())
+            let gates = gates::ConfiguredGates::new(app_config.webhooks.clone()).map_err(|source| {
+                ServeError::Webhooks {
+                    app: app_config.name.clone(),
+                    source,
+                }
+            })?;
+            let deps = Deps {
+                gates: Arc::new(gates),
+                ..deps.clone()
+            };
+            let controller = Controller::start(&app_config.name, managed, Arc::clone(proxy), deps)
                 .await
                 .map_err(|source| ServeError::Controller {
                     app: app_config.name.clone(),

@@ -6,6 +6,8 @@
 //! binaries, running the example app, supervising child processes so none outlive the
 //! test, and polling for conditions with a deadline instead of sleeping.
 
+pub mod monitoring;
+
 use std::fs::File;
 use std::future::Future;
 use std::io::{BufRead, BufReader, Read};
