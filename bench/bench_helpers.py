@@ -8,6 +8,7 @@ Subcommands:
                                  "event": "ready" (exit 1 if there is none yet)
   parse-wrk FILE                 parse wrk --latency output into one JSON object
   rss-kib PID                    RSS of PID and all its descendants, in KiB
+  cpu-jiffies PID                CPU time (user+system, clock ticks) of PID and its descendants
   cpu-idle SECS                  % of CPU idle over the next SECS seconds
   cpu-snapshot FILE SHELL_PID PID...  record CPU counters (start of a measurement)
   foreign-cpu FILE SHELL_PID PID...   % of CPU capacity used by other processes since then
@@ -415,6 +416,11 @@ def switcher(args) -> int:
 # reports
 
 
+def _num(x: float):
+    """10.0 -> 10 for the JSON lines; other values unchanged."""
+    return int(x) if x == int(x) else x
+
+
 def _ratio(a, b):
     if a is None or b in (None, 0):
         return None
@@ -441,9 +447,17 @@ def report_proxy(args) -> int:
         name, pct = spec.split("=", 1)
         foreign[name] = float(pct)
 
+    cpu_us = {}
+    hz = os.sysconf("SC_CLK_TCK")
+    for spec in args.target_cpu or []:
+        name, jiffies = spec.split("=", 1)
+        reqs = results.get(name, {}).get("requests")
+        if reqs:
+            cpu_us[name] = round(int(jiffies) / hz * 1e6 / reqs, 2)
+
     print()
     print(f"{'target':<10} {'req/s':>12} {'p50 ms':>9} {'p99 ms':>9} {'non-2xx':>8} {'sock err':>9}"
-          f" {'idle KiB/conn':>14} {'other CPU %':>12}")
+          f" {'CPU us/req':>11} {'idle KiB/conn':>14} {'other CPU %':>12}")
     for name, r in results.items():
         rps = f"{r['rps']:.0f}" if r["rps"] is not None else "?"
         p50 = f"{r['p50_ms']:.3f}" if r["p50_ms"] is not None else "?"
@@ -452,8 +466,9 @@ def report_proxy(args) -> int:
         if idle.get(name):
             kib = f"{idle[name]['idle_conn_kib']:.1f}"
         other = f"{foreign[name]:.1f}" if name in foreign else "-"
+        cpu = f"{cpu_us[name]:.2f}" if name in cpu_us else "-"
         print(f"{name:<10} {rps:>12} {p50:>9} {p99:>9} {r['non_2xx']:>8} "
-              f"{r['socket_errors_total']:>9} {kib:>14} {other:>12}")
+              f"{r['socket_errors_total']:>9} {cpu:>11} {kib:>14} {other:>12}")
 
     def get(name, key):
         return results.get(name, {}).get(key)
@@ -463,9 +478,11 @@ def report_proxy(args) -> int:
         "rps_cutover_over_haproxy": _ratio(get("cutover", "rps"), get("haproxy", "rps")),
         "p99_cutover_over_nginx": _ratio(get("cutover", "p99_ms"), get("nginx", "p99_ms")),
         "p99_cutover_over_haproxy": _ratio(get("cutover", "p99_ms"), get("haproxy", "p99_ms")),
+        "cpu_cutover_over_nginx": _ratio(cpu_us.get("cutover"), cpu_us.get("nginx")),
+        "cpu_cutover_over_haproxy": _ratio(cpu_us.get("cutover"), cpu_us.get("haproxy")),
     }
     print()
-    print("ratios (throughput: higher is better for cutover; p99: lower is better for cutover)")
+    print("ratios (rps: higher is better for cutover; p99 and CPU per request: lower is better)")
     for k, v in ratios.items():
         print(f"  {k:<26} {v}")
     print()
@@ -473,7 +490,7 @@ def report_proxy(args) -> int:
     doc: dict = {
         "bench": "proxy",
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "duration_s": args.duration_s,
+        "duration_s": _num(args.duration_s),
         "connections": args.connections,
         "proxy_threads": args.proxy_threads,
         "backend_threads": args.backend_threads,
@@ -487,6 +504,8 @@ def report_proxy(args) -> int:
                  "non_2xx": r["non_2xx"], "socket_errors": r["socket_errors_total"]}
         if idle.get(name):
             entry["idle_conn_kib"] = idle[name]["idle_conn_kib"]
+        if name in cpu_us:
+            entry["cpu_us_per_req"] = cpu_us[name]
         if name in foreign:
             entry["foreign_cpu_pct"] = foreign[name]
         doc[name] = entry
@@ -550,7 +569,7 @@ def report_switch(args) -> int:
         "bench": "switch",
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "switches": sw["switches"],
-        "duration_s": args.duration_s,
+        "duration_s": _num(args.duration_s),
         "connections": args.connections,
         "requests": wrk["requests"],
         "rps": wrk["rps"],
@@ -587,6 +606,8 @@ def main(argv: list[str]) -> int:
     q.add_argument("pid", type=int)
     q = sub.add_parser("cpu-idle")
     q.add_argument("seconds", type=float)
+    q = sub.add_parser("cpu-jiffies")
+    q.add_argument("pid", type=int)
     q = sub.add_parser("cpu-snapshot")
     q.add_argument("file")
     q.add_argument("shell_pid", type=int)
@@ -616,6 +637,7 @@ def main(argv: list[str]) -> int:
     q.add_argument("--wrk-threads", type=int, required=True)
     q.add_argument("--cookie", default="")
     q.add_argument("--target-foreign-cpu", action="append", help="NAME=PCT")
+    q.add_argument("--target-cpu", action="append", help="NAME=JIFFIES used by the target")
     q.add_argument("--foreign-cpu", type=float)
     q.add_argument("--cpu-idle-before", type=float)
     q = sub.add_parser("report-switch")
@@ -652,6 +674,9 @@ def main(argv: list[str]) -> int:
         return 0
     if args.cmd == "cpu-idle":
         print(cpu_idle_pct(args.seconds))
+        return 0
+    if args.cmd == "cpu-jiffies":
+        print(sum(_proc_jiffies(p, children_too=False) for p in descendants(args.pid)))
         return 0
     if args.cmd == "cpu-snapshot":
         cpu_snapshot(args.file, args.shell_pid, args.pids)

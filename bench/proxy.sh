@@ -69,6 +69,7 @@ declare -A URL=(
     [haproxy]="http://127.0.0.1:$BENCH_HAPROXY_PORT/"
 )
 declare -A PID=(
+    [direct]=$BENCH_APP_PID
     [cutover]=$BENCH_CUTOVER_PID
     [nginx]=$BENCH_NGINX_PID
     [haproxy]=$BENCH_HAPROXY_PID
@@ -86,7 +87,7 @@ done
 IDLE_ARGS=()
 if ((IDLE_CONNS > 0)); then
     for t in "${TARGETS[@]}"; do
-        [[ -n ${PID[$t]:-} ]] || continue
+        [[ $t != direct ]] || continue
         port="${URL[$t]##*:}"
         port="${port%/}"
         out="$BENCH_TMP/idle-$t.json"
@@ -111,13 +112,16 @@ for t in "${TARGETS[@]}"; do
     wrk -t"$BENCH_WRK_THREADS" -c"$BENCH_CONNECTIONS" -d"$WARMUP" "${WRK_EXTRA[@]}" "${URL[$t]}" >"$BENCH_TMP/warmup-$t.txt"
     bench_log "$t: wrk -t$BENCH_WRK_THREADS -c$BENCH_CONNECTIONS -d$DURATION --latency ${WRK_EXTRA[*]} ${URL[$t]}"
     bench_cpu_mark "$t"
+    cpu_before="$(python3 "$BENCH_HELPERS" cpu-jiffies "${PID[$t]}")"
     wrk -t"$BENCH_WRK_THREADS" -c"$BENCH_CONNECTIONS" -d"$DURATION" --latency "${WRK_EXTRA[@]}" "${URL[$t]}" \
         >"$BENCH_TMP/wrk-$t.txt"
+    cpu_after="$(python3 "$BENCH_HELPERS" cpu-jiffies "${PID[$t]}")"
     bench_cpu_foreign "$t"
+    REPORT_ARGS+=(--target-cpu "$t=$((cpu_after - cpu_before))")
     REPORT_ARGS+=(--target-foreign-cpu "$t=$BENCH_FOREIGN_CPU")
     sed 's/^/    /' "$BENCH_TMP/wrk-$t.txt" >&2
     for p in "${PID[@]}"; do
-        bench_alive "$p" || bench_die "a proxy (pid $p) died during the $t run"
+        bench_alive "$p" || bench_die "a target process (pid $p) died during the $t run"
     done
     REPORT_ARGS+=(--target "$t=$BENCH_TMP/wrk-$t.txt")
 done

@@ -807,3 +807,36 @@ async fn a_vetoing_webhook_fails_the_step_and_a_silent_confirmer_leaves_it_to_a_
     assert_eq!(cluster.post("rollback").await, 200);
     load.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_firing_page_alert_blocks_a_rollout_until_it_is_silenced() {
+    let alertmanager = cutover_test_support::monitoring::Alertmanager::start().await;
+    let cluster = Cluster::new(Setup {
+        extra: format!(
+            "[app.alert_gate]\nurl = \"{}\"\nmatchers = ['severity=\"page\"']\n",
+            alertmanager.url
+        ),
+        ..Setup::default()
+    });
+    alertmanager
+        .post_alert(
+            &[("alertname", "HighErrorRate"), ("severity", "page")],
+            &[("summary", "error rate 7 %")],
+        )
+        .await;
+    alertmanager
+        .post_alert(&[("alertname", "DiskAlmostFull"), ("severity", "ticket")], &[])
+        .await;
+    let (code, out) = cluster.deploy("v1", "");
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains("1 firing alert matches severity=\"page\": HighErrorRate"),
+        "{out}"
+    );
+    assert!(!out.contains("DiskAlmostFull"), "{out}");
+    alertmanager
+        .silence(&[("alertname", "HighErrorRate")], Duration::from_secs(3600))
+        .await;
+    let (code, out) = cluster.deploy("v1", "");
+    assert_eq!(code, 0, "the silence lets it through: {out}");
+}

@@ -352,7 +352,11 @@ impl AlertGate {
             .into_iter()
             // Alertmanager filtered already; the state check keeps a suppressed alert from
             // blocking should a version ignore a filter parameter.
-            .filter(|a| a.status.as_ref().is_none_or(|s| s.state == "active"))
+            .filter(|a| {
+                a.status
+                    .as_ref()
+                    .is_none_or(|s| s.state == "active" || s.state == "unprocessed")
+            })
             .map(|a| ActiveAlert {
                 name: a
                     .labels

@@ -102,6 +102,10 @@ pub struct AppConfig {
     /// Webhooks told of lifecycle events; some may veto a rollout or a step, or confirm promotions.
     #[serde(default, rename = "webhook")]
     pub webhooks: Vec<cutover_notify::WebhookConfig>,
+    /// Alertmanager: matching firing alerts (not silenced, not inhibited) block a rollout's start
+    /// and fail its steps.
+    #[serde(default)]
+    pub alert_gate: Option<cutover_monitoring::AlertGateConfig>,
 }
 
 fn default_stop_grace_ms() -> u64 {
@@ -133,6 +137,7 @@ impl AppConfig {
             freeze: Vec::new(),
             stop_grace_ms: default_stop_grace_ms(),
             webhooks: Vec::new(),
+            alert_gate: None,
         }
     }
 
@@ -326,6 +331,13 @@ impl Config {
                 &format!("{at}.webhook"),
                 &cutover_notify::env_secret,
             ));
+            if let Some(gate) = &app.alert_gate {
+                if let Err(problems) = gate.validate() {
+                    for p in problems {
+                        errors.push(FieldError::new(format!("{at}.alert_gate"), p.to_string()));
+                    }
+                }
+            }
             if let Some(managed) = app.managed() {
                 errors.extend(managed.validate(&format!("{at}.")));
                 if app.routes != default_routes() {

@@ -64,12 +64,31 @@ impl Gates for NoGates {}
 #[derive(Debug, Clone)]
 pub struct ConfiguredGates {
     notifier: Option<cutover_notify::Notifier>,
+    alerts: Option<cutover_monitoring::AlertGate>,
     step_vetoes: bool,
     rollout_vetoes: bool,
     confirmation: bool,
 }
 
 impl ConfiguredGates {
+    /// Adds an alert gate: matching firing alerts block a rollout's start and fail its steps.
+    pub fn with_alert_gate(mut self, gate: Option<cutover_monitoring::AlertGate>) -> Self {
+        self.alerts = gate;
+        self
+    }
+
+    /// Firing alerts that block, described; an Alertmanager that cannot be asked blocks too.
+    async fn alerts_block(&self) -> Result<(), String> {
+        let Some(gate) = &self.alerts else { return Ok(()) };
+        match gate.check().await {
+            Ok(alerts) if alerts.is_empty() => Ok(()),
+            Ok(alerts) => Err(gate.describe(&alerts)),
+            Err(e) => Err(format!(
+                "the alert gate could not check Alertmanager, so it blocks: {e}"
+            )),
+        }
+    }
+
     pub fn new(hooks: Vec<cutover_notify::WebhookConfig>) -> Result<Self, cutover_notify::NotifyError> {
         use cutover_notify::EventKind;
         let vetoes = |kind: EventKind| hooks.iter().any(|h| h.can_veto && h.subscribes_to(kind));
@@ -83,6 +102,7 @@ impl ConfiguredGates {
         };
         Ok(ConfiguredGates {
             notifier,
+            alerts: None,
             step_vetoes,
             rollout_vetoes,
             confirmation,
@@ -114,7 +134,7 @@ fn now() -> cutover_core::Timestamp {
 #[async_trait::async_trait]
 impl Gates for ConfiguredGates {
     fn has_step_gates(&self) -> bool {
-        self.step_vetoes
+        self.step_vetoes || self.alerts.is_some()
     }
 
     fn has_confirmation(&self) -> bool {
@@ -122,6 +142,7 @@ impl Gates for ConfiguredGates {
     }
 
     async fn before_rollout(&self, app: &str, release: &ReleaseSpec) -> Result<(), String> {
+        self.alerts_block().await?;
         let Some(n) = &self.notifier else { return Ok(()) };
         let mut e = Self::event(
             cutover_notify::EventKind::PreRollout,
@@ -197,7 +218,7 @@ impl Gates for ConfiguredGates {
         n.notify(every);
         let lifecycle: &[EventKind] = match event.event.kind.as_str() {
             // With step gates, the gate itself told every step hook.
-            "step" if !self.step_vetoes => &[EventKind::Step],
+            "step" if !self.has_step_gates() => &[EventKind::Step],
             "rolled_back" => &[EventKind::Rollback, EventKind::PostRollout],
             "succeeded" | "aborted" | "failed" => &[EventKind::PostRollout],
             _ => &[],

@@ -59,6 +59,11 @@ pub enum ServeError {
         app: String,
         source: controller::ControllerError,
     },
+    #[error("app {app}: alert gate: {source}")]
+    AlertGate {
+        app: String,
+        source: cutover_monitoring::GateError,
+    },
     #[error("app {app}: webhooks: {source}")]
     Webhooks {
         app: String,
@@ -306,12 +311,21 @@ pub async fn start(
             let (Some(managed), Some(proxy)) = (app_config.managed(), apps.get(&app_config.name)) else {
                 continue;
             };
-            let gates = gates::ConfiguredGates::new(app_config.webhooks.clone()).map_err(|source| {
-                ServeError::Webhooks {
+            let alert_gate = match &app_config.alert_gate {
+                Some(c) => Some(cutover_monitoring::AlertGate::new(c.clone()).map_err(|source| {
+                    ServeError::AlertGate {
+                        app: app_config.name.clone(),
+                        source,
+                    }
+                })?),
+                None => None,
+            };
+            let gates = gates::ConfiguredGates::new(app_config.webhooks.clone())
+                .map_err(|source| ServeError::Webhooks {
                     app: app_config.name.clone(),
                     source,
-                }
-            })?;
+                })?
+                .with_alert_gate(alert_gate);
             let deps = Deps {
                 gates: Arc::new(gates),
                 ..deps.clone()
