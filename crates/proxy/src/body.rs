@@ -188,9 +188,6 @@ impl Body for ProxyBody {
                 if up.in_flight.completed {
                     return Poll::Ready(None);
                 }
-                if up.stop.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Some(Err(Box::new(DrainCut))));
-                }
                 match Pin::new(&mut up.inner).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let Some(data) = frame.data_ref() {
@@ -206,7 +203,12 @@ impl Body for ProxyBody {
                         up.in_flight.completed = true;
                         Poll::Ready(None)
                     }
-                    Poll::Pending => Poll::Pending,
+                    // Only a body that waits can outlive a drain: the cut is checked (and its
+                    // waker registered) then, not on every frame of a busy response.
+                    Poll::Pending => match up.stop.as_mut().poll(cx) {
+                        Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(DrainCut)))),
+                        Poll::Pending => Poll::Pending,
+                    },
                 }
             }
         }
