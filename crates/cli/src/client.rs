@@ -243,24 +243,9 @@ pub async fn follow_rollout(client: &Client, app: &str, id: u64, mut after: u64)
     let bar = indicatif::ProgressBar::new_spinner();
     bar.enable_steady_tick(Duration::from_millis(120));
     loop {
-        let events = client
-            .get(&format!("/v1/apps/{app}/events?after={after}&rollout={id}"))
-            .await?;
-        for e in events.as_array().into_iter().flatten() {
-            after = after.max(e["seq"].as_u64().unwrap_or(after));
-            let line = format!(
-                "  {:<12} {}",
-                e["kind"].as_str().unwrap_or(""),
-                e["message"].as_str().unwrap_or("")
-            );
-            // A hidden bar (output not a terminal) prints nothing, so print plainly then.
-            if bar.is_hidden() {
-                println!("{line}");
-            } else {
-                bar.println(line);
-            }
-        }
         let status = client.get(&format!("/v1/apps/{app}/status")).await?;
+        // Events after the status: a rollout that just ended has its last events in by now.
+        print_events(client, app, id, &mut after, &bar).await?;
         bar.set_message(progress_line(&status));
         let phase = status["rollout"]["phase"]["phase"].as_str().unwrap_or("");
         if status["rollout"]["id"].as_u64() == Some(id) {
@@ -273,6 +258,33 @@ pub async fn follow_rollout(client: &Client, app: &str, id: u64, mut after: u64)
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+async fn print_events(
+    client: &Client,
+    app: &str,
+    id: u64,
+    after: &mut u64,
+    bar: &indicatif::ProgressBar,
+) -> Result<()> {
+    let events = client
+        .get(&format!("/v1/apps/{app}/events?after={after}&rollout={id}"))
+        .await?;
+    for e in events.as_array().into_iter().flatten() {
+        *after = (*after).max(e["seq"].as_u64().unwrap_or(*after));
+        let line = format!(
+            "  {:<12} {}",
+            e["kind"].as_str().unwrap_or(""),
+            e["message"].as_str().unwrap_or("")
+        );
+        // A hidden bar (output not a terminal) prints nothing, so print plainly then.
+        if bar.is_hidden() {
+            println!("{line}");
+        } else {
+            bar.println(line);
+        }
+    }
+    Ok(())
 }
 
 pub async fn status(client: &Client, app: &str, json: bool, watch: bool) -> Result<ExitCode> {

@@ -21,6 +21,8 @@ struct Setup {
     verify: &'static str,
     extra: String,
     rollout_extra: &'static str,
+    admin_listen: String,
+    analysis_interval_ms: u64,
 }
 
 impl Default for Setup {
@@ -31,6 +33,8 @@ impl Default for Setup {
             verify: r#"smoke = [{ path = "/health/ready" }]"#,
             extra: String::new(),
             rollout_extra: "",
+            admin_listen: "127.0.0.1:0".into(),
+            analysis_interval_ms: 200,
         }
     }
 }
@@ -60,7 +64,7 @@ impl Cluster {
 tick_ms = 50
 
 [admin]
-listen = "127.0.0.1:0"
+listen = "{admin_listen}"
 
 [[app]]
 name = "web"
@@ -85,7 +89,7 @@ interval_ms = 100
 
 [app.rollout]
 steps = {steps}
-analysis_interval_ms = 200
+analysis_interval_ms = {analysis_interval_ms}
 failure_limit = 1
 inconclusive_limit = 20
 rollback_window_ms = {rollback}
@@ -106,6 +110,8 @@ min_requests = 5
                 verify = setup.verify,
                 extra = setup.extra,
                 rollout_extra = setup.rollout_extra,
+                admin_listen = setup.admin_listen,
+                analysis_interval_ms = setup.analysis_interval_ms,
             ),
         )
         .unwrap();
@@ -839,4 +845,58 @@ async fn a_firing_page_alert_blocks_a_rollout_until_it_is_silenced() {
         .await;
     let (code, out) = cluster.deploy("v1", "");
     assert_eq!(code, 0, "the silence lets it through: {out}");
+}
+
+/// The judge fed by PromQL: a real Prometheus scrapes `cutover serve` and the controller asks it,
+/// per slot and window, for requests, errors, p99 and a custom availability metric.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollouts_are_judged_from_prometheus() {
+    // Prometheus must know where to scrape before cutover starts: a port free a moment ago.
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], cutover_test_support::free_port()));
+    let prometheus = cutover_test_support::monitoring::Prometheus::start(
+        &[("cutover", admin, "/metrics")],
+        Duration::from_secs(1),
+    )
+    .await;
+    let availability = r#"sum(increase(cutover_requests_total{app="{app}",slot="{slot}",version="{version}",code_class="2xx"}[{interval}])) / sum(increase(cutover_requests_total{app="{app}",slot="{slot}",version="{version}"}[{interval}]))"#;
+    let cluster = Cluster::new(Setup {
+        admin_listen: admin.to_string(),
+        analysis_interval_ms: 2000,
+        steps: r#"[{ weight_bp = 5000, duration_ms = 6000 }, { weight_bp = 10000 }]"#,
+        rollout_extra: "",
+        extra: format!(
+            "[app.prometheus]\nurl = \"{}\"\n\n[[app.prometheus.custom]]\nname = \"availability\"\nquery = '{availability}'\ndirection = \"higher_is_better\"\nmin = 0.9\n",
+            prometheus.url
+        ),
+        ..Setup::default()
+    });
+    assert_eq!(cluster.deploy("v1", "").0, 0);
+    let load = Load::start(&cluster.public);
+    let (code, out) = cluster.deploy("v2", "");
+    assert_eq!(code, 0, "{out}");
+    let events: Value = http_client()
+        .get(format!("{}/v1/apps/web/events?rollout=2", cluster.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let judged_with_availability = events.as_array().unwrap().iter().any(|e| {
+        e["kind"] == "decision"
+            && e["message"].as_str().unwrap().starts_with("pass")
+            && e["data"]["verdict"]["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["name"] == "availability")
+    });
+    assert!(
+        judged_with_availability,
+        "a passing window judged the custom metric from Prometheus: {events}"
+    );
+
+    let (code, out) = cluster.deploy("v3", "--error-rate 0.5");
+    assert_eq!(code, 10, "{out}");
+    load.finish().await;
 }

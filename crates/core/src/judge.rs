@@ -139,6 +139,22 @@ pub struct WindowStats {
     /// compares slow requests with them. Not kept in the event log.
     #[serde(skip)]
     pub latency: Option<std::sync::Arc<LatencyPair>>,
+    /// The metric source could not measure the window (Prometheus down, say): inconclusive,
+    /// with this as the reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
+    /// Checks made outside the judge (custom business metrics), folded into the verdict.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external: Vec<ExternalCheck>,
+}
+
+/// A check of a metric the judge does not know (logins per second, checkout success), made by a
+/// metric source and judged here like the others.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExternalCheck {
+    pub name: String,
+    pub outcome: Outcome,
+    pub reason: String,
 }
 
 /// Latency histograms of both slots in one window.
@@ -196,6 +212,32 @@ pub fn judge(config: &JudgeConfig, stats: WindowStats, evidence: Option<&mut Seq
     let mut checks = Vec::new();
     let mut failures = Vec::new();
     let mut inconclusive = Vec::new();
+    if let Some(why) = &stats.unavailable {
+        let reason = format!("no measurements for this window: {why}");
+        return Verdict {
+            outcome: Outcome::Inconclusive,
+            reason,
+            stats: stats.clone(),
+            checks,
+            conclusive: false,
+            complete_step: false,
+            sequential: Vec::new(),
+        };
+    }
+    for e in &stats.external {
+        match e.outcome {
+            Outcome::Fail => failures.push(format!("{}: {}", e.name, e.reason)),
+            Outcome::Inconclusive => inconclusive.push(format!("{}: {}", e.name, e.reason)),
+            Outcome::Pass => {}
+        }
+        checks.push(Check {
+            name: e.name.clone(),
+            canary: None,
+            baseline: None,
+            threshold: None,
+            outcome: e.outcome,
+        });
+    }
     let sequential_errors = config.method == JudgeMethod::Sequential
         && evidence.is_some()
         && stats.baseline.is_some_and(|b| b.requests > 0);
@@ -514,6 +556,8 @@ mod tests {
             baseline: b.map(w),
             duration_ms: 10_000,
             latency: None,
+            unavailable: None,
+            external: Vec::new(),
         }
     }
 
@@ -607,6 +651,8 @@ mod tests {
                 baseline: Some(w(baseline)),
                 duration_ms: 5_000,
                 latency: None,
+                unavailable: None,
+                external: Vec::new(),
             };
             last = Some(judge(config, stats, Some(&mut state)));
         }

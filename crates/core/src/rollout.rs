@@ -825,6 +825,8 @@ fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> 
                 WindowStats {
                     baseline: None,
                     latency: None,
+                    unavailable: None,
+                    external: Vec::new(),
                     ..stats
                 },
                 None,

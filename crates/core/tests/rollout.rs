@@ -40,6 +40,8 @@ fn healthy(_: u64) -> WindowStats {
         baseline: Some(w(2000)),
         duration_ms: 10_000,
         latency: None,
+        unavailable: None,
+        external: Vec::new(),
     }
 }
 
@@ -57,6 +59,8 @@ fn failing(_: u64) -> WindowStats {
         }),
         duration_ms: 10_000,
         latency: None,
+        unavailable: None,
+        external: Vec::new(),
     }
 }
 
@@ -70,6 +74,8 @@ fn quiet(_: u64) -> WindowStats {
         baseline: None,
         duration_ms: 10_000,
         latency: None,
+        unavailable: None,
+        external: Vec::new(),
     }
 }
 
@@ -298,6 +304,8 @@ fn early_step_completion_moves_on_once_the_canary_is_shown_not_worse() {
             baseline: Some(w(5000, 50)),
             duration_ms: 10_000,
             latency: None,
+            unavailable: None,
+            external: Vec::new(),
         }
     });
     let mut p = policy();
@@ -446,6 +454,8 @@ fn a_regression_in_the_rollback_window_rolls_back() {
         baseline: None,
         duration_ms: 10_000,
         latency: None,
+        unavailable: None,
+        external: Vec::new(),
     });
     sim.run_for(20_000);
     assert_eq!(sim.phase(), "rolled_back", "{:#?}", sim.log);

@@ -431,11 +431,19 @@ impl LocalProcessPlatform {
                     .map_err(|e| start_error(index, format!("cannot find a free port on 127.0.0.1: {e}")))?,
             );
         }
+        let tokens: Vec<String> = (0..release.instances).map(instance_token).collect();
+        self.write_pending(app, slot, &tokens).map_err(|e| {
+            start_error(
+                0,
+                format!("cannot write {}: {e}", self.pending_path(app, slot).display()),
+            )
+        })?;
         let mut started: Vec<Tracked> = Vec::new();
         for (index, (listener, port)) in (0..).zip(listeners) {
             drop(listener);
             let log_path = self.log_path(app, slot, &release.version, index);
-            let spawned = spawn_instance(app, slot, release, index, port, workdir, &log_path);
+            let token = &tokens[index as usize];
+            let spawned = spawn_instance(app, slot, release, index, port, token, workdir, &log_path);
             let recorded = match spawned {
                 Ok(tracked) => {
                     started.push(tracked);
@@ -446,6 +454,7 @@ impl LocalProcessPlatform {
                 Err(reason) => Some(start_error(index, reason)),
             };
             if let Some(error) = recorded {
+                let _ = fs::remove_file(self.pending_path(app, slot));
                 // Half a release is not a release: take down what did start, so the slot is
                 // empty rather than under-provisioned.
                 return Err(match self.stop_locked(app, slot, self.stop_grace).await {
@@ -456,8 +465,71 @@ impl LocalProcessPlatform {
                 });
             }
         }
+        let _ = fs::remove_file(self.pending_path(app, slot));
         Ok(started)
     }
+
+    fn pending_path(&self, app: &str, slot: Slot) -> PathBuf {
+        self.state_dir
+            .join("pending")
+            .join(format!("{}-{slot}.tokens", sanitize(app)))
+    }
+
+    /// Tokens of instances about to start, written before any is spawned: a crash between a
+    /// spawn and its record leaves the token, and the next `reconcile` finds the process by it.
+    fn write_pending(&self, app: &str, slot: Slot, tokens: &[String]) -> std::io::Result<()> {
+        let path = self.pending_path(app, slot);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        fs::write(&path, tokens.join("\n"))
+    }
+
+    /// Kills the processes started under a pending token but never recorded (cutover died in
+    /// between), so nothing runs that no record knows of.
+    fn kill_unrecorded_pending(&self, app: &str, slot: Slot, recorded: &[u32]) {
+        let path = self.pending_path(app, slot);
+        let Ok(text) = fs::read_to_string(&path) else {
+            return;
+        };
+        let tokens: Vec<String> = text
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|t| format!("{INSTANCE_TOKEN_VAR}={t}"))
+            .collect();
+        if let Ok(entries) = fs::read_dir("/proc") {
+            for entry in entries.flatten() {
+                let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
+                if recorded.contains(&pid) {
+                    continue;
+                }
+                let Ok(environ) = fs::read(entry.path().join("environ")) else {
+                    continue;
+                };
+                let found = environ
+                    .split(|b| *b == 0)
+                    .any(|var| tokens.iter().any(|t| var == t.as_bytes()));
+                if found {
+                    tracing::warn!(app, %slot, pid, "stopping an instance started just before a crash and never recorded");
+                    kill_unrecorded(pid);
+                }
+            }
+        }
+        let _ = fs::remove_file(&path);
+    }
+}
+
+/// Environment variable carrying an instance's start token.
+const INSTANCE_TOKEN_VAR: &str = "CUTOVER_INSTANCE_TOKEN";
+
+fn instance_token(index: u32) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{}-{nanos}-{index}", std::process::id())
 }
 
 #[async_trait::async_trait]
@@ -524,6 +596,10 @@ impl Platform for LocalProcessPlatform {
         let mut guards = Vec::new();
         for slot in Slot::ALL {
             guards.push(self.op_lock(app, slot).lock_owned().await);
+        }
+        for slot in Slot::ALL {
+            let recorded: Vec<u32> = self.tracked(app, slot)?.iter().map(|t| t.rec.pid).collect();
+            self.kill_unrecorded_pending(app, slot, &recorded);
         }
         let mut report = ReconcileReport::default();
         let mut to_stop: Vec<(Slot, Tracked)> = Vec::new();
@@ -612,12 +688,14 @@ impl Platform for LocalProcessPlatform {
 }
 
 /// Runs one instance and starts its reaper. On error, the reason (for `PlatformError::Start`).
+#[allow(clippy::too_many_arguments)]
 fn spawn_instance(
     app: &str,
     slot: Slot,
     release: &ReleaseSpec,
     index: u32,
     port: u16,
+    token: &str,
     workdir: Option<&Path>,
     log_path: &Path,
 ) -> Result<Tracked, String> {
@@ -652,6 +730,8 @@ fn spawn_instance(
         .env("CUTOVER_SLOT", slot.as_str())
         .env("CUTOVER_VERSION", &release.version)
         .env("PORT", port.to_string())
+        // Finds the process again should cutover die between starting it and recording it.
+        .env(INSTANCE_TOKEN_VAR, token)
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr)

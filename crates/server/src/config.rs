@@ -106,6 +106,9 @@ pub struct AppConfig {
     /// and fail its steps.
     #[serde(default)]
     pub alert_gate: Option<cutover_monitoring::AlertGateConfig>,
+    /// Judge rollouts from Prometheus (PromQL per slot and window) instead of the proxy's metrics.
+    #[serde(default)]
+    pub prometheus: Option<cutover_monitoring::PrometheusConfig>,
 }
 
 fn default_stop_grace_ms() -> u64 {
@@ -138,6 +141,7 @@ impl AppConfig {
             stop_grace_ms: default_stop_grace_ms(),
             webhooks: Vec::new(),
             alert_gate: None,
+            prometheus: None,
         }
     }
 
@@ -149,6 +153,7 @@ impl AppConfig {
             rollout: self.rollout.clone(),
             verify: self.verify.clone(),
             freeze: self.freeze.clone(),
+            prometheus: self.prometheus.clone(),
             stop_grace_ms: self.stop_grace_ms,
         })
     }
@@ -331,6 +336,13 @@ impl Config {
                 &format!("{at}.webhook"),
                 &cutover_notify::env_secret,
             ));
+            if let Some(p) = &app.prometheus {
+                if let Err(problems) = p.validate() {
+                    for p in problems {
+                        errors.push(FieldError::new(format!("{at}.prometheus"), p.to_string()));
+                    }
+                }
+            }
             if let Some(gate) = &app.alert_gate {
                 if let Err(problems) = gate.validate() {
                     for p in problems {

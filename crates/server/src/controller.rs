@@ -32,6 +32,8 @@ pub struct ManagedConfig {
     pub rollout: RolloutPolicy,
     pub verify: VerifyConfig,
     pub freeze: Vec<FreezeWindow>,
+    /// Judge from Prometheus instead of the built-in proxy metrics.
+    pub prometheus: Option<cutover_monitoring::PrometheusConfig>,
     /// Time an instance gets between SIGTERM and SIGKILL.
     pub stop_grace_ms: u64,
 }
@@ -44,6 +46,7 @@ impl Default for ManagedConfig {
             rollout: RolloutPolicy::default(),
             verify: VerifyConfig::default(),
             freeze: Vec::new(),
+            prometheus: None,
             stop_grace_ms: 10_000,
         }
     }
@@ -600,6 +603,84 @@ impl Controller {
         *self.mark.lock().unwrap_or_else(PoisonError::into_inner) = Some(MarkCell(mark));
     }
 
+    /// The window's measurements: from the proxy, or from the configured metric source with the
+    /// proxy's counts left aside (they still mark the window).
+    async fn measured_window(&self, state: &AppState) -> WindowStats {
+        let proxy = self.window_stats(state);
+        let (Some(source), Some(r)) = (&self.config.prometheus, state.active_rollout()) else {
+            return proxy;
+        };
+        let source = match cutover_monitoring::PrometheusSource::new(source.clone()) {
+            Ok(s) => s,
+            Err(e) => {
+                return WindowStats {
+                    unavailable: Some(e.to_string()),
+                    ..proxy
+                }
+            }
+        };
+        use cutover_monitoring::MetricSource;
+        let to = self.clock.now();
+        let from = Timestamp(to.as_millis().saturating_sub(proxy.duration_ms.max(1000)));
+        let query = |slot: Slot| cutover_monitoring::WindowQuery {
+            app: self.name.clone(),
+            slot,
+            version: state.slot(slot).version().unwrap_or_default().to_string(),
+            from,
+            to,
+        };
+        let canary = source.measure(&query(r.target)).await;
+        let baseline = match proxy.baseline {
+            Some(_) => Some(source.measure(&query(r.target.other())).await),
+            None => None,
+        };
+        let to_window = |m: &cutover_monitoring::SlotMeasurement, who: &str| -> Result<SlotWindow, String> {
+            match (m.requests, m.errors) {
+                (Some(requests), Some(errors)) => Ok(SlotWindow {
+                    requests: requests.max(0.0).round() as u64,
+                    errors: errors.max(0.0).round() as u64,
+                    p99_ms: m.p99_ms,
+                }),
+                _ => Err(format!(
+                    "Prometheus returned no data for the {who}'s requests or errors"
+                )),
+            }
+        };
+        let measured = (|| -> Result<WindowStats, String> {
+            let c = canary.as_ref().map_err(|e| e.to_string())?;
+            let b = match &baseline {
+                Some(b) => Some(b.as_ref().map_err(|e| e.to_string())?),
+                None => None,
+            };
+            let external = cutover_monitoring::judge_custom(&source.config().custom, c, b)
+                .into_iter()
+                .map(|check| cutover_core::judge::ExternalCheck {
+                    name: check.name,
+                    outcome: match check.outcome {
+                        cutover_monitoring::CheckOutcome::Pass => cutover_core::judge::Outcome::Pass,
+                        cutover_monitoring::CheckOutcome::Fail => cutover_core::judge::Outcome::Fail,
+                        cutover_monitoring::CheckOutcome::Inconclusive => {
+                            cutover_core::judge::Outcome::Inconclusive
+                        }
+                    },
+                    reason: check.reason,
+                })
+                .collect();
+            Ok(WindowStats {
+                canary: to_window(c, "canary")?,
+                baseline: b.map(|b| to_window(b, "baseline")).transpose()?,
+                duration_ms: proxy.duration_ms,
+                latency: None,
+                unavailable: None,
+                external,
+            })
+        })();
+        measured.unwrap_or_else(|why| WindowStats {
+            unavailable: Some(why),
+            ..proxy
+        })
+    }
+
     fn window_stats(&self, state: &AppState) -> WindowStats {
         let now = self.clock.now();
         let guard = self.mark.lock().unwrap_or_else(PoisonError::into_inner);
@@ -630,6 +711,8 @@ impl Controller {
                     baseline: baseline.map(|(s, _)| s),
                     duration_ms: now.millis_since(mark.at),
                     latency,
+                    unavailable: None,
+                    external: Vec::new(),
                 }
             }
             None => WindowStats::default(),
@@ -665,7 +748,7 @@ impl Controller {
                 }
             }
             let input = if rollout::window_due(&state, self.clock.now()) {
-                Input::Window(self.window_stats(&state))
+                Input::Window(self.measured_window(&state).await)
             } else {
                 Input::Tick
             };

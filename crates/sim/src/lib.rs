@@ -413,6 +413,8 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunResult {
                 canary: canary_hist,
                 baseline: baseline_hist,
             })),
+            unavailable: None,
+            external: Vec::new(),
         };
         pending.push(Input::Window(stats));
     }
