@@ -422,6 +422,12 @@ impl Builder {
         self.event(kind, message, data);
     }
 
+    /// Ends the rollout as rolled back for `reason`, logging `message`.
+    fn roll_back(&mut self, reason: String, message: String) {
+        let now = self.now;
+        self.back_to_old(Phase::RolledBack { at: now, reason }, "rolled_back", message);
+    }
+
     fn fail(&mut self, reason: String) {
         let now = self.now;
         let r = self.rollout();
@@ -771,14 +777,7 @@ fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> 
                 Outcome::Fail => {
                     if verdict.conclusive || b.rollout().failures > r.policy.failure_limit {
                         let message = format!("rolled back automatically: {}", verdict.reason);
-                        b.back_to_old(
-                            Phase::RolledBack {
-                                at: now,
-                                reason: verdict.reason.clone(),
-                            },
-                            "rolled_back",
-                            message,
-                        );
+                        b.roll_back(verdict.reason.clone(), message);
                     } else {
                         b.rollout().phase = Phase::Canary {
                             step,
@@ -834,14 +833,7 @@ fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> 
             record_verdict(b, &verdict, *window_started_at);
             if verdict.outcome == Outcome::Fail && b.rollout().failures > r.policy.failure_limit {
                 let message = format!("rolled back during the rollback window: {}", verdict.reason);
-                b.back_to_old(
-                    Phase::RolledBack {
-                        at: now,
-                        reason: verdict.reason.clone(),
-                    },
-                    "rolled_back",
-                    message,
-                );
+                b.roll_back(verdict.reason.clone(), message);
             } else {
                 b.rollout().phase = Phase::Promoted {
                     since: *since,
@@ -864,14 +856,7 @@ fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> 
             | Phase::AwaitingConfirmation { .. },
         ) => {
             let reason = format!("the new slot {} stopped running: {reason}", r.target);
-            b.back_to_old(
-                Phase::RolledBack {
-                    at: now,
-                    reason: reason.clone(),
-                },
-                "rolled_back",
-                format!("rolled back: {reason}"),
-            );
+            b.roll_back(reason.clone(), format!("rolled back: {reason}"));
         }
         (Input::GatesPassed { step }, Phase::Gating { step: waiting }) if step == *waiting => {
             b.event(
@@ -883,28 +868,14 @@ fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> 
         }
         (Input::GatesFailed { step, reason }, Phase::Gating { step: waiting }) if step == *waiting => {
             let reason = format!("step gate before step {}: {reason}", step + 1);
-            b.back_to_old(
-                Phase::RolledBack {
-                    at: now,
-                    reason: reason.clone(),
-                },
-                "rolled_back",
-                format!("rolled back: {reason}"),
-            );
+            b.roll_back(reason.clone(), format!("rolled back: {reason}"));
         }
         (Input::PromotionConfirmed { detail }, Phase::AwaitingConfirmation { .. }) => {
             b.promote(format!("confirmed: {detail}"));
         }
         (Input::PromotionRejected { reason }, Phase::AwaitingConfirmation { .. }) => {
             let reason = format!("promotion rejected: {reason}");
-            b.back_to_old(
-                Phase::RolledBack {
-                    at: now,
-                    reason: reason.clone(),
-                },
-                "rolled_back",
-                format!("rolled back: {reason}"),
-            );
+            b.roll_back(reason.clone(), format!("rolled back: {reason}"));
         }
         (Input::ConfirmationTimedOut { reason }, Phase::AwaitingConfirmation { .. }) => {
             // Never promote unconfirmed, never roll back a canary nobody found fault with.
@@ -969,14 +940,7 @@ fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> 
                     if !target_ready =>
                 {
                     let reason = "after a controller restart the new slot is not healthy".to_string();
-                    b.back_to_old(
-                        Phase::RolledBack {
-                            at: now,
-                            reason: reason.clone(),
-                        },
-                        "rolled_back",
-                        format!("rolled back: {reason}"),
-                    );
+                    b.roll_back(reason.clone(), format!("rolled back: {reason}"));
                 }
                 Phase::Canary {
                     step,
@@ -1104,14 +1068,7 @@ fn on_command(b: &mut Builder, command: Command, r: &Rollout, phase: Phase) -> R
         }
         (Command::Rollback, _) => {
             let reason = "rolled back by an operator".to_string();
-            b.back_to_old(
-                Phase::RolledBack {
-                    at: now,
-                    reason: reason.clone(),
-                },
-                "rolled_back",
-                reason,
-            );
+            b.roll_back(reason.clone(), reason);
         }
     }
     Ok(())
