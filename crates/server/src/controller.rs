@@ -155,6 +155,8 @@ pub struct Controller {
     shutdown: CancellationToken,
     tick: Duration,
     gates: Arc<dyn Gates>,
+    /// Judge from Prometheus when configured; built once, it keeps its connections.
+    prometheus: Option<cutover_monitoring::PrometheusSource>,
 }
 
 /// `Mark` wrapped so `Controller` can derive Debug.
@@ -226,6 +228,13 @@ impl Controller {
                 "reconciled instances left by an earlier run"
             );
         }
+        let prometheus = match &config.prometheus {
+            Some(c) => Some(
+                cutover_monitoring::PrometheusSource::new(c.clone())
+                    .map_err(|e| ControllerError::Rejected(format!("app {name}: prometheus: {e}")))?,
+            ),
+            None => None,
+        };
         let (events, _) = broadcast::channel(1024);
         let controller = Arc::new(Controller {
             name: name.to_string(),
@@ -241,6 +250,7 @@ impl Controller {
             shutdown: deps.shutdown,
             tick: deps.tick,
             gates: deps.gates,
+            prometheus,
         });
         let (target_ready, live_ready) = match state.active_rollout() {
             Some(r) => (
@@ -607,17 +617,8 @@ impl Controller {
     /// proxy's counts left aside (they still mark the window).
     async fn measured_window(&self, state: &AppState) -> WindowStats {
         let proxy = self.window_stats(state);
-        let (Some(source), Some(r)) = (&self.config.prometheus, state.active_rollout()) else {
+        let (Some(source), Some(r)) = (&self.prometheus, state.active_rollout()) else {
             return proxy;
-        };
-        let source = match cutover_monitoring::PrometheusSource::new(source.clone()) {
-            Ok(s) => s,
-            Err(e) => {
-                return WindowStats {
-                    unavailable: Some(e.to_string()),
-                    ..proxy
-                }
-            }
         };
         use cutover_monitoring::MetricSource;
         let to = self.clock.now();
