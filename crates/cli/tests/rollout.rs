@@ -180,15 +180,20 @@ min_requests = 5
         self.cli(&args)
     }
 
-    async fn status(&self) -> Value {
+    /// GET of an admin API path, as JSON.
+    async fn get_json(&self, path: &str) -> Value {
         http_client()
-            .get(format!("{}/v1/apps/web/status", self.admin))
+            .get(format!("{}{path}", self.admin))
             .send()
             .await
             .unwrap()
             .json()
             .await
             .unwrap()
+    }
+
+    async fn status(&self) -> Value {
+        self.get_json("/v1/apps/web/status").await
     }
 
     async fn phase(&self) -> String {
@@ -420,14 +425,7 @@ async fn a_release_that_never_becomes_ready_fails_with_its_log() {
     assert_eq!(cluster.deploy("v1", "").0, 0);
     let (code, out) = cluster.deploy("v2", "--fail-ready");
     assert_eq!(code, 12, "{out}");
-    let history: Value = http_client()
-        .get(format!("{}/v1/apps/web/history", cluster.admin))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let history: Value = cluster.get_json("/v1/apps/web/history").await;
     let reason = history[0]["phase"]["reason"].as_str().unwrap();
     assert!(
         reason.contains("not ready within the readiness deadline"),
@@ -555,14 +553,7 @@ async fn kill_9_in_every_phase_then_restart() {
         assert!(allowed.contains(&after.as_str()), "{phase}: resumed as {after}");
 
         // The proxy serves what the persisted state says.
-        let routes: Value = http_client()
-            .get(format!("{}/v1/apps/web/routes", cluster.admin))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let routes: Value = cluster.get_json("/v1/apps/web/routes").await;
         let weights = &status["weights"];
         let live = routes["route"]["live"].as_str().unwrap();
         let canary_weight = routes["route"]["canary_weight_bp"].as_u64().unwrap();
@@ -793,14 +784,7 @@ async fn a_vetoing_webhook_fails_the_step_and_a_silent_confirmer_leaves_it_to_a_
     let load = Load::start(&cluster.public);
     assert_eq!(cluster.deploy_async("v2", None).await, 202);
     wait_until("the confirmation times out", Duration::from_secs(20), || async {
-        let events: Value = http_client()
-            .get(format!("{}/v1/apps/web/events?rollout=2", cluster.admin))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let events: Value = cluster.get_json("/v1/apps/web/events?rollout=2").await;
         events
             .as_array()
             .unwrap()
@@ -874,14 +858,7 @@ async fn rollouts_are_judged_from_prometheus() {
     let load = Load::start(&cluster.public);
     let (code, out) = cluster.deploy("v2", "");
     assert_eq!(code, 0, "{out}");
-    let events: Value = http_client()
-        .get(format!("{}/v1/apps/web/events?rollout=2", cluster.admin))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let events: Value = cluster.get_json("/v1/apps/web/events?rollout=2").await;
     let judged_with_availability = events.as_array().unwrap().iter().any(|e| {
         e["kind"] == "decision"
             && e["message"].as_str().unwrap().starts_with("pass")
