@@ -214,6 +214,8 @@ impl Gates for ConfiguredGates {
         use cutover_notify::EventKind;
         let Some(n) = &self.notifier else { return };
         let mut every = Self::event(EventKind::Event, app, rollout, event.event.message.clone());
+        // The log's own time, so receivers see the same clock as the event log.
+        every.at_ms = event.event.at.as_millis();
         every.data = serde_json::to_value(event).unwrap_or_default();
         n.notify(every);
         let lifecycle: &[EventKind] = match event.event.kind.as_str() {
@@ -225,6 +227,7 @@ impl Gates for ConfiguredGates {
         };
         for kind in lifecycle {
             let mut e = Self::event(*kind, app, rollout, event.event.message.clone());
+            e.at_ms = event.event.at.as_millis();
             e.data = event.event.data.clone();
             if let Some(step) = event.event.data.get("step").and_then(|s| s.as_u64()) {
                 e.step = Some(step as usize);
