@@ -110,6 +110,8 @@ pub struct App {
     fail_ready: bool,
     ready: AtomicBool,
     requests: AtomicU64,
+    /// `/slow` requests being served now; tests read it to know a slow request has arrived.
+    slow_in_progress: AtomicU64,
     sessions: Option<SessionStore>,
     reject_old_sessions: bool,
     ready_dependency: Option<Dependency>,
@@ -163,6 +165,7 @@ impl App {
             fail_ready,
             ready: AtomicBool::new(true),
             requests: AtomicU64::new(0),
+            slow_in_progress: AtomicU64::new(0),
             sessions,
             reject_old_sessions,
             ready_dependency,
@@ -316,7 +319,10 @@ async fn set_ready(State(app): State<AppState>, Query(p): Query<ReadyParams>) ->
 }
 
 async fn request_count(State(app): State<AppState>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "requests": app.requests.load(Ordering::Relaxed) }))
+    Json(serde_json::json!({
+        "requests": app.requests.load(Ordering::Relaxed),
+        "slow_in_progress": app.slow_in_progress.load(Ordering::Relaxed),
+    }))
 }
 
 #[derive(Deserialize)]
@@ -324,7 +330,16 @@ struct SlowParams {
     ms: Option<u64>,
 }
 
-async fn slow(Query(p): Query<SlowParams>) -> &'static str {
+async fn slow(State(app): State<AppState>, Query(p): Query<SlowParams>) -> &'static str {
+    /// Counts the request as in progress until it ends, however it ends.
+    struct InProgress<'a>(&'a AtomicU64);
+    impl Drop for InProgress<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    app.slow_in_progress.fetch_add(1, Ordering::Relaxed);
+    let _in_progress = InProgress(&app.slow_in_progress);
     tokio::time::sleep(Duration::from_millis(p.ms.unwrap_or(1000))).await;
     "slow done"
 }

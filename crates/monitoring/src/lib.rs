@@ -88,12 +88,26 @@ pub struct SlotMeasurement {
     pub p99_ms: Option<f64>,
     /// Custom metrics by [`CustomMetric::name`].
     pub custom: BTreeMap<String, Option<f64>>,
+    /// Request counts per latency bucket over the window, in the layout of
+    /// [`cutover_core::histogram`], when the source keeps a histogram (the built-in proxy does,
+    /// Prometheus does not). With it the sequential judge also tests latency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_buckets: Option<Vec<u64>>,
 }
 
 /// Anything that can measure a slot over a window.
+///
+/// Two kinds exist. A *query* source (Prometheus) can measure any past window it is asked about.
+/// A *counter* source (the routers' own counters) can only difference its counters between two
+/// readings: it takes the first reading when told a window starts ([`MetricSource::start_window`])
+/// and measures from there, whatever `from` says. The controller calls `start_window` at the start
+/// of every window, so both kinds see the same windows.
 #[async_trait]
 pub trait MetricSource: Send + Sync + std::fmt::Debug {
     async fn measure(&self, q: &WindowQuery) -> Result<SlotMeasurement, MetricError>;
+
+    /// A new analysis window starts at `at`. Query sources need not care.
+    async fn start_window(&self, _at: Timestamp) {}
 }
 
 /// Why a measurement could not be taken.
@@ -129,6 +143,10 @@ pub enum MetricError {
         /// The labels of the first series, to show what was not aggregated away.
         example: String,
     },
+    /// The source could not read its counters, or they do not cover the window (the slot's
+    /// version changed or its counters restarted since the window began).
+    #[error("{source_name}: {reason}")]
+    Counters { source_name: String, reason: String },
     /// The query returned something other than an instant vector or a scalar.
     #[error(
         "query for {metric} returned a {result_type} result; it must return an instant vector or a \

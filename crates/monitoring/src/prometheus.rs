@@ -356,6 +356,7 @@ impl MetricSource for PrometheusSource {
             errors: errors?,
             p99_ms: p99_ms?,
             custom: custom.into_iter().collect::<Result<_, _>>()?,
+            latency_buckets: None,
         })
     }
 }

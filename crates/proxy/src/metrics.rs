@@ -22,6 +22,8 @@ pub const STATUS_CLASSES: usize = 5;
 /// Live counters of one pool (one slot running one version of one app).
 #[derive(Debug)]
 pub struct PoolMetrics {
+    /// Unique per object: tells readers whether two snapshots come from the same counters.
+    series: u64,
     requests: [AtomicU64; STATUS_CLASSES],
     latency: Box<[AtomicU64]>,
     latency_sum_micros: AtomicU64,
@@ -34,7 +36,9 @@ pub struct PoolMetrics {
 
 impl Default for PoolMetrics {
     fn default() -> Self {
+        static NEXT_SERIES: AtomicU64 = AtomicU64::new(1);
         PoolMetrics {
+            series: NEXT_SERIES.fetch_add(1, Ordering::Relaxed),
             requests: Default::default(),
             latency: (0..LATENCY_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             latency_sum_micros: AtomicU64::new(0),
@@ -48,6 +52,12 @@ impl Default for PoolMetrics {
 }
 
 impl PoolMetrics {
+    /// Distinct for every `PoolMetrics` made in this process: snapshots with equal series come
+    /// from the same counters and may be subtracted.
+    pub fn series(&self) -> u64 {
+        self.series
+    }
+
     /// Records a finished request: its status (as the client saw it) and its latency to the end of
     /// the response body.
     pub fn record(&self, status: u16, latency: Duration) {

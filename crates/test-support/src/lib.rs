@@ -6,7 +6,9 @@
 //! binaries, running the example app, supervising child processes so none outlive the
 //! test, and polling for conditions with a deadline instead of sleeping.
 
+pub mod haproxy;
 pub mod monitoring;
+pub mod nginx;
 
 use std::fs::File;
 use std::future::Future;

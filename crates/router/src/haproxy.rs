@@ -1,0 +1,1 @@
+//! HAProxy as a router (work in progress).

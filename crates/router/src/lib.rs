@@ -1,0 +1,112 @@
+//! Where an app's traffic is split between its two slots. One trait, [`Router`], with one module
+//! per backend:
+//!
+//! - [`builtin`]: cutover's own proxy ([`cutover_proxy::AppProxy`]), in process.
+//! - [`haproxy`]: an HAProxy the team already runs, driven through its runtime API.
+//! - [`nginx`]: an nginx the team already runs, driven by rendering its configuration and
+//!   reloading it.
+//!
+//! Every backend passes the same conformance suite ([`conformance`], behind the `conformance`
+//! feature): weighted split, sticky users, switch and rollback, drain, no failed request across
+//! repeated switches under load, and recovery after the router process restarts.
+//!
+//! # What a router promises
+//!
+//! - [`Router::apply`] returns once the router routes by the table, and only after reading it
+//!   back: a router that accepted a change it does not show is an error, not a success.
+//! - Users are sticky by a hash of their key into 10 000 buckets; the canary takes the buckets
+//!   below its weight, so raising the weight only ever moves users from the live slot to the
+//!   canary. Each router hashes in its own way (the built-in proxy with seeded XXH3, HAProxy with
+//!   its own converters, nginx with `split_clients`), so a user's bucket is not the same under two
+//!   routers; only the promises are.
+//! - A slot that loses its weight drains: requests in flight finish, new ones go elsewhere.
+//! - [`Router::applied`] reads the routing state back *from the router*, not from memory, so the
+//!   controller can tell a router that lost its state (HAProxy forgets runtime changes on a
+//!   reload) and apply the table again.
+//! - [`Router::counters`] gives cumulative per-slot counts for the judge; [`CounterSource`] turns
+//!   them into a [`cutover_monitoring::MetricSource`].
+
+pub mod builtin;
+#[cfg(feature = "conformance")]
+pub mod conformance;
+mod counters;
+pub mod haproxy;
+pub mod nginx;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cutover_core::RouteTable;
+use serde::{Deserialize, Serialize};
+
+pub use builtin::BuiltinRouter;
+pub use counters::CounterSource;
+
+/// Why a router could not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// The table itself is unusable (it failed validation, or this router cannot express it).
+    #[error("{router}: route table refused: {reason}")]
+    Refused { router: String, reason: String },
+    /// The router could not be reached or did not do what it was told.
+    #[error("{router}: {reason}")]
+    Unavailable { router: String, reason: String },
+    /// The change went through, but reading it back showed something else.
+    #[error("{router}: after applying, the router shows {found} instead of {wanted}; {hint}")]
+    NotApplied {
+        router: String,
+        wanted: String,
+        found: String,
+        hint: String,
+    },
+}
+
+/// Cumulative counts of one slot, as the router sees them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotCounters {
+    /// The release the counts belong to (empty for an idle slot).
+    pub version: String,
+    /// Identifies one run of the counters: it changes whenever they start again from zero (a new
+    /// version in the slot, an HAProxy reload, a rotated log). Counts of two readings with
+    /// different series cannot be subtracted.
+    pub series: u64,
+    /// Requests answered, whatever their status.
+    pub requests: u64,
+    /// Of those, the 5xx responses.
+    pub server_errors: u64,
+    /// Requests per latency bucket ([`cutover_core::histogram`]) when the router measures
+    /// latency per request.
+    pub latency_buckets: Option<Vec<u64>>,
+    /// Requests in flight now, when the router knows.
+    pub in_flight: Option<u64>,
+}
+
+/// Applies route tables to where traffic flows, reads them back, and counts per slot.
+#[async_trait]
+pub trait Router: Send + Sync + std::fmt::Debug {
+    /// What this router is, for messages: `"built-in proxy"`, `"haproxy (/run/haproxy.sock)"`.
+    fn describe(&self) -> String;
+
+    /// Routes by `table` from now on, verified by reading it back. A refused or failed change
+    /// leaves the router as it was, as far as the router allows (see each backend).
+    async fn apply(&self, table: &RouteTable) -> Result<(), RouterError>;
+
+    /// The table the router routes by now, read back from it.
+    async fn applied(&self) -> Result<RouteTable, RouterError>;
+
+    /// Cumulative counts of each slot, indexed by [`cutover_core::Slot::index`].
+    async fn counters(&self) -> Result<[SlotCounters; 2], RouterError>;
+
+    /// How long a slot that lost its traffic may keep serving the requests it had.
+    fn drain_timeout(&self) -> Duration;
+
+    /// Makes the router route by `wanted` again if it lost that state (a restart or a reload).
+    /// Returns whether it had to. Called by the controller on its ticks.
+    async fn reconcile(&self, wanted: &RouteTable) -> Result<bool, RouterError> {
+        if self.applied().await.ok().as_ref() == Some(wanted) {
+            return Ok(false);
+        }
+        self.apply(wanted).await?;
+        Ok(true)
+    }
+}

@@ -1,0 +1,1 @@
+//! nginx as a router (work in progress).

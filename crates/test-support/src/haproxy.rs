@@ -1,0 +1,1 @@
+//! A real HAProxy for tests (work in progress).

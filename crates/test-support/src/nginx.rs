@@ -1,0 +1,1 @@
+//! A real nginx for tests (work in progress).
