@@ -95,7 +95,9 @@ pub fn table(rig: &dyn Rig, live: Slot, canary_weight_bp: u16) -> RouteTable {
 }
 
 fn client() -> reqwest::Client {
+    // Traffic must go to the loopback rig, never through a proxy from the environment.
     reqwest::Client::builder()
+        .no_proxy()
         .timeout(Duration::from_secs(10))
         .pool_max_idle_per_host(64)
         .build()
