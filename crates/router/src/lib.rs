@@ -81,6 +81,39 @@ pub struct SlotCounters {
     pub in_flight: Option<u64>,
 }
 
+/// A slot's counts in the form people read: totals, error rate, latency quantiles.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SlotSummary {
+    pub requests: u64,
+    pub server_errors: u64,
+    /// Share of requests answered 5xx; `None` without requests.
+    pub error_rate: Option<f64>,
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p95_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+    pub in_flight: Option<u64>,
+}
+
+impl SlotCounters {
+    pub fn summary(&self) -> SlotSummary {
+        let quantile = |q: f64| {
+            self.latency_buckets
+                .as_deref()
+                .and_then(|b| cutover_core::histogram::quantile_bucket(b, q))
+                .map(|i| cutover_core::histogram::bucket_upper_micros(i) as f64 / 1000.0)
+        };
+        SlotSummary {
+            requests: self.requests,
+            server_errors: self.server_errors,
+            error_rate: (self.requests > 0).then(|| self.server_errors as f64 / self.requests as f64),
+            latency_p50_ms: quantile(0.50),
+            latency_p95_ms: quantile(0.95),
+            latency_p99_ms: quantile(0.99),
+            in_flight: self.in_flight,
+        }
+    }
+}
+
 /// Applies route tables to where traffic flows, reads them back, and counts per slot.
 #[async_trait]
 pub trait Router: Send + Sync + std::fmt::Debug {

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cutover_core::{RouteTable, Slot};
+use cutover_core::{RouteTable, Slot, Timestamp};
+use cutover_monitoring::{MetricSource, WindowQuery};
 use cutover_proxy::{AppProxy, ListenerKind, ProxySettings};
 use cutover_router::conformance::{self, Rig, BLUE_VERSION, GREEN_VERSION, MIN_DRAIN_TIMEOUT};
-use cutover_router::{BuiltinRouter, Router};
+use cutover_router::{BuiltinRouter, CounterSource, Router};
 use cutover_test_support::ExampleApp;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -57,10 +58,13 @@ impl Drop for BuiltinRig {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn builtin_proxy_passes_the_router_conformance_suite() {
-    let blue: Vec<_> = (0..2).map(|_| ExampleApp::spawn(BLUE_VERSION, &[])).collect();
-    let green: Vec<_> = (0..2).map(|_| ExampleApp::spawn(GREEN_VERSION, &[])).collect();
+async fn rig(per_slot: usize) -> BuiltinRig {
+    let blue: Vec<_> = (0..per_slot)
+        .map(|_| ExampleApp::spawn(BLUE_VERSION, &[]))
+        .collect();
+    let green: Vec<_> = (0..per_slot)
+        .map(|_| ExampleApp::spawn(GREEN_VERSION, &[]))
+        .collect();
     let mut settings = ProxySettings::default();
     settings.sticky.user_key_header = Some(conformance::USER_KEY_HEADER.to_string());
     settings.drain_timeout_ms = u64::try_from(MIN_DRAIN_TIMEOUT.as_millis()).unwrap();
@@ -77,12 +81,78 @@ async fn builtin_proxy_passes_the_router_conformance_suite() {
         shutdown.clone(),
         Duration::from_secs(5),
     ));
-    let rig = BuiltinRig {
+    BuiltinRig {
         router: Arc::new(BuiltinRouter::new(proxy)),
         entry,
         blue,
         green,
         shutdown,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builtin_proxy_passes_the_router_conformance_suite() {
+    conformance::run_all(&rig(2).await).await;
+}
+
+/// The built-in proxy's metrics reach the judge through the same MetricSource trait as
+/// Prometheus: counts and a latency histogram per window, and no window across a new version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counter_source_measures_windows_of_the_builtin_proxy() {
+    let rig = rig(1).await;
+    let router = rig.router();
+    router
+        .apply(&conformance::table(&rig, Slot::Blue, 10_000))
+        .await
+        .unwrap();
+    let source = CounterSource::new(Arc::clone(&router));
+    let client = cutover_test_support::http_client();
+    let get = |path: &'static str| {
+        let (client, url) = (client.clone(), format!("{}{path}", rig.entry()));
+        async move {
+            client
+                .get(url)
+                .header("x-user-id", "u1")
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
     };
-    conformance::run_all(&rig).await;
+    get("/").await;
+    source.start_window(Timestamp(1000)).await;
+    for _ in 0..6 {
+        assert!(get("/").await.is_success());
+    }
+    for _ in 0..4 {
+        assert_eq!(get("/status/500").await.as_u16(), 500);
+    }
+    let query = |slot: Slot, version: &str| WindowQuery {
+        app: "conformance".into(),
+        slot,
+        version: version.into(),
+        from: Timestamp(1000),
+        to: Timestamp(2000),
+    };
+    let green = source.measure(&query(Slot::Green, GREEN_VERSION)).await.unwrap();
+    assert_eq!((green.requests, green.errors), (Some(10.0), Some(4.0)));
+    let buckets = green
+        .latency_buckets
+        .expect("the built-in proxy keeps a histogram");
+    assert_eq!(buckets.iter().sum::<u64>(), 10);
+    assert!(green.p99_ms.is_some_and(|ms| ms > 0.0));
+    let blue = source.measure(&query(Slot::Blue, BLUE_VERSION)).await.unwrap();
+    assert_eq!((blue.requests, blue.errors), (Some(0.0), Some(0.0)));
+
+    // Asking for another version than the slot runs, or across a change of version, is refused.
+    let wrong = source.measure(&query(Slot::Green, "v-other")).await.unwrap_err();
+    assert!(wrong.to_string().contains("runs version"), "{wrong}");
+    let mut relabelled = conformance::table(&rig, Slot::Blue, 10_000);
+    relabelled.green.version = "v-next".into();
+    router.apply(&relabelled).await.unwrap();
+    let restarted = source.measure(&query(Slot::Green, "v-next")).await.unwrap_err();
+    assert!(restarted.to_string().contains("restarted"), "{restarted}");
+    source.start_window(Timestamp(2000)).await;
+    let fresh = source.measure(&query(Slot::Green, "v-next")).await.unwrap();
+    assert_eq!(fresh.requests, Some(0.0));
 }

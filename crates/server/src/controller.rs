@@ -1,6 +1,12 @@
 //! The controller of one managed app: it feeds the pure rollout engine its inputs (time, platform
 //! results, metric windows, commands), persists every transition *before* carrying out its actions,
-//! and carries them out through the platform and the proxy.
+//! and carries them out through the platform and the router.
+//!
+//! Windows are measured through one [`MetricSource`]: the router's own counters
+//! ([`CounterSource`], which for the built-in proxy includes latency histograms) or Prometheus
+//! when configured. Either way the controller starts a window with
+//! [`MetricSource::start_window`] whenever the routes change and after every measurement, so a
+//! window never spans two route tables.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -8,11 +14,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use cutover_core::judge::{LatencyPair, SlotWindow, WindowStats};
+use cutover_core::judge::{ExternalCheck, LatencyPair, Outcome, SlotWindow, WindowStats};
 use cutover_core::rollout::{self, Action, AppState, Command, Input, Phase};
 use cutover_core::{Clock, FieldError, ReleaseSpec, RolloutPolicy, Slot, Timestamp, ValidationErrors};
+use cutover_monitoring::{CheckOutcome, CustomMetric, MetricSource, SlotMeasurement, WindowQuery};
 use cutover_platform::Platform;
-use cutover_proxy::{AppProxy, MetricsSnapshot, PoolMetrics};
+use cutover_router::{CounterSource, Router, SlotSummary};
 use cutover_store::{Store, StoreError, StoredEvent};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
@@ -132,13 +139,6 @@ pub enum ControllerError {
     Platform(#[from] cutover_platform::PlatformError),
 }
 
-/// Metric objects and counts at the start of the current analysis window.
-struct Mark {
-    canary: Option<(Arc<PoolMetrics>, MetricsSnapshot)>,
-    baseline: Option<(Arc<PoolMetrics>, MetricsSnapshot)>,
-    at: Timestamp,
-}
-
 #[derive(Debug)]
 pub struct Controller {
     name: String,
@@ -146,26 +146,20 @@ pub struct Controller {
     clock: Arc<dyn Clock>,
     store: Arc<dyn Store>,
     platform: Arc<dyn Platform>,
-    proxy: Arc<AppProxy>,
+    router: Arc<dyn Router>,
+    /// Where windows are measured: the router's counters, or Prometheus.
+    source: Arc<dyn MetricSource>,
+    /// Custom metrics judged besides errors and latency (from the Prometheus configuration).
+    custom: Vec<CustomMetric>,
     state: tokio::sync::Mutex<AppState>,
     events: broadcast::Sender<StoredEvent>,
-    mark: Mutex<Option<MarkCell>>,
+    /// When the current analysis window started.
+    window_start: Mutex<Timestamp>,
     /// Bumped by every provision of a slot, so a delayed stop never hits a newer release.
     slot_epochs: [AtomicU64; 2],
     shutdown: CancellationToken,
     tick: Duration,
     gates: Arc<dyn Gates>,
-    /// Judge from Prometheus when configured; built once, it keeps its connections.
-    prometheus: Option<cutover_monitoring::PrometheusSource>,
-}
-
-/// `Mark` wrapped so `Controller` can derive Debug.
-struct MarkCell(Mark);
-
-impl std::fmt::Debug for MarkCell {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Mark(at {})", self.0.at)
-    }
 }
 
 /// What `status` shows.
@@ -185,7 +179,9 @@ pub struct SlotView {
     pub slot: Slot,
     pub version: Option<String>,
     pub backends: Vec<SocketAddr>,
-    pub metrics: cutover_proxy::MetricsSummary,
+    /// Counts since the slot's release started, as the router sees them; `None` when the router
+    /// could not be read.
+    pub metrics: Option<SlotSummary>,
 }
 
 /// Everything a controller needs from the process around it.
@@ -206,7 +202,7 @@ impl Controller {
     pub async fn start(
         name: &str,
         config: ManagedConfig,
-        proxy: Arc<AppProxy>,
+        router: Arc<dyn Router>,
         deps: Deps,
     ) -> Result<Arc<Self>, ControllerError> {
         let state = deps.store.load(name)?.unwrap_or_else(|| AppState::new(name));
@@ -228,12 +224,16 @@ impl Controller {
                 "reconciled instances left by an earlier run"
             );
         }
-        let prometheus = match &config.prometheus {
-            Some(c) => Some(
-                cutover_monitoring::PrometheusSource::new(c.clone())
-                    .map_err(|e| ControllerError::Rejected(format!("app {name}: prometheus: {e}")))?,
+        // Built once: a Prometheus source keeps its connections.
+        let (source, custom): (Arc<dyn MetricSource>, Vec<CustomMetric>) = match &config.prometheus {
+            Some(c) => (
+                Arc::new(
+                    cutover_monitoring::PrometheusSource::new(c.clone())
+                        .map_err(|e| ControllerError::Rejected(format!("app {name}: prometheus: {e}")))?,
+                ),
+                c.custom.clone(),
             ),
-            None => None,
+            None => (Arc::new(CounterSource::new(Arc::clone(&router))), Vec::new()),
         };
         let (events, _) = broadcast::channel(1024);
         let controller = Arc::new(Controller {
@@ -242,15 +242,16 @@ impl Controller {
             clock: deps.clock,
             store: deps.store,
             platform: deps.platform,
-            proxy,
+            router,
+            source,
+            custom,
             state: tokio::sync::Mutex::new(state.clone()),
             events,
-            mark: Mutex::new(None),
+            window_start: Mutex::new(Timestamp(0)),
             slot_epochs: [AtomicU64::new(0), AtomicU64::new(0)],
             shutdown: deps.shutdown,
             tick: deps.tick,
             gates: deps.gates,
-            prometheus,
         });
         let (target_ready, live_ready) = match state.active_rollout() {
             Some(r) => (
@@ -392,7 +393,7 @@ impl Controller {
 
     pub async fn status(&self) -> Result<StatusView, ControllerError> {
         let state = self.state.lock().await.clone();
-        let table = self.proxy.table();
+        let counters = self.router.counters().await;
         let routes = rollout::route_table(&state);
         let slots = Slot::ALL
             .iter()
@@ -400,7 +401,7 @@ impl Controller {
                 slot: *s,
                 version: state.slot(*s).version().map(str::to_string),
                 backends: state.slot(*s).backends.clone(),
-                metrics: table.pool(*s).metrics.snapshot().summary(),
+                metrics: counters.as_ref().ok().map(|c| c[s.index()].summary()),
             })
             .collect();
         let rollout_id = state.rollout.as_ref().map(|r| r.id);
@@ -428,13 +429,23 @@ impl Controller {
     }
 
     /// Runs one input through the engine, persists the result, then carries out its actions.
-    async fn apply(self: &Arc<Self>, input: Input) -> Result<(), ControllerError> {
+    ///
+    /// Boxed because it is recursive through the tasks its actions spawn (provisioning feeds its
+    /// result back here), and the compiler cannot prove such a future `Send` otherwise.
+    fn apply<'a>(
+        self: &'a Arc<Self>,
+        input: Input,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ControllerError>> + Send + 'a>> {
+        Box::pin(self.apply_now(input))
+    }
+
+    async fn apply_now(self: &Arc<Self>, input: Input) -> Result<(), ControllerError> {
         let mut state = self.state.lock().await;
         let now = self.clock.now();
         let transition = rollout::handle(&state, input, now).map_err(|r| ControllerError::Rejected(r.0))?;
         if transition.state == *state && transition.events.is_empty() {
             for action in transition.actions {
-                self.execute(action, &state);
+                self.execute(action, &state).await;
             }
             return Ok(());
         }
@@ -447,20 +458,23 @@ impl Controller {
             let _ = self.events.send(e);
         }
         for action in transition.actions {
-            self.execute(action, &state);
+            self.execute(action, &state).await;
         }
         Ok(())
     }
 
-    fn execute(self: &Arc<Self>, action: Action, state: &AppState) {
+    /// Carries out one action. Routes are applied before this returns (the caller holds the
+    /// state lock, so tables reach the router in the order the engine made them); everything
+    /// slow runs in its own task and reports back through [`Controller::feed`].
+    async fn execute(self: &Arc<Self>, action: Action, state: &AppState) {
         match action {
             Action::ApplyRoutes(table) => {
-                if self.proxy.route() != table {
-                    if let Err(e) = self.proxy.apply(table) {
-                        tracing::error!(app = %self.name, error = %e, "the engine produced a route table the proxy refused");
-                    }
+                if let Err(e) = self.router.apply(&table).await {
+                    // The tick loop reconciles the router with the state until it takes the table.
+                    tracing::error!(app = %self.name, router = %self.router.describe(), error = %e,
+                        "applying the route table failed; retrying on the next tick");
                 }
-                self.remark(state);
+                self.start_window().await;
             }
             Action::Provision {
                 slot,
@@ -517,7 +531,7 @@ impl Controller {
             Action::Stop { slot, drain } => {
                 let epoch = self.slot_epochs[slot.index()].load(Ordering::SeqCst);
                 let drain_for = if drain {
-                    self.proxy.settings.drain_timeout()
+                    self.router.drain_timeout()
                 } else {
                     Duration::ZERO
                 };
@@ -592,135 +606,97 @@ impl Controller {
         }
     }
 
-    /// Starts a new analysis window at the current counts of the slots that matter now.
-    fn remark(&self, state: &AppState) {
-        let table = self.proxy.table();
-        let (canary, baseline) = match state.active_rollout() {
-            Some(r) => {
-                let canary = table.pool(r.target);
-                let baseline = table.pool(r.target.other());
-                (Some(canary), (baseline.weight_bp > 0).then_some(baseline))
-            }
-            None => (None, None),
-        };
-        let take =
-            |p: Option<&cutover_proxy::ActivePool>| p.map(|p| (Arc::clone(&p.metrics), p.metrics.snapshot()));
-        let mark = Mark {
-            canary: take(canary),
-            baseline: take(baseline),
-            at: self.clock.now(),
-        };
-        *self.mark.lock().unwrap_or_else(PoisonError::into_inner) = Some(MarkCell(mark));
+    /// Starts a new analysis window now.
+    async fn start_window(&self) {
+        let now = self.clock.now();
+        *self.window_start.lock().unwrap_or_else(PoisonError::into_inner) = now;
+        self.source.start_window(now).await;
     }
 
-    /// The window's measurements: from the proxy, or from the configured metric source with the
-    /// proxy's counts left aside (they still mark the window).
+    /// Measures the window that ends now, for the canary and (while it has traffic) the baseline,
+    /// and starts the next one.
     async fn measured_window(&self, state: &AppState) -> WindowStats {
-        let proxy = self.window_stats(state);
-        let (Some(source), Some(r)) = (&self.prometheus, state.active_rollout()) else {
-            return proxy;
-        };
-        use cutover_monitoring::MetricSource;
         let to = self.clock.now();
-        let from = Timestamp(to.as_millis().saturating_sub(proxy.duration_ms.max(1000)));
-        let query = |slot: Slot| cutover_monitoring::WindowQuery {
+        let from = *self.window_start.lock().unwrap_or_else(PoisonError::into_inner);
+        let duration_ms = to.millis_since(from);
+        let Some(r) = state.active_rollout() else {
+            return WindowStats::default();
+        };
+        let query = |slot: Slot| WindowQuery {
             app: self.name.clone(),
             slot,
             version: state.slot(slot).version().unwrap_or_default().to_string(),
             from,
             to,
         };
-        let canary = source.measure(&query(r.target)).await;
-        let baseline = match proxy.baseline {
-            Some(_) => Some(source.measure(&query(r.target.other())).await),
-            None => None,
+        let baseline_slot = r.target.other();
+        let baseline_serves = rollout::route_table(state).weight_of(baseline_slot) > 0;
+        let canary = self.source.measure(&query(r.target)).await;
+        let baseline = match baseline_serves {
+            true => Some(self.source.measure(&query(baseline_slot)).await),
+            false => None,
         };
-        let to_window = |m: &cutover_monitoring::SlotMeasurement, who: &str| -> Result<SlotWindow, String> {
-            match (m.requests, m.errors) {
-                (Some(requests), Some(errors)) => Ok(SlotWindow {
-                    requests: requests.max(0.0).round() as u64,
-                    errors: errors.max(0.0).round() as u64,
-                    p99_ms: m.p99_ms,
-                }),
-                _ => Err(format!(
-                    "Prometheus returned no data for the {who}'s requests or errors"
-                )),
-            }
-        };
+        self.start_window().await;
         let measured = (|| -> Result<WindowStats, String> {
             let c = canary.as_ref().map_err(|e| e.to_string())?;
             let b = match &baseline {
                 Some(b) => Some(b.as_ref().map_err(|e| e.to_string())?),
                 None => None,
             };
-            let external = cutover_monitoring::judge_custom(&source.config().custom, c, b)
+            let latency = match (&c.latency_buckets, b.map(|b| &b.latency_buckets)) {
+                (Some(canary), Some(Some(baseline))) => Some(Arc::new(LatencyPair {
+                    canary: canary.clone(),
+                    baseline: baseline.clone(),
+                })),
+                _ => None,
+            };
+            let external = cutover_monitoring::judge_custom(&self.custom, c, b)
                 .into_iter()
-                .map(|check| cutover_core::judge::ExternalCheck {
+                .map(|check| ExternalCheck {
                     name: check.name,
                     outcome: match check.outcome {
-                        cutover_monitoring::CheckOutcome::Pass => cutover_core::judge::Outcome::Pass,
-                        cutover_monitoring::CheckOutcome::Fail => cutover_core::judge::Outcome::Fail,
-                        cutover_monitoring::CheckOutcome::Inconclusive => {
-                            cutover_core::judge::Outcome::Inconclusive
-                        }
+                        CheckOutcome::Pass => Outcome::Pass,
+                        CheckOutcome::Fail => Outcome::Fail,
+                        CheckOutcome::Inconclusive => Outcome::Inconclusive,
                     },
                     reason: check.reason,
                 })
                 .collect();
             Ok(WindowStats {
-                canary: to_window(c, "canary")?,
-                baseline: b.map(|b| to_window(b, "baseline")).transpose()?,
-                duration_ms: proxy.duration_ms,
-                latency: None,
+                canary: slot_window(c, "canary")?,
+                baseline: b.map(|b| slot_window(b, "baseline")).transpose()?,
+                duration_ms,
+                latency,
                 unavailable: None,
                 external,
             })
         })();
         measured.unwrap_or_else(|why| WindowStats {
+            duration_ms,
             unavailable: Some(why),
-            ..proxy
+            ..WindowStats::default()
         })
     }
 
-    fn window_stats(&self, state: &AppState) -> WindowStats {
-        let now = self.clock.now();
-        let guard = self.mark.lock().unwrap_or_else(PoisonError::into_inner);
-        let window = |m: &Option<(Arc<PoolMetrics>, MetricsSnapshot)>| {
-            m.as_ref().map(|(metrics, at_mark)| {
-                let delta = metrics.snapshot().since(at_mark);
-                let slot = SlotWindow {
-                    requests: delta.total_requests(),
-                    errors: delta.server_errors(),
-                    p99_ms: delta.latency_quantile(0.99).map(|d| d.as_secs_f64() * 1000.0),
-                };
-                (slot, delta.latency_buckets)
-            })
-        };
-        let stats = match guard.as_ref() {
-            Some(MarkCell(mark)) => {
-                let canary = window(&mark.canary);
-                let baseline = window(&mark.baseline);
-                let latency = match (&canary, &baseline) {
-                    (Some((_, c)), Some((_, b))) => Some(Arc::new(LatencyPair {
-                        canary: c.clone(),
-                        baseline: b.clone(),
-                    })),
-                    _ => None,
-                };
-                WindowStats {
-                    canary: canary.map(|(s, _)| s).unwrap_or_default(),
-                    baseline: baseline.map(|(s, _)| s),
-                    duration_ms: now.millis_since(mark.at),
-                    latency,
-                    unavailable: None,
-                    external: Vec::new(),
-                }
+    /// Applies the state's route table again if the router lost it (an HAProxy reload, a router
+    /// restart) or never took it (it was down when the table changed).
+    async fn reconcile_router(&self) {
+        // Under the state lock, so a table the engine makes meanwhile is not overwritten by this
+        // older one.
+        let state = self.state.lock().await;
+        let wanted = rollout::route_table(&state);
+        match self.router.reconcile(&wanted).await {
+            Ok(false) => {}
+            Ok(true) => {
+                tracing::warn!(app = %self.name, router = %self.router.describe(),
+                    "the router was not routing by the current table (restarted or reloaded?); applied it again");
+                self.start_window().await;
             }
-            None => WindowStats::default(),
-        };
-        drop(guard);
-        self.remark(state);
-        stats
+            Err(e) => {
+                tracing::error!(app = %self.name, router = %self.router.describe(), error = %e,
+                    "the router does not route by the current table and applying it failed; retrying on the next tick");
+            }
+        }
     }
 
     /// The control loop: ticks, judges windows as they fall due, watches the new slot's instances.
@@ -732,6 +708,7 @@ impl Controller {
                 _ = self.shutdown.cancelled() => return,
                 _ = ticker.tick() => {}
             }
+            self.reconcile_router().await;
             let state = self.state.lock().await.clone();
             let Some(r) = state.active_rollout() else { continue };
             if matches!(
@@ -755,6 +732,20 @@ impl Controller {
             };
             self.feed(input).await;
         }
+    }
+}
+
+/// A slot's counts for the judge; no count means no verdict.
+fn slot_window(m: &SlotMeasurement, who: &str) -> Result<SlotWindow, String> {
+    match (m.requests, m.errors) {
+        (Some(requests), Some(errors)) => Ok(SlotWindow {
+            requests: requests.max(0.0).round() as u64,
+            errors: errors.max(0.0).round() as u64,
+            p99_ms: m.p99_ms,
+        }),
+        _ => Err(format!(
+            "the metric source returned no data for the {who}'s requests or errors"
+        )),
     }
 }
 

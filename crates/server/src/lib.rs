@@ -330,7 +330,8 @@ pub async fn start(
                 gates: Arc::new(gates),
                 ..deps.clone()
             };
-            let controller = Controller::start(&app_config.name, managed, Arc::clone(proxy), deps)
+            let router = Arc::new(cutover_router::BuiltinRouter::new(Arc::clone(proxy)));
+            let controller = Controller::start(&app_config.name, managed, router, deps)
                 .await
                 .map_err(|source| ServeError::Controller {
                     app: app_config.name.clone(),
