@@ -1,8 +1,10 @@
 //! Where releases run. One trait, [`Platform`], with one module per backend.
 
 pub mod local;
+pub mod static_hosts;
 
 pub use local::LocalProcessPlatform;
+pub use static_hosts::{StaticHostsConfig, StaticHostsPlatform};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

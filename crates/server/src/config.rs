@@ -87,6 +87,9 @@ pub struct AppConfig {
     /// Where releases run. Without it the app is routed by `routes` and the admin API alone.
     #[serde(default)]
     pub platform: Option<PlatformKind>,
+    /// The backends of each slot and the hooks, for `platform = "static"`.
+    #[serde(default)]
+    pub hosts: Option<cutover_platform::StaticHostsConfig>,
     #[serde(default)]
     pub release: ReleaseTemplate,
     #[serde(default)]
@@ -120,6 +123,9 @@ fn default_stop_grace_ms() -> u64 {
 pub enum PlatformKind {
     /// Local processes started by cutover on this host.
     Local,
+    /// Fixed backends per slot (`[app.hosts]`) on hosts the team deploys itself; the release
+    /// command is the deploy hook.
+    Static,
 }
 
 impl AppConfig {
@@ -133,6 +139,7 @@ impl AppConfig {
             proxy: ProxySettings::default(),
             routes,
             platform: None,
+            hosts: None,
             release: ReleaseTemplate::default(),
             readiness: ReadinessConfig::default(),
             rollout: RolloutPolicy::default(),
@@ -349,6 +356,18 @@ impl Config {
                         errors.push(FieldError::new(format!("{at}.alert_gate"), p.to_string()));
                     }
                 }
+            }
+            match (app.platform, &app.hosts) {
+                (Some(PlatformKind::Static), Some(hosts)) => errors.extend(hosts.validate(&format!("{at}.hosts."))),
+                (Some(PlatformKind::Static), None) => errors.push(FieldError::new(
+                    format!("{at}.hosts"),
+                    "platform = \"static\" needs [app.hosts] with the addresses of the blue and green backends",
+                )),
+                (_, Some(_)) => errors.push(FieldError::new(
+                    format!("{at}.hosts"),
+                    "[app.hosts] is only for platform = \"static\"; remove it or set the platform",
+                )),
+                (_, None) => {}
             }
             if let Some(managed) = app.managed() {
                 errors.extend(managed.validate(&format!("{at}.")));

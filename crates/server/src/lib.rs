@@ -223,13 +223,12 @@ pub async fn start(
     };
     let managed_deps = if config.apps.iter().any(|a| a.platform.is_some()) {
         let store: Arc<dyn Store> = Arc::new(cutover_store::SqliteStore::open(&state_dir.join("state.db"))?);
-        let platform: Arc<dyn cutover_platform::Platform> = Arc::new(
-            cutover_platform::LocalProcessPlatform::new(state_dir.join("platform"))?,
-        );
         Some(Deps {
             clock: Arc::clone(&options.clock),
             store,
-            platform,
+            platform: Arc::new(cutover_platform::LocalProcessPlatform::new(
+                state_dir.join("platform"),
+            )?),
             tick: std::time::Duration::from_millis(config.server.tick_ms),
             shutdown: shutdown.clone(),
             gates: Arc::new(gates::NoGates),
@@ -326,8 +325,16 @@ pub async fn start(
                     source,
                 })?
                 .with_alert_gate(alert_gate);
+            let platform: Arc<dyn cutover_platform::Platform> = match (app_config.platform, &app_config.hosts)
+            {
+                (Some(config::PlatformKind::Static), Some(hosts)) => Arc::new(
+                    cutover_platform::StaticHostsPlatform::new(&app_config.name, hosts.clone(), &state_dir)?,
+                ),
+                _ => Arc::clone(&deps.platform),
+            };
             let deps = Deps {
                 gates: Arc::new(gates),
+                platform,
                 ..deps.clone()
             };
             let router = Arc::new(cutover_router::BuiltinRouter::new(Arc::clone(proxy)));

@@ -1,0 +1,321 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Whole rollouts through each router, with backends cutover does not start: the static platform
+//! runs a deploy hook that (re)starts the example app on the slot's fixed ports, the way a team's
+//! own deploy script would on its hosts.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cutover_test_support::{free_port, http_client, wait_until, ChildProcess};
+use serde_json::Value;
+
+const CUTOVER: &str = env!("CARGO_BIN_EXE_cutover");
+const TOKEN: &str = "routers-test-token";
+
+/// The deploy hook: stops what runs on each of the slot's ports, then starts the new version
+/// there in the background. A version whose name contains "bad" answers half its requests 500.
+const DEPLOY_HOOK: &str = r#"#!/bin/sh
+set -eu
+for addr in $(echo "$CUTOVER_BACKENDS" | tr ',' ' '); do
+  port="${addr##*:}"
+  "$HOOK_DIR/stop-port.sh" "$port"
+  extra=""
+  case "$CUTOVER_VERSION" in *bad*) extra="--error-rate 0.5" ;; esac
+  "$CUTOVER_BIN" example-app --port "$port" --version-label "$CUTOVER_VERSION" $extra \
+    </dev/null >>"$HOOK_DIR/app-$port.log" 2>&1 &
+  echo $! >"$HOOK_DIR/app-$port.pid"
+done
+echo "deployed $CUTOVER_VERSION to $CUTOVER_SLOT ($CUTOVER_BACKENDS)"
+"#;
+
+/// Stops the app on one port and waits (bounded) until it is gone, so the port is free again.
+const STOP_PORT: &str = r#"#!/bin/sh
+pidfile="$HOOK_DIR/app-$1.pid"
+[ -f "$pidfile" ] || exit 0
+pid="$(cat "$pidfile")"
+kill "$pid" 2>/dev/null || true
+i=0
+while kill -0 "$pid" 2>/dev/null && [ $i -lt 200 ]; do sleep 0.05; i=$((i + 1)); done
+kill -9 "$pid" 2>/dev/null || true
+rm -f "$pidfile"
+"#;
+
+const STOP_HOOK: &str = r#"#!/bin/sh
+for addr in $(echo "$CUTOVER_BACKENDS" | tr ',' ' '); do "$HOOK_DIR/stop-port.sh" "${addr##*:}"; done
+"#;
+
+/// How traffic reaches the app in a test.
+enum RouterSetup {
+    Builtin,
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    serve: Option<ChildProcess>,
+    admin: String,
+    /// Where users' requests enter.
+    public: String,
+}
+
+impl Cluster {
+    fn start(router: RouterSetup) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("cutover-routers-test-")
+            .tempdir()
+            .unwrap();
+        for (name, text) in [
+            ("deploy.sh", DEPLOY_HOOK),
+            ("stop-port.sh", STOP_PORT),
+            ("stop.sh", STOP_HOOK),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        }
+        let (blue, green) = (free_port(), free_port());
+        let router_config = match router {
+            RouterSetup::Builtin => String::from(
+                r#"
+listen = "127.0.0.1:0"
+
+[app.proxy]
+drain_timeout_ms = 300
+
+[app.proxy.sticky]
+user_key_header = "X-User-ID"
+
+[app.proxy.health_check]
+interval_ms = 100
+"#,
+            ),
+        };
+        let config = format!(
+            r#"
+[server]
+tick_ms = 50
+
+[admin]
+listen = "127.0.0.1:0"
+
+[[app]]
+name = "web"
+platform = "static"
+stop_grace_ms = 2000
+{router_config}
+
+[app.hosts]
+blue = ["127.0.0.1:{blue}"]
+green = ["127.0.0.1:{green}"]
+stop_command = "HOOK_DIR='{dir}' '{dir}/stop.sh'"
+hook_timeout_ms = 30000
+
+[app.release]
+command = "'{dir}/deploy.sh'"
+env = {{ HOOK_DIR = "{dir}", CUTOVER_BIN = "{CUTOVER}" }}
+
+[app.readiness]
+interval_ms = 50
+
+[app.rollout]
+steps = [{{ weight_bp = 2500, duration_ms = 600 }}, {{ weight_bp = 5000, duration_ms = 600 }}, {{ weight_bp = 10000 }}]
+analysis_interval_ms = 200
+failure_limit = 1
+inconclusive_limit = 20
+rollback_window_ms = 500
+readiness_deadline_ms = 10000
+
+[app.rollout.judge]
+min_requests = 5
+
+[app.verify]
+smoke = [{{ path = "/health/ready" }}]
+"#,
+            dir = dir.path().display(),
+        );
+        let config_path = dir.path().join("cutover.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut cmd = Command::new(CUTOVER);
+        cmd.args(["serve", "--config"])
+            .arg(&config_path)
+            .env("CUTOVER_ADMIN_TOKEN", TOKEN);
+        let mut serve = ChildProcess::spawn("cutover-serve", cmd);
+        let ready = serve.wait_for_stdout_line(Duration::from_secs(30), |line| {
+            serde_json::from_str::<Value>(line)
+                .ok()
+                .filter(|v| v["event"] == "ready")
+        });
+        let admin = format!("http://{}", ready["bound"]["admin"].as_str().unwrap());
+        let public = format!(
+            "http://{}",
+            ready["bound"]["apps"]["web"]["listen"].as_str().unwrap()
+        );
+        Cluster {
+            dir,
+            serve: Some(serve),
+            admin,
+            public,
+        }
+    }
+
+    fn deploy(&self, version: &str) -> (i32, String) {
+        let out = Command::new(CUTOVER)
+            .arg("--admin")
+            .arg(&self.admin)
+            .args(["deploy", "web", version])
+            .env("CUTOVER_ADMIN_TOKEN", TOKEN)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code().unwrap_or(-1), text)
+    }
+
+    async fn status(&self) -> Value {
+        http_client()
+            .get(format!("{}/v1/apps/web/status", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    fn running_apps(&self) -> usize {
+        pid_files(self.dir.path()).len()
+    }
+}
+
+fn pid_files(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "pid"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(mut serve) = self.serve.take() {
+            serve.kill();
+        }
+        // The hook's apps run detached from this process: stop them by their pid files.
+        for pidfile in pid_files(self.dir.path()) {
+            if let Ok(pid) = std::fs::read_to_string(&pidfile) {
+                let _ = Command::new("kill").arg("-9").arg(pid.trim()).status();
+            }
+        }
+    }
+}
+
+/// Requests with rotating user keys until stopped (2 minutes at most).
+struct Load {
+    stop: Arc<AtomicBool>,
+    failed: Arc<AtomicU64>,
+    sent: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    fn start(public: &str) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let failed = Arc::new(AtomicU64::new(0));
+        let sent = Arc::new(AtomicU64::new(0));
+        let (s, f, n, url) = (
+            Arc::clone(&stop),
+            Arc::clone(&failed),
+            Arc::clone(&sent),
+            format!("{public}/"),
+        );
+        let task = tokio::spawn(async move {
+            let client = http_client();
+            let limit = tokio::time::Instant::now() + Duration::from_secs(120);
+            let mut i: u64 = 0;
+            while !s.load(Ordering::Relaxed) && tokio::time::Instant::now() < limit {
+                let r = client
+                    .get(&url)
+                    .header("X-User-ID", format!("user-{}", i % 500))
+                    .send()
+                    .await;
+                n.fetch_add(1, Ordering::Relaxed);
+                if !r.is_ok_and(|r| r.status().is_success()) {
+                    f.fetch_add(1, Ordering::Relaxed);
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        });
+        Load {
+            stop,
+            failed,
+            sent,
+            task,
+        }
+    }
+
+    async fn finish(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap();
+        (
+            self.sent.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// v1 goes live, v2 is promoted step by step, v3 ("bad") is rolled back, all through `router`.
+async fn good_and_bad_rollout(router: RouterSetup) {
+    let cluster = Cluster::start(router);
+    let (code, out) = cluster.deploy("v1");
+    assert_eq!(code, 0, "first release: {out}");
+    let load = Load::start(&cluster.public);
+    let (code, out) = cluster.deploy("v2");
+    assert_eq!(code, 0, "a healthy release is promoted: {out}");
+    assert!(out.contains("step 1 of 3: 25.00 %"), "{out}");
+
+    let (code, out) = cluster.deploy("v3-bad");
+    assert_eq!(code, 10, "a failing release is rolled back: {out}");
+    assert!(out.contains("rolled back automatically: "), "{out}");
+    let (sent, failed) = load.finish().await;
+    assert!(sent > 100, "the load ran: {sent}");
+    assert!(
+        failed * 20 < sent,
+        "a bounded share of requests failed: {failed} of {sent}"
+    );
+    let status = cluster.status().await;
+    let target = status["rollout"]["target"].as_str().unwrap().to_string();
+    assert_eq!(
+        status["weights"][&target], 0,
+        "no traffic on the rolled-back slot: {status}"
+    );
+    for i in 0..20 {
+        let r = http_client()
+            .get(format!("{}/", cluster.public))
+            .header("X-User-ID", format!("after-{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["x-app-version"], "v2");
+    }
+    // The stop hook takes the bad release off its host once the drain is over.
+    wait_until(
+        "the stop hook stopped the bad release",
+        Duration::from_secs(20),
+        || async { cluster.running_apps() == 1 },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_hosts_behind_the_builtin_proxy() {
+    good_and_bad_rollout(RouterSetup::Builtin).await;
+}
