@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use cutover_server::config::RouterConfig;
 use cutover_server::{Config, TokenSource};
 
 #[derive(Debug, Parser)]
@@ -117,7 +118,15 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
 
 #[derive(Debug, Subcommand)]
 enum ConfigCommand {
-    Check { file: PathBuf },
+    Check {
+        file: PathBuf,
+    },
+    /// Print the configuration an app's external router (HAProxy, nginx) must load before
+    /// cutover can drive it, e.g. `cutover config router cutover.toml web > /etc/haproxy/cutover-web.cfg`.
+    Router {
+        file: PathBuf,
+        app: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -212,6 +221,27 @@ async fn run(command: Command, connection: client::Connection) -> Result<ExitCod
                 config.apps.len(),
                 if config.apps.len() == 1 { "" } else { "s" }
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config {
+            command: ConfigCommand::Router { file, app },
+        } => {
+            let config = Config::load(&file)?;
+            let Some(app_config) = config.apps.iter().find(|a| a.name == app) else {
+                let names: Vec<&str> = config.apps.iter().map(|a| a.name.as_str()).collect();
+                anyhow::bail!(
+                    "{}: no app named {app:?} (apps: {})",
+                    file.display(),
+                    names.join(", ")
+                );
+            };
+            match &app_config.router {
+                RouterConfig::Builtin => anyhow::bail!(
+                    "app {app} is routed by the built-in proxy, which needs no outside configuration; \
+                     set [app.router] kind = \"haproxy\" or \"nginx\" to use one of those"
+                ),
+                RouterConfig::Haproxy(c) => print!("{}", cutover_router::haproxy::render_config(&app, c)),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(options) => demo::run(options).await,

@@ -2,9 +2,12 @@
 //! system, checks of user-defined metrics against bounds and the baseline, and the alert gate
 //! that keeps a rollout from starting while people are being paged.
 //!
-//! The built-in proxy measures its own traffic in process; this crate is for everything that
-//! lives elsewhere: a Prometheus that scrapes cutover's admin `/metrics` (or the app's own
-//! metrics), and an Alertmanager that knows what is on fire.
+//! [`MetricSource`] has two implementations: [`PrometheusSource`] here, and
+//! `cutover_router::CounterSource`, which reads a router's own per-slot counters (the built-in
+//! proxy's, with latency histograms; HAProxy's; nginx's access log). The controller measures every
+//! window through this one trait. The rest of this crate is for systems that live elsewhere: a
+//! Prometheus that scrapes cutover's admin `/metrics` (or the app's own metrics), and an
+//! Alertmanager that knows what is on fire.
 //!
 //! # Sources and gates
 //!

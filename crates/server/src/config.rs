@@ -71,8 +71,13 @@ impl Default for AdminConfig {
 #[serde(deny_unknown_fields)]
 pub struct AppConfig {
     pub name: String,
-    /// Where users connect.
-    pub listen: SocketAddr,
+    /// Where users connect, for the built-in proxy (the default router). Apps routed by HAProxy
+    /// or nginx are reached through those and have no listener of cutover's.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// What splits the app's traffic: the built-in proxy (default), HAProxy or nginx.
+    #[serde(default)]
+    pub router: RouterConfig,
     /// Optional listener that always routes to the slot that is not live, for testers.
     #[serde(default)]
     pub preview_listen: Option<SocketAddr>,
@@ -118,6 +123,26 @@ fn default_stop_grace_ms() -> u64 {
     10_000
 }
 
+/// `[app.router]`: `kind` picks the router, the other fields are that router's settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RouterConfig {
+    /// cutover's own proxy, configured by `listen`, `[app.proxy]` and friends.
+    #[default]
+    Builtin,
+    /// An HAProxy driven through its runtime API.
+    Haproxy(Box<cutover_router::haproxy::HaproxyConfig>),
+}
+
+impl RouterConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RouterConfig::Builtin => "builtin",
+            RouterConfig::Haproxy(_) => "haproxy",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PlatformKind {
@@ -133,7 +158,8 @@ impl AppConfig {
     pub fn static_routes(name: impl Into<String>, listen: SocketAddr, routes: RouteTable) -> Self {
         AppConfig {
             name: name.into(),
-            listen,
+            listen: Some(listen),
+            router: RouterConfig::Builtin,
             preview_listen: None,
             tls: None,
             proxy: ProxySettings::default(),
@@ -314,10 +340,42 @@ impl Config {
                     format!("app {:?} is defined twice", app.name),
                 ));
             }
-            for (field, addr) in [
-                ("listen", Some(app.listen)),
-                ("preview_listen", app.preview_listen),
-            ] {
+            match &app.router {
+                RouterConfig::Builtin => {
+                    if app.listen.is_none() {
+                        errors.push(FieldError::new(
+                            format!("{at}.listen"),
+                            "missing: give the address users connect to, e.g. listen = \"0.0.0.0:8080\" \
+                             (or route the app through HAProxy or nginx with [app.router])",
+                        ));
+                    }
+                }
+                external => {
+                    let kind = external.kind();
+                    for (field, set) in [
+                        ("listen", app.listen.is_some()),
+                        ("preview_listen", app.preview_listen.is_some()),
+                        ("tls", app.tls.is_some()),
+                    ] {
+                        if set {
+                            errors.push(FieldError::new(
+                                format!("{at}.{field}"),
+                                format!("is a setting of the built-in proxy, but this app is routed by {kind}; remove it and configure {kind} instead"),
+                            ));
+                        }
+                    }
+                    if app.platform.is_none() {
+                        errors.push(FieldError::new(
+                            format!("{at}.router"),
+                            format!("an app routed by {kind} is driven by its rollouts and needs a platform; set platform = \"static\" or \"local\""),
+                        ));
+                    }
+                    if let RouterConfig::Haproxy(c) = external {
+                        errors.extend(c.validate(&format!("{at}.router.")));
+                    }
+                }
+            }
+            for (field, addr) in [("listen", app.listen), ("preview_listen", app.preview_listen)] {
                 if let Some(addr) = addr {
                     if addr.port() != 0 && !addrs.insert(addr) {
                         errors.push(FieldError::new(
@@ -470,6 +528,67 @@ mod tests {
             }
             Err(e) => vec![e.to_string()],
         }
+    }
+
+    #[test]
+    fn external_routers_and_static_hosts_are_configured_in_their_tables() {
+        let text = r#"
+[[app]]
+name = "shop"
+platform = "static"
+
+[app.router]
+kind = "haproxy"
+runtime_api = "/run/haproxy/admin.sock"
+bind = ["*:80"]
+user_key_header = "x-user-id"
+
+[app.hosts]
+blue = ["10.0.0.1:8080"]
+green = ["10.0.0.2:8080"]
+
+[app.release]
+command = "./deploy.sh"
+"#;
+        let config = Config::parse(text, "cutover.toml").unwrap();
+        let RouterConfig::Haproxy(haproxy) = &config.apps[0].router else {
+            panic!("not haproxy: {:?}", config.apps[0].router);
+        };
+        assert_eq!(haproxy.bind, ["*:80"]);
+        assert_eq!(config.apps[0].hosts.as_ref().unwrap().green.len(), 1);
+
+        let bad = problems(
+            r#"
+[[app]]
+name = "shop"
+listen = "127.0.0.1:8080"
+
+[app.router]
+kind = "haproxy"
+bind = []
+
+[app.hosts]
+blue = []
+green = ["10.0.0.2:8080"]
+"#,
+        );
+        let all = bad.join("\n");
+        for needle in [
+            "app[0].listen: is a setting of the built-in proxy",
+            "app[0].router: an app routed by haproxy",
+            "app[0].router.bind",
+            "app[0].hosts: [app.hosts] is only for platform = \"static\"",
+        ] {
+            assert!(all.contains(needle), "{needle:?} missing from:\n{all}");
+        }
+        let unknown =
+            problems("[[app]]\nname = \"shop\"\n[app.router]\nkind = \"haproxy\"\nsocket = \"x\"\n");
+        assert!(unknown.join("\n").contains("socket"), "{unknown:?}");
+        let no_listen = problems("[[app]]\nname = \"shop\"\n");
+        assert!(
+            no_listen.join("\n").contains("app[0].listen: missing"),
+            "{no_listen:?}"
+        );
     }
 
     #[test]

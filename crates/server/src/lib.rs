@@ -59,6 +59,13 @@ pub enum ServeError {
         app: String,
         source: controller::ControllerError,
     },
+    #[error("app {app}: router: {source}")]
+    Router {
+        app: String,
+        source: cutover_router::RouterError,
+    },
+    #[error("app {app} has no listen address; set listen in its [[app]] table")]
+    NoListener { app: String },
     #[error("app {app}: alert gate: {source}")]
     AlertGate {
         app: String,
@@ -237,9 +244,29 @@ pub async fn start(
         None
     };
     let mut apps = BTreeMap::new();
+    let mut routers: BTreeMap<String, Arc<dyn cutover_router::Router>> = BTreeMap::new();
     let mut bound_apps = BTreeMap::new();
     let mut listeners = Vec::new();
     for (i, app_config) in config.apps.iter().enumerate() {
+        let router_error = |source: cutover_router::RouterError| ServeError::Router {
+            app: app_config.name.clone(),
+            source,
+        };
+        let listen = match &app_config.router {
+            config::RouterConfig::Builtin => app_config.listen,
+            config::RouterConfig::Haproxy(c) => {
+                let router =
+                    cutover_router::haproxy::HaproxyRouter::new(&app_config.name, c.as_ref().clone())
+                        .map_err(router_error)?;
+                routers.insert(app_config.name.clone(), Arc::new(router));
+                continue;
+            }
+        };
+        let Some(listen) = listen else {
+            return Err(ServeError::NoListener {
+                app: app_config.name.clone(),
+            });
+        };
         let bind = |field: &str, addr: SocketAddr| {
             let field = format!("app[{i}].{field}");
             async move {
@@ -248,7 +275,7 @@ pub async fn start(
                     .map_err(|source| ServeError::Bind { field, addr, source })
             }
         };
-        let public = bind("listen", app_config.listen).await?;
+        let public = bind("listen", listen).await?;
         let preview = match app_config.preview_listen {
             Some(addr) => Some(bind("preview_listen", addr).await?),
             None => None,
@@ -282,7 +309,7 @@ pub async fn start(
         bound_apps.insert(
             app_config.name.clone(),
             BoundApp {
-                listen: local(&public, app_config.listen),
+                listen: local(&public, listen),
                 preview: preview
                     .as_ref()
                     .zip(app_config.preview_listen)
@@ -293,6 +320,10 @@ pub async fn start(
         if let Some(preview) = preview {
             listeners.push((Arc::clone(&app), preview, ListenerKind::Preview, tls));
         }
+        routers.insert(
+            app_config.name.clone(),
+            Arc::new(cutover_router::BuiltinRouter::new(Arc::clone(&app))),
+        );
         apps.insert(app_config.name.clone(), app);
     }
     let admin_listener = TcpListener::bind(config.admin.listen)
@@ -307,7 +338,7 @@ pub async fn start(
     let mut controllers = BTreeMap::new();
     if let Some(deps) = &managed_deps {
         for app_config in &config.apps {
-            let (Some(managed), Some(proxy)) = (app_config.managed(), apps.get(&app_config.name)) else {
+            let (Some(managed), Some(router)) = (app_config.managed(), routers.get(&app_config.name)) else {
                 continue;
             };
             let alert_gate = match &app_config.alert_gate {
@@ -337,8 +368,7 @@ pub async fn start(
                 platform,
                 ..deps.clone()
             };
-            let router = Arc::new(cutover_router::BuiltinRouter::new(Arc::clone(proxy)));
-            let controller = Controller::start(&app_config.name, managed, router, deps)
+            let controller = Controller::start(&app_config.name, managed, Arc::clone(router), deps)
                 .await
                 .map_err(|source| ServeError::Controller {
                     app: app_config.name.clone(),
