@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cutover_router::haproxy::{render_config, HaproxyConfig};
+use cutover_test_support::haproxy::{Haproxy, HaproxySetup};
 use cutover_test_support::{free_port, http_client, wait_until, ChildProcess};
 use serde_json::Value;
 
@@ -50,18 +52,26 @@ for addr in $(echo "$CUTOVER_BACKENDS" | tr ',' ' '); do "$HOOK_DIR/stop-port.sh
 /// How traffic reaches the app in a test.
 enum RouterSetup {
     Builtin,
+    Haproxy,
+}
+
+/// The router process a test started, if the router is not cutover's own.
+enum RouterProcess {
+    None,
+    Haproxy(Haproxy),
 }
 
 struct Cluster {
     dir: tempfile::TempDir,
     serve: Option<ChildProcess>,
+    _router: RouterProcess,
     admin: String,
     /// Where users' requests enter.
     public: String,
 }
 
 impl Cluster {
-    fn start(router: RouterSetup) -> Cluster {
+    async fn start(router: RouterSetup) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("cutover-routers-test-")
             .tempdir()
@@ -76,9 +86,10 @@ impl Cluster {
             std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         }
         let (blue, green) = (free_port(), free_port());
-        let router_config = match router {
-            RouterSetup::Builtin => String::from(
-                r#"
+        let (router_config, router_process) = match router {
+            RouterSetup::Builtin => (
+                String::from(
+                    r#"
 listen = "127.0.0.1:0"
 
 [app.proxy]
@@ -90,7 +101,33 @@ user_key_header = "X-User-ID"
 [app.proxy.health_check]
 interval_ms = 100
 "#,
+                ),
+                RouterProcess::None,
             ),
+            RouterSetup::Haproxy => {
+                let haproxy_config = |setup: &HaproxySetup| HaproxyConfig {
+                    runtime_api: setup.stats_socket.display().to_string(),
+                    bind: vec![format!("127.0.0.1:{}", setup.port)],
+                    server_slots: 2,
+                    health_check_interval_ms: 200,
+                    user_key_header: Some("x-user-id".into()),
+                    drain_timeout_ms: 300,
+                    map_path: setup.dir.join("cutover.map"),
+                    ..HaproxyConfig::default()
+                };
+                let haproxy = Haproxy::start(|setup| {
+                    let config = haproxy_config(setup);
+                    std::fs::write(&config.map_path, "").unwrap();
+                    render_config("web", &config)
+                })
+                .await;
+                let config = haproxy_config(&haproxy.setup);
+                let toml = format!(
+                    "\n[app.router]\nkind = \"haproxy\"\n{}",
+                    toml::to_string(&config).unwrap()
+                );
+                (toml, RouterProcess::Haproxy(haproxy))
+            }
         };
         let config = format!(
             r#"
@@ -148,13 +185,17 @@ smoke = [{{ path = "/health/ready" }}]
                 .filter(|v| v["event"] == "ready")
         });
         let admin = format!("http://{}", ready["bound"]["admin"].as_str().unwrap());
-        let public = format!(
-            "http://{}",
-            ready["bound"]["apps"]["web"]["listen"].as_str().unwrap()
-        );
+        let public = match &router_process {
+            RouterProcess::None => format!(
+                "http://{}",
+                ready["bound"]["apps"]["web"]["listen"].as_str().unwrap()
+            ),
+            RouterProcess::Haproxy(h) => h.url(),
+        };
         Cluster {
             dir,
             serve: Some(serve),
+            _router: router_process,
             admin,
             public,
         }
@@ -274,7 +315,7 @@ impl Load {
 
 /// v1 goes live, v2 is promoted step by step, v3 ("bad") is rolled back, all through `router`.
 async fn good_and_bad_rollout(router: RouterSetup) {
-    let cluster = Cluster::start(router);
+    let cluster = Cluster::start(router).await;
     let (code, out) = cluster.deploy("v1");
     assert_eq!(code, 0, "first release: {out}");
     let load = Load::start(&cluster.public);
@@ -318,4 +359,9 @@ async fn good_and_bad_rollout(router: RouterSetup) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_hosts_behind_the_builtin_proxy() {
     good_and_bad_rollout(RouterSetup::Builtin).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_hosts_behind_haproxy() {
+    good_and_bad_rollout(RouterSetup::Haproxy).await;
 }
