@@ -58,7 +58,7 @@ enum RouterSetup {
 /// The router process a test started, if the router is not cutover's own.
 enum RouterProcess {
     None,
-    Haproxy(Haproxy),
+    Haproxy(Box<Haproxy>),
 }
 
 struct Cluster {
@@ -126,7 +126,7 @@ interval_ms = 100
                     "\n[app.router]\nkind = \"haproxy\"\n{}",
                     toml::to_string(&config).unwrap()
                 );
-                (toml, RouterProcess::Haproxy(haproxy))
+                (toml, RouterProcess::Haproxy(Box::new(haproxy)))
             }
         };
         let config = format!(
