@@ -241,6 +241,15 @@ async fn run(command: Command, connection: client::Connection) -> Result<ExitCod
                      set [app.router] kind = \"haproxy\" or \"nginx\" to use one of those"
                 ),
                 RouterConfig::Haproxy(c) => print!("{}", cutover_router::haproxy::render_config(&app, c)),
+                // What nginx serves before the first deploy; cutover rewrites the file from then on.
+                RouterConfig::Nginx(c) => print!(
+                    "{}",
+                    cutover_router::nginx::render_config(
+                        &app,
+                        c,
+                        &cutover_core::RouteTable::empty(cutover_core::Slot::Blue)
+                    )
+                ),
             }
             Ok(ExitCode::SUCCESS)
         }

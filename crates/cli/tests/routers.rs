@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cutover_router::haproxy::{render_config, HaproxyConfig};
+use cutover_router::nginx::NginxConfig;
 use cutover_test_support::haproxy::{Haproxy, HaproxySetup};
+use cutover_test_support::nginx::{Nginx, NginxOptions};
 use cutover_test_support::{free_port, http_client, wait_until, ChildProcess};
 use serde_json::Value;
 
@@ -53,12 +55,14 @@ for addr in $(echo "$CUTOVER_BACKENDS" | tr ',' ' '); do "$HOOK_DIR/stop-port.sh
 enum RouterSetup {
     Builtin,
     Haproxy,
+    Nginx,
 }
 
 /// The router process a test started, if the router is not cutover's own.
 enum RouterProcess {
     None,
     Haproxy(Box<Haproxy>),
+    Nginx { _nginx: Box<Nginx>, public: String },
 }
 
 struct Cluster {
@@ -128,6 +132,39 @@ interval_ms = 100
                 );
                 (toml, RouterProcess::Haproxy(Box::new(haproxy)))
             }
+            RouterSetup::Nginx => {
+                let nginx = Nginx::start(NginxOptions {
+                    worker_shutdown_timeout: Duration::from_secs(5),
+                })
+                .await;
+                let port = free_port();
+                let config = NginxConfig {
+                    config_file: nginx.conf_d().join("cutover-{app}.conf").display().to_string(),
+                    listen: vec![format!("127.0.0.1:{port}")],
+                    status_listen: format!("127.0.0.1:{}", free_port()),
+                    test_command: nginx.test_command(),
+                    reload_command: nginx.reload_command(),
+                    pid_file: nginx.pid_path().display().to_string(),
+                    user_key_header: Some("x-user-id".into()),
+                    access_log: nginx.logs_dir().join("cutover-{app}.log").display().to_string(),
+                    drain_timeout_ms: 300,
+                    client_header_timeout_ms: 1_000,
+                    keepalive_close_ms: 300,
+                    ..NginxConfig::default()
+                };
+                let toml = format!(
+                    "\n[app.router]\nkind = \"nginx\"\n{}",
+                    toml::to_string(&config).unwrap()
+                );
+                let public = format!("http://127.0.0.1:{port}");
+                (
+                    toml,
+                    RouterProcess::Nginx {
+                        _nginx: Box::new(nginx),
+                        public,
+                    },
+                )
+            }
         };
         let config = format!(
             r#"
@@ -191,6 +228,7 @@ smoke = [{{ path = "/health/ready" }}]
                 ready["bound"]["apps"]["web"]["listen"].as_str().unwrap()
             ),
             RouterProcess::Haproxy(h) => h.url(),
+            RouterProcess::Nginx { public, .. } => public.clone(),
         };
         Cluster {
             dir,
@@ -364,4 +402,9 @@ async fn static_hosts_behind_the_builtin_proxy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_hosts_behind_haproxy() {
     good_and_bad_rollout(RouterSetup::Haproxy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_hosts_behind_nginx() {
+    good_and_bad_rollout(RouterSetup::Nginx).await;
 }

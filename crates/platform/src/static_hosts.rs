@@ -237,10 +237,12 @@ impl StaticHostsPlatform {
         }
         let timeout = Duration::from_millis(self.config.hook_timeout_ms);
         let output = match tokio::time::timeout(timeout, cmd.output()).await {
-            Err(_) => return Err(format!(
+            Err(_) => {
+                return Err(format!(
                 "the {what} hook `{command}` did not finish within {} ms (hook_timeout_ms); it was killed",
                 timeout.as_millis()
-            )),
+            ))
+            }
             Ok(Err(e)) => return Err(format!("the {what} hook `{command}` could not start: {e}")),
             Ok(Ok(output)) => output,
         };

@@ -132,6 +132,8 @@ pub enum RouterConfig {
     Builtin,
     /// An HAProxy driven through its runtime API.
     Haproxy(Box<cutover_router::haproxy::HaproxyConfig>),
+    /// An nginx driven by a rendered include file, `nginx -t` and graceful reloads.
+    Nginx(Box<cutover_router::nginx::NginxConfig>),
 }
 
 impl RouterConfig {
@@ -139,6 +141,7 @@ impl RouterConfig {
         match self {
             RouterConfig::Builtin => "builtin",
             RouterConfig::Haproxy(_) => "haproxy",
+            RouterConfig::Nginx(_) => "nginx",
         }
     }
 }
@@ -370,8 +373,10 @@ impl Config {
                             format!("an app routed by {kind} is driven by its rollouts and needs a platform; set platform = \"static\" or \"local\""),
                         ));
                     }
-                    if let RouterConfig::Haproxy(c) = external {
-                        errors.extend(c.validate(&format!("{at}.router.")));
+                    match external {
+                        RouterConfig::Haproxy(c) => errors.extend(c.validate(&format!("{at}.router."))),
+                        RouterConfig::Nginx(c) => errors.extend(c.validate(&format!("{at}.router."))),
+                        RouterConfig::Builtin => {}
                     }
                 }
             }

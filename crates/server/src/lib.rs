@@ -261,6 +261,12 @@ pub async fn start(
                 routers.insert(app_config.name.clone(), Arc::new(router));
                 continue;
             }
+            config::RouterConfig::Nginx(c) => {
+                let router = cutover_router::nginx::NginxRouter::new(&app_config.name, c.as_ref().clone())
+                    .map_err(router_error)?;
+                routers.insert(app_config.name.clone(), Arc::new(router));
+                continue;
+            }
         };
         let Some(listen) = listen else {
             return Err(ServeError::NoListener {
