@@ -113,7 +113,7 @@ async fn readiness_can_be_switched_at_runtime_and_requests_are_counted() {
 
     // 3 readiness checks + 1 liveness check; /control/* calls are not counted.
     let counted = get_json(&client, app.url("/control/requests")).await;
-    assert_eq!(counted, serde_json::json!({"requests": 4}));
+    assert_eq!(counted, serde_json::json!({"requests": 4, "slow_in_progress": 0}));
     client.get(app.url("/")).send().await.unwrap();
     let counted = get_json(&client, app.url("/control/requests")).await;
     assert_eq!(counted["requests"], 5);
