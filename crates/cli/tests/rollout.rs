@@ -4,11 +4,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cutover_test_support::{http_client, wait_until, ChildProcess};
+use cutover_test_support::{http_client, wait_until, ChildProcess, Load};
 use serde_json::Value;
 
 const CUTOVER: &str = env!("CARGO_BIN_EXE_cutover");
@@ -275,61 +275,6 @@ impl Drop for Cluster {
 }
 
 /// Sticky users hitting the public listener until dropped; counts failures by version.
-struct Load {
-    stop: Arc<AtomicBool>,
-    failed: Arc<AtomicU64>,
-    sent: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Load {
-    fn start(public: &str) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let failed = Arc::new(AtomicU64::new(0));
-        let sent = Arc::new(AtomicU64::new(0));
-        let (s, f, n, url) = (
-            Arc::clone(&stop),
-            Arc::clone(&failed),
-            Arc::clone(&sent),
-            format!("{public}/"),
-        );
-        let task = tokio::spawn(async move {
-            let client = http_client();
-            let mut i: u64 = 0;
-            // Bounded: 2 minutes at most.
-            let limit = tokio::time::Instant::now() + Duration::from_secs(120);
-            while !s.load(Ordering::Relaxed) && tokio::time::Instant::now() < limit {
-                let r = client
-                    .get(&url)
-                    .header("X-User-ID", format!("user-{}", i % 500))
-                    .send()
-                    .await;
-                n.fetch_add(1, Ordering::Relaxed);
-                if !r.is_ok_and(|r| r.status().is_success()) {
-                    f.fetch_add(1, Ordering::Relaxed);
-                }
-                i += 1;
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        });
-        Load {
-            stop,
-            failed,
-            sent,
-            task,
-        }
-    }
-
-    async fn finish(self) -> (u64, u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.task.await.unwrap();
-        (
-            self.sent.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-        )
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_good_release_is_promoted_and_a_bad_one_rolled_back() {
     let cluster = Cluster::new(Setup::default());

@@ -5,15 +5,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use cutover_router::haproxy::{render_config, HaproxyConfig};
 use cutover_router::nginx::NginxConfig;
 use cutover_test_support::haproxy::{Haproxy, HaproxySetup};
 use cutover_test_support::nginx::{Nginx, NginxOptions};
-use cutover_test_support::{free_port, http_client, wait_until, ChildProcess};
+use cutover_test_support::{free_port, http_client, wait_until, ChildProcess, Load};
 use serde_json::Value;
 
 const CUTOVER: &str = env!("CARGO_BIN_EXE_cutover");
@@ -293,61 +291,6 @@ impl Drop for Cluster {
                 let _ = Command::new("kill").arg("-9").arg(pid.trim()).status();
             }
         }
-    }
-}
-
-/// Requests with rotating user keys until stopped (2 minutes at most).
-struct Load {
-    stop: Arc<AtomicBool>,
-    failed: Arc<AtomicU64>,
-    sent: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Load {
-    fn start(public: &str) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let failed = Arc::new(AtomicU64::new(0));
-        let sent = Arc::new(AtomicU64::new(0));
-        let (s, f, n, url) = (
-            Arc::clone(&stop),
-            Arc::clone(&failed),
-            Arc::clone(&sent),
-            format!("{public}/"),
-        );
-        let task = tokio::spawn(async move {
-            let client = http_client();
-            let limit = tokio::time::Instant::now() + Duration::from_secs(120);
-            let mut i: u64 = 0;
-            while !s.load(Ordering::Relaxed) && tokio::time::Instant::now() < limit {
-                let r = client
-                    .get(&url)
-                    .header("X-User-ID", format!("user-{}", i % 500))
-                    .send()
-                    .await;
-                n.fetch_add(1, Ordering::Relaxed);
-                if !r.is_ok_and(|r| r.status().is_success()) {
-                    f.fetch_add(1, Ordering::Relaxed);
-                }
-                i += 1;
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        });
-        Load {
-            stop,
-            failed,
-            sent,
-            task,
-        }
-    }
-
-    async fn finish(self) -> (u64, u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.task.await.unwrap();
-        (
-            self.sent.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-        )
     }
 }
 

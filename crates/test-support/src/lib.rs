@@ -509,6 +509,115 @@ pub fn parse_listening_line(line: &str) -> Option<SocketAddr> {
     rest.split_whitespace().next()?.parse().ok()
 }
 
+/// Background traffic for whole-rollout tests: `GET {public}/` about every 2 ms as one of 500
+/// users (`X-User-ID: user-N`), counting requests and failures (transport errors or non-2xx),
+/// until [`Load::finish`] or for 2 minutes at most.
+#[derive(Debug)]
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    failed: Arc<AtomicU64>,
+    sent: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    pub fn start(public: &str) -> Load {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let failed = Arc::new(AtomicU64::new(0));
+        let sent = Arc::new(AtomicU64::new(0));
+        let (s, f, n, url) = (
+            Arc::clone(&stop),
+            Arc::clone(&failed),
+            Arc::clone(&sent),
+            format!("{public}/"),
+        );
+        let task = tokio::spawn(async move {
+            let client = http_client();
+            let limit = tokio::time::Instant::now() + Duration::from_secs(120);
+            let mut i: u64 = 0;
+            while !s.load(Ordering::Relaxed) && tokio::time::Instant::now() < limit {
+                let r = client
+                    .get(&url)
+                    .header("X-User-ID", format!("user-{}", i % 500))
+                    .send()
+                    .await;
+                n.fetch_add(1, Ordering::Relaxed);
+                if !r.is_ok_and(|r| r.status().is_success()) {
+                    f.fetch_add(1, Ordering::Relaxed);
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        });
+        Load {
+            stop,
+            failed,
+            sent,
+            task,
+        }
+    }
+
+    /// Stops the load; returns (requests sent, requests failed).
+    pub async fn finish(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task
+            .await
+            .unwrap_or_else(|e| panic!("the load task failed: {e}"));
+        (
+            self.sent.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// A directory under the system temp dir, removed on drop unless the thread is panicking (so a
+/// failed test leaves the configuration, data and logs behind for inspection).
+#[derive(Debug)]
+pub(crate) struct TempDir(PathBuf);
+
+impl TempDir {
+    pub(crate) fn new(what: &str) -> TempDir {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let path = std::env::temp_dir().join(format!(
+            "cutover-test-{what}-{}-{}-{nanos}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("creating {} failed: {e}", path.display()));
+        TempDir(path)
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kept {} for inspection", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// The last 4 KiB of `text`, for panic messages.
+pub(crate) fn tail(text: &str) -> &str {
+    let mut start = text.len().saturating_sub(4096);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
+pub(crate) fn write_file(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("writing {} failed: {e}", path.display()));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
