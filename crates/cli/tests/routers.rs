@@ -60,13 +60,13 @@ enum RouterSetup {
 enum RouterProcess {
     None,
     Haproxy(Box<Haproxy>),
-    Nginx { _nginx: Box<Nginx>, public: String },
+    Nginx { nginx: Box<Nginx>, public: String },
 }
 
 struct Cluster {
     dir: tempfile::TempDir,
     serve: Option<ChildProcess>,
-    _router: RouterProcess,
+    router: RouterProcess,
     admin: String,
     /// Where users' requests enter.
     public: String,
@@ -158,7 +158,7 @@ interval_ms = 100
                 (
                     toml,
                     RouterProcess::Nginx {
-                        _nginx: Box::new(nginx),
+                        nginx: Box::new(nginx),
                         public,
                     },
                 )
@@ -231,7 +231,7 @@ smoke = [{{ path = "/health/ready" }}]
         Cluster {
             dir,
             serve: Some(serve),
-            _router: router_process,
+            router: router_process,
             admin,
             public,
         }
@@ -262,6 +262,22 @@ smoke = [{{ path = "/health/ready" }}]
             .json()
             .await
             .unwrap()
+    }
+
+    /// Kills the router process and starts it again (HAProxy forgets its runtime state; nginx
+    /// reads what cutover wrote); `false` for the built-in proxy.
+    async fn restart_router(&mut self) -> bool {
+        match &mut self.router {
+            RouterProcess::None => false,
+            RouterProcess::Haproxy(h) => {
+                h.restart().await;
+                true
+            }
+            RouterProcess::Nginx { nginx, .. } => {
+                nginx.restart().await;
+                true
+            }
+        }
     }
 
     fn running_apps(&self) -> usize {
@@ -296,7 +312,7 @@ impl Drop for Cluster {
 
 /// v1 goes live, v2 is promoted step by step, v3 ("bad") is rolled back, all through `router`.
 async fn good_and_bad_rollout(router: RouterSetup) {
-    let cluster = Cluster::start(router).await;
+    let mut cluster = Cluster::start(router).await;
     let (code, out) = cluster.deploy("v1");
     assert_eq!(code, 0, "first release: {out}");
     let load = Load::start(&cluster.public);
@@ -327,6 +343,22 @@ async fn good_and_bad_rollout(router: RouterSetup) {
             .await
             .unwrap();
         assert_eq!(r.headers()["x-app-version"], "v2");
+    }
+    // A router that restarts is given the current table again by the controller's reconcile.
+    if cluster.restart_router().await {
+        wait_until(
+            "v2 answers through the restarted router",
+            Duration::from_secs(20),
+            || async {
+                let r = http_client()
+                    .get(format!("{}/", cluster.public))
+                    .header("X-User-ID", "after-restart")
+                    .send()
+                    .await;
+                r.is_ok_and(|r| r.status().is_success() && r.headers()["x-app-version"] == "v2")
+            },
+        )
+        .await;
     }
     // The stop hook takes the bad release off its host once the drain is over.
     wait_until(
