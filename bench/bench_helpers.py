@@ -480,6 +480,10 @@ def report_proxy(args) -> int:
         "p99_cutover_over_haproxy": _ratio(get("cutover", "p99_ms"), get("haproxy", "p99_ms")),
         "cpu_cutover_over_nginx": _ratio(cpu_us.get("cutover"), cpu_us.get("nginx")),
         "cpu_cutover_over_haproxy": _ratio(cpu_us.get("cutover"), cpu_us.get("haproxy")),
+        # The floor: a minimal hand-written HTTP/1.1 proxy on tokio (bench/h1-floor).
+        "rps_h1floor_over_nginx": _ratio(get("h1floor", "rps"), get("nginx", "rps")),
+        "p99_h1floor_over_nginx": _ratio(get("h1floor", "p99_ms"), get("nginx", "p99_ms")),
+        "cpu_h1floor_over_nginx": _ratio(cpu_us.get("h1floor"), cpu_us.get("nginx")),
     }
     print()
     print("ratios (rps: higher is better for cutover; p99 and CPU per request: lower is better)")

@@ -27,7 +27,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 DURATION="${BENCH_DURATION:-10s}"
 WARMUP="${BENCH_WARMUP:-2s}"
 IDLE_CONNS="${BENCH_IDLE_CONNS:-1000}"
-read -r -a TARGETS <<<"${BENCH_TARGETS:-direct cutover nginx haproxy}"
+read -r -a TARGETS <<<"${BENCH_TARGETS:-direct cutover nginx haproxy h1floor}"
 
 bench_require_tools wrk nginx haproxy python3 curl cargo
 bench_init
@@ -61,6 +61,20 @@ EOF
 )"
 bench_start_nginx "$BACKEND_PORT"
 bench_start_haproxy "$BACKEND_PORT"
+H1FLOOR_PORT=""
+H1FLOOR_PID=""
+if [[ " ${TARGETS[*]} " == *" h1floor "* ]]; then
+    H1FLOOR_BIN="$BENCH_DIR/h1-floor/target/release/h1-floor"
+    if [[ ${BENCH_SKIP_BUILD:-0} != 1 || ! -x $H1FLOOR_BIN ]]; then
+        bench_log "cargo build --release --manifest-path bench/h1-floor/Cargo.toml"
+        cargo build --release --manifest-path "$BENCH_DIR/h1-floor/Cargo.toml" >&2
+    fi
+    H1FLOOR_PORT="$(bench_free_port)"
+    bench_spawn h1floor env TOKIO_WORKER_THREADS="$BENCH_PROXY_THREADS" "$H1FLOOR_BIN" \
+        "127.0.0.1:$H1FLOOR_PORT" "127.0.0.1:$BACKEND_PORT"
+    H1FLOOR_PID=$BENCH_LAST_PID
+    bench_wait_port "$H1FLOOR_PORT" "$H1FLOOR_PID" 10 || bench_fail_with_log h1floor "h1-floor does not accept connections"
+fi
 
 declare -A URL=(
     [direct]="http://127.0.0.1:$BACKEND_PORT/"
@@ -68,12 +82,14 @@ declare -A URL=(
     [nginx]="http://127.0.0.1:$BENCH_NGINX_PORT/"
     [haproxy]="http://127.0.0.1:$BENCH_HAPROXY_PORT/"
 )
+[[ -z $H1FLOOR_PORT ]] || URL[h1floor]="http://127.0.0.1:$H1FLOOR_PORT/"
 declare -A PID=(
     [direct]=$BENCH_APP_PID
     [cutover]=$BENCH_CUTOVER_PID
     [nginx]=$BENCH_NGINX_PID
     [haproxy]=$BENCH_HAPROXY_PID
 )
+[[ -z $H1FLOOR_PID ]] || PID[h1floor]=$H1FLOOR_PID
 
 for t in "${TARGETS[@]}"; do
     [[ -n ${URL[$t]:-} ]] || bench_die "unknown target $t (known: ${!URL[*]})"
