@@ -10,12 +10,10 @@ use crossbeam_queue::ArrayQueue;
 use cutover_core::Slot;
 use tokio_util::sync::CancellationToken;
 
-use crate::body::UpstreamRequestBody;
-
-pub(crate) type Sender = hyper::client::conn::http1::SendRequest<UpstreamRequestBody>;
+use crate::upstream::Conn;
 
 pub(crate) struct IdleConnection {
-    pub sender: Sender,
+    pub conn: Conn,
     pub idle_since: Instant,
 }
 
@@ -155,10 +153,10 @@ impl Backend {
     }
 
     /// A warm connection, if one is idle and young enough.
-    pub(crate) fn take_idle(&self, max_idle_age: Duration) -> Option<Sender> {
-        while let Some(conn) = self.idle.pop() {
-            if !conn.sender.is_closed() && conn.idle_since.elapsed() < max_idle_age {
-                return Some(conn.sender);
+    pub(crate) fn take_idle(&self, max_idle_age: Duration) -> Option<Conn> {
+        while let Some(idle) = self.idle.pop() {
+            if idle.idle_since.elapsed() < max_idle_age && idle.conn.is_usable() {
+                return Some(idle.conn);
             }
         }
         None
@@ -166,10 +164,10 @@ impl Backend {
 
     /// Keeps a connection whose exchange completed for the next request, unless the slot is no
     /// longer serving (then it is dropped, which closes it).
-    pub(crate) fn put_idle(&self, sender: Sender) {
-        if self.serving.load(Ordering::Relaxed) && !sender.is_closed() {
+    pub(crate) fn put_idle(&self, conn: Conn) {
+        if self.serving.load(Ordering::Relaxed) {
             let _ = self.idle.push(IdleConnection {
-                sender,
+                conn,
                 idle_since: Instant::now(),
             });
         }

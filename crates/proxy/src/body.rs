@@ -10,8 +10,9 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use crate::backend::{Backend, Sender};
+use crate::backend::Backend;
 use crate::metrics::PoolMetrics;
+use crate::upstream::{BodyReader, Conn};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -103,7 +104,7 @@ impl Body for UpstreamRequestBody {
 pub(crate) struct InFlight {
     pub backend: Arc<Backend>,
     pub metrics: Arc<PoolMetrics>,
-    pub connection: Option<Sender>,
+    pub connection: Option<Conn>,
     pub completed: bool,
 }
 
@@ -129,8 +130,8 @@ impl Drop for InFlight {
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         self.metrics.request_finished();
         if self.completed {
-            if let Some(sender) = self.connection.take() {
-                self.backend.put_idle(sender);
+            if let Some(conn) = self.connection.take() {
+                self.backend.put_idle(conn);
             }
         }
     }
@@ -146,9 +147,23 @@ enum Kind {
 }
 
 struct UpstreamResponse {
-    inner: Incoming,
+    /// `None` once handed back (through `in_flight`) for the next request.
+    conn: Option<Conn>,
+    reader: BodyReader,
+    /// May the connection serve another request once the body is complete?
+    keep_alive: bool,
     in_flight: InFlight,
     stop: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl UpstreamResponse {
+    /// The body is complete: the exchange is done and its connection may be reused.
+    fn finish(&mut self) {
+        self.in_flight.completed = true;
+        if self.keep_alive {
+            self.in_flight.connection = self.conn.take();
+        }
+    }
 }
 
 impl ProxyBody {
@@ -161,16 +176,23 @@ impl ProxyBody {
     }
 
     pub(crate) fn upstream(
-        inner: Incoming,
-        mut in_flight: InFlight,
+        conn: Conn,
+        reader: BodyReader,
+        keep_alive: bool,
+        in_flight: InFlight,
         stop: WaitForCancellationFutureOwned,
     ) -> Self {
-        in_flight.completed = inner.is_end_stream();
-        ProxyBody(Kind::Upstream(Box::new(UpstreamResponse {
-            inner,
+        let mut up = UpstreamResponse {
+            conn: Some(conn),
+            reader,
+            keep_alive,
             in_flight,
             stop: Box::pin(stop),
-        })))
+        };
+        if up.reader.is_done() {
+            up.finish();
+        }
+        ProxyBody(Kind::Upstream(Box::new(up)))
     }
 }
 
@@ -188,19 +210,20 @@ impl Body for ProxyBody {
                 if up.in_flight.completed {
                     return Poll::Ready(None);
                 }
-                match Pin::new(&mut up.inner).poll_frame(cx) {
-                    Poll::Ready(Some(Ok(frame))) => {
-                        if let Some(data) = frame.data_ref() {
-                            up.in_flight.metrics.add_bytes_out(data.len() as u64);
+                let Some(conn) = up.conn.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                match up.reader.poll_data(conn, cx) {
+                    Poll::Ready(Some(Ok(data))) => {
+                        up.in_flight.metrics.add_bytes_out(data.len() as u64);
+                        if up.reader.is_done() {
+                            up.finish();
                         }
-                        if up.inner.is_end_stream() {
-                            up.in_flight.completed = true;
-                        }
-                        Poll::Ready(Some(Ok(frame)))
+                        Poll::Ready(Some(Ok(Frame::data(data))))
                     }
                     Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
                     Poll::Ready(None) => {
-                        up.in_flight.completed = true;
+                        up.finish();
                         Poll::Ready(None)
                     }
                     // Only a body that waits can outlive a drain: the cut is checked (and its
@@ -217,7 +240,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.0 {
             Kind::Full(bytes) => bytes.is_none(),
-            Kind::Upstream(up) => up.in_flight.completed || up.inner.is_end_stream(),
+            Kind::Upstream(up) => up.in_flight.completed || up.reader.is_done(),
         }
     }
 
@@ -225,7 +248,10 @@ impl Body for ProxyBody {
         match &self.0 {
             Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
-            Kind::Upstream(up) => up.inner.size_hint(),
+            Kind::Upstream(up) => match up.reader.exact_length() {
+                Some(n) => SizeHint::with_exact(n),
+                None => SizeHint::default(),
+            },
         }
     }
 }

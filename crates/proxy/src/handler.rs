@@ -8,17 +8,18 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cutover_core::{Bucket, Slot};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{pick, ActivePool, AppProxy};
-use crate::backend::{Backend, Sender};
-use crate::body::{BodyTooLarge, InFlight, ProxyBody, UpstreamRequestBody};
+use crate::backend::Backend;
+use crate::body::{InFlight, ProxyBody, UpstreamRequestBody};
 use crate::config::{Forced, ListenerKind, ProxySettings};
+use crate::upstream::{self, Conn, SendError};
 
 /// Where a request came from.
 #[derive(Debug, Clone, Copy)]
@@ -118,14 +119,8 @@ async fn route(
     } else {
         None
     };
-    if let Err(reason) = prepare_upstream_request(&mut parts, origin, client_upgrade.is_some()) {
-        return local(app, Some(pool), started, StatusCode::BAD_REQUEST, &reason);
-    }
-    let mut upstream_req = Request::from_parts(
-        parts,
-        UpstreamRequestBody::client(body, limit, Arc::clone(&pool.metrics)),
-    );
-
+    prepare_upstream_request(&mut parts, origin, client_upgrade.is_some());
+    let mut upstream_body = UpstreamRequestBody::client(body, limit, Arc::clone(&pool.metrics));
     let mut excluded = 0u64;
     let mut failed_connects = 0u32;
     loop {
@@ -149,22 +144,12 @@ async fn route(
         };
         let in_flight = InFlight::start(Arc::clone(backend), Arc::clone(&pool.metrics));
         let stop = backend.stop_token();
-        match exchange(backend, upstream_req, &app.settings, &stop).await {
-            Ok((response, sender)) => {
+        match exchange(backend, &parts, &mut upstream_body, &app.settings, &stop).await {
+            Ok((head, conn)) => {
                 backend.record_connect_success();
-                return respond(
-                    app,
-                    pool,
-                    response,
-                    sender,
-                    in_flight,
-                    stop,
-                    client_upgrade,
-                    started,
-                );
+                return respond(app, pool, head, conn, in_flight, stop, client_upgrade, started);
             }
-            Err(ExchangeError::NotSent { request, cause }) => {
-                upstream_req = *request;
+            Err(ExchangeError::NotSent { cause }) => {
                 let ejected_for = backend.record_connect_failure(
                     Duration::from_millis(app.settings.eject_base_ms),
                     Duration::from_millis(app.settings.eject_max_ms),
@@ -206,16 +191,16 @@ async fn route(
                     &format!("slot {} lost its traffic and its drain timeout passed", pool.slot),
                 );
             }
-            Err(ExchangeError::Failed(e)) => {
-                if error_chain_has::<BodyTooLarge>(&e) {
-                    return local(
-                        app,
-                        Some(pool),
-                        started,
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        &format!("request body exceeds the limit of {limit} bytes"),
-                    );
-                }
+            Err(ExchangeError::BodyTooLarge) => {
+                return local(
+                    app,
+                    Some(pool),
+                    started,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("request body exceeds the limit of {limit} bytes"),
+                );
+            }
+            Err(ExchangeError::Failed(reason)) => {
                 // The request reached the backend; replaying it could run it twice.
                 return local(
                     app,
@@ -223,10 +208,8 @@ async fn route(
                     started,
                     StatusCode::BAD_GATEWAY,
                     &format!(
-                        "backend {} of slot {} failed after the request was sent (not retried): {}",
-                        backend.addr,
-                        pool.slot,
-                        error_chain(&e)
+                        "backend {} of slot {} failed after the request was sent (not retried): {reason}",
+                        backend.addr, pool.slot,
                     ),
                 );
             }
@@ -238,143 +221,112 @@ async fn route(
 fn respond(
     app: &Arc<AppProxy>,
     pool: &ActivePool,
-    mut response: Response<Incoming>,
-    sender: Sender,
-    mut in_flight: InFlight,
+    head: upstream::Head,
+    mut conn: Conn,
+    in_flight: InFlight,
     stop: CancellationToken,
     client_upgrade: Option<OnUpgrade>,
     started: Instant,
 ) -> Response<ProxyBody> {
-    let status = response.status();
+    let status = head.status;
     pool.metrics.record(status.as_u16(), started.elapsed());
+    let mut response = Response::new(ProxyBody::empty());
+    *response.status_mut() = status;
     if status == StatusCode::SWITCHING_PROTOCOLS {
+        *response.headers_mut() = head.headers;
         if let Some(client_upgrade) = client_upgrade {
-            let upstream_upgrade = hyper::upgrade::on(&mut response);
             let app_name = app.name.clone();
             tokio::spawn(async move {
                 // The tunnel owns the in-flight claim: a WebSocket counts as a request until it closes.
                 let _in_flight = in_flight;
-                let _sender = sender;
-                let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                    Ok(pair) => pair,
+                let client = match client_upgrade.await {
+                    Ok(client) => client,
                     Err(e) => {
                         tracing::warn!(app = %app_name, error = %e, "protocol upgrade failed");
                         return;
                     }
                 };
                 let mut client = TokioIo::new(client);
-                let mut upstream = TokioIo::new(upstream);
+                let tunnel = async {
+                    use tokio::io::AsyncWriteExt as _;
+                    // Bytes the backend sent right after its 101 belong to the tunnel.
+                    if !conn.buf.is_empty() {
+                        client.write_all(&conn.buf).await?;
+                    }
+                    tokio::io::copy_bidirectional(&mut client, &mut conn.stream).await
+                };
                 tokio::select! {
-                    _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+                    _ = tunnel => {}
                     _ = stop.cancelled() => {}
                 }
             });
-            let (parts, _) = response.into_parts();
-            return Response::from_parts(parts, ProxyBody::empty());
         }
+        return response;
     }
-    in_flight.connection = Some(sender);
-    let (mut parts, body) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers, false);
-    Response::from_parts(
-        parts,
-        ProxyBody::upstream(body, in_flight, stop.cancelled_owned()),
-    )
+    let mut headers = head.headers;
+    strip_hop_by_hop(&mut headers, false);
+    *response.headers_mut() = headers;
+    *response.body_mut() = ProxyBody::upstream(
+        conn,
+        upstream::BodyReader::new(head.framing),
+        head.keep_alive,
+        in_flight,
+        stop.cancelled_owned(),
+    );
+    response
 }
 
 pub(crate) enum ExchangeError {
-    /// Nothing reached the backend; the request comes back for another try.
+    /// Nothing reached the backend; the request may go to another one.
     NotSent {
-        request: Box<Request<UpstreamRequestBody>>,
         cause: String,
     },
     Timeout,
     Cut,
-    Failed(hyper::Error),
+    BodyTooLarge,
+    Failed(String),
 }
 
 /// One request on one backend: a warm connection if there is one, a new one otherwise. A pooled
-/// connection that turns out closed is replaced without counting as a failure, since the request
-/// never left.
+/// connection that turns out closed before the request could be written is replaced without
+/// counting as a failure, since the request never left.
 async fn exchange(
     backend: &Backend,
-    request: Request<UpstreamRequestBody>,
+    parts: &http::request::Parts,
+    body: &mut UpstreamRequestBody,
     settings: &ProxySettings,
     stop: &CancellationToken,
-) -> Result<(Response<Incoming>, Sender), ExchangeError> {
-    let mut request = request;
+) -> Result<(upstream::Head, Conn), ExchangeError> {
     let mut last_cause = String::new();
     for _ in 0..3 {
-        let mut sender = match backend.take_idle(settings.upstream_idle_timeout()) {
-            Some(s) => s,
-            None => match connect(backend.addr, settings.connect_timeout()).await {
-                Ok(s) => s,
-                Err(cause) => {
-                    return Err(ExchangeError::NotSent {
-                        request: Box::new(request),
-                        cause,
-                    })
-                }
-            },
+        let mut conn = match backend.take_idle(settings.upstream_idle_timeout()) {
+            Some(c) => c,
+            None => Conn::connect(backend.addr, settings.connect_timeout())
+                .await
+                .map_err(|cause| ExchangeError::NotSent { cause })?,
         };
-        if let Err(e) = sender.ready().await {
-            last_cause = format!("connection closed before use: {e}");
-            continue;
-        }
-        let send = tokio::time::timeout(settings.response_timeout(), sender.try_send_request(request));
+        let send = tokio::time::timeout(
+            settings.response_timeout(),
+            upstream::exchange(&mut conn, parts, body),
+        );
         let result = tokio::select! {
             r = send => r,
             _ = stop.cancelled() => return Err(ExchangeError::Cut),
         };
         match result {
             Err(_) => return Err(ExchangeError::Timeout),
-            Ok(Ok(response)) => return Ok((response, sender)),
-            Ok(Err(mut e)) => match e.take_message() {
-                Some(r) => {
-                    request = r;
-                    last_cause = format!("connection closed before the request was sent: {}", e.error());
-                }
-                None => return Err(ExchangeError::Failed(e.into_error())),
-            },
+            Ok(Ok(head)) => return Ok((head, conn)),
+            Ok(Err(SendError::NotSent(cause))) => last_cause = cause,
+            Ok(Err(SendError::BodyTooLarge)) => return Err(ExchangeError::BodyTooLarge),
+            Ok(Err(SendError::Failed(reason))) => return Err(ExchangeError::Failed(reason)),
         }
     }
-    Err(ExchangeError::NotSent {
-        request: Box::new(request),
-        cause: last_cause,
-    })
+    Err(ExchangeError::NotSent { cause: last_cause })
 }
 
-async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Sender, String> {
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(format!("connect to {addr}: {e}")),
-        Err(_) => {
-            return Err(format!(
-                "connect to {addr}: no answer within {} ms",
-                timeout.as_millis()
-            ))
-        }
-    };
-    let _ = stream.set_nodelay(true);
-    let (sender, conn) = hyper::client::conn::http1::Builder::new()
-        .handshake::<_, UpstreamRequestBody>(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("handshake with {addr}: {e}"))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(backend = %addr, error = %e, "upstream connection ended with an error");
-        }
-    });
-    Ok(sender)
-}
-
-/// Rewrites a client's request into the one the backend gets: origin-form URI, HTTP/1.1, no
-/// hop-by-hop headers, and the X-Forwarded-* trio.
-fn prepare_upstream_request(
-    parts: &mut http::request::Parts,
-    origin: Origin,
-    upgrade: bool,
-) -> Result<(), String> {
+/// Rewrites a client's request headers into the ones the backend gets: no hop-by-hop headers,
+/// and the X-Forwarded-* trio.
+fn prepare_upstream_request(parts: &mut http::request::Parts, origin: Origin, upgrade: bool) {
     let host = match parts.headers.get(header::HOST) {
         Some(h) => Some(h.clone()),
         None => parts
@@ -382,9 +334,8 @@ fn prepare_upstream_request(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     };
-    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    parts.uri = Uri::try_from(path).map_err(|e| format!("invalid request target {path:?}: {e}"))?;
-    parts.version = Version::HTTP_11;
+    // The request line is written from the URI's path and query (origin form) and as HTTP/1.1
+    // by the upstream writer, whatever form and version the client used.
     strip_hop_by_hop(&mut parts.headers, upgrade);
     if let Some(host) = host {
         parts.headers.insert(X_FORWARDED_HOST, host.clone());
@@ -402,7 +353,6 @@ fn prepare_upstream_request(
         X_FORWARDED_PROTO,
         HeaderValue::from_static(if origin.tls { "https" } else { "http" }),
     );
-    Ok(())
 }
 
 /// Removes the headers that describe one connection rather than the message (RFC 9110 §7.6.1),
@@ -538,28 +488,6 @@ fn local(
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
-}
-
-fn error_chain_has<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(e);
-    while let Some(err) = current {
-        if err.is::<E>() {
-            return true;
-        }
-        current = err.source();
-    }
-    false
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut current = e.source();
-    while let Some(err) = current {
-        out.push_str(": ");
-        out.push_str(&err.to_string());
-        current = err.source();
-    }
-    out
 }
 
 #[cfg(test)]

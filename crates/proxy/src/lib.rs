@@ -26,6 +26,7 @@ pub mod health;
 pub mod listener;
 pub mod metrics;
 pub mod prometheus;
+mod upstream;
 
 pub use app::{ActivePool, ActiveTable, AppProxy};
 pub use config::{HealthCheckConfig, ListenerKind, PreviewConfig, ProxySettings, StickyConfig};

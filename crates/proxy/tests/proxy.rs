@@ -548,3 +548,63 @@ async fn metrics_follow_traffic_and_render_as_prometheus_text() {
         errors.value
     );
 }
+
+/// The proxy's own HTTP/1.1 client: bodies of unknown length go chunked and arrive whole, bodyless
+/// responses (HEAD, 204, 304) end where they must, and one warm connection serves request after
+/// request.
+#[tokio::test]
+async fn upstream_framing_and_connection_reuse() {
+    let v1 = ExampleApp::spawn("v1", &[]);
+    let proxy = Proxy::start(settings(), route(&[&v1], &[], 0)).await;
+    let client = http_client();
+
+    // A streamed body without a length reaches the backend chunked and whole.
+    let pieces: Vec<Result<&'static str, std::io::Error>> = vec![Ok("hello "), Ok("chunked "), Ok("world")];
+    let r = client
+        .post(proxy.url("/echo"))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(pieces)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let echoed: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(echoed["body"], "hello chunked world", "{echoed}");
+    assert_eq!(echoed["headers"]["transfer-encoding"], "chunked", "{echoed}");
+
+    // An empty POST keeps its Content-Length: 0.
+    let r = client.post(proxy.url("/echo")).body("").send().await.unwrap();
+    let echoed: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(echoed["headers"]["content-length"], "0", "{echoed}");
+
+    // Bodyless responses end at the head, and the connection goes on serving.
+    for _ in 0..3 {
+        let r = client.head(proxy.url("/")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(r.bytes().await.unwrap().is_empty());
+        let r = client.get(proxy.url("/status/204")).send().await.unwrap();
+        assert_eq!(r.status(), 204);
+        let r = client.get(proxy.url("/status/304")).send().await.unwrap();
+        assert_eq!(r.status(), 304);
+    }
+    for i in 0..50 {
+        let r = client.get(proxy.url("/")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "request {i}");
+        r.bytes().await.unwrap();
+    }
+    // Sequential requests need one upstream connection, kept warm between them.
+    let backend = Arc::clone(&proxy.app.table().pool(Slot::Blue).backends[0]);
+    wait_until(
+        "the warm connection is back in the pool",
+        Duration::from_secs(5),
+        || {
+            let backend = Arc::clone(&backend);
+            async move { backend.idle_connections() >= 1 }
+        },
+    )
+    .await;
+    assert!(
+        backend.idle_connections() <= 2,
+        "{} idle connections",
+        backend.idle_connections()
+    );
+}

@@ -1,0 +1,582 @@
+//! HTTP/1.1 to the backends, written for the proxy's one job instead of going through hyper's
+//! client: the request's own task writes the request and reads the response on the connection,
+//! with no per-connection task, no channel hand-offs and no second copy of the head. Measured in
+//! `bench/proxy.sh`: hyper's client dispatch was a large part of what separated cutover from
+//! nginx (see `bench/RESULTS.md`).
+//!
+//! What it implements of RFC 9112, as a client talking to backends the proxy trusts to speak
+//! HTTP/1.1 or 1.0:
+//! - request framing: no body, `Content-Length`, or `Transfer-Encoding: chunked` when the length
+//!   is unknown;
+//! - response framing (§6.3): no body after `HEAD` or for 1xx/204/304, chunked (trailers read and
+//!   dropped), `Content-Length`, or until the connection closes;
+//! - 1xx interim responses other than 101 are skipped; 101 hands the connection over for a
+//!   tunnel with whatever bytes were read past the head;
+//! - a connection is kept for the next request only when the response was complete, framed, and
+//!   neither side said `Connection: close` (HTTP/1.0 needs `keep-alive`).
+//!
+//! Heads larger than [`MAX_HEAD_BYTES`] or with more than [`MAX_HEADERS`] headers are refused.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Version};
+use http_body::Body;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::body::UpstreamRequestBody;
+
+/// Largest response head accepted from a backend.
+pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Most headers accepted in a response head.
+pub(crate) const MAX_HEADERS: usize = 128;
+/// How much is read from a backend at a time.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// One keep-alive connection to a backend, with the bytes read from it and not used yet.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(crate) stream: TcpStream,
+    pub(crate) buf: BytesMut,
+}
+
+impl Conn {
+    pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, String> {
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(format!("connect to {addr}: {e}")),
+            Err(_) => {
+                return Err(format!(
+                    "connect to {addr}: no answer within {} ms",
+                    timeout.as_millis()
+                ))
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        Ok(Conn {
+            stream,
+            buf: BytesMut::new(),
+        })
+    }
+
+    /// Whether an idle connection can carry another request: the backend has not closed it and
+    /// has sent nothing unasked.
+    pub(crate) fn is_usable(&self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf)
+    }
+
+    async fn fill(&mut self) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+}
+
+/// Why an exchange failed, and whether the request may have reached the backend.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    /// Nothing of the request was written: it may go to another connection.
+    NotSent(String),
+    /// The request (or part of it) was written: it must not be replayed.
+    Failed(String),
+    /// The client's body was larger than allowed.
+    BodyTooLarge,
+}
+
+/// How the response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the backend closes the connection.
+    Eof,
+}
+
+/// A response head read from a backend.
+#[derive(Debug)]
+pub(crate) struct Head {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub framing: Framing,
+    /// May the connection carry another request once the body is read?
+    pub keep_alive: bool,
+}
+
+/// Writes `parts` and `body` on `conn` (parts must already be the upstream form: origin-form
+/// URI, hop-by-hop headers removed) and reads the response head.
+pub(crate) async fn exchange(
+    conn: &mut Conn,
+    parts: &http::request::Parts,
+    body: &mut UpstreamRequestBody,
+) -> Result<Head, SendError> {
+    let bodyless = body.is_end_stream();
+    let length = if bodyless {
+        Some(0)
+    } else {
+        body.size_hint().exact()
+    };
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(
+        parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .as_bytes(),
+    );
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING || name == header::EXPECT {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let chunked = match length {
+        Some(0) if bodyless && !method_implies_body(&parts.method, &parts.headers) => false,
+        Some(n) => {
+            out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+            false
+        }
+        None => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            true
+        }
+    };
+    out.extend_from_slice(b"\r\n");
+    if let Err(e) = conn.stream.write_all(&out).await {
+        return Err(SendError::NotSent(format!("writing the request: {e}")));
+    }
+    if !bodyless {
+        send_body(conn, body, chunked).await?;
+    }
+    read_head(conn, &parts.method).await
+}
+
+/// Requests whose method usually carries a body keep their `Content-Length: 0`.
+fn method_implies_body(method: &Method, headers: &HeaderMap) -> bool {
+    headers.contains_key(header::CONTENT_LENGTH)
+        || matches!(*method, Method::POST | Method::PUT | Method::PATCH)
+}
+
+async fn send_body(conn: &mut Conn, body: &mut UpstreamRequestBody, chunked: bool) -> Result<(), SendError> {
+    let write_error = |e: io::Error| SendError::Failed(format!("writing the request body: {e}"));
+    loop {
+        let frame = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await;
+        match frame {
+            None => break,
+            Some(Err(e)) => {
+                if e.is::<crate::body::BodyTooLarge>() {
+                    return Err(SendError::BodyTooLarge);
+                }
+                return Err(SendError::Failed(format!(
+                    "reading the client's request body: {e}"
+                )));
+            }
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else {
+                    continue; // trailers of the client's request are not forwarded
+                };
+                if data.is_empty() {
+                    continue;
+                }
+                if chunked {
+                    let size = format!("{:x}\r\n", data.len());
+                    conn.stream
+                        .write_all(size.as_bytes())
+                        .await
+                        .map_err(write_error)?;
+                    conn.stream.write_all(&data).await.map_err(write_error)?;
+                    conn.stream.write_all(b"\r\n").await.map_err(write_error)?;
+                } else {
+                    conn.stream.write_all(&data).await.map_err(write_error)?;
+                }
+            }
+        }
+    }
+    if chunked {
+        conn.stream.write_all(b"0\r\n\r\n").await.map_err(write_error)?;
+    }
+    Ok(())
+}
+
+async fn read_head(conn: &mut Conn, method: &Method) -> Result<Head, SendError> {
+    loop {
+        let parsed = {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut response = httparse::Response::new(&mut headers);
+            match response.parse(&conn.buf) {
+                Ok(httparse::Status::Complete(len)) => Some(head_from(&response, method).map(|h| (h, len))),
+                Ok(httparse::Status::Partial) => None,
+                Err(e) => Some(Err(format!(
+                    "the backend's response head is not valid HTTP/1.1: {e}"
+                ))),
+            }
+        };
+        match parsed {
+            Some(Ok((head, len))) => {
+                conn.buf.advance(len);
+                if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS {
+                    continue; // 100 Continue and friends: the final response follows
+                }
+                return Ok(head);
+            }
+            Some(Err(reason)) => return Err(SendError::Failed(reason)),
+            None => {}
+        }
+        if conn.buf.len() >= MAX_HEAD_BYTES {
+            return Err(SendError::Failed(format!(
+                "the backend's response head is larger than {MAX_HEAD_BYTES} bytes"
+            )));
+        }
+        match conn.fill().await {
+            Ok(0) => {
+                return Err(SendError::Failed(
+                    "the backend closed the connection before answering".to_string(),
+                ))
+            }
+            Ok(_) => {}
+            Err(e) => return Err(SendError::Failed(format!("reading the response: {e}"))),
+        }
+    }
+}
+
+fn head_from(response: &httparse::Response<'_, '_>, method: &Method) -> Result<Head, String> {
+    let code = response.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code)
+        .map_err(|_| format!("the backend answered with status {code}, which is not valid"))?;
+    let version = if response.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let mut headers = HeaderMap::with_capacity(response.headers.len());
+    for h in response.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| format!("the backend sent an invalid header name {:?}", h.name))?;
+        let value = HeaderValue::from_bytes(h.value)
+            .map_err(|_| format!("the backend sent an invalid value for header {}", h.name))?;
+        headers.append(name, value);
+    }
+    let connection_has = |token: &str| {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    let mut keep_alive = match version {
+        Version::HTTP_10 => connection_has("keep-alive"),
+        _ => !connection_has("close"),
+    };
+    let chunked = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .last()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"));
+    let framing = if *method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        Framing::Empty
+    } else if chunked {
+        Framing::Chunked
+    } else if headers.contains_key(header::TRANSFER_ENCODING) {
+        // A coding other than chunked last: the body runs to the end of the connection.
+        keep_alive = false;
+        Framing::Eof
+    } else if let Some(length) = content_length(&headers)? {
+        Framing::Length(length)
+    } else {
+        keep_alive = false;
+        Framing::Eof
+    };
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        keep_alive = false;
+    }
+    Ok(Head {
+        status,
+        headers,
+        framing,
+        keep_alive,
+    })
+}
+
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, String> {
+    let mut found: Option<u64> = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.to_str().unwrap_or("").split(',') {
+            let n: u64 = part
+                .trim()
+                .parse()
+                .map_err(|_| format!("the backend sent an invalid Content-Length {value:?}"))?;
+            if found.is_some_and(|f| f != n) {
+                return Err("the backend sent conflicting Content-Length values".to_string());
+            }
+            found = Some(n);
+        }
+    }
+    Ok(found)
+}
+
+/// Where a chunked body is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+}
+
+/// Reads a response body frame by frame, as bytes arrive.
+#[derive(Debug)]
+pub(crate) struct BodyReader {
+    framing: Framing,
+    /// Bytes left of a Content-Length body.
+    remaining: u64,
+    chunk: Chunk,
+    done: bool,
+}
+
+impl BodyReader {
+    pub(crate) fn new(framing: Framing) -> Self {
+        BodyReader {
+            framing,
+            remaining: match framing {
+                Framing::Length(n) => n,
+                _ => 0,
+            },
+            chunk: Chunk::Size,
+            done: matches!(framing, Framing::Empty | Framing::Length(0)),
+        }
+    }
+
+    pub(crate) fn is_done(&self) -> bool {
+        self.done
+    }
+
+    pub(crate) fn exact_length(&self) -> Option<u64> {
+        match self.framing {
+            Framing::Empty => Some(0),
+            Framing::Length(_) => Some(self.remaining),
+            _ => None,
+        }
+    }
+
+    /// The next piece of the body; `None` once it is complete.
+    pub(crate) fn poll_data(
+        &mut self,
+        conn: &mut Conn,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<io::Result<Bytes>>> {
+        loop {
+            if self.done {
+                return Poll::Ready(None);
+            }
+            match self.framing {
+                Framing::Empty => {
+                    self.done = true;
+                }
+                Framing::Length(_) => {
+                    if !conn.buf.is_empty() {
+                        let n = conn
+                            .buf
+                            .len()
+                            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+                        let data = conn.buf.split_to(n).freeze();
+                        self.remaining -= n as u64;
+                        self.done = self.remaining == 0;
+                        return Poll::Ready(Some(Ok(data)));
+                    }
+                    match ready_fill(conn, cx)? {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(0) => return Poll::Ready(Some(Err(truncated()))),
+                        Poll::Ready(_) => {}
+                    }
+                }
+                Framing::Eof => {
+                    if !conn.buf.is_empty() {
+                        let data = conn.buf.split().freeze();
+                        return Poll::Ready(Some(Ok(data)));
+                    }
+                    match ready_fill(conn, cx)? {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(0) => self.done = true,
+                        Poll::Ready(_) => {}
+                    }
+                }
+                Framing::Chunked => match self.step_chunked(conn) {
+                    Ok(Some(data)) => return Poll::Ready(Some(Ok(data))),
+                    Ok(None) if self.done => return Poll::Ready(None),
+                    Ok(None) => match ready_fill(conn, cx)? {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(0) => return Poll::Ready(Some(Err(truncated()))),
+                        Poll::Ready(_) => {}
+                    },
+                    Err(e) => return Poll::Ready(Some(Err(e))),
+                },
+            }
+        }
+    }
+
+    /// Advances the chunked decoder over the buffered bytes: data to hand on, or `None` when it
+    /// needs more bytes (or is done).
+    fn step_chunked(&mut self, conn: &mut Conn) -> io::Result<Option<Bytes>> {
+        loop {
+            match self.chunk {
+                Chunk::Size => {
+                    let Some(line) = take_line(&mut conn.buf)? else {
+                        return Ok(None);
+                    };
+                    let hex: &[u8] = line[..].split(|b| *b == b';').next().unwrap_or(&[]);
+                    let hex = std::str::from_utf8(hex).unwrap_or("").trim();
+                    let size = u64::from_str_radix(hex, 16).map_err(|_| {
+                        invalid(format!("invalid chunk size {hex:?} in the backend's response"))
+                    })?;
+                    self.chunk = if size == 0 {
+                        Chunk::Trailers
+                    } else {
+                        Chunk::Data(size)
+                    };
+                }
+                Chunk::Data(left) => {
+                    if conn.buf.is_empty() {
+                        return Ok(None);
+                    }
+                    let n = conn.buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                    let data = conn.buf.split_to(n).freeze();
+                    let left = left - n as u64;
+                    self.chunk = if left == 0 {
+                        Chunk::DataEnd
+                    } else {
+                        Chunk::Data(left)
+                    };
+                    return Ok(Some(data));
+                }
+                Chunk::DataEnd => {
+                    let Some(line) = take_line(&mut conn.buf)? else {
+                        return Ok(None);
+                    };
+                    if !line.is_empty() {
+                        return Err(invalid(
+                            "a chunk of the backend's response is longer than its size".to_string(),
+                        ));
+                    }
+                    self.chunk = Chunk::Size;
+                }
+                Chunk::Trailers => {
+                    let Some(line) = take_line(&mut conn.buf)? else {
+                        return Ok(None);
+                    };
+                    if line.is_empty() {
+                        self.done = true;
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One CRLF-terminated line from the front of `buf`, without its CRLF.
+fn take_line(buf: &mut BytesMut) -> io::Result<Option<BytesMut>> {
+    match buf.iter().position(|b| *b == b'\n') {
+        Some(i) => {
+            let mut line = buf.split_to(i + 1);
+            line.truncate(i);
+            if line.last() == Some(&b'\r') {
+                line.truncate(i - 1);
+            }
+            Ok(Some(line))
+        }
+        None if buf.len() > 16 * 1024 => Err(invalid(
+            "a chunk header line of the backend's response is too long".to_string(),
+        )),
+        None => Ok(None),
+    }
+}
+
+fn ready_fill(conn: &mut Conn, cx: &mut Context<'_>) -> io::Result<Poll<usize>> {
+    match conn.poll_fill(cx) {
+        Poll::Ready(Ok(n)) => Ok(Poll::Ready(n)),
+        Poll::Ready(Err(e)) => Err(e),
+        Poll::Pending => Ok(Poll::Pending),
+    }
+}
+
+fn truncated() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "the backend closed the connection before the body was complete",
+    )
+}
+
+fn invalid(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_taken_without_their_crlf() {
+        let mut buf = BytesMut::from(&b"1a;ext=1\r\nrest"[..]);
+        assert_eq!(take_line(&mut buf).unwrap().unwrap(), &b"1a;ext=1"[..]);
+        assert_eq!(&buf[..], b"rest");
+        assert!(take_line(&mut buf).unwrap().is_none());
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let parse = |text: &str, method: Method| {
+            let mut headers = [httparse::EMPTY_HEADER; 16];
+            let mut r = httparse::Response::new(&mut headers);
+            r.parse(text.as_bytes()).unwrap();
+            head_from(&r, &method).unwrap()
+        };
+        let h = parse("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", Method::GET);
+        assert_eq!((h.framing, h.keep_alive), (Framing::Length(5), true));
+        let h = parse(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+            Method::GET,
+        );
+        assert_eq!(h.framing, Framing::Chunked);
+        let h = parse("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", Method::HEAD);
+        assert_eq!(h.framing, Framing::Empty);
+        let h = parse("HTTP/1.1 304 Not Modified\r\n\r\n", Method::GET);
+        assert_eq!(h.framing, Framing::Empty);
+        let h = parse("HTTP/1.1 200 OK\r\n\r\n", Method::GET);
+        assert_eq!((h.framing, h.keep_alive), (Framing::Eof, false));
+        let h = parse("HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n", Method::GET);
+        assert!(!h.keep_alive);
+        let h = parse(
+            "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\n",
+            Method::GET,
+        );
+        assert!(!h.keep_alive);
+    }
+}
