@@ -64,6 +64,14 @@ pub enum ServeError {
         app: String,
         source: cutover_router::RouterError,
     },
+    #[error(
+        "state directory {path} is in use by another cutover serve ({holder}); two servers on one \
+         state directory would fight over its apps and instances: stop the other one, or give this \
+         one another [server] state_dir"
+    )]
+    StateDirInUse { path: String, holder: String },
+    #[error("state directory {path}: {reason}; check that it is writable")]
+    StateDir { path: String, reason: String },
     #[error("app {app} has no listen address; set listen in its [[app]] table")]
     NoListener { app: String },
     #[error("app {app}: alert gate: {source}")]
@@ -194,6 +202,8 @@ pub struct Running {
     pub controllers: BTreeMap<String, Arc<Controller>>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
+    /// Held while serving: released (by the kernel, too, if the process dies) when dropped.
+    _state_lock: Option<nix::fcntl::Flock<std::fs::File>>,
 }
 
 impl Running {
@@ -215,6 +225,45 @@ impl Running {
     }
 }
 
+/// Takes the state directory for this process with an exclusive `flock` on `<dir>/lock`, which
+/// holds the pid of the holder for the error message of the next one.
+fn lock_state_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, ServeError> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join("lock");
+    let error = |reason: String| ServeError::StateDir {
+        path: dir.display().to_string(),
+        reason,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| error(format!("cannot create it: {e}")))?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| error(format!("cannot open {}: {e}", path.display())))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            let _ = lock.set_len(0);
+            let _ = lock.rewind();
+            let _ = write!(lock, "{}", std::process::id());
+            Ok(lock)
+        }
+        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            Err(ServeError::StateDirInUse {
+                path: dir.display().to_string(),
+                holder: match pid.trim() {
+                    "" => "pid unknown".to_string(),
+                    pid => format!("pid {pid}"),
+                },
+            })
+        }
+        Err((_, errno)) => Err(error(format!("cannot lock {}: {errno}", path.display()))),
+    }
+}
+
 /// Binds every listener and starts serving. Fails before serving anything if any listener cannot
 /// be bound.
 pub async fn start(
@@ -228,7 +277,9 @@ pub async fn start(
     } else {
         config.server.state_dir.clone()
     };
+    let mut state_lock = None;
     let managed_deps = if config.apps.iter().any(|a| a.platform.is_some()) {
+        state_lock = Some(lock_state_dir(&state_dir)?);
         let store: Arc<dyn Store> = Arc::new(cutover_store::SqliteStore::open(&state_dir.join("state.db"))?);
         Some(Deps {
             clock: Arc::clone(&options.clock),
@@ -418,5 +469,6 @@ pub async fn start(
         controllers,
         shutdown,
         tasks,
+        _state_lock: state_lock,
     })
 }

@@ -315,3 +315,47 @@ async fn tls_listeners_serve_http1_and_http2() {
         assert_eq!(body["headers"]["x-forwarded-proto"], "https", "{body}");
     }
 }
+
+/// Two servers on one state directory would fight over its apps and instances: the second is
+/// refused, naming the first, until the first has stopped.
+#[tokio::test]
+async fn a_state_directory_serves_one_server_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"
+[server]
+state_dir = "{}"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[[app]]
+name = "web"
+listen = "127.0.0.1:0"
+platform = "local"
+
+[app.release]
+command = "exec sleep 60"
+"#,
+        dir.path().join("state").display()
+    );
+    let config = || Config::parse(&text, "cutover.toml").unwrap();
+    let options = || StartOptions::new(dir.path());
+    let first = cutover_server::start(config(), "t".into(), options())
+        .await
+        .unwrap();
+    let refused = match cutover_server::start(config(), "t".into(), options()).await {
+        Ok(_) => panic!("a second server started on the same state directory"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        refused.contains("is in use by another cutover serve")
+            && refused.contains(&format!("pid {}", std::process::id())),
+        "{refused}"
+    );
+    first.shutdown().await;
+    let again = cutover_server::start(config(), "t".into(), options())
+        .await
+        .unwrap();
+    again.shutdown().await;
+}
