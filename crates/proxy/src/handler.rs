@@ -341,12 +341,15 @@ fn prepare_upstream_request(parts: &mut http::request::Parts, origin: Origin, up
         parts.headers.insert(X_FORWARDED_HOST, host.clone());
         parts.headers.insert(header::HOST, host);
     }
-    let ip = origin.peer.ip().to_string();
-    let forwarded_for = match parts.headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
-        _ => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+    let mut forwarded_for = bytes::BytesMut::with_capacity(64);
+    if let Some(prior) = parts.headers.get(X_FORWARDED_FOR) {
+        if !prior.as_bytes().trim_ascii().is_empty() {
+            forwarded_for.extend_from_slice(prior.as_bytes());
+            forwarded_for.extend_from_slice(b", ");
+        }
+    }
+    let _ = std::fmt::Write::write_fmt(&mut forwarded_for, format_args!("{}", origin.peer.ip()));
+    if let Ok(v) = HeaderValue::from_maybe_shared(forwarded_for.freeze()) {
         parts.headers.insert(X_FORWARDED_FOR, v);
     }
     parts.headers.insert(

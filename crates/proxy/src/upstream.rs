@@ -17,13 +17,13 @@
 //!
 //! Heads larger than [`MAX_HEAD_BYTES`] or with more than [`MAX_HEADERS`] headers are refused.
 
-use std::io;
+use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 use http_body::Body;
@@ -44,6 +44,8 @@ const READ_CHUNK: usize = 16 * 1024;
 pub(crate) struct Conn {
     pub(crate) stream: TcpStream,
     pub(crate) buf: BytesMut,
+    /// The request head being written, kept to reuse its allocation.
+    head: Vec<u8>,
 }
 
 impl Conn {
@@ -62,6 +64,7 @@ impl Conn {
         Ok(Conn {
             stream,
             buf: BytesMut::new(),
+            head: Vec::with_capacity(512),
         })
     }
 
@@ -131,7 +134,8 @@ pub(crate) async fn exchange(
     } else {
         body.size_hint().exact()
     };
-    let mut out = Vec::with_capacity(512);
+    let mut out = std::mem::take(&mut conn.head);
+    out.clear();
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(
@@ -155,7 +159,7 @@ pub(crate) async fn exchange(
     let chunked = match length {
         Some(0) if bodyless && !method_implies_body(&parts.method, &parts.headers) => false,
         Some(n) => {
-            out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+            let _ = write!(out, "content-length: {n}\r\n");
             false
         }
         None => {
@@ -164,7 +168,9 @@ pub(crate) async fn exchange(
         }
     };
     out.extend_from_slice(b"\r\n");
-    if let Err(e) = conn.stream.write_all(&out).await {
+    let written = conn.stream.write_all(&out).await;
+    conn.head = out;
+    if let Err(e) = written {
         return Err(SendError::NotSent(format!("writing the request: {e}")));
     }
     if !bodyless {
@@ -226,7 +232,21 @@ async fn read_head(conn: &mut Conn, method: &Method) -> Result<Head, SendError> 
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut response = httparse::Response::new(&mut headers);
             match response.parse(&conn.buf) {
-                Ok(httparse::Status::Complete(len)) => Some(head_from(&response, method).map(|h| (h, len))),
+                Ok(httparse::Status::Complete(len)) => {
+                    // The head's bytes become one shared buffer the header values point into,
+                    // instead of one copy per value.
+                    let base = conn.buf.as_ptr() as usize;
+                    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+                    let count = response.headers.len();
+                    for (span, h) in spans.iter_mut().zip(response.headers.iter()) {
+                        let name = h.name.as_ptr() as usize - base;
+                        let value = h.value.as_ptr() as usize - base;
+                        *span = (name, name + h.name.len(), value, value + h.value.len());
+                    }
+                    let (code, version) = (response.code, response.version);
+                    let bytes = conn.buf.split_to(len).freeze();
+                    Some(head_from(code, version, &bytes, &spans[..count], method))
+                }
                 Ok(httparse::Status::Partial) => None,
                 Err(e) => Some(Err(format!(
                     "the backend's response head is not valid HTTP/1.1: {e}"
@@ -234,8 +254,7 @@ async fn read_head(conn: &mut Conn, method: &Method) -> Result<Head, SendError> 
             }
         };
         match parsed {
-            Some(Ok((head, len))) => {
-                conn.buf.advance(len);
+            Some(Ok(head)) => {
                 if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS {
                     continue; // 100 Continue and friends: the final response follows
                 }
@@ -261,21 +280,34 @@ async fn read_head(conn: &mut Conn, method: &Method) -> Result<Head, SendError> 
     }
 }
 
-fn head_from(response: &httparse::Response<'_, '_>, method: &Method) -> Result<Head, String> {
-    let code = response.code.unwrap_or(0);
+/// The head of a response from its parsed parts: `spans` are (name start, name end, value
+/// start, value end) offsets into `bytes`, the whole head.
+fn head_from(
+    code: Option<u16>,
+    version: Option<u8>,
+    bytes: &Bytes,
+    spans: &[(usize, usize, usize, usize)],
+    method: &Method,
+) -> Result<Head, String> {
+    let code = code.unwrap_or(0);
     let status = StatusCode::from_u16(code)
         .map_err(|_| format!("the backend answered with status {code}, which is not valid"))?;
-    let version = if response.version == Some(0) {
+    let version = if version == Some(0) {
         Version::HTTP_10
     } else {
         Version::HTTP_11
     };
-    let mut headers = HeaderMap::with_capacity(response.headers.len());
-    for h in response.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| format!("the backend sent an invalid header name {:?}", h.name))?;
-        let value = HeaderValue::from_bytes(h.value)
-            .map_err(|_| format!("the backend sent an invalid value for header {}", h.name))?;
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for &(name_start, name_end, value_start, value_end) in spans {
+        let name_bytes = &bytes[name_start..name_end];
+        let name = HeaderName::from_bytes(name_bytes).map_err(|_| {
+            format!(
+                "the backend sent an invalid header name {:?}",
+                String::from_utf8_lossy(name_bytes)
+            )
+        })?;
+        let value = HeaderValue::from_maybe_shared(bytes.slice(value_start..value_end))
+            .map_err(|_| format!("the backend sent an invalid value for header {name}"))?;
         headers.append(name, value);
     }
     let connection_has = |token: &str| {
@@ -553,10 +585,21 @@ mod tests {
     #[test]
     fn framing_follows_rfc_9112() {
         let parse = |text: &str, method: Method| {
+            let bytes = Bytes::copy_from_slice(text.as_bytes());
             let mut headers = [httparse::EMPTY_HEADER; 16];
             let mut r = httparse::Response::new(&mut headers);
-            r.parse(text.as_bytes()).unwrap();
-            head_from(&r, &method).unwrap()
+            r.parse(&bytes).unwrap();
+            let base = bytes.as_ptr() as usize;
+            let spans: Vec<_> = r
+                .headers
+                .iter()
+                .map(|h| {
+                    let n = h.name.as_ptr() as usize - base;
+                    let v = h.value.as_ptr() as usize - base;
+                    (n, n + h.name.len(), v, v + h.value.len())
+                })
+                .collect();
+            head_from(r.code, r.version, &bytes, &spans, &method).unwrap()
         };
         let h = parse("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", Method::GET);
         assert_eq!((h.framing, h.keep_alive), (Framing::Length(5), true));
