@@ -155,6 +155,9 @@ pub struct Controller {
     events: broadcast::Sender<StoredEvent>,
     /// When the current analysis window started.
     window_start: Mutex<Timestamp>,
+    /// After a failed reconcile of the router: (failures in a row, earliest next attempt), so a
+    /// router that is down is not hammered (and the log not flooded) on every tick.
+    reconcile_backoff: Mutex<(u32, Timestamp)>,
     /// Bumped by every provision of a slot, so a delayed stop never hits a newer release.
     slot_epochs: [AtomicU64; 2],
     shutdown: CancellationToken,
@@ -248,6 +251,7 @@ impl Controller {
             state: tokio::sync::Mutex::new(state.clone()),
             events,
             window_start: Mutex::new(Timestamp(0)),
+            reconcile_backoff: Mutex::new((0, Timestamp(0))),
             slot_epochs: [AtomicU64::new(0), AtomicU64::new(0)],
             shutdown: deps.shutdown,
             tick: deps.tick,
@@ -681,20 +685,45 @@ impl Controller {
     /// Applies the state's route table again if the router lost it (an HAProxy reload, a router
     /// restart) or never took it (it was down when the table changed).
     async fn reconcile_router(&self) {
+        let now = self.clock.now();
+        let (failures, next_try) = *self
+            .reconcile_backoff
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if now < next_try {
+            return;
+        }
         // Under the state lock, so a table the engine makes meanwhile is not overwritten by this
         // older one.
         let state = self.state.lock().await;
         let wanted = rollout::route_table(&state);
-        match self.router.reconcile(&wanted).await {
-            Ok(false) => {}
-            Ok(true) => {
-                tracing::warn!(app = %self.name, router = %self.router.describe(),
-                    "the router was not routing by the current table (restarted or reloaded?); applied it again");
-                self.start_window().await;
+        let outcome = self.router.reconcile(&wanted).await;
+        drop(state);
+        let set_backoff = |value: (u32, Timestamp)| {
+            *self
+                .reconcile_backoff
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = value;
+        };
+        match outcome {
+            Ok(reapplied) => {
+                set_backoff((0, Timestamp(0)));
+                if reapplied {
+                    tracing::warn!(app = %self.name, router = %self.router.describe(),
+                        "the router was not routing by the current table (restarted or reloaded?); applied it again");
+                    self.start_window().await;
+                }
             }
             Err(e) => {
+                // 1 s, 2 s, 4 s ... up to 30 s between attempts while the router stays broken.
+                let delay_ms = (1000u64 << failures.min(5)).min(30_000);
+                set_backoff((
+                    failures.saturating_add(1),
+                    Timestamp(now.as_millis().saturating_add(delay_ms)),
+                ));
                 tracing::error!(app = %self.name, router = %self.router.describe(), error = %e,
-                    "the router does not route by the current table and applying it failed; retrying on the next tick");
+                    retry_in_ms = delay_ms,
+                    "the router does not route by the current table and applying it failed; will retry");
             }
         }
     }
