@@ -6,7 +6,7 @@
 //! - [`nginx`]: an nginx the team already runs, driven by rendering its configuration and
 //!   reloading it.
 //!
-//! Every backend passes the same conformance suite ([`conformance`], behind the `conformance`
+//! Every backend passes the same conformance suite (`conformance`, behind the `conformance`
 //! feature): weighted split, sticky users, switch and rollback, drain, no failed request across
 //! repeated switches under load, and recovery after the router process restarts.
 //!
