@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::{free_port, tail, ChildProcess, TempDir};
+use crate::{find_bin, free_port, tail, ChildProcess, TempDir};
 
 /// How long HAProxy may take to answer on its stats socket and accept on its port.
 const READY_DEADLINE: Duration = Duration::from_secs(20);
@@ -82,7 +82,7 @@ defaults
     /// until it answers on its stats socket and accepts on `setup.port`. `fragment` is called
     /// again with new ports if a port turned out to be taken.
     pub async fn start(mut fragment: impl FnMut(&HaproxySetup) -> String) -> Haproxy {
-        let bin = find_haproxy();
+        let bin = find_bin("haproxy", "haproxy");
         let dir = TempDir::new("haproxy");
         let config_path = dir.path().join("haproxy.cfg");
         let stats_socket = dir.path().join("admin.sock");
@@ -222,7 +222,7 @@ pub fn check_config_text(config: &str) -> Result<(), String> {
     let dir = TempDir::new("haproxy-check");
     let path = dir.path().join("haproxy.cfg");
     std::fs::write(&path, config).unwrap_or_else(|e| panic!("writing {} failed: {e}", path.display()));
-    let output = Command::new(find_haproxy())
+    let output = Command::new(find_bin("haproxy", "haproxy"))
         .arg("-c")
         .arg("-f")
         .arg(&path)
@@ -238,21 +238,6 @@ pub fn check_config_text(config: &str) -> Result<(), String> {
             String::from_utf8_lossy(&output.stderr)
         ))
     }
-}
-
-/// `haproxy` on PATH or in /usr/sbin (not on a normal user's PATH); panics saying how to install it.
-fn find_haproxy() -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
-        .map(|dir| dir.join("haproxy"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "`haproxy` is not installed (not on PATH, not in /usr/sbin or /usr/local/sbin); run \
-                 ./scripts/test, which installs the Debian package haproxy, or `apt-get install haproxy`"
-            )
-        })
 }
 
 /// `haproxy -c`: a configuration error is reported as such, not as a start that timed out.

@@ -570,6 +570,24 @@ impl Load {
     }
 }
 
+/// The binary `name` of a Debian package the tests need: on PATH, or in the sbin and bin
+/// directories a trimmed PATH often lacks. Panics saying how to install it, so a test that needs
+/// it fails rather than skips.
+pub(crate) fn find_bin(name: &str, debian_package: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/usr/bin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "`{name}` is not installed (not on PATH, not in /usr/sbin, /usr/local/sbin or /usr/bin); \
+                 run ./scripts/test, which installs the Debian package {debian_package}, or \
+                 `apt-get install {debian_package}`"
+            )
+        })
+}
+
 /// A directory under the system temp dir, removed on drop unless the thread is panicking (so a
 /// failed test leaves the configuration, data and logs behind for inspection).
 #[derive(Debug)]

@@ -8,11 +8,11 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::{free_port, http_client, tail, write_file, ChildProcess, TempDir};
+use crate::{find_bin, free_port, http_client, tail, write_file, ChildProcess, TempDir};
 
 /// How long a server may take to report ready on `/-/ready`.
 const READY_DEADLINE: Duration = Duration::from_secs(30);
@@ -299,21 +299,6 @@ async fn start_server(name: &str, command: impl Fn(u16) -> Command) -> (ChildPro
         }
     }
     unreachable!("the last start attempt either returns or panics")
-}
-
-/// `name` on PATH or in /usr/bin (for a trimmed PATH); panics telling how to install it.
-fn find_bin(name: &str, debian_package: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/bin")])
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "`{name}` is not installed (not on PATH, not in /usr/bin); run ./scripts/test, which \
-                 installs the Debian package {debian_package}, or `apt-get install {debian_package}`"
-            )
-        })
 }
 
 /// A duration for Prometheus' configuration: whole seconds as `Ns`, otherwise milliseconds.

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{free_port, http_client, tail, write_file, ChildProcess, TempDir};
+use crate::{find_bin, free_port, http_client, tail, write_file, ChildProcess, TempDir};
 
 /// How long nginx may take to answer on its readiness port.
 const READY_DEADLINE: Duration = Duration::from_secs(20);
@@ -59,7 +59,7 @@ pub struct Nginx {
 impl Nginx {
     /// Writes the main configuration, starts nginx and waits until it answers.
     pub async fn start(options: NginxOptions) -> Nginx {
-        let bin = nginx_bin();
+        let bin = find_bin("nginx", "nginx-light");
         let dir = TempDir::new("nginx");
         for sub in ["conf.d", "logs", "temp"] {
             let path = dir.path().join(sub);
@@ -288,19 +288,4 @@ fn children_of(parent: u32) -> Vec<u32> {
                 == Some(parent)
         })
         .collect()
-}
-
-/// The nginx binary: on PATH, or in /usr/sbin or /usr/bin (PATH often lacks sbin).
-fn nginx_bin() -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
-        .map(|dir| dir.join("nginx"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "`nginx` is not installed (not on PATH, not in /usr/sbin or /usr/bin); run ./scripts/test, \
-                 which installs the Debian package nginx-light, or `apt-get install nginx-light`"
-            )
-        })
 }
