@@ -109,6 +109,24 @@ pub struct SlotMeasurement {
 pub trait MetricSource: Send + Sync + std::fmt::Debug {
     async fn measure(&self, q: &WindowQuery) -> Result<SlotMeasurement, MetricError>;
 
+    /// Measures one window's canary and, when given, its baseline. Sources that read every slot
+    /// at once (a router's counters) override it to read once.
+    async fn measure_window(
+        &self,
+        canary: &WindowQuery,
+        baseline: Option<&WindowQuery>,
+    ) -> (
+        Result<SlotMeasurement, MetricError>,
+        Option<Result<SlotMeasurement, MetricError>>,
+    ) {
+        let canary = self.measure(canary).await;
+        let baseline = match baseline {
+            Some(q) => Some(self.measure(q).await),
+            None => None,
+        };
+        (canary, baseline)
+    }
+
     /// A new analysis window starts at `at`. Query sources need not care.
     async fn start_window(&self, _at: Timestamp) {}
 }

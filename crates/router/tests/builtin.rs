@@ -138,11 +138,21 @@ async fn counter_source_measures_windows_of_the_builtin_proxy() {
     assert_eq!((green.requests, green.errors), (Some(10.0), Some(4.0)));
     let buckets = green
         .latency_buckets
+        .as_ref()
         .expect("the built-in proxy keeps a histogram");
     assert_eq!(buckets.iter().sum::<u64>(), 10);
     assert!(green.p99_ms.is_some_and(|ms| ms > 0.0));
     let blue = source.measure(&query(Slot::Blue, BLUE_VERSION)).await.unwrap();
     assert_eq!((blue.requests, blue.errors), (Some(0.0), Some(0.0)));
+    // Both slots of a window from one reading, with the same figures.
+    let (canary, baseline) = source
+        .measure_window(
+            &query(Slot::Green, GREEN_VERSION),
+            Some(&query(Slot::Blue, BLUE_VERSION)),
+        )
+        .await;
+    assert_eq!(canary.unwrap(), green);
+    assert_eq!(baseline.unwrap().unwrap(), blue);
 
     // Asking for another version than the slot runs, or across a change of version, is refused.
     let wrong = source.measure(&query(Slot::Green, "v-other")).await.unwrap_err();

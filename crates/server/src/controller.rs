@@ -635,11 +635,11 @@ impl Controller {
         };
         let baseline_slot = r.target.other();
         let baseline_serves = rollout::route_table(state).weight_of(baseline_slot) > 0;
-        let canary = self.source.measure(&query(r.target)).await;
-        let baseline = match baseline_serves {
-            true => Some(self.source.measure(&query(baseline_slot)).await),
-            false => None,
-        };
+        let baseline_query = baseline_serves.then(|| query(baseline_slot));
+        let (canary, baseline) = self
+            .source
+            .measure_window(&query(r.target), baseline_query.as_ref())
+            .await;
         self.start_window().await;
         let measured = (|| -> Result<WindowStats, String> {
             let c = canary.as_ref().map_err(|e| e.to_string())?;
