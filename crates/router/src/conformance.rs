@@ -104,21 +104,26 @@ fn client() -> reqwest::Client {
         .unwrap()
 }
 
-/// The slot that answered `GET path` for user `key`, or why there was no good answer.
-async fn slot_of(client: &reqwest::Client, rig: &dyn Rig, path: &str, key: &str) -> Result<Slot, String> {
+/// The release that answered, from the example app's `x-app-version` header.
+fn app_version(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get("x-app-version")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// The slot that answered `GET {entry}{path}` for user `key`, or why there was no good answer.
+async fn slot_of(client: &reqwest::Client, entry: &str, path: &str, key: &str) -> Result<Slot, String> {
     let response = client
-        .get(format!("{}{path}", rig.entry()))
+        .get(format!("{entry}{path}"))
         .header(USER_KEY_HEADER, key)
         .send()
         .await
         .map_err(|e| format!("GET {path} as {key}: {}", error_chain(&e)))?;
     let status = response.status();
-    let version = response
-        .headers()
-        .get("x-app-version")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let version = app_version(&response);
     // Read the body: a response is only good when all of it arrived.
     let body = response
         .bytes()
@@ -151,9 +156,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// Slot of each key, in order.
 async fn slots_of(client: &reqwest::Client, rig: &dyn Rig, check: &str, keys: &[String]) -> Vec<Slot> {
     let mut out = Vec::with_capacity(keys.len());
+    let entry = rig.entry();
     for chunk in keys.chunks(16) {
         let answers =
-            futures_util::future::join_all(chunk.iter().map(|k| slot_of(client, rig, "/", k))).await;
+            futures_util::future::join_all(chunk.iter().map(|k| slot_of(client, &entry, "/", k))).await;
         for answer in answers {
             out.push(answer.unwrap_or_else(|e| panic!("{check}: {e}")));
         }
@@ -334,12 +340,7 @@ pub async fn drain(rig: &dyn Rig) {
             let r = match r {
                 Ok(r) => {
                     let status = r.status();
-                    let version = r
-                        .headers()
-                        .get("x-app-version")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("")
-                        .to_string();
+                    let version = app_version(&r);
                     r.text().await.map(|body| (status, version, body))
                 }
                 Err(e) => Err(e),
@@ -397,37 +398,9 @@ pub async fn no_failures_across_switches(rig: &dyn Rig) {
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                 i += 1;
                 let key = format!("load-{c}-{i}");
-                let r = client
-                    .get(format!("{entry}/"))
-                    .header(USER_KEY_HEADER, &key)
-                    .send()
-                    .await;
-                let outcome = match r {
-                    Ok(r) if r.status().is_success() => {
-                        let version = r
-                            .headers()
-                            .get("x-app-version")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("")
-                            .to_string();
-                        r.bytes()
-                            .await
-                            .map(|_| version)
-                            .map_err(|e| format!("body: {}", error_chain(&e)))
-                    }
-                    Ok(r) => Err(format!("status {}", r.status())),
-                    Err(e) => Err(error_chain(&e)),
-                };
-                match outcome {
-                    Ok(version) => {
-                        let slot = if version == GREEN_VERSION {
-                            Slot::Green
-                        } else {
-                            Slot::Blue
-                        };
-                        *seen.lock().unwrap().entry(slot).or_default() += 1;
-                    }
-                    Err(e) => failures.lock().unwrap().push(format!("{key}: {e}")),
+                match slot_of(&client, &entry, "/", &key).await {
+                    Ok(slot) => *seen.lock().unwrap().entry(slot).or_default() += 1,
+                    Err(e) => failures.lock().unwrap().push(e),
                 }
                 done.fetch_add(1, Ordering::Relaxed);
             }
