@@ -137,6 +137,24 @@ pub enum RouterConfig {
 }
 
 impl RouterConfig {
+    /// The router of an app routed by HAProxy or nginx; `None` for the built-in proxy, which
+    /// the server builds with the app's listeners.
+    pub fn external(
+        &self,
+        app: &str,
+    ) -> Result<Option<std::sync::Arc<dyn cutover_router::Router>>, cutover_router::RouterError> {
+        Ok(match self {
+            RouterConfig::Builtin => None,
+            RouterConfig::Haproxy(c) => Some(std::sync::Arc::new(
+                cutover_router::haproxy::HaproxyRouter::new(app, c.as_ref().clone())?,
+            )),
+            RouterConfig::Nginx(c) => Some(std::sync::Arc::new(cutover_router::nginx::NginxRouter::new(
+                app,
+                c.as_ref().clone(),
+            )?)),
+        })
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             RouterConfig::Builtin => "builtin",

@@ -299,26 +299,18 @@ pub async fn start(
     let mut bound_apps = BTreeMap::new();
     let mut listeners = Vec::new();
     for (i, app_config) in config.apps.iter().enumerate() {
-        let router_error = |source: cutover_router::RouterError| ServeError::Router {
-            app: app_config.name.clone(),
-            source,
-        };
-        let listen = match &app_config.router {
-            config::RouterConfig::Builtin => app_config.listen,
-            config::RouterConfig::Haproxy(c) => {
-                let router =
-                    cutover_router::haproxy::HaproxyRouter::new(&app_config.name, c.as_ref().clone())
-                        .map_err(router_error)?;
-                routers.insert(app_config.name.clone(), Arc::new(router));
-                continue;
-            }
-            config::RouterConfig::Nginx(c) => {
-                let router = cutover_router::nginx::NginxRouter::new(&app_config.name, c.as_ref().clone())
-                    .map_err(router_error)?;
-                routers.insert(app_config.name.clone(), Arc::new(router));
-                continue;
-            }
-        };
+        let external = app_config
+            .router
+            .external(&app_config.name)
+            .map_err(|source| ServeError::Router {
+                app: app_config.name.clone(),
+                source,
+            })?;
+        if let Some(router) = external {
+            routers.insert(app_config.name.clone(), router);
+            continue;
+        }
+        let listen = app_config.listen;
         let Some(listen) = listen else {
             return Err(ServeError::NoListener {
                 app: app_config.name.clone(),
