@@ -11,7 +11,9 @@ use std::time::Duration;
 use cutover_test_support::{http_client, wait_until, ChildProcess, Load};
 use serde_json::Value;
 
-const CUTOVER: &str = env!("CARGO_BIN_EXE_cutover");
+mod common;
+
+use common::CUTOVER;
 const TOKEN: &str = "rollout-test-token";
 
 /// Settings a test may change in the generated configuration.
@@ -127,16 +129,7 @@ min_requests = 5
     }
 
     fn start(&mut self) {
-        let mut cmd = Command::new(CUTOVER);
-        cmd.args(["serve", "--config"])
-            .arg(&self.config)
-            .env("CUTOVER_ADMIN_TOKEN", TOKEN);
-        let mut serve = ChildProcess::spawn("cutover-serve", cmd);
-        let ready = serve.wait_for_stdout_line(Duration::from_secs(30), |line| {
-            serde_json::from_str::<Value>(line)
-                .ok()
-                .filter(|v| v["event"] == "ready")
-        });
+        let (serve, ready) = common::serve(&self.config, TOKEN);
         self.admin = format!("http://{}", ready["bound"]["admin"].as_str().unwrap());
         self.public = format!(
             "http://{}",
@@ -151,19 +144,7 @@ min_requests = 5
     }
 
     fn cli(&self, args: &[&str]) -> (i32, String) {
-        let out = Command::new(CUTOVER)
-            .arg("--admin")
-            .arg(&self.admin)
-            .args(args)
-            .env("CUTOVER_ADMIN_TOKEN", TOKEN)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.code().unwrap_or(-1), text)
+        common::cli(&self.admin, TOKEN, args)
     }
 
     fn deploy(&self, version: &str, extra_args: &str) -> (i32, String) {

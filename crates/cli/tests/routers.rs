@@ -14,7 +14,9 @@ use cutover_test_support::nginx::{Nginx, NginxOptions};
 use cutover_test_support::{free_port, http_client, wait_until, ChildProcess, Load};
 use serde_json::Value;
 
-const CUTOVER: &str = env!("CARGO_BIN_EXE_cutover");
+mod common;
+
+use common::CUTOVER;
 const TOKEN: &str = "routers-test-token";
 
 /// The deploy hook: stops what runs on each of the slot's ports, then starts the new version
@@ -209,16 +211,7 @@ smoke = [{{ path = "/health/ready" }}]
         );
         let config_path = dir.path().join("cutover.toml");
         std::fs::write(&config_path, config).unwrap();
-        let mut cmd = Command::new(CUTOVER);
-        cmd.args(["serve", "--config"])
-            .arg(&config_path)
-            .env("CUTOVER_ADMIN_TOKEN", TOKEN);
-        let mut serve = ChildProcess::spawn("cutover-serve", cmd);
-        let ready = serve.wait_for_stdout_line(Duration::from_secs(30), |line| {
-            serde_json::from_str::<Value>(line)
-                .ok()
-                .filter(|v| v["event"] == "ready")
-        });
+        let (serve, ready) = common::serve(&config_path, TOKEN);
         let admin = format!("http://{}", ready["bound"]["admin"].as_str().unwrap());
         let public = match &router_process {
             RouterProcess::None => format!(
@@ -238,19 +231,7 @@ smoke = [{{ path = "/health/ready" }}]
     }
 
     fn deploy(&self, version: &str) -> (i32, String) {
-        let out = Command::new(CUTOVER)
-            .arg("--admin")
-            .arg(&self.admin)
-            .args(["deploy", "web", version])
-            .env("CUTOVER_ADMIN_TOKEN", TOKEN)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.code().unwrap_or(-1), text)
+        common::cli(&self.admin, TOKEN, &["deploy", "web", version])
     }
 
     async fn status(&self) -> Value {

@@ -1,0 +1,43 @@
+//! What the whole-rollout tests share: running `cutover serve` and the `cutover` CLI.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use cutover_test_support::ChildProcess;
+use serde_json::Value;
+
+pub const CUTOVER: &str = env!("CARGO_BIN_EXE_cutover");
+
+/// `cutover serve --config CONFIG` with the admin token `token`, once it reported ready; returns
+/// the process and its ready event (with the bound addresses).
+pub fn serve(config: &Path, token: &str) -> (ChildProcess, Value) {
+    let mut cmd = Command::new(CUTOVER);
+    cmd.args(["serve", "--config"])
+        .arg(config)
+        .env("CUTOVER_ADMIN_TOKEN", token);
+    let mut serve = ChildProcess::spawn("cutover-serve", cmd);
+    let ready = serve.wait_for_stdout_line(Duration::from_secs(30), |line| {
+        serde_json::from_str::<Value>(line)
+            .ok()
+            .filter(|v| v["event"] == "ready")
+    });
+    (serve, ready)
+}
+
+/// `cutover --admin ADMIN ARGS...`: its exit code and its stdout and stderr together.
+pub fn cli(admin: &str, token: &str, args: &[&str]) -> (i32, String) {
+    let out = Command::new(CUTOVER)
+        .arg("--admin")
+        .arg(admin)
+        .args(args)
+        .env("CUTOVER_ADMIN_TOKEN", token)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
