@@ -960,7 +960,7 @@ fn log_list(tracked: &[Tracked]) -> Vec<(u32, PathBuf)> {
 }
 
 /// The last `n` lines of the file, reading only its end.
-fn tail_lines(path: &Path, n: usize) -> std::io::Result<Vec<String>> {
+pub(crate) fn tail_lines(path: &Path, n: usize) -> std::io::Result<Vec<String>> {
     if n == 0 {
         return Ok(Vec::new());
     }
@@ -982,7 +982,7 @@ fn tail_lines(path: &Path, n: usize) -> std::io::Result<Vec<String>> {
 
 /// Makes `name` safe as one path component: anything but ASCII letters, digits, `.`, `-` and
 /// `_` becomes `_`, and the names `.` and `..` are defused.
-fn sanitize(name: &str) -> String {
+pub(crate) fn sanitize(name: &str) -> String {
     let clean: String = name
         .chars()
         .map(|c| {

@@ -34,6 +34,7 @@ use cutover_core::{FieldError, ReleaseSpec, Slot};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
+use crate::local::{sanitize, tail_lines};
 use crate::{InstanceInfo, Platform, PlatformError, ReconcileReport};
 
 /// `[app.hosts]`: the addresses of each slot and the hooks.
@@ -148,11 +149,11 @@ impl StaticHostsPlatform {
     }
 
     fn record_path(&self) -> PathBuf {
-        self.dir.join(format!("{}.json", safe(&self.app)))
+        self.dir.join(format!("{}.json", sanitize(&self.app)))
     }
 
     fn log_path(&self, slot: Slot) -> PathBuf {
-        self.dir.join(format!("{}-{slot}.log", safe(&self.app)))
+        self.dir.join(format!("{}-{slot}.log", sanitize(&self.app)))
     }
 
     fn read_versions(&self) -> Result<BTreeMap<Slot, String>, PlatformError> {
@@ -358,26 +359,9 @@ impl Platform for StaticHostsPlatform {
     }
 
     fn log_tail(&self, _app: &str, slot: Slot, lines: usize) -> String {
-        match std::fs::read_to_string(self.log_path(slot)) {
-            Ok(text) => {
-                let all: Vec<&str> = text.lines().collect();
-                let skip = all.len().saturating_sub(lines);
-                all[skip..].iter().map(|l| format!("{l}\n")).collect()
-            }
+        match tail_lines(&self.log_path(slot), lines) {
+            Ok(tail) => tail.into_iter().map(|l| format!("{l}\n")).collect(),
             Err(e) => format!("(no hook log: {e})\n"),
         }
     }
-}
-
-/// Makes `name` safe as one path component.
-fn safe(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
