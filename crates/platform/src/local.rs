@@ -487,7 +487,11 @@ impl LocalProcessPlatform {
 
     /// Kills the processes started under a pending token but never recorded (cutover died in
     /// between), so nothing runs that no record knows of.
-    fn kill_unrecorded_pending(&self, app: &str, slot: Slot, recorded: &[u32]) {
+    ///
+    /// A process caught inside `execve` (the instance's shell exec-ing the server, say) briefly
+    /// shows an empty environment; such processes are read again until their environment is
+    /// back, so an orphan is not missed for having been scanned at the wrong microsecond.
+    async fn kill_unrecorded_pending(&self, app: &str, slot: Slot, recorded: &[u32]) {
         let path = self.pending_path(app, slot);
         let Ok(text) = fs::read_to_string(&path) else {
             return;
@@ -497,6 +501,12 @@ impl LocalProcessPlatform {
             .filter(|l| !l.is_empty())
             .map(|t| format!("{INSTANCE_TOKEN_VAR}={t}"))
             .collect();
+        let carries_token = |environ: &[u8]| {
+            environ
+                .split(|b| *b == 0)
+                .any(|var| tokens.iter().any(|t| var == t.as_bytes()))
+        };
+        let mut unsettled: Vec<u32> = Vec::new();
         if let Ok(entries) = fs::read_dir("/proc") {
             for entry in entries.flatten() {
                 let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
@@ -505,19 +515,109 @@ impl LocalProcessPlatform {
                 if recorded.contains(&pid) {
                     continue;
                 }
-                let Ok(environ) = fs::read(entry.path().join("environ")) else {
-                    continue;
-                };
-                let found = environ
-                    .split(|b| *b == 0)
-                    .any(|var| tokens.iter().any(|t| var == t.as_bytes()));
-                if found {
-                    tracing::warn!(app, %slot, pid, "stopping an instance started just before a crash and never recorded");
-                    kill_unrecorded(pid);
+                match read_environ(pid) {
+                    ProcessEnviron::Vars(environ) if carries_token(&environ) => {
+                        tracing::warn!(app, %slot, pid, "stopping an instance started just before a crash and never recorded");
+                        kill_unrecorded(pid);
+                    }
+                    ProcessEnviron::Unsettled => unsettled.push(pid),
+                    ProcessEnviron::Vars(_) | ProcessEnviron::Gone => {}
                 }
             }
         }
+        let deadline = Instant::now() + EXEC_SETTLE_WAIT;
+        while !unsettled.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            unsettled.retain(|&pid| match read_environ(pid) {
+                ProcessEnviron::Vars(environ) => {
+                    if carries_token(&environ) {
+                        tracing::warn!(app, %slot, pid, "stopping an instance started just before a crash and never recorded");
+                        kill_unrecorded(pid);
+                    }
+                    false
+                }
+                ProcessEnviron::Unsettled => true,
+                ProcessEnviron::Gone => false,
+            });
+        }
+        if !unsettled.is_empty() {
+            tracing::warn!(app, %slot, pids = ?unsettled, "processes whose environment stayed unreadable were not checked for an unrecorded instance's token");
+        }
         let _ = fs::remove_file(&path);
+    }
+}
+
+/// Reads a `/proc` file with a single `read(2)`. The kernel serves one such call from one memory
+/// image, whereas `fs::read` reads in pieces, and a process that `execve`s between two pieces
+/// yields the start of its old environment and nothing more.
+fn read_in_one_call(path: &str) -> std::io::Result<Vec<u8>> {
+    const MAX: usize = 16 << 20;
+    let mut capacity = 64 << 10;
+    loop {
+        let mut buf = vec![0u8; capacity];
+        let read = File::open(path)?.read(&mut buf)?;
+        if read < capacity || capacity >= MAX {
+            buf.truncate(read);
+            return Ok(buf);
+        }
+        capacity *= 4;
+    }
+}
+
+/// How long `reconcile` re-reads a process caught mid-`execve` before giving up on it.
+const EXEC_SETTLE_WAIT: Duration = Duration::from_secs(2);
+
+/// A process's environment as `/proc/<pid>/environ` shows it.
+enum ProcessEnviron {
+    Vars(Vec<u8>),
+    /// Empty for a user process that is alive: it is between `execve` tearing down the old image
+    /// and the kernel writing the new one's environment.
+    Unsettled,
+    /// Gone, a zombie, a kernel thread, or unreadable: it cannot be an instance to stop.
+    Gone,
+}
+
+fn read_environ(pid: u32) -> ProcessEnviron {
+    let Ok(environ) = read_in_one_call(&format!("/proc/{pid}/environ")) else {
+        return ProcessEnviron::Gone;
+    };
+    if !environ.is_empty() {
+        return ProcessEnviron::Vars(environ);
+    }
+    // Empty either because the program runs with no environment, or because `execve` got in
+    // the way: the read began on the old image after it was torn down, or the new image's
+    // environment is not written yet. The kernel writes the new command line and environment
+    // together, so once the command line shows, a fresh read of the environment is the truth.
+    // Kernel threads and zombies have neither, for good.
+    match fs::read(format!("/proc/{pid}/cmdline")) {
+        Ok(cmdline) if cmdline.is_empty() => {}
+        Ok(_) => {
+            return match read_in_one_call(&format!("/proc/{pid}/environ")) {
+                Ok(environ) => ProcessEnviron::Vars(environ),
+                Err(_) => ProcessEnviron::Gone,
+            }
+        }
+        Err(_) => return ProcessEnviron::Gone,
+    }
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return ProcessEnviron::Gone;
+    };
+    // Fields after the parenthesised command name: state, ppid, pgrp, session, tty_nr, tpgid,
+    // flags (proc(5)).
+    let Some((_, after_name)) = stat.rsplit_once(')') else {
+        return ProcessEnviron::Gone;
+    };
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    let state = fields.first().copied().unwrap_or("Z");
+    let flags = fields
+        .get(6)
+        .and_then(|f| f.parse::<u64>().ok())
+        .unwrap_or(PF_KTHREAD);
+    if matches!(state, "Z" | "X" | "x") || flags & PF_KTHREAD != 0 {
+        ProcessEnviron::Gone
+    } else {
+        ProcessEnviron::Unsettled
     }
 }
 
@@ -599,7 +699,7 @@ impl Platform for LocalProcessPlatform {
         }
         for slot in Slot::ALL {
             let recorded: Vec<u32> = self.tracked(app, slot)?.iter().map(|t| t.rec.pid).collect();
-            self.kill_unrecorded_pending(app, slot, &recorded);
+            self.kill_unrecorded_pending(app, slot, &recorded).await;
         }
         let mut report = ReconcileReport::default();
         let mut to_stop: Vec<(Slot, Tracked)> = Vec::new();

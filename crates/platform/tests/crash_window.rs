@@ -34,10 +34,19 @@ async fn an_instance_started_but_never_recorded_is_stopped_by_reconcile() {
 
     let deadline = Instant::now() + Duration::from_secs(10);
     while orphan.try_wait().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the unrecorded instance is still running"
-        );
+        if Instant::now() >= deadline {
+            let proc_dir = format!("/proc/{}", orphan.id());
+            let read = |f: &str| {
+                String::from_utf8_lossy(&std::fs::read(format!("{proc_dir}/{f}")).unwrap_or_default())
+                    .replace('\0', " ")
+            };
+            panic!(
+                "the unrecorded instance is still running: environ {:?}, cmdline {:?}, stat {:?}",
+                read("environ"),
+                read("cmdline"),
+                read("stat")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(
