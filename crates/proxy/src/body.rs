@@ -28,11 +28,58 @@ pub struct BodyTooLarge {
 #[error("cut by cutover: the slot lost its traffic and the drain timeout passed")]
 pub struct DrainCut;
 
+/// A client's request body: read by hyper (HTTP/2, TLS), by the proxy's own HTTP/1.1 server, or
+/// none at all.
+pub(crate) enum ClientBody {
+    Empty,
+    Hyper(Incoming),
+    Own(crate::downstream::RequestBody),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ClientBody::Empty => Poll::Ready(None),
+            ClientBody::Hyper(inner) => Pin::new(inner)
+                .poll_frame(cx)
+                .map_err(|e| Box::new(e) as BoxError),
+            ClientBody::Own(inner) => inner
+                .poll_data(cx)
+                .map(|data| data.map(|d| d.map(Frame::data).map_err(|e| Box::new(e) as BoxError))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Empty => true,
+            ClientBody::Hyper(inner) => inner.is_end_stream(),
+            ClientBody::Own(inner) => inner.is_done(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Empty => SizeHint::with_exact(0),
+            ClientBody::Hyper(inner) => inner.size_hint(),
+            ClientBody::Own(inner) => match inner.exact_length() {
+                Some(n) => SizeHint::with_exact(n),
+                None => SizeHint::default(),
+            },
+        }
+    }
+}
+
 /// What the proxy sends upstream: the client's body, counted and limited, or nothing.
-pub enum UpstreamRequestBody {
+pub(crate) enum UpstreamRequestBody {
     Empty,
     Client {
-        inner: Incoming,
+        inner: ClientBody,
         seen: u64,
         limit: u64,
         metrics: Arc<PoolMetrics>,
@@ -40,7 +87,7 @@ pub enum UpstreamRequestBody {
 }
 
 impl UpstreamRequestBody {
-    pub(crate) fn client(inner: Incoming, limit: u64, metrics: Arc<PoolMetrics>) -> Self {
+    pub(crate) fn client(inner: ClientBody, limit: u64, metrics: Arc<PoolMetrics>) -> Self {
         UpstreamRequestBody::Client {
             inner,
             seen: 0,
@@ -77,7 +124,7 @@ impl Body for UpstreamRequestBody {
                     }
                     Poll::Ready(Some(Ok(frame)))
                 }
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             },

@@ -9,16 +9,17 @@ use bytes::Bytes;
 use cutover_core::{Bucket, Slot};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{pick, ActivePool, AppProxy};
 use crate::backend::Backend;
-use crate::body::{InFlight, ProxyBody, UpstreamRequestBody};
+use crate::body::{ClientBody, InFlight, ProxyBody, UpstreamRequestBody};
 use crate::config::{Forced, ListenerKind, ProxySettings};
+use crate::downstream::Upgraded;
 use crate::upstream::{self, Conn, SendError};
 
 /// Where a request came from.
@@ -56,11 +57,39 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// How the client's side of a protocol upgrade is obtained once the backend agreed to it.
+pub(crate) enum ClientUpgrade {
+    Hyper(OnUpgrade),
+    /// From the proxy's own HTTP/1.1 server, once it has written the 101.
+    Own(oneshot::Receiver<Upgraded>),
+}
+
+trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> ClientIo for T {}
+
+impl ClientUpgrade {
+    async fn connect(self) -> Result<Box<dyn ClientIo>, String> {
+        match self {
+            ClientUpgrade::Hyper(on) => match on.await {
+                Ok(upgraded) => Ok(Box::new(TokioIo::new(upgraded))),
+                Err(e) => Err(e.to_string()),
+            },
+            ClientUpgrade::Own(rx) => match rx.await {
+                Ok(upgraded) => Ok(Box::new(upgraded)),
+                Err(_) => Err("the client connection closed before the upgrade".to_string()),
+            },
+        }
+    }
+}
+
+/// Serves one request. `upgrade` is how to reach the client's connection should the request be
+/// an HTTP/1.1 upgrade the backend accepts.
 pub(crate) async fn handle(
     app: Arc<AppProxy>,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     origin: Origin,
-) -> Result<Response<ProxyBody>, Infallible> {
+    upgrade: Option<ClientUpgrade>,
+) -> Response<ProxyBody> {
     let started = Instant::now();
     let mut req = req;
     let (bucket, issued_key) = user_bucket(&app, req.headers());
@@ -68,22 +97,36 @@ pub(crate) async fn handle(
         ListenerKind::Preview => Some(Forced::PreviewListener),
         ListenerKind::Public => preview_override(&app, req.headers_mut()).map(Forced::PreviewHeader),
     };
-    let mut response = route(&app, req, origin, bucket, forced, started).await;
+    let mut response = route(&app, req, origin, bucket, forced, started, upgrade).await;
     if let Some(key) = issued_key {
         if let Ok(value) = HeaderValue::from_str(&bucket_cookie(&app.settings, &key, origin.tls)) {
             response.headers_mut().append(header::SET_COOKIE, value);
         }
     }
-    Ok(response)
+    response
+}
+
+/// hyper's entry point: [`handle`] with hyper's body and upgrade.
+pub(crate) async fn handle_hyper(
+    app: Arc<AppProxy>,
+    mut req: Request<hyper::body::Incoming>,
+    origin: Origin,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let upgrade = req
+        .extensions_mut()
+        .remove::<OnUpgrade>()
+        .map(ClientUpgrade::Hyper);
+    Ok(handle(app, req.map(ClientBody::Hyper), origin, upgrade).await)
 }
 
 async fn route(
     app: &Arc<AppProxy>,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     origin: Origin,
     bucket: Bucket,
     forced: Option<Forced>,
     started: Instant,
+    upgrade: Option<ClientUpgrade>,
 ) -> Response<ProxyBody> {
     let table = app.table();
     let slot = match forced {
@@ -115,7 +158,7 @@ async fn route(
 
     let (mut parts, body) = req.into_parts();
     let client_upgrade = if is_upgrade_request(&parts.headers) && parts.version == Version::HTTP_11 {
-        parts.extensions.remove::<OnUpgrade>()
+        upgrade
     } else {
         None
     };
@@ -225,7 +268,7 @@ fn respond(
     mut conn: Conn,
     in_flight: InFlight,
     stop: CancellationToken,
-    client_upgrade: Option<OnUpgrade>,
+    client_upgrade: Option<ClientUpgrade>,
     started: Instant,
 ) -> Response<ProxyBody> {
     let status = head.status;
@@ -239,14 +282,13 @@ fn respond(
             tokio::spawn(async move {
                 // The tunnel owns the in-flight claim: a WebSocket counts as a request until it closes.
                 let _in_flight = in_flight;
-                let client = match client_upgrade.await {
+                let mut client = match client_upgrade.connect().await {
                     Ok(client) => client,
                     Err(e) => {
                         tracing::warn!(app = %app_name, error = %e, "protocol upgrade failed");
                         return;
                     }
                 };
-                let mut client = TokioIo::new(client);
                 let tunnel = async {
                     use tokio::io::AsyncWriteExt as _;
                     // Bytes the backend sent right after its 101 belong to the tunnel.

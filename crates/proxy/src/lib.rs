@@ -21,6 +21,7 @@ pub mod app;
 pub mod backend;
 pub mod body;
 pub mod config;
+mod downstream;
 mod handler;
 pub mod health;
 pub mod listener;

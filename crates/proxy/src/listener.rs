@@ -7,14 +7,15 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::app::AppProxy;
 use crate::config::ListenerKind;
-use crate::handler::{handle, Origin};
+use crate::downstream::{self, Handover};
+use crate::handler::{handle_hyper, Origin};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -62,7 +63,11 @@ pub fn tls_acceptor(cert_path: &Path, key_path: &Path) -> Result<TlsAcceptor, Tl
 }
 
 /// Serves `app` on `listener` until `shutdown` is cancelled; then stops accepting and waits up to
-/// `drain` for open connections to finish their requests.
+/// `drain` for open connections to finish their requests. Idle connections close at once; busy
+/// ones after their response.
+///
+/// Plaintext HTTP/1.1 is served by the proxy's own server ([`crate::downstream`]); TLS and
+/// HTTP/2 (by ALPN, or h2c by prior knowledge) by hyper.
 pub async fn serve(
     listener: TcpListener,
     app: Arc<AppProxy>,
@@ -75,10 +80,10 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+        .header_read_timeout(downstream::HEAD_TIMEOUT);
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
+    let connections = TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -99,22 +104,22 @@ pub async fn serve(
             tls: tls.is_some(),
         };
         let app = Arc::clone(&app);
-        let service = service_fn(move |req| handle(Arc::clone(&app), req, origin));
         let builder = Arc::clone(&builder);
+        let shutdown = shutdown.clone();
         match &tls {
             None => {
-                let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    let _ = conn.await;
+                connections.spawn(async move {
+                    let handover =
+                        downstream::serve_connection(stream, Arc::clone(&app), origin, shutdown.clone())
+                            .await;
+                    if let Some(Handover::Http2(stream)) = handover {
+                        serve_hyper(stream, &builder, app, origin, &shutdown).await;
+                    }
                 });
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let stream =
                         match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
                             Ok(Ok(s)) => s,
@@ -124,16 +129,37 @@ pub async fn serve(
                             }
                             Err(_) => return,
                         };
-                    let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .into_owned();
-                    let _ = watcher.watch(conn).await;
+                    serve_hyper(stream, &builder, app, origin, &shutdown).await;
                 });
             }
         }
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+    connections.close();
+    if tokio::time::timeout(drain, connections.wait()).await.is_err() {
         tracing::warn!(app = %app.name, "connections still open after the drain timeout; closing them");
+    }
+}
+
+/// Serves a connection with hyper until it ends; once `shutdown` is cancelled, hyper finishes
+/// what is in flight and closes it.
+async fn serve_hyper<S>(
+    stream: S,
+    builder: &auto::Builder<TokioExecutor>,
+    app: Arc<AppProxy>,
+    origin: Origin,
+    shutdown: &CancellationToken,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| handle_hyper(Arc::clone(&app), req, origin));
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
     }
 }

@@ -78,15 +78,37 @@ impl Conn {
         matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < 1024 {
-            self.buf.reserve(READ_CHUNK);
-        }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf)
-    }
-
     async fn fill(&mut self) -> io::Result<usize> {
         std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+}
+
+/// A connection a message body is read from: its unread bytes and a way to read more.
+pub(crate) trait Source {
+    fn buf(&mut self) -> &mut BytesMut;
+    /// Reads more into `buf`; `Ready(Ok(0))` at the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>>;
+}
+
+/// Reads from `stream` into `buf`, growing it by [`READ_CHUNK`] when nearly full.
+pub(crate) fn poll_fill_buf(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(READ_CHUNK);
+    }
+    tokio_util::io::poll_read_buf(Pin::new(stream), cx, buf)
+}
+
+impl Source for Conn {
+    fn buf(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        poll_fill_buf(&mut self.stream, &mut self.buf, cx)
     }
 }
 
@@ -383,10 +405,13 @@ enum Chunk {
     Trailers,
 }
 
-/// Reads a response body frame by frame, as bytes arrive.
+/// Reads a message body frame by frame, as bytes arrive: a backend's response, or a client's
+/// request.
 #[derive(Debug)]
 pub(crate) struct BodyReader {
     framing: Framing,
+    /// Whose message it is, for errors: "the backend's response" or "the client's request".
+    message: &'static str,
     /// Bytes left of a Content-Length body.
     remaining: u64,
     chunk: Chunk,
@@ -394,9 +419,15 @@ pub(crate) struct BodyReader {
 }
 
 impl BodyReader {
+    /// The body of a backend's response.
     pub(crate) fn new(framing: Framing) -> Self {
+        Self::of(framing, "the backend's response")
+    }
+
+    pub(crate) fn of(framing: Framing, message: &'static str) -> Self {
         BodyReader {
             framing,
+            message,
             remaining: match framing {
                 Framing::Length(n) => n,
                 _ => 0,
@@ -421,7 +452,7 @@ impl BodyReader {
     /// The next piece of the body; `None` once it is complete.
     pub(crate) fn poll_data(
         &mut self,
-        conn: &mut Conn,
+        conn: &mut impl Source,
         cx: &mut Context<'_>,
     ) -> Poll<Option<io::Result<Bytes>>> {
         loop {
@@ -433,25 +464,25 @@ impl BodyReader {
                     self.done = true;
                 }
                 Framing::Length(_) => {
-                    if !conn.buf.is_empty() {
+                    if !conn.buf().is_empty() {
                         let n = conn
-                            .buf
+                            .buf()
                             .len()
                             .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
-                        let data = conn.buf.split_to(n).freeze();
+                        let data = conn.buf().split_to(n).freeze();
                         self.remaining -= n as u64;
                         self.done = self.remaining == 0;
                         return Poll::Ready(Some(Ok(data)));
                     }
                     match ready_fill(conn, cx)? {
                         Poll::Pending => return Poll::Pending,
-                        Poll::Ready(0) => return Poll::Ready(Some(Err(truncated()))),
+                        Poll::Ready(0) => return Poll::Ready(Some(Err(truncated(self.message)))),
                         Poll::Ready(_) => {}
                     }
                 }
                 Framing::Eof => {
-                    if !conn.buf.is_empty() {
-                        let data = conn.buf.split().freeze();
+                    if !conn.buf().is_empty() {
+                        let data = conn.buf().split().freeze();
                         return Poll::Ready(Some(Ok(data)));
                     }
                     match ready_fill(conn, cx)? {
@@ -465,7 +496,7 @@ impl BodyReader {
                     Ok(None) if self.done => return Poll::Ready(None),
                     Ok(None) => match ready_fill(conn, cx)? {
                         Poll::Pending => return Poll::Pending,
-                        Poll::Ready(0) => return Poll::Ready(Some(Err(truncated()))),
+                        Poll::Ready(0) => return Poll::Ready(Some(Err(truncated(self.message)))),
                         Poll::Ready(_) => {}
                     },
                     Err(e) => return Poll::Ready(Some(Err(e))),
@@ -476,18 +507,17 @@ impl BodyReader {
 
     /// Advances the chunked decoder over the buffered bytes: data to hand on, or `None` when it
     /// needs more bytes (or is done).
-    fn step_chunked(&mut self, conn: &mut Conn) -> io::Result<Option<Bytes>> {
+    fn step_chunked(&mut self, conn: &mut impl Source) -> io::Result<Option<Bytes>> {
         loop {
             match self.chunk {
                 Chunk::Size => {
-                    let Some(line) = take_line(&mut conn.buf)? else {
+                    let Some(line) = take_line(conn.buf(), self.message)? else {
                         return Ok(None);
                     };
                     let hex: &[u8] = line[..].split(|b| *b == b';').next().unwrap_or(&[]);
                     let hex = std::str::from_utf8(hex).unwrap_or("").trim();
-                    let size = u64::from_str_radix(hex, 16).map_err(|_| {
-                        invalid(format!("invalid chunk size {hex:?} in the backend's response"))
-                    })?;
+                    let size = u64::from_str_radix(hex, 16)
+                        .map_err(|_| invalid(format!("invalid chunk size {hex:?} in {}", self.message)))?;
                     self.chunk = if size == 0 {
                         Chunk::Trailers
                     } else {
@@ -495,11 +525,11 @@ impl BodyReader {
                     };
                 }
                 Chunk::Data(left) => {
-                    if conn.buf.is_empty() {
+                    if conn.buf().is_empty() {
                         return Ok(None);
                     }
-                    let n = conn.buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                    let data = conn.buf.split_to(n).freeze();
+                    let n = conn.buf().len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                    let data = conn.buf().split_to(n).freeze();
                     let left = left - n as u64;
                     self.chunk = if left == 0 {
                         Chunk::DataEnd
@@ -509,18 +539,19 @@ impl BodyReader {
                     return Ok(Some(data));
                 }
                 Chunk::DataEnd => {
-                    let Some(line) = take_line(&mut conn.buf)? else {
+                    let Some(line) = take_line(conn.buf(), self.message)? else {
                         return Ok(None);
                     };
                     if !line.is_empty() {
-                        return Err(invalid(
-                            "a chunk of the backend's response is longer than its size".to_string(),
-                        ));
+                        return Err(invalid(format!(
+                            "a chunk of {} is longer than its size",
+                            self.message
+                        )));
                     }
                     self.chunk = Chunk::Size;
                 }
                 Chunk::Trailers => {
-                    let Some(line) = take_line(&mut conn.buf)? else {
+                    let Some(line) = take_line(conn.buf(), self.message)? else {
                         return Ok(None);
                     };
                     if line.is_empty() {
@@ -534,7 +565,7 @@ impl BodyReader {
 }
 
 /// One CRLF-terminated line from the front of `buf`, without its CRLF.
-fn take_line(buf: &mut BytesMut) -> io::Result<Option<BytesMut>> {
+fn take_line(buf: &mut BytesMut, message: &str) -> io::Result<Option<BytesMut>> {
     match buf.iter().position(|b| *b == b'\n') {
         Some(i) => {
             let mut line = buf.split_to(i + 1);
@@ -544,14 +575,14 @@ fn take_line(buf: &mut BytesMut) -> io::Result<Option<BytesMut>> {
             }
             Ok(Some(line))
         }
-        None if buf.len() > 16 * 1024 => Err(invalid(
-            "a chunk header line of the backend's response is too long".to_string(),
-        )),
+        None if buf.len() > 16 * 1024 => {
+            Err(invalid(format!("a chunk header line of {message} is too long")))
+        }
         None => Ok(None),
     }
 }
 
-fn ready_fill(conn: &mut Conn, cx: &mut Context<'_>) -> io::Result<Poll<usize>> {
+fn ready_fill(conn: &mut impl Source, cx: &mut Context<'_>) -> io::Result<Poll<usize>> {
     match conn.poll_fill(cx) {
         Poll::Ready(Ok(n)) => Ok(Poll::Ready(n)),
         Poll::Ready(Err(e)) => Err(e),
@@ -559,10 +590,10 @@ fn ready_fill(conn: &mut Conn, cx: &mut Context<'_>) -> io::Result<Poll<usize>> 
     }
 }
 
-fn truncated() -> io::Error {
+fn truncated(message: &str) -> io::Error {
     io::Error::new(
         io::ErrorKind::UnexpectedEof,
-        "the backend closed the connection before the body was complete",
+        format!("the connection closed before the body of {message} was complete"),
     )
 }
 
@@ -577,9 +608,9 @@ mod tests {
     #[test]
     fn lines_are_taken_without_their_crlf() {
         let mut buf = BytesMut::from(&b"1a;ext=1\r\nrest"[..]);
-        assert_eq!(take_line(&mut buf).unwrap().unwrap(), &b"1a;ext=1"[..]);
+        assert_eq!(take_line(&mut buf, "a test").unwrap().unwrap(), &b"1a;ext=1"[..]);
         assert_eq!(&buf[..], b"rest");
-        assert!(take_line(&mut buf).unwrap().is_none());
+        assert!(take_line(&mut buf, "a test").unwrap().is_none());
     }
 
     #[test]

@@ -608,3 +608,175 @@ async fn upstream_framing_and_connection_reuse() {
         backend.idle_connections()
     );
 }
+
+/// One response read off a raw connection: status, headers (lower-case names), body.
+async fn read_response(
+    reader: &mut tokio::io::BufReader<tokio::net::TcpStream>,
+) -> (u16, HashMap<String, String>, Vec<u8>) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let mut line = String::new();
+    reader.read_line(&mut line).await.unwrap();
+    let status: u16 = line
+        .split(' ')
+        .nth(1)
+        .unwrap_or_else(|| panic!("status line {line:?}"))
+        .parse()
+        .unwrap();
+    let mut headers = HashMap::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line).await.unwrap();
+        let trimmed = line.trim_end();
+        if trimmed.is_empty() {
+            break;
+        }
+        let (name, value) = trimmed.split_once(':').unwrap();
+        headers.insert(name.to_ascii_lowercase(), value.trim().to_string());
+    }
+    let mut body = Vec::new();
+    if let Some(length) = headers.get("content-length") {
+        body.resize(length.parse().unwrap(), 0);
+        reader.read_exact(&mut body).await.unwrap();
+    } else if headers.get("transfer-encoding").map(String::as_str) == Some("chunked") {
+        loop {
+            line.clear();
+            reader.read_line(&mut line).await.unwrap();
+            let size = usize::from_str_radix(line.trim_end(), 16).unwrap();
+            let mut chunk = vec![0; size + 2];
+            reader.read_exact(&mut chunk).await.unwrap();
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    } else if status >= 200 && status != 204 && status != 304 {
+        reader.read_to_end(&mut body).await.unwrap();
+    }
+    (status, headers, body)
+}
+
+async fn raw_connection(proxy: &Proxy) -> tokio::io::BufReader<tokio::net::TcpStream> {
+    tokio::io::BufReader::new(tokio::net::TcpStream::connect(proxy.public).await.unwrap())
+}
+
+async fn send(reader: &mut tokio::io::BufReader<tokio::net::TcpStream>, bytes: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    reader.get_mut().write_all(bytes).await.unwrap();
+}
+
+async fn closed(reader: &mut tokio::io::BufReader<tokio::net::TcpStream>) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut rest = Vec::new();
+    matches!(
+        tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut rest)).await,
+        Ok(Ok(0))
+    )
+}
+
+/// The proxy's own HTTP/1.1 server, on the wire: pipelining, chunked and 100-continue request
+/// bodies, HTTP/1.0, bad heads, and idle connections closed when the listener stops.
+#[tokio::test]
+async fn clients_are_served_http1_to_the_letter() {
+    let v1 = ExampleApp::spawn("v1", &[]);
+    let proxy = Proxy::start(settings(), route(&[&v1], &[], 0)).await;
+
+    // Two pipelined requests are answered in order on one connection.
+    let mut c = raw_connection(&proxy).await;
+    send(
+        &mut c,
+        b"GET /headers HTTP/1.1\r\nhost: a\r\nx-n: 1\r\n\r\nGET /headers HTTP/1.1\r\nhost: a\r\nx-n: 2\r\n\r\n",
+    )
+    .await;
+    for n in ["1", "2"] {
+        let (status, headers, body) = read_response(&mut c).await;
+        assert_eq!(status, 200);
+        assert!(headers.contains_key("date"), "{headers:?}");
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["headers"]["x-n"], n, "{body}");
+    }
+
+    // A chunked request body, with an extension and a trailer, arrives whole.
+    send(
+        &mut c,
+        b"POST /echo HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: 1\r\n\r\n",
+    )
+    .await;
+    let (status, _, body) = read_response(&mut c).await;
+    assert_eq!(status, 200);
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["body"], "hello world", "{body}");
+
+    // Expect: 100-continue gets its interim response before the body is sent.
+    send(
+        &mut c,
+        b"PUT /echo HTTP/1.1\r\nhost: a\r\nexpect: 100-continue\r\ncontent-length: 4\r\n\r\n",
+    )
+    .await;
+    let (status, _, _) = read_response(&mut c).await;
+    assert_eq!(status, 100);
+    send(&mut c, b"data").await;
+    let (status, _, body) = read_response(&mut c).await;
+    assert_eq!(status, 200);
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["body"], "data", "{body}");
+    assert!(body["headers"].get("expect").is_none(), "{body}");
+
+    // `Connection: close` is honoured after the response.
+    send(&mut c, b"GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n").await;
+    let (status, headers, _) = read_response(&mut c).await;
+    assert_eq!((status, headers["connection"].as_str()), (200, "close"));
+    assert!(closed(&mut c).await);
+
+    // HTTP/1.0 without keep-alive: one response, then the connection ends.
+    let mut c = raw_connection(&proxy).await;
+    send(&mut c, b"GET / HTTP/1.0\r\n\r\n").await;
+    let (status, headers, _) = read_response(&mut c).await;
+    assert_eq!((status, headers["connection"].as_str()), (200, "close"));
+    assert!(closed(&mut c).await);
+
+    // Heads that are not HTTP/1.1, or too big, are refused with a status and a close.
+    for (head, expect) in [
+        (b"GET / HTTP/1.1\r\nbad header\r\n\r\n".to_vec(), 400),
+        (
+            b"POST / HTTP/1.1\r\ntransfer-encoding: gzip\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            b"POST / HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            format!("GET / HTTP/1.1\r\nx-big: {}\r\n\r\n", "a".repeat(70_000)).into_bytes(),
+            431,
+        ),
+    ] {
+        let mut c = raw_connection(&proxy).await;
+        send(&mut c, &head).await;
+        let (status, headers, _) = read_response(&mut c).await;
+        assert_eq!(
+            (status, headers.get("connection").map(String::as_str)),
+            (expect, Some("close")),
+            "{headers:?}"
+        );
+        assert!(closed(&mut c).await);
+    }
+
+    // A request body over the limit is refused, and the client reads the 413 rather than a reset.
+    let mut small = settings();
+    small.max_request_body_bytes = 10;
+    let limited = Proxy::start(small, route(&[&v1], &[], 0)).await;
+    let mut c = raw_connection(&limited).await;
+    let mut request = b"POST /echo HTTP/1.1\r\nhost: a\r\ncontent-length: 100000\r\n\r\n".to_vec();
+    request.extend(std::iter::repeat_n(b'x', 100_000));
+    send(&mut c, &request).await;
+    let (status, headers, _) = read_response(&mut c).await;
+    assert_eq!((status, headers["connection"].as_str()), (413, "close"));
+
+    // A stopping listener closes idle keep-alive connections at once.
+    let mut c = raw_connection(&proxy).await;
+    send(&mut c, b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").await;
+    let (status, _, _) = read_response(&mut c).await;
+    assert_eq!(status, 200);
+    proxy.shutdown.cancel();
+    assert!(closed(&mut c).await, "the idle connection was closed");
+}

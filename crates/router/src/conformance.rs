@@ -153,8 +153,12 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-/// Slot of each key, in order.
-async fn slots_of(client: &reqwest::Client, rig: &dyn Rig, check: &str, keys: &[String]) -> Vec<Slot> {
+/// Slot of each key, in order. Each call has a client of its own: routers that reload (nginx)
+/// close idle keep-alive connections, and a request racing such a close fails in any client.
+/// These checks are about where users go; keep-alive across changes under load is
+/// [`no_failures_across_switches`]'s.
+async fn slots_of(rig: &dyn Rig, check: &str, keys: &[String]) -> Vec<Slot> {
+    let client = &client();
     let mut out = Vec::with_capacity(keys.len());
     let entry = rig.entry();
     for chunk in keys.chunks(16) {
@@ -216,7 +220,6 @@ pub async fn applies_and_reads_back(rig: &dyn Rig) {
 
 /// Weight 0 and 10 000 send every user to one slot.
 pub async fn all_or_nothing(rig: &dyn Rig) {
-    let client = client();
     let keys = keys("all", 100);
     for (live, weight, expect) in [
         (Slot::Blue, 0, Slot::Blue),
@@ -226,7 +229,7 @@ pub async fn all_or_nothing(rig: &dyn Rig) {
     ] {
         let t = table(rig, live, weight);
         apply(rig, "all_or_nothing", &t).await;
-        let slots = slots_of(&client, rig, "all_or_nothing", &keys).await;
+        let slots = slots_of(rig, "all_or_nothing", &keys).await;
         let wrong = slots.iter().filter(|s| **s != expect).count();
         assert_eq!(
             wrong,
@@ -241,11 +244,10 @@ pub async fn all_or_nothing(rig: &dyn Rig) {
 /// At 20 % the canary gets 20 % of users, within a tolerance of 4 points (more than 4 standard
 /// deviations for 2000 users).
 pub async fn weighted_split(rig: &dyn Rig) {
-    let client = client();
     let t = table(rig, Slot::Blue, 2000);
     apply(rig, "weighted_split", &t).await;
     let keys = keys("split", 2000);
-    let slots = slots_of(&client, rig, "weighted_split", &keys).await;
+    let slots = slots_of(rig, "weighted_split", &keys).await;
     let green = slots.iter().filter(|s| **s == Slot::Green).count();
     let share = green as f64 / keys.len() as f64;
     assert!(
@@ -259,14 +261,13 @@ pub async fn weighted_split(rig: &dyn Rig) {
 /// A user's slot does not change while the weight stays, and a canary user stays on the canary
 /// while the weight only grows.
 pub async fn sticky_users(rig: &dyn Rig) {
-    let client = client();
     let keys = keys("sticky", 400);
     let mut previous: Option<Vec<Slot>> = None;
     for weight in [500, 1000, 2500, 5000, 9000] {
         let t = table(rig, Slot::Blue, weight);
         apply(rig, "sticky_users", &t).await;
-        let first = slots_of(&client, rig, "sticky_users", &keys).await;
-        let again = slots_of(&client, rig, "sticky_users", &keys).await;
+        let first = slots_of(rig, "sticky_users", &keys).await;
+        let again = slots_of(rig, "sticky_users", &keys).await;
         let moved = first.iter().zip(&again).filter(|(a, b)| a != b).count();
         assert_eq!(
             moved, 0,
@@ -289,7 +290,6 @@ pub async fn sticky_users(rig: &dyn Rig) {
 
 /// Switch everybody to the new slot, roll back, then promote.
 pub async fn switch_and_rollback(rig: &dyn Rig) {
-    let client = client();
     let keys = keys("switch", 50);
     for (step, t, expect) in [
         ("start", table(rig, Slot::Blue, 0), Slot::Blue),
@@ -299,7 +299,7 @@ pub async fn switch_and_rollback(rig: &dyn Rig) {
         ("back to blue", table(rig, Slot::Blue, 0), Slot::Blue),
     ] {
         apply(rig, "switch_and_rollback", &t).await;
-        let slots = slots_of(&client, rig, "switch_and_rollback", &keys).await;
+        let slots = slots_of(rig, "switch_and_rollback", &keys).await;
         let wrong = slots.iter().filter(|s| **s != expect).count();
         assert_eq!(
             wrong, 0,
@@ -358,7 +358,7 @@ pub async fn drain(rig: &dyn Rig) {
     }
     apply(rig, "drain", &table(rig, Slot::Blue, 0)).await;
     let keys = keys("drain", 20);
-    let slots = slots_of(&client, rig, "drain", &keys).await;
+    let slots = slots_of(rig, "drain", &keys).await;
     assert!(
         slots.iter().all(|s| *s == Slot::Blue),
         "drain: new requests reached green after it lost its traffic: {slots:?}"
@@ -466,9 +466,8 @@ pub async fn recovers_after_restart(rig: &dyn Rig) {
         t,
         "recovers_after_restart: read back after reconcile"
     );
-    let client = client();
     let keys = keys("restart", 400);
-    let slots = slots_of(&client, rig, "recovers_after_restart", &keys).await;
+    let slots = slots_of(rig, "recovers_after_restart", &keys).await;
     let green = slots.iter().filter(|s| **s == Slot::Green).count();
     assert!(
         (120..=280).contains(&green),
