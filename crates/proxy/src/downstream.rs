@@ -28,6 +28,7 @@
 
 use std::future::Future;
 use std::io::{self, Write as _};
+use std::mem::MaybeUninit;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -45,7 +46,9 @@ use tokio_util::sync::CancellationToken;
 use crate::app::AppProxy;
 use crate::body::{ClientBody, ProxyBody};
 use crate::handler::{self, ClientUpgrade, Origin};
-use crate::upstream::{poll_fill_buf, BodyReader, Framing, Source, MAX_HEADERS, MAX_HEAD_BYTES};
+use crate::upstream::{
+    header_spans, poll_fill_buf, BodyReader, Framing, Source, MAX_HEADERS, MAX_HEAD_BYTES,
+};
 
 /// Longest a client may take to send a request head, counted from the end of the previous
 /// response or from the accept; an idle keep-alive connection is closed after it too.
@@ -355,9 +358,9 @@ pub(crate) async fn serve_connection(
 
 /// Parses the head at the front of `buf` and, once complete, takes its bytes out of `buf`.
 fn parse_head(buf: &mut BytesMut) -> Parsed {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut headers);
-    let len = match parsed.parse(buf) {
+    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let len = match parsed.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(len)) if len > MAX_HEAD_BYTES => {
             return Parsed::Bad(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -382,13 +385,8 @@ fn parse_head(buf: &mut BytesMut) -> Parsed {
     // The head's bytes become one shared buffer the header values and the target point into,
     // instead of one copy each.
     let base = buf.as_ptr() as usize;
-    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-    let count = parsed.headers.len();
-    for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
-        let name = h.name.as_ptr() as usize - base;
-        let value = h.value.as_ptr() as usize - base;
-        *span = (name, name + h.name.len(), value, value + h.value.len());
-    }
+    let mut spans = [(0, 0, 0, 0); MAX_HEADERS];
+    let count = header_spans(buf, parsed.headers, &mut spans);
     let method = Method::from_bytes(parsed.method.unwrap_or("").as_bytes());
     let target = parsed.path.unwrap_or("");
     let target_span = {
@@ -407,8 +405,11 @@ fn parse_head(buf: &mut BytesMut) -> Parsed {
     let Ok(uri) = Uri::from_maybe_shared(bytes.slice(target_span.0..target_span.1)) else {
         return Parsed::Bad(StatusCode::BAD_REQUEST, "invalid request target".to_string());
     };
-    let mut map = HeaderMap::with_capacity(count);
+    // Room for the X-Forwarded-* headers the handler adds, so the map is not grown per request.
+    let mut map = HeaderMap::with_capacity(count + 3);
     for &(name_start, name_end, value_start, value_end) in &spans[..count] {
+        let (name_start, name_end) = (name_start as usize, name_end as usize);
+        let (value_start, value_end) = (value_start as usize, value_end as usize);
         let Ok(name) = HeaderName::from_bytes(&bytes[name_start..name_end]) else {
             return Parsed::Bad(StatusCode::BAD_REQUEST, "invalid header name".to_string());
         };

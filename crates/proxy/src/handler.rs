@@ -35,6 +35,9 @@ pub(crate) struct Origin {
 pub(crate) struct HeaderNames {
     pub user_key: Option<HeaderName>,
     pub preview: HeaderName,
+    /// What follows `name=key` in an issued bucket cookie: its attributes, without and with
+    /// `Secure`.
+    pub cookie_attributes: [String; 2],
 }
 
 impl HeaderNames {
@@ -47,6 +50,13 @@ impl HeaderNames {
                 .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
             preview: HeaderName::from_bytes(settings.preview.header.as_bytes())
                 .unwrap_or(HeaderName::from_static("x-cutover-preview")),
+            cookie_attributes: [false, true].map(|secure| {
+                format!(
+                    "; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{}",
+                    settings.sticky.bucket_cookie_max_age_secs,
+                    if secure { "; Secure" } else { "" }
+                )
+            }),
         }
     }
 }
@@ -99,7 +109,7 @@ pub(crate) async fn handle(
     };
     let mut response = route(&app, req, origin, bucket, forced, started, upgrade).await;
     if let Some(key) = issued_key {
-        if let Ok(value) = HeaderValue::from_str(&bucket_cookie(&app.settings, &key, origin.tls)) {
+        if let Ok(value) = HeaderValue::from_maybe_shared(bucket_cookie(&app, &key, origin.tls)) {
             response.headers_mut().append(header::SET_COOKIE, value);
         }
     }
@@ -403,6 +413,10 @@ fn prepare_upstream_request(parts: &mut http::request::Parts, origin: Origin, up
 /// Removes the headers that describe one connection rather than the message (RFC 9110 §7.6.1),
 /// including any named in `Connection`. An upgrade keeps `Connection: upgrade` and `Upgrade`.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of them: one pass over the names is cheaper than a lookup each.
+    if !keep_upgrade && !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -430,6 +444,15 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     } else {
         headers.remove(header::UPGRADE);
     }
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == header::UPGRADE
+        || *name == header::TE
+        || *name == header::TRAILER
+        || *name == header::TRANSFER_ENCODING
+        || matches!(name.as_str(), "keep-alive" | "proxy-connection")
 }
 
 fn is_upgrade_request(headers: &HeaderMap) -> bool {
@@ -469,7 +492,7 @@ fn user_bucket(app: &AppProxy, headers: &HeaderMap) -> (Bucket, Option<String>) 
     if let Some(v) = cookie(headers, &sticky.bucket_cookie) {
         return (app.bucketer.bucket(v.as_bytes()), None);
     }
-    let key = format!("{:032x}", rand::random::<u128>());
+    let key = new_user_key();
     (app.bucketer.bucket(key.as_bytes()), Some(key))
 }
 
@@ -485,17 +508,26 @@ pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> 
         .map(|(_, v)| v.trim_matches('"'))
 }
 
-fn bucket_cookie(settings: &ProxySettings, key: &str, tls: bool) -> String {
-    let sticky = &settings.sticky;
-    let secure = if tls || sticky.bucket_cookie_secure {
-        "; Secure"
-    } else {
-        ""
-    };
-    format!(
-        "{}={key}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
-        sticky.bucket_cookie, sticky.bucket_cookie_max_age_secs
-    )
+fn bucket_cookie(app: &AppProxy, key: &str, tls: bool) -> Bytes {
+    let name = &app.settings.sticky.bucket_cookie;
+    let attributes =
+        &app.names.cookie_attributes[usize::from(tls || app.settings.sticky.bucket_cookie_secure)];
+    let mut cookie = Vec::with_capacity(name.len() + 1 + key.len() + attributes.len());
+    cookie.extend_from_slice(name.as_bytes());
+    cookie.push(b'=');
+    cookie.extend_from_slice(key.as_bytes());
+    cookie.extend_from_slice(attributes.as_bytes());
+    Bytes::from(cookie)
+}
+
+/// A new user key: 128 random bits in hex.
+fn new_user_key() -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bits: u128 = rand::random();
+    (0..32)
+        .rev()
+        .map(|nibble| char::from(HEX[((bits >> (nibble * 4)) & 0xf) as usize]))
+        .collect()
 }
 
 /// The slot named by a valid preview header. The header is removed whatever it says, so a guess

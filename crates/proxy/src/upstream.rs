@@ -18,6 +18,7 @@
 //! Heads larger than [`MAX_HEAD_BYTES`] or with more than [`MAX_HEADERS`] headers are refused.
 
 use std::io::{self, Write as _};
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -251,20 +252,15 @@ async fn send_body(conn: &mut Conn, body: &mut UpstreamRequestBody, chunked: boo
 async fn read_head(conn: &mut Conn, method: &Method) -> Result<Head, SendError> {
     loop {
         let parsed = {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut response = httparse::Response::new(&mut headers);
-            match response.parse(&conn.buf) {
+            let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+            let mut response = httparse::Response::new(&mut []);
+            let config = httparse::ParserConfig::default();
+            match config.parse_response_with_uninit_headers(&mut response, &conn.buf, &mut headers) {
                 Ok(httparse::Status::Complete(len)) => {
                     // The head's bytes become one shared buffer the header values point into,
                     // instead of one copy per value.
-                    let base = conn.buf.as_ptr() as usize;
-                    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-                    let count = response.headers.len();
-                    for (span, h) in spans.iter_mut().zip(response.headers.iter()) {
-                        let name = h.name.as_ptr() as usize - base;
-                        let value = h.value.as_ptr() as usize - base;
-                        *span = (name, name + h.name.len(), value, value + h.value.len());
-                    }
+                    let mut spans = [(0, 0, 0, 0); MAX_HEADERS];
+                    let count = header_spans(&conn.buf, response.headers, &mut spans);
                     let (code, version) = (response.code, response.version);
                     let bytes = conn.buf.split_to(len).freeze();
                     Some(head_from(code, version, &bytes, &spans[..count], method))
@@ -302,13 +298,38 @@ async fn read_head(conn: &mut Conn, method: &Method) -> Result<Head, SendError> 
     }
 }
 
-/// The head of a response from its parsed parts: `spans` are (name start, name end, value
-/// start, value end) offsets into `bytes`, the whole head.
+/// Where a header's name and value are in its head: (name start, name end, value start, value
+/// end) as byte offsets. Heads are at most [`MAX_HEAD_BYTES`] long.
+pub(crate) type Span = (u32, u32, u32, u32);
+
+/// Records where each parsed header of `head` is, so the head can become one shared buffer the
+/// header values point into; returns how many there are.
+pub(crate) fn header_spans(
+    head: &[u8],
+    headers: &[httparse::Header<'_>],
+    spans: &mut [Span; MAX_HEADERS],
+) -> usize {
+    let base = head.as_ptr() as usize;
+    let offset = |part: &[u8]| (part.as_ptr() as usize - base) as u32;
+    for (span, h) in spans.iter_mut().zip(headers) {
+        let (name, value) = (offset(h.name.as_bytes()), offset(h.value));
+        *span = (
+            name,
+            name + h.name.len() as u32,
+            value,
+            value + h.value.len() as u32,
+        );
+    }
+    headers.len().min(MAX_HEADERS)
+}
+
+/// The head of a response from its parsed parts: `spans` locate the headers in `bytes`, the
+/// whole head.
 fn head_from(
     code: Option<u16>,
     version: Option<u8>,
     bytes: &Bytes,
-    spans: &[(usize, usize, usize, usize)],
+    spans: &[Span],
     method: &Method,
 ) -> Result<Head, String> {
     let code = code.unwrap_or(0);
@@ -321,6 +342,8 @@ fn head_from(
     };
     let mut headers = HeaderMap::with_capacity(spans.len());
     for &(name_start, name_end, value_start, value_end) in spans {
+        let (name_start, name_end) = (name_start as usize, name_end as usize);
+        let (value_start, value_end) = (value_start as usize, value_end as usize);
         let name_bytes = &bytes[name_start..name_end];
         let name = HeaderName::from_bytes(name_bytes).map_err(|_| {
             format!(
@@ -620,17 +643,9 @@ mod tests {
             let mut headers = [httparse::EMPTY_HEADER; 16];
             let mut r = httparse::Response::new(&mut headers);
             r.parse(&bytes).unwrap();
-            let base = bytes.as_ptr() as usize;
-            let spans: Vec<_> = r
-                .headers
-                .iter()
-                .map(|h| {
-                    let n = h.name.as_ptr() as usize - base;
-                    let v = h.value.as_ptr() as usize - base;
-                    (n, n + h.name.len(), v, v + h.value.len())
-                })
-                .collect();
-            head_from(r.code, r.version, &bytes, &spans, &method).unwrap()
+            let mut spans = [(0, 0, 0, 0); MAX_HEADERS];
+            let count = header_spans(&bytes, r.headers, &mut spans);
+            head_from(r.code, r.version, &bytes, &spans[..count], &method).unwrap()
         };
         let h = parse("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", Method::GET);
         assert_eq!((h.framing, h.keep_alive), (Framing::Length(5), true));
