@@ -38,7 +38,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -666,11 +666,11 @@ async fn refuse(
 /// unread bytes does not reset the connection before the client has read the response.
 async fn linger(conn: &mut ClientConn) {
     let _ = conn.stream.shutdown().await;
-    let mut sink = [0u8; 8192];
     let mut discarded = 0usize;
     let _ = tokio::time::timeout(LINGER, async {
         while discarded < 1 << 20 {
-            match conn.stream.read(&mut sink).await {
+            conn.buf.clear();
+            match std::future::poll_fn(|cx| conn.poll_fill(cx)).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => discarded += n,
             }
