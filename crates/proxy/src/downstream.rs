@@ -8,7 +8,8 @@
 //! to hyper with the bytes read so far.
 //!
 //! What it implements of RFC 9112, as a server facing any client:
-//! - request heads of at most [`MAX_HEAD_BYTES`] and [`MAX_HEADERS`] headers (431 beyond), sent
+//! - request heads with exactly one `Host` (HTTP/1.1) and at most [`MAX_HEAD_BYTES`] and
+//!   [`MAX_HEADERS`] headers (431 beyond), sent
 //!   within [`HEAD_TIMEOUT`] of the previous response (or of the accept); invalid heads get a
 //!   400 and the connection is closed;
 //! - request bodies by `Transfer-Encoding: chunked` (last coding) or `Content-Length`; any
@@ -433,6 +434,15 @@ fn parse_head(buf: &mut BytesMut) -> Parsed {
         Version::HTTP_10 => has_token(header::CONNECTION, "keep-alive"),
         _ => !has_token(header::CONNECTION, "close"),
     };
+    // RFC 9112 §3.2: exactly one Host in HTTP/1.1; two would let the proxy and the backend
+    // disagree on which site was asked for.
+    let hosts = map.get_all(header::HOST).iter().count();
+    if hosts > 1 || (hosts == 0 && version == Version::HTTP_11) {
+        return Parsed::Bad(
+            StatusCode::BAD_REQUEST,
+            "an HTTP/1.1 request needs exactly one Host header".to_string(),
+        );
+    }
     let upgrade = map.contains_key(header::UPGRADE) && has_token(header::CONNECTION, "upgrade");
     let expect_continue = has_token(header::EXPECT, "100-continue");
     let framing = if map.contains_key(header::TRANSFER_ENCODING) {
@@ -705,7 +715,13 @@ mod http_date {
 mod tests {
     use super::*;
 
+    /// Parses `text`, given a Host header if it is HTTP/1.1 and has none.
     fn parse(text: &str) -> Parsed {
+        let text = if text.contains("HTTP/1.1\r\n") && !text.contains("host:") {
+            text.replacen("HTTP/1.1\r\n", "HTTP/1.1\r\nhost: x\r\n", 1)
+        } else {
+            text.to_string()
+        };
         parse_head(&mut BytesMut::from(text.as_bytes()))
     }
 
@@ -754,6 +770,17 @@ mod tests {
         assert!(h.upgrade);
         assert!(head("PUT / HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 1\r\n\r\n").expect_continue);
         assert!(matches!(parse("GET / HTTP/1.1\r\nhost: x\r\n"), Parsed::Partial));
+        let missing_host = parse_head(&mut BytesMut::from(&b"GET / HTTP/1.1\r\n\r\n"[..]));
+        assert!(matches!(missing_host, Parsed::Bad(StatusCode::BAD_REQUEST, _)));
+        assert_eq!(
+            refused("GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n"),
+            StatusCode::BAD_REQUEST
+        );
+        assert!(head("GET / HTTP/1.0\r\n\r\n")
+            .request
+            .headers()
+            .get("host")
+            .is_none());
         assert_eq!(refused("GET / HTTP/2.0\r\n\r\n"), StatusCode::BAD_REQUEST);
         let many: String = (0..MAX_HEADERS + 1).map(|i| format!("x-{i}: 1\r\n")).collect();
         assert_eq!(
@@ -764,9 +791,10 @@ mod tests {
 
     #[test]
     fn a_parsed_head_leaves_the_next_request_in_the_buffer() {
-        let mut buf = BytesMut::from(&b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\n"[..]);
+        let mut buf =
+            BytesMut::from(&b"GET /1 HTTP/1.1\r\nhost: a\r\n\r\nGET /2 HTTP/1.1\r\nhost: a\r\n\r\n"[..]);
         assert!(matches!(parse_head(&mut buf), Parsed::Head(_)));
-        assert_eq!(&buf[..], b"GET /2 HTTP/1.1\r\n\r\n");
+        assert_eq!(&buf[..], b"GET /2 HTTP/1.1\r\nhost: a\r\n\r\n");
     }
 
     #[test]
