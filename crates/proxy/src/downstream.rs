@@ -59,6 +59,9 @@ pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) const LINGER: Duration = Duration::from_secs(2);
 /// Writes are gathered up to this size before they go out.
 const WRITE_BATCH: usize = 64 * 1024;
+/// A client connection's read buffer: enough for most request heads, and kept at this size while
+/// idle (see [`poll_fill_buf`]), since idle keep-alive connections are most connections.
+const CLIENT_READ_CHUNK: usize = 4096;
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const CLIENT_REQUEST: &str = "the client's request";
 
@@ -74,7 +77,7 @@ impl Source for ClientConn {
     }
 
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        poll_fill_buf(&mut self.stream, &mut self.buf, cx)
+        poll_fill_buf(&mut self.stream, &mut self.buf, CLIENT_READ_CHUNK, cx)
     }
 }
 
@@ -204,7 +207,7 @@ pub(crate) async fn serve_connection(
 ) -> Option<Handover> {
     let mut conn = ClientConn {
         stream,
-        buf: BytesMut::with_capacity(4096),
+        buf: BytesMut::with_capacity(CLIENT_READ_CHUNK),
     };
     let mut out: Vec<u8> = Vec::with_capacity(1024);
     let mut stopping = pin!(shutdown.clone().cancelled_owned());

@@ -38,7 +38,7 @@ pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most headers accepted in a response head.
 pub(crate) const MAX_HEADERS: usize = 128;
 /// How much is read from a backend at a time.
-const READ_CHUNK: usize = 16 * 1024;
+const READ_CHUNK: usize = 8 * 1024;
 
 /// One keep-alive connection to a backend, with the bytes read from it and not used yet.
 #[derive(Debug)]
@@ -91,14 +91,18 @@ pub(crate) trait Source {
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>>;
 }
 
-/// Reads from `stream` into `buf`, growing it by [`READ_CHUNK`] when nearly full.
+/// Reads from `stream` into `buf`, first making room for `chunk` bytes when less than 1 KiB is
+/// left. Once what was read has been consumed, `BytesMut` reuses its buffer from the start
+/// instead of allocating, as long as `chunk` fits in it: the buffer stays the size it was
+/// created with unless a message needs more.
 pub(crate) fn poll_fill_buf(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
+    chunk: usize,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
     if buf.capacity() - buf.len() < 1024 {
-        buf.reserve(READ_CHUNK);
+        buf.reserve(chunk);
     }
     tokio_util::io::poll_read_buf(Pin::new(stream), cx, buf)
 }
@@ -109,7 +113,7 @@ impl Source for Conn {
     }
 
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        poll_fill_buf(&mut self.stream, &mut self.buf, cx)
+        poll_fill_buf(&mut self.stream, &mut self.buf, READ_CHUNK, cx)
     }
 }
 
