@@ -772,11 +772,26 @@ async fn clients_are_served_http1_to_the_letter() {
     let (status, headers, _) = read_response(&mut c).await;
     assert_eq!((status, headers["connection"].as_str()), (413, "close"));
 
-    // A stopping listener closes idle keep-alive connections at once.
-    let mut c = raw_connection(&proxy).await;
-    send(&mut c, b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").await;
-    let (status, _, _) = read_response(&mut c).await;
+    // A stopping listener closes idle keep-alive connections at once, and busy ones after their
+    // response, which says so.
+    let mut idle = raw_connection(&proxy).await;
+    send(&mut idle, b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").await;
+    let (status, _, _) = read_response(&mut idle).await;
     assert_eq!(status, 200);
+    let mut busy = raw_connection(&proxy).await;
+    send(&mut busy, b"GET /slow?ms=500 HTTP/1.1\r\nhost: a\r\n\r\n").await;
+    let metrics = Arc::clone(&proxy.app.table().pool(Slot::Blue).metrics);
+    wait_until("the slow request is in flight", Duration::from_secs(5), || {
+        let metrics = Arc::clone(&metrics);
+        async move { metrics.snapshot().in_flight == 1 }
+    })
+    .await;
     proxy.shutdown.cancel();
-    assert!(closed(&mut c).await, "the idle connection was closed");
+    assert!(closed(&mut idle).await, "the idle connection was closed");
+    let (status, headers, _) = read_response(&mut busy).await;
+    assert_eq!((status, headers["connection"].as_str()), (200, "close"));
+    assert!(
+        closed(&mut busy).await,
+        "the busy connection was closed after its response"
+    );
 }
