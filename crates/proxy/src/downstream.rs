@@ -48,7 +48,7 @@ use crate::app::AppProxy;
 use crate::body::{ClientBody, ProxyBody};
 use crate::handler::{self, ClientUpgrade, Origin};
 use crate::upstream::{
-    header_spans, poll_fill_buf, BodyReader, Framing, Source, MAX_HEADERS, MAX_HEAD_BYTES,
+    content_length, header_spans, poll_fill_buf, BodyReader, Framing, Source, MAX_HEADERS, MAX_HEAD_BYTES,
 };
 
 /// Longest a client may take to send a request head, counted from the end of the previous
@@ -467,7 +467,7 @@ fn parse_head(buf: &mut BytesMut) -> Parsed {
         }
         Framing::Chunked
     } else {
-        match content_length(&map) {
+        match content_length(&map, "the client") {
             Ok(None | Some(0)) => Framing::Empty,
             Ok(Some(n)) => Framing::Length(n),
             Err(reason) => return Parsed::Bad(StatusCode::BAD_REQUEST, reason),
@@ -485,23 +485,6 @@ fn parse_head(buf: &mut BytesMut) -> Parsed {
         expect_continue,
         upgrade,
     })
-}
-
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, String> {
-    let mut found: Option<u64> = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.to_str().unwrap_or("").split(',') {
-            let n: u64 = part
-                .trim()
-                .parse()
-                .map_err(|_| "invalid Content-Length".to_string())?;
-            if found.is_some_and(|f| f != n) {
-                return Err("conflicting Content-Length values".to_string());
-            }
-            found = Some(n);
-        }
-    }
-    Ok(found)
 }
 
 /// What the request says about how its response may be framed.

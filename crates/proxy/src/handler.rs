@@ -154,7 +154,12 @@ async fn route(
     }
 
     let limit = app.settings.max_request_body_bytes;
-    if let Some(len) = content_length(req.headers()) {
+    // An invalid length is the server's to refuse (hyper's, or `downstream`'s); here only a
+    // valid one that is too large matters.
+    if let Some(len) = upstream::content_length(req.headers(), "the client")
+        .ok()
+        .flatten()
+    {
         if len > limit {
             return local(
                 app,
@@ -462,16 +467,6 @@ fn is_upgrade_request(headers: &HeaderMap) -> bool {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
-}
-
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// The user's bucket, and the key of a bucket cookie to issue when the client carried no key.

@@ -389,7 +389,7 @@ fn head_from(
         // A coding other than chunked last: the body runs to the end of the connection.
         keep_alive = false;
         Framing::Eof
-    } else if let Some(length) = content_length(&headers)? {
+    } else if let Some(length) = content_length(&headers, "the backend")? {
         Framing::Length(length)
     } else {
         keep_alive = false;
@@ -406,16 +406,19 @@ fn head_from(
     })
 }
 
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, String> {
+/// A message's `Content-Length`, from every such header and every comma-separated value in them
+/// (RFC 9110 §8.6: repeats of one value are one length, different values are an error).
+/// `sender` ("the backend", "the client") is who is blamed in the error.
+pub(crate) fn content_length(headers: &HeaderMap, sender: &str) -> Result<Option<u64>, String> {
     let mut found: Option<u64> = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
         for part in value.to_str().unwrap_or("").split(',') {
             let n: u64 = part
                 .trim()
                 .parse()
-                .map_err(|_| format!("the backend sent an invalid Content-Length {value:?}"))?;
+                .map_err(|_| format!("{sender} sent an invalid Content-Length {value:?}"))?;
             if found.is_some_and(|f| f != n) {
-                return Err("the backend sent conflicting Content-Length values".to_string());
+                return Err(format!("{sender} sent conflicting Content-Length values"));
             }
             found = Some(n);
         }
