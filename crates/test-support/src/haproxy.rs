@@ -66,6 +66,9 @@ impl Haproxy {
     server-state-file {server_state}
     nbthread 2
     maxconn 4096
+    # A port picked for this HAProxy and taken meanwhile must fail the start (which is retried
+    # on other ports), not be shared with whoever holds it.
+    noreuseport
 
 defaults
     mode http

@@ -156,13 +156,28 @@ where
 /// Racy: another process may take it before the caller binds it. Only use it when a port
 /// must be known before the process that binds it starts (e.g. a config file written up
 /// front); otherwise bind port 0 and read the port back.
+///
+/// A port is handed out once per process: two picks in a row can otherwise get the same port
+/// from the kernel, and servers that bind with `SO_REUSEPORT` (HAProxy) then share it, each
+/// answering some of the other's connections.
 pub fn free_port() -> u16 {
-    let listener =
-        TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("binding 127.0.0.1:0 failed: {e}"));
-    listener
-        .local_addr()
-        .unwrap_or_else(|e| panic!("reading the address of a bound socket failed: {e}"))
-        .port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let listener =
+            TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("binding 127.0.0.1:0 failed: {e}"));
+        let port = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("reading the address of a bound socket failed: {e}"))
+            .port();
+        if GIVEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(port)
+        {
+            return port;
+        }
+    }
 }
 
 /// An HTTP client for tests: ignores proxy environment variables (traffic must go to the
