@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use cutover_test_support::{http_client, ChildProcess, ExampleApp};
+use cutover_test_support::{get_json, http_client, ChildProcess, ExampleApp};
 use serde_json::Value;
 
 const CUTOVER: &str = env!("CARGO_BIN_EXE_cutover");
@@ -83,14 +83,7 @@ async fn serve_generates_a_private_token_and_drains_on_sigterm() {
     );
 
     let client = http_client();
-    let mut route: Value = client
-        .get(format!("{admin}/v1/apps/web/routes"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let mut route = get_json(&format!("{admin}/v1/apps/web/routes")).await;
     route["route"]["canary_weight_bp"] = 10_000.into();
     let r = client
         .put(format!("{admin}/v1/apps/web/routes"))
@@ -116,14 +109,7 @@ async fn serve_generates_a_private_token_and_drains_on_sigterm() {
         "the slow request reaches the backend",
         Duration::from_secs(10),
         || async {
-            let m: Value = client
-                .get(format!("{admin}/v1/apps/web/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let m = get_json(&format!("{admin}/v1/apps/web/metrics")).await;
             m[1]["metrics"]["in_flight"] == 1
         },
     )

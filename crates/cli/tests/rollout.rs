@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cutover_test_support::{http_client, wait_until, ChildProcess, Load};
+use cutover_test_support::{get_json, http_client, wait_until, ChildProcess, Load};
 use serde_json::Value;
 
 mod common;
@@ -163,14 +163,7 @@ min_requests = 5
 
     /// GET of an admin API path, as JSON.
     async fn get_json(&self, path: &str) -> Value {
-        http_client()
-            .get(format!("{}{path}", self.admin))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        get_json(&format!("{}{path}", self.admin)).await
     }
 
     async fn status(&self) -> Value {

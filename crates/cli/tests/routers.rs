@@ -11,7 +11,7 @@ use cutover_router::haproxy::{render_config, HaproxyConfig};
 use cutover_router::nginx::NginxConfig;
 use cutover_test_support::haproxy::{Haproxy, HaproxySetup};
 use cutover_test_support::nginx::{Nginx, NginxOptions};
-use cutover_test_support::{free_port, http_client, wait_until, ChildProcess, Load};
+use cutover_test_support::{free_port, get_json, http_client, wait_until, ChildProcess, Load};
 use serde_json::Value;
 
 mod common;
@@ -235,14 +235,7 @@ smoke = [{{ path = "/health/ready" }}]
     }
 
     async fn status(&self) -> Value {
-        http_client()
-            .get(format!("{}/v1/apps/web/status", self.admin))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        get_json(&format!("{}/v1/apps/web/status", self.admin)).await
     }
 
     /// Kills the router process and starts it again (HAProxy forgets its runtime state; nginx

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use cutover_core::{ReleaseSpec, Slot};
 use cutover_platform::{InstanceInfo, LocalProcessPlatform, Platform, PlatformError};
-use cutover_test_support::{http_client, wait_until, workspace_bin, EXAMPLE_APP_BIN};
+use cutover_test_support::{get_json, wait_until, workspace_bin, EXAMPLE_APP_BIN};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
@@ -102,14 +102,7 @@ async fn wait_log_contains(path: &Path, needle: &str) {
 }
 
 async fn get_root(addr: SocketAddr) -> serde_json::Value {
-    http_client()
-        .get(format!("http://{addr}/"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    get_json(&format!("http://{addr}/")).await
 }
 
 fn sleeper(version: &str, instances: u32) -> ReleaseSpec {

@@ -2,25 +2,26 @@
 
 //! The built-in proxy passes the router conformance suite.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use common::Backends;
 use cutover_core::{RouteTable, Slot, Timestamp};
 use cutover_monitoring::{MetricSource, WindowQuery};
 use cutover_proxy::{AppProxy, ListenerKind, ProxySettings};
 use cutover_router::conformance::{self, Rig, BLUE_VERSION, GREEN_VERSION, MIN_DRAIN_TIMEOUT};
 use cutover_router::{BuiltinRouter, CounterSource, Router};
-use cutover_test_support::ExampleApp;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 struct BuiltinRig {
     router: Arc<BuiltinRouter>,
     entry: SocketAddr,
-    blue: Vec<ExampleApp>,
-    green: Vec<ExampleApp>,
+    backends: Backends,
     shutdown: CancellationToken,
 }
 
@@ -35,13 +36,7 @@ impl Rig for BuiltinRig {
     }
 
     fn backends(&self, slot: Slot) -> Vec<SocketAddr> {
-        match slot {
-            Slot::Blue => &self.blue,
-            Slot::Green => &self.green,
-        }
-        .iter()
-        .map(|a| a.addr)
-        .collect()
+        self.backends.addrs(slot)
     }
 
     async fn restart_router(&self) -> bool {
@@ -59,12 +54,7 @@ impl Drop for BuiltinRig {
 }
 
 async fn rig(per_slot: usize) -> BuiltinRig {
-    let blue: Vec<_> = (0..per_slot)
-        .map(|_| ExampleApp::spawn(BLUE_VERSION, &[]))
-        .collect();
-    let green: Vec<_> = (0..per_slot)
-        .map(|_| ExampleApp::spawn(GREEN_VERSION, &[]))
-        .collect();
+    let backends = Backends::spawn(per_slot);
     let mut settings = ProxySettings::default();
     settings.sticky.user_key_header = Some(conformance::USER_KEY_HEADER.to_string());
     settings.drain_timeout_ms = u64::try_from(MIN_DRAIN_TIMEOUT.as_millis()).unwrap();
@@ -84,8 +74,7 @@ async fn rig(per_slot: usize) -> BuiltinRig {
     BuiltinRig {
         router: Arc::new(BuiltinRouter::new(proxy)),
         entry,
-        blue,
-        green,
+        backends,
         shutdown,
     }
 }

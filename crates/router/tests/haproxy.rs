@@ -3,11 +3,14 @@
 //! HAProxy (Debian's 2.6, a real process) driven through its runtime API passes the router
 //! conformance suite, survives reloads, counts per slot and rejects bad configuration.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use common::Backends;
 use cutover_core::{Pool, RouteTable, Slot};
 use cutover_router::conformance::{
     self, Rig, BLUE_VERSION, GREEN_VERSION, MIN_DRAIN_TIMEOUT, USER_KEY_HEADER,
@@ -15,7 +18,7 @@ use cutover_router::conformance::{
 use cutover_router::haproxy::{render_config, HaproxyConfig, HaproxyRouter};
 use cutover_router::{Router, RouterError, SlotCounters};
 use cutover_test_support::haproxy::{Haproxy, HaproxySetup};
-use cutover_test_support::{http_client, wait_until, ExampleApp};
+use cutover_test_support::{http_client, wait_until};
 
 const APP: &str = "conformance";
 
@@ -49,21 +52,18 @@ struct HaproxyRig {
     router: Arc<HaproxyRouter>,
     haproxy: tokio::sync::Mutex<Haproxy>,
     entry: String,
-    blue: Vec<ExampleApp>,
-    green: Vec<ExampleApp>,
+    backends: Backends,
 }
 
 impl HaproxyRig {
     async fn new() -> HaproxyRig {
-        let blue: Vec<_> = (0..2).map(|_| ExampleApp::spawn(BLUE_VERSION, &[])).collect();
-        let green: Vec<_> = (0..2).map(|_| ExampleApp::spawn(GREEN_VERSION, &[])).collect();
+        let backends = Backends::spawn(2);
         let (haproxy, config) = start_haproxy().await;
         HaproxyRig {
             router: Arc::new(HaproxyRouter::new(APP, config).unwrap()),
             entry: haproxy.url(),
             haproxy: tokio::sync::Mutex::new(haproxy),
-            blue,
-            green,
+            backends,
         }
     }
 
@@ -83,13 +83,7 @@ impl Rig for HaproxyRig {
     }
 
     fn backends(&self, slot: Slot) -> Vec<SocketAddr> {
-        match slot {
-            Slot::Blue => &self.blue,
-            Slot::Green => &self.green,
-        }
-        .iter()
-        .map(|a| a.addr)
-        .collect()
+        self.backends.addrs(slot)
     }
 
     async fn restart_router(&self) -> bool {
@@ -349,7 +343,7 @@ async fn servers_removed_from_a_pool_finish_their_requests() {
     let rig = HaproxyRig::new().await;
     let router = &rig.router;
     router.apply(&rig.table(Slot::Blue, 0)).await.unwrap();
-    let [b0, b1] = [rig.blue[0].addr, rig.blue[1].addr];
+    let [b0, b1] = [rig.backends.blue[0].addr, rig.backends.blue[1].addr];
     let slow_on = |addr: SocketAddr| async move {
         let text = http_client()
             .get(format!("http://{addr}/control/requests"))

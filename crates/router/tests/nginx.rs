@@ -4,11 +4,14 @@
 //! suite, refused tables, read-back of a file nginx did not load, counters from the access log,
 //! and configuration errors.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use common::Backends;
 use cutover_core::{Pool, RouteTable, Slot};
 use cutover_router::conformance::{
     self, Rig, BLUE_VERSION, GREEN_VERSION, MIN_DRAIN_TIMEOUT, USER_KEY_HEADER,
@@ -16,7 +19,7 @@ use cutover_router::conformance::{
 use cutover_router::nginx::{NginxConfig, NginxRouter};
 use cutover_router::{Router, RouterError, SlotCounters};
 use cutover_test_support::nginx::{Nginx, NginxOptions};
-use cutover_test_support::{free_port, http_client, wait_until, ExampleApp};
+use cutover_test_support::{free_port, http_client, wait_until};
 
 const APP: &str = "shop";
 
@@ -51,23 +54,20 @@ async fn start_nginx() -> Nginx {
 struct NginxRig {
     router: Arc<NginxRouter>,
     entry: SocketAddr,
-    blue: Vec<ExampleApp>,
-    green: Vec<ExampleApp>,
+    backends: Backends,
     nginx: tokio::sync::Mutex<Nginx>,
 }
 
 impl NginxRig {
     async fn new() -> NginxRig {
-        let blue: Vec<_> = (0..2).map(|_| ExampleApp::spawn(BLUE_VERSION, &[])).collect();
-        let green: Vec<_> = (0..2).map(|_| ExampleApp::spawn(GREEN_VERSION, &[])).collect();
+        let backends = Backends::spawn(2);
         let nginx = start_nginx().await;
         let port = free_port();
         let router = NginxRouter::new(APP, config_for(&nginx, port)).unwrap();
         NginxRig {
             router: Arc::new(router),
             entry: SocketAddr::from(([127, 0, 0, 1], port)),
-            blue,
-            green,
+            backends,
             nginx: tokio::sync::Mutex::new(nginx),
         }
     }
@@ -108,13 +108,7 @@ impl Rig for NginxRig {
     }
 
     fn backends(&self, slot: Slot) -> Vec<SocketAddr> {
-        match slot {
-            Slot::Blue => &self.blue,
-            Slot::Green => &self.green,
-        }
-        .iter()
-        .map(|a| a.addr)
-        .collect()
+        self.backends.addrs(slot)
     }
 
     async fn restart_router(&self) -> bool {

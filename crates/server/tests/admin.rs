@@ -7,7 +7,7 @@ use std::sync::Arc;
 use cutover_core::{Pool, RouteTable, Slot};
 use cutover_server::config::{AdminConfig, AppConfig, ServerConfig, TlsConfig};
 use cutover_server::{Config, Running, StartOptions};
-use cutover_test_support::{http_client, ExampleApp};
+use cutover_test_support::{get_json, http_client, ExampleApp};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "test-admin-token";
@@ -63,14 +63,7 @@ impl Server {
     }
 
     async fn routes(&self) -> Value {
-        http_client()
-            .get(format!("{}/v1/apps/web/routes", self.admin))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        get_json(&format!("{}/v1/apps/web/routes", self.admin)).await
     }
 
     async fn put(&self, body: &str, token: Option<&str>) -> (u16, Value) {
@@ -246,14 +239,7 @@ async fn metrics_endpoint_serves_prometheus_text_labelled_by_app_slot_and_versio
         .unwrap();
     assert!(matches!(weight.value, prometheus_parse::Value::Gauge(v) if v == 1.0));
 
-    let slots: Value = client
-        .get(format!("{}/v1/apps/web/metrics", server.admin))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let slots = get_json(&format!("{}/v1/apps/web/metrics", server.admin)).await;
     assert_eq!(slots[0]["slot"], "blue");
     assert_eq!(slots[0]["metrics"]["requests"], 5);
     assert_eq!(slots[0]["backends"][0]["healthy"], true);

@@ -180,6 +180,18 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// `GET url` with [`http_client`], its body parsed as JSON; panics on any failure.
+pub async fn get_json(url: &str) -> serde_json::Value {
+    http_client()
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: the body is not JSON: {e}"))
+}
+
 /// An HTTP client for tests: ignores proxy environment variables (traffic must go to the
 /// loopback servers under test) and gives up on connecting after 5 s.
 pub fn http_client() -> reqwest::Client {
