@@ -75,20 +75,17 @@ impl Body for ClientBody {
     }
 }
 
-/// What the proxy sends upstream: the client's body, counted and limited, or nothing.
-pub(crate) enum UpstreamRequestBody {
-    Empty,
-    Client {
-        inner: ClientBody,
-        seen: u64,
-        limit: u64,
-        metrics: Arc<PoolMetrics>,
-    },
+/// What the proxy sends upstream: the client's body, counted and limited.
+pub(crate) struct UpstreamRequestBody {
+    inner: ClientBody,
+    seen: u64,
+    limit: u64,
+    metrics: Arc<PoolMetrics>,
 }
 
 impl UpstreamRequestBody {
     pub(crate) fn client(inner: ClientBody, limit: u64, metrics: Arc<PoolMetrics>) -> Self {
-        UpstreamRequestBody::Client {
+        UpstreamRequestBody {
             inner,
             seen: 0,
             limit,
@@ -105,44 +102,29 @@ impl Body for UpstreamRequestBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            UpstreamRequestBody::Empty => Poll::Ready(None),
-            UpstreamRequestBody::Client {
-                inner,
-                seen,
-                limit,
-                metrics,
-            } => match Pin::new(inner).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(data) = frame.data_ref() {
-                        let n = data.len() as u64;
-                        *seen += n;
-                        metrics.add_bytes_in(n);
-                        if *seen > *limit {
-                            return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit: *limit }))));
-                        }
-                    }
-                    Poll::Ready(Some(Ok(frame)))
-                }
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            },
+        let this = self.get_mut();
+        let frame = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        if let Some(data) = frame
+            .as_ref()
+            .and_then(|f| f.as_ref().ok())
+            .and_then(Frame::data_ref)
+        {
+            let n = data.len() as u64;
+            this.seen += n;
+            this.metrics.add_bytes_in(n);
+            if this.seen > this.limit {
+                return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit: this.limit }))));
+            }
         }
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamRequestBody::Empty => true,
-            UpstreamRequestBody::Client { inner, .. } => inner.is_end_stream(),
-        }
+        self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            UpstreamRequestBody::Empty => SizeHint::with_exact(0),
-            UpstreamRequestBody::Client { inner, .. } => inner.size_hint(),
-        }
+        self.inner.size_hint()
     }
 }
 

@@ -5,12 +5,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::Request;
+use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::backend::Backend;
-use crate::body::UpstreamRequestBody;
 use crate::config::ProxySettings;
 
 pub(crate) fn spawn_checks(backend: Arc<Backend>, settings: ProxySettings, app: String) {
@@ -52,16 +53,15 @@ pub async fn probe(addr: SocketAddr, path: &str) -> Result<(), String> {
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake::<_, UpstreamRequestBody>(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
     let conn = tokio::spawn(conn);
     let request = Request::get(path)
         .header(http::header::HOST, addr.to_string())
         .header(http::header::USER_AGENT, "cutover-health-check")
         .header(http::header::CONNECTION, "close")
-        .body(UpstreamRequestBody::Empty)
+        .body(Empty::new())
         .map_err(|e| format!("request: {e}"))?;
     let response = sender
         .send_request(request)
