@@ -36,7 +36,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -48,7 +48,8 @@ use crate::app::AppProxy;
 use crate::body::{ClientBody, ProxyBody};
 use crate::handler::{self, ClientUpgrade, Origin};
 use crate::upstream::{
-    content_length, header_spans, poll_fill_buf, BodyReader, Framing, Source, MAX_HEADERS, MAX_HEAD_BYTES,
+    content_length, has_token, header_map, header_spans, poll_fill_buf, BodyReader, Framing, Source,
+    MAX_HEADERS, MAX_HEAD_BYTES,
 };
 
 /// Longest a client may take to send a request head, counted from the end of the previous
@@ -410,32 +411,13 @@ fn parse_head(buf: &mut BytesMut) -> Parsed {
         return Parsed::Bad(StatusCode::BAD_REQUEST, "invalid request target".to_string());
     };
     // Room for the X-Forwarded-* headers the handler adds, so the map is not grown per request.
-    let mut map = HeaderMap::with_capacity(count + 3);
-    for &(name_start, name_end, value_start, value_end) in &spans[..count] {
-        let (name_start, name_end) = (name_start as usize, name_end as usize);
-        let (value_start, value_end) = (value_start as usize, value_end as usize);
-        let Ok(name) = HeaderName::from_bytes(&bytes[name_start..name_end]) else {
-            return Parsed::Bad(StatusCode::BAD_REQUEST, "invalid header name".to_string());
-        };
-        let Ok(value) = HeaderValue::from_maybe_shared(bytes.slice(value_start..value_end)) else {
-            return Parsed::Bad(
-                StatusCode::BAD_REQUEST,
-                format!("invalid value for header {name}"),
-            );
-        };
-        map.append(name, value);
-    }
-
-    let has_token = |name: HeaderName, token: &str| {
-        map.get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    let map = match header_map(&bytes, &spans[..count], 3, "the client") {
+        Ok(map) => map,
+        Err(reason) => return Parsed::Bad(StatusCode::BAD_REQUEST, reason),
     };
     let mut keep_alive = match version {
-        Version::HTTP_10 => has_token(header::CONNECTION, "keep-alive"),
-        _ => !has_token(header::CONNECTION, "close"),
+        Version::HTTP_10 => has_token(&map, header::CONNECTION, "keep-alive"),
+        _ => !has_token(&map, header::CONNECTION, "close"),
     };
     // RFC 9112 §3.2: exactly one Host in HTTP/1.1; two would let the proxy and the backend
     // disagree on which site was asked for.
@@ -446,8 +428,8 @@ fn parse_head(buf: &mut BytesMut) -> Parsed {
             "an HTTP/1.1 request needs exactly one Host header".to_string(),
         );
     }
-    let upgrade = map.contains_key(header::UPGRADE) && has_token(header::CONNECTION, "upgrade");
-    let expect_continue = has_token(header::EXPECT, "100-continue");
+    let upgrade = handler::is_upgrade_request(&map);
+    let expect_continue = has_token(&map, header::EXPECT, "100-continue");
     let framing = if map.contains_key(header::TRANSFER_ENCODING) {
         let last = map
             .get_all(header::TRANSFER_ENCODING)
@@ -700,6 +682,7 @@ mod http_date {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     /// Parses `text`, given a Host header if it is HTTP/1.1 and has none.
     fn parse(text: &str) -> Parsed {

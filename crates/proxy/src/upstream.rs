@@ -327,6 +327,41 @@ pub(crate) fn header_spans(
     headers.len().min(MAX_HEADERS)
 }
 
+/// The headers `spans` locate in `head`, their values sharing `head`'s buffer, with room for
+/// `room` more. `sender` ("the backend", "the client") is who is blamed in the error.
+pub(crate) fn header_map(
+    head: &Bytes,
+    spans: &[Span],
+    room: usize,
+    sender: &str,
+) -> Result<HeaderMap, String> {
+    let mut headers = HeaderMap::with_capacity(spans.len() + room);
+    for &(name_start, name_end, value_start, value_end) in spans {
+        let name_bytes = &head[name_start as usize..name_end as usize];
+        let name = HeaderName::from_bytes(name_bytes).map_err(|_| {
+            format!(
+                "{sender} sent an invalid header name {:?}",
+                String::from_utf8_lossy(name_bytes)
+            )
+        })?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value_start as usize..value_end as usize))
+            .map_err(|_| format!("{sender} sent an invalid value for header {name}"))?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
+/// Whether the comma-separated header `name` (`Connection`, `Expect`, ...) lists `token`, in
+/// any case.
+pub(crate) fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
 /// The head of a response from its parsed parts: `spans` locate the headers in `bytes`, the
 /// whole head.
 fn head_from(
@@ -344,31 +379,10 @@ fn head_from(
     } else {
         Version::HTTP_11
     };
-    let mut headers = HeaderMap::with_capacity(spans.len());
-    for &(name_start, name_end, value_start, value_end) in spans {
-        let (name_start, name_end) = (name_start as usize, name_end as usize);
-        let (value_start, value_end) = (value_start as usize, value_end as usize);
-        let name_bytes = &bytes[name_start..name_end];
-        let name = HeaderName::from_bytes(name_bytes).map_err(|_| {
-            format!(
-                "the backend sent an invalid header name {:?}",
-                String::from_utf8_lossy(name_bytes)
-            )
-        })?;
-        let value = HeaderValue::from_maybe_shared(bytes.slice(value_start..value_end))
-            .map_err(|_| format!("the backend sent an invalid value for header {name}"))?;
-        headers.append(name, value);
-    }
-    let connection_has = |token: &str| {
-        headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    };
+    let headers = header_map(bytes, spans, 0, "the backend")?;
     let mut keep_alive = match version {
-        Version::HTTP_10 => connection_has("keep-alive"),
-        _ => !connection_has("close"),
+        Version::HTTP_10 => has_token(&headers, header::CONNECTION, "keep-alive"),
+        _ => !has_token(&headers, header::CONNECTION, "close"),
     };
     let chunked = headers
         .get_all(header::TRANSFER_ENCODING)
