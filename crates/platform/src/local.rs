@@ -506,28 +506,16 @@ impl LocalProcessPlatform {
                 .split(|b| *b == 0)
                 .any(|var| tokens.iter().any(|t| var == t.as_bytes()))
         };
-        let mut unsettled: Vec<u32> = Vec::new();
-        if let Ok(entries) = fs::read_dir("/proc") {
-            for entry in entries.flatten() {
-                let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-                    continue;
-                };
-                if recorded.contains(&pid) {
-                    continue;
-                }
-                match read_environ(pid) {
-                    ProcessEnviron::Vars(environ) if carries_token(&environ) => {
-                        tracing::warn!(app, %slot, pid, "stopping an instance started just before a crash and never recorded");
-                        kill_unrecorded(pid);
-                    }
-                    ProcessEnviron::Unsettled => unsettled.push(pid),
-                    ProcessEnviron::Vars(_) | ProcessEnviron::Gone => {}
-                }
-            }
-        }
+        // Every process not recorded is checked; those caught mid-`execve` are checked again.
+        let mut unsettled: Vec<u32> = fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_string_lossy().parse::<u32>().ok())
+            .filter(|pid| !recorded.contains(pid))
+            .collect();
         let deadline = Instant::now() + EXEC_SETTLE_WAIT;
-        while !unsettled.is_empty() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        loop {
             unsettled.retain(|&pid| match read_environ(pid) {
                 ProcessEnviron::Vars(environ) => {
                     if carries_token(&environ) {
@@ -539,6 +527,10 @@ impl LocalProcessPlatform {
                 ProcessEnviron::Unsettled => true,
                 ProcessEnviron::Gone => false,
             });
+            if unsettled.is_empty() || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         if !unsettled.is_empty() {
             tracing::warn!(app, %slot, pids = ?unsettled, "processes whose environment stayed unreadable were not checked for an unrecorded instance's token");
