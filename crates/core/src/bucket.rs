@@ -43,7 +43,16 @@ impl Bucketer {
     }
 
     pub fn bucket(&self, key: &[u8]) -> Bucket {
-        let hash = xxhash_rust::xxh3::xxh3_64_with_seed(key, self.seed);
+        Self::bucket_of(self.hash(key))
+    }
+
+    /// The 64-bit hash of a user key; [`Bucketer::bucket_of`] turns it into the bucket, and the
+    /// proxy also uses it to count distinct users.
+    pub fn hash(&self, key: &[u8]) -> u64 {
+        xxhash_rust::xxh3::xxh3_64_with_seed(key, self.seed)
+    }
+
+    pub fn bucket_of(hash: u64) -> Bucket {
         // The remainder is below 10 000, so the narrowing cannot lose information.
         Bucket((hash % u64::from(BUCKETS)) as u16)
     }

@@ -19,6 +19,7 @@ pub mod rollout;
 pub mod route;
 pub mod sequential;
 pub mod slot;
+pub mod status;
 pub mod time;
 pub mod validate;
 
@@ -27,5 +28,6 @@ pub use policy::{RolloutPolicy, Step};
 pub use release::ReleaseSpec;
 pub use route::{BasisPoints, Pool, RouteTable};
 pub use slot::Slot;
+pub use status::{ClientFault, TRACKED_CODES};
 pub use time::{Clock, ManualClock, Timestamp};
 pub use validate::{FieldError, ValidationErrors};

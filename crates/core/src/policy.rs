@@ -39,6 +39,9 @@ pub struct RolloutPolicy {
     pub failure_limit: u32,
     /// Inconclusive windows in a row tolerated in one step; one more pauses for a person.
     pub inconclusive_limit: u32,
+    /// How long a step may run past its duration while evidence of a regression builds or its
+    /// canary requests are too few to pass it (sequential judge); then it pauses for a person.
+    pub max_step_extension_ms: u64,
     /// After promotion the old slot stays warm this long, with analysis, for an instant rollback.
     pub rollback_window_ms: u64,
     /// Time allowed for a new release to become ready.
@@ -65,6 +68,7 @@ impl Default for RolloutPolicy {
             analysis_interval_ms: 10_000,
             failure_limit: 1,
             inconclusive_limit: 3,
+            max_step_extension_ms: 300_000,
             rollback_window_ms: 600_000,
             readiness_deadline_ms: 60_000,
             judge: JudgeConfig::default(),

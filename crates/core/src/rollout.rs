@@ -106,6 +106,61 @@ pub struct Rollout {
     /// The sequential judge's evidence so far (sequential method only).
     #[serde(default)]
     pub sequential: Option<SequentialState>,
+    /// What users saw of the new release before the decision.
+    #[serde(default)]
+    pub exposure: Exposure,
+}
+
+/// What the new release's canary did to users, for status, history, webhooks and the demo.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Exposure {
+    /// Start of the first analysis window in which the canary served a request (within one
+    /// analysis interval of its first request).
+    pub first_canary_request_at: Option<Timestamp>,
+    /// Requests the canary served during the canary steps.
+    pub canary_requests: u64,
+    /// Of those, the ones answered 5xx, and 4xx that count (see `ignore_status`).
+    pub canary_server_errors: u64,
+    pub canary_client_errors: u64,
+    /// Distinct users the canary served (an estimate; where the source counts users).
+    pub users_exposed: Option<u64>,
+    /// When the rollout was decided: promoted, rolled back, aborted or failed.
+    pub decided_at: Option<Timestamp>,
+}
+
+impl Exposure {
+    /// Time from the canary's first request to the decision, the time users were exposed.
+    pub fn first_canary_request_to_decision_ms(&self) -> Option<u64> {
+        Some(self.decided_at?.millis_since(self.first_canary_request_at?))
+    }
+
+    /// Canary requests that failed (5xx, and 4xx that count).
+    pub fn canary_failed_requests(&self) -> u64 {
+        self.canary_server_errors + self.canary_client_errors
+    }
+
+    fn add_window(&mut self, stats: &WindowStats, window_started_at: Timestamp, ignore: &[u16]) {
+        let c = &stats.canary;
+        if c.requests > 0 && self.first_canary_request_at.is_none() {
+            self.first_canary_request_at = Some(window_started_at);
+        }
+        self.canary_requests += c.requests;
+        self.canary_server_errors += c.errors;
+        self.canary_client_errors += c.counted_client_errors(ignore).unwrap_or(0);
+        if let Some(users) = c.users {
+            self.users_exposed = Some(self.users_exposed.unwrap_or(0).max(users));
+        }
+    }
+
+    /// The exposure as event data.
+    fn data(&self) -> serde_json::Value {
+        serde_json::json!({
+            "first_canary_request_to_decision_ms": self.first_canary_request_to_decision_ms(),
+            "canary_requests": self.canary_requests,
+            "canary_failed_requests": self.canary_failed_requests(),
+            "users_exposed": self.users_exposed,
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -124,6 +179,9 @@ pub enum Phase {
         /// Time spent in passing windows of this step.
         observed_ms: u64,
         inconclusive_in_row: u32,
+        /// Canary requests judged in this step.
+        #[serde(default)]
+        step_requests: u64,
     },
     /// Asking the step gates (alerts, webhooks) before step `step` takes its weight; the traffic
     /// stays as the previous step left it.
@@ -409,15 +467,15 @@ impl Builder {
         let target = r.target;
         let first_bad = r.first_bad_window_at;
         r.phase = phase;
+        r.exposure.decided_at.get_or_insert(now);
+        let mut data = r.exposure.data();
+        data["detection_to_rollback_ms"] = serde_json::json!(first_bad.map(|t| now.millis_since(t)));
         self.state.live = target.other();
         self.state.slot_mut(target).backends.clear();
         self.apply_routes();
         self.actions.push(Action::Stop {
             slot: target,
             drain: true,
-        });
-        let data = serde_json::json!({
-            "detection_to_rollback_ms": first_bad.map(|t| now.millis_since(t)),
         });
         self.event(kind, message, data);
     }
@@ -436,6 +494,7 @@ impl Builder {
             at: now,
             reason: reason.clone(),
         };
+        r.exposure.decided_at.get_or_insert(now);
         self.state.slot_mut(target).backends.clear();
         self.state.slot_mut(target).release = None;
         self.apply_routes();
@@ -502,6 +561,7 @@ impl Builder {
                     window_started_at: now,
                     observed_ms: 0,
                     inconclusive_in_row: 0,
+                    step_requests: 0,
                 };
                 let total = r.policy.steps.len();
                 self.apply_routes();
@@ -552,12 +612,15 @@ impl Builder {
             until,
             window_started_at: now,
         };
+        r.exposure.decided_at.get_or_insert(now);
+        let mut data = r.exposure.data();
+        data["until"] = serde_json::json!(until);
         self.state.live = target;
         self.apply_routes();
         self.event(
             "promoted",
             format!("promoted ({why}): all traffic on {target}; the old slot stays warm for {window_s} s for an instant rollback"),
-            serde_json::json!({ "until": until }),
+            data,
         );
     }
 
@@ -665,6 +728,7 @@ fn start_rollout(b: &mut Builder, release: ReleaseSpec, policy: RolloutPolicy, f
         last_verdict: None,
         sequential: (policy_method == JudgeMethod::Sequential)
             .then(|| SequentialState::new(&sequential_config)),
+        exposure: Exposure::default(),
     });
     *b.state.slot_mut(target) = SlotState {
         release: Some(release.clone()),
@@ -752,26 +816,84 @@ fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> 
                 window_started_at,
                 observed_ms,
                 inconclusive_in_row,
+                step_requests,
             },
         ) => {
             let mut evidence = r.sequential.clone();
+            b.rollout()
+                .exposure
+                .add_window(&stats, *window_started_at, &r.policy.judge.ignore_status);
+            let window_requests = stats.canary.requests;
             let verdict = judge(&r.policy.judge, stats, evidence.as_mut());
             b.rollout().sequential = evidence;
             record_verdict(b, &verdict, *window_started_at);
             let (step, observed_ms, inconclusive_in_row) = (*step, *observed_ms, *inconclusive_in_row);
+            let step_requests = step_requests + window_requests;
+            let canary = |observed_ms, inconclusive_in_row| Phase::Canary {
+                step,
+                window_started_at: now,
+                observed_ms,
+                inconclusive_in_row,
+                step_requests,
+            };
             match verdict.outcome {
                 Outcome::Pass => {
                     let observed = observed_ms + now.millis_since(*window_started_at);
                     let duration = r.policy.steps.get(step).map(|s| s.duration_ms).unwrap_or(0);
-                    if observed >= duration || verdict.complete_step {
-                        b.step_done(step);
+                    let sequential = r.policy.judge.method == JudgeMethod::Sequential;
+                    let min_requests = if sequential {
+                        r.policy.judge.min_step_requests
                     } else {
-                        b.rollout().phase = Phase::Canary {
-                            step,
-                            window_started_at: now,
-                            observed_ms: observed,
-                            inconclusive_in_row: 0,
+                        0
+                    };
+                    let enough = step_requests >= min_requests;
+                    let done = (observed >= duration || verdict.complete_step) && enough && !verdict.hold;
+                    if done {
+                        b.step_done(step);
+                    } else if observed >= duration.saturating_add(r.policy.max_step_extension_ms) {
+                        let why = if verdict.hold {
+                            format!(
+                                "evidence of a regression has held step {} for {} s beyond its {} s ({:.0} % of the way to a rollback)",
+                                step + 1,
+                                (observed - duration) / 1000,
+                                duration / 1000,
+                                verdict.evidence_share * 100.0
+                            )
+                        } else {
+                            format!(
+                                "step {} saw {step_requests} canary requests in {} s, fewer than the {min_requests} needed to pass it",
+                                step + 1,
+                                observed / 1000
+                            )
                         };
+                        let reason = format!("{why}; never promoting blind: resume, promote or roll back");
+                        b.rollout().phase = Phase::Paused {
+                            step,
+                            step_done: false,
+                            reason: reason.clone(),
+                        };
+                        b.event("paused", reason, serde_json::Value::Null);
+                    } else {
+                        if observed >= duration && observed_ms < duration {
+                            let why = if verdict.hold {
+                                format!(
+                                    "evidence of a regression is building ({:.0} % of the way to a rollback)",
+                                    verdict.evidence_share * 100.0
+                                )
+                            } else {
+                                format!("{step_requests} of the {min_requests} canary requests a step needs so far")
+                            };
+                            b.event(
+                                "step_extended",
+                                format!(
+                                    "step {} extended by up to {} s: {why}",
+                                    step + 1,
+                                    r.policy.max_step_extension_ms / 1000
+                                ),
+                                serde_json::json!({ "step": step, "hold": verdict.hold, "step_requests": step_requests }),
+                            );
+                        }
+                        b.rollout().phase = canary(observed, 0);
                     }
                 }
                 Outcome::Fail => {
@@ -779,12 +901,7 @@ fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> 
                         let message = format!("rolled back automatically: {}", verdict.reason);
                         b.roll_back(verdict.reason.clone(), message);
                     } else {
-                        b.rollout().phase = Phase::Canary {
-                            step,
-                            window_started_at: now,
-                            observed_ms,
-                            inconclusive_in_row: 0,
-                        };
+                        b.rollout().phase = canary(observed_ms, 0);
                     }
                 }
                 Outcome::Inconclusive => {
@@ -801,12 +918,7 @@ fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> 
                         };
                         b.event("paused", reason, serde_json::Value::Null);
                     } else {
-                        b.rollout().phase = Phase::Canary {
-                            step,
-                            window_started_at: now,
-                            observed_ms,
-                            inconclusive_in_row: in_row,
-                        };
+                        b.rollout().phase = canary(observed_ms, in_row);
                     }
                 }
             }
@@ -946,6 +1058,7 @@ fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> 
                     step,
                     observed_ms,
                     inconclusive_in_row,
+                    step_requests,
                     ..
                 } => {
                     // Counts since the crash are lost with the process: the window starts afresh.
@@ -954,6 +1067,7 @@ fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> 
                         window_started_at: now,
                         observed_ms: *observed_ms,
                         inconclusive_in_row: *inconclusive_in_row,
+                        step_requests: *step_requests,
                     };
                     b.apply_routes();
                 }
@@ -1050,6 +1164,7 @@ fn on_command(b: &mut Builder, command: Command, r: &Rollout, phase: Phase) -> R
                     window_started_at: now,
                     observed_ms: 0,
                     inconclusive_in_row: 0,
+                    step_requests: 0,
                 };
                 b.apply_routes();
             }

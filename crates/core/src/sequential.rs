@@ -24,9 +24,12 @@
 //! The same construction with `ψ` below a margin tests "the canary is not worse than the margin";
 //! when every stream passes it the step may end early (off by default).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::histogram::{bucket_index, bucket_upper_micros, count_above, quantile_bucket, LATENCY_BUCKETS};
+use crate::status::TRACKED_CODES;
 use crate::validate::FieldError;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,9 +46,25 @@ pub struct SequentialConfig {
     pub latency_quantiles: Vec<f64>,
     /// Smallest relative increase of slow requests worth a rollback.
     pub min_latency_ratio: f64,
-    /// A request counts as slow only this much above the baseline quantile: differences of a few
-    /// milliseconds (a cold cache, a new connection) are not regressions worth a rollback.
+    /// A request counts as slow only above the baseline quantile times `1 +` this: a shift
+    /// worth a rollback scales with the service (20 % of a 10 ms p99 is 2 ms, of a 500 ms one
+    /// 100 ms), so a doubled p99 is caught on a fast service and on a slow one alike.
+    pub min_latency_increase_ratio: f64,
+    /// ... plus this absolute floor, below the resolution that matters (the histogram's own
+    /// resolution is 6.25 %).
     pub min_latency_increase_ms: f64,
+    /// Smallest relative increase of the 4xx odds worth a rollback.
+    pub min_client_error_ratio: f64,
+    /// Smallest absolute increase of the 4xx share worth a rollback (0.002 = 0.2 points).
+    pub min_client_error_increase: f64,
+    /// A 4xx regression needs at least this many distinct canary users with a 4xx, where the
+    /// source counts users: one client failing its own requests over and over is not a
+    /// regression of the release.
+    pub min_client_error_users: u64,
+    /// A step does not end while the evidence of a regression on any stream is at or above
+    /// `bar ^ hold_exponent` (0.5: its square root); it is extended instead, up to the policy's
+    /// `max_step_extension_ms`. 1 turns holding off.
+    pub hold_exponent: f64,
     /// Baseline requests needed before latency thresholds are trusted.
     pub latency_calibration_requests: u64,
     /// End a step early once every stream shows the canary is not worse than `margin_ratio`.
@@ -61,7 +80,12 @@ impl Default for SequentialConfig {
             min_error_increase: 0.001,
             latency_quantiles: vec![0.9, 0.99, 0.999],
             min_latency_ratio: 1.5,
-            min_latency_increase_ms: 10.0,
+            min_latency_increase_ratio: 0.2,
+            min_latency_increase_ms: 0.5,
+            min_client_error_ratio: 1.5,
+            min_client_error_increase: 0.002,
+            min_client_error_users: 3,
+            hold_exponent: 0.5,
             latency_calibration_requests: 200,
             early_step_completion: false,
             margin_ratio: 1.5,
@@ -105,6 +129,30 @@ impl SequentialConfig {
             "must be a finite number, not negative",
         );
         check(
+            "min_latency_increase_ratio",
+            self.min_latency_increase_ratio.is_finite()
+                && (0.0..=10.0).contains(&self.min_latency_increase_ratio),
+            "must be between 0 and 10 (0.2 = 20 % above the baseline's quantile)",
+        );
+        check(
+            "min_client_error_ratio",
+            self.min_client_error_ratio.is_finite()
+                && self.min_client_error_ratio > 1.0
+                && self.min_client_error_ratio < 50.0,
+            "must be above 1 and below 50",
+        );
+        check(
+            "min_client_error_increase",
+            self.min_client_error_increase.is_finite()
+                && (0.0..1.0).contains(&self.min_client_error_increase),
+            "must be between 0 and 1",
+        );
+        check(
+            "hold_exponent",
+            self.hold_exponent.is_finite() && self.hold_exponent > 0.0 && self.hold_exponent <= 1.0,
+            "must be above 0 and at most 1 (1 turns holding off)",
+        );
+        check(
             "margin_ratio",
             self.margin_ratio.is_finite() && self.margin_ratio > 1.0 && self.margin_ratio < 50.0,
             "must be above 1 and below 50",
@@ -120,8 +168,10 @@ impl SequentialConfig {
         errors
     }
 
-    fn streams(&self) -> usize {
-        1 + self.latency_quantiles.len()
+    /// The bar every e-value must reach: `α` split evenly over the streams and the ceiling test.
+    pub fn bar(&self, client_errors: bool) -> f64 {
+        let streams = 1 + usize::from(client_errors) + self.latency_quantiles.len();
+        (streams + 1) as f64 / self.alpha
     }
 }
 
@@ -249,6 +299,11 @@ pub struct SequentialState {
     /// Baseline latency histogram of all windows so far: where the latency thresholds come from.
     #[serde(default)]
     pub baseline_latency: Vec<u64>,
+    /// The 4xx family: all counted 4xx first, then one member per 4xx code counted one by one.
+    /// Its evidence is the average of its members' (an average of test martingales is one), so
+    /// a rise of one code stands out of a noisy background of others. Empty until first used.
+    #[serde(default)]
+    pub client_errors: Vec<StreamState>,
 }
 
 impl SequentialState {
@@ -261,6 +316,7 @@ impl SequentialState {
             streams,
             ceiling: None,
             baseline_latency: vec![0; LATENCY_BUCKETS],
+            client_errors: Vec::new(),
         }
     }
 }
@@ -326,9 +382,9 @@ pub struct CeilingReport {
 
 /// Adds a window to the ceiling evidence of both slots.
 pub fn observe_ceiling(
-    config: &SequentialConfig,
     state: &mut SequentialState,
     ceiling: f64,
+    bar: f64,
     w: &WindowCounts<'_>,
 ) -> Option<CeilingReport> {
     if !(ceiling > 0.0 && ceiling < 0.8) {
@@ -341,7 +397,6 @@ pub fn observe_ceiling(
     c.canary_requests += w.canary_requests;
     c.baseline_events += w.baseline_errors;
     c.baseline_requests += w.baseline_requests;
-    let bar = (config.streams() + 1) as f64 / config.alpha;
     let rate = |e: u64, n: u64| if n == 0 { 0.0 } else { e as f64 / n as f64 };
     let (e_canary, e_baseline) = (CeilingState::e(&c.canary), CeilingState::e(&c.baseline));
     Some(CeilingReport {
@@ -375,6 +430,20 @@ pub struct StreamReport {
     pub bar: f64,
     pub worse: bool,
     pub not_worse: bool,
+    /// For the 4xx family: its codes, most suspicious first, with the rates over the rollout.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub codes: Vec<CodeReport>,
+}
+
+/// One status code of the 4xx family over the rollout so far.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CodeReport {
+    pub code: u16,
+    pub canary_events: u64,
+    pub canary_rate: f64,
+    pub baseline_events: u64,
+    pub baseline_rate: f64,
+    pub e_worse: f64,
 }
 
 /// Wilson score interval at 95 %.
@@ -400,18 +469,42 @@ pub struct WindowCounts<'a> {
     pub baseline_requests: u64,
     pub baseline_errors: u64,
     pub baseline_latency: &'a [u64],
+    /// The 4xx counts, when they are judged and the source counts them.
+    pub client_errors: Option<ClientErrorCounts<'a>>,
+}
+
+/// Responses per status code.
+pub type CodeCounts = BTreeMap<u16, u64>;
+
+/// One window's 4xx: counted ones per slot (ignored codes left out), and per code where known.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientErrorCounts<'a> {
+    pub canary: u64,
+    pub baseline: u64,
+    /// Per tracked code, canary and baseline; `None` when the source cannot tell codes apart.
+    pub codes: Option<(&'a CodeCounts, &'a CodeCounts)>,
+    /// Codes that never count.
+    pub ignore: &'a [u16],
+}
+
+/// The 4xx codes with a member of their own in the family.
+fn client_error_codes(ignore: &[u16]) -> Vec<u16> {
+    TRACKED_CODES
+        .iter()
+        .copied()
+        .filter(|c| (400..500).contains(c) && !ignore.contains(c))
+        .collect()
 }
 
 /// Adds a window to the evidence; returns a report per stream.
 pub fn observe(
     config: &SequentialConfig,
     state: &mut SequentialState,
+    bar: f64,
     w: WindowCounts<'_>,
 ) -> Vec<StreamReport> {
     let worse_grid = |min: f64| grid(min, 50.0);
     let margin_grid = grid(0.2, config.margin_ratio);
-    // One share of alpha per stream, and one for the ceiling test.
-    let bar = (config.streams() + 1) as f64 / config.alpha;
     let mut reports = Vec::new();
 
     // Errors.
@@ -434,15 +527,23 @@ pub fn observe(
         config.min_error_increase,
     ));
 
-    // Latency: thresholds from the baseline's earlier windows only.
+    if let Some(ce) = w.client_errors {
+        reports.push(observe_client_errors(config, state, bar, &w, ce, &margin_grid));
+    }
+
+    // Latency: thresholds from the baseline's earlier windows only, scaled to the service.
     let calibrated: u64 = state.baseline_latency.iter().sum();
     let lat_grid = worse_grid(config.min_latency_ratio);
     for (i, q) in config.latency_quantiles.iter().enumerate() {
-        let increase_us = (config.min_latency_increase_ms * 1000.0) as u64;
+        let floor_us = (config.min_latency_increase_ms * 1000.0) as u64;
+        let scale = 1.0 + config.min_latency_increase_ratio;
         let threshold = (calibrated >= config.latency_calibration_requests)
             .then(|| quantile_bucket(&state.baseline_latency, *q))
             .flatten()
-            .map(|idx| bucket_index(bucket_upper_micros(idx).saturating_sub(1) + increase_us));
+            .map(|idx| {
+                let slow_us = (bucket_upper_micros(idx) as f64 * scale) as u64 + floor_us;
+                bucket_index(slow_us.saturating_sub(1))
+            });
         let s = &mut state.streams[i + 1];
         let (x, y, ms) = match threshold {
             Some(idx) if !w.canary_latency.is_empty() && !w.baseline_latency.is_empty() => {
@@ -475,6 +576,79 @@ pub fn observe(
     reports
 }
 
+/// Adds a window to the 4xx family; reports the family as one stream.
+fn observe_client_errors(
+    config: &SequentialConfig,
+    state: &mut SequentialState,
+    bar: f64,
+    w: &WindowCounts<'_>,
+    ce: ClientErrorCounts<'_>,
+    margin_grid: &[f64],
+) -> StreamReport {
+    let codes = client_error_codes(ce.ignore);
+    if state.client_errors.len() != codes.len() + 1 {
+        state.client_errors = std::iter::once(StreamState::new("4xx"))
+            .chain(codes.iter().map(|c| StreamState::new(&c.to_string())))
+            .collect();
+    }
+    let worse = grid(config.min_client_error_ratio, 50.0);
+    state.client_errors[0].update(
+        ce.canary,
+        w.canary_requests,
+        ce.baseline,
+        w.baseline_requests,
+        &worse,
+        margin_grid,
+    );
+    if let Some((canary, baseline)) = ce.codes {
+        for (member, code) in state.client_errors[1..].iter_mut().zip(&codes) {
+            let x = canary.get(code).copied().unwrap_or(0).min(w.canary_requests);
+            let y = baseline.get(code).copied().unwrap_or(0).min(w.baseline_requests);
+            member.update(x, w.canary_requests, y, w.baseline_requests, &worse, margin_grid);
+        }
+    }
+    let family = &state.client_errors;
+    let members = family.len() as f64;
+    let e_worse = family.iter().map(StreamState::e_worse).sum::<f64>() / members;
+    let rate = |e: u64, n: u64| if n == 0 { 0.0 } else { e as f64 / n as f64 };
+    let mut code_reports: Vec<CodeReport> = family[1..]
+        .iter()
+        .zip(&codes)
+        .filter(|(m, _)| m.canary_events + m.baseline_events > 0)
+        .map(|(m, code)| CodeReport {
+            code: *code,
+            canary_events: m.canary_events,
+            canary_rate: rate(m.canary_events, m.canary_requests),
+            baseline_events: m.baseline_events,
+            baseline_rate: rate(m.baseline_events, m.baseline_requests),
+            e_worse: m.e_worse(),
+        })
+        .collect();
+    code_reports.sort_by(|a, b| b.e_worse.total_cmp(&a.e_worse));
+    // What matters is the biggest rise, of all 4xx or of one code.
+    let agg = &family[0];
+    let rise = code_reports
+        .iter()
+        .map(|c| c.canary_rate - c.baseline_rate)
+        .chain(std::iter::once(
+            rate(agg.canary_events, agg.canary_requests) - rate(agg.baseline_events, agg.baseline_requests),
+        ))
+        .fold(f64::NEG_INFINITY, f64::max);
+    let mut r = report(
+        agg,
+        None,
+        (ce.canary, w.canary_requests),
+        (ce.baseline, w.baseline_requests),
+        bar,
+        0.0,
+    );
+    // Early completion ("not worse") is judged on all 4xx together (`report` did).
+    r.e_worse = e_worse;
+    r.worse = e_worse >= bar && rise >= config.min_client_error_increase;
+    r.codes = code_reports;
+    r
+}
+
 fn report(
     s: &StreamState,
     threshold_ms: Option<f64>,
@@ -503,6 +677,7 @@ fn report(
         // A significant difference smaller than what matters is not a reason to roll back.
         worse: e_worse >= bar && canary_rate - baseline_rate >= min_increase,
         not_worse: e_not_worse >= bar,
+        codes: Vec::new(),
     }
 }
 

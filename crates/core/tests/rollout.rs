@@ -34,6 +34,7 @@ fn healthy(_: u64) -> WindowStats {
         requests,
         errors: 0,
         p99_ms: Some(20.0),
+        ..SlotWindow::default()
     };
     WindowStats {
         canary: w(200),
@@ -51,11 +52,13 @@ fn failing(_: u64) -> WindowStats {
             requests: 200,
             errors: 20,
             p99_ms: Some(20.0),
+            ..SlotWindow::default()
         },
         baseline: Some(SlotWindow {
             requests: 2000,
             errors: 2,
             p99_ms: Some(20.0),
+            ..SlotWindow::default()
         }),
         duration_ms: 10_000,
         latency: None,
@@ -70,6 +73,7 @@ fn quiet(_: u64) -> WindowStats {
             requests: 3,
             errors: 0,
             p99_ms: Some(20.0),
+            ..SlotWindow::default()
         },
         baseline: None,
         duration_ms: 10_000,
@@ -287,7 +291,7 @@ fn the_sequential_judge_rolls_back_at_once_on_strong_evidence() {
         .iter()
         .find(|l| l.starts_with("decision: fail (conclusive)"))
         .expect("a conclusive decision");
-    assert!(decision.contains("errors: canary 10.00 %"), "{decision}");
+    assert!(decision.contains("5xx: canary 10.00 %"), "{decision}");
     assert!(decision.contains("e-value"), "{decision}");
 }
 
@@ -298,6 +302,7 @@ fn early_step_completion_moves_on_once_the_canary_is_shown_not_worse() {
             requests,
             errors,
             p99_ms: Some(20.0),
+            ..SlotWindow::default()
         };
         WindowStats {
             canary: w(5000, 50),
@@ -450,6 +455,7 @@ fn a_regression_in_the_rollback_window_rolls_back() {
             requests: 500,
             errors: 100,
             p99_ms: Some(20.0),
+            ..SlotWindow::default()
         },
         baseline: None,
         duration_ms: 10_000,

@@ -87,6 +87,21 @@ pub struct SlotMeasurement {
     pub requests: Option<f64>,
     /// Of those, the ones that count as errors (by default: 5xx responses).
     pub errors: Option<f64>,
+    /// Of those, the 4xx responses (none of them the client's own fault: see
+    /// [`cutover_core::ClientFault`]). `None` when the source cannot tell; the judge then judges
+    /// 5xx and latency only.
+    #[serde(default)]
+    pub client_errors: Option<f64>,
+    /// Responses of the codes of [`cutover_core::TRACKED_CODES`] by code, when the source tells
+    /// them apart: for naming codes in decisions and ignoring some.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub codes: Option<BTreeMap<u16, f64>>,
+    /// Distinct users the release served so far and, of those, the users who got a 4xx
+    /// (estimates, since the release started, not per window), when the source counts users.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users_with_client_errors: Option<f64>,
     /// 99th percentile latency in milliseconds.
     pub p99_ms: Option<f64>,
     /// Custom metrics by [`CustomMetric::name`].

@@ -15,7 +15,8 @@
 //! misspelt placeholder.
 //!
 //! The defaults read cutover's own metrics (see the proxy's `/metrics`):
-//! [`DEFAULT_REQUESTS_QUERY`], [`DEFAULT_ERRORS_QUERY`], [`DEFAULT_P99_MS_QUERY`].
+//! [`DEFAULT_REQUESTS_QUERY`], [`DEFAULT_ERRORS_QUERY`], [`DEFAULT_CLIENT_ERRORS_QUERY`],
+//! [`DEFAULT_CODES_QUERY`], [`DEFAULT_P99_MS_QUERY`].
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -33,6 +34,11 @@ pub const DEFAULT_REQUESTS_QUERY: &str =
     r#"sum(increase(cutover_requests_total{app="{app}",slot="{slot}",version="{version}"}[{interval}]))"#;
 /// 5xx responses of the slot in the window.
 pub const DEFAULT_ERRORS_QUERY: &str = r#"sum(increase(cutover_requests_total{app="{app}",slot="{slot}",version="{version}",code_class="5xx"}[{interval}]))"#;
+/// 4xx responses of the slot in the window (requests that failed by the client's own fault are
+/// not among them: cutover counts those in `cutover_client_faults_total`).
+pub const DEFAULT_CLIENT_ERRORS_QUERY: &str = r#"sum(increase(cutover_requests_total{app="{app}",slot="{slot}",version="{version}",code_class="4xx"}[{interval}]))"#;
+/// Responses of the common 4xx and 5xx codes in the window, one series per `code` label.
+pub const DEFAULT_CODES_QUERY: &str = r#"sum by (code) (increase(cutover_responses_by_code_total{app="{app}",slot="{slot}",version="{version}"}[{interval}]))"#;
 /// p99 time to response headers in the window, in milliseconds, from cutover's histogram.
 pub const DEFAULT_P99_MS_QUERY: &str = r#"1000 * histogram_quantile(0.99, sum by (le) (increase(cutover_request_duration_seconds_bucket{app="{app}",slot="{slot}",version="{version}"}[{interval}])))"#;
 
@@ -53,6 +59,14 @@ pub struct PrometheusConfig {
     /// Template of the number of failed requests in the window.
     #[serde(default = "default_errors_query")]
     pub errors_query: String,
+    /// Template of the number of 4xx responses in the window, judged against the baseline's own
+    /// share. An empty string turns the 4xx comparison off.
+    #[serde(default = "default_client_errors_query")]
+    pub client_errors_query: Option<String>,
+    /// Template of responses by code in the window: a vector with one series per `code` label.
+    /// Lets decisions name codes and `ignore_status` leave some out. Empty turns it off.
+    #[serde(default = "default_codes_query")]
+    pub codes_query: Option<String>,
     /// Template of the p99 latency in milliseconds. An empty string turns latency off: the
     /// measurement's `p99_ms` is then always `None`.
     #[serde(default = "default_p99_ms_query")]
@@ -77,6 +91,12 @@ fn default_requests_query() -> String {
 fn default_errors_query() -> String {
     DEFAULT_ERRORS_QUERY.to_owned()
 }
+fn default_client_errors_query() -> Option<String> {
+    Some(DEFAULT_CLIENT_ERRORS_QUERY.to_owned())
+}
+fn default_codes_query() -> Option<String> {
+    Some(DEFAULT_CODES_QUERY.to_owned())
+}
 fn default_p99_ms_query() -> Option<String> {
     Some(DEFAULT_P99_MS_QUERY.to_owned())
 }
@@ -97,6 +117,8 @@ impl PrometheusConfig {
             url: url.into(),
             requests_query: default_requests_query(),
             errors_query: default_errors_query(),
+            client_errors_query: default_client_errors_query(),
+            codes_query: default_codes_query(),
             p99_ms_query: default_p99_ms_query(),
             custom: Vec::new(),
             timeout_ms: default_timeout_ms(),
@@ -121,9 +143,13 @@ impl PrometheusConfig {
             ("requests_query".to_owned(), &self.requests_query),
             ("errors_query".to_owned(), &self.errors_query),
         ];
-        if let Some(p99) = &self.p99_ms_query {
-            if !p99.trim().is_empty() {
-                templates.push(("p99_ms_query".to_owned(), p99));
+        for (field, optional) in [
+            ("p99_ms_query", &self.p99_ms_query),
+            ("client_errors_query", &self.client_errors_query),
+            ("codes_query", &self.codes_query),
+        ] {
+            if let Some(template) = optional.as_ref().filter(|t| !t.trim().is_empty()) {
+                templates.push((field.to_owned(), template));
             }
         }
         for (i, m) in self.custom.iter().enumerate() {
@@ -327,7 +353,14 @@ impl MetricSource for PrometheusSource {
     async fn measure(&self, q: &WindowQuery) -> Result<SlotMeasurement, MetricError> {
         let requests = render(&self.config.requests_query, q);
         let errors = render(&self.config.errors_query, q);
-        let p99 = self.config.p99_ms_query.as_deref().map(|t| render(t, q));
+        let optional = |t: &Option<String>| {
+            t.as_deref()
+                .filter(|t| !t.trim().is_empty())
+                .map(|t| render(t, q))
+        };
+        let p99 = optional(&self.config.p99_ms_query);
+        let client_errors = optional(&self.config.client_errors_query);
+        let codes = optional(&self.config.codes_query);
         let custom: Vec<(String, String)> = self
             .config
             .custom
@@ -335,7 +368,7 @@ impl MetricSource for PrometheusSource {
             .map(|m| (m.name.clone(), render(&m.query, q)))
             .collect();
 
-        let (requests, errors, p99_ms, custom) = tokio::join!(
+        let (requests, errors, p99_ms, client_errors, codes, custom) = tokio::join!(
             self.query_value("requests", &requests, q.to),
             self.query_value("errors", &errors, q.to),
             async {
@@ -343,6 +376,25 @@ impl MetricSource for PrometheusSource {
                     Some(query) => self.query_value("p99_ms", query, q.to).await,
                     None => Ok(None),
                 }
+            },
+            async {
+                match &client_errors {
+                    Some(query) => self.query_value("client_errors", query, q.to).await,
+                    None => Ok(None),
+                }
+            },
+            async {
+                let Some(query) = &codes else { return Ok(None) };
+                let samples = self.query_instant("codes", query, q.to).await?;
+                Ok::<_, MetricError>(Some(
+                    samples
+                        .into_iter()
+                        .filter_map(|s| {
+                            let code = s.labels.get("code")?.parse::<u16>().ok()?;
+                            Some((code, s.value.filter(|v| v.is_finite())?))
+                        })
+                        .collect::<BTreeMap<u16, f64>>(),
+                ))
             },
             futures_util::future::join_all(custom.iter().map(|(name, query)| async move {
                 let value = self
@@ -354,6 +406,10 @@ impl MetricSource for PrometheusSource {
         Ok(SlotMeasurement {
             requests: requests?,
             errors: errors?,
+            client_errors: client_errors?,
+            codes: codes?,
+            users: None,
+            users_with_client_errors: None,
             p99_ms: p99_ms?,
             custom: custom.into_iter().collect::<Result<_, _>>()?,
             latency_buckets: None,

@@ -81,6 +81,9 @@ pub(crate) struct UpstreamRequestBody {
     seen: u64,
     limit: u64,
     metrics: Arc<PoolMetrics>,
+    /// The last poll waited for the client (not for the backend to take what was read): a
+    /// timeout now is the client's fault.
+    waiting_on_client: bool,
 }
 
 impl UpstreamRequestBody {
@@ -90,8 +93,38 @@ impl UpstreamRequestBody {
             seen: 0,
             limit,
             metrics,
+            waiting_on_client: false,
         }
     }
+
+    /// Counts the body's bytes for another pool (the request went to the other slot).
+    pub(crate) fn count_for(&mut self, metrics: Arc<PoolMetrics>) {
+        self.metrics = metrics;
+    }
+
+    pub(crate) fn waiting_on_client(&self) -> bool {
+        self.waiting_on_client
+    }
+}
+
+/// Whose failure a client body error is: a framing the proxy could not read is malformed, one
+/// over the limit too large, and anything else (a reset, an early end) an aborted upload.
+pub(crate) fn client_fault_of(e: &(dyn std::error::Error + 'static)) -> cutover_core::ClientFault {
+    use cutover_core::ClientFault;
+    if e.is::<BodyTooLarge>() {
+        return ClientFault::TooLarge;
+    }
+    if let Some(io) = e.downcast_ref::<std::io::Error>() {
+        if io.kind() == std::io::ErrorKind::InvalidData {
+            return ClientFault::Malformed;
+        }
+    }
+    if let Some(h) = e.downcast_ref::<hyper::Error>() {
+        if h.is_parse() {
+            return ClientFault::Malformed;
+        }
+    }
+    ClientFault::Aborted
 }
 
 impl Body for UpstreamRequestBody {
@@ -103,7 +136,9 @@ impl Body for UpstreamRequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let frame = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        this.waiting_on_client = polled.is_pending();
+        let frame = std::task::ready!(polled);
         if let Some(data) = frame
             .as_ref()
             .and_then(|f| f.as_ref().ok())

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cutover_core::{Bucket, Slot};
+use cutover_core::{Bucket, ClientFault, Slot};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use hyper::upgrade::OnUpgrade;
@@ -102,12 +102,14 @@ pub(crate) async fn handle(
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let mut req = req;
-    let (bucket, issued_key) = user_bucket(&app, req.headers());
+    let (user, issued_key) = user_key_hash(&app, req.headers());
+    let bucket = cutover_core::Bucketer::bucket_of(user);
     let forced = match origin.kind {
         ListenerKind::Preview => Some(Forced::PreviewListener),
         ListenerKind::Public => preview_override(&app, req.headers_mut()).map(Forced::PreviewHeader),
     };
-    let mut response = route(&app, req, origin, bucket, forced, started, upgrade).await;
+    let who = Who { bucket, user };
+    let mut response = route(&app, req, origin, who, forced, started, upgrade).await;
     if let Some(key) = issued_key {
         if let Ok(value) = HeaderValue::from_maybe_shared(bucket_cookie(&app, &key, origin.tls)) {
             response.headers_mut().append(header::SET_COOKIE, value);
@@ -129,11 +131,18 @@ pub(crate) async fn handle_hyper(
     Ok(handle(app, req.map(ClientBody::Hyper), origin, upgrade).await)
 }
 
+/// The user a request belongs to: its bucket, and the hash of its key (for counting users).
+#[derive(Debug, Clone, Copy)]
+struct Who {
+    bucket: Bucket,
+    user: u64,
+}
+
 async fn route(
     app: &Arc<AppProxy>,
     req: Request<ClientBody>,
     origin: Origin,
-    bucket: Bucket,
+    who: Who,
     forced: Option<Forced>,
     started: Instant,
     upgrade: Option<ClientUpgrade>,
@@ -142,8 +151,9 @@ async fn route(
     let slot = match forced {
         Some(Forced::PreviewListener) => table.route.canary(),
         Some(Forced::PreviewHeader(slot)) => slot,
-        None => table.route.slot_for(bucket),
+        None => table.route.slot_for(who.bucket),
     };
+    let user = who.user;
     let mut pool = table.pool(slot);
     if forced.is_none() && !pool.backends.iter().any(|b| b.is_available()) {
         // Better a user on the other slot than an error: stickiness bends, availability does not.
@@ -161,11 +171,10 @@ async fn route(
         .flatten()
     {
         if len > limit {
-            return local(
+            return client_fault(
                 app,
-                Some(pool),
-                started,
-                StatusCode::PAYLOAD_TOO_LARGE,
+                pool,
+                ClientFault::TooLarge,
                 &format!("request body of {len} bytes exceeds the limit of {limit} bytes"),
             );
         }
@@ -181,8 +190,27 @@ async fn route(
     let mut upstream_body = UpstreamRequestBody::client(body, limit, Arc::clone(&pool.metrics));
     let mut excluded = 0u64;
     let mut failed_connects = 0u32;
+    let mut failed_over = false;
     loop {
-        let Some((index, backend)) = pick(&pool.backends, excluded) else {
+        let picked = pick(&pool.backends, excluded);
+        let exhausted = picked.is_none() || failed_connects > app.settings.connect_retries;
+        if exhausted && failed_connects > 0 && forced.is_none() && !failed_over {
+            // Nothing of the request reached a backend of this slot (a crashed canary, say): the
+            // other slot serves it rather than the user seeing the machinery fail.
+            let other = table.pool(pool.slot.other());
+            if other.backends.iter().any(|b| b.is_available()) {
+                tracing::warn!(app = %app.name, from = %pool.slot, to = %other.slot,
+                    failed_connects, "no backend of the slot could be connected to; serving the request from the other slot");
+                pool = other;
+                upstream_body.count_for(Arc::clone(&pool.metrics));
+                excluded = 0;
+                failed_connects = 0;
+                failed_over = true;
+                continue;
+            }
+        }
+        let Some((index, backend)) = picked.filter(|_| failed_connects <= app.settings.connect_retries)
+        else {
             let reason = if failed_connects > 0 {
                 format!(
                     "could not connect to any backend of slot {} ({failed_connects} tried)",
@@ -198,14 +226,24 @@ async fn route(
             } else {
                 StatusCode::SERVICE_UNAVAILABLE
             };
-            return local(app, Some(pool), started, status, &reason);
+            return local(app, Some(pool), started, status, &reason, user);
         };
         let in_flight = InFlight::start(Arc::clone(backend), Arc::clone(&pool.metrics));
         let stop = backend.stop_token();
         match exchange(backend, &parts, &mut upstream_body, &app.settings, &stop).await {
             Ok((head, conn)) => {
                 backend.record_connect_success();
-                return respond(app, pool, head, conn, in_flight, stop, client_upgrade, started);
+                return respond(
+                    app,
+                    pool,
+                    head,
+                    conn,
+                    in_flight,
+                    stop,
+                    client_upgrade,
+                    started,
+                    user,
+                );
             }
             Err(ExchangeError::NotSent { cause }) => {
                 let ejected_for = backend.record_connect_failure(
@@ -221,11 +259,18 @@ async fn route(
                 if index < 64 {
                     excluded |= 1 << index;
                 }
-                if failed_connects > app.settings.connect_retries {
-                    return local(app, Some(pool), started, StatusCode::BAD_GATEWAY,
-                        &format!("could not connect to a backend of slot {} after {failed_connects} attempts; last: {cause}", pool.slot));
-                }
                 pool.metrics.retried();
+            }
+            Err(ExchangeError::Timeout) if upstream_body.waiting_on_client() => {
+                return client_fault(
+                    app,
+                    pool,
+                    ClientFault::TooSlow,
+                    &format!(
+                        "the client sent its request body too slowly to finish within {} ms",
+                        app.settings.response_timeout_ms
+                    ),
+                );
             }
             Err(ExchangeError::Timeout) => {
                 let ms = app.settings.response_timeout_ms;
@@ -238,6 +283,7 @@ async fn route(
                         "backend {} of slot {} did not start its response within {ms} ms",
                         backend.addr, pool.slot
                     ),
+                    user,
                 );
             }
             Err(ExchangeError::Cut) => {
@@ -247,16 +293,11 @@ async fn route(
                     started,
                     StatusCode::SERVICE_UNAVAILABLE,
                     &format!("slot {} lost its traffic and its drain timeout passed", pool.slot),
+                    user,
                 );
             }
-            Err(ExchangeError::BodyTooLarge) => {
-                return local(
-                    app,
-                    Some(pool),
-                    started,
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    &format!("request body exceeds the limit of {limit} bytes"),
-                );
+            Err(ExchangeError::Client(fault, reason)) => {
+                return client_fault(app, pool, fault, &reason);
             }
             Err(ExchangeError::Failed(reason)) => {
                 // The request reached the backend; replaying it could run it twice.
@@ -269,6 +310,7 @@ async fn route(
                         "backend {} of slot {} failed after the request was sent (not retried): {reason}",
                         backend.addr, pool.slot,
                     ),
+                    user,
                 );
             }
         }
@@ -285,9 +327,10 @@ fn respond(
     stop: CancellationToken,
     client_upgrade: Option<ClientUpgrade>,
     started: Instant,
+    user: u64,
 ) -> Response<ProxyBody> {
     let status = head.status;
-    pool.metrics.record(status.as_u16(), started.elapsed());
+    pool.metrics.record(status.as_u16(), started.elapsed(), user);
     let mut response = Response::new(ProxyBody::empty());
     *response.status_mut() = status;
     if status == StatusCode::SWITCHING_PROTOCOLS {
@@ -340,7 +383,8 @@ pub(crate) enum ExchangeError {
     },
     Timeout,
     Cut,
-    BodyTooLarge,
+    /// The client's side failed: its fault, not the backend's.
+    Client(ClientFault, String),
     Failed(String),
 }
 
@@ -374,7 +418,7 @@ async fn exchange(
             Err(_) => return Err(ExchangeError::Timeout),
             Ok(Ok(head)) => return Ok((head, conn)),
             Ok(Err(SendError::NotSent(cause))) => last_cause = cause,
-            Ok(Err(SendError::BodyTooLarge)) => return Err(ExchangeError::BodyTooLarge),
+            Ok(Err(SendError::Client(fault, reason))) => return Err(ExchangeError::Client(fault, reason)),
             Ok(Err(SendError::Failed(reason))) => return Err(ExchangeError::Failed(reason)),
         }
     }
@@ -458,26 +502,27 @@ pub(crate) fn is_upgrade_request(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE) && upstream::has_token(headers, header::CONNECTION, "upgrade")
 }
 
-/// The user's bucket, and the key of a bucket cookie to issue when the client carried no key.
-fn user_bucket(app: &AppProxy, headers: &HeaderMap) -> (Bucket, Option<String>) {
+/// The hash of the user's key (its bucket follows from it), and the key of a bucket cookie to
+/// issue when the client carried no key.
+fn user_key_hash(app: &AppProxy, headers: &HeaderMap) -> (u64, Option<String>) {
     if let Some(name) = &app.names.user_key {
         if let Some(v) = headers.get(name) {
             if !v.is_empty() {
-                return (app.bucketer.bucket(v.as_bytes()), None);
+                return (app.bucketer.hash(v.as_bytes()), None);
             }
         }
     }
     let sticky = &app.settings.sticky;
     if let Some(name) = &sticky.user_key_cookie {
         if let Some(v) = cookie(headers, name) {
-            return (app.bucketer.bucket(v.as_bytes()), None);
+            return (app.bucketer.hash(v.as_bytes()), None);
         }
     }
     if let Some(v) = cookie(headers, &sticky.bucket_cookie) {
-        return (app.bucketer.bucket(v.as_bytes()), None);
+        return (app.bucketer.hash(v.as_bytes()), None);
     }
     let key = new_user_key();
-    (app.bucketer.bucket(key.as_bytes()), Some(key))
+    (app.bucketer.hash(key.as_bytes()), Some(key))
 }
 
 /// Value of the first non-empty cookie `name` in the request's `Cookie` headers.
@@ -531,12 +576,32 @@ fn local(
     started: Instant,
     status: StatusCode,
     reason: &str,
+    user: u64,
 ) -> Response<ProxyBody> {
     if let Some(pool) = pool {
-        pool.metrics.record(status.as_u16(), started.elapsed());
+        pool.metrics.record(status.as_u16(), started.elapsed(), user);
     }
     tracing::warn!(app = %app.name, slot = pool.map(|p| p.slot.as_str()).unwrap_or("-"),
         status = status.as_u16(), reason, "proxy answered with an error");
+    error_response(status)
+}
+
+/// The answer to a request that failed by its client's fault: counted as such and in nothing
+/// else, so it never counts against the slot's release.
+fn client_fault(app: &AppProxy, pool: &ActivePool, fault: ClientFault, reason: &str) -> Response<ProxyBody> {
+    pool.metrics.record_client_fault(fault);
+    tracing::info!(app = %app.name, slot = %pool.slot, status = fault.status(), reason,
+        "request failed by the client's fault; not counted against the release");
+    let status = StatusCode::from_u16(fault.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    let mut response = error_response(status);
+    // The request's framing is broken or unfinished: the connection cannot carry another one.
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+fn error_response(status: StatusCode) -> Response<ProxyBody> {
     let body = format!(
         "{} {}\n",
         status.as_u16(),

@@ -7,6 +7,11 @@
 //! Latency goes into the log-linear histogram of [`cutover_core::histogram`] (within 6.25 %, from
 //! 1 µs to about 67 s): fine enough for p50/p95/p99 from 100 µs to 60 s, and the same layout the
 //! judge reads.
+//!
+//! Responses are counted by status class and, for the common failures, by code
+//! ([`TRACKED_CODES`]). Requests that failed by the client's fault ([`ClientFault`]) are counted
+//! apart and in nothing else: not in the classes, the codes or the latency. Distinct users are
+//! estimated from a hash of their key ([`UserSketch`]), overall and among those who got a 4xx.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
@@ -15,6 +20,12 @@ use serde::Serialize;
 
 use cutover_core::histogram::bucket_index;
 pub use cutover_core::histogram::{bucket_upper_micros, LATENCY_BUCKETS};
+use cutover_core::status::{tracked_index, ClientFault, TRACKED_CODES};
+
+/// Number of codes counted one by one.
+pub const TRACKED: usize = TRACKED_CODES.len();
+/// Number of kinds of client fault.
+pub const CLIENT_FAULTS: usize = ClientFault::ALL.len();
 
 /// Status classes counted: 1xx to 5xx.
 pub const STATUS_CLASSES: usize = 5;
@@ -25,6 +36,10 @@ pub struct PoolMetrics {
     /// Unique per object: tells readers whether two snapshots come from the same counters.
     series: u64,
     requests: [AtomicU64; STATUS_CLASSES],
+    codes: [AtomicU64; TRACKED],
+    client_faults: [AtomicU64; CLIENT_FAULTS],
+    users: UserSketch,
+    users_with_client_errors: UserSketch,
     latency: Box<[AtomicU64]>,
     latency_sum_micros: AtomicU64,
     in_flight: AtomicI64,
@@ -40,6 +55,10 @@ impl Default for PoolMetrics {
         PoolMetrics {
             series: NEXT_SERIES.fetch_add(1, Ordering::Relaxed),
             requests: Default::default(),
+            codes: Default::default(),
+            client_faults: Default::default(),
+            users: UserSketch::default(),
+            users_with_client_errors: UserSketch::default(),
             latency: (0..LATENCY_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             latency_sum_micros: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
@@ -58,14 +77,28 @@ impl PoolMetrics {
         self.series
     }
 
-    /// Records a finished request: its status (as the client saw it) and its latency to the end of
-    /// the response body.
-    pub fn record(&self, status: u16, latency: Duration) {
+    /// Records an answered request: its status (as the client saw it), its latency to the
+    /// response head, and the hash of its user's key (see [`cutover_core::Bucketer::hash`]).
+    pub fn record(&self, status: u16, latency: Duration, user: u64) {
         let class = usize::from(status / 100).clamp(1, STATUS_CLASSES) - 1;
         self.requests[class].fetch_add(1, Ordering::Relaxed);
+        if status >= 400 {
+            if let Some(i) = tracked_index(status) {
+                self.codes[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.users.insert(user);
+        if class == 3 {
+            self.users_with_client_errors.insert(user);
+        }
         let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         self.latency[bucket_index(micros)].fetch_add(1, Ordering::Relaxed);
         self.latency_sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// Records a request that failed by its client's fault: counted here and nowhere else.
+    pub fn record_client_fault(&self, fault: ClientFault) {
+        self.client_faults[fault.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn request_started(&self) {
@@ -96,6 +129,10 @@ impl PoolMetrics {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         MetricsSnapshot {
             requests_by_class: std::array::from_fn(|i| load(&self.requests[i])),
+            codes: std::array::from_fn(|i| load(&self.codes[i])),
+            client_faults: std::array::from_fn(|i| load(&self.client_faults[i])),
+            users: self.users.estimate(),
+            users_with_client_errors: self.users_with_client_errors.estimate(),
             latency_buckets: self.latency.iter().map(load).collect(),
             latency_sum_micros: load(&self.latency_sum_micros),
             in_flight: self.in_flight.load(Ordering::Relaxed).max(0) as u64,
@@ -111,8 +148,17 @@ impl PoolMetrics {
 /// a window between two moments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetricsSnapshot {
-    /// Requests by status class: index 0 is 1xx, 4 is 5xx.
+    /// Requests by status class: index 0 is 1xx, 4 is 5xx. Client faults are not among them.
     pub requests_by_class: [u64; STATUS_CLASSES],
+    /// Requests per code of [`TRACKED_CODES`].
+    pub codes: [u64; TRACKED],
+    /// Requests that failed by the client's fault, per [`ClientFault::index`].
+    pub client_faults: [u64; CLIENT_FAULTS],
+    /// Distinct users served since the counters started (an estimate; a gauge: not subtracted
+    /// by `since`).
+    pub users: u64,
+    /// Of those, the users who got at least one 4xx (an estimate; a gauge).
+    pub users_with_client_errors: u64,
     /// Counts per latency bucket; see [`bucket_upper_micros`].
     pub latency_buckets: Vec<u64>,
     pub latency_sum_micros: u64,
@@ -131,6 +177,12 @@ impl MetricsSnapshot {
             requests_by_class: std::array::from_fn(|i| {
                 self.requests_by_class[i].saturating_sub(mark.requests_by_class[i])
             }),
+            codes: std::array::from_fn(|i| self.codes[i].saturating_sub(mark.codes[i])),
+            client_faults: std::array::from_fn(|i| {
+                self.client_faults[i].saturating_sub(mark.client_faults[i])
+            }),
+            users: self.users,
+            users_with_client_errors: self.users_with_client_errors,
             latency_buckets: self
                 .latency_buckets
                 .iter()
@@ -152,6 +204,31 @@ impl MetricsSnapshot {
 
     pub fn server_errors(&self) -> u64 {
         self.requests_by_class[4]
+    }
+
+    /// 4xx answers (of the backend, or of the proxy for reasons that are not the client's).
+    pub fn client_errors(&self) -> u64 {
+        self.requests_by_class[3]
+    }
+
+    /// Counts of the tracked codes that occurred, by code.
+    pub fn code_counts(&self) -> std::collections::BTreeMap<u16, u64> {
+        TRACKED_CODES
+            .iter()
+            .zip(self.codes)
+            .filter(|(_, n)| *n > 0)
+            .map(|(c, n)| (*c, n))
+            .collect()
+    }
+
+    /// Client faults that occurred, by kind.
+    pub fn client_fault_counts(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        ClientFault::ALL
+            .iter()
+            .zip(self.client_faults)
+            .filter(|(_, n)| *n > 0)
+            .map(|(f, n)| (f.as_str(), n))
+            .collect()
     }
 
     /// Share of requests answered 5xx; `None` without requests.
@@ -195,6 +272,11 @@ impl MetricsSnapshot {
             requests: self.total_requests(),
             requests_by_class: self.requests_by_class,
             error_rate: self.error_rate(),
+            client_error_rate: (self.total_requests() > 0)
+                .then(|| self.client_errors() as f64 / self.total_requests() as f64),
+            codes: self.code_counts(),
+            client_faults: self.client_fault_counts(),
+            users: self.users,
             latency_p50_ms: ms(self.latency_quantile(0.50)),
             latency_p95_ms: ms(self.latency_quantile(0.95)),
             latency_p99_ms: ms(self.latency_quantile(0.99)),
@@ -213,7 +295,16 @@ impl MetricsSnapshot {
 pub struct MetricsSummary {
     pub requests: u64,
     pub requests_by_class: [u64; STATUS_CLASSES],
+    /// Share of requests answered 5xx.
     pub error_rate: Option<f64>,
+    /// Share of requests answered 4xx.
+    pub client_error_rate: Option<f64>,
+    /// Tracked 4xx and 5xx codes that occurred.
+    pub codes: std::collections::BTreeMap<u16, u64>,
+    /// Requests that failed by the client's fault, by kind: in no other count.
+    pub client_faults: std::collections::BTreeMap<&'static str, u64>,
+    /// Distinct users served (estimated).
+    pub users: u64,
     pub latency_p50_ms: Option<f64>,
     pub latency_p95_ms: Option<f64>,
     pub latency_p99_ms: Option<f64>,
@@ -223,6 +314,49 @@ pub struct MetricsSummary {
     pub bytes_out: u64,
     pub connect_failures: u64,
     pub retries: u64,
+}
+
+/// Distinct users, estimated by linear counting over 65 536 bits of their keys' hashes: within a
+/// few percent up to tens of thousands of users, for 8 KiB per sketch. A bit already set is only
+/// read, so the common case (a returning user) writes nothing.
+#[derive(Debug)]
+pub struct UserSketch {
+    bits: Box<[AtomicU64]>,
+}
+
+const SKETCH_WORDS: usize = 1024;
+const SKETCH_BITS: f64 = (SKETCH_WORDS * 64) as f64;
+
+impl Default for UserSketch {
+    fn default() -> Self {
+        UserSketch {
+            bits: (0..SKETCH_WORDS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl UserSketch {
+    pub fn insert(&self, hash: u64) {
+        // Bits 40..56 of the hash: independent of the low bits that choose the user's bucket, so
+        // the canary's users spread over the whole sketch.
+        let bit = (hash >> 40) & 0xffff;
+        let (word, mask) = ((bit >> 6) as usize, 1u64 << (bit & 63));
+        if let Some(w) = self.bits.get(word) {
+            if w.load(Ordering::Relaxed) & mask == 0 {
+                w.fetch_or(mask, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn estimate(&self) -> u64 {
+        let zeros: u32 = self
+            .bits
+            .iter()
+            .map(|w| w.load(Ordering::Relaxed).count_zeros())
+            .sum();
+        let zeros = f64::from(zeros.max(1));
+        (SKETCH_BITS * (SKETCH_BITS / zeros).ln()).round() as u64
+    }
 }
 
 /// Bucket bounds, in seconds, of the histogram exported to Prometheus: a coarse, conventional
@@ -240,11 +374,11 @@ mod tests {
     fn quantiles_and_windows() {
         let m = PoolMetrics::default();
         for _ in 0..98 {
-            m.record(200, Duration::from_millis(10));
+            m.record(200, Duration::from_millis(10), 1);
         }
         let mark = m.snapshot();
-        m.record(503, Duration::from_millis(500));
-        m.record(200, Duration::from_millis(1000));
+        m.record(503, Duration::from_millis(500), 2);
+        m.record(200, Duration::from_millis(1000), 3);
         let all = m.snapshot();
         let p50 = all.latency_quantile(0.5).unwrap().as_secs_f64();
         assert!((0.010..0.0107).contains(&p50), "p50 {p50}");
@@ -254,5 +388,46 @@ mod tests {
         assert_eq!(window.total_requests(), 2);
         assert_eq!(window.server_errors(), 1);
         assert_eq!(window.error_rate(), Some(0.5));
+        assert_eq!(window.code_counts().get(&503), Some(&1));
+    }
+
+    #[test]
+    fn client_faults_count_nowhere_else() {
+        let m = PoolMetrics::default();
+        let b = cutover_core::Bucketer::new(0);
+        m.record(401, Duration::from_millis(1), b.hash(b"alice"));
+        m.record(418, Duration::from_millis(1), b.hash(b"bob"));
+        m.record_client_fault(ClientFault::Malformed);
+        m.record_client_fault(ClientFault::Aborted);
+        let s = m.snapshot();
+        assert_eq!(s.total_requests(), 2);
+        assert_eq!(s.client_errors(), 2);
+        assert_eq!(s.server_errors(), 0);
+        assert_eq!(s.code_counts(), [(401, 1)].into_iter().collect());
+        assert_eq!(s.client_fault_counts().get("malformed"), Some(&1));
+        assert_eq!(s.client_fault_counts().get("aborted"), Some(&1));
+        assert_eq!(s.latency_buckets.iter().sum::<u64>(), 2);
+        assert_eq!(s.users, 2);
+        assert_eq!(s.users_with_client_errors, 2);
+    }
+
+    #[test]
+    fn users_are_counted_once_each_within_a_few_percent() {
+        let sketch = UserSketch::default();
+        let b = cutover_core::Bucketer::new(3);
+        for n in [0u64, 1, 100, 5_000, 30_000] {
+            let sketch_n = UserSketch::default();
+            for i in 0..n {
+                let h = b.hash(format!("user-{i}").as_bytes());
+                sketch_n.insert(h);
+                sketch_n.insert(h);
+            }
+            let got = sketch_n.estimate() as f64;
+            assert!(
+                (got - n as f64).abs() <= (n as f64 * 0.03).max(1.0),
+                "{n} users estimated as {got}"
+            );
+        }
+        assert_eq!(sketch.estimate(), 0);
     }
 }

@@ -76,6 +76,24 @@ pub fn render<'a>(apps: impl IntoIterator<Item = &'a AppProxy>) -> String {
             "1 when the backend takes new requests.",
             String::new(),
         ),
+        (
+            "cutover_responses_by_code_total",
+            "counter",
+            "Responses of the common 4xx and 5xx codes, code by code (also in cutover_requests_total).",
+            String::new(),
+        ),
+        (
+            "cutover_client_faults_total",
+            "counter",
+            "Requests that failed by the client's fault (malformed, aborted, too slow, too large); in no other count.",
+            String::new(),
+        ),
+        (
+            "cutover_users",
+            "gauge",
+            "Distinct users the slot's release served, estimated.",
+            String::new(),
+        ),
     ];
     for app in apps {
         let table = app.table();
@@ -147,6 +165,20 @@ pub fn render<'a>(apps: impl IntoIterator<Item = &'a AppProxy>) -> String {
                 pool.slot,
                 f64::from(pool.weight_bp) / 10_000.0
             );
+            for (code, n) in cutover_core::TRACKED_CODES.iter().zip(s.codes) {
+                let _ = writeln!(
+                    families[9].3,
+                    "cutover_responses_by_code_total{{{labels},code=\"{code}\"}} {n}"
+                );
+            }
+            for (fault, n) in cutover_core::ClientFault::ALL.iter().zip(s.client_faults) {
+                let _ = writeln!(
+                    families[10].3,
+                    "cutover_client_faults_total{{{labels},reason=\"{}\"}} {n}",
+                    fault.as_str()
+                );
+            }
+            let _ = writeln!(families[11].3, "cutover_users{{{labels}}} {}", s.users);
             for b in &pool.backends {
                 let _ = writeln!(
                     families[8].3,

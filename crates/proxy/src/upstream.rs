@@ -124,8 +124,8 @@ pub(crate) enum SendError {
     NotSent(String),
     /// The request (or part of it) was written: it must not be replayed.
     Failed(String),
-    /// The client's body was larger than allowed.
-    BodyTooLarge,
+    /// The client's side failed (a malformed or unfinished body, one over the limit): its fault.
+    Client(cutover_core::ClientFault, String),
 }
 
 /// How the response body is delimited.
@@ -219,12 +219,11 @@ async fn send_body(conn: &mut Conn, body: &mut UpstreamRequestBody, chunked: boo
         match frame {
             None => break,
             Some(Err(e)) => {
-                if e.is::<crate::body::BodyTooLarge>() {
-                    return Err(SendError::BodyTooLarge);
-                }
-                return Err(SendError::Failed(format!(
-                    "reading the client's request body: {e}"
-                )));
+                let fault = crate::body::client_fault_of(&*e);
+                return Err(SendError::Client(
+                    fault,
+                    format!("reading the client's request body: {e}"),
+                ));
             }
             Some(Ok(frame)) => {
                 let Ok(data) = frame.into_data() else {

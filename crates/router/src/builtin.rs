@@ -70,6 +70,10 @@ impl Router for BuiltinRouter {
                 series: pool.metrics.series(),
                 requests: snapshot.total_requests(),
                 server_errors: snapshot.server_errors(),
+                client_errors: Some(snapshot.client_errors()),
+                codes: Some(snapshot.code_counts()),
+                users: Some(snapshot.users),
+                users_with_client_errors: Some(snapshot.users_with_client_errors),
                 latency_buckets: Some(snapshot.latency_buckets),
                 in_flight: Some(snapshot.in_flight),
             }

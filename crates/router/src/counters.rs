@@ -122,9 +122,25 @@ impl CounterSource {
             .as_deref()
             .and_then(|b| quantile_bucket(b, 0.99))
             .map(|i| bucket_upper_micros(i) as f64 / 1000.0);
+        let codes = match (&before.codes, &after.codes) {
+            (Some(b), Some(a)) => Some(
+                a.iter()
+                    .map(|(code, n)| (*code, n.saturating_sub(b.get(code).copied().unwrap_or(0)) as f64))
+                    .filter(|(_, n)| *n > 0.0)
+                    .collect(),
+            ),
+            _ => None,
+        };
         Ok(SlotMeasurement {
             requests: Some((after.requests - before.requests) as f64),
             errors: Some(after.server_errors.saturating_sub(before.server_errors) as f64),
+            client_errors: match (before.client_errors, after.client_errors) {
+                (Some(b), Some(a)) => Some(a.saturating_sub(b) as f64),
+                _ => None,
+            },
+            codes,
+            users: after.users.map(|u| u as f64),
+            users_with_client_errors: after.users_with_client_errors.map(|u| u as f64),
             p99_ms,
             custom: Default::default(),
             latency_buckets,

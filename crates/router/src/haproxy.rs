@@ -1156,6 +1156,10 @@ impl Router for HaproxyRouter {
                 version,
                 requests: number("req_tot")?,
                 server_errors: number("hrsp_5xx")?,
+                client_errors: Some(number("hrsp_4xx")?),
+                codes: None,
+                users: None,
+                users_with_client_errors: None,
                 latency_buckets: None,
                 in_flight: Some(number("scur")?),
             };

@@ -74,6 +74,19 @@ pub struct SlotCounters {
     pub requests: u64,
     /// Of those, the 5xx responses.
     pub server_errors: u64,
+    /// Of those, the 4xx responses, when the router tells them apart.
+    #[serde(default)]
+    pub client_errors: Option<u64>,
+    /// Responses of the codes of [`cutover_core::TRACKED_CODES`], code by code, when the router
+    /// tells them apart (codes that never occurred may be missing).
+    #[serde(default)]
+    pub codes: Option<std::collections::BTreeMap<u16, u64>>,
+    /// Distinct users the release served so far, and of those the users who got a 4xx
+    /// (estimates), when the router counts users.
+    #[serde(default)]
+    pub users: Option<u64>,
+    #[serde(default)]
+    pub users_with_client_errors: Option<u64>,
     /// Requests per latency bucket ([`cutover_core::histogram`]) when the router measures
     /// latency per request.
     pub latency_buckets: Option<Vec<u64>>,
@@ -88,6 +101,15 @@ pub struct SlotSummary {
     pub server_errors: u64,
     /// Share of requests answered 5xx; `None` without requests.
     pub error_rate: Option<f64>,
+    /// Share of requests answered 4xx; `None` without requests or when the router cannot tell.
+    #[serde(default)]
+    pub client_error_rate: Option<f64>,
+    /// The common 4xx and 5xx codes that occurred, when the router tells them apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub codes: Option<std::collections::BTreeMap<u16, u64>>,
+    /// Distinct users served (estimated), when the router counts users.
+    #[serde(default)]
+    pub users: Option<u64>,
     pub latency_p50_ms: Option<f64>,
     pub latency_p95_ms: Option<f64>,
     pub latency_p99_ms: Option<f64>,
@@ -106,6 +128,12 @@ impl SlotCounters {
             requests: self.requests,
             server_errors: self.server_errors,
             error_rate: (self.requests > 0).then(|| self.server_errors as f64 / self.requests as f64),
+            client_error_rate: self
+                .client_errors
+                .filter(|_| self.requests > 0)
+                .map(|c| c as f64 / self.requests as f64),
+            codes: self.codes.clone(),
+            users: self.users,
             latency_p50_ms: quantile(0.50),
             latency_p95_ms: quantile(0.95),
             latency_p99_ms: quantile(0.99),

@@ -1283,6 +1283,8 @@ struct SlotCount {
     series: u64,
     requests: u64,
     server_errors: u64,
+    client_errors: u64,
+    codes: std::collections::BTreeMap<u16, u64>,
     latency_buckets: Vec<u64>,
 }
 
@@ -1313,6 +1315,8 @@ impl LogReader {
             series,
             requests: 0,
             server_errors: 0,
+            client_errors: 0,
+            codes: Default::default(),
             latency_buckets: vec![0; LATENCY_BUCKETS],
         };
         LogReader {
@@ -1332,6 +1336,8 @@ impl LogReader {
         self.next_series += 1;
         slot.requests = 0;
         slot.server_errors = 0;
+        slot.client_errors = 0;
+        slot.codes.clear();
         slot.latency_buckets.iter_mut().for_each(|b| *b = 0);
     }
 
@@ -1352,6 +1358,10 @@ impl LogReader {
                 series: s.series,
                 requests: s.requests,
                 server_errors: s.server_errors,
+                client_errors: Some(s.client_errors),
+                codes: Some(s.codes.clone()),
+                users: None,
+                users_with_client_errors: None,
                 latency_buckets: Some(s.latency_buckets.clone()),
                 in_flight: None,
             }
@@ -1421,6 +1431,13 @@ impl LogReader {
                 count.requests += 1;
                 if (500..600).contains(&status) {
                     count.server_errors += 1;
+                }
+                // 499 is nginx's own "the client closed the connection": the client's doing.
+                if (400..500).contains(&status) && status != 499 {
+                    count.client_errors += 1;
+                }
+                if cutover_core::status::tracked_index(status).is_some() {
+                    *count.codes.entry(status).or_default() += 1;
                 }
                 count.latency_buckets[bucket_index(micros)] += 1;
             }

@@ -591,6 +591,12 @@ impl Controller {
             }
         };
         let provisioned = matches!(input, Input::Provisioned { .. });
+        if self.slot_epochs[slot.index()].load(Ordering::SeqCst) != epoch {
+            // A newer provision of the slot (the next rollout's) owns it now; its platform start
+            // replaces what this one left.
+            tracing::info!(app = %self.name, %slot, "provisioning result of an earlier rollout ignored");
+            return;
+        }
         if let Err(e) = self.apply(input).await {
             tracing::info!(app = %self.name, %slot, reason = %e, "provisioning result no longer wanted");
             if provisioned && self.slot_epochs[slot.index()].load(Ordering::SeqCst) == epoch {
@@ -767,11 +773,21 @@ impl Controller {
 /// A slot's counts for the judge; no count means no verdict.
 fn slot_window(m: &SlotMeasurement, who: &str) -> Result<SlotWindow, String> {
     match (m.requests, m.errors) {
-        (Some(requests), Some(errors)) => Ok(SlotWindow {
-            requests: requests.max(0.0).round() as u64,
-            errors: errors.max(0.0).round() as u64,
-            p99_ms: m.p99_ms,
-        }),
+        (Some(requests), Some(errors)) => {
+            let count = |v: f64| v.max(0.0).round() as u64;
+            Ok(SlotWindow {
+                requests: count(requests),
+                errors: count(errors),
+                p99_ms: m.p99_ms,
+                client_errors: m.client_errors.map(count),
+                codes: m
+                    .codes
+                    .as_ref()
+                    .map(|codes| codes.iter().map(|(c, n)| (*c, count(*n))).collect()),
+                users: m.users.map(count),
+                users_with_client_errors: m.users_with_client_errors.map(count),
+            })
+        }
         _ => Err(format!(
             "the metric source returned no data for the {who}'s requests or errors"
         )),

@@ -63,11 +63,30 @@ pub struct Fault {
     pub error_rate: f64,
     /// Factor on the tail's latency for affected requests (2.0 doubles the p99, leaves the median).
     pub tail_factor: f64,
+    /// Factor on every latency of affected requests (2.0 doubles the median and the p99).
+    pub latency_factor: f64,
+    /// Share of affected requests answered with `client_error_code` (a 4xx regression: 0.4 with
+    /// 401 is a release that logs out the users of old sessions).
+    pub client_error_rate: f64,
+    pub client_error_code: u16,
     /// Share of canary requests affected (a share of users, or of endpoints).
     pub affected_share: f64,
 }
 
 impl Fault {
+    /// A fault of errors only.
+    pub fn errors(error_rate: f64, affected_share: f64, shape: Shape) -> Fault {
+        Fault {
+            shape,
+            error_rate,
+            tail_factor: 1.0,
+            latency_factor: 1.0,
+            client_error_rate: 0.0,
+            client_error_code: 401,
+            affected_share,
+        }
+    }
+
     fn strength(&self, secs: f64) -> f64 {
         match self.shape {
             Shape::Step => 1.0,
@@ -97,6 +116,9 @@ pub struct Scenario {
     /// Requests per second over both slots.
     pub total_rate: f64,
     pub error_rate: f64,
+    /// Share of requests both slots answer 404 (a client background the judge must not mistake
+    /// for a regression).
+    pub client_error_rate: f64,
     pub latency: LatencyModel,
     pub fault: Option<Fault>,
     pub noise: Option<SharedNoise>,
@@ -142,18 +164,39 @@ pub fn catalogue() -> Vec<Scenario> {
         description: description.into(),
         total_rate: 200.0,
         error_rate: 0.001,
+        client_error_rate: 0.0,
         latency: LatencyModel::default(),
         fault,
         noise: None,
         policy: bench_policy(),
         limit_secs: 900.0,
     };
-    let errors = |rate: f64, share: f64, shape: Shape| {
+    let errors = |rate: f64, share: f64, shape: Shape| Some(Fault::errors(rate, share, shape));
+    // A fast service: median 6 ms, p99 about 10 ms.
+    let fast = LatencyModel {
+        median_ms: 6.0,
+        sigma: 0.2,
+        tail_share: 0.02,
+        tail_median_ms: 9.0,
+    };
+    // A slow one: median 400 ms, p99 about 900 ms.
+    let slow = LatencyModel {
+        median_ms: 400.0,
+        sigma: 0.25,
+        tail_share: 0.02,
+        tail_median_ms: 800.0,
+    };
+    let slower = |factor: f64| {
         Some(Fault {
-            shape,
-            error_rate: rate,
-            tail_factor: 1.0,
-            affected_share: share,
+            latency_factor: factor,
+            ..Fault::errors(0.001, 1.0, Shape::Step)
+        })
+    };
+    let client_errors = |rate: f64, code: u16| {
+        Some(Fault {
+            client_error_rate: rate,
+            client_error_code: code,
+            ..Fault::errors(0.001, 1.0, Shape::Step)
         })
     };
     vec![
@@ -171,12 +214,42 @@ pub fn catalogue() -> Vec<Scenario> {
             "p99-doubled",
             "the tail twice as slow (p99 doubled), median unchanged",
             Some(Fault {
-                shape: Shape::Step,
-                error_rate: 0.001,
                 tail_factor: 2.0,
-                affected_share: 1.0,
+                ..Fault::errors(0.001, 1.0, Shape::Step)
             }),
         ),
+        Scenario {
+            latency: fast.clone(),
+            ..base(
+                "latency-doubled-fast",
+                "every request twice as slow on a fast service (p99 10 ms to 20 ms)",
+                slower(2.0),
+            )
+        },
+        Scenario {
+            latency: slow.clone(),
+            ..base(
+                "latency-doubled-slow",
+                "every request twice as slow on a slow service (p99 0.9 s to 1.8 s)",
+                slower(2.0),
+            )
+        },
+        Scenario {
+            client_error_rate: 0.02,
+            ..base(
+                "401-sessions-rejected",
+                "40 % of requests answered 401 (old sessions rejected), beside 2 % of 404s on both",
+                client_errors(0.4, 401),
+            )
+        },
+        Scenario {
+            client_error_rate: 0.05,
+            ..base(
+                "403-plus-1pct",
+                "1 % more 403s, beside 5 % of 404s on both",
+                client_errors(0.01, 403),
+            )
+        },
         base(
             "errors-10pct-users",
             "20 % errors for 10 % of users only",
@@ -200,6 +273,30 @@ pub fn catalogue() -> Vec<Scenario> {
             ),
         ),
         base("healthy", "a healthy canary", None),
+        Scenario {
+            latency: fast,
+            ..base(
+                "healthy-fast",
+                "a healthy canary of a fast service (p99 10 ms)",
+                None,
+            )
+        },
+        Scenario {
+            latency: slow,
+            ..base(
+                "healthy-slow",
+                "a healthy canary of a slow service (p99 0.9 s)",
+                None,
+            )
+        },
+        Scenario {
+            client_error_rate: 0.05,
+            ..base(
+                "healthy-4xx-background",
+                "a healthy canary; both slots answer 5 % of requests 404",
+                None,
+            )
+        },
         Scenario {
             noise: Some(SharedNoise {
                 burst_probability: 0.2,
@@ -276,9 +373,11 @@ fn binomial(n: u64, p: f64, rng: &mut ChaCha8Rng) -> u64 {
 }
 
 /// One window of one slot: requests, errors, the latency histogram.
+#[allow(clippy::too_many_arguments)]
 fn window(
     n: u64,
     error_rate: f64,
+    client_error_rate: f64,
     affected: f64,
     fault: Option<&Fault>,
     model: &LatencyModel,
@@ -288,10 +387,25 @@ fn window(
     let n_affected = binomial(n, affected, rng);
     let fault_rate = fault.map(|f| f.error_rate).unwrap_or(error_rate);
     let errors = binomial(n - n_affected, error_rate, rng) + binomial(n_affected, fault_rate, rng);
+    let mut codes = std::collections::BTreeMap::new();
+    let background = binomial(n, client_error_rate, rng);
+    if background > 0 {
+        codes.insert(404u16, background);
+    }
+    if let Some(f) = fault.filter(|f| f.client_error_rate > 0.0) {
+        let extra = binomial(n_affected, f.client_error_rate, rng);
+        *codes.entry(f.client_error_code).or_default() += extra;
+    }
+    let client_errors = codes.values().sum::<u64>().min(n);
     let tail_factor = fault.map(|f| f.tail_factor).unwrap_or(1.0);
+    let latency_factor = fault.map(|f| f.latency_factor).unwrap_or(1.0);
     for i in 0..n {
-        let factor = if i < n_affected { tail_factor } else { 1.0 };
-        let ms = sample_latency(model, factor, rng);
+        let (tail, all) = if i < n_affected {
+            (tail_factor, latency_factor)
+        } else {
+            (1.0, 1.0)
+        };
+        let ms = sample_latency(model, tail, rng) * all;
         histogram[bucket_index((ms * 1000.0) as u64)] += 1;
     }
     let p99_ms = quantile_bucket(&histogram, 0.99).map(|i| bucket_upper_micros(i) as f64 / 1000.0);
@@ -300,6 +414,10 @@ fn window(
             requests: n,
             errors,
             p99_ms,
+            client_errors: Some(client_errors),
+            codes: Some(codes),
+            users: None,
+            users_with_client_errors: None,
         },
         histogram,
     )
@@ -400,9 +518,14 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunResult {
         let affected = fault.map(|f| f.affected_share * strength).unwrap_or(0.0);
         let n_c = poisson(scenario.total_rate * weight * secs, &mut rng);
         let n_b = poisson(scenario.total_rate * (1.0 - weight) * secs, &mut rng);
-        let (canary, canary_hist) = window(n_c, base_rate, affected, fault, &scenario.latency, &mut rng);
-        let (baseline, baseline_hist) = window(n_b, base_rate, 0.0, None, &scenario.latency, &mut rng);
-        result.failed_requests += canary.errors;
+        let c4 = scenario.client_error_rate;
+        let (canary, canary_hist) = window(n_c, base_rate, c4, affected, fault, &scenario.latency, &mut rng);
+        let (baseline, baseline_hist) = window(n_b, base_rate, c4, 0.0, None, &scenario.latency, &mut rng);
+        let fault_4xx = fault
+            .filter(|f| f.client_error_rate > 0.0)
+            .and_then(|f| canary.codes.as_ref()?.get(&f.client_error_code).copied())
+            .unwrap_or(0);
+        result.failed_requests += canary.errors + fault_4xx;
         result.canary_requests += canary.requests;
         result.windows += 1;
         let stats = WindowStats {

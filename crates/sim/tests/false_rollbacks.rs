@@ -5,7 +5,9 @@
 //! a pass is not luck and a failure is a real breach.
 
 use cutover_core::judge::{JudgeConfig, JudgeMethod};
-use cutover_core::sequential::{observe, SequentialConfig, SequentialState, WindowCounts};
+use std::collections::BTreeMap;
+
+use cutover_core::sequential::{observe, ClientErrorCounts, SequentialConfig, SequentialState, WindowCounts};
 use cutover_core::Step;
 use cutover_sim::{bench_policy, catalogue, run_many};
 use rand::{Rng, SeedableRng};
@@ -39,9 +41,17 @@ fn the_e_process_crosses_its_bar_at_most_alpha_of_the_time_under_any_peeking() {
                 let n_b = n - n_c;
                 let x = Binomial::new(n_c, error_rate).unwrap().sample(&mut rng);
                 let y = Binomial::new(n_b, error_rate).unwrap().sample(&mut rng);
+                // The same rate of 4xx on both slots, spread over two codes.
+                let codes = |n: u64, rng: &mut rand_chacha::ChaCha8Rng| -> BTreeMap<u16, u64> {
+                    let k = Binomial::new(n, error_rate).unwrap().sample(rng);
+                    let k401 = Binomial::new(k, 0.3).unwrap().sample(rng);
+                    [(401, k401), (404, k - k401)].into_iter().collect()
+                };
+                let (c_codes, b_codes) = (codes(n_c, &mut rng), codes(n_b, &mut rng));
                 let reports = observe(
                     &config,
                     &mut state,
+                    config.bar(true),
                     WindowCounts {
                         canary_requests: n_c,
                         canary_errors: x,
@@ -49,9 +59,15 @@ fn the_e_process_crosses_its_bar_at_most_alpha_of_the_time_under_any_peeking() {
                         baseline_requests: n_b,
                         baseline_errors: y,
                         baseline_latency: &[],
+                        client_errors: Some(ClientErrorCounts {
+                            canary: c_codes.values().sum(),
+                            baseline: b_codes.values().sum(),
+                            codes: Some((&c_codes, &b_codes)),
+                            ignore: &[],
+                        }),
                     },
                 );
-                if reports[0].e_worse >= reports[0].bar {
+                if reports.iter().any(|r| r.e_worse >= r.bar) {
                     crossed += 1;
                     break;
                 }

@@ -6,6 +6,7 @@
 //! binaries, running the example app, supervising child processes so none outlive the
 //! test, and polling for conditions with a deadline instead of sleeping.
 
+pub mod fakes;
 pub mod haproxy;
 pub mod monitoring;
 pub mod nginx;
