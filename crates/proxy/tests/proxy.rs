@@ -795,3 +795,102 @@ async fn clients_are_served_http1_to_the_letter() {
         "the busy connection was closed after its response"
     );
 }
+
+/// What a client does wrong is its own failure: a malformed chunked body (400), an upload it
+/// abandons (499, logged), an upload too slow to finish (408). None of it counts in the slot's
+/// requests, errors or latency; each counts as a client fault, and the connection is closed.
+#[tokio::test]
+async fn the_clients_own_failures_never_count_against_a_slot() {
+    let v1 = ExampleApp::spawn("v1", &[]);
+    let mut s = settings();
+    s.response_timeout_ms = 500;
+    let proxy = Proxy::start(s, route(&[&v1], &[], 0)).await;
+    let head = |extra: &str| {
+        format!("POST /echo HTTP/1.1\r\nHost: web\r\nX-User-ID: attacker\r\n{extra}\r\n").into_bytes()
+    };
+
+    // An invalid chunk size.
+    let mut c = raw_connection(&proxy).await;
+    let mut bytes = head("Transfer-Encoding: chunked\r\n");
+    bytes.extend_from_slice(b"zz\r\nhello\r\n0\r\n\r\n");
+    send(&mut c, &bytes).await;
+    let (status, headers, _) = read_response(&mut c).await;
+    assert_eq!(status, 400, "{headers:?}");
+    assert!(closed(&mut c).await, "the connection closes after a broken body");
+
+    // An upload abandoned half way.
+    let mut c = raw_connection(&proxy).await;
+    let mut bytes = head("Content-Length: 65536\r\n");
+    bytes.extend_from_slice(&[b'x'; 4096]);
+    send(&mut c, &bytes).await;
+    drop(c);
+
+    // An upload that stalls until the proxy gives up on it.
+    let mut c = raw_connection(&proxy).await;
+    let mut bytes = head("Content-Length: 65536\r\n");
+    bytes.extend_from_slice(&[b'x'; 1024]);
+    send(&mut c, &bytes).await;
+    let (status, _, _) = read_response(&mut c).await;
+    assert_eq!(status, 408);
+
+    let client = http_client();
+    for _ in 0..5 {
+        let r = client.post(proxy.url("/echo")).body("fine").send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let table = proxy.app.table();
+    let pool = table.pool(Slot::Blue);
+    wait_until("the abandoned upload to be counted", Duration::from_secs(10), || async {
+        pool.metrics.snapshot().client_faults.iter().sum::<u64>() >= 3
+    })
+    .await;
+    let s = pool.metrics.snapshot();
+    let faults = s.client_fault_counts();
+    assert_eq!(faults.get("malformed"), Some(&1), "{faults:?}");
+    assert_eq!(faults.get("aborted"), Some(&1), "{faults:?}");
+    assert_eq!(faults.get("too_slow"), Some(&1), "{faults:?}");
+    assert_eq!(s.total_requests(), 5, "only the good requests count: {:?}", s.requests_by_class);
+    assert_eq!((s.server_errors(), s.client_errors()), (0, 0));
+    assert_eq!(s.latency_buckets.iter().sum::<u64>(), 5);
+    let text = cutover_proxy::prometheus::render([&*proxy.app]);
+    assert!(
+        text.contains(r#"cutover_client_faults_total{app="web",slot="blue",version="v1",reason="malformed"} 1"#),
+        "{text}"
+    );
+}
+
+/// A user of a slot whose every backend refuses connections (a canary that just crashed) is
+/// served by the other slot: nothing of the request reached a backend, so nothing is replayed.
+#[tokio::test]
+async fn a_request_no_backend_of_its_slot_can_take_goes_to_the_other_slot() {
+    let live = ExampleApp::spawn("v1", &[]);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut s = settings();
+    s.health_check.enabled = false;
+    let mut table = route(&[&live], &[], 10_000);
+    table.green = Pool {
+        version: "v2".into(),
+        backends: vec![dead],
+    };
+    let proxy = Proxy::start(s, table).await;
+    let client = http_client();
+    for i in 0..20 {
+        let r = client
+            .post(proxy.url("/echo"))
+            .header("X-User-ID", format!("user-{i}"))
+            .body("payload")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "request {i}");
+        assert_eq!(version(&r), "v1");
+    }
+    let table = proxy.app.table();
+    let green = table.pool(Slot::Green).metrics.snapshot();
+    assert!(green.connect_failures >= 1, "the dead canary was tried first");
+    assert_eq!(green.total_requests(), 0, "no answer counted against the canary");
+    assert_eq!(table.pool(Slot::Blue).metrics.snapshot().total_requests(), 20);
+}
