@@ -15,6 +15,20 @@ pub mod exit {
     pub const ROLLED_BACK: u8 = 10;
     pub const ABORTED: u8 = 11;
     pub const FAILED: u8 = 12;
+    /// The rollout waits for a person (a pause step, inconclusive evidence, a step held too
+    /// long, an unconfirmed promotion); it stays where it is in the server.
+    pub const PAUSED: u8 = 13;
+    /// `--timeout` passed before the rollout ended; it goes on in the server.
+    pub const TIMED_OUT: u8 = 14;
+}
+
+/// How `deploy` follows a rollout.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Follow {
+    /// Keep following through pauses (until a person resumes, promotes or rolls back).
+    pub wait: bool,
+    /// Give up following after this long.
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -208,16 +222,17 @@ pub fn exit_for_phase(phase: &str) -> Option<u8> {
     }
 }
 
-/// Deploys and follows the rollout until it is promoted or ends; prints every event as it comes.
-pub async fn deploy(client: &Client, app: &str, body: Value, follow: bool) -> Result<ExitCode> {
+/// Deploys and follows the rollout until it is promoted or ends (or pauses, unless
+/// `follow.wait`); prints every event as it comes. `None`: return once it started.
+pub async fn deploy(client: &Client, app: &str, body: Value, follow: Option<Follow>) -> Result<ExitCode> {
     let last_seq = last_event_seq(client, app).await?;
     let deployed = client.post(&format!("/v1/apps/{app}/deploy"), body).await?;
     let id = deployed["rollout_id"].as_u64().unwrap_or(0);
     println!("rollout #{id} of {app} started");
-    if !follow {
+    let Some(follow) = follow else {
         return Ok(ExitCode::SUCCESS);
-    }
-    follow_rollout(client, app, id, last_seq).await
+    };
+    follow_rollout(client, app, id, last_seq, follow).await
 }
 
 async fn last_event_seq(client: &Client, app: &str) -> Result<u64> {
@@ -239,38 +254,91 @@ async fn last_event_seq(client: &Client, app: &str) -> Result<u64> {
     }
 }
 
-pub async fn follow_rollout(client: &Client, app: &str, id: u64, mut after: u64) -> Result<ExitCode> {
+pub async fn follow_rollout(
+    client: &Client,
+    app: &str,
+    id: u64,
+    mut after: u64,
+    follow: Follow,
+) -> Result<ExitCode> {
     let bar = indicatif::ProgressBar::new_spinner();
     bar.enable_steady_tick(Duration::from_millis(120));
+    let started = std::time::Instant::now();
+    let mut unconfirmed = false;
     loop {
         let status = client.get(&format!("/v1/apps/{app}/status")).await?;
         // Events after the status: a rollout that just ended has its last events in by now.
-        print_events(client, app, id, &mut after, &bar).await?;
+        unconfirmed |= print_events(client, app, id, &mut after, &bar).await?;
         bar.set_message(progress_line(&status));
         let phase = status["rollout"]["phase"]["phase"].as_str().unwrap_or("");
         if status["rollout"]["id"].as_u64() == Some(id) {
             if let Some(code) = exit_for_phase(phase) {
                 bar.finish_and_clear();
                 println!("{}", progress_line(&status));
+                if let Some(exposure) = exposure_line(&status["rollout"]) {
+                    println!("{exposure}");
+                }
                 println!("rollout #{id}: {phase}");
                 return Ok(ExitCode::from(code));
             }
+            let waiting = phase == "paused" || (phase == "awaiting_confirmation" && unconfirmed);
+            if waiting && !follow.wait {
+                bar.finish_and_clear();
+                println!("{}", progress_line(&status));
+                if let Some(reason) = status["rollout"]["phase"]["reason"].as_str() {
+                    println!("reason: {reason}");
+                }
+                println!(
+                    "rollout #{id} waits for a person: `cutover resume {app}`, `cutover promote {app}` or `cutover rollback {app}` (deploy --wait keeps following through pauses)"
+                );
+                return Ok(ExitCode::from(exit::PAUSED));
+            }
+        }
+        if follow.timeout.is_some_and(|t| started.elapsed() >= t) {
+            bar.finish_and_clear();
+            println!("{}", progress_line(&status));
+            println!(
+                "rollout #{id} still in phase {phase} after --timeout; it goes on in the server (cutover status {app})"
+            );
+            return Ok(ExitCode::from(exit::TIMED_OUT));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
+/// What the canary did to users before the decision, in a line; `None` before any canary traffic.
+pub fn exposure_line(rollout: &Value) -> Option<String> {
+    let e = &rollout["exposure"];
+    let requests = e["canary_requests"].as_u64().filter(|n| *n > 0)?;
+    let failed = e["canary_server_errors"].as_u64().unwrap_or(0) + e["canary_client_errors"].as_u64().unwrap_or(0);
+    let decided = match (e["decided_at"].as_u64(), e["first_canary_request_at"].as_u64()) {
+        (Some(d), Some(f)) => format!(", decided {:.1} s after its first request", d.saturating_sub(f) as f64 / 1000.0),
+        _ => String::new(),
+    };
+    let users = e["users_exposed"]
+        .as_u64()
+        .map(|u| format!(" from about {u} users"))
+        .unwrap_or_default();
+    Some(format!(
+        "canary exposure: {requests} requests{users}, {failed} failed ({:.2} %){decided}",
+        failed as f64 * 100.0 / requests as f64
+    ))
+}
+
+/// Prints the rollout's new events; says whether one of them was an unconfirmed promotion.
 async fn print_events(
     client: &Client,
     app: &str,
     id: u64,
     after: &mut u64,
     bar: &indicatif::ProgressBar,
-) -> Result<()> {
+) -> Result<bool> {
     let events = client
         .get(&format!("/v1/apps/{app}/events?after={after}&rollout={id}"))
         .await?;
+    let mut unconfirmed = false;
     for e in events.as_array().into_iter().flatten() {
+        unconfirmed |= e["kind"] == "confirmation_timed_out";
         *after = (*after).max(e["seq"].as_u64().unwrap_or(*after));
         let line = format!(
             "  {:<12} {}",
@@ -284,7 +352,7 @@ async fn print_events(
             bar.println(line);
         }
     }
-    Ok(())
+    Ok(unconfirmed)
 }
 
 pub async fn status(client: &Client, app: &str, json: bool, watch: bool) -> Result<ExitCode> {
@@ -328,6 +396,9 @@ fn print_status(status: &Value) {
     if let Some(reason) = status["rollout"]["phase"]["reason"].as_str() {
         println!("reason: {reason}");
     }
+    if let Some(exposure) = exposure_line(&status["rollout"]) {
+        println!("{exposure}");
+    }
     let decisions = status["recent_decisions"].as_array().cloned().unwrap_or_default();
     if !decisions.is_empty() {
         println!("latest decisions:");
@@ -354,14 +425,26 @@ pub async fn history(client: &Client, app: &str, json: bool) -> Result<ExitCode>
     let Some(list) = rollouts.as_array() else {
         bail!("unexpected answer from the server: {rollouts}")
     };
-    println!("{:>4} {:<12} {:<12} {:<12} reason", "id", "from", "to", "phase");
+    println!(
+        "{:>4} {:<12} {:<12} {:<12} {:>10} {:>9} {:>7} reason",
+        "id", "from", "to", "phase", "decided in", "canary rq", "failed"
+    );
     for r in list {
+        let e = &r["exposure"];
+        let decided = match (e["decided_at"].as_u64(), e["first_canary_request_at"].as_u64()) {
+            (Some(d), Some(f)) => format!("{:.1} s", d.saturating_sub(f) as f64 / 1000.0),
+            _ => "-".into(),
+        };
+        let failed = e["canary_server_errors"].as_u64().unwrap_or(0) + e["canary_client_errors"].as_u64().unwrap_or(0);
         println!(
-            "{:>4} {:<12} {:<12} {:<12} {}",
+            "{:>4} {:<12} {:<12} {:<12} {:>10} {:>9} {:>7} {}",
             r["id"],
             r["previous_version"].as_str().unwrap_or("-"),
             r["release"]["version"].as_str().unwrap_or("?"),
             r["phase"]["phase"].as_str().unwrap_or("?"),
+            decided,
+            e["canary_requests"].as_u64().unwrap_or(0),
+            failed,
             r["phase"]["reason"].as_str().unwrap_or("")
         );
     }

@@ -324,8 +324,8 @@ async fn print_report(
     stats: &Mutex<LoadStats>,
 ) -> Result<()> {
     println!(
-        "\n{:<4} {:<10} {:<12} {:<12} {:>6} {:>5} {:>5} {:>13}  reason",
-        "#", "version", "expected", "outcome", "passed", "fail", "inc.", "to rollback"
+        "\n{:<4} {:<10} {:<12} {:<12} {:>6} {:>5} {:>5} {:>10} {:>9} {:>6} {:>7}  reason",
+        "#", "version", "expected", "outcome", "passed", "fail", "inc.", "decided in", "canary rq", "users", "failed"
     );
     for (r, expected) in outcomes {
         let events = controller
@@ -337,15 +337,16 @@ async fn print_report(
                 .filter(|e| e.event.kind == "decision" && e.event.message.starts_with(prefix))
                 .count()
         };
-        let to_rollback = events
-            .iter()
-            .find_map(|e| {
-                e.event
-                    .data
-                    .get("detection_to_rollback_ms")
-                    .and_then(|v| v.as_u64())
-            })
+        // From the canary's first request to the decision: how long users were exposed.
+        let decided_in = r
+            .exposure
+            .first_canary_request_to_decision_ms()
             .map(|ms| format!("{:.1} s", ms as f64 / 1000.0))
+            .unwrap_or_else(|| "-".into());
+        let users = r
+            .exposure
+            .users_exposed
+            .map(|u| u.to_string())
             .unwrap_or_else(|| "-".into());
         let reason = match &r.phase {
             Phase::RolledBack { reason, .. }
@@ -360,7 +361,7 @@ async fn print_report(
             reason.push('…');
         }
         println!(
-            "{:<4} {:<10} {:<12} {:<12} {:>6} {:>5} {:>5} {:>13}  {}",
+            "{:<4} {:<10} {:<12} {:<12} {:>6} {:>5} {:>5} {:>10} {:>9} {:>6} {:>7}  {}",
             r.id,
             r.release.version,
             expected,
@@ -368,7 +369,10 @@ async fn print_report(
             count("pass"),
             count("fail"),
             count("inconclusive"),
-            to_rollback,
+            decided_in,
+            r.exposure.canary_requests,
+            users,
+            r.exposure.canary_failed_requests(),
             reason
         );
     }

@@ -18,6 +18,7 @@ use cutover_server::{Config, TokenSource};
     version,
     about = "Zero-downtime releases: blue-green, sticky canaries, instant rollback",
     after_help = "Exit codes of deploy: 0 promoted, 10 rolled back, 11 aborted, 12 failed before any traffic, \
+                  13 paused waiting for a person (without --wait), 14 --timeout passed (the rollout goes on), \
                   3 refused by the server (another rollout running, deploy freeze, invalid request), 1 other errors."
 )]
 struct Cli {
@@ -57,8 +58,14 @@ enum Command {
         #[arg(long)]
         force: bool,
         /// Return once the rollout has started instead of following it.
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["wait", "timeout"])]
         no_follow: bool,
+        /// Keep following while the rollout waits for a person, instead of exiting with 13.
+        #[arg(long)]
+        wait: bool,
+        /// Stop following after SECS seconds and exit with 14; the rollout goes on.
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
     },
     /// Phase, weights, per-slot metrics and the latest decisions of APP.
     Status {
@@ -191,6 +198,8 @@ async fn run(command: Command, connection: client::Connection) -> Result<ExitCod
             instances,
             force,
             no_follow,
+            wait,
+            timeout,
         } => {
             let body = serde_json::json!({
                 "version": version,
@@ -199,7 +208,11 @@ async fn run(command: Command, connection: client::Connection) -> Result<ExitCod
                 "instances": instances,
                 "force": force,
             });
-            client::deploy(&api()?, &app, body, !no_follow).await
+            let follow = (!no_follow).then_some(client::Follow {
+                wait,
+                timeout: timeout.map(std::time::Duration::from_secs),
+            });
+            client::deploy(&api()?, &app, body, follow).await
         }
         Command::Status { app, watch, output } => {
             client::status(&api()?, &app, output == Output::Json, watch).await
