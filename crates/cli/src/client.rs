@@ -310,9 +310,13 @@ pub async fn follow_rollout(
 pub fn exposure_line(rollout: &Value) -> Option<String> {
     let e = &rollout["exposure"];
     let requests = e["canary_requests"].as_u64().filter(|n| *n > 0)?;
-    let failed = e["canary_server_errors"].as_u64().unwrap_or(0) + e["canary_client_errors"].as_u64().unwrap_or(0);
+    let failed =
+        e["canary_server_errors"].as_u64().unwrap_or(0) + e["canary_client_errors"].as_u64().unwrap_or(0);
     let decided = match (e["decided_at"].as_u64(), e["first_canary_request_at"].as_u64()) {
-        (Some(d), Some(f)) => format!(", decided {:.1} s after its first request", d.saturating_sub(f) as f64 / 1000.0),
+        (Some(d), Some(f)) => format!(
+            ", decided {:.1} s after its first request",
+            d.saturating_sub(f) as f64 / 1000.0
+        ),
         _ => String::new(),
     };
     let users = e["users_exposed"]
@@ -435,7 +439,8 @@ pub async fn history(client: &Client, app: &str, json: bool) -> Result<ExitCode>
             (Some(d), Some(f)) => format!("{:.1} s", d.saturating_sub(f) as f64 / 1000.0),
             _ => "-".into(),
         };
-        let failed = e["canary_server_errors"].as_u64().unwrap_or(0) + e["canary_client_errors"].as_u64().unwrap_or(0);
+        let failed =
+            e["canary_server_errors"].as_u64().unwrap_or(0) + e["canary_client_errors"].as_u64().unwrap_or(0);
         println!(
             "{:>4} {:<12} {:<12} {:<12} {:>10} {:>9} {:>7} {}",
             r["id"],

@@ -325,7 +325,17 @@ async fn print_report(
 ) -> Result<()> {
     println!(
         "\n{:<4} {:<10} {:<12} {:<12} {:>6} {:>5} {:>5} {:>10} {:>9} {:>6} {:>7}  reason",
-        "#", "version", "expected", "outcome", "passed", "fail", "inc.", "decided in", "canary rq", "users", "failed"
+        "#",
+        "version",
+        "expected",
+        "outcome",
+        "passed",
+        "fail",
+        "inc.",
+        "decided in",
+        "canary rq",
+        "users",
+        "failed"
     );
     for (r, expected) in outcomes {
         let events = controller

@@ -419,6 +419,101 @@ async fn one_rollout_at_a_time_and_freeze_windows_need_force() {
     assert_eq!(cluster.phase().await, "aborted");
 }
 
+/// A CI job must not hang on a rollout that waits for a person: `deploy` exits 13 at a pause
+/// (the rollout stays paused in the server), `--wait` follows on through it (here until
+/// `--timeout` gives up with 14 while the rollout goes on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_exits_13_when_the_rollout_waits_for_a_person_and_14_after_its_timeout() {
+    let cluster = Cluster::new(Setup {
+        steps: r#"[{ weight_bp = 2500, duration_ms = 600, pause = true }, { weight_bp = 5000, duration_ms = 60000 }, { weight_bp = 10000 }]"#,
+        ..Setup::default()
+    });
+    let (code, out) = cluster.deploy("v1", "");
+    assert_eq!(code, 0, "first release: {out}");
+    let load = Load::start(&cluster.public);
+    let (code, out) = cluster.deploy("v2", "");
+    assert_eq!(code, 13, "paused for a person: {out}");
+    assert!(
+        out.contains("waits for a person") && out.contains("cutover resume web"),
+        "{out}"
+    );
+    assert_eq!(cluster.phase().await, "paused", "the rollout stays where it was");
+    let (code, out) = cluster.cli(&["resume", "web"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = cluster.cli(&["abort", "web"]);
+    assert_eq!(code, 0, "{out}");
+
+    let started = std::time::Instant::now();
+    let (code, out) = cluster.cli(&["deploy", "web", "v3", "--wait", "--timeout", "2"]);
+    assert_eq!(code, 14, "{out}");
+    assert!(out.contains("goes on in the server"), "{out}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_ne!(cluster.phase().await, "aborted", "v3's rollout goes on");
+    let (code, out) = cluster.cli(&["abort", "web"]);
+    assert_eq!(code, 0, "{out}");
+    let (_, failed) = load.finish().await;
+    assert_eq!(failed, 0);
+    let (code, out) = cluster.cli(&["deploy", "web", "v4", "--no-follow", "--wait"]);
+    assert_eq!(code, 2, "--no-follow and --wait contradict each other: {out}");
+}
+
+/// The incident the product exists for: v2 rejects the sessions v1 issued, so every logged-in
+/// user it serves gets a 401 (no 5xx at all). The judge sees the 4xx rise against the baseline's
+/// own share, rolls back, and names the code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_that_logs_users_out_is_rolled_back_on_its_401s() {
+    let cluster = Cluster::new(Setup::default());
+    let (code, out) = cluster.deploy("v1", "");
+    assert_eq!(code, 0, "first release: {out}");
+    let client = http_client();
+    let mut users = Vec::new();
+    for i in 0..200 {
+        let user = format!("user-{i}");
+        let r = client
+            .post(format!("{}/login", cluster.public))
+            .header("X-User-ID", &user)
+            .json(&serde_json::json!({ "user": user }))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "login of {user}: {}", r.status());
+        let cookie = r.headers()["set-cookie"].to_str().unwrap();
+        users.push((user, cookie.split(';').next().unwrap().to_string()));
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, public, client) = (Arc::clone(&stop), cluster.public.clone(), client.clone());
+        tokio::spawn(async move {
+            let limit = std::time::Instant::now() + Duration::from_secs(60);
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < limit {
+                let (user, cookie) = &users[i % users.len()];
+                let _ = client
+                    .get(format!("{public}/api/me"))
+                    .header("X-User-ID", user)
+                    .header("Cookie", cookie)
+                    .send()
+                    .await;
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let (code, out) = cluster.deploy("v2", "--reject-old-sessions");
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    assert_eq!(code, 10, "rolled back: {out}");
+    assert!(
+        out.contains("4xx: canary") && out.contains("401: canary"),
+        "{out}"
+    );
+    let status = cluster.status().await;
+    let exposure = &status["rollout"]["exposure"];
+    assert!(exposure["canary_requests"].as_u64().unwrap() > 0, "{status}");
+    assert!(exposure["canary_client_errors"].as_u64().unwrap() > 0, "{status}");
+    assert!(exposure["decided_at"].as_u64().is_some(), "{status}");
+}
+
 /// `kill -9` of the server in each phase, then a restart: the rollout resumes where it was or
 /// rolls back; the routes follow the persisted state; no instance is orphaned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

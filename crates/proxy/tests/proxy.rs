@@ -840,21 +840,30 @@ async fn the_clients_own_failures_never_count_against_a_slot() {
     }
     let table = proxy.app.table();
     let pool = table.pool(Slot::Blue);
-    wait_until("the abandoned upload to be counted", Duration::from_secs(10), || async {
-        pool.metrics.snapshot().client_faults.iter().sum::<u64>() >= 3
-    })
+    wait_until(
+        "the abandoned upload to be counted",
+        Duration::from_secs(10),
+        || async { pool.metrics.snapshot().client_faults.iter().sum::<u64>() >= 3 },
+    )
     .await;
     let s = pool.metrics.snapshot();
     let faults = s.client_fault_counts();
     assert_eq!(faults.get("malformed"), Some(&1), "{faults:?}");
     assert_eq!(faults.get("aborted"), Some(&1), "{faults:?}");
     assert_eq!(faults.get("too_slow"), Some(&1), "{faults:?}");
-    assert_eq!(s.total_requests(), 5, "only the good requests count: {:?}", s.requests_by_class);
+    assert_eq!(
+        s.total_requests(),
+        5,
+        "only the good requests count: {:?}",
+        s.requests_by_class
+    );
     assert_eq!((s.server_errors(), s.client_errors()), (0, 0));
     assert_eq!(s.latency_buckets.iter().sum::<u64>(), 5);
     let text = cutover_proxy::prometheus::render([&*proxy.app]);
     assert!(
-        text.contains(r#"cutover_client_faults_total{app="web",slot="blue",version="v1",reason="malformed"} 1"#),
+        text.contains(
+            r#"cutover_client_faults_total{app="web",slot="blue",version="v1",reason="malformed"} 1"#
+        ),
         "{text}"
     );
 }
