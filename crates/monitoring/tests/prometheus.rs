@@ -35,6 +35,8 @@ const BOUNDS: [f64; 5] = [0.05, 0.1, 0.25, 0.5, 1.0];
 struct SlotCounters {
     ok: u64,
     errors: u64,
+    /// 4xx responses by code.
+    codes: BTreeMap<u16, u64>,
     /// Observations per bucket (not cumulative); the last one is `+Inf`.
     buckets: [u64; BOUNDS.len() + 1],
     sum_secs: f64,
@@ -63,6 +65,15 @@ impl Exporter {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         Exporter { addr, slots }
+    }
+
+    /// Adds 4xx responses by code.
+    fn record_codes(&self, slot: &str, version: &str, codes: &[(u16, u64)]) {
+        let mut slots = self.slots.lock().unwrap();
+        let c = slots.entry((slot.to_owned(), version.to_owned())).or_default();
+        for (code, n) in codes {
+            *c.codes.entry(*code).or_default() += n;
+        }
     }
 
     /// Adds `ok` 2xx and `errors` 5xx responses, and `latencies` as (seconds, count).
@@ -95,6 +106,25 @@ fn render(slots: &BTreeMap<(String, String), SlotCounters>) -> String {
             c.errors
         )
         .unwrap();
+        let total: u64 = c.codes.values().sum();
+        writeln!(
+            out,
+            r#"cutover_requests_total{{{labels},code_class="4xx"}} {total}"#
+        )
+        .unwrap();
+    }
+    out.push_str("# TYPE cutover_responses_by_code_total counter\n");
+    for ((slot, version), c) in slots {
+        let labels = format!(r#"app="web",slot="{slot}",version="{version}""#);
+        // Like cutover, every counted code always has its series (here two of them).
+        for code in [401u16, 404] {
+            let n = c.codes.get(&code).copied().unwrap_or(0);
+            writeln!(
+                out,
+                r#"cutover_responses_by_code_total{{{labels},code="{code}"}} {n}"#
+            )
+            .unwrap();
+        }
     }
     out.push_str("# TYPE cutover_request_duration_seconds histogram\n");
     for ((slot, version), c) in slots {
@@ -153,7 +183,7 @@ async fn setup(
         exporter.record(slot, version, 0, 0, &[]);
     }
     let prometheus = Prometheus::start(&[("cutover", exporter.addr, "/metrics")], SCRAPE_INTERVAL).await;
-    let want = (series.len() * 2) as f64;
+    let want = (series.len() * 3) as f64;
     prometheus
         .wait_for(
             "count(cutover_requests_total)",
@@ -240,11 +270,44 @@ async fn measures_requests_errors_latency_and_custom_metrics_per_slot() {
         .iter()
         .map(|s| (s.labels["code_class"].as_str(), s.points.last().unwrap().1))
         .collect();
-    assert_eq!(last, BTreeMap::from([("2xx", Some(95.0)), ("5xx", Some(5.0))]));
+    assert_eq!(
+        last,
+        BTreeMap::from([("2xx", Some(95.0)), ("4xx", Some(0.0)), ("5xx", Some(5.0))])
+    );
     assert_eq!(series[0].points.last().unwrap().0, at);
     // Points from the first scrape (still zero) on: at least two, one scrape interval apart.
     assert!(series[0].points.len() > 1, "{series:?}");
     assert_eq!(series[0].points[0].1, Some(0.0), "{series:?}");
+}
+
+/// The 4xx the judge compares with the baseline's, and the codes behind them, from cutover's own
+/// exported series.
+#[tokio::test]
+async fn measures_4xx_and_their_codes_per_slot() {
+    let (exporter, prometheus, source) = setup(&[("green", "v2"), ("blue", "v1")], |_| {}).await;
+    exporter.record("green", "v2", 90, 0, &[(0.03, 100)]);
+    exporter.record_codes("green", "v2", &[(401, 7), (404, 3)]);
+    exporter.record("blue", "v1", 200, 0, &[(0.03, 200)]);
+    let at = scraped(&prometheus, 300.0).await;
+    let green = source.measure(&window(Slot::Green, "v2", at)).await.unwrap();
+    assert_close(green.requests, 100.0, "green requests");
+    assert_close(green.client_errors, 10.0, "green 4xx");
+    let codes = green.codes.clone().unwrap();
+    assert_close(codes.get(&401).copied(), 7.0, "green 401s");
+    assert_close(codes.get(&404).copied(), 3.0, "green 404s");
+    let blue = source.measure(&window(Slot::Blue, "v1", at)).await.unwrap();
+    assert_close(blue.client_errors, 0.0, "blue 4xx");
+    assert_close(blue.codes.unwrap().get(&401).copied(), 0.0, "blue 401s");
+
+    // Turned off, they are not asked.
+    let quiet = PrometheusSource::new(PrometheusConfig {
+        client_errors_query: Some(String::new()),
+        codes_query: None,
+        ..PrometheusConfig::new(&prometheus.url)
+    })
+    .unwrap();
+    let m = quiet.measure(&window(Slot::Green, "v2", at)).await.unwrap();
+    assert_eq!((m.client_errors, m.codes), (None, None));
 }
 
 #[tokio::test]
@@ -274,7 +337,7 @@ async fn no_data_is_none_and_queries_must_aggregate_to_one_series() {
     let err = source.query_value("requests", query, at).await.unwrap_err();
     match &err {
         MetricError::NotOneSeries { series, example, .. } => {
-            assert_eq!(*series, 2);
+            assert_eq!(*series, 3);
             assert!(example.contains("code_class"), "{example}");
         }
         other => panic!("expected NotOneSeries, got {other:?}"),
