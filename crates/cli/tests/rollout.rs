@@ -766,6 +766,22 @@ async fn webhooks_hear_every_event_and_confirm_the_promotion() {
         );
     }
     assert!(receiver.types("confirm").iter().all(|t| t == "confirm_promotion"));
+    // The outcome's hook hears what users saw before the decision.
+    let seen = receiver.seen.lock().unwrap().clone();
+    let post = seen
+        .iter()
+        .rev()
+        .find(|(h, j)| h == "audit" && j["type"] == "post_rollout" && j["version"] == "v2")
+        .map(|(_, j)| j.clone())
+        .expect("post_rollout of v2");
+    assert!(
+        post["data"]["exposure"]["canary_requests"].as_u64().unwrap() > 0,
+        "{post}"
+    );
+    assert!(
+        post["data"]["first_canary_request_to_decision_ms"].is_u64(),
+        "{post}"
+    );
     load.finish().await;
 }
 

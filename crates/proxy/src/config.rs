@@ -110,6 +110,11 @@ pub struct ProxySettings {
     pub drain_timeout_ms: u64,
     /// Largest request body accepted, in bytes; larger requests get 413.
     pub max_request_body_bytes: u64,
+    /// A safe request (GET, HEAD, OPTIONS without a body) that the canary answered with a 4xx or
+    /// 5xx is sent once more to the live slot, and the user gets the live slot's answer. The
+    /// canary's answer still counts against it, so the judge sees every failure while users
+    /// barely do: the blast radius of a bad release shrinks to its unsafe requests.
+    pub retry_canary_failures: bool,
 }
 
 impl Default for ProxySettings {
@@ -127,6 +132,7 @@ impl Default for ProxySettings {
             eject_max_ms: 30_000,
             drain_timeout_ms: 30_000,
             max_request_body_bytes: 10 * 1024 * 1024,
+            retry_canary_failures: true,
         }
     }
 }

@@ -201,6 +201,7 @@ async fn route(
             if other.backends.iter().any(|b| b.is_available()) {
                 tracing::warn!(app = %app.name, from = %pool.slot, to = %other.slot,
                     failed_connects, "no backend of the slot could be connected to; serving the request from the other slot");
+                pool.metrics.failed_over();
                 pool = other;
                 upstream_body.count_for(Arc::clone(&pool.metrics));
                 excluded = 0;
@@ -233,6 +234,26 @@ async fn route(
         match exchange(backend, &parts, &mut upstream_body, &app.settings, &stop).await {
             Ok((head, conn)) => {
                 backend.record_connect_success();
+                let retry = !failed_over
+                    && forced.is_none()
+                    && client_upgrade.is_none()
+                    && canary_failure_to_retry(app, &table, pool, &parts, &upstream_body, head.status);
+                if retry {
+                    // The canary's answer counts against it; the user gets the live slot's.
+                    pool.metrics.record(head.status.as_u16(), started.elapsed(), user);
+                    pool.metrics.failed_over();
+                    tracing::debug!(app = %app.name, slot = %pool.slot, status = head.status.as_u16(),
+                        "the canary failed a safe request; asking the live slot");
+                    // Its body is not wanted: the connection closes rather than being drained.
+                    drop(conn);
+                    drop(in_flight);
+                    pool = table.pool(pool.slot.other());
+                    upstream_body.count_for(Arc::clone(&pool.metrics));
+                    excluded = 0;
+                    failed_connects = 0;
+                    failed_over = true;
+                    continue;
+                }
                 return respond(
                     app,
                     pool,
@@ -315,6 +336,30 @@ async fn route(
             }
         }
     }
+}
+
+/// Whether the canary's failed answer to this request should be replaced by the live slot's: a
+/// safe method without a body, a 4xx or 5xx from the canary (not the live slot), and a live slot
+/// that can take it.
+fn canary_failure_to_retry(
+    app: &AppProxy,
+    table: &crate::app::ActiveTable,
+    pool: &ActivePool,
+    parts: &http::request::Parts,
+    body: &UpstreamRequestBody,
+    status: StatusCode,
+) -> bool {
+    use http::Method;
+    app.settings.retry_canary_failures
+        && (status.is_client_error() || status.is_server_error())
+        && pool.slot != table.route.live
+        && matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS)
+        && http_body::Body::is_end_stream(body)
+        && table
+            .pool(table.route.live)
+            .backends
+            .iter()
+            .any(|b| b.is_available())
 }
 
 #[allow(clippy::too_many_arguments)]

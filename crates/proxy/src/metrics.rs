@@ -47,6 +47,7 @@ pub struct PoolMetrics {
     bytes_out: AtomicU64,
     connect_failures: AtomicU64,
     retries: AtomicU64,
+    failovers: AtomicU64,
 }
 
 impl Default for PoolMetrics {
@@ -66,6 +67,7 @@ impl Default for PoolMetrics {
             bytes_out: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
             retries: AtomicU64::new(0),
+            failovers: AtomicU64::new(0),
         }
     }
 }
@@ -125,6 +127,11 @@ impl PoolMetrics {
         self.retries.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A request this pool failed (or could not take) was served by the other slot.
+    pub fn failed_over(&self) {
+        self.failovers.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn snapshot(&self) -> MetricsSnapshot {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         MetricsSnapshot {
@@ -140,6 +147,7 @@ impl PoolMetrics {
             bytes_out: load(&self.bytes_out),
             connect_failures: load(&self.connect_failures),
             retries: load(&self.retries),
+            failovers: load(&self.failovers),
         }
     }
 }
@@ -168,6 +176,8 @@ pub struct MetricsSnapshot {
     pub bytes_out: u64,
     pub connect_failures: u64,
     pub retries: u64,
+    /// Requests this pool failed or could not take that the other slot served instead.
+    pub failovers: u64,
 }
 
 impl MetricsSnapshot {
@@ -195,6 +205,7 @@ impl MetricsSnapshot {
             bytes_out: self.bytes_out.saturating_sub(mark.bytes_out),
             connect_failures: self.connect_failures.saturating_sub(mark.connect_failures),
             retries: self.retries.saturating_sub(mark.retries),
+            failovers: self.failovers.saturating_sub(mark.failovers),
         }
     }
 
@@ -287,6 +298,7 @@ impl MetricsSnapshot {
             bytes_out: self.bytes_out,
             connect_failures: self.connect_failures,
             retries: self.retries,
+            failovers: self.failovers,
         }
     }
 }
@@ -314,6 +326,7 @@ pub struct MetricsSummary {
     pub bytes_out: u64,
     pub connect_failures: u64,
     pub retries: u64,
+    pub failovers: u64,
 }
 
 /// Distinct users, estimated by linear counting over 65 536 bits of their keys' hashes: within a

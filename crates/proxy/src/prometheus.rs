@@ -89,6 +89,12 @@ pub fn render<'a>(apps: impl IntoIterator<Item = &'a AppProxy>) -> String {
             String::new(),
         ),
         (
+            "cutover_failovers_total",
+            "counter",
+            "Requests the slot failed (a safe request its canary answered 4xx/5xx) or could not take (no backend reachable) that the other slot served instead.",
+            String::new(),
+        ),
+        (
             "cutover_users",
             "gauge",
             "Distinct users the slot's release served, estimated.",
@@ -178,7 +184,12 @@ pub fn render<'a>(apps: impl IntoIterator<Item = &'a AppProxy>) -> String {
                     fault.as_str()
                 );
             }
-            let _ = writeln!(families[11].3, "cutover_users{{{labels}}} {}", s.users);
+            let _ = writeln!(
+                families[11].3,
+                "cutover_failovers_total{{{labels}}} {}",
+                s.failovers
+            );
+            let _ = writeln!(families[12].3, "cutover_users{{{labels}}} {}", s.users);
             for b in &pool.backends {
                 let _ = writeln!(
                     families[8].3,

@@ -903,3 +903,68 @@ async fn a_request_no_backend_of_its_slot_can_take_goes_to_the_other_slot() {
     assert_eq!(green.total_requests(), 0, "no answer counted against the canary");
     assert_eq!(table.pool(Slot::Blue).metrics.snapshot().total_requests(), 20);
 }
+
+/// A safe request the canary fails is answered by the live slot: users see the old version's
+/// answer, the judge still sees the canary's failure. Unsafe requests and preview requests get
+/// the canary's own answer.
+#[tokio::test]
+async fn the_live_slot_answers_safe_requests_the_canary_failed() {
+    let v1 = ExampleApp::spawn("v1", &[]);
+    let v2 = ExampleApp::spawn("v2", &["--error-rate", "1"]);
+    let proxy = Proxy::start(settings(), route(&[&v1], &[&v2], 10_000)).await;
+    let client = http_client();
+    for i in 0..10 {
+        let r = client
+            .get(proxy.url("/"))
+            .header("X-User-ID", format!("user-{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "request {i}");
+        assert_eq!(version(&r), "v1");
+    }
+    let r = client
+        .post(proxy.url("/"))
+        .header("X-User-ID", "user-1")
+        .body("not safe to send twice")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status().as_u16(), version(&r)),
+        (405, "v2".to_string()),
+        "a POST is never sent twice"
+    );
+    let r = client
+        .get(proxy.url("/"))
+        .header("X-Cutover-Preview", format!("green:{PREVIEW_TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status().as_u16(), version(&r)),
+        (500, "v2".to_string()),
+        "testers see the canary as it is"
+    );
+
+    let table = proxy.app.table();
+    let green = table.pool(Slot::Green).metrics.snapshot();
+    assert_eq!(
+        (green.server_errors(), green.client_errors()),
+        (11, 1),
+        "every canary failure counts against it"
+    );
+    assert_eq!(green.failovers, 10);
+    assert_eq!(table.pool(Slot::Blue).metrics.snapshot().total_requests(), 10);
+
+    let mut off = settings();
+    off.retry_canary_failures = false;
+    let proxy = Proxy::start(off, route(&[&v1], &[&v2], 10_000)).await;
+    let r = client
+        .get(proxy.url("/"))
+        .header("X-User-ID", "u")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 500, "retry_canary_failures = false");
+}

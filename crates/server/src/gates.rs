@@ -229,6 +229,15 @@ impl Gates for ConfiguredGates {
             let mut e = Self::event(*kind, app, rollout, event.event.message.clone());
             e.at_ms = event.event.at.as_millis();
             e.data = event.event.data.clone();
+            if let (Some(r), EventKind::Rollback | EventKind::PostRollout) = (rollout, kind) {
+                // What users saw before the decision, for whoever is told the outcome.
+                if !e.data.is_object() {
+                    e.data = serde_json::json!({});
+                }
+                e.data["exposure"] = serde_json::to_value(&r.exposure).unwrap_or_default();
+                e.data["first_canary_request_to_decision_ms"] =
+                    serde_json::json!(r.exposure.first_canary_request_to_decision_ms());
+            }
             if let Some(step) = event.event.data.get("step").and_then(|s| s.as_u64()) {
                 e.step = Some(step as usize);
             }
