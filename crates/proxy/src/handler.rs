@@ -231,29 +231,47 @@ async fn route(
         };
         let in_flight = InFlight::start(Arc::clone(backend), Arc::clone(&pool.metrics));
         let stop = backend.stop_token();
-        match exchange(backend, &parts, &mut upstream_body, &app.settings, &stop).await {
+        let result = exchange(backend, &parts, &mut upstream_body, &app.settings, &stop).await;
+        // What the canary failed with, if it failed in a way the live slot may make good.
+        let failed_with = match &result {
+            Ok((head, _)) if head.status.is_client_error() || head.status.is_server_error() => {
+                Some(head.status)
+            }
+            Err(ExchangeError::Failed(_)) => Some(StatusCode::BAD_GATEWAY),
+            Err(ExchangeError::Timeout) if !upstream_body.waiting_on_client() => {
+                Some(StatusCode::GATEWAY_TIMEOUT)
+            }
+            Err(ExchangeError::Cut) => Some(StatusCode::SERVICE_UNAVAILABLE),
+            _ => None,
+        };
+        if let Some(status) = failed_with {
+            let retry = !failed_over
+                && forced.is_none()
+                && client_upgrade.is_none()
+                && safe_on_the_canary(app, &table, pool, &parts, &upstream_body);
+            if retry {
+                // The canary's failure counts against it; the user gets the live slot's answer.
+                if result.is_ok() {
+                    backend.record_connect_success();
+                }
+                pool.metrics.record(status.as_u16(), started.elapsed(), user);
+                pool.metrics.failed_over();
+                tracing::debug!(app = %app.name, slot = %pool.slot, status = status.as_u16(),
+                    "the canary failed a safe request; asking the live slot");
+                // A failed answer's body is not wanted: its connection closes rather than drains.
+                drop(result);
+                drop(in_flight);
+                pool = table.pool(pool.slot.other());
+                upstream_body.count_for(Arc::clone(&pool.metrics));
+                excluded = 0;
+                failed_connects = 0;
+                failed_over = true;
+                continue;
+            }
+        }
+        match result {
             Ok((head, conn)) => {
                 backend.record_connect_success();
-                let retry = !failed_over
-                    && forced.is_none()
-                    && client_upgrade.is_none()
-                    && canary_failure_to_retry(app, &table, pool, &parts, &upstream_body, head.status);
-                if retry {
-                    // The canary's answer counts against it; the user gets the live slot's.
-                    pool.metrics.record(head.status.as_u16(), started.elapsed(), user);
-                    pool.metrics.failed_over();
-                    tracing::debug!(app = %app.name, slot = %pool.slot, status = head.status.as_u16(),
-                        "the canary failed a safe request; asking the live slot");
-                    // Its body is not wanted: the connection closes rather than being drained.
-                    drop(conn);
-                    drop(in_flight);
-                    pool = table.pool(pool.slot.other());
-                    upstream_body.count_for(Arc::clone(&pool.metrics));
-                    excluded = 0;
-                    failed_connects = 0;
-                    failed_over = true;
-                    continue;
-                }
                 return respond(
                     app,
                     pool,
@@ -338,20 +356,18 @@ async fn route(
     }
 }
 
-/// Whether the canary's failed answer to this request should be replaced by the live slot's: a
-/// safe method without a body, a 4xx or 5xx from the canary (not the live slot), and a live slot
-/// that can take it.
-fn canary_failure_to_retry(
+/// Whether a failure of the canary on this request may be made good by the live slot: a safe
+/// method without a body, served by the canary (not the live slot), and a live slot that can
+/// take it.
+fn safe_on_the_canary(
     app: &AppProxy,
     table: &crate::app::ActiveTable,
     pool: &ActivePool,
     parts: &http::request::Parts,
     body: &UpstreamRequestBody,
-    status: StatusCode,
 ) -> bool {
     use http::Method;
     app.settings.retry_canary_failures
-        && (status.is_client_error() || status.is_server_error())
         && pool.slot != table.route.live
         && matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS)
         && http_body::Body::is_end_stream(body)

@@ -968,3 +968,43 @@ async fn the_live_slot_answers_safe_requests_the_canary_failed() {
         .unwrap();
     assert_eq!(r.status(), 500, "retry_canary_failures = false");
 }
+
+/// A canary that dies with a safe request in flight: the request reached it, but nothing came
+/// back, so the live slot answers it instead of the user getting a 502.
+#[tokio::test]
+async fn a_safe_request_in_flight_when_the_canary_dies_is_answered_by_the_live_slot() {
+    let v1 = ExampleApp::spawn("v1", &[]);
+    let mut v2 = ExampleApp::spawn("v2", &[]);
+    let mut s = settings();
+    s.health_check.enabled = false;
+    let proxy = Proxy::start(s, route(&[&v1], &[&v2], 10_000)).await;
+    let client = http_client();
+    let request = tokio::spawn({
+        let url = proxy.url("/slow?ms=3000");
+        let client = client.clone();
+        async move { client.get(url).header("X-User-ID", "u1").send().await.unwrap() }
+    });
+    let v2_control = v2.url("/control/requests");
+    wait_until(
+        "the slow request to reach the canary",
+        Duration::from_secs(10),
+        || {
+            let (client, url) = (client.clone(), v2_control.clone());
+            async move {
+                let r: serde_json::Value = client.get(url).send().await.unwrap().json().await.unwrap();
+                r["slow_in_progress"] == 1
+            }
+        },
+    )
+    .await;
+    v2.kill();
+    let r = request.await.unwrap();
+    assert_eq!((r.status().as_u16(), version(&r)), (200, "v1".to_string()));
+    let table = proxy.app.table();
+    let green = table.pool(Slot::Green).metrics.snapshot();
+    assert_eq!(
+        (green.server_errors(), green.failovers),
+        (1, 1),
+        "the canary's failure counts against it"
+    );
+}
