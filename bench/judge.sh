@@ -21,18 +21,33 @@ python3 - "$json" <<'PY'
 import json, sys, datetime
 data = json.loads(sys.argv[1])
 res = {(r["scenario"], r["judge"]): r for r in data["results"]}
-seq5 = res[("errors-5pct", "sequential")]
-healthy = [r for (s, j), r in res.items() if j == "sequential" and s.startswith("healthy")]
-targets = {
-    "errors_5pct_detected_within_30s": seq5["detected_within_30s"],
-    "errors_5pct_target": 0.95,
-    "healthy_false_rollback_max": max(r["rollback_rate"] for r in healthy),
-    "healthy_false_rollback_target": 0.01,
-}
-ok = targets["errors_5pct_detected_within_30s"] >= 0.95 and targets["healthy_false_rollback_max"] < 0.01
+seq = {s: r for (s, j), r in res.items() if j == "sequential"}
+seq5 = seq["errors-5pct"]
+healthy = [r for s, r in seq.items() if s.startswith("healthy")]
+alpha = 0.005  # the sequential judge's default
+# Faulty scenarios the judge must catch within 30 s at 200 req/s in >= 95 % of runs.
+fast_faults = ["errors-5pct", "latency-doubled-fast", "latency-doubled-slow", "401-sessions-rejected"]
+checks = []
+for name in fast_faults:
+    r = seq[name]
+    checks.append((f"{name}: rolled back within 30 s in >= 95 % of runs", r["detected_within_30s"] >= 0.95,
+                   f"{r['detected_within_30s']*100:.1f} %"))
+for r in healthy:
+    checks.append((f"{r['scenario']}: false rollbacks <= alpha ({alpha*100:.1f} %)", r["rollback_rate"] <= alpha,
+                   f"{r['rollback_rate']*100:.2f} %"))
+low_ok = seq["healthy-low-traffic"]
+low_bad = seq["errors-5pct-low-traffic"]
+promoted_low = 1.0 - low_ok["rollback_rate"] - low_ok["paused_rate"]
+checks.append(("healthy-low-traffic: promoted in >= 95 % of runs (never rolled back)",
+               promoted_low >= 0.95 and low_ok["rollback_rate"] <= alpha, f"{promoted_low*100:.1f} % promoted"))
+checks.append(("errors-5pct-low-traffic: never promoted, rolled back in >= 90 % of runs",
+               low_bad["rollback_rate"] >= 0.9 and low_bad["rollback_rate"] + low_bad["paused_rate"] >= 0.999,
+               f"{low_bad['rollback_rate']*100:.1f} % rolled back, {low_bad['paused_rate']*100:.1f} % paused"))
 print()
-print(f"target: 5 % errors detected within 30 s in >= 95 % of runs: {seq5['detected_within_30s']*100:.1f} %")
-print(f"target: false rollbacks of healthy canaries < 1 %: worst {targets['healthy_false_rollback_max']*100:.2f} %")
+for what, good, got in checks:
+    print(f"target: {what}: {got} {'ok' if good else 'MISSED'}")
+ok = all(good for _, good, _ in checks)
+targets = {what: {"ok": good, "got": got} for what, good, got in checks}
 print("targets met" if ok else "TARGETS MISSED")
 out = {"bench": "judge", "date": datetime.date.today().isoformat(), "runs": data["runs"], "seed": data["seed"],
        "targets": targets, "targets_met": ok, "results": data["results"]}

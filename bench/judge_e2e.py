@@ -625,8 +625,10 @@ def policy(app: str, args) -> dict:
         "analysis_interval_ms": 4000,
         "inconclusive_limit": 10,
         "min_requests": 4,
-        "min_step_requests": 20,
-        "max_step_extension_ms": 60000,
+        # At 1-2.5 canary requests a second, 50 requests hold too few errors to tell 5 % from
+        # 0.1 % (a 5 % canary was promoted in 1 run of 3 with 50); 150 make it a few in 100.
+        "min_step_requests": 150,
+        "max_step_extension_ms": 240000,
     }
 
 
@@ -645,6 +647,7 @@ def render_config(args, dropped: set[str]) -> str:
         f'listen = "{LOOPBACK}:0"',
         "",
     ]
+    retry_canary_failures = "false" if os.environ.get("BENCH_RETRY_CANARY_FAILURES", "1") == "0" else "true"
     for key, name in (("fast", "bench"), ("low", "bench-low")):
         p = policy(key, args)
         sessions = os.path.join(args.dir, f"sessions-{name}.db")
@@ -661,6 +664,8 @@ connect_timeout_ms = 1000
 # Short, so the stalled uploads of client-fault-attack end within a run (default 60 s).
 response_timeout_ms = {args.response_timeout_ms}
 max_request_body_bytes = 1048576
+# BENCH_RETRY_CANARY_FAILURES=0 measures what the judge alone leaves users to see.
+retry_canary_failures = {retry_canary_failures}
 
 [app.proxy.sticky]
 user_key_header = "X-User-ID"
@@ -689,16 +694,16 @@ failure_limit = 1
 inconclusive_limit = {p["inconclusive_limit"]}
 rollback_window_ms = 3000
 readiness_deadline_ms = 15000
-""" + new(f"max_step_extension_ms = {p['max_step_extension_ms']}   # new: hold a step this long past its "
+""" + new(f"max_step_extension_ms = {p['max_step_extension_ms']}   # hold a step this long past its "
           "duration while harm builds or requests are too few, then pause", "max_step_extension_ms") + f"""
 [app.rollout.judge]
 method = "sequential"
 min_requests = {p["min_requests"]}
 max_error_rate = 0.05
-""" + new(f"min_step_requests = {p['min_step_requests']}   # new: fewest canary requests in a step before it may pass",
+""" + new(f"min_step_requests = {p['min_step_requests']}   # fewest canary requests in a step before it may pass",
           "min_step_requests")
-            + new("client_errors = true   # new: judge 4xx against the baseline", "client_errors")
-            + new("ignore_status = []   # new: 4xx codes that never count", "ignore_status") + """
+            + new("client_errors = true   # judge 4xx against the baseline", "client_errors")
+            + new("ignore_status = []   # 4xx codes that never count", "ignore_status") + """
 [app.rollout.judge.sequential]
 alpha = 0.005
 """)
@@ -1208,6 +1213,7 @@ def cmd_run(args) -> int:
         "attack_rate": args.attack_rate,
         "attack_target": args.attack_target,
         "response_timeout_ms": args.response_timeout_ms,
+        "retry_canary_failures": os.environ.get("BENCH_RETRY_CANARY_FAILURES", "1") != "0",
         "policy": {"fast": policy("fast", args), "low": policy("low", args)},
         "dropped_options": json.loads(args.dropped_options or "[]"),
         "deploy_timeout_flag": bool(args.deploy_timeout_flag),
@@ -1298,7 +1304,7 @@ def main(argv: list[str]) -> int:
     q.add_argument("--low-deploy-timeout", type=float, default=400.0)
     q.add_argument("--crash-after-secs", type=int, default=0,
                    help="0: 1 s + 1.5 steps (8 s with 5 s steps)")
-    q.add_argument("--low-fault-flags", default="--error-rate 0.1")
+    q.add_argument("--low-fault-flags", default="--error-rate 0.05")
     q.add_argument("--attack-rate", type=float, default=8.0)
     q.add_argument("--attack-target", choices=("canary", "random"), default="canary")
     q.add_argument("--strict-low", action="store_true",

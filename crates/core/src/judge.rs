@@ -365,6 +365,15 @@ pub fn judge(config: &JudgeConfig, stats: WindowStats, evidence: Option<&mut Seq
                     None => (&empty, &empty),
                 };
                 let ignore = &config.ignore_status[..];
+                if config.client_errors
+                    && !ignore.is_empty()
+                    && canary.client_errors.is_some()
+                    && (canary.codes.is_none() || b.codes.is_none())
+                {
+                    notes.push(format!(
+                        "4xx not judged: the metric source does not tell codes apart, so ignore_status {ignore:?} cannot be applied"
+                    ));
+                }
                 let client_errors = match (
                     config.client_errors,
                     canary.counted_client_errors(ignore),
@@ -1023,6 +1032,14 @@ mod tests {
             sequential_4xx(&JudgeConfig::default(), &canary, &baseline, 5).outcome,
             Outcome::Fail
         );
+        // A source that cannot tell codes apart cannot leave some out: said, not guessed.
+        let uncoded = |w: &SlotWindow| SlotWindow {
+            codes: None,
+            ..w.clone()
+        };
+        let v = sequential_4xx(&ignoring, &uncoded(&canary), &uncoded(&baseline), 5);
+        assert_eq!(v.outcome, Outcome::Pass, "{}", v.reason);
+        assert!(v.reason.contains("4xx not judged"), "{}", v.reason);
         let bad = JudgeConfig {
             ignore_status: vec![404, 418, 503],
             ..JudgeConfig::default()
