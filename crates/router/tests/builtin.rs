@@ -131,8 +131,12 @@ async fn counter_source_measures_windows_of_the_builtin_proxy() {
         .expect("the built-in proxy keeps a histogram");
     assert_eq!(buckets.iter().sum::<u64>(), 10);
     assert!(green.p99_ms.is_some_and(|ms| ms > 0.0));
+    // The live slot answered the four GETs the canary failed (`retry_canary_failures`), and
+    // failed them too: they count there as well, as its own.
     let blue = source.measure(&query(Slot::Blue, BLUE_VERSION)).await.unwrap();
-    assert_eq!((blue.requests, blue.errors), (Some(0.0), Some(0.0)));
+    assert_eq!((blue.requests, blue.errors), (Some(4.0), Some(4.0)));
+    assert_eq!(green.codes.as_ref().and_then(|c| c.get(&500)), Some(&4.0));
+    assert_eq!(green.client_errors, Some(0.0));
     // Both slots of a window from one reading, with the same figures.
     let (canary, baseline) = source
         .measure_window(

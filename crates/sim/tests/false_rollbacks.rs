@@ -138,3 +138,58 @@ fn a_five_percent_error_canary_is_caught() {
         "detected within 30 s in {within_30s} of 200 runs"
     );
 }
+
+/// Issue #10's regressions are caught quickly, and their healthy twins (a fast service, a slow
+/// one, a 4xx background) stay under alpha: the relative latency floor and the 4xx family keep
+/// the guarantee.
+#[test]
+fn latency_and_4xx_regressions_are_caught_and_their_healthy_twins_are_not() {
+    let catalogue = catalogue();
+    let scenario = |name: &str| catalogue.iter().find(|s| s.name == name).unwrap().clone();
+    for name in [
+        "latency-doubled-fast",
+        "latency-doubled-slow",
+        "401-sessions-rejected",
+    ] {
+        let results = run_many(&scenario(name), 200, 1);
+        let within_30s = results
+            .iter()
+            .filter(|r| r.detect_ms.is_some_and(|ms| ms <= 30_000))
+            .count();
+        assert!(
+            within_30s >= 190,
+            "{name}: caught within 30 s in {within_30s} of 200 runs"
+        );
+    }
+    let runs = 300;
+    for name in ["healthy-fast", "healthy-slow", "healthy-4xx-background"] {
+        let results = run_many(&scenario(name), runs, 1);
+        let rolled_back: Vec<&str> = results.iter().filter_map(|r| r.reason.as_deref()).collect();
+        assert!(
+            rolled_back.len() <= bound(0.005, runs),
+            "{name}: {} of {runs} healthy canaries rolled back: {rolled_back:#?}",
+            rolled_back.len()
+        );
+    }
+}
+
+/// At 5 req/s the evidence accumulates across windows: a healthy canary is promoted (it used to
+/// pause for a person every time) and a 5 % error canary is never promoted.
+#[test]
+fn low_traffic_is_decided_not_paused() {
+    let catalogue = catalogue();
+    let scenario = |name: &str| catalogue.iter().find(|s| s.name == name).unwrap().clone();
+    let healthy = run_many(&scenario("healthy-low-traffic"), 100, 1);
+    let promoted = healthy.iter().filter(|r| r.outcome == "promoted").count();
+    assert!(
+        promoted >= 95,
+        "{promoted} of 100 healthy low-traffic canaries promoted"
+    );
+    let faulty = run_many(&scenario("errors-5pct-low-traffic"), 100, 1);
+    let outcomes: Vec<&str> = faulty.iter().map(|r| r.outcome.as_str()).collect();
+    assert!(!outcomes.contains(&"promoted"), "{outcomes:?}");
+    assert!(
+        outcomes.iter().filter(|o| **o == "rolled_back").count() >= 85,
+        "{outcomes:?}"
+    );
+}
