@@ -734,9 +734,12 @@ fn start_rollout(b: &mut Builder, release: ReleaseSpec, policy: RolloutPolicy, f
         release: Some(release.clone()),
         backends: Vec::new(),
     };
+    // The target pool now names the new version (with no backends yet): the router learns it
+    // at once, so its counters for the new release start from zero and it never serves a table
+    // the state has moved past.
+    b.apply_routes();
     if had_old {
         // Whatever still ran in the idle slot has had no traffic; it makes room now.
-        b.apply_routes();
         b.actions.push(Action::Stop {
             slot: target,
             drain: false,

@@ -15,6 +15,8 @@ struct Sim {
     /// Canary and baseline of each window: (requests, errors, p99 ms).
     traffic: Box<dyn FnMut(u64) -> WindowStats>,
     routes: Vec<(u16, Slot)>,
+    /// The table the router serves: the last one applied.
+    router: Option<cutover_core::RouteTable>,
     stopped: Vec<Slot>,
     log: Vec<String>,
     provision_ok: bool,
@@ -90,6 +92,7 @@ impl Sim {
         state.blue.release = Some(ReleaseSpec::new("v1", "run v1"));
         state.blue.backends = vec![addr(9001)];
         Sim {
+            router: Some(route_table(&state)),
             state,
             now: Timestamp(1_700_000_000_000),
             traffic: Box::new(traffic),
@@ -121,6 +124,17 @@ impl Sim {
                 table,
                 route_table(&self.state),
                 "applied routes are the derived ones"
+            );
+            self.router = Some(table);
+        }
+        // Any change of the derived table is applied by the transition that made it, so the
+        // router never serves a stale table until a reconcile notices.
+        if let Some(router) = &self.router {
+            assert_eq!(
+                *router,
+                route_table(&self.state),
+                "the state's table changed without an ApplyRoutes: {:#?}",
+                self.log.last()
             );
         }
         for action in t.actions {
@@ -507,6 +521,8 @@ fn the_readiness_deadline_fails_a_release_that_never_reports() {
     )
     .unwrap();
     sim.state = t.state;
+    // Its actions were dropped with the platform's answer; the router took the table all the same.
+    sim.router = Some(route_table(&sim.state));
     sim.run_for(59_000);
     assert_eq!(sim.phase(), "provisioning");
     sim.run_for(5_000);
