@@ -119,7 +119,9 @@ pub struct Exposure {
     pub first_canary_request_at: Option<Timestamp>,
     /// Requests the canary served during the canary steps.
     pub canary_requests: u64,
-    /// Of those, the ones answered 5xx, and 4xx that count (see `ignore_status`).
+    /// Of those, the ones the canary answered 5xx, and 4xx that count (see `ignore_status`):
+    /// the judge's view. Users saw fewer of them where the proxy had the live slot answer a safe
+    /// request the canary failed (`retry_canary_failures`).
     pub canary_server_errors: u64,
     pub canary_client_errors: u64,
     /// Distinct users the canary served (an estimate; where the source counts users).
@@ -844,7 +846,9 @@ fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> 
                     let observed = observed_ms + now.millis_since(*window_started_at);
                     let duration = r.policy.steps.get(step).map(|s| s.duration_ms).unwrap_or(0);
                     let sequential = r.policy.judge.method == JudgeMethod::Sequential;
-                    let min_requests = if sequential {
+                    // A step that sends no users to the canary (a 0 % soak) cannot see requests.
+                    let weight = r.policy.steps.get(step).map(|s| s.weight_bp).unwrap_or(0);
+                    let min_requests = if sequential && weight > 0 {
                         r.policy.judge.min_step_requests
                     } else {
                         0

@@ -743,3 +743,28 @@ fn policies_are_validated() {
         ]
     );
 }
+
+/// A 0 % soak step sends no users to the canary: it passes on time alone, not held for canary
+/// requests it cannot get.
+#[test]
+fn a_soak_step_without_canary_traffic_is_not_held_for_requests() {
+    fn soak(_: u64) -> WindowStats {
+        WindowStats {
+            canary: SlotWindow::default(),
+            baseline: Some(SlotWindow {
+                requests: 2000,
+                ..SlotWindow::default()
+            }),
+            duration_ms: 10_000,
+            ..WindowStats::default()
+        }
+    }
+    let mut sim = Sim::new(soak);
+    sim.deploy(RolloutPolicy {
+        steps: vec![Step::new(0, 30_000), Step::new(10_000, 0)],
+        ..policy()
+    });
+    sim.run_for(60_000);
+    assert_eq!(sim.phase(), "promoted", "{:#?}", sim.log);
+    assert!(!sim.log.iter().any(|l| l.starts_with("step_extended")), "{:#?}", sim.log);
+}

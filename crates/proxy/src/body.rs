@@ -114,15 +114,25 @@ pub(crate) fn client_fault_of(e: &(dyn std::error::Error + 'static)) -> cutover_
     if e.is::<BodyTooLarge>() {
         return ClientFault::TooLarge;
     }
-    if let Some(io) = e.downcast_ref::<std::io::Error>() {
-        if io.kind() == std::io::ErrorKind::InvalidData {
+    // hyper wraps what it could not decode (an invalid chunk size) in a body error whose source
+    // is an `InvalidInput` or `InvalidData` I/O error; the proxy's own reader returns the latter.
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cause {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
+            ) {
+                return ClientFault::Malformed;
+            }
+        }
+        if err
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_parse)
+        {
             return ClientFault::Malformed;
         }
-    }
-    if let Some(h) = e.downcast_ref::<hyper::Error>() {
-        if h.is_parse() {
-            return ClientFault::Malformed;
-        }
+        cause = err.source();
     }
     ClientFault::Aborted
 }

@@ -191,6 +191,12 @@ async fn route(
     let mut excluded = 0u64;
     let mut failed_connects = 0u32;
     let mut failed_over = false;
+    // Whether the request came without a body, known before any of it is read: once a body was
+    // sent it looks finished, and a retry would go out without it.
+    let bodyless = http_body::Body::is_end_stream(&upstream_body);
+    // When the attempt on the current slot began: a slot's latency is its own, not the time the
+    // request spent on the other slot first.
+    let mut attempt_started = started;
     loop {
         let picked = pick(&pool.backends, excluded);
         let exhausted = picked.is_none() || failed_connects > app.settings.connect_retries;
@@ -207,6 +213,7 @@ async fn route(
                 excluded = 0;
                 failed_connects = 0;
                 failed_over = true;
+                attempt_started = Instant::now();
                 continue;
             }
         }
@@ -227,7 +234,7 @@ async fn route(
             } else {
                 StatusCode::SERVICE_UNAVAILABLE
             };
-            return local(app, Some(pool), started, status, &reason, user);
+            return local(app, Some(pool), attempt_started, status, &reason, user);
         };
         let in_flight = InFlight::start(Arc::clone(backend), Arc::clone(&pool.metrics));
         let stop = backend.stop_token();
@@ -248,13 +255,15 @@ async fn route(
             let retry = !failed_over
                 && forced.is_none()
                 && client_upgrade.is_none()
-                && safe_on_the_canary(app, &table, pool, &parts, &upstream_body);
+                && bodyless
+                && safe_on_the_canary(app, &table, pool, &parts);
             if retry {
                 // The canary's failure counts against it; the user gets the live slot's answer.
                 if result.is_ok() {
                     backend.record_connect_success();
                 }
-                pool.metrics.record(status.as_u16(), started.elapsed(), user);
+                pool.metrics
+                    .record(status.as_u16(), attempt_started.elapsed(), user);
                 pool.metrics.failed_over();
                 tracing::debug!(app = %app.name, slot = %pool.slot, status = status.as_u16(),
                     "the canary failed a safe request; asking the live slot");
@@ -266,6 +275,7 @@ async fn route(
                 excluded = 0;
                 failed_connects = 0;
                 failed_over = true;
+                attempt_started = Instant::now();
                 continue;
             }
         }
@@ -280,7 +290,7 @@ async fn route(
                     in_flight,
                     stop,
                     client_upgrade,
-                    started,
+                    attempt_started,
                     user,
                 );
             }
@@ -316,7 +326,7 @@ async fn route(
                 return local(
                     app,
                     Some(pool),
-                    started,
+                    attempt_started,
                     StatusCode::GATEWAY_TIMEOUT,
                     &format!(
                         "backend {} of slot {} did not start its response within {ms} ms",
@@ -329,7 +339,7 @@ async fn route(
                 return local(
                     app,
                     Some(pool),
-                    started,
+                    attempt_started,
                     StatusCode::SERVICE_UNAVAILABLE,
                     &format!("slot {} lost its traffic and its drain timeout passed", pool.slot),
                     user,
@@ -343,7 +353,7 @@ async fn route(
                 return local(
                     app,
                     Some(pool),
-                    started,
+                    attempt_started,
                     StatusCode::BAD_GATEWAY,
                     &format!(
                         "backend {} of slot {} failed after the request was sent (not retried): {reason}",
@@ -357,20 +367,18 @@ async fn route(
 }
 
 /// Whether a failure of the canary on this request may be made good by the live slot: a safe
-/// method without a body, served by the canary (not the live slot), and a live slot that can
+/// method (the caller checks it came without a body), served by the canary (not the live slot), and a live slot that can
 /// take it.
 fn safe_on_the_canary(
     app: &AppProxy,
     table: &crate::app::ActiveTable,
     pool: &ActivePool,
     parts: &http::request::Parts,
-    body: &UpstreamRequestBody,
 ) -> bool {
     use http::Method;
     app.settings.retry_canary_failures
         && pool.slot != table.route.live
         && matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS)
-        && http_body::Body::is_end_stream(body)
         && table
             .pool(table.route.live)
             .backends

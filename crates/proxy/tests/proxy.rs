@@ -910,7 +910,8 @@ async fn a_request_no_backend_of_its_slot_can_take_goes_to_the_other_slot() {
 #[tokio::test]
 async fn the_live_slot_answers_safe_requests_the_canary_failed() {
     let v1 = ExampleApp::spawn("v1", &[]);
-    let v2 = ExampleApp::spawn("v2", &["--error-rate", "1"]);
+    // Every answer of the canary fails, after 200 ms.
+    let v2 = ExampleApp::spawn("v2", &["--error-rate", "1", "--latency-ms", "200"]);
     let proxy = Proxy::start(settings(), route(&[&v1], &[&v2], 10_000)).await;
     let client = http_client();
     for i in 0..10 {
@@ -937,6 +938,14 @@ async fn the_live_slot_answers_safe_requests_the_canary_failed() {
     );
     let r = client
         .get(proxy.url("/"))
+        .header("X-User-ID", "user-2")
+        .body("a GET with a body: sent once, or the retry would go without it")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!((r.status().as_u16(), version(&r)), (500, "v2".to_string()));
+    let r = client
+        .get(proxy.url("/"))
         .header("X-Cutover-Preview", format!("green:{PREVIEW_TOKEN}"))
         .send()
         .await
@@ -951,11 +960,17 @@ async fn the_live_slot_answers_safe_requests_the_canary_failed() {
     let green = table.pool(Slot::Green).metrics.snapshot();
     assert_eq!(
         (green.server_errors(), green.client_errors()),
-        (11, 1),
+        (12, 1),
         "every canary failure counts against it"
     );
     assert_eq!(green.failovers, 10);
-    assert_eq!(table.pool(Slot::Blue).metrics.snapshot().total_requests(), 10);
+    let blue = table.pool(Slot::Blue).metrics.snapshot();
+    assert_eq!(blue.total_requests(), 10);
+    let p99 = blue.latency_quantile(0.99).unwrap();
+    assert!(
+        p99 < Duration::from_millis(150),
+        "the live slot's latency is its own, not the canary's 200 ms before it: {p99:?}"
+    );
 
     let mut off = settings();
     off.retry_canary_failures = false;
