@@ -766,5 +766,9 @@ fn a_soak_step_without_canary_traffic_is_not_held_for_requests() {
     });
     sim.run_for(60_000);
     assert_eq!(sim.phase(), "promoted", "{:#?}", sim.log);
-    assert!(!sim.log.iter().any(|l| l.starts_with("step_extended")), "{:#?}", sim.log);
+    assert!(
+        !sim.log.iter().any(|l| l.starts_with("step_extended")),
+        "{:#?}",
+        sim.log
+    );
 }
