@@ -228,7 +228,7 @@ pub async fn deploy(client: &Client, app: &str, body: Value, follow: Option<Foll
     let last_seq = last_event_seq(client, app).await?;
     let deployed = client.post(&format!("/v1/apps/{app}/deploy"), body).await?;
     let id = deployed["rollout_id"].as_u64().unwrap_or(0);
-    println!("rollout #{id} of {app} started");
+    out!("rollout #{id} of {app} started");
     let Some(follow) = follow else {
         return Ok(ExitCode::SUCCESS);
     };
@@ -274,21 +274,21 @@ pub async fn follow_rollout(
         if status["rollout"]["id"].as_u64() == Some(id) {
             if let Some(code) = exit_for_phase(phase) {
                 bar.finish_and_clear();
-                println!("{}", progress_line(&status));
+                out!("{}", progress_line(&status));
                 if let Some(exposure) = exposure_line(&status["rollout"]) {
-                    println!("{exposure}");
+                    out!("{exposure}");
                 }
-                println!("rollout #{id}: {phase}");
+                out!("rollout #{id}: {phase}");
                 return Ok(ExitCode::from(code));
             }
             let waiting = phase == "paused" || (phase == "awaiting_confirmation" && unconfirmed);
             if waiting && !follow.wait {
                 bar.finish_and_clear();
-                println!("{}", progress_line(&status));
+                out!("{}", progress_line(&status));
                 if let Some(reason) = status["rollout"]["phase"]["reason"].as_str() {
-                    println!("reason: {reason}");
+                    out!("reason: {reason}");
                 }
-                println!(
+                out!(
                     "rollout #{id} waits for a person: `cutover resume {app}`, `cutover promote {app}` or `cutover rollback {app}` (deploy --wait keeps following through pauses)"
                 );
                 return Ok(ExitCode::from(exit::PAUSED));
@@ -296,8 +296,8 @@ pub async fn follow_rollout(
         }
         if follow.timeout.is_some_and(|t| started.elapsed() >= t) {
             bar.finish_and_clear();
-            println!("{}", progress_line(&status));
-            println!(
+            out!("{}", progress_line(&status));
+            out!(
                 "rollout #{id} still in phase {phase} after --timeout; it goes on in the server (cutover status {app})"
             );
             return Ok(ExitCode::from(exit::TIMED_OUT));
@@ -351,7 +351,7 @@ async fn print_events(
         );
         // A hidden bar (output not a terminal) prints nothing, so print plainly then.
         if bar.is_hidden() {
-            println!("{line}");
+            out!("{line}");
         } else {
             bar.println(line);
         }
@@ -363,7 +363,7 @@ pub async fn status(client: &Client, app: &str, json: bool, watch: bool) -> Resu
     loop {
         let status = client.get(&format!("/v1/apps/{app}/status")).await?;
         if json {
-            println!("{}", serde_json::to_string_pretty(&status)?);
+            out!("{}", serde_json::to_string_pretty(&status)?);
         } else {
             print_status(&status);
         }
@@ -372,21 +372,27 @@ pub async fn status(client: &Client, app: &str, json: bool, watch: bool) -> Resu
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
         if !json {
-            println!();
+            out!();
         }
     }
 }
 
 fn print_status(status: &Value) {
-    println!("{}", progress_line(status));
-    println!("live slot: {}", status["live"].as_str().unwrap_or("?"));
-    println!(
+    out!("{}", progress_line(status));
+    out!("live slot: {}", status["live"].as_str().unwrap_or("?"));
+    out!(
         "{:<6} {:<10} {:>9} {:>9} {:>8} {:>10} {:>10}",
-        "slot", "version", "weight", "requests", "errors", "p50", "p99"
+        "slot",
+        "version",
+        "weight",
+        "requests",
+        "errors",
+        "p50",
+        "p99"
     );
     for s in status["slots"].as_array().into_iter().flatten() {
         let name = s["slot"].as_str().unwrap_or("?");
-        println!(
+        out!(
             "{:<6} {:<10} {:>9} {:>9} {:>8} {:>10} {:>10}",
             name,
             s["version"].as_str().unwrap_or("-"),
@@ -398,16 +404,16 @@ fn print_status(status: &Value) {
         );
     }
     if let Some(reason) = status["rollout"]["phase"]["reason"].as_str() {
-        println!("reason: {reason}");
+        out!("reason: {reason}");
     }
     if let Some(exposure) = exposure_line(&status["rollout"]) {
-        println!("{exposure}");
+        out!("{exposure}");
     }
     let decisions = status["recent_decisions"].as_array().cloned().unwrap_or_default();
     if !decisions.is_empty() {
-        println!("latest decisions:");
+        out!("latest decisions:");
         for d in decisions.iter().rev().take(5) {
-            println!("  {}", d["message"].as_str().unwrap_or(""));
+            out!("  {}", d["message"].as_str().unwrap_or(""));
         }
     }
 }
@@ -416,22 +422,28 @@ pub async fn command(client: &Client, app: &str, command: &str) -> Result<ExitCo
     let status = client
         .post(&format!("/v1/apps/{app}/{command}"), Value::Null)
         .await?;
-    println!("{}", progress_line(&status));
+    out!("{}", progress_line(&status));
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn history(client: &Client, app: &str, json: bool) -> Result<ExitCode> {
     let rollouts = client.get(&format!("/v1/apps/{app}/history")).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&rollouts)?);
+        out!("{}", serde_json::to_string_pretty(&rollouts)?);
         return Ok(ExitCode::SUCCESS);
     }
     let Some(list) = rollouts.as_array() else {
         bail!("unexpected answer from the server: {rollouts}")
     };
-    println!(
+    out!(
         "{:>4} {:<12} {:<12} {:<12} {:>10} {:>9} {:>7} reason",
-        "id", "from", "to", "phase", "decided in", "canary rq", "failed"
+        "id",
+        "from",
+        "to",
+        "phase",
+        "decided in",
+        "canary rq",
+        "failed"
     );
     for r in list {
         let e = &r["exposure"];
@@ -441,7 +453,7 @@ pub async fn history(client: &Client, app: &str, json: bool) -> Result<ExitCode>
         };
         let failed =
             e["canary_server_errors"].as_u64().unwrap_or(0) + e["canary_client_errors"].as_u64().unwrap_or(0);
-        println!(
+        out!(
             "{:>4} {:<12} {:<12} {:<12} {:>10} {:>9} {:>7} {}",
             r["id"],
             r["previous_version"].as_str().unwrap_or("-"),

@@ -126,11 +126,11 @@ pub async fn run(options: DemoOptions) -> Result<ExitCode> {
             .get("demo")
             .context("demo app has no controller")?,
     );
-    println!(
+    out!(
         "cutover demo: proxy on http://{public}, admin API on http://{}",
         running.bound.admin
     );
-    println!("state and instance logs in {}", dir.path().display());
+    out!("state and instance logs in {}", dir.path().display());
 
     let result = scenario(&controller, public, &options).await;
     // Instances outlive `cutover serve` by design (they are re-adopted after a restart); the demo
@@ -141,15 +141,15 @@ pub async fn run(options: DemoOptions) -> Result<ExitCode> {
     running.shutdown().await;
     if options.keep_state {
         let kept = dir.keep();
-        println!("state kept in {}", kept.display());
+        out!("state kept in {}", kept.display());
     }
     let ok = result?;
-    println!("demo finished in {:.0} s", started.elapsed().as_secs_f64());
+    out!("demo finished in {:.0} s", started.elapsed().as_secs_f64());
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 async fn scenario(controller: &Arc<Controller>, public: SocketAddr, options: &DemoOptions) -> Result<bool> {
-    println!("\n== v1 goes live (first release: nothing to compare against)");
+    out!("\n== v1 goes live (first release: nothing to compare against)");
     let v1 = deploy_and_wait(controller, "v1", None, true).await?;
 
     let stats = Arc::new(Mutex::new(LoadStats::default()));
@@ -162,11 +162,11 @@ async fn scenario(controller: &Arc<Controller>, public: SocketAddr, options: &De
         Arc::clone(&stop),
     ));
     let rollouts = async {
-        println!("\n== v2, healthy: canary steps 5 % → 25 % → 50 % → 100 %");
+        out!("\n== v2, healthy: canary steps 5 % → 25 % → 50 % → 100 %");
         let v2 = deploy_and_wait(controller, "v2", None, true).await?;
-        println!("\n== v3 with 5 % errors: the judge should roll it back");
+        out!("\n== v3 with 5 % errors: the judge should roll it back");
         let v3 = deploy_and_wait(controller, "v3", Some("--error-rate 0.05"), true).await?;
-        println!("\n== v4 never becomes ready: provisioning should fail with no traffic shifted");
+        out!("\n== v4 never becomes ready: provisioning should fail with no traffic shifted");
         let v4 = deploy_and_wait(controller, "v4", Some("--fail-ready"), true).await?;
         anyhow::Ok((v2, v3, v4))
     }
@@ -206,7 +206,7 @@ async fn deploy_and_wait(
     loop {
         while let Ok(e) = events.try_recv() {
             if print && e.event.rollout_id == Some(id) {
-                println!(
+                out!(
                     "  {:<12} {}",
                     e.event.kind,
                     e.event.message.lines().next().unwrap_or("")
@@ -222,7 +222,7 @@ async fn deploy_and_wait(
         if let Some(r) = state.rollout.filter(|r| r.id == id && r.phase.is_terminal()) {
             while let Ok(e) = events.try_recv() {
                 if print && e.event.rollout_id == Some(id) {
-                    println!(
+                    out!(
                         "  {:<12} {}",
                         e.event.kind,
                         e.event.message.lines().next().unwrap_or("")
@@ -323,7 +323,7 @@ async fn print_report(
     outcomes: &[(&cutover_core::rollout::Rollout, &str)],
     stats: &Mutex<LoadStats>,
 ) -> Result<()> {
-    println!(
+    out!(
         "\n{:<4} {:<10} {:<12} {:<12} {:>6} {:>5} {:>5} {:>10} {:>9} {:>6} {:>7}  reason",
         "#",
         "version",
@@ -370,7 +370,7 @@ async fn print_report(
             reason.truncate(cut);
             reason.push('…');
         }
-        println!(
+        out!(
             "{:<4} {:<10} {:<12} {:<12} {:>6} {:>5} {:>5} {:>10} {:>9} {:>6} {:>7}  {}",
             r.id,
             r.release.version,
@@ -387,11 +387,11 @@ async fn print_report(
         );
     }
     let s = stats.lock().unwrap_or_else(PoisonError::into_inner);
-    println!("\nuser requests by the version that answered:");
-    println!("{:<10} {:>9} {:>8}", "version", "served", "failed");
+    out!("\nuser requests by the version that answered:");
+    out!("{:<10} {:>9} {:>8}", "version", "served", "failed");
     let (mut total, mut failed) = (0, 0);
     for (version, served) in &s.by_version {
-        println!(
+        out!(
             "{:<10} {:>9} {:>8}",
             version,
             served.ok + served.failed,
@@ -405,6 +405,6 @@ async fn print_report(
     } else {
         failed as f64 / total as f64 * 100.0
     };
-    println!("{total} user requests, {failed} failed: {share:.3} % of user requests failed");
+    out!("{total} user requests, {failed} failed: {share:.3} % of user requests failed");
     Ok(())
 }

@@ -1,5 +1,18 @@
 //! The `cutover` command: a thin shell over the server crate and the admin API.
 
+/// `println!` for a command's output: a reader that went away (`cutover history web | head -1`)
+/// ends the command quietly, where `println!` would panic.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 mod client;
 mod demo;
 mod simulate;
@@ -228,7 +241,7 @@ async fn run(command: Command, connection: client::Connection) -> Result<ExitCod
             command: ConfigCommand::Check { file },
         } => {
             let config = Config::load(&file)?;
-            println!(
+            out!(
                 "{}: ok ({} app{})",
                 file.display(),
                 config.apps.len(),
@@ -291,7 +304,7 @@ async fn serve(path: PathBuf) -> Result<ExitCode> {
         .context("starting the server")?;
     // One machine-readable line on stdout: the addresses actually bound (ports may be 0 in the
     // config), for scripts and tests.
-    println!(
+    out!(
         "{}",
         serde_json::json!({ "event": "ready", "bound": running.bound })
     );

@@ -76,7 +76,7 @@ pub fn run(options: SimulateOptions) -> Result<ExitCode> {
     let all = catalogue();
     if options.list {
         for s in &all {
-            println!("{:<26} {}", s.name, s.description);
+            out!("{:<26} {}", s.name, s.description);
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -106,19 +106,26 @@ pub fn run(options: SimulateOptions) -> Result<ExitCode> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     if options.json {
-        println!(
+        out!(
             "{}",
             serde_json::json!({ "runs": options.runs, "seed": options.seed, "elapsed_s": elapsed, "results": summaries })
         );
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    out!(
         "{:<26} {:<10} {:>9} {:>9} {:>8} {:>8} {:>8} {:>9}",
-        "scenario", "judge", "rollback", "in 30 s", "median", "p95", "paused", "failed"
+        "scenario",
+        "judge",
+        "rollback",
+        "in 30 s",
+        "median",
+        "p95",
+        "paused",
+        "failed"
     );
     for s in &summaries {
         let secs = |v: Option<f64>| v.map(|v| format!("{v:.0} s")).unwrap_or_else(|| "-".into());
-        println!(
+        out!(
             "{:<26} {:<10} {:>8.1}% {:>8.1}% {:>8} {:>8} {:>7.1}% {:>9.1}",
             s.scenario,
             s.judge,
@@ -130,6 +137,6 @@ pub fn run(options: SimulateOptions) -> Result<ExitCode> {
             s.mean_failed_requests
         );
     }
-    println!("{} runs per scenario and judge in {elapsed:.1} s", options.runs);
+    out!("{} runs per scenario and judge in {elapsed:.1} s", options.runs);
     Ok(ExitCode::SUCCESS)
 }

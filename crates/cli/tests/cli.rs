@@ -196,3 +196,19 @@ fn demo_promotes_v2_rolls_back_v3_and_fails_v4() {
     assert_eq!(row("v4"), "4 v4 failed failed");
     assert!(stdout.contains("% of user requests failed"), "{stdout}");
 }
+
+/// `cutover ... | head -1`: a reader that goes away ends the command quietly, not with a panic.
+#[test]
+fn a_closed_pipe_ends_the_cli_quietly() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(CUTOVER)
+        .args(["simulate", "--list"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}

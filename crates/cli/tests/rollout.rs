@@ -514,6 +514,47 @@ async fn a_release_that_logs_users_out_is_rolled_back_on_its_401s() {
     assert!(exposure["decided_at"].as_u64().is_some(), "{status}");
 }
 
+/// A compromised app must not find cutover's secrets in its environment: instances get PATH and
+/// the like, the release's own variables and cutover's facts, never the admin token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_get_an_explicit_environment_without_cutovers_secrets() {
+    let cluster = Cluster::new(Setup::default());
+    let (code, out) = cluster.cli(&["deploy", "web", "v1", "--env", "GREETING=hello"]);
+    assert_eq!(code, 0, "{out}");
+    let pids = cluster.instance_pids();
+    assert!(!pids.is_empty());
+    for pid in pids {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        let vars: Vec<String> = environ
+            .split(|b| *b == 0)
+            .map(|v| String::from_utf8_lossy(v).to_string())
+            .collect();
+        let names: Vec<&str> = vars
+            .iter()
+            .filter_map(|v| v.split_once('='))
+            .map(|(k, _)| k)
+            .collect();
+        assert!(
+            !vars.iter().any(|v| v.contains(TOKEN)),
+            "the admin token leaked into instance {pid}: {names:?}"
+        );
+        assert!(!names.contains(&"CUTOVER_ADMIN_TOKEN"), "{names:?}");
+        for wanted in [
+            "PATH",
+            "PORT",
+            "CUTOVER_APP",
+            "CUTOVER_SLOT",
+            "CUTOVER_VERSION",
+            "GREETING",
+        ] {
+            assert!(
+                names.contains(&wanted),
+                "{wanted} missing from instance {pid}: {names:?}"
+            );
+        }
+    }
+}
+
 /// `kill -9` of the server in each phase, then a restart: the rollout resumes where it was or
 /// rolls back; the routes follow the persisted state; no instance is orphaned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

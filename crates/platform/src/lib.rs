@@ -4,6 +4,27 @@ pub mod local;
 pub mod static_hosts;
 
 pub use local::LocalProcessPlatform;
+
+/// Variables of cutover's own environment that a release's processes (instances, deploy hooks)
+/// inherit; everything else of cutover's, its admin token and webhook secrets among them, never
+/// reaches them. A release gets what it needs through its own `env` and cutover's `CUTOVER_*`
+/// and `PORT` facts.
+pub const INHERITED_ENV: [&str; 11] = [
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM", "HOSTNAME",
+];
+
+/// Replaces `cmd`'s environment with the inherited part of cutover's ([`INHERITED_ENV`], the
+/// `LC_*` locale variables, and `extra`), to which the caller then adds the release's own.
+pub(crate) fn inherit_env(cmd: &mut tokio::process::Command, extra: &[&str]) {
+    cmd.env_clear();
+    for (name, value) in std::env::vars_os() {
+        let Some(text) = name.to_str() else { continue };
+        if INHERITED_ENV.contains(&text) || text.starts_with("LC_") || extra.contains(&text) {
+            cmd.env(&name, value);
+        }
+    }
+}
+
 pub use static_hosts::{StaticHostsConfig, StaticHostsPlatform};
 
 use std::net::SocketAddr;

@@ -813,6 +813,7 @@ fn spawn_instance(
     let stderr = stdout.try_clone().map_err(log_error)?;
 
     let mut cmd = tokio::process::Command::new("/bin/sh");
+    crate::inherit_env(&mut cmd, &[]);
     cmd.arg("-c")
         .arg(&command)
         // cutover's variables are set last so a release's env cannot give the app a PORT other

@@ -222,6 +222,8 @@ impl StaticHostsPlatform {
             .collect::<Vec<_>>()
             .join(",");
         let mut cmd = tokio::process::Command::new("/bin/sh");
+        // A deploy hook runs the operator's own tools (ssh, Ansible): it keeps their agent.
+        crate::inherit_env(&mut cmd, &["SSH_AUTH_SOCK", "SSH_AGENT_PID"]);
         cmd.arg("-c")
             .arg(command)
             .envs(env)
