@@ -426,10 +426,14 @@ pub(crate) fn content_length(headers: &HeaderMap, sender: &str) -> Result<Option
     let mut found: Option<u64> = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
         for part in value.to_str().unwrap_or("").split(',') {
+            // Digits only (RFC 9110 §8.6): `+5` or `-0` would be read differently by a peer.
+            let part = part.trim();
             let n: u64 = part
-                .trim()
-                .parse()
-                .map_err(|_| format!("{sender} sent an invalid Content-Length {value:?}"))?;
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| part.parse().ok())
+                .flatten()
+                .ok_or_else(|| format!("{sender} sent an invalid Content-Length {value:?}"))?;
             if found.is_some_and(|f| f != n) {
                 return Err(format!("{sender} sent conflicting Content-Length values"));
             }
@@ -559,8 +563,13 @@ impl BodyReader {
                     };
                     let hex: &[u8] = line[..].split(|b| *b == b';').next().unwrap_or(&[]);
                     let hex = std::str::from_utf8(hex).unwrap_or("").trim();
-                    let size = u64::from_str_radix(hex, 16)
-                        .map_err(|_| invalid(format!("invalid chunk size {hex:?} in {}", self.message)))?;
+                    // Hex digits only: `from_str_radix` would also take a sign (`+5`).
+                    let size = hex
+                        .bytes()
+                        .all(|b| b.is_ascii_hexdigit())
+                        .then(|| u64::from_str_radix(hex, 16).ok())
+                        .flatten()
+                        .ok_or_else(|| invalid(format!("invalid chunk size {hex:?} in {}", self.message)))?;
                     self.chunk = if size == 0 {
                         Chunk::Trailers
                     } else {
@@ -687,5 +696,46 @@ mod tests {
             Method::GET,
         );
         assert!(!h.keep_alive);
+    }
+
+    #[test]
+    fn lengths_and_chunk_sizes_are_digits_only() {
+        let length = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from_str(value).unwrap());
+            content_length(&headers, "a test")
+        };
+        assert_eq!(length("5"), Ok(Some(5)));
+        assert_eq!(length(" 7 "), Ok(Some(7)));
+        assert_eq!(length("5, 5"), Ok(Some(5)));
+        for bad in ["+5", "-0", "0x5", "5 5", "", "5,6"] {
+            assert!(length(bad).is_err(), "{bad:?} accepted");
+        }
+        struct Buffered(BytesMut);
+        impl Source for Buffered {
+            fn buf(&mut self) -> &mut BytesMut {
+                &mut self.0
+            }
+            fn poll_fill(&mut self, _: &mut Context<'_>) -> Poll<io::Result<usize>> {
+                Poll::Ready(Ok(0))
+            }
+        }
+        let read = |body: &str| {
+            let mut reader = BodyReader::of(Framing::Chunked, "a test");
+            let mut source = Buffered(BytesMut::from(body.as_bytes()));
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            let mut out = Vec::new();
+            loop {
+                match reader.poll_data(&mut source, &mut cx) {
+                    Poll::Ready(Some(Ok(data))) => out.extend_from_slice(&data),
+                    Poll::Ready(Some(Err(e))) => return Err(e.kind()),
+                    Poll::Ready(None) => return Ok(out),
+                    Poll::Pending => return Err(io::ErrorKind::WouldBlock),
+                }
+            }
+        };
+        assert_eq!(read("5\r\nhello\r\n0\r\n\r\n"), Ok(b"hello".to_vec()));
+        assert_eq!(read("+5\r\nhello\r\n0\r\n\r\n"), Err(io::ErrorKind::InvalidData));
+        assert_eq!(read("-5\r\nhello\r\n0\r\n\r\n"), Err(io::ErrorKind::InvalidData));
     }
 }

@@ -104,6 +104,25 @@ async fn route_changes_need_the_token_and_valid_input_and_change_nothing_otherwi
         "{body}"
     );
     assert_eq!(server.put(&good, Some("wrong")).await.0, 401);
+    // The scheme is case-insensitive; the token is not.
+    for (authorization, want) in [
+        (format!("bearer {TOKEN}"), 200),
+        (format!("BEARER {TOKEN}"), 200),
+        (format!("Basic {TOKEN}"), 401),
+        (format!("Bearer {}", TOKEN.to_uppercase()), 401),
+    ] {
+        let r = http_client()
+            .put(format!("{}/v1/apps/web/routes", server.admin))
+            .header("content-type", "application/json")
+            .header("authorization", &authorization)
+            .body(before["route"].to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), want, "{authorization}");
+    }
+    // The accepted ones put the same table again: only its generation moved.
+    let before = server.routes().await;
 
     let cases = [
         (
@@ -143,7 +162,7 @@ async fn route_changes_need_the_token_and_valid_input_and_change_nothing_otherwi
 
     let (status, body) = server.put(&good, Some(TOKEN)).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["generation"], 2);
+    assert_eq!(body["generation"], before["generation"].as_u64().unwrap() + 1);
     assert_eq!(server.routes().await["route"]["canary_weight_bp"], 2500);
 
     let r = http_client()
