@@ -22,6 +22,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::Query;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -94,6 +95,16 @@ fn find_app(state: &AdminState, name: &str) -> Result<Arc<AppProxy>, ApiError> {
             StatusCode::NOT_FOUND,
             format!("no app named {name:?}; known apps: {}", known.join(", ")),
         )
+    })
+}
+
+/// A query string that does not parse is a 400 in JSON like every other API error, naming the
+/// parameter, rather than axum's plain-text answer.
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(q)| q).map_err(|e| {
+        let mut error = ApiError::new(StatusCode::BAD_REQUEST, "invalid query string");
+        error.errors.push(FieldError::new("query", e.body_text()));
+        error
     })
 }
 
@@ -369,8 +380,9 @@ struct HistoryQuery {
 async fn history(
     State(state): State<Arc<AdminState>>,
     Path(app): Path<String>,
-    Query(q): Query<HistoryQuery>,
+    q: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Result<Json<Vec<cutover_core::rollout::Rollout>>, ApiError> {
+    let q = query(q)?;
     let controller = find_controller(&state, &app)?;
     let rollouts = controller
         .store()
@@ -389,8 +401,9 @@ struct EventsQuery {
 async fn events(
     State(state): State<Arc<AdminState>>,
     Path(app): Path<String>,
-    Query(q): Query<EventsQuery>,
+    q: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Json<Vec<cutover_store::StoredEvent>>, ApiError> {
+    let q = query(q)?;
     let controller = find_controller(&state, &app)?;
     let events = controller
         .store()
@@ -409,8 +422,9 @@ async fn events(
 async fn event_stream(
     State(state): State<Arc<AdminState>>,
     Path(app): Path<String>,
-    Query(q): Query<EventsQuery>,
+    q: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Sse<impl futures_util::Stream<Item = Result<SseEvent, std::convert::Infallible>>>, ApiError> {
+    let q = query(q)?;
     let controller = find_controller(&state, &app)?;
     let receiver = controller.subscribe();
     let start = q.after.unwrap_or(0);

@@ -364,3 +364,31 @@ command = "exec sleep 60"
         .unwrap();
     again.shutdown().await;
 }
+
+/// A bad query string gets a JSON error naming it, like every other API error.
+#[tokio::test]
+async fn query_string_errors_are_json() {
+    let (v1, v2) = (ExampleApp::spawn("v1", &[]), ExampleApp::spawn("v2", &[]));
+    let server = Server::start(config(&v1, &v2, None)).await;
+    for path in [
+        "/v1/apps/web/events?after=yesterday",
+        "/v1/apps/web/history?limit=-1",
+    ] {
+        let r = http_client()
+            .get(format!("{}{path}", server.admin))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{path}");
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/json"),
+            "{path}"
+        );
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "invalid query string", "{body}");
+        assert_eq!(body["errors"][0]["field"], "query", "{body}");
+    }
+}
