@@ -76,6 +76,15 @@ async fn serve_generates_a_private_token_and_drains_on_sigterm() {
         0o600,
         "the generated token is readable by its owner only"
     );
+    let dir_mode = std::fs::metadata(token_file.parent().unwrap())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        dir_mode & 0o777,
+        0o700,
+        "the directory cutover made for it is private"
+    );
     let token = std::fs::read_to_string(&token_file).unwrap().trim().to_string();
     assert!(
         !process.stderr().contains(&token),

@@ -158,13 +158,23 @@ pub fn resolve_admin_token(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let token = format!("{:032x}{:032x}", rand::random::<u128>(), rand::random::<u128>());
             if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(err)?;
+                create_private_dir(dir).map_err(err)?;
             }
             write_private(&path, &token).map_err(err)?;
             Ok((token, TokenSource::Generated(path)))
         }
         Err(e) => Err(err(e)),
     }
+}
+
+/// Creates `dir` (and its missing parents) as 0700 whatever the umask; an existing directory
+/// is left as it is (it may be the user's own).
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    if dir.as_os_str().is_empty() || dir.exists() {
+        return Ok(());
+    }
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
 }
 
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
@@ -234,7 +244,7 @@ fn lock_state_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, ServeE
         path: dir.display().to_string(),
         reason,
     };
-    std::fs::create_dir_all(dir).map_err(|e| error(format!("cannot create it: {e}")))?;
+    create_private_dir(dir).map_err(|e| error(format!("cannot create it: {e}")))?;
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

@@ -4,6 +4,7 @@
 //! file is the controller's memory across a `kill -9`: a commit that returned is on disk, and one
 //! interrupted by a crash left nothing behind.
 
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -78,13 +79,20 @@ impl SqliteStore {
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         let shown = path.display().to_string();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| StoreError::Open {
-                path: shown.clone(),
-                reason: format!(
-                    "cannot create its directory {}: {e}; create it by hand, or choose a state file in a writable directory",
-                    parent.display()
-                ),
-            })?;
+            if !parent.exists() {
+                // Private whatever the umask: the state holds every release's command and env.
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(parent)
+                    .map_err(|e| StoreError::Open {
+                        path: shown.clone(),
+                        reason: format!(
+                            "cannot create its directory {}: {e}; create it by hand, or choose a state file in a writable directory",
+                            parent.display()
+                        ),
+                    })?;
+            }
         }
         if path.is_dir() {
             return Err(StoreError::Open {
@@ -92,6 +100,18 @@ impl SqliteStore {
                 reason: "it is a directory; give the path of a file in it, such as state.db".into(),
             });
         }
+        // The state file is 0600 whatever the umask, new or old; SQLite gives its WAL and shared
+        // memory files the database file's permissions.
+        let private = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(0o600)));
+        private.map_err(|e| StoreError::Open {
+            path: shown.clone(),
+            reason: format!("cannot create it or make it private (0600): {e}; check the directory's owner and permissions"),
+        })?;
         let open_err = |doing: &str, e: rusqlite::Error| StoreError::Open {
             path: shown.clone(),
             reason: format!("{doing}: {e}; {}", hint(&e)),

@@ -348,3 +348,23 @@ fn a_file_that_is_not_a_database_is_an_open_error() {
         "the file must be left alone"
     );
 }
+
+/// The state holds every release's command and environment: the file is 0600 and the directory
+/// cutover makes for it 0700, whatever the umask; an existing file with wider permissions is made
+/// private when opened.
+#[test]
+fn the_state_file_and_its_directory_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let path = dir.path().join("new-dir").join("state.db");
+    let store = SqliteStore::open(&path).unwrap();
+    let (state, events) = deployed();
+    store.commit(&state, &events).unwrap();
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(mode(path.parent().unwrap()), 0o700);
+    drop(store);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let _store = SqliteStore::open(&path).unwrap();
+    assert_eq!(mode(&path), 0o600, "an existing state file is made private");
+}
