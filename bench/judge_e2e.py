@@ -130,6 +130,23 @@ def find_key(obj, key: str):
     return None
 
 
+def paced(rate: float, max_seconds: float, stop: threading.Event, max_count: int | None = None):
+    """Yields (i, due) for ticks at `rate` per second, due = when tick i should happen, until `stop`
+    is set, `max_seconds` have passed or `max_count` ticks were given: bounded in time and count."""
+    t0 = time.monotonic()
+    limit = t0 + max_seconds
+    i = 0
+    while not stop.is_set() and (max_count is None or i < max_count):
+        due = t0 + i / rate
+        now = time.monotonic()
+        if now > limit:
+            return
+        if due > now and stop.wait(due - now):
+            return
+        yield i, due
+        i += 1
+
+
 def median(xs):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
@@ -291,24 +308,14 @@ class LoadGen:
             t.join(max(0.05, deadline - time.monotonic()))
 
     def _dispatch(self) -> None:
-        t0 = time.monotonic()
-        limit = t0 + self.max_seconds
-        i = 0
         n = len(self._order)
-        while not self._stop.is_set():
-            due = t0 + i / self.rate
-            now = time.monotonic()
-            if now > limit:
-                break
-            if due > now and self._stop.wait(due - now):
-                break
+        for i, due in paced(self.rate, self.max_seconds, self._stop):
             u = self._order[i % n]
             missing = self.missing_share > 0 and self.rng.random() < self.missing_share
             try:
                 self._q.put_nowait((u, missing, due))
             except queue.Full:
                 self.dropped += 1
-            i += 1
         for _ in range(self.workers):
             try:
                 self._q.put((None, False, 0.0), timeout=1)
@@ -506,16 +513,7 @@ class Attacker:
         conn.close()
 
     def _schedule(self) -> None:
-        t0 = time.monotonic()
-        limit = t0 + self.max_seconds
-        i = 0
-        while not self._stop.is_set() and i < 1_000_000:
-            due = t0 + i / self.rate
-            now = time.monotonic()
-            if now > limit:
-                break
-            if due > now and self._stop.wait(due - now):
-                break
+        for i, _ in paced(self.rate, self.max_seconds, self._stop, max_count=1_000_000):
             kind = self.KINDS[i % len(self.KINDS)]
             with self._lock:
                 keys = list(self.canary_keys)
@@ -524,7 +522,6 @@ class Attacker:
                     self.skipped += 1
                 else:
                     self._active += 1
-            i += 1
             if busy:
                 continue
             if keys:

@@ -38,6 +38,13 @@ impl ActiveTable {
     }
 }
 
+impl ActivePool {
+    /// Whether some backend of the pool takes new requests now.
+    pub fn can_take_requests(&self) -> bool {
+        self.backends.iter().any(|b| b.is_available())
+    }
+}
+
 /// The data plane of one app.
 #[derive(Debug)]
 pub struct AppProxy {

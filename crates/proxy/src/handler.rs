@@ -155,10 +155,10 @@ async fn route(
     };
     let user = who.user;
     let mut pool = table.pool(slot);
-    if forced.is_none() && !pool.backends.iter().any(|b| b.is_available()) {
+    if forced.is_none() && !pool.can_take_requests() {
         // Better a user on the other slot than an error: stickiness bends, availability does not.
         let other = table.pool(slot.other());
-        if other.backends.iter().any(|b| b.is_available()) {
+        if other.can_take_requests() {
             pool = other;
         }
     }
@@ -203,17 +203,11 @@ async fn route(
         if exhausted && failed_connects > 0 && forced.is_none() && !failed_over {
             // Nothing of the request reached a backend of this slot (a crashed canary, say): the
             // other slot serves it rather than the user seeing the machinery fail.
-            let other = table.pool(pool.slot.other());
-            if other.backends.iter().any(|b| b.is_available()) {
-                tracing::warn!(app = %app.name, from = %pool.slot, to = %other.slot,
-                    failed_connects, "no backend of the slot could be connected to; serving the request from the other slot");
-                pool.metrics.failed_over();
-                pool = other;
-                upstream_body.count_for(Arc::clone(&pool.metrics));
-                excluded = 0;
-                failed_connects = 0;
-                failed_over = true;
-                attempt_started = Instant::now();
+            if table.pool(pool.slot.other()).can_take_requests() {
+                tracing::warn!(app = %app.name, from = %pool.slot, failed_connects,
+                    "no backend of the slot could be connected to; serving the request from the other slot");
+                pool = to_the_other_slot(&table, pool, &mut upstream_body);
+                (excluded, failed_connects, failed_over, attempt_started) = (0, 0, true, Instant::now());
                 continue;
             }
         }
@@ -264,18 +258,13 @@ async fn route(
                 }
                 pool.metrics
                     .record(status.as_u16(), attempt_started.elapsed(), user);
-                pool.metrics.failed_over();
                 tracing::debug!(app = %app.name, slot = %pool.slot, status = status.as_u16(),
                     "the canary failed a safe request; asking the live slot");
                 // A failed answer's body is not wanted: its connection closes rather than drains.
                 drop(result);
                 drop(in_flight);
-                pool = table.pool(pool.slot.other());
-                upstream_body.count_for(Arc::clone(&pool.metrics));
-                excluded = 0;
-                failed_connects = 0;
-                failed_over = true;
-                attempt_started = Instant::now();
+                pool = to_the_other_slot(&table, pool, &mut upstream_body);
+                (excluded, failed_connects, failed_over, attempt_started) = (0, 0, true, Instant::now());
                 continue;
             }
         }
@@ -366,6 +355,19 @@ async fn route(
     }
 }
 
+/// Moves a request from `from` to the other slot of `table`: `from` counts a failover, and the
+/// request's body bytes count for the other slot from now on.
+fn to_the_other_slot<'t>(
+    table: &'t crate::app::ActiveTable,
+    from: &ActivePool,
+    body: &mut UpstreamRequestBody,
+) -> &'t ActivePool {
+    from.metrics.failed_over();
+    let other = table.pool(from.slot.other());
+    body.count_for(Arc::clone(&other.metrics));
+    other
+}
+
 /// Whether a failure of the canary on this request may be made good by the live slot: a safe
 /// method (the caller checks it came without a body), served by the canary (not the live slot), and a live slot that can
 /// take it.
@@ -379,11 +381,7 @@ fn safe_on_the_canary(
     app.settings.retry_canary_failures
         && pool.slot != table.route.live
         && matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS)
-        && table
-            .pool(table.route.live)
-            .backends
-            .iter()
-            .any(|b| b.is_available())
+        && table.pool(table.route.live).can_take_requests()
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -77,6 +77,14 @@ fn settings() -> ProxySettings {
     s
 }
 
+/// A loopback port with nothing behind it: bound, then closed.
+fn closed_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
 fn route(blue: &[&ExampleApp], green: &[&ExampleApp], weight: u16) -> RouteTable {
     let pool = |apps: &[&ExampleApp]| Pool {
         version: apps.first().map(|a| a.version.clone()).unwrap_or_default(),
@@ -282,11 +290,7 @@ async fn unhealthy_backends_are_taken_out_and_readmitted() {
 #[tokio::test]
 async fn a_request_that_cannot_connect_is_retried_on_another_backend() {
     let live = ExampleApp::spawn("v1", &[]);
-    // A port with nothing behind it: bound, then closed.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = closed_port();
     let mut s = settings();
     s.health_check.enabled = false;
     let mut table = route(&[&live], &[], 0);
@@ -873,10 +877,7 @@ async fn the_clients_own_failures_never_count_against_a_slot() {
 #[tokio::test]
 async fn a_request_no_backend_of_its_slot_can_take_goes_to_the_other_slot() {
     let live = ExampleApp::spawn("v1", &[]);
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = closed_port();
     let mut s = settings();
     s.health_check.enabled = false;
     let mut table = route(&[&live], &[], 10_000);

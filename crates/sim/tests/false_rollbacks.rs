@@ -9,9 +9,17 @@ use std::collections::BTreeMap;
 
 use cutover_core::sequential::{observe, ClientErrorCounts, SequentialConfig, SequentialState, WindowCounts};
 use cutover_core::Step;
-use cutover_sim::{bench_policy, catalogue, run_many};
+use cutover_sim::{bench_policy, catalogue, run_many, Scenario};
 use rand::{Rng, SeedableRng};
 use rand_distr::{Binomial, Distribution};
+
+/// The benchmark's scenario called `name`.
+fn scenario(name: &str) -> Scenario {
+    catalogue()
+        .into_iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no scenario {name:?} in the catalogue"))
+}
 
 fn bound(alpha: f64, runs: usize) -> usize {
     let n = runs as f64;
@@ -84,7 +92,7 @@ fn the_e_process_crosses_its_bar_at_most_alpha_of_the_time_under_any_peeking() {
 /// Whole rollouts of healthy canaries: false rollbacks stay under alpha for short and long windows.
 #[test]
 fn healthy_canaries_are_rarely_rolled_back_whatever_the_window() {
-    let healthy = catalogue().into_iter().find(|s| s.name == "healthy").unwrap();
+    let healthy = scenario("healthy");
     let alpha = 0.05;
     let runs = 300;
     for interval_ms in [1_000u64, 5_000, 30_000] {
@@ -127,7 +135,7 @@ fn healthy_canaries_are_rarely_rolled_back_whatever_the_window() {
 /// And the judge is not simply blind: it catches what the benchmark's first scenario describes.
 #[test]
 fn a_five_percent_error_canary_is_caught() {
-    let bad = catalogue().into_iter().find(|s| s.name == "errors-5pct").unwrap();
+    let bad = scenario("errors-5pct");
     let results = run_many(&bad, 200, 1);
     let within_30s = results
         .iter()
@@ -144,8 +152,6 @@ fn a_five_percent_error_canary_is_caught() {
 /// the guarantee.
 #[test]
 fn latency_and_4xx_regressions_are_caught_and_their_healthy_twins_are_not() {
-    let catalogue = catalogue();
-    let scenario = |name: &str| catalogue.iter().find(|s| s.name == name).unwrap().clone();
     for name in [
         "latency-doubled-fast",
         "latency-doubled-slow",
@@ -177,8 +183,6 @@ fn latency_and_4xx_regressions_are_caught_and_their_healthy_twins_are_not() {
 /// pause for a person every time) and a 5 % error canary is never promoted.
 #[test]
 fn low_traffic_is_decided_not_paused() {
-    let catalogue = catalogue();
-    let scenario = |name: &str| catalogue.iter().find(|s| s.name == name).unwrap().clone();
     let healthy = run_many(&scenario("healthy-low-traffic"), 100, 1);
     let promoted = healthy.iter().filter(|r| r.outcome == "promoted").count();
     assert!(
