@@ -359,9 +359,53 @@ async fn print_events(
     Ok(unconfirmed)
 }
 
+/// The marker every output shows in place of an environment value.
+const REDACTED: &str = cutover_core::REDACTED;
+
+/// Replaces each value of a rollout's release `env` with [`REDACTED`]; changes nothing else.
+/// The server never sends a value; this keeps an older server's answer from printing one.
+fn redact_rollout(rollout: &mut Value) {
+    let env = rollout
+        .get_mut("release")
+        .and_then(|r| r.get_mut("env"))
+        .and_then(Value::as_object_mut);
+    if let Some(env) = env {
+        for value in env.values_mut() {
+            *value = Value::String(REDACTED.to_string());
+        }
+    }
+}
+
+/// The release's variables by name, and its references, in a line; `None` when it has none.
+pub fn env_line(release: &Value) -> Option<String> {
+    let names: Vec<&str> = release["env"]
+        .as_object()
+        .map(|env| env.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    let references: Vec<String> = release["secrets"]
+        .as_object()
+        .map(|s| {
+            s.iter()
+                .map(|(name, r)| format!("{name} from {}", r.as_str().unwrap_or("?")))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut parts = Vec::new();
+    if !names.is_empty() {
+        parts.push(format!("{} (values {REDACTED})", names.join(", ")));
+    }
+    if !references.is_empty() {
+        parts.push(references.join(", "));
+    }
+    (!parts.is_empty()).then(|| format!("environment: {}", parts.join("; ")))
+}
+
 pub async fn status(client: &Client, app: &str, json: bool, watch: bool) -> Result<ExitCode> {
     loop {
-        let status = client.get(&format!("/v1/apps/{app}/status")).await?;
+        let mut status = client.get(&format!("/v1/apps/{app}/status")).await?;
+        if let Some(rollout) = status.get_mut("rollout") {
+            redact_rollout(rollout);
+        }
         if json {
             out!("{}", serde_json::to_string_pretty(&status)?);
         } else {
@@ -380,6 +424,9 @@ pub async fn status(client: &Client, app: &str, json: bool, watch: bool) -> Resu
 fn print_status(status: &Value) {
     out!("{}", progress_line(status));
     out!("live slot: {}", status["live"].as_str().unwrap_or("?"));
+    if let Some(line) = env_line(&status["rollout"]["release"]) {
+        out!("{line}");
+    }
     out!(
         "{:<6} {:<10} {:>9} {:>9} {:>8} {:>10} {:>10}",
         "slot",
@@ -427,7 +474,10 @@ pub async fn command(client: &Client, app: &str, command: &str) -> Result<ExitCo
 }
 
 pub async fn history(client: &Client, app: &str, json: bool) -> Result<ExitCode> {
-    let rollouts = client.get(&format!("/v1/apps/{app}/history")).await?;
+    let mut rollouts = client.get(&format!("/v1/apps/{app}/history")).await?;
+    for r in rollouts.as_array_mut().into_iter().flatten() {
+        redact_rollout(r);
+    }
     if json {
         out!("{}", serde_json::to_string_pretty(&rollouts)?);
         return Ok(ExitCode::SUCCESS);
@@ -466,4 +516,39 @@ pub async fn history(client: &Client, app: &str, json: bool) -> Result<ExitCode>
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_release_shows_its_variable_names_and_references_but_never_a_value() {
+        // As an older server would send it, with the value.
+        let mut status = json!({
+            "rollout": { "release": {
+                "version": "v6",
+                "env": { "DB_PASSWORD": "hunter2", "GREETING": "hello" },
+                "secrets": { "API_KEY": "file:/run/secrets/api" }
+            } }
+        });
+        redact_rollout(&mut status["rollout"]);
+        let text = status.to_string();
+        assert!(!text.contains("hunter2") && !text.contains("hello"), "{text}");
+        assert_eq!(status["rollout"]["release"]["env"]["DB_PASSWORD"], REDACTED);
+        assert_eq!(
+            env_line(&status["rollout"]["release"]).unwrap(),
+            "environment: DB_PASSWORD, GREETING (values <redacted>); API_KEY from file:/run/secrets/api"
+        );
+        assert_eq!(env_line(&json!({ "env": {} })), None);
+        // Nothing to redact is nothing changed.
+        for mut unchanged in [Value::Null, json!({ "release": null }), json!([1])] {
+            let before = unchanged.clone();
+            redact_rollout(&mut unchanged);
+            assert_eq!(unchanged, before);
+        }
+    }
 }

@@ -62,9 +62,22 @@ enum Command {
         /// Command line of the release (`{port}` is replaced); default: the app's configured one.
         #[arg(long = "cmd")]
         command: Option<String>,
-        /// Environment of the release, KEY=VALUE (repeatable).
-        #[arg(long = "env", value_parser = parse_key_value)]
-        env: Vec<(String, String)>,
+        /// Environment of the release, NAME=VALUE (repeatable). Values are never shown again:
+        /// status and history show the names, each value as <redacted>.
+        // Parsed after clap, whose errors repeat the argument (a value may be a secret).
+        #[arg(long = "env", value_name = "NAME=VALUE")]
+        env: Vec<String>,
+        /// A variable by reference rather than by value (repeatable): NAME=file:/PATH (a file on
+        /// the server, one trailing newline removed) or NAME=env:VAR (a variable of the server's
+        /// environment; CUTOVER_* refused).
+        ///
+        /// The server reads it each time the instances start, so a rotated file takes effect at
+        /// the next deploy or restart; only the reference is stored and shown. A reference that
+        /// cannot be read when deploying is refused before anything starts. Example:
+        ///
+        ///   cutover deploy web v6 --secret DB_PASSWORD=file:/run/secrets/db-password --secret API_KEY=env:WEB_API_KEY
+        #[arg(long = "secret", value_name = "NAME=REF", verbatim_doc_comment)]
+        secrets: Vec<String>,
         #[arg(long)]
         instances: Option<u32>,
         /// Deploy inside a freeze window (recorded in the event log).
@@ -130,10 +143,33 @@ enum Output {
     Json,
 }
 
+/// `NAME=VALUE`. The error does not repeat the argument: it may be a secret without its name.
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+        .ok_or_else(|| {
+            "--env: an argument has no '='; write NAME=VALUE, e.g. --env LOG_LEVEL=debug".to_string()
+        })
+}
+
+/// `NAME=file:/PATH` or `NAME=env:VAR`, checked as the server will check it; the reference
+/// normalised. Errors do not repeat the argument (a value pasted in place of a reference).
+fn parse_secret(s: &str) -> Result<(String, String), String> {
+    let (name, reference) = s.split_once('=').ok_or_else(|| {
+        "--secret: an argument has no '='; write NAME=file:/PATH or NAME=env:VAR, e.g. --secret DB_PASSWORD=file:/run/secrets/db-password"
+            .to_string()
+    })?;
+    let reference: cutover_core::SecretRef = reference
+        .parse()
+        .map_err(|e| format!("--secret: the reference of {name} {e}"))?;
+    if !reference.is_allowed() {
+        return Err(format!(
+            "--secret: the reference of {name} names cutover's own variable ({reference}); cutover never gives its own \
+             settings, the admin token among them, to an app: export the secret under a name that does not \
+             start with CUTOVER_"
+        ));
+    }
+    Ok((name.to_string(), reference.to_string()))
 }
 
 #[derive(Debug, Subcommand)]
@@ -208,16 +244,37 @@ async fn run(command: Command, connection: client::Connection) -> Result<ExitCod
             version,
             command,
             env,
+            secrets,
             instances,
             force,
             no_follow,
             wait,
             timeout,
         } => {
+            let parsed = env
+                .iter()
+                .map(|s| parse_key_value(s))
+                .collect::<Result<std::collections::BTreeMap<_, _>, _>>()
+                .and_then(|env| {
+                    let secrets = secrets
+                        .iter()
+                        .map(|s| parse_secret(s))
+                        .collect::<Result<std::collections::BTreeMap<_, _>, _>>()?;
+                    Ok((env, secrets))
+                });
+            let (env, secrets) = match parsed {
+                Ok(parsed) => parsed,
+                Err(e) => {
+                    // A usage error, like clap's, without repeating the argument.
+                    eprintln!("error: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
             let body = serde_json::json!({
                 "version": version,
                 "command": command,
-                "env": env.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+                "env": env,
+                "secrets": secrets,
                 "instances": instances,
                 "force": force,
             });

@@ -518,7 +518,12 @@ async fn a_release_that_logs_users_out_is_rolled_back_on_its_401s() {
 /// the like, the release's own variables and cutover's facts, never the admin token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_get_an_explicit_environment_without_cutovers_secrets() {
-    let cluster = Cluster::new(Setup::default());
+    let smoke_env = tempfile::NamedTempFile::new().unwrap();
+    let verify = format!("command = \"env > '{}'\"", smoke_env.path().display());
+    let cluster = Cluster::new(Setup {
+        verify: Box::leak(verify.into_boxed_str()),
+        ..Setup::default()
+    });
     let (code, out) = cluster.cli(&["deploy", "web", "v1", "--env", "GREETING=hello"]);
     assert_eq!(code, 0, "{out}");
     let pids = cluster.instance_pids();
@@ -553,6 +558,13 @@ async fn instances_get_an_explicit_environment_without_cutovers_secrets() {
             );
         }
     }
+    // The smoke command too.
+    let smoke = std::fs::read_to_string(smoke_env.path()).unwrap();
+    assert!(smoke.contains("TARGET_URL="), "the smoke command ran: {smoke}");
+    assert!(
+        !smoke.contains(TOKEN) && !smoke.contains("CUTOVER_ADMIN_TOKEN"),
+        "the admin token leaked into the smoke command: {smoke}"
+    );
 }
 
 /// `kill -9` of the server in each phase, then a restart: the rollout resumes where it was or
@@ -947,4 +959,214 @@ async fn rollouts_are_judged_from_prometheus() {
     let (code, out) = cluster.deploy("v3", "--error-rate 0.5");
     assert_eq!(code, 10, "{out}");
     load.finish().await;
+}
+
+/// Versions answered to `users` sticky users of the public listener (one request each).
+async fn versions_seen(public: &str, users: usize) -> Vec<String> {
+    let client = http_client();
+    let mut seen = Vec::new();
+    for user in 0..users {
+        let r = client
+            .get(format!("{public}/"))
+            .header("X-User-ID", format!("user-{user}"))
+            .send()
+            .await
+            .unwrap();
+        let version = r
+            .headers()
+            .get("x-app-version")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none")
+            .to_string();
+        seen.push(format!("{} {version}", r.status().as_u16()));
+    }
+    seen
+}
+
+async fn event_kinds(cluster: &Cluster) -> Vec<String> {
+    cluster
+        .get_json("/v1/apps/web/events?limit=1000")
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+/// A host crash: the server and every instance die together. On restart the live release is
+/// started again, checked and routed with nobody involved; the next deploy then takes only its
+/// canary share, not all the traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_host_crash_the_live_release_comes_back_by_itself() {
+    let mut cluster = Cluster::new(Setup {
+        steps: r#"[{ weight_bp = 2500, duration_ms = 60000 }, { weight_bp = 10000 }]"#,
+        ..Setup::default()
+    });
+    assert_eq!(cluster.deploy("v1", "").0, 0);
+    cluster.wait_phase("succeeded").await;
+    let before = cluster.instance_pids();
+    cluster.kill9();
+    for pid in &before {
+        Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap();
+    }
+    wait_until("the instances are dead", Duration::from_secs(10), || async {
+        cluster.instance_pids().is_empty()
+    })
+    .await;
+    cluster.start();
+    wait_until("v1 serves again", Duration::from_secs(30), || async {
+        versions_seen(&cluster.public, 5)
+            .await
+            .iter()
+            .all(|s| s == "200 v1")
+    })
+    .await;
+    assert!(event_kinds(&cluster).await.contains(&"restarted".to_string()));
+    let status = cluster.status().await;
+    assert_eq!(status["rollout"]["id"], 1, "no deploy was needed: {status}");
+
+    // The recovery deploy is a canary at 25 %, not a takeover.
+    assert_eq!(cluster.deploy_async("v2", None).await, 202);
+    cluster.wait_phase("canary").await;
+    let seen = versions_seen(&cluster.public, 60).await;
+    let on_v1 = seen.iter().filter(|s| *s == "200 v1").count();
+    let on_v2 = seen.iter().filter(|s| *s == "200 v2").count();
+    assert_eq!(on_v1 + on_v2, 60, "{seen:?}");
+    assert!(
+        on_v1 >= 30 && on_v2 >= 3,
+        "25 % canary: {on_v1} on v1, {on_v2} on v2"
+    );
+}
+
+/// The host crashes during a canary: the dead canary is rolled back and the live release is
+/// started again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_crash_during_a_canary_rolls_it_back_and_restarts_the_live_release() {
+    let mut cluster = Cluster::new(Setup {
+        steps: r#"[{ weight_bp = 2500, duration_ms = 60000 }, { weight_bp = 10000 }]"#,
+        ..Setup::default()
+    });
+    assert_eq!(cluster.deploy("v1", "").0, 0);
+    cluster.wait_phase("succeeded").await;
+    assert_eq!(cluster.deploy_async("v2", None).await, 202);
+    cluster.wait_phase("canary").await;
+    let before = cluster.instance_pids();
+    assert_eq!(before.len(), 2);
+    cluster.kill9();
+    for pid in &before {
+        Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap();
+    }
+    wait_until("the instances are dead", Duration::from_secs(10), || async {
+        cluster.instance_pids().is_empty()
+    })
+    .await;
+    cluster.start();
+    cluster.wait_phase("rolled_back").await;
+    wait_until("v1 serves everyone again", Duration::from_secs(30), || async {
+        versions_seen(&cluster.public, 20)
+            .await
+            .iter()
+            .all(|s| s == "200 v1")
+    })
+    .await;
+    assert_eq!(cluster.instance_pids().len(), 1, "only v1 runs");
+}
+
+/// A state file moved aside (as the error for a damaged one allows) must not take the service
+/// down: the fresh server adopts the instances it finds, says so, and serves them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_state_adopts_running_instances_instead_of_stopping_them() {
+    let mut cluster = Cluster::new(Setup::default());
+    assert_eq!(cluster.deploy("v1", "").0, 0);
+    cluster.wait_phase("succeeded").await;
+    let before = cluster.instance_pids();
+    assert_eq!(before.len(), 1);
+    cluster.kill9();
+    let state_dir = cluster.dir.path().join(".cutover");
+    let aside = cluster.dir.path().join("state-aside");
+    std::fs::create_dir(&aside).unwrap();
+    for entry in std::fs::read_dir(&state_dir).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with("state.db") {
+            std::fs::rename(entry.path(), aside.join(&name)).unwrap();
+        }
+    }
+    cluster.start();
+    assert_eq!(
+        versions_seen(&cluster.public, 5).await,
+        vec!["200 v1".to_string(); 5],
+        "served at once, by the same instance"
+    );
+    assert_eq!(
+        cluster.instance_pids(),
+        before,
+        "nothing was stopped or restarted"
+    );
+    let status = cluster.status().await;
+    let live = status["live"].as_str().unwrap();
+    let slot = status["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["slot"] == live)
+        .unwrap();
+    assert_eq!(slot["version"], "v1", "{status}");
+    let events = cluster.get_json("/v1/apps/web/events?limit=1000").await;
+    let adopted = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "adopted")
+        .unwrap_or_else(|| panic!("an adopted event: {events}"));
+    assert!(adopted["message"].as_str().unwrap().contains("v1"), "{adopted}");
+
+    // The adopted release is replaced by the next deploy like any other.
+    assert_eq!(cluster.deploy_async("v2", None).await, 202);
+    cluster.wait_phase("canary").await;
+    assert_eq!(cluster.post("promote").await, 200);
+    cluster.wait_phase("succeeded").await;
+    wait_until("only v2 is left", Duration::from_secs(20), || async {
+        let pids = cluster.instance_pids();
+        pids.len() == 1 && pids != before
+    })
+    .await;
+}
+
+/// A deploy inside the rollback window closes the promoted rollout: history says it succeeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_records_a_rollout_closed_by_the_next_deploy() {
+    let cluster = Cluster::new(Setup {
+        rollback_window_ms: 60_000,
+        ..Setup::default()
+    });
+    assert_eq!(cluster.deploy("v1", "").0, 0);
+    cluster.wait_phase("promoted").await;
+    assert_eq!(cluster.deploy_async("v2", None).await, 202);
+    cluster.wait_phase("canary").await;
+    assert_eq!(cluster.post("promote").await, 200);
+    cluster.wait_phase("promoted").await;
+    let history = cluster.get_json("/v1/apps/web/history").await;
+    let phases: Vec<(u64, String)> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_u64().unwrap(),
+                r["phase"]["phase"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        phases,
+        vec![(2, "promoted".to_string()), (1, "succeeded".to_string())],
+        "{history}"
+    );
 }

@@ -25,7 +25,7 @@ pub mod validate;
 
 pub use bucket::{Bucket, Bucketer};
 pub use policy::{RolloutPolicy, Step};
-pub use release::ReleaseSpec;
+pub use release::{EnvMap, Redacted, ReleaseSpec, SecretLookup, SecretRef, REDACTED};
 pub use route::{BasisPoints, Pool, RouteTable};
 pub use slot::Slot;
 pub use status::{ClientFault, TRACKED_CODES};

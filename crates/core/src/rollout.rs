@@ -316,6 +316,19 @@ pub enum Input {
         target_ready: bool,
         live_ready: bool,
     },
+    /// The live slot's instances were found gone (a host crash took them with cutover) and its
+    /// recorded release was started again: these instances are ready.
+    Restarted {
+        slot: Slot,
+        version: String,
+        backends: Vec<SocketAddr>,
+    },
+    /// Starting the live slot's recorded release again failed; the controller retries.
+    RestartFailed {
+        slot: Slot,
+        version: String,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -356,6 +369,9 @@ pub struct Transition {
     pub state: AppState,
     pub actions: Vec<Action>,
     pub events: Vec<Event>,
+    /// Rollouts this transition finished and replaced in `state` (a deploy inside the rollback
+    /// window closes the promoted rollout as succeeded): their history must be written too.
+    pub ended: Vec<Rollout>,
 }
 
 /// Grace after the readiness deadline before the engine fails a provisioning nobody reported on.
@@ -414,6 +430,7 @@ struct Builder {
     state: AppState,
     actions: Vec<Action>,
     events: Vec<Event>,
+    ended: Vec<Rollout>,
     now: Timestamp,
 }
 
@@ -459,6 +476,7 @@ impl Builder {
             state: self.state,
             actions: self.actions,
             events: self.events,
+            ended: self.ended,
         }
     }
 
@@ -654,6 +672,7 @@ pub fn handle(state: &AppState, input: Input, now: Timestamp) -> Result<Transiti
         state: state.clone(),
         actions: Vec::new(),
         events: Vec::new(),
+        ended: Vec::new(),
         now,
     };
     let active = state.active_rollout().cloned();
@@ -696,6 +715,34 @@ pub fn handle(state: &AppState, input: Input, now: Timestamp) -> Result<Transiti
                 r.phase.name()
             )));
         }
+        (
+            Input::Restarted {
+                slot,
+                version,
+                backends,
+            },
+            active,
+        ) => {
+            restarted(&mut b, slot, &version, backends, active.as_ref())?;
+        }
+        (
+            Input::RestartFailed {
+                slot,
+                version,
+                reason,
+            },
+            active,
+        ) => {
+            b.events.push(Event {
+                at: now,
+                rollout_id: active.as_ref().map(|r| r.id),
+                kind: "restart_failed".into(),
+                message: format!(
+                    "starting {version} again in slot {slot}, whose instances were gone, failed: {reason}; retrying"
+                ),
+                data: serde_json::json!({ "slot": slot, "version": version }),
+            });
+        }
         (Input::Recovered { .. } | Input::Tick, None) => {
             // Nothing in progress: make sure the router serves what the state says.
             b.apply_routes();
@@ -706,6 +753,40 @@ pub fn handle(state: &AppState, input: Input, now: Timestamp) -> Result<Transiti
     Ok(b.finish())
 }
 
+/// Routes the instances that replaced a live slot found dead. Only the slot's own recorded
+/// version qualifies, and never the target of a rollout (the rollout provisions that one).
+fn restarted(
+    b: &mut Builder,
+    slot: Slot,
+    version: &str,
+    backends: Vec<SocketAddr>,
+    active: Option<&Rollout>,
+) -> Result<(), Rejected> {
+    if b.state.slot(slot).version() != Some(version)
+        || active.is_some_and(|r| r.target == slot)
+        || backends.is_empty()
+    {
+        return Err(Rejected(format!(
+            "slot {slot} of app {} no longer holds {version} as a live release; the restarted instances are not needed",
+            b.state.app
+        )));
+    }
+    let count = backends.len();
+    b.state.slot_mut(slot).backends = backends;
+    b.apply_routes();
+    b.events.push(Event {
+        at: b.now,
+        rollout_id: active.map(|r| r.id),
+        kind: "restarted".into(),
+        message: format!(
+            "started {version} again in slot {slot}: its instances were gone when cutover came back \
+             (a host crash?); {count} instance(s) ready and serving"
+        ),
+        data: serde_json::json!({ "slot": slot, "version": version, "instances": count }),
+    });
+    Ok(())
+}
+
 fn start_rollout(b: &mut Builder, release: ReleaseSpec, policy: RolloutPolicy, forced: bool) {
     let now = b.now;
     let id = b.state.next_rollout_id;
@@ -714,6 +795,9 @@ fn start_rollout(b: &mut Builder, release: ReleaseSpec, policy: RolloutPolicy, f
     let previous_version = b.state.slot(b.state.live).version().map(str::to_string);
     let deadline = now.plus_ms(policy.readiness_deadline_ms);
     let had_old = b.state.slot(target).is_running();
+    if let Some(previous) = b.state.rollout.take() {
+        b.ended.push(previous);
+    }
     let policy_method = policy.judge.method;
     let sequential_config = policy.judge.sequential.clone();
     b.state.rollout = Some(Rollout {
@@ -1212,5 +1296,6 @@ fn input_name(input: &Input) -> &'static str {
         | Input::PromotionRejected { .. }
         | Input::ConfirmationTimedOut { .. } => "a promotion confirmation",
         Input::Recovered { .. } => "recovery",
+        Input::Restarted { .. } | Input::RestartFailed { .. } => "a restart of the live slot",
     }
 }

@@ -102,6 +102,17 @@ impl RouteTable {
         }
         for slot in Slot::ALL {
             let pool = self.pool(slot);
+            if pool.backends.len() > MAX_BACKENDS_PER_SLOT {
+                errors.push(FieldError::new(
+                    format!("{slot}.backends"),
+                    format!(
+                        "{} backends; a slot holds at most {MAX_BACKENDS_PER_SLOT}: put a load balancer \
+                         in front of larger fleets, or split them into apps",
+                        pool.backends.len()
+                    ),
+                ));
+                continue;
+            }
             let mut seen = HashSet::new();
             for (i, addr) in pool.backends.iter().enumerate() {
                 if !seen.insert(addr) {
@@ -141,9 +152,29 @@ impl RouteTable {
     }
 }
 
+/// The most backends one slot of a route table may hold. Each costs a health-check task and a
+/// connection pool in the proxy; a table of 10 000 is a mistake or an attack, not a fleet one
+/// proxy on one host serves.
+pub const MAX_BACKENDS_PER_SLOT: usize = 1024;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_slot_holds_at_most_max_backends() {
+        let mut t = table(0);
+        t.green.backends = (0..=MAX_BACKENDS_PER_SLOT)
+            .map(|i| SocketAddr::from(([127, 0, (i / 250) as u8, (i % 250) as u8], 8000)))
+            .collect();
+        let errors = t.validate().unwrap_err().to_string();
+        assert!(
+            errors.contains("green.backends: 1025 backends; a slot holds at most 1024"),
+            "{errors}"
+        );
+        t.green.backends.pop();
+        t.validate().unwrap();
+    }
 
     fn table(weight: u16) -> RouteTable {
         RouteTable {

@@ -15,7 +15,8 @@ pub const INHERITED_ENV: [&str; 11] = [
 
 /// Replaces `cmd`'s environment with the inherited part of cutover's ([`INHERITED_ENV`], the
 /// `LC_*` locale variables, and `extra`), to which the caller then adds the release's own.
-pub(crate) fn inherit_env(cmd: &mut tokio::process::Command, extra: &[&str]) {
+/// Every process cutover starts goes through this: instances, deploy hooks, smoke commands.
+pub fn inherit_env(cmd: &mut tokio::process::Command, extra: &[&str]) {
     cmd.env_clear();
     for (name, value) in std::env::vars_os() {
         let Some(text) = name.to_str() else { continue };
@@ -99,6 +100,11 @@ pub trait Platform: Send + Sync + std::fmt::Debug {
     /// wanted (`keep` lists the wanted `(slot, version)` pairs), stops the rest, forgets the dead.
     /// Leaves no orphan.
     async fn reconcile(&self, app: &str, keep: &[(Slot, String)]) -> Result<ReconcileReport, PlatformError>;
+
+    /// The recorded instances of `app` that still run, by slot, the slot started first first.
+    /// Changes nothing. A server whose store knows nothing of `app` (a new or replaced state file)
+    /// adopts these rather than stopping what serves the users.
+    async fn running(&self, app: &str) -> Result<Vec<(Slot, Vec<InstanceInfo>)>, PlatformError>;
 
     /// The last `lines` lines of the logs of `slot`'s instances, for error messages.
     fn log_tail(&self, app: &str, slot: Slot, lines: usize) -> String;

@@ -26,7 +26,8 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use cutover_core::{ReleaseSpec, Slot};
+use cutover_core::release::MAX_SECRET_BYTES;
+use cutover_core::{ReleaseSpec, SecretLookup, Slot};
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -681,6 +682,30 @@ impl Platform for LocalProcessPlatform {
             .collect())
     }
 
+    async fn running(&self, app: &str) -> Result<Vec<(Slot, Vec<InstanceInfo>)>, PlatformError> {
+        let mut found = Vec::new();
+        for slot in Slot::ALL {
+            let live: Vec<Tracked> = self
+                .tracked(app, slot)?
+                .into_iter()
+                .filter(|t| t.exited().is_none())
+                .collect();
+            if let Some(first_start) = live.iter().map(|t| t.rec.start_time).min() {
+                found.push((
+                    first_start,
+                    slot,
+                    live.iter().map(|t| t.info(None)).collect::<Vec<_>>(),
+                ));
+            }
+        }
+        // Start times count clock ticks since boot, and records of an earlier boot never run.
+        found.sort_by_key(|(first_start, _, _)| *first_start);
+        Ok(found
+            .into_iter()
+            .map(|(_, slot, instances)| (slot, instances))
+            .collect())
+    }
+
     /// Instances whose leader died but whose process group still has live members (a command
     /// that backgrounded something and exited) are reported as gone, and their stragglers are
     /// stopped too, so nothing is left running unrecorded.
@@ -791,6 +816,11 @@ fn spawn_instance(
     workdir: Option<&Path>,
     log_path: &Path,
 ) -> Result<Tracked, String> {
+    // Secret references are read now, at each start, and their values reach this child only.
+    // The controller resolves them before it starts a release; this covers any other caller.
+    let release = &release
+        .resolve_secrets(&ProcessSecrets)
+        .map_err(|e| e.to_string())?;
     let command = release.command.replace("{port}", &port.to_string());
     let log_error = |e: std::io::Error| {
         format!(
@@ -872,6 +902,32 @@ fn spawn_instance(
 
 /// Kills a just-spawned group that could not be recorded, so it is not left unmanaged; its
 /// reaping is left to tokio, which reaps dropped children in the background.
+/// Secret references read from this process: its files and its environment. Reads at most
+/// [`MAX_SECRET_BYTES`] + 1 bytes of a regular file (never a FIFO or a device), and logs nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessSecrets;
+
+impl SecretLookup for ProcessSecrets {
+    fn read_file(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        // Checked before opening: opening a FIFO would block until someone writes to it.
+        if !fs::metadata(path)?.is_file() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
+        let mut bytes = Vec::new();
+        File::open(path)?
+            .take(MAX_SECRET_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)?;
+        Ok(bytes)
+    }
+
+    fn var(&self, name: &str) -> Option<std::ffi::OsString> {
+        std::env::var_os(name)
+    }
+}
+
 fn kill_unrecorded(pid: u32) {
     let _ = killpg(Pid::from_raw(pgid_to_raw(pid)), Signal::SIGKILL);
 }

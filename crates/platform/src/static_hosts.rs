@@ -360,6 +360,16 @@ impl Platform for StaticHostsPlatform {
         Ok(report)
     }
 
+    async fn running(&self, app: &str) -> Result<Vec<(Slot, Vec<InstanceInfo>)>, PlatformError> {
+        self.check_app(app)?;
+        // Which slot was set up first is not recorded for hosts; blue, then green.
+        Ok(Slot::ALL
+            .into_iter()
+            .map(|slot| (slot, self.instances_of(slot)))
+            .filter(|(_, instances)| !instances.is_empty())
+            .collect())
+    }
+
     fn log_tail(&self, _app: &str, slot: Slot, lines: usize) -> String {
         match tail_lines(&self.log_path(slot), lines) {
             Ok(tail) => tail.into_iter().map(|l| format!("{l}\n")).collect(),

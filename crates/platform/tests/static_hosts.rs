@@ -21,7 +21,8 @@ fn release(version: &str, command: &str) -> ReleaseSpec {
     ReleaseSpec {
         version: version.into(),
         command: command.into(),
-        env: BTreeMap::from([("EXTRA".to_string(), "x".to_string())]),
+        env: BTreeMap::from([("EXTRA".to_string(), "x".to_string())]).into(),
+        secrets: BTreeMap::new(),
         workdir: None,
         instances: 1,
     }

@@ -8,12 +8,21 @@
 //! | GET | `/v1/apps/{app}/routes` | the app's route table and its generation |
 //! | PUT | `/v1/apps/{app}/routes` | replace the route table (token) |
 //! | GET | `/v1/apps/{app}/metrics` | per-slot counters, quantiles and backend health |
-//! | POST | `/v1/apps/{app}/deploy` | start a rollout (token); body `{"version", "command"?, "env"?, "instances"?, "force"?}` |
+//! | POST | `/v1/apps/{app}/deploy` | start a rollout (token); body `{"version", "command"?, "env"?, "secrets"?, "instances"?, "force"?}` |
 //! | GET | `/v1/apps/{app}/status` | phase, weights, per-slot live metrics, latest decisions |
 //! | POST | `/v1/apps/{app}/promote` (`pause`, `resume`, `abort`, `rollback`) | operator commands (token) |
 //! | GET | `/v1/apps/{app}/history` | past rollouts, newest first (`?limit=`) |
 //! | GET | `/v1/apps/{app}/events` | the event log (`?after=SEQ&rollout=ID&limit=`) |
 //! | GET | `/v1/apps/{app}/events/stream` | the event log live, as server-sent events (`?after=SEQ`) |
+//!
+//! A release's environment is never shown, to anyone, token or not: wherever a release appears
+//! (status, history, the answers of commands) each value of its `env` reads `"<redacted>"` and
+//! only the names show. `env` takes values (`{"DB_PASSWORD": "..."}`); `secrets` takes references
+//! that the server resolves each time the instances start (`{"DB_PASSWORD":
+//! "file:/run/secrets/db"}` or `"env:DB_PASSWORD"`, a variable of the server's environment), and
+//! shows them as given. A deploy whose reference cannot be read now, or that names cutover's own
+//! variables (`env:CUTOVER_*`), is refused with 400 naming the `secrets.NAME` field. See
+//! [`cutover_core::release`].
 //!
 //! Errors are JSON: `{"error": "...", "errors": [{"field": "...", "message": "..."}]}` with 400 for
 //! invalid input (and no change made), 401 without a valid token, 404 for an unknown app, 409 for
@@ -31,8 +40,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use cutover_core::rollout::Command;
-use cutover_core::{FieldError, RouteTable, Slot};
+use cutover_core::rollout::{Command, Rollout};
+use cutover_core::{FieldError, Redacted, RouteTable, Slot};
 use cutover_proxy::{AppProxy, MetricsSummary};
 use serde::{Deserialize, Serialize};
 
@@ -381,14 +390,14 @@ async fn history(
     State(state): State<Arc<AdminState>>,
     Path(app): Path<String>,
     q: Result<Query<HistoryQuery>, QueryRejection>,
-) -> Result<Json<Vec<cutover_core::rollout::Rollout>>, ApiError> {
+) -> Result<Json<Vec<Redacted<Rollout>>>, ApiError> {
     let q = query(q)?;
     let controller = find_controller(&state, &app)?;
     let rollouts = controller
         .store()
         .rollouts(&app, q.limit.unwrap_or(20).min(1000))
         .map_err(ControllerError::from)?;
-    Ok(Json(rollouts))
+    Ok(Json(rollouts.into_iter().map(Redacted::new).collect()))
 }
 
 #[derive(Debug, Deserialize)]

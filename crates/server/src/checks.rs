@@ -225,7 +225,11 @@ pub async fn verify(addrs: &[SocketAddr], config: &VerifyConfig) -> Result<Strin
     }
     if let Some(command) = &config.command {
         let target = addrs.first().map(|a| format!("http://{a}")).unwrap_or_default();
-        let run = tokio::process::Command::new("/bin/sh")
+        let mut run = tokio::process::Command::new("/bin/sh");
+        // Never cutover's own secrets (the admin token, webhook keys): a smoke script's output
+        // lands in events, and the script may be the release's own.
+        cutover_platform::inherit_env(&mut run, &["SSH_AUTH_SOCK", "SSH_AGENT_PID"]);
+        let run = run
             .arg("-c")
             .arg(command)
             .env("TARGET_URL", &target)

@@ -1,9 +1,11 @@
 //! `cutover.toml`: parsed, then validated with every error reported at once, each pointing at the
 //! file, line and field.
 
+mod structure;
+
 use std::collections::HashSet;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use cutover_core::{FieldError, RolloutPolicy, RouteTable, Slot};
@@ -55,6 +57,9 @@ pub struct AdminConfig {
     pub token_file: Option<PathBuf>,
     /// Must be set to listen on anything but loopback, as a deliberate act.
     pub allow_non_loopback: bool,
+    /// A request head must arrive whole within this time, or the connection is closed: a client
+    /// trickling bytes cannot hold a connection open. The CLI and the dashboard send theirs at once.
+    pub header_read_timeout_ms: u64,
 }
 
 impl Default for AdminConfig {
@@ -63,6 +68,7 @@ impl Default for AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9180)),
             token_file: None,
             allow_non_loopback: false,
+            header_read_timeout_ms: 10_000,
         }
     }
 }
@@ -75,6 +81,16 @@ pub struct AppConfig {
     /// or nginx are reached through those and have no listener of cutover's.
     #[serde(default)]
     pub listen: Option<SocketAddr>,
+    /// Length of the accept queue of `listen` and `preview_listen`: connections the kernel has
+    /// completed and that wait for the proxy to accept them. Connections beyond it are dropped
+    /// (the client retries its SYN a second later), so a burst of connects larger than the queue
+    /// turns into one-second stalls; a backlog of 128 dropped connections under a burst of 5000
+    /// connects.
+    /// Per app, next to `listen`, because bursts differ between apps. Default 4096, 1 to 65535.
+    /// The kernel caps it at `net.core.somaxconn` (4096 since Linux 5.4, 128 before): raise that
+    /// too for more. For comparison, nginx's default is 511 and HAProxy's follows `maxconn`.
+    #[serde(default = "default_listen_backlog")]
+    pub listen_backlog: u32,
     /// What splits the app's traffic: the built-in proxy (default), HAProxy or nginx.
     #[serde(default)]
     pub router: RouterConfig,
@@ -121,6 +137,10 @@ pub struct AppConfig {
 
 fn default_stop_grace_ms() -> u64 {
     10_000
+}
+
+fn default_listen_backlog() -> u32 {
+    4096
 }
 
 /// `[app.router]`: `kind` picks the router, the other fields are that router's settings.
@@ -180,6 +200,7 @@ impl AppConfig {
         AppConfig {
             name: name.into(),
             listen: Some(listen),
+            listen_backlog: default_listen_backlog(),
             router: RouterConfig::Builtin,
             preview_listen: None,
             tls: None,
@@ -280,38 +301,77 @@ impl Config {
         Config::parse(&text, &path.display().to_string())
     }
 
-    /// Parses and validates `text`; `origin` names it in errors.
+    /// Parses and validates `text`; `origin` names it in errors. Every problem is reported at
+    /// once, in file order: type errors and unknown fields (see [`structure`]), then what
+    /// validation finds in the rest.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         let invalid = |problems| ConfigError::Invalid {
             path: origin.to_string(),
             problems,
         };
-        let config: Config = match toml::from_str(text) {
-            Ok(c) => c,
-            Err(e) => {
-                let line = e.span().map(|s| line_of(text, s.start));
-                let message = e.message().trim().to_string();
-                return Err(invalid(vec![ConfigProblem {
-                    line,
-                    field: "toml".into(),
-                    message,
-                }]));
-            }
+        let toml_problem = |e: &toml::de::Error| ConfigProblem {
+            line: e.span().map(|s| line_of(text, s.start)),
+            field: "toml".into(),
+            message: e.message().trim().to_string(),
         };
-        let errors = config.validate();
-        if errors.is_empty() {
-            return Ok(config);
-        }
+        // The common case, a valid file, takes one pass; the structural pass below only runs to
+        // find every problem of a file already known to have one.
+        let found = match toml::from_str::<Config>(text) {
+            Ok(config) => structure::Structure::clean(config),
+            Err(first) => match toml::from_str::<toml::Table>(text) {
+                // A syntax error: what follows it cannot be read reliably, so it is the one
+                // problem reported.
+                Err(syntax) => return Err(invalid(vec![toml_problem(&syntax)])),
+                Ok(table) => {
+                    let found = structure::Structure::collect(table);
+                    if found.problems.is_empty() {
+                        // The two passes disagree (they should not): report what the first saw.
+                        return Err(invalid(vec![toml_problem(&first)]));
+                    }
+                    found
+                }
+            },
+        };
         let doc = toml_edit::Document::parse(text).ok();
-        let problems = errors
-            .into_iter()
-            .map(|e| ConfigProblem {
-                line: doc.as_ref().and_then(|d| locate(d, text, &e.field)),
-                field: e.field,
-                message: e.message,
+        let line = |field: &str| doc.as_ref().and_then(|d| locate(d, text, field));
+        let mut problems: Vec<ConfigProblem> = found
+            .problems
+            .iter()
+            .map(|(field, message)| ConfigProblem {
+                line: line(field),
+                field: field.clone(),
+                message: message.clone(),
             })
             .collect();
-        Err(invalid(problems))
+        if let Some(config) = &found.config {
+            for e in config.validate() {
+                // Validation saw the document without the values taken out; its paths are
+                // translated back to the file as written.
+                let field = match structure::parse_path(&e.field) {
+                    Some(path) => {
+                        let original = found.to_original(&path);
+                        if found.masks(&original) {
+                            continue;
+                        }
+                        structure::render(&original)
+                    }
+                    None => e.field,
+                };
+                problems.push(ConfigProblem {
+                    line: line(&field),
+                    field,
+                    message: e.message,
+                });
+            }
+        }
+        match found.config {
+            Some(config) if problems.is_empty() => Ok(config),
+            _ => {
+                // Stable: problems on one line keep the order they were found in.
+                problems.sort_by_key(|p| p.line);
+                Err(invalid(problems))
+            }
+        }
     }
 
     /// Every semantic problem, with field paths as the user wrote them (`app[0].proxy...`).
@@ -337,10 +397,8 @@ impl Config {
             ));
         }
         let mut names = HashSet::new();
-        let mut addrs = HashSet::new();
-        if self.admin.listen.port() != 0 {
-            addrs.insert(self.admin.listen);
-        }
+        // Every listener cutover binds, with its field, to find the ones that would collide.
+        let mut listeners = vec![("admin.listen".to_string(), self.admin.listen)];
         for (i, app) in self.apps.iter().enumerate() {
             let at = format!("app[{i}]");
             let valid_name = !app.name.is_empty()
@@ -373,8 +431,10 @@ impl Config {
                 }
                 external => {
                     let kind = external.kind();
+                    // The backlog has a default, so only a value other than it shows it was set.
                     for (field, set) in [
                         ("listen", app.listen.is_some()),
+                        ("listen_backlog", app.listen_backlog != default_listen_backlog()),
                         ("preview_listen", app.preview_listen.is_some()),
                         ("tls", app.tls.is_some()),
                     ] {
@@ -400,13 +460,22 @@ impl Config {
             }
             for (field, addr) in [("listen", app.listen), ("preview_listen", app.preview_listen)] {
                 if let Some(addr) = addr {
-                    if addr.port() != 0 && !addrs.insert(addr) {
-                        errors.push(FieldError::new(
-                            format!("{at}.{field}"),
-                            format!("{addr} is already used by another listener"),
-                        ));
+                    let field = format!("{at}.{field}");
+                    if let Some((other_field, other)) = listeners.iter().find(|(_, o)| overlaps(addr, *o)) {
+                        errors.push(FieldError::new(&field, collision(addr, other_field, *other)));
                     }
+                    listeners.push((field, addr));
                 }
+            }
+            if !(1..=65535).contains(&app.listen_backlog) {
+                errors.push(FieldError::new(
+                    format!("{at}.listen_backlog"),
+                    format!(
+                        "{} is out of range: give 1 to 65535 (default 4096; the kernel caps it at \
+                         net.core.somaxconn)",
+                        app.listen_backlog
+                    ),
+                ));
             }
             if let Some(tls) = &app.tls {
                 for (field, p) in [("cert_path", &tls.cert_path), ("key_path", &tls.key_path)] {
@@ -452,6 +521,9 @@ impl Config {
             }
             if let Some(managed) = app.managed() {
                 errors.extend(managed.validate(&format!("{at}.")));
+                if let Some(workdir) = &app.release.workdir {
+                    errors.extend(check_workdir(&format!("{at}.release.workdir"), workdir));
+                }
                 if app.routes != default_routes() {
                     errors.push(FieldError::new(
                         format!("{at}.routes"),
@@ -469,6 +541,87 @@ impl Config {
         }
         errors
     }
+}
+
+/// Whether two listeners cannot both bind: the same port (0 picks a free one, so never) on the
+/// same address, or on addresses one of which is a wildcard covering the other. `[::]` covers
+/// IPv4 addresses too, since Linux binds IPv6 wildcards dual-stack by default
+/// (`net.ipv6.bindv6only = 0`) and cutover does not set `IPV6_V6ONLY`.
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() == 0 || a.port() != b.port() {
+        return false;
+    }
+    // `[::ffff:127.0.0.1]` is 127.0.0.1 to the kernel.
+    let (x, y) = (a.ip().to_canonical(), b.ip().to_canonical());
+    x == y || covers(x, y) || covers(y, x)
+}
+
+fn covers(wildcard: IpAddr, other: IpAddr) -> bool {
+    match wildcard {
+        IpAddr::V4(w) => w.is_unspecified() && other.is_ipv4(),
+        IpAddr::V6(w) => w.is_unspecified(),
+    }
+}
+
+/// Why `addr` cannot be bound next to `other` (of `other_field`), and what to do.
+fn collision(addr: SocketAddr, other_field: &str, other: SocketAddr) -> String {
+    if addr.ip().to_canonical() == other.ip().to_canonical() {
+        return format!(
+            "{addr} is already used by another listener ({other_field}); give each listener its own port"
+        );
+    }
+    let wildcard = if covers(addr.ip().to_canonical(), other.ip().to_canonical()) {
+        addr.ip()
+    } else {
+        other.ip()
+    };
+    let (wildcard, reach) = match wildcard {
+        IpAddr::V4(w) => (w.to_string(), "every IPv4 address"),
+        IpAddr::V6(w) => (
+            format!("[{w}]"),
+            "every IPv6 address and, dual-stack, every IPv4 address",
+        ),
+    };
+    format!(
+        "{addr} overlaps {other} ({other_field}): the wildcard {wildcard} takes port {port} on \
+         {reach}, so both cannot be bound; give each listener its own port",
+        port = addr.port()
+    )
+}
+
+/// Instances of the local platform start in the release's `workdir`, and the deploy hooks of the
+/// static platform run in it; serve only looks at it when it starts them, so a missing directory
+/// would otherwise show at the first deploy, as a failed rollout. A relative path is resolved the
+/// way the platform does: against the directory cutover is started in.
+fn check_workdir(field: &str, workdir: &str) -> Option<FieldError> {
+    let relative = if Path::new(workdir).is_relative() {
+        " (a relative workdir is resolved against the directory cutover is started in)"
+    } else {
+        ""
+    };
+    let path = match std::path::absolute(workdir) {
+        Ok(path) => path,
+        Err(e) => {
+            let what = format!("{workdir:?} cannot be resolved ({e})");
+            return Some(FieldError::new(
+                field,
+                format!("{what}; give the directory releases run in, or remove workdir"),
+            ));
+        }
+    };
+    let problem = match std::fs::metadata(&path) {
+        Ok(meta) if meta.is_dir() => return None,
+        Ok(_) => "is not a directory".to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist".to_string(),
+        Err(e) => format!("cannot be read ({e})"),
+    };
+    Some(FieldError::new(
+        field,
+        format!(
+            "{} {problem}{relative}; create the directory or point workdir at the one releases run in",
+            path.display()
+        ),
+    ))
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -651,10 +804,225 @@ blue = { version = "v1", backends = ["127.0.0.1:9001", "127.0.0.1:9001"] }
     #[test]
     fn syntax_and_unknown_fields_point_at_the_line() {
         let got = problems("[[app]]\nname = \"web\"\nlisten = \"127.0.0.1:8080\"\nlisen = 1\n");
-        assert_eq!(got.len(), 1);
+        assert_eq!(
+            got,
+            ["c.toml:4: app[0].lisen: unknown field; did you mean `listen`?"]
+        );
+        let got = problems("[[app]]\nname = \"web\"\nlisten = \"127.0.0.1:8080\n");
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(got[0].starts_with("c.toml:3: toml: "), "{got:?}");
+    }
+
+    #[test]
+    fn every_type_error_and_unknown_field_is_reported_in_file_order() {
+        let text = r#"
+[server]
+tick_ms = "fast"
+
+[[app]]
+name = "web"
+listen = "127.0.0.1:8080"
+stop_grace_ms = 5000
+
+[app.proxy]
+conect_timeout_ms = 500
+drain_timeout_ms = 0
+
+[app.proxy.sticky]
+bucket_cooky = "b"
+
+[[app]]
+name = "api"
+listen = "localhost:8081"
+platform = "lokal"
+readiness = { path = "/ready", intervall_ms = 100 }
+
+[app.release]
+command = "./api --port {port}"
+
+[app.tls]
+cert_path = "/nonexistent/cert.pem"
+
+[[app]]
+name = "shop"
+router = { kind = "haproxy", bind = ["*:80"], runtime_apy = "/run/h.sock" }
+platform = "static"
+hosts = { blue = ["10.0.0.1:80"], green = ["10.0.0.2:80"] }
+"#;
+        assert_eq!(
+            problems(text),
+            [
+                "c.toml:3: server.tick_ms: invalid type: string \"fast\", expected u64",
+                "c.toml:11: app[0].proxy.conect_timeout_ms: unknown field; did you mean `connect_timeout_ms`?",
+                "c.toml:12: app[0].proxy.drain_timeout_ms: must be greater than 0",
+                "c.toml:15: app[0].proxy.sticky.bucket_cooky: unknown field; did you mean `bucket_cookie`?",
+                "c.toml:19: app[1].listen: invalid socket address syntax; write an IP address and a port, e.g. \"127.0.0.1:8080\", \"0.0.0.0:8080\" or \"[::1]:8080\" (host names are not resolved)",
+                "c.toml:20: app[1].platform: unknown value `lokal`; did you mean `local`?",
+                "c.toml:21: app[1].readiness.intervall_ms: unknown field; did you mean `interval_ms`?",
+                "c.toml:26: app[1].tls.key_path: missing: this field is required; add it",
+                "c.toml:31: app[2].router.runtime_apy: unknown field; did you mean `runtime_api`?",
+            ],
+            "app[1] lost values, so its semantic problems (tls, listen) wait; app[0]'s do not"
+        );
+        // serde reads the router's table whole (it is tagged by `kind`) and so reports at the
+        // table; the problem still names the key, and the kind's own problems are named too.
+        let router = |body: &str| {
+            problems(&format!(
+                "[[app]]\nname = \"a\"\nplatform = \"static\"\nhosts = {{ blue = [\"10.0.0.1:80\"], green = [\"10.0.0.2:80\"] }}\n[app.router]\n{body}"
+            ))
+        };
+        assert_eq!(
+            router("kind = \"haproxy\"\nbind = \"*:80\"\n"),
+            ["c.toml:7: app[0].router.bind: invalid type: string \"*:80\", expected a sequence"]
+        );
+        assert_eq!(
+            router("kind = \"haproxi\"\nbind = [\"*:80\"]\n"),
+            ["c.toml:6: app[0].router.kind: unknown value `haproxi`; did you mean `haproxy`?"]
+        );
+        assert_eq!(
+            router("bind = [\"*:80\"]\n"),
+            ["c.toml:5: app[0].router.kind: missing: this field is required; add it"]
+        );
+    }
+
+    #[test]
+    fn indices_after_an_app_taken_out_are_those_of_the_file() {
+        // app[0] lacks its name, so it cannot be built and is taken out; app[1] is then the
+        // first app, but its problems must still say app[1] and point at its lines.
+        let text = "[[app]]\nlisten = \"127.0.0.1:8080\"\n\n[[app]]\nname = \"b\"\nlisten = \"127.0.0.1:8081\"\nstop_grace = 1\n[app.proxy]\ndrain_timeout_ms = 0\n";
+        assert_eq!(
+            problems(text),
+            [
+                "c.toml:1: app[0].name: missing: this field is required; add it",
+                "c.toml:7: app[1].stop_grace: unknown field; did you mean `stop_grace_ms`?",
+                "c.toml:9: app[1].proxy.drain_timeout_ms: must be greater than 0",
+            ]
+        );
+        // A value of the wrong type is one problem, not also a "missing" one for its table.
+        let text = "[[app]]\nname = 7\nlisten = \"127.0.0.1:8080\"\n";
+        assert_eq!(
+            problems(text),
+            ["c.toml:2: app[0].name: invalid type: integer `7`, expected a string"]
+        );
+        // [app] instead of [[app]].
+        let got = problems("[app]\nname = \"web\"\n");
+        assert_eq!(got.len(), 1, "{got:?}");
         assert!(
-            got[0].starts_with("c.toml:4: toml: unknown field `lisen`"),
+            got[0].starts_with(
+                "c.toml:1: app: invalid type: map, expected a sequence; a list of tables is written [[name]]"
+            ),
             "{got:?}"
+        );
+    }
+
+    fn listeners(admin: &str, apps: &[(&str, Option<&str>)]) -> Vec<String> {
+        let mut text = format!("[admin]\nlisten = \"{admin}\"\nallow_non_loopback = true\n");
+        for (i, (listen, preview)) in apps.iter().enumerate() {
+            text.push_str(&format!("\n[[app]]\nname = \"a{i}\"\nlisten = \"{listen}\"\n"));
+            if let Some(p) = preview {
+                text.push_str(&format!("preview_listen = \"{p}\"\n"));
+            }
+        }
+        problems(&text)
+    }
+
+    #[test]
+    fn overlapping_listeners_are_reported_not_only_identical_ones() {
+        assert_eq!(
+            listeners("127.0.0.1:9180", &[("127.0.0.1:8080", None), ("0.0.0.0:8080", None)]),
+            ["c.toml:11: app[1].listen: 0.0.0.0:8080 overlaps 127.0.0.1:8080 (app[0].listen): the wildcard 0.0.0.0 takes port 8080 on every IPv4 address, so both cannot be bound; give each listener its own port"]
+        );
+        assert_eq!(
+            listeners("127.0.0.1:9180", &[("[::]:8080", Some("127.0.0.1:8080"))]),
+            ["c.toml:8: app[0].preview_listen: 127.0.0.1:8080 overlaps [::]:8080 (app[0].listen): the wildcard [::] takes port 8080 on every IPv6 address and, dual-stack, every IPv4 address, so both cannot be bound; give each listener its own port"]
+        );
+        assert_eq!(
+            listeners("0.0.0.0:9180", &[("127.0.0.1:9180", None)]),
+            ["c.toml:7: app[0].listen: 127.0.0.1:9180 overlaps 0.0.0.0:9180 (admin.listen): the wildcard 0.0.0.0 takes port 9180 on every IPv4 address, so both cannot be bound; give each listener its own port"]
+        );
+        assert_eq!(
+            listeners("127.0.0.1:9180", &[("127.0.0.1:9180", None)]),
+            ["c.toml:7: app[0].listen: 127.0.0.1:9180 is already used by another listener (admin.listen); give each listener its own port"]
+        );
+        let mapped = listeners(
+            "127.0.0.1:9180",
+            &[("[::ffff:127.0.0.1]:8080", Some("127.0.0.1:8080"))],
+        );
+        assert_eq!(mapped.len(), 1, "{mapped:?}");
+        // Different addresses of one family, other families without a wildcard, other ports,
+        // and port 0 (a free port each) never collide.
+        for apps in [
+            &[("127.0.0.1:8080", Some("127.0.0.2:8080"))][..],
+            &[("[::1]:8080", Some("127.0.0.1:8080"))],
+            &[("0.0.0.0:8080", Some("[::1]:8080"))],
+            &[("0.0.0.0:8080", Some("0.0.0.0:8081"))],
+            &[("0.0.0.0:0", Some("127.0.0.1:0")), ("[::]:0", None)],
+        ] {
+            assert_eq!(listeners("127.0.0.1:0", apps), Vec::<String>::new(), "{apps:?}");
+        }
+    }
+
+    #[test]
+    fn a_missing_workdir_is_reported_at_check_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let config = |workdir: &std::path::Path| {
+            format!(
+                "[[app]]\nname = \"web\"\nlisten = \"127.0.0.1:8080\"\nplatform = \"local\"\n\n[app.release]\ncommand = \"./web --port {{port}}\"\nworkdir = {:?}\n",
+                workdir.display().to_string()
+            )
+        };
+        assert_eq!(problems(&config(dir.path())), Vec::<String>::new());
+        let missing = dir.path().join("missing");
+        assert_eq!(
+            problems(&config(&missing)),
+            [format!(
+                "c.toml:8: app[0].release.workdir: {} does not exist; create the directory or point workdir at the one releases run in",
+                missing.display()
+            )]
+        );
+        assert_eq!(
+            problems(&config(&file)),
+            [format!(
+                "c.toml:8: app[0].release.workdir: {} is not a directory; create the directory or point workdir at the one releases run in",
+                file.display()
+            )]
+        );
+        let relative = problems(&config(std::path::Path::new("no/such/dir/here")));
+        assert_eq!(relative.len(), 1, "{relative:?}");
+        assert!(
+            relative[0].contains(
+                "does not exist (a relative workdir is resolved against the directory cutover is started in)"
+            ),
+            "{relative:?}"
+        );
+    }
+
+    #[test]
+    fn the_listen_backlog_defaults_to_4096_and_is_checked() {
+        let app = |extra: &str| format!("[[app]]\nname = \"web\"\nlisten = \"127.0.0.1:8080\"\n{extra}");
+        let config = Config::parse(&app(""), "c.toml").unwrap();
+        assert_eq!(config.apps[0].listen_backlog, 4096);
+        let config = Config::parse(&app("listen_backlog = 511\n"), "c.toml").unwrap();
+        assert_eq!(config.apps[0].listen_backlog, 511);
+        for bad in ["0", "65536"] {
+            assert_eq!(
+                problems(&app(&format!("listen_backlog = {bad}\n"))),
+                [format!("c.toml:4: app[0].listen_backlog: {bad} is out of range: give 1 to 65535 (default 4096; the kernel caps it at net.core.somaxconn)")]
+            );
+        }
+        let negative = problems(&app("listen_backlog = -1\n"));
+        assert!(
+            negative[0].starts_with("c.toml:4: app[0].listen_backlog: invalid value: integer `-1`"),
+            "{negative:?}"
+        );
+        let haproxy = problems(
+            "[[app]]\nname = \"web\"\nlisten_backlog = 100\nplatform = \"static\"\nhosts = { blue = [\"10.0.0.1:80\"], green = [\"10.0.0.2:80\"] }\n[app.router]\nkind = \"haproxy\"\nbind = [\"*:80\"]\n",
+        );
+        assert_eq!(
+            haproxy,
+            ["c.toml:3: app[0].listen_backlog: is a setting of the built-in proxy, but this app is routed by haproxy; remove it and configure haproxy instead"]
         );
     }
 }

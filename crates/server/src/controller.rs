@@ -16,8 +16,12 @@ use std::time::Duration;
 
 use cutover_core::judge::{ExternalCheck, LatencyPair, Outcome, SlotWindow, WindowStats};
 use cutover_core::rollout::{self, Action, AppState, Command, Input, Phase};
-use cutover_core::{Clock, FieldError, ReleaseSpec, RolloutPolicy, Slot, Timestamp, ValidationErrors};
+use cutover_core::{
+    Clock, EnvMap, FieldError, Redacted, ReleaseSpec, RolloutPolicy, SecretRef, Slot, Timestamp,
+    ValidationErrors,
+};
 use cutover_monitoring::{CheckOutcome, CustomMetric, MetricSource, SlotMeasurement, WindowQuery};
+use cutover_platform::local::ProcessSecrets;
 use cutover_platform::Platform;
 use cutover_router::{CounterSource, Router, SlotSummary};
 use cutover_store::{Store, StoreError, StoredEvent};
@@ -65,7 +69,7 @@ pub struct ReleaseTemplate {
     /// Shell command with `{port}`; `{version}` is replaced by the version being deployed.
     pub command: String,
     pub instances: u32,
-    pub env: BTreeMap<String, String>,
+    pub env: EnvMap,
     pub workdir: Option<String>,
 }
 
@@ -74,7 +78,7 @@ impl Default for ReleaseTemplate {
         ReleaseTemplate {
             command: String::new(),
             instances: 1,
-            env: BTreeMap::new(),
+            env: EnvMap::new(),
             workdir: None,
         }
     }
@@ -116,8 +120,14 @@ pub struct DeployRequest {
     pub version: String,
     #[serde(default)]
     pub command: Option<String>,
+    /// Variables by value. Stored, passed to the instances, never shown: outputs show
+    /// `<redacted>` for each value.
     #[serde(default)]
-    pub env: BTreeMap<String, String>,
+    pub env: EnvMap,
+    /// Variables by reference, `file:/absolute/path` or `env:VARIABLE` (of the server's
+    /// environment), read each time instances start; only the reference is stored and shown.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, SecretRef>,
     #[serde(default)]
     pub instances: Option<u32>,
     /// Deploy even inside a freeze window; recorded in the event log.
@@ -158,6 +168,9 @@ pub struct Controller {
     /// After a failed reconcile of the router: (failures in a row, earliest next attempt), so a
     /// router that is down is not hammered (and the log not flooded) on every tick.
     reconcile_backoff: Mutex<(u32, Timestamp)>,
+    /// The state store's failures in a row (a full disk fails every tick): logged once as an
+    /// error, then at most once a minute.
+    store_failures: Mutex<FailureLog>,
     /// Bumped by every provision of a slot, so a delayed stop never hits a newer release.
     slot_epochs: [AtomicU64; 2],
     shutdown: CancellationToken,
@@ -171,7 +184,8 @@ pub struct StatusView {
     pub app: String,
     pub live: Slot,
     pub weights: BTreeMap<String, u16>,
-    pub rollout: Option<rollout::Rollout>,
+    /// Environment values redacted: the names show, the values never do.
+    pub rollout: Option<Redacted<rollout::Rollout>>,
     pub slots: Vec<SlotView>,
     pub recent_decisions: Vec<StoredEvent>,
     pub now: Timestamp,
@@ -208,7 +222,22 @@ impl Controller {
         router: Arc<dyn Router>,
         deps: Deps,
     ) -> Result<Arc<Self>, ControllerError> {
-        let state = deps.store.load(name)?.unwrap_or_else(|| AppState::new(name));
+        let stored = deps.store.load(name)?;
+        let mut state = stored.clone().unwrap_or_else(|| AppState::new(name));
+        let mut adopted_event = None;
+        if stored.is_none() {
+            // A store that knows nothing of the app (a first start, or a state file that was
+            // replaced) must never stop what an earlier run started: that is the live service.
+            let found = deps.platform.running(name).await?;
+            if !found.is_empty() {
+                adopted_event = Some(adopt_unknown(
+                    &mut state,
+                    &found,
+                    &config.release,
+                    deps.clock.now(),
+                ));
+            }
+        }
         let keep: Vec<(Slot, String)> = Slot::ALL
             .iter()
             .filter_map(|s| {
@@ -226,6 +255,10 @@ impl Controller {
                 gone = report.gone.len(),
                 "reconciled instances left by an earlier run"
             );
+        }
+        if let Some(event) = adopted_event {
+            tracing::warn!(app = name, "{}", event.message);
+            deps.store.commit(&state, &[event])?;
         }
         // Built once: a Prometheus source keeps its connections.
         let (source, custom): (Arc<dyn MetricSource>, Vec<CustomMetric>) = match &config.prometheus {
@@ -252,6 +285,7 @@ impl Controller {
             events,
             window_start: Mutex::new(Timestamp(0)),
             reconcile_backoff: Mutex::new((0, Timestamp(0))),
+            store_failures: Mutex::new(FailureLog::default()),
             slot_epochs: [AtomicU64::new(0), AtomicU64::new(0)],
             shutdown: deps.shutdown,
             tick: deps.tick,
@@ -271,10 +305,6 @@ impl Controller {
                 checks::all_ready(&state.slot(state.live).backends, &controller.config.readiness).await,
             ),
         };
-        if state.active_rollout().is_none() && state.slot(state.live).is_running() && !live_ready {
-            tracing::error!(app = name, slot = %state.live,
-                "the live slot's instances are not ready after the restart; deploy again to replace them");
-        }
         controller
             .apply(Input::Recovered {
                 target_ready,
@@ -285,8 +315,91 @@ impl Controller {
                 ControllerError::Rejected(_) => Ok(()),
                 e => Err(e),
             })?;
+        if !live_ready {
+            controller.restart_live_if_gone().await;
+        }
         tokio::spawn(Arc::clone(&controller).run());
         Ok(controller)
+    }
+
+    /// After a host crash took cutover and the live instances down together: starts the live
+    /// slot's recorded release again, waits for it to be ready, and routes it, with nobody
+    /// involved. Retries with a growing pause until it works, the slot is provisioned for
+    /// something else, or the server stops. Live instances that still run (but are not ready)
+    /// are left alone: restarting cannot be assumed to help them, and they may recover.
+    async fn restart_live_if_gone(self: &Arc<Self>) {
+        let (live, release) = {
+            let state = self.state.lock().await;
+            let live = state.live;
+            if state.active_rollout().is_some_and(|r| r.target == live) {
+                return;
+            }
+            match &state.slot(live).release {
+                Some(release) => (live, release.clone()),
+                None => return,
+            }
+        };
+        match self.platform.instances(&self.name, live).await {
+            Ok(list) if list.iter().any(|i| i.exited.is_none()) => {
+                tracing::warn!(app = %self.name, slot = %live,
+                    "the live slot's instances run but are not ready after the restart; routing to them as they recover");
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(app = %self.name, slot = %live, error = %e,
+                    "cannot tell whether the live slot's instances still run; not restarting them");
+                return;
+            }
+        }
+        tracing::warn!(app = %self.name, slot = %live, version = %release.version,
+            "the live slot's instances are gone (host crash?): starting its release again");
+        let epoch = self.slot_epochs[live.index()].fetch_add(1, Ordering::SeqCst) + 1;
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut pause = Duration::from_secs(1);
+            loop {
+                let deadline = this
+                    .clock
+                    .now()
+                    .plus_ms(this.config.rollout.readiness_deadline_ms);
+                let result = this.start_and_wait(live, &release, deadline).await;
+                if this.slot_epochs[live.index()].load(Ordering::SeqCst) != epoch {
+                    return;
+                }
+                let version = release.version.clone();
+                match result {
+                    Ok(backends) => {
+                        if let Err(e) = this
+                            .apply(Input::Restarted {
+                                slot: live,
+                                version,
+                                backends,
+                            })
+                            .await
+                        {
+                            tracing::info!(app = %this.name, slot = %live, reason = %e, "restarted instances no longer wanted");
+                            let grace = Duration::from_millis(this.config.stop_grace_ms);
+                            let _ = this.platform.stop(&this.name, live, grace).await;
+                        }
+                        return;
+                    }
+                    Err(reason) => {
+                        this.feed(Input::RestartFailed {
+                            slot: live,
+                            version,
+                            reason,
+                        })
+                        .await;
+                    }
+                }
+                tokio::select! {
+                    _ = this.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(60));
+            }
+        });
     }
 
     pub fn name(&self) -> &str {
@@ -379,16 +492,20 @@ impl Controller {
                 format!("{instances} must be 1 to 64"),
             ));
         }
-        ValidationErrors::check(errors).map_err(ControllerError::Invalid)?;
-        let mut env = template.env.clone();
-        env.extend(request.env.clone());
-        Ok(ReleaseSpec {
+        let mut release = ReleaseSpec {
             version: version.to_string(),
             command: command.replace("{version}", version),
-            env,
+            env: template.env.clone(),
+            secrets: BTreeMap::new(),
             workdir: template.workdir.clone(),
             instances,
-        })
+        };
+        errors.extend(release.override_env(&request.env, &request.secrets));
+        // References are checked now so a missing file or variable is a 400, not a failed
+        // rollout; they are read again when the instances start.
+        errors.extend(release.check_env(&ProcessSecrets));
+        ValidationErrors::check(errors).map_err(ControllerError::Invalid)?;
+        Ok(release)
     }
 
     pub async fn command(self: &Arc<Self>, command: Command) -> Result<(), ControllerError> {
@@ -425,7 +542,7 @@ impl Controller {
                 .iter()
                 .map(|s| (s.to_string(), routes.weight_of(*s)))
                 .collect(),
-            rollout: state.rollout.clone(),
+            rollout: state.rollout.clone().map(Redacted::new),
             slots,
             recent_decisions,
             now: self.clock.now(),
@@ -454,7 +571,35 @@ impl Controller {
             return Ok(());
         }
         // Persist first: after a crash the stored state says what may have half-happened.
-        let stored = self.store.commit(&transition.state, &transition.events)?;
+        let committed = self
+            .store
+            .commit_ending(&transition.state, &transition.events, &transition.ended);
+        let stored = match committed {
+            Ok(stored) => {
+                let ended_run = self
+                    .store_failures
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .succeeded();
+                if let Some(count) = ended_run {
+                    tracing::info!(app = %self.name, failures = count, "saving the state works again");
+                }
+                stored
+            }
+            Err(e) => {
+                let log = self
+                    .store_failures
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .failed(now);
+                if let Some(suppressed) = log {
+                    tracing::error!(app = %self.name, error = %e, similar_errors_not_logged = suppressed,
+                        "cannot save the state: traffic is still served by the current routes, but the rollout \
+                         cannot move on until the state can be saved; logged again at most once a minute");
+                }
+                return Err(e.into());
+            }
+        };
         *state = transition.state;
         for e in stored {
             self.gates.notify(&self.name, &e, state.rollout.as_ref());
@@ -554,9 +699,20 @@ impl Controller {
         }
     }
 
-    async fn provision(self: Arc<Self>, slot: Slot, release: ReleaseSpec, deadline: Timestamp, epoch: u64) {
+    /// Starts `release` in `slot` and waits until every instance is ready, an instance exits, or
+    /// `deadline` passes; the error says which, with the last lines of the instances' logs.
+    async fn start_and_wait(
+        &self,
+        slot: Slot,
+        release: &ReleaseSpec,
+        deadline: Timestamp,
+    ) -> Result<Vec<SocketAddr>, String> {
+        // Secret references are read now, at every start, and their values are never stored.
+        let release = &release
+            .resolve_secrets(&ProcessSecrets)
+            .map_err(|e| e.to_string())?;
         let result = async {
-            let instances = self.platform.start(&self.name, slot, &release).await.map_err(|e| e.to_string())?;
+            let instances = self.platform.start(&self.name, slot, release).await.map_err(|e| e.to_string())?;
             let addrs: Vec<SocketAddr> = instances.iter().map(|i| i.addr).collect();
             let remaining = deadline.since(self.clock.now());
             let exited = async {
@@ -578,17 +734,20 @@ impl Controller {
             Ok(addrs)
         }
         .await;
-        let input = match result {
-            Ok(backends) => Input::Provisioned { backends },
-            Err(reason) => {
-                let tail = self.platform.log_tail(&self.name, slot, 20);
-                let reason = if tail.trim().is_empty() {
-                    reason
-                } else {
-                    format!("{reason}\n--- last lines of the instance log ---\n{tail}")
-                };
-                Input::ProvisionFailed { reason }
+        result.map_err(|reason| {
+            let tail = self.platform.log_tail(&self.name, slot, 20);
+            if tail.trim().is_empty() {
+                reason
+            } else {
+                format!("{reason}\n--- last lines of the instance log ---\n{tail}")
             }
+        })
+    }
+
+    async fn provision(self: Arc<Self>, slot: Slot, release: ReleaseSpec, deadline: Timestamp, epoch: u64) {
+        let input = match self.start_and_wait(slot, &release, deadline).await {
+            Ok(backends) => Input::Provisioned { backends },
+            Err(reason) => Input::ProvisionFailed { reason },
         };
         let provisioned = matches!(input, Input::Provisioned { .. });
         if self.slot_epochs[slot.index()].load(Ordering::SeqCst) != epoch {
@@ -611,8 +770,11 @@ impl Controller {
 
     /// Feeds an input produced by a background task; a rejection only means the rollout moved on.
     async fn feed(self: &Arc<Self>, input: Input) {
-        if let Err(e) = self.apply(input).await {
-            tracing::info!(app = %self.name, reason = %e, "late result ignored");
+        match self.apply(input).await {
+            Ok(()) => {}
+            // Logged (rate-limited) where the commit failed.
+            Err(ControllerError::Store(_)) => {}
+            Err(e) => tracing::info!(app = %self.name, reason = %e, "late result ignored"),
         }
     }
 
@@ -794,6 +956,123 @@ fn slot_window(m: &SlotMeasurement, who: &str) -> Result<SlotWindow, String> {
     }
 }
 
+/// Failures of one kind in a row, for logging them without flooding: the first is logged, then
+/// one a minute with the count of those not logged, then the recovery once.
+#[derive(Debug, Default)]
+struct FailureLog {
+    /// Failures since the last success.
+    in_row: u64,
+    last_logged: Timestamp,
+    not_logged: u64,
+}
+
+impl FailureLog {
+    const EVERY_MS: u64 = 60_000;
+
+    /// Counts a failure at `now`; `Some(n)` when it should be logged, `n` failures not logged
+    /// since the last one that was.
+    fn failed(&mut self, now: Timestamp) -> Option<u64> {
+        self.in_row += 1;
+        if self.in_row == 1 || now.millis_since(self.last_logged) >= Self::EVERY_MS {
+            self.last_logged = now;
+            Some(std::mem::take(&mut self.not_logged))
+        } else {
+            self.not_logged += 1;
+            None
+        }
+    }
+
+    /// Counts a success; `Some(n)` when it ends a run of `n` failures.
+    fn succeeded(&mut self) -> Option<u64> {
+        let in_row = std::mem::take(&mut self.in_row);
+        self.not_logged = 0;
+        (in_row > 0).then_some(in_row)
+    }
+}
+
+/// Makes `state` (fresh: the store knew nothing of the app) describe the instances the platform
+/// still runs, so they are kept and served instead of stopped: the slot started first becomes
+/// live, a second one is kept idle (the next deploy replaces it). Their releases are rebuilt from
+/// the configuration's template; variables given to the original deploy are not known.
+fn adopt_unknown(
+    state: &mut AppState,
+    found: &[(Slot, Vec<cutover_platform::InstanceInfo>)],
+    template: &ReleaseTemplate,
+    now: Timestamp,
+) -> rollout::Event {
+    let mut adopted = Vec::new();
+    for (i, (slot, instances)) in found.iter().enumerate() {
+        let Some(version) = instances.first().map(|i| i.version.clone()) else {
+            continue;
+        };
+        let backends: Vec<SocketAddr> = instances
+            .iter()
+            .filter(|i| i.version == version)
+            .map(|i| i.addr)
+            .collect();
+        let mut release = ReleaseSpec::new(version.clone(), template.command.replace("{version}", &version));
+        release.env = template.env.clone();
+        release.workdir = template.workdir.clone();
+        release.instances = u32::try_from(backends.len()).unwrap_or(u32::MAX);
+        adopted.push(serde_json::json!({ "slot": slot, "version": version, "backends": backends }));
+        *state.slot_mut(*slot) = rollout::SlotState {
+            release: Some(release),
+            backends,
+        };
+        if i == 0 {
+            state.live = *slot;
+        }
+    }
+    let described: Vec<String> = found
+        .iter()
+        .filter_map(|(slot, instances)| {
+            instances
+                .first()
+                .map(|i| format!("{} instance(s) of {} in {slot}", instances.len(), i.version))
+        })
+        .collect();
+    rollout::Event {
+        at: now,
+        rollout_id: None,
+        kind: "adopted".into(),
+        message: format!(
+            "the state store knew nothing of app {} but {} still ran: adopted, not stopped; {} is live. \
+             Their releases are rebuilt from the configuration (variables given to the original deploy \
+             are not known); the next deploy replaces them",
+            state.app,
+            described.join(" and "),
+            state.live
+        ),
+        data: serde_json::json!({ "adopted": adopted }),
+    }
+}
+
 fn release_deadline_secs(config: &ManagedConfig) -> u64 {
     config.rollout.readiness_deadline_ms / 1000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_that_repeats_every_tick_is_logged_once_then_once_a_minute() {
+        let mut log = FailureLog::default();
+        let logged: Vec<(u64, Option<u64>)> = (0..1300u64)
+            .map(|i| (i * 100, log.failed(Timestamp(1_000_000 + i * 100))))
+            .filter(|(_, l)| l.is_some())
+            .collect();
+        // Ten times a second for 130 s: at 0, 60 and 120 s, each saying how many were not logged.
+        assert_eq!(
+            logged,
+            vec![(0, Some(0)), (60_000, Some(599)), (120_000, Some(599))]
+        );
+        assert_eq!(log.succeeded(), Some(1300));
+        assert_eq!(log.succeeded(), None);
+        assert_eq!(
+            log.failed(Timestamp(2_000_000)),
+            Some(0),
+            "a new run is logged at once"
+        );
+    }
 }

@@ -50,6 +50,21 @@ pub enum ServeError {
     Token { path: String, source: std::io::Error },
     #[error("admin token file {path} is empty; put a token in it or delete it to have one generated")]
     EmptyToken { path: String },
+    #[error(
+        "admin token file {path} can be read by {who} (mode {mode:o}); anyone on this host could take \
+         over the admin API: run `chmod 600 {path}`"
+    )]
+    TokenFileOpen {
+        path: String,
+        who: &'static str,
+        mode: u32,
+    },
+    #[error(
+        "the admin token from {source_name} has {len} characters, fewer than the {MIN_TOKEN_LEN} \
+         needed to resist guessing; use a longer one (e.g. `openssl rand -hex 32`), or delete the \
+         token file to have one generated"
+    )]
+    ShortToken { source_name: String, len: usize },
     #[error(transparent)]
     Store(#[from] cutover_store::StoreError),
     #[error("platform: {0}")]
@@ -125,15 +140,32 @@ pub enum TokenSource {
     Generated(PathBuf),
 }
 
+/// The shortest admin token `serve` accepts. A generated token has 64 hex characters; 16 is a
+/// floor against tokens like "secret" that a script could guess, not a recommendation.
+pub const MIN_TOKEN_LEN: usize = 16;
+
 /// The admin token: `CUTOVER_ADMIN_TOKEN` if given, else the token file, else a new random token
 /// written to the token file with mode 0600.
+///
+/// An existing token file must be private (no group or other permission bits) and every token
+/// must have at least [`MIN_TOKEN_LEN`] characters: `serve` refuses to start otherwise, rather
+/// than run an admin API that others on the host can read the key to, or guess.
 pub fn resolve_admin_token(
     config: &Config,
     config_dir: &Path,
     from_env: Option<String>,
 ) -> Result<(String, TokenSource), ServeError> {
+    let check_len = |token: String, source_name: String| {
+        let len = token.chars().count();
+        if len < MIN_TOKEN_LEN {
+            Err(ServeError::ShortToken { source_name, len })
+        } else {
+            Ok(token)
+        }
+    };
     if let Some(token) = from_env.filter(|t| !t.trim().is_empty()) {
-        return Ok((token.trim().to_string(), TokenSource::Environment));
+        let token = check_len(token.trim().to_string(), "CUTOVER_ADMIN_TOKEN".into())?;
+        return Ok((token, TokenSource::Environment));
     }
     let path = config
         .admin
@@ -147,12 +179,28 @@ pub fn resolve_admin_token(
     };
     match std::fs::read_to_string(&path) {
         Ok(text) => {
-            let token = text.trim().to_string();
-            if token.is_empty() {
-                return Err(ServeError::EmptyToken {
-                    path: path.display().to_string(),
+            let display = path.display().to_string();
+            let mode = {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::metadata(&path).map_err(err)?.permissions().mode() & 0o777
+            };
+            if mode & 0o077 != 0 {
+                let who = if mode & 0o007 != 0 {
+                    "every user"
+                } else {
+                    "its group"
+                };
+                return Err(ServeError::TokenFileOpen {
+                    path: display,
+                    who,
+                    mode,
                 });
             }
+            let token = text.trim().to_string();
+            if token.is_empty() {
+                return Err(ServeError::EmptyToken { path: display });
+            }
+            let token = check_len(token, format!("token file {display}"))?;
             Ok((token, TokenSource::File(path)))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -232,6 +280,78 @@ impl Running {
         signal.await;
         tracing::info!("shutting down: no new connections, finishing open requests");
         self.shutdown().await;
+    }
+}
+
+/// A listener on `addr` whose queue of connections waiting to be accepted holds `backlog` (the
+/// kernel caps it at `net.core.somaxconn`); `TcpListener::bind` always asks for 128.
+fn bind_listener(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As std and tokio do for listeners: a restart may bind while old connections linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
+/// Serves the admin API over HTTP/1.1 until `shutdown`, then lets open requests finish (event
+/// streams are cut after a few seconds).
+///
+/// Not `axum::serve`: that has no timer, so a client trickling a request head holds a connection
+/// (and a task) forever. Here a head must arrive whole within `header_read_timeout`.
+async fn serve_admin(
+    listener: TcpListener,
+    router: axum::Router,
+    header_read_timeout: std::time::Duration,
+    shutdown: CancellationToken,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    let mut connections = JoinSet::new();
+    loop {
+        while connections.try_join_next().is_some() {}
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, say: wait a moment rather than spin.
+                    tracing::warn!(error = %e, "admin listener: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    let finished = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(std::time::Duration::from_secs(5), finished)
+        .await
+        .is_err()
+    {
+        tracing::info!("admin connections still open after 5 s of shutdown; cut");
+        connections.shutdown().await;
     }
 }
 
@@ -326,17 +446,14 @@ pub async fn start(
                 app: app_config.name.clone(),
             });
         };
+        let backlog = app_config.listen_backlog;
         let bind = |field: &str, addr: SocketAddr| {
             let field = format!("app[{i}].{field}");
-            async move {
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| ServeError::Bind { field, addr, source })
-            }
+            bind_listener(addr, backlog).map_err(|source| ServeError::Bind { field, addr, source })
         };
-        let public = bind("listen", listen).await?;
+        let public = bind("listen", listen)?;
         let preview = match app_config.preview_listen {
-            Some(addr) => Some(bind("preview_listen", addr).await?),
+            Some(addr) => Some(bind("preview_listen", addr)?),
             None => None,
         };
         let tls = match &app_config.tls {
@@ -455,13 +572,13 @@ pub async fn start(
         token: admin_token,
     });
     let admin_shutdown = shutdown.clone();
-    tasks.spawn(async move {
-        let served = axum::serve(admin_listener, admin::router(state))
-            .with_graceful_shutdown(async move { admin_shutdown.cancelled().await });
-        if let Err(e) = served.await {
-            tracing::error!(error = %e, "admin listener failed");
-        }
-    });
+    let header_read_timeout = std::time::Duration::from_millis(config.admin.header_read_timeout_ms);
+    tasks.spawn(serve_admin(
+        admin_listener,
+        admin::router(state),
+        header_read_timeout,
+        admin_shutdown,
+    ));
     Ok(Running {
         bound: Bound {
             admin: admin_addr,
@@ -473,4 +590,80 @@ pub async fn start(
         tasks,
         _state_lock: state_lock,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn config_with_token_file(path: &Path) -> Config {
+        let text = format!(
+            "[admin]\ntoken_file = {:?}\n\n[[app]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n",
+            path.display().to_string()
+        );
+        Config::parse(&text, "test.toml").unwrap()
+    }
+
+    fn token_file(dir: &Path, contents: &str, mode: u32) -> PathBuf {
+        let path = dir.join("admin.token");
+        std::fs::write(&path, contents).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_token_file_others_can_read_is_refused_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        for (mode, who) in [(0o644, "every user"), (0o640, "its group"), (0o604, "every user")] {
+            let path = token_file(dir.path(), "0123456789abcdef0123456789abcdef\n", mode);
+            let config = config_with_token_file(&path);
+            let error = resolve_admin_token(&config, dir.path(), None)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(who), "{mode:o}: {error}");
+            assert!(
+                error.contains(&format!("chmod 600 {}", path.display())),
+                "{error}"
+            );
+        }
+        let path = token_file(dir.path(), "0123456789abcdef0123456789abcdef\n", 0o600);
+        let (token, source) = resolve_admin_token(&config_with_token_file(&path), dir.path(), None).unwrap();
+        assert_eq!(token, "0123456789abcdef0123456789abcdef");
+        assert_eq!(source, TokenSource::File(path));
+    }
+
+    #[test]
+    fn a_short_token_is_refused_wherever_it_comes_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = token_file(dir.path(), "secret\n", 0o600);
+        let config = config_with_token_file(&path);
+        let error = resolve_admin_token(&config, dir.path(), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("6 characters") && error.contains("token file"),
+            "{error}"
+        );
+        let error = resolve_admin_token(&config, dir.path(), Some("hunter2".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("CUTOVER_ADMIN_TOKEN"), "{error}");
+        assert!(
+            !error.contains("hunter2"),
+            "the token itself is never shown: {error}"
+        );
+    }
+
+    #[test]
+    fn a_generated_token_is_long_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("admin.token");
+        let config = config_with_token_file(&path);
+        let (token, source) = resolve_admin_token(&config, dir.path(), None).unwrap();
+        assert!(token.len() >= MIN_TOKEN_LEN);
+        assert_eq!(source, TokenSource::Generated(path.clone()));
+        // and it is accepted on the next start
+        assert_eq!(resolve_admin_token(&config, dir.path(), None).unwrap().0, token);
+    }
 }

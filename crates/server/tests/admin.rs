@@ -392,3 +392,97 @@ async fn query_string_errors_are_json() {
         assert_eq!(body["errors"][0]["field"], "query", "{body}");
     }
 }
+
+/// A client that trickles its request head cannot hold an admin connection: after the header
+/// read timeout the server closes it, and serves others all along.
+#[tokio::test]
+async fn a_trickled_request_head_is_cut_after_the_header_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (v1, v2) = (ExampleApp::spawn("v1", &[]), ExampleApp::spawn("v2", &[]));
+    let mut config = config(&v1, &v2, None);
+    config.admin.header_read_timeout_ms = 300;
+    let server = Server::start(config).await;
+    let addr = server.admin.trim_start_matches("http://").to_string();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: admin\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut closed = false;
+    // Bounded: 100 header lines, one every 50 ms (5 s); the head never ends.
+    for i in 0..100 {
+        if slow
+            .write_all(format!("X-Slow-{i}: 1\r\n").as_bytes())
+            .await
+            .is_err()
+        {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 256];
+        match tokio::time::timeout(std::time::Duration::from_millis(50), slow.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            // hyper may answer 408 before closing
+            Ok(Ok(_)) => {}
+            Err(_) => {}
+        }
+        // Meanwhile a well-behaved client is served.
+        if i == 2 {
+            let ok = get_json(&format!("{}/v1/apps", server.admin)).await;
+            assert!(ok.is_array() || ok.is_object(), "{ok}");
+        }
+    }
+    assert!(
+        closed,
+        "the trickling connection was still open after {:?}",
+        started.elapsed()
+    );
+}
+
+/// The app listener's accept queue is the configured backlog (as the kernel reports it), not the
+/// 128 of a plain bind.
+#[tokio::test]
+async fn the_listen_backlog_is_the_configured_one() {
+    let (v1, v2) = (ExampleApp::spawn("v1", &[]), ExampleApp::spawn("v2", &[]));
+    let mut config = config(&v1, &v2, None);
+    config.apps[0].listen_backlog = 1000;
+    let server = Server::start(config).await;
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let out = std::process::Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{}", server.public.port())])
+        .output()
+        .expect("ss (iproute2) is installed by scripts/test");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    // State Recv-Q Send-Q Local Peer: for a listener, Send-Q is the backlog.
+    let send_q: u32 = text
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_else(|| panic!("ss output: {text:?}"))
+        .parse()
+        .unwrap();
+    assert_eq!(send_q, 1000.min(somaxconn), "{text}");
+}
+
+/// A table larger than a slot may hold is refused whole with a 400 that says the limit.
+#[tokio::test]
+async fn a_route_table_over_the_backend_cap_is_a_400_and_changes_nothing() {
+    let (v1, v2) = (ExampleApp::spawn("v1", &[]), ExampleApp::spawn("v2", &[]));
+    let server = Server::start(config(&v1, &v2, None)).await;
+    let before = server.routes().await;
+    let mut huge = before["route"].clone();
+    huge["green"]["backends"] = (0..10_000u32)
+        .map(|i| json!(format!("127.1.{}.{}:8000", i / 250, i % 250)))
+        .collect::<Vec<_>>()
+        .into();
+    let (status, body) = server.put(&huge.to_string(), Some(TOKEN)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("a slot holds at most 1024"), "{body}");
+    assert_eq!(server.routes().await, before);
+}

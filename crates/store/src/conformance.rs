@@ -31,6 +31,10 @@ pub fn run_all(make: &dyn Fn() -> Box<dyn Store>) {
             "rollouts_newest_first_and_replaced",
             rollouts_newest_first_and_replaced,
         ),
+        (
+            "a_rollout_closed_by_the_next_deploy_is_recorded_as_ended",
+            a_rollout_closed_by_the_next_deploy_is_recorded_as_ended,
+        ),
         ("apps_are_sorted", apps_are_sorted),
         ("unstorable_state_is_refused", unstorable_state_is_refused),
     ];
@@ -256,6 +260,49 @@ pub fn seqs_are_per_app(store: &dyn Store) {
         store.load("web").unwrap().as_ref(),
         Some(&web),
         "seqs_are_per_app: web's state"
+    );
+}
+
+/// A deploy inside the rollback window ends the promoted rollout as succeeded and replaces it in
+/// the state: its history record must say succeeded, not stay promoted forever.
+pub fn a_rollout_closed_by_the_next_deploy_is_recorded_as_ended(store: &dyn Store) {
+    let mut t = deploy(&app_with_v1("web"), "v2", RolloutPolicy::default(), at(0));
+    store.commit(&t.state, &t.events).unwrap();
+    for (input, ms) in [
+        (
+            Input::Provisioned {
+                backends: vec![addr(9002)],
+            },
+            1_000,
+        ),
+        (Input::Command(Command::Promote), 2_000),
+    ] {
+        t = step(&t.state, input, at(ms));
+        store.commit_ending(&t.state, &t.events, &t.ended).unwrap();
+    }
+    assert_eq!(t.state.rollout.as_ref().map(|r| r.phase.name()), Some("promoted"));
+    let next = deploy(&t.state, "v3", RolloutPolicy::default(), at(3_000));
+    assert_eq!(
+        next.ended
+            .iter()
+            .map(|r| (r.id, r.phase.name()))
+            .collect::<Vec<_>>(),
+        vec![(1, "succeeded")],
+        "conformance setup: the engine hands over the rollout it ended"
+    );
+    store
+        .commit_ending(&next.state, &next.events, &next.ended)
+        .unwrap();
+    let history = store.rollouts("web", 10).unwrap();
+    assert_eq!(
+        history.iter().map(|r| (r.id, r.phase.name())).collect::<Vec<_>>(),
+        vec![(2, "provisioning"), (1, "succeeded")],
+        "a_rollout_closed_by_the_next_deploy_is_recorded_as_ended: history after a deploy in the rollback window"
+    );
+    assert_eq!(
+        Some(&history[1]),
+        next.ended.first(),
+        "a_rollout_closed_by_the_next_deploy_is_recorded_as_ended: rollout 1 as it ended"
     );
 }
 

@@ -77,7 +77,19 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ///
     /// A state that would not read back (see [`StoreError::Unstorable`]) is refused and nothing
     /// is written: storing it would leave an app that cannot be loaded after a restart.
-    fn commit(&self, state: &AppState, events: &[Event]) -> Result<Vec<StoredEvent>, StoreError>;
+    fn commit(&self, state: &AppState, events: &[Event]) -> Result<Vec<StoredEvent>, StoreError> {
+        self.commit_ending(state, events, &[])
+    }
+
+    /// [`Store::commit`], also recording `ended`: rollouts the transition finished and replaced
+    /// in `state` (the promoted rollout that a deploy inside its rollback window closes, say).
+    /// Without them their history record would keep the phase it had before it ended.
+    fn commit_ending(
+        &self,
+        state: &AppState,
+        events: &[Event],
+        ended: &[Rollout],
+    ) -> Result<Vec<StoredEvent>, StoreError>;
 
     /// Events of `app` with `seq > after`, oldest first, at most `limit`; only those of
     /// `rollout_id` when given.
@@ -105,6 +117,7 @@ pub(crate) struct EventRow {
 #[derive(Debug)]
 pub(crate) struct RolloutRow {
     pub id: i64,
+    pub version: String,
     pub phase: &'static str,
     pub started_at_ms: i64,
     pub json: String,
@@ -116,10 +129,16 @@ pub(crate) struct RolloutRow {
 pub(crate) struct EncodedCommit {
     pub state_json: String,
     pub events: Vec<EventRow>,
-    pub rollout: Option<RolloutRow>,
+    /// The state's rollout and the ones that ended in this commit, each to be written over the
+    /// earlier record of its id.
+    pub rollouts: Vec<RolloutRow>,
 }
 
-pub(crate) fn encode_commit(state: &AppState, events: &[Event]) -> Result<EncodedCommit, StoreError> {
+pub(crate) fn encode_commit(
+    state: &AppState,
+    events: &[Event],
+    ended: &[Rollout],
+) -> Result<EncodedCommit, StoreError> {
     let app = &state.app;
     let unstorable = |reason: String| StoreError::Unstorable {
         app: app.clone(),
@@ -155,24 +174,29 @@ pub(crate) fn encode_commit(state: &AppState, events: &[Event]) -> Result<Encode
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
-    let rollout = match &state.rollout {
-        Some(r) => Some(RolloutRow {
-            id: to_i64(app, "rollout id", r.id)?,
-            phase: r.phase.name(),
-            started_at_ms: to_i64(app, "rollout start time", r.started_at.as_millis())?,
-            json: serde_json::to_string(r).map_err(|e| {
-                unstorable(format!(
-                    "rollout #{} does not serialise to JSON ({e}); this is a bug in cutover",
-                    r.id
-                ))
-            })?,
-        }),
-        None => None,
-    };
+    let rollouts = ended
+        .iter()
+        .filter(|r| state.rollout.as_ref().is_none_or(|current| current.id != r.id))
+        .chain(&state.rollout)
+        .map(|r| {
+            Ok(RolloutRow {
+                id: to_i64(app, "rollout id", r.id)?,
+                version: r.release.version.clone(),
+                phase: r.phase.name(),
+                started_at_ms: to_i64(app, "rollout start time", r.started_at.as_millis())?,
+                json: serde_json::to_string(r).map_err(|e| {
+                    unstorable(format!(
+                        "rollout #{} does not serialise to JSON ({e}); this is a bug in cutover",
+                        r.id
+                    ))
+                })?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
     Ok(EncodedCommit {
         state_json,
         events,
-        rollout,
+        rollouts,
     })
 }
 

@@ -42,9 +42,14 @@ impl Store for MemoryStore {
         Ok(self.lock().keys().cloned().collect())
     }
 
-    fn commit(&self, state: &AppState, events: &[Event]) -> Result<Vec<StoredEvent>, StoreError> {
+    fn commit_ending(
+        &self,
+        state: &AppState,
+        events: &[Event],
+        ended: &[Rollout],
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         // Only for its checks: the memory store refuses exactly what the SQLite store refuses.
-        encode_commit(state, events)?;
+        encode_commit(state, events, ended)?;
         let mut apps = self.lock();
         let data = apps.entry(state.app.clone()).or_insert_with(|| AppData {
             state: state.clone(),
@@ -63,7 +68,7 @@ impl Store for MemoryStore {
             })
             .collect();
         data.events.extend(stored.iter().cloned());
-        if let Some(r) = &state.rollout {
+        for r in ended.iter().chain(&state.rollout) {
             data.rollouts.insert(r.id, r.clone());
         }
         Ok(stored)

@@ -253,7 +253,7 @@ fn hint(e: &rusqlite::Error) -> &'static str {
             "check that the file and its directory exist and are writable by this user"
         }
         Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => {
-            "the file is damaged or not a cutover state file: restore it from a backup, or move it aside to start afresh"
+            "the file is damaged or not a cutover state file: restore it from a backup; or move it aside (keep it) to start with no history: the running instances are adopted and keep serving"
         }
         Some(ErrorCode::SystemIoFailure) => "the disk reported an I/O error: check the disk and the system log",
         _ => "check the disk and the file's permissions; if that does not help, report this message as a bug",
@@ -297,9 +297,14 @@ impl Store for SqliteStore {
         run().map_err(self.db_err("listing the apps"))
     }
 
-    fn commit(&self, state: &AppState, events: &[Event]) -> Result<Vec<StoredEvent>, StoreError> {
+    fn commit_ending(
+        &self,
+        state: &AppState,
+        events: &[Event],
+        ended: &[Rollout],
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         let app = state.app.as_str();
-        let encoded = encode_commit(state, events)?;
+        let encoded = encode_commit(state, events, ended)?;
         let mut conn = self.conn();
         let action = format!("saving the state of app {app}");
         // IMMEDIATE: the write lock is taken before the max seq is read. A deferred transaction
@@ -336,21 +341,14 @@ impl Store for SqliteStore {
                         row.data_json
                     ])?;
                 }
-                if let (Some(r), Some(row)) = (&state.rollout, &encoded.rollout) {
+                for row in &encoded.rollouts {
                     tx.execute(
                         "INSERT INTO rollouts (app, id, phase, version, started_at_ms, rollout_json)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                          ON CONFLICT (app, id) DO UPDATE
                          SET phase = excluded.phase, version = excluded.version,
                              started_at_ms = excluded.started_at_ms, rollout_json = excluded.rollout_json",
-                        params![
-                            app,
-                            row.id,
-                            row.phase,
-                            r.release.version,
-                            row.started_at_ms,
-                            row.json
-                        ],
+                        params![app, row.id, row.phase, row.version, row.started_at_ms, row.json],
                     )?;
                 }
                 Ok(last_seq)

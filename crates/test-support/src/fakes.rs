@@ -404,6 +404,23 @@ impl Platform for FakePlatform {
         Ok(self.shared.reconcile(app, keep))
     }
 
+    async fn running(&self, app: &str) -> Result<Vec<(Slot, Vec<InstanceInfo>)>, PlatformError> {
+        // The fake does not know start order: blue, then green.
+        Ok(Slot::ALL
+            .into_iter()
+            .map(|slot| {
+                let running: Vec<InstanceInfo> = self
+                    .shared
+                    .instances(app, slot)
+                    .into_iter()
+                    .filter(|i| i.exited.is_none())
+                    .collect();
+                (slot, running)
+            })
+            .filter(|(_, running)| !running.is_empty())
+            .collect())
+    }
+
     fn log_tail(&self, _app: &str, _slot: Slot, _lines: usize) -> String {
         lock(&self.shared.state).log_tail.clone()
     }
