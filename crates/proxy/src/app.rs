@@ -6,10 +6,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
 use cutover_core::{Bucketer, RouteTable, Slot, ValidationErrors};
+use http::header::HeaderName;
 
 use crate::backend::Backend;
 use crate::config::ProxySettings;
-use crate::handler::HeaderNames;
 use crate::health;
 use crate::metrics::PoolMetrics;
 
@@ -42,6 +42,37 @@ impl ActivePool {
     /// Whether some backend of the pool takes new requests now.
     pub fn can_take_requests(&self) -> bool {
         self.backends.iter().any(|b| b.is_available())
+    }
+}
+
+/// Header names parsed once from the settings.
+#[derive(Debug, Clone)]
+pub(crate) struct HeaderNames {
+    pub user_key: Option<HeaderName>,
+    pub preview: HeaderName,
+    /// What follows `name=key` in an issued bucket cookie: its attributes, without and with
+    /// `Secure`.
+    pub cookie_attributes: [String; 2],
+}
+
+impl HeaderNames {
+    pub(crate) fn from_settings(settings: &ProxySettings) -> Self {
+        HeaderNames {
+            user_key: settings
+                .sticky
+                .user_key_header
+                .as_deref()
+                .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
+            preview: HeaderName::from_bytes(settings.preview.header.as_bytes())
+                .unwrap_or(HeaderName::from_static("x-cutover-preview")),
+            cookie_attributes: [false, true].map(|secure| {
+                format!(
+                    "; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{}",
+                    settings.sticky.bucket_cookie_max_age_secs,
+                    if secure { "; Secure" } else { "" }
+                )
+            }),
+        }
     }
 }
 

@@ -11,8 +11,10 @@ use hyper::body::Incoming;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::backend::Backend;
+use crate::client::RequestBody;
+use crate::http1::BodyReader;
 use crate::metrics::PoolMetrics;
-use crate::upstream::{BodyReader, Conn};
+use crate::upstream::Conn;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -33,7 +35,7 @@ pub struct DrainCut;
 pub(crate) enum ClientBody {
     Empty,
     Hyper(Incoming),
-    Own(crate::downstream::RequestBody),
+    Own(RequestBody),
 }
 
 impl Body for ClientBody {
@@ -241,6 +243,15 @@ impl UpstreamResponse {
 }
 
 impl ProxyBody {
+    /// Counts a failure of the client's while this body was being sent (it stopped reading) on
+    /// the pool of the backend the body comes from. A body the proxy made has no pool: nothing
+    /// is counted for it.
+    pub(crate) fn record_client_fault(&self, fault: cutover_core::ClientFault) {
+        if let Kind::Upstream(up) = &self.0 {
+            up.in_flight.metrics.record_client_fault(fault);
+        }
+    }
+
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         ProxyBody(Kind::Full(Some(bytes.into())))
     }

@@ -110,6 +110,12 @@ pub struct ProxySettings {
     pub drain_timeout_ms: u64,
     /// Largest request body accepted, in bytes; larger requests get 413.
     pub max_request_body_bytes: u64,
+    /// Longest a write to a client may make no progress, as nginx's `send_timeout`: the time
+    /// between two successive writes of a response, not for the whole response, so a slow reader
+    /// is served and one that stopped reading is not. Past it the client's connection is closed,
+    /// the backend connection feeding the response is closed too (never pooled half read), and
+    /// the cut counts as the client's fault (`too_slow`), never against the release.
+    pub send_timeout_ms: u64,
     /// A safe request (GET, HEAD, OPTIONS without a body) that the canary answered with a 4xx or
     /// 5xx is sent once more to the live slot, and the user gets the live slot's answer. The
     /// canary's answer still counts against it, so the judge sees every failure while users
@@ -132,6 +138,7 @@ impl Default for ProxySettings {
             eject_max_ms: 30_000,
             drain_timeout_ms: 30_000,
             max_request_body_bytes: 10 * 1024 * 1024,
+            send_timeout_ms: 60_000,
             retry_canary_failures: true,
         }
     }
@@ -149,6 +156,9 @@ impl ProxySettings {
     }
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_millis(self.drain_timeout_ms)
+    }
+    pub fn send_timeout(&self) -> Duration {
+        Duration::from_millis(self.send_timeout_ms)
     }
 
     /// Every problem with these settings; `prefix` is the path of this table in the user's input.
@@ -169,6 +179,7 @@ impl ProxySettings {
         positive("eject_max_ms", self.eject_max_ms);
         positive("drain_timeout_ms", self.drain_timeout_ms);
         positive("max_request_body_bytes", self.max_request_body_bytes);
+        positive("send_timeout_ms", self.send_timeout_ms);
         let hc = &self.health_check;
         if hc.enabled {
             positive("health_check.interval_ms", hc.interval_ms);
@@ -250,4 +261,20 @@ pub enum ListenerKind {
 pub enum Forced {
     PreviewListener,
     PreviewHeader(Slot),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_send_timeout_defaults_like_nginx_and_must_be_positive() {
+        let settings: ProxySettings = serde_json::from_str("{}").unwrap();
+        assert_eq!(settings.send_timeout_ms, 60_000);
+        assert!(settings.validate("").is_empty());
+        let zero: ProxySettings = serde_json::from_str(r#"{"send_timeout_ms": 0}"#).unwrap();
+        let errors = zero.validate("proxy.");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].field, "proxy.send_timeout_ms");
+    }
 }

@@ -7,9 +7,10 @@
 //! plaintext connection that opens with the HTTP/2 preface (h2c by prior knowledge) is handed
 //! to hyper with the bytes read so far.
 //!
-//! What it implements of RFC 9112, as a server facing any client:
-//! - request heads with exactly one `Host` (HTTP/1.1) and at most [`MAX_HEAD_BYTES`] and
-//!   [`MAX_HEADERS`] headers (431 beyond), sent
+//! What it implements of RFC 9112, as a server facing any client (the message syntax is
+//! [`crate::http1`]'s, shared with the client side; what a request says about its authority,
+//! `Host` included, is checked by the handler for HTTP/1.1 and HTTP/2 alike):
+//! - request heads of at most [`MAX_HEAD_BYTES`] and [`MAX_HEADERS`] headers (431 beyond), sent
 //!   within [`HEAD_TIMEOUT`] of the previous response (or of the accept); invalid heads get a
 //!   400 and the connection is closed;
 //! - request bodies by `Transfer-Encoding: chunked` (last coding) or `Content-Length`; any
@@ -25,32 +26,38 @@
 //!   [`LINGER`] before closing so the client reads the response and not a reset), or the
 //!   listener is stopping;
 //! - `Upgrade` requests answered with 101 hand the raw connection, and any bytes read past the
-//!   head, to the tunnel.
+//!   head, to the tunnel;
+//! - every write to the client is bounded by the app's `send_timeout_ms` (see [`crate::client`]):
+//!   a client that stops reading its response is cut, its backend connection closed rather than
+//!   pooled, and the cut counted as the client's fault ([`ClientFault::TooSlow`]).
+//!
+//! [`MAX_HEAD_BYTES`]: crate::http1::head::MAX_HEAD_BYTES
+//! [`MAX_HEADERS`]: crate::http1::head::MAX_HEADERS
 
 use std::future::Future;
 use std::io::{self, Write as _};
-use std::mem::MaybeUninit;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use cutover_core::ClientFault;
 use http::header::{self, HeaderMap};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Response, StatusCode, Version};
 use http_body::Body;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::AppProxy;
 use crate::body::{ClientBody, ProxyBody};
+use crate::client::{ClientConn, Prefixed, RequestBody, SendTimedOut, SendTimeout};
 use crate::handler::{self, ClientUpgrade, Origin};
-use crate::upstream::{
-    content_length, has_token, header_map, header_spans, poll_fill_buf, BodyReader, Framing, Source,
-    MAX_HEADERS, MAX_HEAD_BYTES,
-};
+use crate::http1::chunked::{chunk_header, CHUNK_END, LAST_CHUNK};
+use crate::http1::head::{has_token, parse_request, ParsedRequest, RequestHead};
+use crate::http1::{BodyReader, Framing, Source};
 
 /// Longest a client may take to send a request head, counted from the end of the previous
 /// response or from the accept; an idle keep-alive connection is closed after it too.
@@ -60,135 +67,17 @@ pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) const LINGER: Duration = Duration::from_secs(2);
 /// Writes are gathered up to this size before they go out.
 const WRITE_BATCH: usize = 64 * 1024;
-/// A client connection's read buffer: enough for most request heads, and kept at this size while
-/// idle (see [`poll_fill_buf`]), since idle keep-alive connections are most connections.
-const CLIENT_READ_CHUNK: usize = 4096;
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const CLIENT_REQUEST: &str = "the client's request";
-
-/// A client's connection, with the bytes read from it and not used yet.
-pub(crate) struct ClientConn {
-    stream: TcpStream,
-    buf: BytesMut,
-}
-
-impl Source for ClientConn {
-    fn buf(&mut self) -> &mut BytesMut {
-        &mut self.buf
-    }
-
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        poll_fill_buf(&mut self.stream, &mut self.buf, CLIENT_READ_CHUNK, cx)
-    }
-}
-
-/// A request body read straight from the client's connection while the request is forwarded.
-/// Dropping it gives the connection back to its loop, saying whether the body was read to its end.
-pub(crate) struct RequestBody {
-    conn: Option<ClientConn>,
-    reader: BodyReader,
-    back: Option<oneshot::Sender<(ClientConn, bool)>>,
-}
-
-impl RequestBody {
-    pub(crate) fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
-        match self.conn.as_mut() {
-            Some(conn) => self.reader.poll_data(conn, cx),
-            None => Poll::Ready(None),
-        }
-    }
-
-    pub(crate) fn is_done(&self) -> bool {
-        self.reader.is_done()
-    }
-
-    pub(crate) fn exact_length(&self) -> Option<u64> {
-        self.reader.exact_length()
-    }
-}
-
-impl Drop for RequestBody {
-    fn drop(&mut self) {
-        if let (Some(conn), Some(back)) = (self.conn.take(), self.back.take()) {
-            let _ = back.send((conn, self.reader.is_done()));
-        }
-    }
-}
-
-/// A client's connection after a 101, with the bytes it sent past its request head.
-pub(crate) type Upgraded = Prefixed<TcpStream>;
-
-/// A stream that first yields bytes already read from it.
-pub(crate) struct Prefixed<S> {
-    prefix: Bytes,
-    inner: S,
-}
-
-impl<S> Prefixed<S> {
-    pub(crate) fn new(prefix: Bytes, inner: S) -> Self {
-        Prefixed { prefix, inner }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.prefix.is_empty() {
-            let n = this.prefix.len().min(buf.remaining());
-            buf.put_slice(&this.prefix.split_to(n));
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
+/// Headers the handler adds to a request (the X-Forwarded-* trio): room is made for them when
+/// the head is parsed, so the map is not grown per request.
+const ADDED_HEADERS: usize = 3;
 
 /// What became of a connection this module would not serve itself.
 pub(crate) enum Handover {
-    /// It opened with the HTTP/2 preface: hyper serves it from here.
-    Http2(Prefixed<TcpStream>),
-}
-
-/// A request head as the client sent it, and what it says about the connection.
-struct RequestHead {
-    request: Request<()>,
-    framing: Framing,
-    keep_alive: bool,
-    expect_continue: bool,
-    upgrade: bool,
-}
-
-// Made once per request and taken apart at once: boxing the head would cost an allocation.
-#[allow(clippy::large_enum_variant)]
-enum Parsed {
-    Partial,
-    Head(RequestHead),
-    Bad(StatusCode, String),
+    /// It opened with the HTTP/2 preface: hyper serves it from here, its writes bounded by the
+    /// send timeout (see [`SendTimeout`] for what that covers on HTTP/2).
+    Http2(SendTimeout<Prefixed<TcpStream>>),
 }
 
 enum Wait {
@@ -206,10 +95,7 @@ pub(crate) async fn serve_connection(
     origin: Origin,
     shutdown: CancellationToken,
 ) -> Option<Handover> {
-    let mut conn = ClientConn {
-        stream,
-        buf: BytesMut::with_capacity(CLIENT_READ_CHUNK),
-    };
+    let mut conn = ClientConn::new(stream, app.settings.send_timeout());
     let mut out: Vec<u8> = Vec::with_capacity(1024);
     let mut stopping = pin!(shutdown.clone().cancelled_owned());
     let mut head_timer = pin!(tokio::time::sleep(HEAD_TIMEOUT));
@@ -224,33 +110,25 @@ pub(crate) async fn serve_connection(
                 if conn.buf[..n] == H2_PREFACE[..n] {
                     if n == H2_PREFACE.len() {
                         let prefix = conn.buf.split().freeze();
-                        return Some(Handover::Http2(Prefixed::new(prefix, conn.stream)));
+                        let send_timeout = conn.send_timeout();
+                        let stream = Prefixed::new(prefix, conn.stream);
+                        return Some(Handover::Http2(SendTimeout::new(stream, send_timeout)));
                     }
                 } else {
                     first = false;
                 }
             }
             if !first || conn.buf.is_empty() {
-                match parse_head(&mut conn.buf) {
-                    Parsed::Head(head) => break head,
-                    Parsed::Bad(status, reason) => {
+                match parse_request(&mut conn.buf, ADDED_HEADERS) {
+                    ParsedRequest::Head(head) => break head,
+                    ParsedRequest::Bad(e) => {
+                        let reason = format!("the request head: {e}");
                         tracing::debug!(app = %app.name, peer = %origin.peer, %reason, "refused a request head");
-                        let _ = refuse(&mut conn, &mut out, status, &reason).await;
+                        let _ = refuse(&mut conn, &mut out, e.status(), &reason).await;
                         return None;
                     }
-                    Parsed::Partial => {}
+                    ParsedRequest::Partial => {}
                 }
-            }
-            if conn.buf.len() >= MAX_HEAD_BYTES {
-                let reason = format!("the request head is larger than {MAX_HEAD_BYTES} bytes");
-                let _ = refuse(
-                    &mut conn,
-                    &mut out,
-                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    &reason,
-                )
-                .await;
-                return None;
             }
             let idle = conn.buf.is_empty();
             let wait = std::future::poll_fn(|cx| {
@@ -284,11 +162,7 @@ pub(crate) async fn serve_connection(
         if expect_continue
             && framing != Framing::Empty
             && request.version() == Version::HTTP_11
-            && conn
-                .stream
-                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                .await
-                .is_err()
+            && conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err()
         {
             return None;
         }
@@ -298,11 +172,7 @@ pub(crate) async fn serve_connection(
             (ClientBody::Empty, Err(conn))
         } else {
             let (back, returned) = oneshot::channel();
-            let body = RequestBody {
-                conn: Some(conn),
-                reader: BodyReader::of(framing, CLIENT_REQUEST),
-                back: Some(back),
-            };
+            let body = RequestBody::new(conn, BodyReader::of(framing, CLIENT_REQUEST), back);
             (ClientBody::Own(body), Ok(returned))
         };
         let (upgrade_tx, client_upgrade) = if upgrade {
@@ -328,7 +198,7 @@ pub(crate) async fn serve_connection(
             let (parts, _) = response.into_parts();
             out.clear();
             encode_head(&mut out, parts.status, &parts.headers, &[]);
-            if conn.stream.write_all(&out).await.is_err() {
+            if conn.write_all(&out).await.is_err() {
                 return None;
             }
             let prefix = conn.buf.split().freeze();
@@ -338,7 +208,7 @@ pub(crate) async fn serve_connection(
 
         let reuse = keep_alive && body_complete && !shutdown.is_cancelled();
         let kept = write_response(
-            &mut conn.stream,
+            &mut conn,
             &mut out,
             response,
             ResponseFraming {
@@ -361,114 +231,6 @@ pub(crate) async fn serve_connection(
     }
 }
 
-/// Parses the head at the front of `buf` and, once complete, takes its bytes out of `buf`.
-fn parse_head(buf: &mut BytesMut) -> Parsed {
-    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut []);
-    let len = match parsed.parse_with_uninit_headers(buf, &mut headers) {
-        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD_BYTES => {
-            return Parsed::Bad(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                format!("the request head is larger than {MAX_HEAD_BYTES} bytes"),
-            )
-        }
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(httparse::Error::TooManyHeaders) => {
-            return Parsed::Bad(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                format!("the request has more than {MAX_HEADERS} headers"),
-            )
-        }
-        Err(e) => {
-            return Parsed::Bad(
-                StatusCode::BAD_REQUEST,
-                format!("the request head is not valid HTTP/1.1: {e}"),
-            )
-        }
-    };
-    // The head's bytes become one shared buffer the header values and the target point into,
-    // instead of one copy each.
-    let base = buf.as_ptr() as usize;
-    let mut spans = [(0, 0, 0, 0); MAX_HEADERS];
-    let count = header_spans(buf, parsed.headers, &mut spans);
-    let method = Method::from_bytes(parsed.method.unwrap_or("").as_bytes());
-    let target = parsed.path.unwrap_or("");
-    let target_span = {
-        let start = target.as_ptr() as usize - base;
-        (start, start + target.len())
-    };
-    let version = if parsed.version == Some(0) {
-        Version::HTTP_10
-    } else {
-        Version::HTTP_11
-    };
-    let bytes = buf.split_to(len).freeze();
-    let Ok(method) = method else {
-        return Parsed::Bad(StatusCode::BAD_REQUEST, "invalid method".to_string());
-    };
-    let Ok(uri) = Uri::from_maybe_shared(bytes.slice(target_span.0..target_span.1)) else {
-        return Parsed::Bad(StatusCode::BAD_REQUEST, "invalid request target".to_string());
-    };
-    // Room for the X-Forwarded-* headers the handler adds, so the map is not grown per request.
-    let map = match header_map(&bytes, &spans[..count], 3, "the client") {
-        Ok(map) => map,
-        Err(reason) => return Parsed::Bad(StatusCode::BAD_REQUEST, reason),
-    };
-    let mut keep_alive = match version {
-        Version::HTTP_10 => has_token(&map, header::CONNECTION, "keep-alive"),
-        _ => !has_token(&map, header::CONNECTION, "close"),
-    };
-    // RFC 9112 §3.2: exactly one Host in HTTP/1.1; two would let the proxy and the backend
-    // disagree on which site was asked for.
-    let hosts = map.get_all(header::HOST).iter().count();
-    if hosts > 1 || (hosts == 0 && version == Version::HTTP_11) {
-        return Parsed::Bad(
-            StatusCode::BAD_REQUEST,
-            "an HTTP/1.1 request needs exactly one Host header".to_string(),
-        );
-    }
-    let upgrade = handler::is_upgrade_request(&map);
-    let expect_continue = has_token(&map, header::EXPECT, "100-continue");
-    let framing = if map.contains_key(header::TRANSFER_ENCODING) {
-        let last = map
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .rfind(|t| !t.is_empty());
-        if !last.is_some_and(|t| t.eq_ignore_ascii_case("chunked")) || version == Version::HTTP_10 {
-            return Parsed::Bad(
-                StatusCode::BAD_REQUEST,
-                "a request's Transfer-Encoding must end in chunked (HTTP/1.1 only)".to_string(),
-            );
-        }
-        if map.contains_key(header::CONTENT_LENGTH) {
-            keep_alive = false;
-        }
-        Framing::Chunked
-    } else {
-        match content_length(&map, "the client") {
-            Ok(None | Some(0)) => Framing::Empty,
-            Ok(Some(n)) => Framing::Length(n),
-            Err(reason) => return Parsed::Bad(StatusCode::BAD_REQUEST, reason),
-        }
-    };
-    let mut request = Request::new(());
-    *request.method_mut() = method;
-    *request.uri_mut() = uri;
-    *request.version_mut() = version;
-    *request.headers_mut() = map;
-    Parsed::Head(RequestHead {
-        request,
-        framing,
-        keep_alive,
-        expect_continue,
-        upgrade,
-    })
-}
-
 /// What the request says about how its response may be framed.
 struct ResponseFraming {
     head_only: bool,
@@ -482,22 +244,52 @@ enum Step {
 }
 
 /// Writes `response` and streams its body; returns whether the connection may carry another
-/// request. What is ready is gathered into one write: a small response goes out with one
-/// syscall, and a streaming one is flushed whenever its body waits.
+/// request. A client that stops reading is cut by the send timeout: counted as its fault, and
+/// the response body dropped unfinished, which closes its backend connection instead of pooling
+/// it.
 async fn write_response(
-    stream: &mut TcpStream,
+    conn: &mut ClientConn,
     out: &mut Vec<u8>,
     response: Response<ProxyBody>,
     framing: ResponseFraming,
 ) -> io::Result<bool> {
     let (parts, mut body) = response.into_parts();
+    let written = write_parts(conn, out, parts, &mut body, framing).await;
+    if let Err(e) = &written {
+        if SendTimedOut::is(e) {
+            // The status was counted when the backend answered, and stays: the release did its
+            // part. What failed is the client's reading, counted apart as its fault.
+            body.record_client_fault(ClientFault::TooSlow);
+            tracing::info!(peer = %conn.stream.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
+                error = %e, "client stopped reading its response; closing its connection and the backend's");
+        }
+    }
+    written
+}
+
+/// [`write_response`]'s work. What is ready is gathered into one write: a small response goes
+/// out with one syscall, and a streaming one is flushed whenever its body waits.
+async fn write_parts(
+    conn: &mut ClientConn,
+    out: &mut Vec<u8>,
+    mut parts: http::response::Parts,
+    body: &mut ProxyBody,
+    framing: ResponseFraming,
+) -> io::Result<bool> {
     let status = parts.status;
+    // A response the proxy made to end the connection (a refused request, whose framing or
+    // target cannot be trusted) says so; the header is written once, below, with the others
+    // this server decides.
+    let ends_connection = has_token(&parts.headers, header::CONNECTION, "close");
+    if ends_connection {
+        parts.headers.remove(header::CONNECTION);
+    }
     let bodyless = framing.head_only
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
     let length = body.size_hint().exact();
-    let mut keep_alive = framing.keep_alive;
+    let mut keep_alive = framing.keep_alive && !ends_connection;
     let mut chunked = false;
     let mut extra: [&[u8]; 3] = [b"", b"", b""];
     let mut length_text = [0u8; 40];
@@ -526,11 +318,11 @@ async fn write_response(
     out.clear();
     encode_head(out, status, &parts.headers, &extra);
     if bodyless {
-        stream.write_all(out).await?;
+        conn.write_all(out).await?;
         return Ok(keep_alive);
     }
     loop {
-        let step = std::future::poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
+        let step = std::future::poll_fn(|cx| match Pin::new(&mut *body).poll_frame(cx) {
             Poll::Ready(frame) => Poll::Ready(Step::Frame(frame)),
             Poll::Pending if !out.is_empty() => Poll::Ready(Step::Flush),
             Poll::Pending => Poll::Pending,
@@ -538,20 +330,20 @@ async fn write_response(
         .await;
         match step {
             Step::Flush => {
-                stream.write_all(out).await?;
+                conn.write_all(out).await?;
                 out.clear();
             }
             Step::Frame(None) => {
                 if chunked {
-                    out.extend_from_slice(b"0\r\n\r\n");
+                    out.extend_from_slice(LAST_CHUNK);
                 }
-                stream.write_all(out).await?;
+                conn.write_all(out).await?;
                 out.clear();
                 return Ok(keep_alive);
             }
             Step::Frame(Some(Err(e))) => {
                 // The response cannot be finished: only closing tells the client it is cut.
-                stream.write_all(out).await?;
+                conn.write_all(out).await?;
                 out.clear();
                 tracing::debug!(error = %e, "response body failed; closing the client connection");
                 return Ok(false);
@@ -564,20 +356,20 @@ async fn write_response(
                     continue;
                 }
                 if chunked {
-                    let _ = write!(out, "{:x}\r\n", data.len());
+                    out.extend_from_slice(chunk_header(data.len()).as_ref());
                 }
                 if data.len() >= WRITE_BATCH / 4 {
-                    stream.write_all(out).await?;
+                    conn.write_all(out).await?;
                     out.clear();
-                    stream.write_all(&data).await?;
+                    conn.write_all(&data).await?;
                 } else {
                     out.extend_from_slice(&data);
                 }
                 if chunked {
-                    out.extend_from_slice(b"\r\n");
+                    out.extend_from_slice(CHUNK_END);
                 }
                 if out.len() >= WRITE_BATCH {
-                    stream.write_all(out).await?;
+                    conn.write_all(out).await?;
                     out.clear();
                 }
             }
@@ -635,7 +427,7 @@ async fn refuse(
         ],
     );
     out.extend_from_slice(body.as_bytes());
-    conn.stream.write_all(out).await?;
+    conn.write_all(out).await?;
     linger(conn).await;
     Ok(())
 }
@@ -683,88 +475,6 @@ mod http_date {
 mod tests {
     use super::*;
     use http::HeaderValue;
-
-    /// Parses `text`, given a Host header if it is HTTP/1.1 and has none.
-    fn parse(text: &str) -> Parsed {
-        let text = if text.contains("HTTP/1.1\r\n") && !text.contains("host:") {
-            text.replacen("HTTP/1.1\r\n", "HTTP/1.1\r\nhost: x\r\n", 1)
-        } else {
-            text.to_string()
-        };
-        parse_head(&mut BytesMut::from(text.as_bytes()))
-    }
-
-    fn head(text: &str) -> RequestHead {
-        match parse(text) {
-            Parsed::Head(h) => h,
-            Parsed::Partial => panic!("partial: {text:?}"),
-            Parsed::Bad(s, r) => panic!("refused with {s}: {r}"),
-        }
-    }
-
-    fn refused(text: &str) -> StatusCode {
-        match parse(text) {
-            Parsed::Bad(s, _) => s,
-            _ => panic!("accepted: {text:?}"),
-        }
-    }
-
-    #[test]
-    fn request_framing_follows_rfc_9112() {
-        let h = head("GET /a?b=1 HTTP/1.1\r\nhost: x\r\n\r\n");
-        assert_eq!(h.request.uri().path_and_query().unwrap().as_str(), "/a?b=1");
-        assert_eq!((h.framing, h.keep_alive), (Framing::Empty, true));
-        let h = head("POST / HTTP/1.1\r\ncontent-length: 5\r\n\r\nhello");
-        assert_eq!(h.framing, Framing::Length(5));
-        let h = head("POST / HTTP/1.1\r\ntransfer-encoding: gzip, chunked\r\n\r\n");
-        assert_eq!((h.framing, h.keep_alive), (Framing::Chunked, true));
-        let h = head("POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n");
-        assert_eq!((h.framing, h.keep_alive), (Framing::Chunked, false));
-        assert_eq!(
-            refused("POST / HTTP/1.1\r\ntransfer-encoding: gzip\r\n\r\n"),
-            StatusCode::BAD_REQUEST
-        );
-        assert_eq!(
-            refused("POST / HTTP/1.1\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n"),
-            StatusCode::BAD_REQUEST
-        );
-        assert_eq!(
-            refused("POST / HTTP/1.1\r\ncontent-length: -1\r\n\r\n"),
-            StatusCode::BAD_REQUEST
-        );
-        assert!(!head("GET / HTTP/1.0\r\n\r\n").keep_alive);
-        assert!(head("GET / HTTP/1.0\r\nconnection: keep-alive\r\n\r\n").keep_alive);
-        assert!(!head("GET / HTTP/1.1\r\nconnection: close\r\n\r\n").keep_alive);
-        let h = head("GET / HTTP/1.1\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n");
-        assert!(h.upgrade);
-        assert!(head("PUT / HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 1\r\n\r\n").expect_continue);
-        assert!(matches!(parse("GET / HTTP/1.1\r\nhost: x\r\n"), Parsed::Partial));
-        let missing_host = parse_head(&mut BytesMut::from(&b"GET / HTTP/1.1\r\n\r\n"[..]));
-        assert!(matches!(missing_host, Parsed::Bad(StatusCode::BAD_REQUEST, _)));
-        assert_eq!(
-            refused("GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n"),
-            StatusCode::BAD_REQUEST
-        );
-        assert!(head("GET / HTTP/1.0\r\n\r\n")
-            .request
-            .headers()
-            .get("host")
-            .is_none());
-        assert_eq!(refused("GET / HTTP/2.0\r\n\r\n"), StatusCode::BAD_REQUEST);
-        let many: String = (0..MAX_HEADERS + 1).map(|i| format!("x-{i}: 1\r\n")).collect();
-        assert_eq!(
-            refused(&format!("GET / HTTP/1.1\r\n{many}\r\n")),
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
-        );
-    }
-
-    #[test]
-    fn a_parsed_head_leaves_the_next_request_in_the_buffer() {
-        let mut buf =
-            BytesMut::from(&b"GET /1 HTTP/1.1\r\nhost: a\r\n\r\nGET /2 HTTP/1.1\r\nhost: a\r\n\r\n"[..]);
-        assert!(matches!(parse_head(&mut buf), Parsed::Head(_)));
-        assert_eq!(&buf[..], b"GET /2 HTTP/1.1\r\nhost: a\r\n\r\n");
-    }
 
     #[test]
     fn heads_carry_a_date_unless_they_have_one() {

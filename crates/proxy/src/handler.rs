@@ -17,9 +17,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::{pick, ActivePool, AppProxy};
 use crate::backend::Backend;
-use crate::body::{ClientBody, InFlight, ProxyBody, UpstreamRequestBody};
+use crate::body::{client_fault_of, ClientBody, InFlight, ProxyBody, UpstreamRequestBody};
+use crate::client::Upgraded;
 use crate::config::{Forced, ListenerKind, ProxySettings};
-use crate::downstream::Upgraded;
+use crate::http1::{self, authority, is_upgrade_request, BodyReader, ResponseHead};
 use crate::upstream::{self, Conn, SendError};
 
 /// Where a request came from.
@@ -28,37 +29,6 @@ pub(crate) struct Origin {
     pub peer: SocketAddr,
     pub kind: ListenerKind,
     pub tls: bool,
-}
-
-/// Header names parsed once from the settings.
-#[derive(Debug, Clone)]
-pub(crate) struct HeaderNames {
-    pub user_key: Option<HeaderName>,
-    pub preview: HeaderName,
-    /// What follows `name=key` in an issued bucket cookie: its attributes, without and with
-    /// `Secure`.
-    pub cookie_attributes: [String; 2],
-}
-
-impl HeaderNames {
-    pub(crate) fn from_settings(settings: &ProxySettings) -> Self {
-        HeaderNames {
-            user_key: settings
-                .sticky
-                .user_key_header
-                .as_deref()
-                .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
-            preview: HeaderName::from_bytes(settings.preview.header.as_bytes())
-                .unwrap_or(HeaderName::from_static("x-cutover-preview")),
-            cookie_attributes: [false, true].map(|secure| {
-                format!(
-                    "; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{}",
-                    settings.sticky.bucket_cookie_max_age_secs,
-                    if secure { "; Secure" } else { "" }
-                )
-            }),
-        }
-    }
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -163,13 +133,13 @@ async fn route(
         }
     }
 
+    if let Err(e) = check_target(req.method(), req.uri(), req.version(), req.headers()) {
+        return client_fault(app, pool, ClientFault::Malformed, &e.to_string());
+    }
     let limit = app.settings.max_request_body_bytes;
     // An invalid length is the server's to refuse (hyper's, or `downstream`'s); here only a
     // valid one that is too large matters.
-    if let Some(len) = upstream::content_length(req.headers(), "the client")
-        .ok()
-        .flatten()
-    {
+    if let Some(len) = http1::framing::content_length(req.headers()).ok().flatten() {
         if len > limit {
             return client_fault(
                 app,
@@ -388,7 +358,7 @@ fn safe_on_the_canary(
 fn respond(
     app: &Arc<AppProxy>,
     pool: &ActivePool,
-    head: upstream::Head,
+    head: ResponseHead,
     mut conn: Conn,
     in_flight: InFlight,
     stop: CancellationToken,
@@ -435,7 +405,7 @@ fn respond(
     *response.headers_mut() = headers;
     *response.body_mut() = ProxyBody::upstream(
         conn,
-        upstream::BodyReader::new(head.framing),
+        BodyReader::of(head.framing, "the backend's response"),
         head.keep_alive,
         in_flight,
         stop.cancelled_owned(),
@@ -464,7 +434,7 @@ async fn exchange(
     body: &mut UpstreamRequestBody,
     settings: &ProxySettings,
     stop: &CancellationToken,
-) -> Result<(upstream::Head, Conn), ExchangeError> {
+) -> Result<(ResponseHead, Conn), ExchangeError> {
     let mut last_cause = String::new();
     for _ in 0..3 {
         let mut conn = match backend.take_idle(settings.upstream_idle_timeout()) {
@@ -485,7 +455,13 @@ async fn exchange(
             Err(_) => return Err(ExchangeError::Timeout),
             Ok(Ok(head)) => return Ok((head, conn)),
             Ok(Err(SendError::NotSent(cause))) => last_cause = cause,
-            Ok(Err(SendError::Client(fault, reason))) => return Err(ExchangeError::Client(fault, reason)),
+            Ok(Err(SendError::Body(e))) => {
+                let fault = client_fault_of(&*e);
+                return Err(ExchangeError::Client(
+                    fault,
+                    format!("reading the client's request body: {e}"),
+                ));
+            }
             Ok(Err(SendError::Failed(reason))) => return Err(ExchangeError::Failed(reason)),
         }
     }
@@ -495,12 +471,12 @@ async fn exchange(
 /// Rewrites a client's request headers into the ones the backend gets: no hop-by-hop headers,
 /// and the X-Forwarded-* trio.
 fn prepare_upstream_request(parts: &mut http::request::Parts, origin: Origin, upgrade: bool) {
-    let host = match parts.headers.get(header::HOST) {
-        Some(h) => Some(h.clone()),
-        None => parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    // The authority of an absolute-form target, or HTTP/2's `:authority`, is the request's: a
+    // Host header that says otherwise is replaced (RFC 9112 §3.2.2, RFC 9113 §8.3.1), so the
+    // backend sees the site the proxy checked.
+    let host = match parts.uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => parts.headers.get(header::HOST).cloned(),
     };
     // The request line is written from the URI's path and query (origin form) and as HTTP/1.1
     // by the upstream writer, whatever form and version the client used.
@@ -565,8 +541,76 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name)
 }
 
-pub(crate) fn is_upgrade_request(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE) && upstream::has_token(headers, header::CONNECTION, "upgrade")
+/// Why a request is refused before it is routed: what it names as its target or authority.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum TargetError {
+    #[error("CONNECT is not served: cutover is a reverse proxy, not a tunnel")]
+    Connect,
+    #[error("an HTTP/1.1 request needs exactly one Host header")]
+    HostCount,
+    #[error("the request names no authority (neither :authority nor Host)")]
+    NoAuthority,
+    #[error("invalid Host {0:?}")]
+    Host(String),
+    #[error("invalid authority {0:?} in the request target")]
+    Authority(String),
+    #[error("a target in authority form is for CONNECT only")]
+    AuthorityForm,
+    #[error("a target in asterisk form is for OPTIONS only")]
+    Asterisk,
+}
+
+/// What a request names as its site must be one site, named one way, before it is routed: the
+/// one place this is checked, for HTTP/1.1 (the proxy's own server and hyper's) and HTTP/2
+/// alike, since all of them come through [`handle`]. As nginx does, a request that fails is a
+/// 400 (the client's fault, counted as such).
+///
+/// - `Host` and the target's authority (absolute form, or HTTP/2's `:authority`) must be valid
+///   authorities ([`authority::is_valid`]): no space, `/`, `\`, `?`, `#`, `@`, nothing empty. A
+///   backend reading `Host: evil.com/../x` into a URL, or a cache keying on it, would be misled.
+/// - HTTP/1.1 needs exactly one `Host` (RFC 9112 §3.2); HTTP/2 needs an `:authority` or a
+///   `Host` (nginx refuses one with neither); HTTP/1.0 may name none.
+/// - `CONNECT` is refused with 400 rather than nginx's 405: cutover is a reverse proxy and
+///   tunnels to nowhere, a 405 would have to list in `Allow` the methods of an app the proxy
+///   does not know, and a 400 is what the client fault it is counted as ([`ClientFault::Malformed`])
+///   stands for, so what is logged is what was sent. Forwarding it would turn
+///   `CONNECT host:443` into `CONNECT /` for the backend.
+/// - The authority form is `CONNECT`'s only, the asterisk form `OPTIONS`'s (RFC 9112 §3.2.3-4):
+///   any other method with them would be forwarded as `/`.
+pub(crate) fn check_target(
+    method: &http::Method,
+    uri: &http::Uri,
+    version: Version,
+    headers: &HeaderMap,
+) -> Result<(), TargetError> {
+    if method == http::Method::CONNECT {
+        return Err(TargetError::Connect);
+    }
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() || (host.is_none() && version == Version::HTTP_11) {
+        return Err(TargetError::HostCount);
+    }
+    if let Some(host) = host {
+        if !authority::is_valid(host.as_bytes()) {
+            return Err(TargetError::Host(
+                String::from_utf8_lossy(host.as_bytes()).into_owned(),
+            ));
+        }
+    }
+    match uri.authority() {
+        Some(_) if uri.scheme().is_none() => return Err(TargetError::AuthorityForm),
+        Some(a) if !authority::is_valid(a.as_str().as_bytes()) => {
+            return Err(TargetError::Authority(a.as_str().to_string()))
+        }
+        Some(_) => {}
+        None if host.is_none() && version >= Version::HTTP_2 => return Err(TargetError::NoAuthority),
+        None => {}
+    }
+    if uri.path() == "*" && method != http::Method::OPTIONS {
+        return Err(TargetError::Asterisk);
+    }
+    Ok(())
 }
 
 /// The hash of the user's key (its bucket follows from it), and the key of a bucket cookie to
@@ -686,6 +730,53 @@ fn error_response(status: StatusCode) -> Response<ProxyBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_valid_authority_is_routed() {
+        let check = |method: &str, target: &str, version: Version, hosts: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for h in hosts {
+                headers.append(header::HOST, HeaderValue::from_str(h).unwrap());
+            }
+            let method = http::Method::from_bytes(method.as_bytes()).unwrap();
+            check_target(&method, &target.parse().unwrap(), version, &headers)
+        };
+        let v11 = Version::HTTP_11;
+        for host in ["example.com", "example.com:8080", "127.0.0.1:1", "[::1]:80"] {
+            assert_eq!(check("GET", "/", v11, &[host]), Ok(()), "{host}");
+        }
+        for host in ["a b", "", "evil.com/../x", "a@b", "a\\b", "a?b", "a#b"] {
+            assert!(
+                matches!(check("GET", "/", v11, &[host]), Err(TargetError::Host(_))),
+                "{host:?}"
+            );
+        }
+        assert_eq!(check("GET", "/", v11, &[]), Err(TargetError::HostCount));
+        assert_eq!(check("GET", "/", v11, &["a", "b"]), Err(TargetError::HostCount));
+        assert_eq!(check("GET", "/", Version::HTTP_10, &[]), Ok(()));
+        assert_eq!(
+            check("CONNECT", "example.com:443", v11, &["example.com:443"]),
+            Err(TargetError::Connect)
+        );
+        assert_eq!(
+            check("GET", "example.com:443", v11, &["x"]),
+            Err(TargetError::AuthorityForm)
+        );
+        assert_eq!(check("GET", "http://example.com/a", v11, &["x"]), Ok(()));
+        assert!(matches!(
+            check("GET", "http://a@b/", v11, &["x"]),
+            Err(TargetError::Authority(_))
+        ));
+        assert_eq!(check("OPTIONS", "*", v11, &["x"]), Ok(()));
+        assert_eq!(check("GET", "*", v11, &["x"]), Err(TargetError::Asterisk));
+        // HTTP/2: the :authority is in the URI; a request with no authority at all is refused.
+        assert_eq!(check("GET", "http://example.com/", Version::HTTP_2, &[]), Ok(()));
+        assert_eq!(
+            check("GET", "/", Version::HTTP_2, &[]),
+            Err(TargetError::NoAuthority)
+        );
+        assert_eq!(check("GET", "/", Version::HTTP_2, &["example.com"]), Ok(()));
+    }
 
     #[test]
     fn cookies_are_found_among_others() {

@@ -20,10 +20,12 @@
 pub mod app;
 pub mod backend;
 pub mod body;
+mod client;
 pub mod config;
 mod downstream;
 mod handler;
 pub mod health;
+mod http1;
 pub mod listener;
 pub mod metrics;
 pub mod prometheus;

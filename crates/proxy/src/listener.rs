@@ -81,7 +81,7 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(downstream::HEAD_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
+    configure_http2(&mut builder);
     let builder = Arc::new(builder);
     let connections = TaskTracker::new();
     loop {
@@ -129,6 +129,9 @@ pub async fn serve(
                             }
                             Err(_) => return,
                         };
+                    // Clients that stop reading are cut here as on plain connections.
+                    let send_timeout = app.settings.send_timeout();
+                    let stream = crate::client::SendTimeout::new(stream, send_timeout);
                     serve_hyper(stream, &builder, app, origin, &shutdown).await;
                 });
             }
@@ -139,6 +142,96 @@ pub async fn serve(
     if tokio::time::timeout(drain, connections.wait()).await.is_err() {
         tracing::warn!(app = %app.name, "connections still open after the drain timeout; closing them");
     }
+}
+
+// HTTP/2 bounds. hyper and h2 have defaults for most of these, but they are "not considered
+// stable" and some are looser than a proxy facing the internet wants, so each one is set here on
+// purpose. Everything below is per connection; what a client can make the proxy hold is bounded by
+// these times the number of connections it may open.
+
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`: requests one connection may have in flight. Each one is an
+/// upstream HTTP/1.1 connection and a task, so this bounds the work one client connection can
+/// start. 128, like nginx (hyper's default: 200); browsers open far fewer at once. Streams beyond
+/// it are refused with `REFUSED_STREAM`, which clients retry.
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 128;
+
+/// `SETTINGS_MAX_HEADER_LIST_SIZE`: largest request header block, HPACK-decoded and counted as the
+/// RFC does (name + value + 32 per field). 64 KiB, the head limit of the proxy's HTTP/1.1 server
+/// (`MAX_HEAD_BYTES`; keep the two equal), so a request does not pass on one protocol and fail on
+/// the other (hyper's default: 16 KiB). A block over it gets a 431 on its stream; h2 cuts the
+/// connection (`GOAWAY`) once one is 4 times over it, and caps the `CONTINUATION` frames of one
+/// block at 1.25 times this over [`H2_MAX_FRAME_SIZE`] (at least 5), so a `CONTINUATION` flood is
+/// never buffered whether its frames are full or empty.
+pub const H2_MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
+const _: () = assert!(
+    H2_MAX_HEADER_LIST_SIZE as usize == crate::http1::head::MAX_HEAD_BYTES,
+    "HTTP/2 and HTTP/1.1 heads have the same limit"
+);
+
+/// Streams a client may reset before the proxy has even accepted them, at any one time, before
+/// the connection gets `GOAWAY ENHANCE_YOUR_CALM`: the rapid-reset attack (CVE-2023-44487)
+/// opens and cancels streams in a loop so the server does work for requests nobody waits for.
+/// 20 is h2's default, set here so it cannot silently change.
+pub const H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+
+/// Streams the proxy may reset because the client broke the protocol on them (or opened one over
+/// [`H2_MAX_CONCURRENT_STREAMS`]), over the connection's life, before it gets `GOAWAY
+/// ENHANCE_YOUR_CALM`: the reset flood of RUSTSEC-2024-0003 and "MadeYouReset" (CVE-2025-8671),
+/// where the client makes the server do the resetting. A well-behaved client causes none; 256 is
+/// room for a burst of refusals sent before our SETTINGS arrived (hyper's default: 1024).
+pub const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
+
+/// `SETTINGS_INITIAL_WINDOW_SIZE`: request body bytes a client may send on one stream ahead of
+/// the backend reading them. 512 KiB keeps one upload near 80 Mbit/s at 50 ms round trip
+/// (hyper's default: 1 MiB).
+pub const H2_INITIAL_STREAM_WINDOW: u32 = 512 * 1024;
+
+/// Connection flow-control window: request body bytes one connection may have buffered in the
+/// proxy across all its streams, the memory bound for uploads. Four stream windows, so one upload
+/// the backend does not read cannot stall the connection's other uploads (hyper's default: 1 MiB,
+/// the same as its stream window).
+pub const H2_INITIAL_CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
+
+/// `SETTINGS_MAX_FRAME_SIZE`: largest frame a client may send, so the largest single read buffer
+/// a frame needs. 16 KiB is the protocol's minimum and default (and hyper's); larger frames save
+/// little.
+pub const H2_MAX_FRAME_SIZE: u32 = 16 * 1024;
+
+/// Response bytes queued per stream beyond what the client's flow-control window lets out. A
+/// client that never opens its window (or reads slowly) holds at most about this much (plus one
+/// chunk of the backend's body) in the proxy; past it the proxy stops reading the backend, which
+/// then sees backpressure. 128 KiB still keeps fast clients' sockets busy (hyper's default: 400 KiB).
+pub const H2_MAX_SEND_BUF_SIZE: usize = 128 * 1024;
+
+/// A connection on which no new request nor request body data has arrived for this long is sent a
+/// PING...
+pub const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
+
+/// ...and is closed if the PING is not answered within this (hyper's default), so dead peers (a
+/// vanished client, a NAT that forgot the flow) are dropped within 40 s, even while their requests
+/// are still running (hyper's default is no PINGs: such a connection lives until TCP gives up).
+/// It is also hyper's only read timeout for HTTP/2, which has no header read timeout: a client
+/// that stops midway through a header block cannot answer a PING (nothing but `CONTINUATION` may
+/// follow it), so it is cut after 40 s too.
+pub const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Applies the HTTP/2 bounds above to `builder`.
+fn configure_http2(builder: &mut auto::Builder<TokioExecutor>) {
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(H2_MAX_HEADER_LIST_SIZE)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESET_STREAMS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESET_STREAMS)
+        // Adaptive (BDP) windows would grow past the bounds below on their own.
+        .adaptive_window(false)
+        .initial_stream_window_size(H2_INITIAL_STREAM_WINDOW)
+        .initial_connection_window_size(H2_INITIAL_CONNECTION_WINDOW)
+        .max_frame_size(H2_MAX_FRAME_SIZE)
+        .max_send_buf_size(H2_MAX_SEND_BUF_SIZE)
+        .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
 }
 
 /// Serves a connection with hyper until it ends; once `shutdown` is cancelled, hyper finishes

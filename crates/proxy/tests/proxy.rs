@@ -1024,3 +1024,380 @@ async fn a_safe_request_in_flight_when_the_canary_dies_is_answered_by_the_live_s
         "the canary's failure counts against it"
     );
 }
+
+/// A request must name one valid site: a `Host` (or absolute-form authority) that is not one is
+/// refused with 400, as nginx does, and so is `CONNECT`, which a reverse proxy would otherwise
+/// forward as `CONNECT /`. Each refusal counts as the client's fault, never against the slot;
+/// valid hosts pass, and an absolute-form target's authority is the Host the backend sees.
+#[tokio::test]
+async fn requests_naming_no_valid_site_are_refused_as_the_clients_fault() {
+    let v1 = ExampleApp::spawn("v1", &[]);
+    let proxy = Proxy::start(settings(), route(&[&v1], &[], 0)).await;
+    let refused = [
+        "GET /headers HTTP/1.1\r\nHost: a b\r\n\r\n",
+        "GET /headers HTTP/1.1\r\nHost:\r\n\r\n",
+        "GET /headers HTTP/1.1\r\nHost: evil.com/../x\r\n\r\n",
+        "GET /headers HTTP/1.1\r\nHost: a@b\r\n\r\n",
+        "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+        "GET http://a@b/headers HTTP/1.1\r\nHost: b\r\n\r\n",
+        "GET example.com:80 HTTP/1.1\r\nHost: example.com\r\n\r\n",
+    ];
+    for head in refused {
+        let mut c = raw_connection(&proxy).await;
+        send(&mut c, head.as_bytes()).await;
+        let (status, headers, _) = read_response(&mut c).await;
+        assert_eq!(
+            (status, headers.get("connection").map(String::as_str)),
+            (400, Some("close")),
+            "{head:?}"
+        );
+        assert!(closed(&mut c).await, "{head:?}");
+    }
+    for host in ["example.com", "example.com:8080", "127.0.0.1:1", "[::1]:80"] {
+        let mut c = raw_connection(&proxy).await;
+        send(
+            &mut c,
+            format!("GET /headers HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes(),
+        )
+        .await;
+        let (status, _, body) = read_response(&mut c).await;
+        assert_eq!(status, 200, "{host}");
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["headers"]["host"], host, "{body}");
+    }
+    // RFC 9112 §3.2.2: the target's authority wins over the Host header.
+    let mut c = raw_connection(&proxy).await;
+    send(
+        &mut c,
+        b"GET http://example.com:8080/headers HTTP/1.1\r\nHost: other.example\r\n\r\n",
+    )
+    .await;
+    let (status, _, body) = read_response(&mut c).await;
+    assert_eq!(status, 200);
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["headers"]["host"], "example.com:8080", "{body}");
+    assert_eq!(body["uri"], "/headers", "{body}");
+
+    let metrics = proxy.app.table().pool(Slot::Blue).metrics.snapshot();
+    assert_eq!(
+        metrics.client_fault_counts().get("malformed"),
+        Some(&(refused.len() as u64)),
+        "{:?}",
+        metrics.client_fault_counts()
+    );
+    assert_eq!(
+        (metrics.total_requests(), metrics.client_errors()),
+        (5, 0),
+        "only the valid requests count for the slot"
+    );
+}
+
+/// HTTP/2 requests go through the same check: hyper's server hands them to the same handler.
+#[tokio::test]
+async fn http2_requests_naming_no_valid_site_are_refused_too() {
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let v1 = ExampleApp::spawn("v1", &[]);
+    let proxy = Proxy::start(settings(), route(&[&v1], &[], 0)).await;
+    let stream = tokio::net::TcpStream::connect(proxy.public).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut status_of = |method: http::Method, uri: &str| {
+        let request = http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let sent = sender.send_request(request);
+        async move { sent.await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status_of(http::Method::CONNECT, "example.com:443").await, 400);
+    assert_eq!(status_of(http::Method::GET, "http://a@b/headers").await, 400);
+    assert_eq!(
+        status_of(http::Method::GET, "http://example.com:8080/headers").await,
+        200
+    );
+    let metrics = proxy.app.table().pool(Slot::Blue).metrics.snapshot();
+    assert_eq!(metrics.client_fault_counts().get("malformed"), Some(&2));
+    assert_eq!((metrics.total_requests(), metrics.client_errors()), (1, 0));
+}
+
+/// A loopback backend that answers each request on a connection with `head` and then `length`
+/// bytes written 64 KiB at a time; counts the connections that ended (a write failed, or the
+/// peer closed while it waited for the next request).
+struct RawBackend {
+    addr: SocketAddr,
+    ended: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl RawBackend {
+    async fn start(head: &'static str, length: usize) -> RawBackend {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let ended = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&ended);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let counter = Arc::clone(&counter);
+                tokio::spawn(async move {
+                    let chunk = vec![b'x'; 64 * 1024];
+                    let mut request = Vec::new();
+                    let served = async {
+                        loop {
+                            // One request head at a time (requests have no body here).
+                            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                                let mut buf = [0u8; 4096];
+                                let n = stream.read(&mut buf).await?;
+                                if n == 0 {
+                                    return Ok::<(), std::io::Error>(());
+                                }
+                                request.extend_from_slice(&buf[..n]);
+                            }
+                            request.clear();
+                            stream.write_all(head.as_bytes()).await?;
+                            let mut left = length;
+                            while left > 0 {
+                                let n = left.min(chunk.len());
+                                stream.write_all(&chunk[..n]).await?;
+                                left -= n;
+                            }
+                        }
+                    };
+                    let _ = served.await;
+                    counter.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        RawBackend { addr, ended }
+    }
+
+    fn ended(&self) -> usize {
+        self.ended.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn route(&self) -> RouteTable {
+        RouteTable {
+            live: Slot::Blue,
+            canary_weight_bp: 0,
+            blue: Pool {
+                version: "raw".into(),
+                backends: vec![self.addr],
+            },
+            green: Pool::default(),
+        }
+    }
+}
+
+fn raw_backend_settings() -> ProxySettings {
+    let mut s = settings();
+    // The raw backend answers every request with its one response: no health checks.
+    s.health_check.enabled = false;
+    s
+}
+
+/// nginx's `send_timeout`: a client that asks for a huge response and reads none of it is cut
+/// once a write to it has made no progress for `send_timeout_ms`, and the backend connection
+/// feeding it is closed with it (not held, not pooled). The cut is the client's fault.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_and_frees_its_backend_connection() {
+    const LENGTH: usize = 1 << 30;
+    let backend = RawBackend::start("HTTP/1.1 200 OK\r\ncontent-length: 1073741824\r\n\r\n", LENGTH).await;
+    let mut s = raw_backend_settings();
+    s.send_timeout_ms = 300;
+    let proxy = Proxy::start(s, backend.route()).await;
+    let mut c = raw_connection(&proxy).await;
+    send(&mut c, b"GET /big HTTP/1.1\r\nhost: a\r\n\r\n").await;
+    // The client reads nothing: the socket buffers on both sides fill, the proxy's write stalls.
+    wait_until(
+        "the backend connection to be closed by the proxy",
+        Duration::from_secs(20),
+        || async { backend.ended() == 1 },
+    )
+    .await;
+    let table = proxy.app.table();
+    let pool = table.pool(Slot::Blue);
+    wait_until("the request to finish", Duration::from_secs(5), || async {
+        pool.metrics.snapshot().in_flight == 0
+    })
+    .await;
+    let metrics = pool.metrics.snapshot();
+    assert_eq!(metrics.client_fault_counts().get("too_slow"), Some(&1));
+    assert_eq!((metrics.server_errors(), metrics.client_errors()), (0, 0));
+    assert_eq!(
+        pool.backends[0].idle_connections(),
+        0,
+        "a half-read connection is not pooled"
+    );
+    // The client finds its connection closed once it reads what was buffered for it.
+    use tokio::io::AsyncReadExt;
+    let mut received = 0usize;
+    let mut buf = vec![0u8; 1 << 20];
+    let end = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match c.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received += n,
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the client connection is closed");
+    assert!(received < LENGTH, "the response was cut ({received} bytes)");
+
+    // A client that reads slowly but steadily is served to the end, though the whole response
+    // takes it longer than the send timeout: the timeout bounds a stall, not the response.
+    const SMALL: usize = 2 << 20;
+    let small = RawBackend::start("HTTP/1.1 200 OK\r\ncontent-length: 2097152\r\n\r\n", SMALL).await;
+    let mut s = raw_backend_settings();
+    s.send_timeout_ms = 300;
+    let proxy = Proxy::start(s, small.route()).await;
+    let mut c = raw_connection(&proxy).await;
+    send(&mut c, b"GET /big HTTP/1.1\r\nhost: a\r\n\r\n").await;
+    let started = std::time::Instant::now();
+    // 32 KiB every 10 ms, about 3 MB/s: some 700 ms for the whole response.
+    let mut pace = tokio::time::interval(Duration::from_millis(10));
+    let mut raw = Vec::new();
+    let mut piece = vec![0u8; 32 * 1024];
+    let complete = |raw: &[u8]| {
+        raw.windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .is_some_and(|head| raw.len() >= head + 4 + SMALL)
+    };
+    while !complete(&raw) {
+        pace.tick().await;
+        let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut piece))
+            .await
+            .expect("the response keeps coming")
+            .unwrap();
+        assert_ne!(n, 0, "cut after {} bytes", raw.len());
+        raw.extend_from_slice(&piece[..n]);
+    }
+    assert!(raw.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    assert!(
+        started.elapsed() > Duration::from_millis(300),
+        "the slow read outlasted the send timeout"
+    );
+}
+
+/// The same over HTTP/2 (h2c), which hyper writes: a client that stops reading its socket loses
+/// the connection after `send_timeout_ms`, and the backend connection of its stream is closed.
+/// The client here opens every window as wide as it goes, so flow control does not stop the
+/// response before the socket does.
+#[tokio::test]
+async fn an_http2_client_that_stops_reading_is_cut_and_frees_its_backend_connection() {
+    use tokio::io::AsyncWriteExt;
+    let backend = RawBackend::start("HTTP/1.1 200 OK\r\ncontent-length: 1073741824\r\n\r\n", 1 << 30).await;
+    let mut s = raw_backend_settings();
+    s.send_timeout_ms = 300;
+    let proxy = Proxy::start(s, backend.route()).await;
+    let mut c = tokio::net::TcpStream::connect(proxy.public).await.unwrap();
+    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        f.extend_from_slice(&[kind, flags]);
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    };
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // SETTINGS_INITIAL_WINDOW_SIZE = 2^31 - 1.
+    out.extend(frame(0x4, 0, 0, &[0, 4, 0x7f, 0xff, 0xff, 0xff]));
+    // The connection's window to 2^31 - 1 too.
+    out.extend(frame(0x8, 0, 0, &(0x7fff_ffffu32 - 65_535).to_be_bytes()));
+    // HEADERS, END_STREAM | END_HEADERS: GET http://a/ in HPACK (static indices, one literal).
+    out.extend(frame(0x1, 0x5, 1, &[0x82, 0x86, 0x84, 0x01, 1, b'a']));
+    c.write_all(&out).await.unwrap();
+    wait_until(
+        "the backend connection to be closed by the proxy",
+        Duration::from_secs(20),
+        || async { backend.ended() == 1 },
+    )
+    .await;
+    let table = proxy.app.table();
+    let pool = table.pool(Slot::Blue);
+    wait_until("the request to finish", Duration::from_secs(5), || async {
+        pool.metrics.snapshot().in_flight == 0
+    })
+    .await;
+    assert_eq!(pool.metrics.snapshot().server_errors(), 0);
+}
+
+/// A backend response with both `Transfer-Encoding: chunked` and `Content-Length` is framed by
+/// the coding, and reaches the client without the length: forwarding `Content-Length: 5` with
+/// the 11 decoded bytes would let the client read the rest as the next response.
+#[tokio::test]
+async fn a_response_framed_by_its_coding_loses_its_length() {
+    let backend = RawBackend::start(
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\nb\r\nhello world\r\n0\r\n\r\n",
+        0,
+    )
+    .await;
+    let proxy = Proxy::start(raw_backend_settings(), backend.route()).await;
+    let mut c = raw_connection(&proxy).await;
+    for _ in 0..2 {
+        send(&mut c, b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").await;
+        let (status, headers, body) = read_response(&mut c).await;
+        assert_eq!(status, 200);
+        assert!(!headers.contains_key("content-length"), "{headers:?}");
+        assert_eq!(body, b"hello world");
+    }
+}
+
+/// Backends that leave the route table are freed (their health checks stop, their pools go)
+/// once their drain ends: tables of the largest size put and removed again and again leave
+/// nothing behind.
+#[tokio::test]
+async fn backends_that_leave_the_table_are_freed() {
+    let settings = ProxySettings {
+        drain_timeout_ms: 50,
+        ..ProxySettings::default()
+    };
+    let small = RouteTable {
+        live: Slot::Blue,
+        canary_weight_bp: 0,
+        blue: Pool {
+            version: "v1".into(),
+            backends: vec!["127.0.0.1:9".parse().unwrap()],
+        },
+        green: Pool {
+            version: String::new(),
+            backends: Vec::new(),
+        },
+    };
+    let app = AppProxy::new("web", settings, small.clone()).unwrap();
+    for round in 0..3u8 {
+        let mut big = small.clone();
+        big.green = Pool {
+            version: format!("v{}", round + 2),
+            backends: (0..cutover_core::route::MAX_BACKENDS_PER_SLOT)
+                .map(|i| SocketAddr::from(([127, 2 + round, (i / 250) as u8, (i % 250) as u8], 9)))
+                .collect(),
+        };
+        app.apply(big).unwrap();
+        let added: Vec<std::sync::Weak<cutover_proxy::backend::Backend>> = app
+            .table()
+            .pool(Slot::Green)
+            .backends
+            .iter()
+            .map(Arc::downgrade)
+            .collect();
+        assert_eq!(added.len(), cutover_core::route::MAX_BACKENDS_PER_SLOT);
+        app.apply(small.clone()).unwrap();
+        wait_until(
+            &format!("round {round}: the removed backends are freed"),
+            Duration::from_secs(10),
+            || {
+                let alive = added.iter().filter(|b| b.strong_count() > 0).count();
+                async move { alive == 0 }
+            },
+        )
+        .await;
+    }
+}
