@@ -1170,3 +1170,139 @@ async fn history_records_a_rollout_closed_by_the_next_deploy() {
         "{history}"
     );
 }
+
+/// A host crash inside the rollback window is no verdict on the promoted release: it is started
+/// again and stays promoted, instead of being rolled back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_crash_in_the_rollback_window_keeps_the_promoted_release() {
+    let mut cluster = Cluster::new(Setup {
+        rollback_window_ms: 60_000,
+        ..Setup::default()
+    });
+    assert_eq!(cluster.deploy("v1", "").0, 0);
+    cluster.wait_phase("promoted").await;
+    assert_eq!(cluster.post("promote").await, 200, "close v1's window");
+    cluster.wait_phase("succeeded").await;
+    assert_eq!(cluster.deploy_async("v2", None).await, 202);
+    cluster.wait_phase("canary").await;
+    assert_eq!(cluster.post("promote").await, 200);
+    cluster.wait_phase("promoted").await;
+    let before = cluster.instance_pids();
+    assert_eq!(before.len(), 2, "v2 live, v1 warm");
+    cluster.kill9();
+    for pid in &before {
+        Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap();
+    }
+    wait_until("the instances are dead", Duration::from_secs(10), || async {
+        cluster.instance_pids().is_empty()
+    })
+    .await;
+    cluster.start();
+    wait_until("v2 serves again", Duration::from_secs(30), || async {
+        versions_seen(&cluster.public, 5)
+            .await
+            .iter()
+            .all(|s| s == "200 v2")
+    })
+    .await;
+    assert_eq!(cluster.phase().await, "promoted", "not rolled back");
+    assert!(event_kinds(&cluster).await.contains(&"restarted".to_string()));
+}
+
+/// Without state, with both slots running (a rollback window), the release started last, the one
+/// that served everyone, stays live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_state_keeps_the_newer_of_two_running_releases_live() {
+    let mut cluster = Cluster::new(Setup {
+        rollback_window_ms: 60_000,
+        ..Setup::default()
+    });
+    assert_eq!(cluster.deploy("v1", "").0, 0);
+    cluster.wait_phase("promoted").await;
+    assert_eq!(cluster.post("promote").await, 200);
+    cluster.wait_phase("succeeded").await;
+    assert_eq!(cluster.deploy_async("v2", None).await, 202);
+    cluster.wait_phase("canary").await;
+    assert_eq!(cluster.post("promote").await, 200);
+    cluster.wait_phase("promoted").await;
+    let before = cluster.instance_pids();
+    cluster.kill9();
+    let state_dir = cluster.dir.path().join(".cutover");
+    for entry in std::fs::read_dir(&state_dir).unwrap().flatten() {
+        if entry.file_name().to_string_lossy().starts_with("state.db") {
+            std::fs::remove_file(entry.path()).unwrap();
+        }
+    }
+    cluster.start();
+    assert_eq!(
+        versions_seen(&cluster.public, 5).await,
+        vec!["200 v2".to_string(); 5]
+    );
+    let mut after = cluster.instance_pids();
+    after.sort();
+    let mut before = before;
+    before.sort();
+    assert_eq!(after, before, "both kept");
+}
+
+/// While cutover runs, a live slot whose every instance died is started again by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_slot_whose_instances_all_die_is_started_again() {
+    let cluster = Cluster::new(Setup::default());
+    assert_eq!(cluster.deploy("v1", "").0, 0);
+    cluster.wait_phase("succeeded").await;
+    let before = cluster.instance_pids();
+    for pid in &before {
+        Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap();
+    }
+    wait_until(
+        "v1 serves again from a new instance",
+        Duration::from_secs(30),
+        || async {
+            let pids = cluster.instance_pids();
+            !pids.is_empty()
+                && pids.iter().all(|p| !before.contains(p))
+                && versions_seen(&cluster.public, 3)
+                    .await
+                    .iter()
+                    .all(|s| s == "200 v1")
+        },
+    )
+    .await;
+    assert!(event_kinds(&cluster).await.contains(&"restarted".to_string()));
+}
+
+/// A release that prints its secrets as it fails: the log tail in the decision is masked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_release_that_prints_its_secrets_does_not_leak_them() {
+    let cluster = Cluster::new(Setup::default());
+    let (code, out) = cluster.cli(&[
+        "deploy",
+        "web",
+        "v1",
+        "--env",
+        "DB_PASSWORD=hunter2-secret",
+        "--cmd",
+        "echo \"cannot connect with password $DB_PASSWORD\"; exit 1",
+    ]);
+    assert_eq!(code, 12, "{out}");
+    assert!(!out.contains("hunter2-secret"), "{out}");
+    assert!(
+        out.contains("cannot connect with password"),
+        "the log tail is still there: {out}"
+    );
+    for path in [
+        "/v1/apps/web/status",
+        "/v1/apps/web/history",
+        "/v1/apps/web/events?limit=1000",
+    ] {
+        let body = cluster.get_json(path).await.to_string();
+        assert!(!body.contains("hunter2-secret"), "{path}: {body}");
+    }
+}

@@ -195,7 +195,32 @@ impl EnvMap {
     pub fn into_inner(self) -> BTreeMap<String, String> {
         self.0
     }
+
+    /// `text` (an instance's log tail, say) with every value of this map that is at least
+    /// [`MIN_MASKED_LEN`] long replaced by [`REDACTED`]: an app that prints its connection string
+    /// when it fails must not put the password into events, webhooks and logs. Shorter values
+    /// ("1", "true") are left, as masking them would mangle the text and hide nothing secret.
+    pub fn mask_values(&self, text: &str) -> String {
+        let mut values: Vec<&str> = self
+            .0
+            .values()
+            .map(String::as_str)
+            .filter(|v| v.chars().count() >= MIN_MASKED_LEN)
+            .collect();
+        // Longest first: a value that contains another is masked whole.
+        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        let mut masked = text.to_string();
+        for value in values {
+            if masked.contains(value) {
+                masked = masked.replace(value, REDACTED);
+            }
+        }
+        masked
+    }
 }
+
+/// The shortest environment value [`EnvMap::mask_values`] masks in text.
+pub const MIN_MASKED_LEN: usize = 4;
 
 impl fmt::Debug for EnvMap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -511,6 +536,19 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+
+    #[test]
+    fn values_are_masked_in_text_longest_first_and_short_ones_left() {
+        let mut env = EnvMap::new();
+        env.insert("DB_PASSWORD".into(), "hunter2".into());
+        env.insert("DB_URL".into(), "postgres://app:hunter2@db/app".into());
+        env.insert("DEBUG".into(), "1".into());
+        let text = "connect postgres://app:hunter2@db/app failed; password hunter2; debug 1";
+        assert_eq!(
+            env.mask_values(text),
+            format!("connect {REDACTED} failed; password {REDACTED}; debug 1")
+        );
+    }
 
     /// Files and variables from maps, as a test sets them up.
     #[derive(Default)]

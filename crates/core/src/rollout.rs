@@ -315,6 +315,11 @@ pub enum Input {
     Recovered {
         target_ready: bool,
         live_ready: bool,
+        /// No instance of the target slot runs at all (a host crash took them), as opposed to
+        /// instances that run but are not ready. A promoted release found gone is started again
+        /// rather than rolled back: a crash is no verdict on it.
+        #[serde(default)]
+        target_gone: bool,
     },
     /// The live slot's instances were found gone (a host crash took them with cutover) and its
     /// recorded release was started again: these instances are ready.
@@ -762,8 +767,12 @@ fn restarted(
     backends: Vec<SocketAddr>,
     active: Option<&Rollout>,
 ) -> Result<(), Rejected> {
-    if b.state.slot(slot).version() != Some(version)
-        || active.is_some_and(|r| r.target == slot)
+    // A promoted target is the live slot: it may be restarted like any live slot.
+    let provisioned_by_rollout =
+        active.is_some_and(|r| r.target == slot && !matches!(r.phase, Phase::Promoted { .. }));
+    if b.state.live != slot
+        || b.state.slot(slot).version() != Some(version)
+        || provisioned_by_rollout
         || backends.is_empty()
     {
         return Err(Rejected(format!(
@@ -1095,6 +1104,7 @@ fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> 
             Input::Recovered {
                 target_ready,
                 live_ready,
+                target_gone,
             },
             phase,
         ) => {
@@ -1134,6 +1144,16 @@ fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> 
                 Phase::AwaitingConfirmation { .. } if target_ready => {
                     b.apply_routes();
                     b.actions.push(Action::ConfirmPromotion);
+                }
+                Phase::Promoted { since, until, .. } if !target_ready && target_gone => {
+                    // It passed its canary and served everyone; the host died under it. The
+                    // controller starts it again (it is the live slot) and the window goes on.
+                    b.rollout().phase = Phase::Promoted {
+                        since: *since,
+                        until: *until,
+                        window_started_at: now,
+                    };
+                    b.apply_routes();
                 }
                 Phase::Canary { .. }
                 | Phase::Paused { .. }

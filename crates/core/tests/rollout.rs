@@ -684,6 +684,7 @@ fn after_a_restart_the_rollout_resumes_or_rolls_back() {
         sim.send(Input::Recovered {
             target_ready,
             live_ready: true,
+            target_gone: false,
         })
         .unwrap();
         assert_eq!(sim.phase(), phase);

@@ -28,6 +28,13 @@ pub fn inherit_env(cmd: &mut tokio::process::Command, extra: &[&str]) {
 
 pub use static_hosts::{StaticHostsConfig, StaticHostsPlatform};
 
+/// Creates `dir` and its missing parents as 0700 whatever the umask: records (pids that cutover
+/// signals) and logs (which may print secrets) are for cutover's user alone.
+pub(crate) fn create_private_dir_all(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -20,6 +20,7 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -407,7 +408,7 @@ impl LocalProcessPlatform {
             reason,
         };
         let log_dir = self.log_dir(app);
-        fs::create_dir_all(&log_dir).map_err(|e| {
+        crate::create_private_dir_all(&log_dir).map_err(|e| {
             start_error(
                 0,
                 format!(
@@ -481,7 +482,7 @@ impl LocalProcessPlatform {
     fn write_pending(&self, app: &str, slot: Slot, tokens: &[String]) -> std::io::Result<()> {
         let path = self.pending_path(app, slot);
         if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir)?;
+            crate::create_private_dir_all(dir)?;
         }
         fs::write(&path, tokens.join("\n"))
     }
@@ -831,6 +832,8 @@ fn spawn_instance(
     let mut stdout = OpenOptions::new()
         .create(true)
         .append(true)
+        // Instance logs may print secrets: the owner's alone, whatever the umask.
+        .mode(0o600)
         .open(log_path)
         .map_err(log_error)?;
     // Logs are appended across runs; the banner shows where this run begins.
@@ -1150,7 +1153,7 @@ pub(crate) fn sanitize(name: &str) -> String {
 }
 
 fn create_dir(path: &Path) -> Result<(), PlatformError> {
-    fs::create_dir_all(path).map_err(|e| {
+    crate::create_private_dir_all(path).map_err(|e| {
         state_error(
             path,
             format!("cannot create the directory: {e}; check the permissions of the state directory"),

@@ -127,7 +127,7 @@ impl StaticHostsPlatform {
     /// `state_dir` holds the record of deployed versions and the hooks' logs.
     pub fn new(app: &str, config: StaticHostsConfig, state_dir: &Path) -> Result<Self, PlatformError> {
         let dir = state_dir.join("static");
-        std::fs::create_dir_all(&dir).map_err(|e| PlatformError::State {
+        crate::create_private_dir_all(&dir).map_err(|e| PlatformError::State {
             path: dir.display().to_string(),
             reason: format!("cannot create it: {e}; check that the state directory is writable"),
         })?;
@@ -206,6 +206,7 @@ impl StaticHostsPlatform {
         let mut log = tokio::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&log_path)
             .await
             .map_err(|e| format!("cannot write the hook log {}: {e}", log_path.display()))?;

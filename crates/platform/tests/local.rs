@@ -473,3 +473,27 @@ async fn reconcile_forgets_recorded_instances_that_died() {
     let report = b.reconcile("empty", &[]).await.unwrap();
     assert_eq!(report, Default::default());
 }
+
+/// Records (pids cutover signals) and logs (which may print secrets) are the owner's alone.
+#[tokio::test]
+async fn records_and_logs_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let platform = platform(dir.path());
+    let state = dir.path().join("state");
+    let cleanup = Cleanup::default();
+    let release = ReleaseSpec::new("v1", "echo started; exec sleep 30");
+    let started = platform.start("shop", Slot::Blue, &release).await.unwrap();
+    cleanup.track(&started);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    for sub in ["instances", "logs"] {
+        assert_eq!(mode(&state.join(sub)), 0o700, "{sub}");
+    }
+    let log = started[0].log_path.clone().unwrap();
+    assert_eq!(mode(&log), 0o600, "{}", log.display());
+    assert_eq!(mode(log.parent().unwrap()), 0o700, "{}", log.display());
+    platform
+        .stop("shop", Slot::Blue, Duration::from_secs(2))
+        .await
+        .unwrap();
+}

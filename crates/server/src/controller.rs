@@ -171,6 +171,8 @@ pub struct Controller {
     /// The state store's failures in a row (a full disk fails every tick): logged once as an
     /// error, then at most once a minute.
     store_failures: Mutex<FailureLog>,
+    /// Set while a restart of the live slot runs, so ticks that find it dead do not start more.
+    restarting: std::sync::atomic::AtomicBool,
     /// Bumped by every provision of a slot, so a delayed stop never hits a newer release.
     slot_epochs: [AtomicU64; 2],
     shutdown: CancellationToken,
@@ -287,6 +289,7 @@ impl Controller {
             reconcile_backoff: Mutex::new((0, Timestamp(0))),
             store_failures: Mutex::new(FailureLog::default()),
             slot_epochs: [AtomicU64::new(0), AtomicU64::new(0)],
+            restarting: std::sync::atomic::AtomicBool::new(false),
             shutdown: deps.shutdown,
             tick: deps.tick,
             gates: deps.gates,
@@ -305,17 +308,22 @@ impl Controller {
                 checks::all_ready(&state.slot(state.live).backends, &controller.config.readiness).await,
             ),
         };
+        let target_gone = match state.active_rollout() {
+            Some(r) if !target_ready => controller.slot_gone(r.target).await,
+            _ => false,
+        };
         controller
             .apply(Input::Recovered {
                 target_ready,
                 live_ready,
+                target_gone,
             })
             .await
             .or_else(|e| match e {
                 ControllerError::Rejected(_) => Ok(()),
                 e => Err(e),
             })?;
-        if !live_ready {
+        if !live_ready || target_gone {
             controller.restart_live_if_gone().await;
         }
         tokio::spawn(Arc::clone(&controller).run());
@@ -331,32 +339,39 @@ impl Controller {
         let (live, release) = {
             let state = self.state.lock().await;
             let live = state.live;
-            if state.active_rollout().is_some_and(|r| r.target == live) {
+            // The target of a rollout is the rollout's to provision, unless it is promoted: then
+            // it is the live slot like any other.
+            if state
+                .active_rollout()
+                .is_some_and(|r| r.target == live && !matches!(r.phase, Phase::Promoted { .. }))
+            {
                 return;
             }
-            match &state.slot(live).release {
-                Some(release) => (live, release.clone()),
-                None => return,
+            let Some(release) = state.slot(live).release.clone() else {
+                return;
+            };
+            if self.restarting.swap(true, Ordering::SeqCst) {
+                return;
             }
+            (live, release)
         };
-        match self.platform.instances(&self.name, live).await {
-            Ok(list) if list.iter().any(|i| i.exited.is_none()) => {
-                tracing::warn!(app = %self.name, slot = %live,
-                    "the live slot's instances run but are not ready after the restart; routing to them as they recover");
-                return;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::error!(app = %self.name, slot = %live, error = %e,
-                    "cannot tell whether the live slot's instances still run; not restarting them");
-                return;
-            }
+        if !self.slot_gone(live).await {
+            self.restarting.store(false, Ordering::SeqCst);
+            return;
         }
         tracing::warn!(app = %self.name, slot = %live, version = %release.version,
             "the live slot's instances are gone (host crash?): starting its release again");
         let epoch = self.slot_epochs[live.index()].fetch_add(1, Ordering::SeqCst) + 1;
         let this = Arc::clone(self);
         tokio::spawn(async move {
+            // Cleared however the task ends, so a later death of the slot is handled again.
+            struct Done(Arc<Controller>);
+            impl Drop for Done {
+                fn drop(&mut self) {
+                    self.0.restarting.store(false, Ordering::SeqCst);
+                }
+            }
+            let _done = Done(Arc::clone(&this));
             let mut pause = Duration::from_secs(1);
             loop {
                 let deadline = this
@@ -699,6 +714,19 @@ impl Controller {
         }
     }
 
+    /// True when no instance of `slot` runs at all: they exited, or a host crash took them and
+    /// the platform forgot them. Instances that run but are not ready are not gone.
+    async fn slot_gone(&self, slot: Slot) -> bool {
+        match self.platform.instances(&self.name, slot).await {
+            Ok(list) => !list.iter().any(|i| i.exited.is_none()),
+            Err(e) => {
+                tracing::error!(app = %self.name, %slot, error = %e,
+                    "cannot tell whether the slot's instances still run; assuming they do");
+                false
+            }
+        }
+    }
+
     /// Starts `release` in `slot` and waits until every instance is ready, an instance exits, or
     /// `deadline` passes; the error says which, with the last lines of the instances' logs.
     async fn start_and_wait(
@@ -736,11 +764,13 @@ impl Controller {
         .await;
         result.map_err(|reason| {
             let tail = self.platform.log_tail(&self.name, slot, 20);
-            if tail.trim().is_empty() {
+            let reason = if tail.trim().is_empty() {
                 reason
             } else {
                 format!("{reason}\n--- last lines of the instance log ---\n{tail}")
-            }
+            };
+            // The reason goes to events, webhooks and logs: never with the release's values.
+            release.env.mask_values(&reason)
         })
     }
 
@@ -896,6 +926,27 @@ impl Controller {
         }
     }
 
+    /// Supervises the live slot while cutover runs: when every one of its instances has exited
+    /// (killed, crashed, OOM), its release is started again as after a host crash. The target
+    /// of a rollout in progress is watched by the rollout itself (`TargetDown`).
+    async fn watch_live(self: &Arc<Self>, state: &AppState) {
+        let live = state.live;
+        let slot = state.slot(live);
+        if slot.release.is_none()
+            || !slot.is_running()
+            || self.restarting.load(Ordering::SeqCst)
+            || state.active_rollout().is_some_and(|r| r.target == live)
+        {
+            return;
+        }
+        let Ok(list) = self.platform.instances(&self.name, live).await else {
+            return;
+        };
+        if !list.is_empty() && list.iter().all(|i| i.exited.is_some()) {
+            self.restart_live_if_gone().await;
+        }
+    }
+
     /// The control loop: ticks, judges windows as they fall due, watches the new slot's instances.
     async fn run(self: Arc<Self>) {
         let mut ticker = tokio::time::interval(self.tick);
@@ -907,6 +958,7 @@ impl Controller {
             }
             self.reconcile_router().await;
             let state = self.state.lock().await.clone();
+            self.watch_live(&state).await;
             let Some(r) = state.active_rollout() else { continue };
             if matches!(
                 r.phase,
@@ -991,9 +1043,12 @@ impl FailureLog {
 }
 
 /// Makes `state` (fresh: the store knew nothing of the app) describe the instances the platform
-/// still runs, so they are kept and served instead of stopped: the slot started first becomes
-/// live, a second one is kept idle (the next deploy replaces it). Their releases are rebuilt from
-/// the configuration's template; variables given to the original deploy are not known.
+/// still runs, so they are kept and served instead of stopped. With both slots running the one
+/// started last becomes live and the other is kept idle (the next deploy replaces it): both
+/// slots run in a rollback window, after every promotion, where the newer release served
+/// everyone; during a canary the older one served most, and this choice moves all users onto
+/// the canary, which the event says. Releases are rebuilt from the configuration's template;
+/// variables given to the original deploy are not known.
 fn adopt_unknown(
     state: &mut AppState,
     found: &[(Slot, Vec<cutover_platform::InstanceInfo>)],
@@ -1019,7 +1074,7 @@ fn adopt_unknown(
             release: Some(release),
             backends,
         };
-        if i == 0 {
+        if i + 1 == found.len() {
             state.live = *slot;
         }
     }
@@ -1036,12 +1091,17 @@ fn adopt_unknown(
         rollout_id: None,
         kind: "adopted".into(),
         message: format!(
-            "the state store knew nothing of app {} but {} still ran: adopted, not stopped; {} is live. \
+            "the state store knew nothing of app {} but {} still ran: adopted, not stopped; {} is live{}. \
              Their releases are rebuilt from the configuration (variables given to the original deploy \
              are not known); the next deploy replaces them",
             state.app,
             described.join(" and "),
-            state.live
+            state.live,
+            if found.len() > 1 {
+                " (the one started last; if it was a canary, deploy the other version again to go back)"
+            } else {
+                ""
+            }
         ),
         data: serde_json::json!({ "adopted": adopted }),
     }
