@@ -116,6 +116,11 @@ pub struct ProxySettings {
     /// the backend connection feeding the response is closed too (never pooled half read), and
     /// the cut counts as the client's fault (`too_slow`), never against the release.
     pub send_timeout_ms: u64,
+    /// Longest a client connection may stay open with no request in it: the wait for the next
+    /// request head on HTTP/1.1 (and for the whole head once it starts), the time without an open
+    /// stream on HTTP/2, where keep-alive pings alone would let a client hold a connection
+    /// forever. nginx: `client_header_timeout` 60 s, `keepalive_timeout` 75 s.
+    pub client_idle_timeout_ms: u64,
     /// A safe request (GET, HEAD, OPTIONS without a body) that the canary answered with a 4xx or
     /// 5xx is sent once more to the live slot, and the user gets the live slot's answer. The
     /// canary's answer still counts against it, so the judge sees every failure while users
@@ -139,6 +144,7 @@ impl Default for ProxySettings {
             drain_timeout_ms: 30_000,
             max_request_body_bytes: 10 * 1024 * 1024,
             send_timeout_ms: 60_000,
+            client_idle_timeout_ms: 30_000,
             retry_canary_failures: true,
         }
     }
@@ -161,6 +167,10 @@ impl ProxySettings {
         Duration::from_millis(self.send_timeout_ms)
     }
 
+    pub fn client_idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.client_idle_timeout_ms)
+    }
+
     /// Every problem with these settings; `prefix` is the path of this table in the user's input.
     pub fn validate(&self, prefix: &str) -> Vec<FieldError> {
         let mut errors = Vec::new();
@@ -180,6 +190,7 @@ impl ProxySettings {
         positive("drain_timeout_ms", self.drain_timeout_ms);
         positive("max_request_body_bytes", self.max_request_body_bytes);
         positive("send_timeout_ms", self.send_timeout_ms);
+        positive("client_idle_timeout_ms", self.client_idle_timeout_ms);
         let hc = &self.health_check;
         if hc.enabled {
             positive("health_check.interval_ms", hc.interval_ms);

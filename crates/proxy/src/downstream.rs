@@ -11,7 +11,7 @@
 //! [`crate::http1`]'s, shared with the client side; what a request says about its authority,
 //! `Host` included, is checked by the handler for HTTP/1.1 and HTTP/2 alike):
 //! - request heads of at most [`MAX_HEAD_BYTES`] and [`MAX_HEADERS`] headers (431 beyond), sent
-//!   within [`HEAD_TIMEOUT`] of the previous response (or of the accept); invalid heads get a
+//!   within `client_idle_timeout_ms` of the previous response (or of the accept); invalid heads get a
 //!   400 and the connection is closed;
 //! - request bodies by `Transfer-Encoding: chunked` (last coding) or `Content-Length`; any
 //!   other transfer coding, or a conflicting or invalid length, is a 400 (§6.3). A request with
@@ -61,7 +61,6 @@ use crate::http1::{BodyReader, Framing, Source};
 
 /// Longest a client may take to send a request head, counted from the end of the previous
 /// response or from the accept; an idle keep-alive connection is closed after it too.
-pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long an unread request body is discarded before a connection that will not be reused is
 /// closed.
 pub(crate) const LINGER: Duration = Duration::from_secs(2);
@@ -98,12 +97,13 @@ pub(crate) async fn serve_connection(
     let mut conn = ClientConn::new(stream, app.settings.send_timeout());
     let mut out: Vec<u8> = Vec::with_capacity(1024);
     let mut stopping = pin!(shutdown.clone().cancelled_owned());
-    let mut head_timer = pin!(tokio::time::sleep(HEAD_TIMEOUT));
+    let head_timeout = app.settings.client_idle_timeout();
+    let mut head_timer = pin!(tokio::time::sleep(head_timeout));
     let mut first = true;
     loop {
         head_timer
             .as_mut()
-            .reset(tokio::time::Instant::now() + HEAD_TIMEOUT);
+            .reset(tokio::time::Instant::now() + head_timeout);
         let head = loop {
             if first && !conn.buf.is_empty() {
                 let n = conn.buf.len().min(H2_PREFACE.len());
@@ -159,8 +159,12 @@ pub(crate) async fn serve_connection(
             expect_continue,
             upgrade,
         } = head;
+        // A body already known to be too large gets its 413 without a 100 Continue first, so a
+        // client that waits for the go-ahead never sends it.
+        let too_large = matches!(framing, Framing::Length(n) if n > app.settings.max_request_body_bytes);
         if expect_continue
             && framing != Framing::Empty
+            && !too_large
             && request.version() == Version::HTTP_11
             && conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err()
         {

@@ -156,7 +156,7 @@ async fn route(
     } else {
         None
     };
-    prepare_upstream_request(&mut parts, origin, client_upgrade.is_some());
+    prepare_upstream_request(&mut parts, origin, client_upgrade.is_some(), &app.name);
     let mut upstream_body = UpstreamRequestBody::client(body, limit, Arc::clone(&pool.metrics));
     let mut excluded = 0u64;
     let mut failed_connects = 0u32;
@@ -470,7 +470,7 @@ async fn exchange(
 
 /// Rewrites a client's request headers into the ones the backend gets: no hop-by-hop headers,
 /// and the X-Forwarded-* trio.
-fn prepare_upstream_request(parts: &mut http::request::Parts, origin: Origin, upgrade: bool) {
+fn prepare_upstream_request(parts: &mut http::request::Parts, origin: Origin, upgrade: bool, app: &str) {
     // The authority of an absolute-form target, or HTTP/2's `:authority`, is the request's: a
     // Host header that says otherwise is replaced (RFC 9112 §3.2.2, RFC 9113 §8.3.1), so the
     // backend sees the site the proxy checked.
@@ -478,6 +478,16 @@ fn prepare_upstream_request(parts: &mut http::request::Parts, origin: Origin, up
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
         None => parts.headers.get(header::HOST).cloned(),
     };
+    // An HTTP/1.0 request may name no host, but the backend is spoken to in HTTP/1.1, which
+    // needs one: the app's name, as nginx sends its upstream's name.
+    let host = host.or_else(|| {
+        let name = if http1::authority::is_valid(app.as_bytes()) {
+            app
+        } else {
+            "localhost"
+        };
+        HeaderValue::from_str(name).ok()
+    });
     // The request line is written from the URI's path and query (origin form) and as HTTP/1.1
     // by the upstream writer, whatever form and version the client used.
     strip_hop_by_hop(&mut parts.headers, upgrade);

@@ -30,6 +30,7 @@ pub mod listener;
 pub mod metrics;
 pub mod prometheus;
 mod upstream;
+mod watch;
 
 pub use app::{ActivePool, ActiveTable, AppProxy};
 pub use config::{HealthCheckConfig, ListenerKind, PreviewConfig, ProxySettings, StickyConfig};

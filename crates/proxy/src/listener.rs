@@ -16,6 +16,7 @@ use crate::app::AppProxy;
 use crate::config::ListenerKind;
 use crate::downstream::{self, Handover};
 use crate::handler::{handle_hyper, Origin};
+use crate::watch::{Check, ConnWatch};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -80,7 +81,7 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(downstream::HEAD_TIMEOUT);
+        .header_read_timeout(app.settings.client_idle_timeout());
     configure_http2(&mut builder);
     let builder = Arc::new(builder);
     let connections = TaskTracker::new();
@@ -245,14 +246,47 @@ async fn serve_hyper<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |req| handle_hyper(Arc::clone(&app), req, origin));
+    let watch = ConnWatch::new();
+    let send_timeout = app.settings.send_timeout();
+    let idle_timeout = app.settings.client_idle_timeout();
+    let service = {
+        let watch = Arc::clone(&watch);
+        service_fn(move |req| {
+            let (app, watch) = (Arc::clone(&app), Arc::clone(&watch));
+            async move {
+                let response = handle_hyper(app, req, origin).await?;
+                Ok::<_, std::convert::Infallible>(response.map(|body| watch.watch(body)))
+            }
+        })
+    };
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     let mut conn = std::pin::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+    // Often enough that a stall is cut within a quarter of the send timeout of its due time.
+    let every = (send_timeout.min(idle_timeout) / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Set once the connection was told to close: it then gets one more idle timeout to finish
+    // what is open before it is dropped.
+    let mut closing_since: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = shutdown.cancelled(), if closing_since.is_none() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+                return;
+            }
+            _ = ticker.tick() => {
+                let idle = watch.check(send_timeout, idle_timeout) == Check::Idle;
+                match closing_since {
+                    None if idle => {
+                        conn.as_mut().graceful_shutdown();
+                        closing_since = Some(tokio::time::Instant::now());
+                    }
+                    Some(since) if since.elapsed() >= idle_timeout => return,
+                    _ => {}
+                }
+            }
         }
     }
 }

@@ -44,6 +44,8 @@ struct BackendState {
     largest_head: AtomicUsize,
     /// Body bytes of `/big` the proxy has taken (written into the socket).
     big_written: AtomicU64,
+    /// `/big` responses whose connection the proxy closed before the end.
+    big_cut: AtomicUsize,
     release: watch::Sender<bool>,
 }
 
@@ -63,6 +65,7 @@ impl Backend {
             held: AtomicUsize::new(0),
             largest_head: AtomicUsize::new(0),
             big_written: AtomicU64::new(0),
+            big_cut: AtomicUsize::new(0),
             release: watch::channel(false).0,
         });
         let shared = Arc::clone(&state);
@@ -121,6 +124,7 @@ async fn backend_connection(mut conn: TcpStream, state: Arc<BackendState>) {
                 while left > 0 {
                     let n = zeros.len().min(usize::try_from(left).unwrap());
                     if conn.write_all(&zeros[..n]).await.is_err() {
+                        state.big_cut.fetch_add(1, Ordering::SeqCst);
                         return;
                     }
                     left -= n as u64;
@@ -147,7 +151,10 @@ struct Proxy {
 impl Proxy {
     /// The proxy on a loopback port with `backend` as its only (live) backend.
     async fn start(backend: &Backend) -> Proxy {
-        let mut settings = ProxySettings::default();
+        Proxy::start_with(backend, ProxySettings::default()).await
+    }
+
+    async fn start_with(backend: &Backend, mut settings: ProxySettings) -> Proxy {
         settings.health_check.enabled = false;
         let route = RouteTable {
             live: Slot::Blue,
@@ -1049,4 +1056,86 @@ async fn h2_large_header_blocks_within_the_limit_are_served() {
     client.send(&get(5, "/")).await.unwrap();
     assert_eq!(client.status(5).await, 200);
     assert!(client.goaway.is_none(), "{:?}", client.goaway);
+}
+
+/// A client that keeps its connection alive (it answers pings) but never opens a stream's window
+/// again stalls that response: after the send timeout the stream is cut, its backend connection
+/// freed at once and the cut counted as the client's fault, as nginx's `send_timeout` does.
+#[tokio::test]
+async fn a_stream_whose_window_the_client_never_opens_is_cut_after_the_send_timeout() {
+    let backend = Backend::start().await;
+    let proxy = Proxy::start_with(
+        &backend,
+        ProxySettings {
+            send_timeout_ms: 300,
+            ..ProxySettings::default()
+        },
+    )
+    .await;
+    let mut client = H2::connect(proxy.addr, &[(SETTINGS_INITIAL_WINDOW_SIZE, 1)]).await;
+    client.handshake().await;
+    client.send(&get(1, "/big")).await.unwrap();
+    // Bounded: reads (answering pings) until the backend saw its connection closed.
+    let deadline = Instant::now() + PATIENCE;
+    while backend.state.big_cut.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the stalled stream still holds its backend"
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(50), client.next_frame(deadline + PATIENCE)).await;
+        assert!(!client.closed, "the connection itself is not the one cut");
+    }
+    let faults = proxy
+        .app
+        .table()
+        .pool(Slot::Blue)
+        .metrics
+        .snapshot()
+        .client_fault_counts();
+    assert!(faults.get("too_slow").copied().unwrap_or(0) >= 1, "{faults:?}");
+    // The connection and the proxy still serve.
+    client.send(&get(3, "/")).await.unwrap();
+    assert_eq!(client.status(3).await, 200);
+    proxy.assert_still_serving().await;
+}
+
+/// A connection with no stream open is closed after the idle timeout even though it answers
+/// every ping; one with a stream open is not.
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
+    let backend = Backend::start().await;
+    let proxy = Proxy::start_with(
+        &backend,
+        ProxySettings {
+            client_idle_timeout_ms: 500,
+            ..ProxySettings::default()
+        },
+    )
+    .await;
+
+    let mut busy = H2::connect(proxy.addr, &[]).await;
+    busy.handshake().await;
+    busy.send(&get(1, "/hold")).await.unwrap();
+    wait_until("the held request reached the backend", PATIENCE, || {
+        let held = backend.state.held.load(Ordering::SeqCst);
+        async move { held == 1 }
+    })
+    .await;
+
+    let mut idle = H2::connect(proxy.addr, &[]).await;
+    idle.handshake().await;
+    idle.send(&get(1, "/")).await.unwrap();
+    assert_eq!(idle.status(1).await, 200);
+    let deadline = Instant::now() + PATIENCE;
+    while !idle.cut() {
+        assert!(
+            Instant::now() < deadline,
+            "an idle connection answering pings stays open"
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(50), idle.next_frame(deadline + PATIENCE)).await;
+    }
+    // The busy one outlived several idle timeouts with its request open, and is served.
+    assert!(!busy.cut(), "a connection with an open stream is not idle");
+    backend.release();
+    assert_eq!(busy.status(1).await, 200);
 }

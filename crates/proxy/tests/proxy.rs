@@ -737,6 +737,13 @@ async fn clients_are_served_http1_to_the_letter() {
     let (status, headers, _) = read_response(&mut c).await;
     assert_eq!((status, headers["connection"].as_str()), (200, "close"));
     assert!(closed(&mut c).await);
+    // It names no host, but the backend is spoken to in HTTP/1.1: it gets the app's name.
+    let mut c = raw_connection(&proxy).await;
+    send(&mut c, b"GET /echo HTTP/1.0\r\n\r\n").await;
+    let (status, _, body) = read_response(&mut c).await;
+    assert_eq!(status, 200);
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["headers"]["host"], "web", "{body}");
 
     // Heads that are not HTTP/1.1, or too big, are refused with a status and a close.
     for (head, expect) in [
@@ -773,6 +780,16 @@ async fn clients_are_served_http1_to_the_letter() {
     let mut request = b"POST /echo HTTP/1.1\r\nhost: a\r\ncontent-length: 100000\r\n\r\n".to_vec();
     request.extend(std::iter::repeat_n(b'x', 100_000));
     send(&mut c, &request).await;
+    let (status, headers, _) = read_response(&mut c).await;
+    assert_eq!((status, headers["connection"].as_str()), (413, "close"));
+    // With `Expect: 100-continue` the 413 comes first, never a 100 Continue for a body that will
+    // be refused.
+    let mut c = raw_connection(&limited).await;
+    send(
+        &mut c,
+        b"POST /echo HTTP/1.1\r\nhost: a\r\nexpect: 100-continue\r\ncontent-length: 100000\r\n\r\n",
+    )
+    .await;
     let (status, headers, _) = read_response(&mut c).await;
     assert_eq!((status, headers["connection"].as_str()), (413, "close"));
 
