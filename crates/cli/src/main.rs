@@ -6,9 +6,13 @@ macro_rules! out {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
         if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            // A reader that went away (`| head`) is no error; any other failure to write the
+            // output (a full disk) is, and must not pass for success.
             if e.kind() == std::io::ErrorKind::BrokenPipe {
                 std::process::exit(0);
             }
+            eprintln!("cutover: cannot write the output: {e}");
+            std::process::exit(1);
         }
     }};
 }
