@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cutover_test_support::{get_json, http_client, wait_until, ChildProcess, Load};
+use cutover_test_support::{get_json, http_client, wait_until, wait_until_sync, ChildProcess, Load};
 use serde_json::Value;
 
 mod common;
@@ -205,6 +205,41 @@ min_requests = 5
             .unwrap()
             .status()
             .as_u16()
+    }
+
+    /// A host crash: the server and every instance killed at once.
+    fn crash_host(&mut self) {
+        let instances = self.instance_pids();
+        self.kill9();
+        for pid in &instances {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        }
+        wait_until_sync("the instances are dead", Duration::from_secs(10), || {
+            self.instance_pids().is_empty()
+        });
+    }
+
+    /// Waits until every one of a few users is served `version` with a 200.
+    async fn wait_served_by(&self, version: &str) {
+        let want = format!("200 {version}");
+        wait_until(
+            &format!("{version} serves everyone"),
+            Duration::from_secs(30),
+            || async { versions_seen(&self.public, 5).await.iter().all(|s| *s == want) },
+        )
+        .await;
+    }
+
+    /// v1 released, then v2 promoted inside its rollback window: both slots run.
+    async fn v2_promoted_with_v1_warm(&self) {
+        assert_eq!(self.deploy("v1", "").0, 0);
+        self.wait_phase("promoted").await;
+        assert_eq!(self.post("promote").await, 200, "close v1's window");
+        self.wait_phase("succeeded").await;
+        assert_eq!(self.deploy_async("v2", None).await, 202);
+        self.wait_phase("canary").await;
+        assert_eq!(self.post("promote").await, 200);
+        self.wait_phase("promoted").await;
     }
 
     /// PIDs of the example-app processes of this cluster (their command line names its directory).
@@ -1005,26 +1040,9 @@ async fn after_a_host_crash_the_live_release_comes_back_by_itself() {
     });
     assert_eq!(cluster.deploy("v1", "").0, 0);
     cluster.wait_phase("succeeded").await;
-    let before = cluster.instance_pids();
-    cluster.kill9();
-    for pid in &before {
-        Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status()
-            .unwrap();
-    }
-    wait_until("the instances are dead", Duration::from_secs(10), || async {
-        cluster.instance_pids().is_empty()
-    })
-    .await;
+    cluster.crash_host();
     cluster.start();
-    wait_until("v1 serves again", Duration::from_secs(30), || async {
-        versions_seen(&cluster.public, 5)
-            .await
-            .iter()
-            .all(|s| s == "200 v1")
-    })
-    .await;
+    cluster.wait_served_by("v1").await;
     assert!(event_kinds(&cluster).await.contains(&"restarted".to_string()));
     let status = cluster.status().await;
     assert_eq!(status["rollout"]["id"], 1, "no deploy was needed: {status}");
@@ -1056,17 +1074,7 @@ async fn a_host_crash_during_a_canary_rolls_it_back_and_restarts_the_live_releas
     cluster.wait_phase("canary").await;
     let before = cluster.instance_pids();
     assert_eq!(before.len(), 2);
-    cluster.kill9();
-    for pid in &before {
-        Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status()
-            .unwrap();
-    }
-    wait_until("the instances are dead", Duration::from_secs(10), || async {
-        cluster.instance_pids().is_empty()
-    })
-    .await;
+    cluster.crash_host();
     cluster.start();
     cluster.wait_phase("rolled_back").await;
     wait_until("v1 serves everyone again", Duration::from_secs(30), || async {
@@ -1179,35 +1187,12 @@ async fn a_host_crash_in_the_rollback_window_keeps_the_promoted_release() {
         rollback_window_ms: 60_000,
         ..Setup::default()
     });
-    assert_eq!(cluster.deploy("v1", "").0, 0);
-    cluster.wait_phase("promoted").await;
-    assert_eq!(cluster.post("promote").await, 200, "close v1's window");
-    cluster.wait_phase("succeeded").await;
-    assert_eq!(cluster.deploy_async("v2", None).await, 202);
-    cluster.wait_phase("canary").await;
-    assert_eq!(cluster.post("promote").await, 200);
-    cluster.wait_phase("promoted").await;
+    cluster.v2_promoted_with_v1_warm().await;
     let before = cluster.instance_pids();
     assert_eq!(before.len(), 2, "v2 live, v1 warm");
-    cluster.kill9();
-    for pid in &before {
-        Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status()
-            .unwrap();
-    }
-    wait_until("the instances are dead", Duration::from_secs(10), || async {
-        cluster.instance_pids().is_empty()
-    })
-    .await;
+    cluster.crash_host();
     cluster.start();
-    wait_until("v2 serves again", Duration::from_secs(30), || async {
-        versions_seen(&cluster.public, 5)
-            .await
-            .iter()
-            .all(|s| s == "200 v2")
-    })
-    .await;
+    cluster.wait_served_by("v2").await;
     assert_eq!(cluster.phase().await, "promoted", "not rolled back");
     assert!(event_kinds(&cluster).await.contains(&"restarted".to_string()));
 }
@@ -1220,14 +1205,7 @@ async fn a_server_without_state_keeps_the_newer_of_two_running_releases_live() {
         rollback_window_ms: 60_000,
         ..Setup::default()
     });
-    assert_eq!(cluster.deploy("v1", "").0, 0);
-    cluster.wait_phase("promoted").await;
-    assert_eq!(cluster.post("promote").await, 200);
-    cluster.wait_phase("succeeded").await;
-    assert_eq!(cluster.deploy_async("v2", None).await, 202);
-    cluster.wait_phase("canary").await;
-    assert_eq!(cluster.post("promote").await, 200);
-    cluster.wait_phase("promoted").await;
+    cluster.v2_promoted_with_v1_warm().await;
     let before = cluster.instance_pids();
     cluster.kill9();
     let state_dir = cluster.dir.path().join(".cutover");
