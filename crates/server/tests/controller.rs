@@ -625,3 +625,169 @@ async fn a_late_start_of_an_aborted_rollout_never_becomes_the_next_rollouts_back
         "v2 still runs"
     );
 }
+
+/// A store that fails every commit while `failing` is set, as a full disk does.
+#[derive(Debug)]
+struct FlakyStore {
+    inner: MemoryStore,
+    failing: std::sync::atomic::AtomicBool,
+    failed_commits: std::sync::atomic::AtomicUsize,
+}
+
+impl Store for FlakyStore {
+    fn load(&self, app: &str) -> Result<Option<cutover_core::rollout::AppState>, cutover_store::StoreError> {
+        self.inner.load(app)
+    }
+    fn apps(&self) -> Result<Vec<String>, cutover_store::StoreError> {
+        self.inner.apps()
+    }
+    fn commit_ending(
+        &self,
+        state: &cutover_core::rollout::AppState,
+        events: &[cutover_core::rollout::Event],
+        ended: &[Rollout],
+    ) -> Result<Vec<StoredEvent>, cutover_store::StoreError> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            self.failed_commits
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            return Err(cutover_store::StoreError::Io(
+                "No space left on device (os error 28)".into(),
+            ));
+        }
+        self.inner.commit_ending(state, events, ended)
+    }
+    fn events(
+        &self,
+        app: &str,
+        rollout_id: Option<u64>,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, cutover_store::StoreError> {
+        self.inner.events(app, rollout_id, after, limit)
+    }
+    fn rollouts(&self, app: &str, limit: usize) -> Result<Vec<Rollout>, cutover_store::StoreError> {
+        self.inner.rollouts(app, limit)
+    }
+}
+
+/// Log lines written while a test runs, for counting.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn lines_with(&self, needle: &str) -> usize {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+}
+
+/// A full disk fails every commit of a window that falls due, on every 5 ms tick: the failure
+/// is logged once as an error, then once a minute with the count not logged, traffic stays on
+/// the last table, and the rollout moves on once the disk has room again.
+#[tokio::test]
+async fn a_store_that_keeps_failing_is_logged_once_then_once_a_minute() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let clock = Arc::new(ManualClock::new(Timestamp(1_700_000_000_000)));
+    let store = Arc::new(FlakyStore {
+        inner: MemoryStore::new(),
+        failing: false.into(),
+        failed_commits: 0.into(),
+    });
+    let platform = FakePlatform::new();
+    let router = FakeRouter::new();
+    let router_handle = router.handle();
+    let shutdown = CancellationToken::new();
+    let deps = Deps {
+        clock: clock.clone(),
+        store: store.clone(),
+        platform: Arc::new(platform),
+        tick: Duration::from_millis(5),
+        shutdown: shutdown.clone(),
+        gates: Arc::new(NoGates),
+    };
+    let controller = Controller::start(APP, config(), Arc::new(router), deps)
+        .await
+        .unwrap();
+    let phase = || async { controller.state().await.rollout.map(|r| r.phase.name()) };
+    controller
+        .deploy(DeployRequest {
+            version: "v1".into(),
+            ..DeployRequest::default()
+        })
+        .await
+        .unwrap();
+    wait_until("v1 promoted", DEADLINE, || async {
+        phase().await == Some("promoted")
+    })
+    .await;
+    controller.command(Command::Promote).await.unwrap();
+    controller
+        .deploy(DeployRequest {
+            version: "v2".into(),
+            ..DeployRequest::default()
+        })
+        .await
+        .unwrap();
+    wait_until("v2 in canary", DEADLINE, || async {
+        phase().await == Some("canary")
+    })
+    .await;
+    let table = router_handle.current();
+    let target = controller.state().await.rollout.unwrap().target;
+
+    // The disk fills: the window that falls due cannot be saved, tick after tick.
+    store.failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    router_handle.add_traffic(target, HEALTHY_CANARY.0, HEALTHY_CANARY.1);
+    router_handle.add_traffic(target.other(), HEALTHY_BASELINE.0, HEALTHY_BASELINE.1);
+    clock.advance(Duration::from_millis(INTERVAL_MS));
+    wait_until("many failed commits", DEADLINE, || async {
+        store.failed_commits.load(std::sync::atomic::Ordering::SeqCst) >= 50
+    })
+    .await;
+    const LINE: &str = "cannot save the state";
+    assert_eq!(captured.lines_with(LINE), 1, "logged once, not on every tick");
+    assert_eq!(captured.lines_with("ERROR"), 1);
+    assert_eq!(router_handle.current(), table, "traffic stays as it was");
+
+    // A minute later it is logged again, saying how many were not.
+    clock.advance(Duration::from_secs(61));
+    wait_until("the failure logged again", DEADLINE, || async {
+        captured.lines_with(LINE) == 2
+    })
+    .await;
+    assert_eq!(
+        captured.lines_with("similar_errors_not_logged=0"),
+        1,
+        "the first one"
+    );
+    let failed = store.failed_commits.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(failed > 50);
+
+    // Room again: the rollout moves on and says saving works again.
+    store.failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    wait_until("saving works again", DEADLINE, || async {
+        captured.lines_with("saving the state works again") == 1
+    })
+    .await;
+    assert_eq!(captured.lines_with(LINE), 2);
+    shutdown.cancel();
+}
