@@ -68,6 +68,15 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/apps/{app}/events", get(events))
         .route("/v1/apps/{app}/events/stream", get(event_stream))
         .route("/v1/apps/{app}/{command}", post(command))
+        .fallback(|uri: axum::http::Uri| async move {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no such endpoint: {}; the API is under /v1/apps (see the README's admin API)",
+                    uri.path()
+                ),
+            )
+        })
         .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
         .with_state(state)
 }

@@ -61,10 +61,13 @@ pub enum ServeError {
     },
     #[error(
         "the admin token from {source_name} has {len} characters, fewer than the {MIN_TOKEN_LEN} \
-         needed to resist guessing; use a longer one (e.g. `openssl rand -hex 32`), or delete the \
-         token file to have one generated"
+         needed to resist guessing; {fix}"
     )]
-    ShortToken { source_name: String, len: usize },
+    ShortToken {
+        source_name: String,
+        len: usize,
+        fix: &'static str,
+    },
     #[error(transparent)]
     Store(#[from] cutover_store::StoreError),
     #[error("platform: {0}")]
@@ -85,6 +88,11 @@ pub enum ServeError {
          one another [server] state_dir"
     )]
     StateDirInUse { path: String, holder: String },
+    #[error(
+        "state directory {path} can be written by every user (mode {mode:o}): anyone on this host \
+         could change the instance records whose processes cutover signals; run `chmod 700 {path}`"
+    )]
+    StateDirOpen { path: String, mode: u32 },
     #[error("state directory {path}: {reason}; check that it is writable")]
     StateDir { path: String, reason: String },
     #[error("app {app} has no listen address; set listen in its [[app]] table")]
@@ -155,16 +163,24 @@ pub fn resolve_admin_token(
     config_dir: &Path,
     from_env: Option<String>,
 ) -> Result<(String, TokenSource), ServeError> {
-    let check_len = |token: String, source_name: String| {
+    let check_len = |token: String, source_name: String, fix: &'static str| {
         let len = token.chars().count();
         if len < MIN_TOKEN_LEN {
-            Err(ServeError::ShortToken { source_name, len })
+            Err(ServeError::ShortToken {
+                source_name,
+                len,
+                fix,
+            })
         } else {
             Ok(token)
         }
     };
     if let Some(token) = from_env.filter(|t| !t.trim().is_empty()) {
-        let token = check_len(token.trim().to_string(), "CUTOVER_ADMIN_TOKEN".into())?;
+        let token = check_len(
+            token.trim().to_string(),
+            "CUTOVER_ADMIN_TOKEN".into(),
+            "set a longer one (e.g. `openssl rand -hex 32`), or unset it to use the token file",
+        )?;
         return Ok((token, TokenSource::Environment));
     }
     let path = config
@@ -200,7 +216,11 @@ pub fn resolve_admin_token(
             if token.is_empty() {
                 return Err(ServeError::EmptyToken { path: display });
             }
-            let token = check_len(token, format!("token file {display}"))?;
+            let token = check_len(
+                token,
+                format!("token file {display}"),
+                "put a longer one in it (e.g. `openssl rand -hex 32`), or delete it to have one generated",
+            )?;
             Ok((token, TokenSource::File(path)))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -365,6 +385,24 @@ fn lock_state_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, ServeE
         reason,
     };
     create_private_dir(dir).map_err(|e| error(format!("cannot create it: {e}")))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir)
+            .map_err(|e| error(format!("cannot read it: {e}")))?
+            .permissions()
+            .mode()
+            & 0o777;
+        if mode & 0o002 != 0 {
+            return Err(ServeError::StateDirOpen {
+                path: dir.display().to_string(),
+                mode,
+            });
+        }
+        if mode & 0o020 != 0 {
+            tracing::warn!(path = %dir.display(), mode = format!("{mode:o}"),
+                "the state directory is writable by its group: its members can change the instance records cutover acts on");
+        }
+    }
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -653,6 +691,21 @@ mod tests {
             !error.contains("hunter2"),
             "the token itself is never shown: {error}"
         );
+    }
+
+    #[test]
+    fn a_state_directory_every_user_can_write_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let error = lock_state_dir(&state).unwrap_err().to_string();
+        assert!(
+            error.contains(&format!("chmod 700 {}", state.display())),
+            "{error}"
+        );
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(lock_state_dir(&state).is_ok());
     }
 
     #[test]

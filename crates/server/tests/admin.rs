@@ -486,3 +486,18 @@ async fn a_route_table_over_the_backend_cap_is_a_400_and_changes_nothing() {
     assert!(body.to_string().contains("a slot holds at most 1024"), "{body}");
     assert_eq!(server.routes().await, before);
 }
+
+/// An unknown path is a JSON 404 that says where the API is, like every other error.
+#[tokio::test]
+async fn an_unknown_path_is_a_json_404() {
+    let (v1, v2) = (ExampleApp::spawn("v1", &[]), ExampleApp::spawn("v2", &[]));
+    let server = Server::start(config(&v1, &v2, None)).await;
+    let r = http_client()
+        .get(format!("{}/v2/nope", server.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("/v2/nope"), "{body}");
+}
