@@ -1,0 +1,15 @@
+//! Feature flags: deploy is not release. A flag decides per user which variant of a code path
+//! runs, so a team ships code dark, ramps it to a share of users, and kills it in seconds
+//! without a redeploy.
+//!
+//! This crate is the pure part: the [`Flag`] model and its validation ([`flag`]), which user
+//! lands in which variant of a split, bit for bit as flagd's `fractional` ([`bucket`]), and the
+//! local evaluation of a flag for an evaluation context ([`eval`]). Serving (OFREP), storing and
+//! ramping live elsewhere.
+
+pub mod bucket;
+pub mod eval;
+pub mod flag;
+
+pub use eval::{evaluate, EvalError, Reason, Resolution, TARGETING_KEY};
+pub use flag::{AllowList, Condition, Flag, FlagType, Op, Rule, SplitEntry};
