@@ -111,6 +111,7 @@ pub async fn run(options: DemoOptions) -> Result<ExitCode> {
             ..AdminConfig::default()
         },
         apps: vec![app],
+        flags: None,
     };
     let token = format!("{:032x}", rand::random::<u128>());
     let running = cutover_server::start(config, token, StartOptions::new(dir.path())).await?;

@@ -53,6 +53,8 @@ pub struct AdminState {
     pub apps: BTreeMap<String, Arc<AppProxy>>,
     pub controllers: BTreeMap<String, Arc<Controller>>,
     pub token: String,
+    /// The flag service, when `[flags]` is configured.
+    pub flags: Option<Arc<crate::flags::FlagService>>,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -68,6 +70,13 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/apps/{app}/events", get(events))
         .route("/v1/apps/{app}/events/stream", get(event_stream))
         .route("/v1/apps/{app}/{command}", post(command))
+        .route("/v1/flags", get(list_flags))
+        .route(
+            "/v1/flags/{key}",
+            get(get_flag).put(put_flag).delete(archive_flag),
+        )
+        .route("/v1/flags/{key}/audit", get(flag_audit))
+        .route("/v1/flags/{key}/{switch}", post(switch_flag))
         .fallback(|uri: axum::http::Uri| async move {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -484,4 +493,172 @@ async fn event_stream(
         },
     );
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+// ===== flags =====
+
+fn flag_service(state: &AdminState) -> Result<&Arc<crate::flags::FlagService>, ApiError> {
+    state.flags.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "this server has no flag service; add a [flags] table to its configuration",
+        )
+    })
+}
+
+impl From<crate::flags::FlagError> for ApiError {
+    fn from(e: crate::flags::FlagError) -> Self {
+        use crate::flags::FlagError;
+        match e {
+            FlagError::Invalid(v) => {
+                let mut err = ApiError::new(StatusCode::BAD_REQUEST, "invalid flag; nothing was changed");
+                err.errors = v.errors;
+                err
+            }
+            FlagError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
+            FlagError::Store(cutover_store::StoreError::Conflict { .. }) => {
+                ApiError::new(StatusCode::CONFLICT, e.to_string())
+            }
+            FlagError::Store(cutover_store::StoreError::NoSuchFlag { .. }) => {
+                ApiError::new(StatusCode::NOT_FOUND, e.to_string())
+            }
+            e => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+}
+
+/// Who changed a flag, for its audit record. The admin token has no name of its own yet.
+const ADMIN: &str = "admin";
+
+#[derive(Debug, Serialize)]
+struct FlagsView {
+    revision: u64,
+    flags: Vec<cutover_flags::Flag>,
+}
+
+async fn list_flags(State(state): State<Arc<AdminState>>) -> Result<Json<FlagsView>, ApiError> {
+    let index = flag_service(&state)?.index();
+    Ok(Json(FlagsView {
+        revision: index.revision,
+        flags: index.flags().cloned().collect(),
+    }))
+}
+
+async fn get_flag(
+    State(state): State<Arc<AdminState>>,
+    Path(key): Path<String>,
+) -> Result<Json<cutover_flags::Flag>, ApiError> {
+    let index = flag_service(&state)?.index();
+    index
+        .get(&key)
+        .cloned()
+        .map(Json)
+        .ok_or_else(|| crate::flags::FlagError::NotFound(key).into())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutFlag {
+    flag: cutover_flags::Flag,
+    reason: String,
+    /// The revision the change was made from: refused (409) if the flag changed meanwhile.
+    #[serde(default)]
+    expected_revision: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Why {
+    #[serde(default)]
+    reason: String,
+}
+
+fn require_reason(reason: &str) -> Result<(), ApiError> {
+    if reason.trim().is_empty() {
+        let mut err = ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "every flag change needs a reason; nothing was changed",
+        );
+        err.errors
+            .push(FieldError::new("reason", "missing: say why (--reason)"));
+        return Err(err);
+    }
+    Ok(())
+}
+
+async fn put_flag(
+    State(state): State<Arc<AdminState>>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<cutover_store::FlagChangeRecord>, ApiError> {
+    authorize(&state, &headers)?;
+    let service = flag_service(&state)?;
+    let put: PutFlag = parse_json(&body, "flag change")?;
+    require_reason(&put.reason)?;
+    let record = service
+        .change(&key, Some(put.flag), put.expected_revision, ADMIN, &put.reason)
+        .await?;
+    Ok(Json(record))
+}
+
+async fn archive_flag(
+    State(state): State<Arc<AdminState>>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    q: Result<Query<Why>, QueryRejection>,
+) -> Result<Json<cutover_store::FlagChangeRecord>, ApiError> {
+    authorize(&state, &headers)?;
+    let service = flag_service(&state)?;
+    let why = query(q)?;
+    require_reason(&why.reason)?;
+    Ok(Json(service.change(&key, None, None, ADMIN, &why.reason).await?))
+}
+
+async fn switch_flag(
+    State(state): State<Arc<AdminState>>,
+    Path((key, switch)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<cutover_store::FlagChangeRecord>, ApiError> {
+    authorize(&state, &headers)?;
+    let service = flag_service(&state)?;
+    let enabled = match switch.as_str() {
+        "kill" => false,
+        "unkill" => true,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no flag command {other:?}; use kill or unkill"),
+            ))
+        }
+    };
+    let why: Why = if body.is_empty() {
+        Why::default()
+    } else {
+        parse_json(&body, "flag command")?
+    };
+    require_reason(&why.reason)?;
+    Ok(Json(
+        service.set_enabled(&key, enabled, ADMIN, &why.reason).await?,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct AuditQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn flag_audit(
+    State(state): State<Arc<AdminState>>,
+    Path(key): Path<String>,
+    q: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Json<Vec<cutover_store::FlagChangeRecord>>, ApiError> {
+    let q = query(q)?;
+    let service = flag_service(&state)?;
+    let records = service
+        .audit(Some(&key), q.after.unwrap_or(0), q.limit.unwrap_or(100).min(1000))
+        .map_err(crate::flags::FlagError::from)?;
+    Ok(Json(records))
 }

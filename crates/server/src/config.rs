@@ -25,6 +25,35 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default, rename = "app")]
     pub apps: Vec<AppConfig>,
+    /// The flag service: feature flags evaluated over OpenFeature's OFREP on their own listener.
+    /// Off unless the table is present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flags: Option<FlagsConfig>,
+}
+
+/// `[flags]`: where OpenFeature clients evaluate flags, and with which keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlagsConfig {
+    /// The OFREP listener. Loopback by default: flag values can be business secrets.
+    pub listen: SocketAddr,
+    /// Must be set to listen on anything but loopback, as a deliberate act.
+    pub allow_non_loopback: bool,
+    /// Read-only API keys of OFREP clients, one `NAME KEY` per line (the name is for audit and
+    /// logs; the key is never shown). Missing: generated with one key named `default`, mode
+    /// 0600, beside the admin token (`.cutover/flags.keys`). Separate from the admin token: a
+    /// key can evaluate flags and nothing else.
+    pub api_keys_file: Option<PathBuf>,
+}
+
+impl Default for FlagsConfig {
+    fn default() -> Self {
+        FlagsConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9190)),
+            allow_non_loopback: false,
+            api_keys_file: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -390,15 +419,30 @@ impl Config {
         if self.server.tick_ms == 0 {
             errors.push(FieldError::new("server.tick_ms", "must be greater than 0"));
         }
-        if self.apps.is_empty() {
+        if self.apps.is_empty() && self.flags.is_none() {
             errors.push(FieldError::new(
                 "app",
                 "no [[app]] is configured; add at least one",
             ));
         }
+        if let Some(flags) = &self.flags {
+            if !flags.listen.ip().is_loopback() && !flags.allow_non_loopback {
+                errors.push(FieldError::new(
+                    "flags.listen",
+                    format!(
+                        "{} is not a loopback address; listening elsewhere needs \
+                         flags.allow_non_loopback = true, as a deliberate act",
+                        flags.listen
+                    ),
+                ));
+            }
+        }
         let mut names = HashSet::new();
         // Every listener cutover binds, with its field, to find the ones that would collide.
         let mut listeners = vec![("admin.listen".to_string(), self.admin.listen)];
+        if let Some(flags) = &self.flags {
+            listeners.push(("flags.listen".to_string(), flags.listen));
+        }
         for (i, app) in self.apps.iter().enumerate() {
             let at = format!("app[{i}]");
             let valid_name = !app.name.is_empty()

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod checks;
 pub mod config;
 pub mod controller;
+pub mod flags;
 pub mod freeze;
 pub mod gates;
 
@@ -102,6 +103,8 @@ pub enum ServeError {
         app: String,
         source: cutover_monitoring::GateError,
     },
+    #[error(transparent)]
+    ApiKeys(#[from] flags::KeysError),
     #[error("app {app}: webhooks: {source}")]
     Webhooks {
         app: String,
@@ -237,7 +240,7 @@ pub fn resolve_admin_token(
 
 /// Creates `dir` (and its missing parents) as 0700 whatever the umask; an existing directory
 /// is left as it is (it may be the user's own).
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     if dir.as_os_str().is_empty() || dir.exists() {
         return Ok(());
     }
@@ -245,7 +248,7 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
 }
 
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -264,6 +267,9 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 pub struct Bound {
     pub admin: SocketAddr,
     pub apps: BTreeMap<String, BoundApp>,
+    /// The OFREP listener of the flag service, when `[flags]` is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flags: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -446,9 +452,17 @@ pub async fn start(
         config.server.state_dir.clone()
     };
     let mut state_lock = None;
-    let managed_deps = if config.apps.iter().any(|a| a.platform.is_some()) {
+    let managed = config.apps.iter().any(|a| a.platform.is_some());
+    let store: Option<Arc<dyn Store>> = if managed || config.flags.is_some() {
         state_lock = Some(lock_state_dir(&state_dir)?);
-        let store: Arc<dyn Store> = Arc::new(cutover_store::SqliteStore::open(&state_dir.join("state.db"))?);
+        Some(Arc::new(cutover_store::SqliteStore::open(
+            &state_dir.join("state.db"),
+        )?))
+    } else {
+        None
+    };
+    let managed_deps = if let (true, Some(store)) = (managed, &store) {
+        let store = Arc::clone(store);
         Some(Deps {
             clock: Arc::clone(&options.clock),
             store,
@@ -548,6 +562,28 @@ pub async fn start(
             source,
         })?;
     let admin_addr = admin_listener.local_addr().unwrap_or(config.admin.listen);
+    let flags = match (&config.flags, &store) {
+        (Some(flags_config), Some(store)) => {
+            let keys_path = match &flags_config.api_keys_file {
+                Some(p) if p.is_relative() => options.config_dir.join(p),
+                Some(p) => p.clone(),
+                None => flags::default_keys_path(&options.config_dir),
+            };
+            let (keys, generated) = flags::load_api_keys(&keys_path)?;
+            if generated {
+                tracing::info!(file = %keys_path.display(), "generated an API key for OFREP clients");
+            }
+            let service = flags::FlagService::load(Arc::clone(store), Arc::clone(&options.clock), keys)?;
+            let listener = bind_listener(flags_config.listen, 4096).map_err(|source| ServeError::Bind {
+                field: "flags.listen".into(),
+                addr: flags_config.listen,
+                source,
+            })?;
+            let addr = listener.local_addr().unwrap_or(flags_config.listen);
+            Some((service, listener, addr))
+        }
+        _ => None,
+    };
 
     let mut controllers = BTreeMap::new();
     if let Some(deps) = &managed_deps {
@@ -604,10 +640,25 @@ pub async fn start(
             drain,
         ));
     }
+    let mut flags_addr = None;
+    let flag_service = match flags {
+        Some((service, listener, addr)) => {
+            flags_addr = Some(addr);
+            tasks.spawn(serve_admin(
+                listener,
+                flags::ofrep_router(Arc::clone(&service)),
+                std::time::Duration::from_millis(config.admin.header_read_timeout_ms),
+                shutdown.clone(),
+            ));
+            Some(service)
+        }
+        None => None,
+    };
     let state = Arc::new(admin::AdminState {
         apps: apps.clone(),
         controllers: controllers.clone(),
         token: admin_token,
+        flags: flag_service,
     });
     let admin_shutdown = shutdown.clone();
     let header_read_timeout = std::time::Duration::from_millis(config.admin.header_read_timeout_ms);
@@ -621,6 +672,7 @@ pub async fn start(
         bound: Bound {
             admin: admin_addr,
             apps: bound_apps,
+            flags: flags_addr,
         },
         apps,
         controllers,

@@ -39,6 +39,7 @@ fn config(v1: &ExampleApp, v2: &ExampleApp, tls: Option<TlsConfig>) -> Config {
             tls,
             ..AppConfig::static_routes("web", loopback(), routes)
         }],
+        flags: None,
     }
 }
 

@@ -668,6 +668,23 @@ impl Store for FlakyStore {
     fn rollouts(&self, app: &str, limit: usize) -> Result<Vec<Rollout>, cutover_store::StoreError> {
         self.inner.rollouts(app, limit)
     }
+    fn flags(&self) -> Result<cutover_store::FlagSet, cutover_store::StoreError> {
+        self.inner.flags()
+    }
+    fn change_flag(
+        &self,
+        change: &cutover_store::FlagChange,
+    ) -> Result<cutover_store::FlagChangeRecord, cutover_store::StoreError> {
+        self.inner.change_flag(change)
+    }
+    fn flag_audit(
+        &self,
+        key: Option<&str>,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<cutover_store::FlagChangeRecord>, cutover_store::StoreError> {
+        self.inner.flag_audit(key, after_seq, limit)
+    }
 }
 
 /// Log lines written while a test runs, for counting.

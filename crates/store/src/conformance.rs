@@ -13,8 +13,9 @@ use std::net::SocketAddr;
 
 use cutover_core::rollout::{handle, AppState, Command, Event, Input, Transition};
 use cutover_core::{ReleaseSpec, RolloutPolicy, Timestamp};
+use cutover_flags::Flag;
 
-use crate::{Store, StoreError, StoredEvent};
+use crate::{FlagChange, FlagChangeRecord, FlagSet, Store, StoreError, StoredEvent};
 
 /// One check: panics when `store` misbehaves.
 pub type Check = fn(&dyn Store);
@@ -37,6 +38,19 @@ pub fn run_all(make: &dyn Fn() -> Box<dyn Store>) {
         ),
         ("apps_are_sorted", apps_are_sorted),
         ("unstorable_state_is_refused", unstorable_state_is_refused),
+        ("flags_start_empty", flags_start_empty),
+        ("flag_changes_bump_revisions", flag_changes_bump_revisions),
+        ("flag_audit_is_in_order", flag_audit_is_in_order),
+        ("a_flag_conflict_writes_nothing", a_flag_conflict_writes_nothing),
+        (
+            "a_flag_under_another_key_is_refused",
+            a_flag_under_another_key_is_refused,
+        ),
+        (
+            "archiving_an_unknown_flag_is_refused",
+            archiving_an_unknown_flag_is_refused,
+        ),
+        ("flags_are_sorted", flags_are_sorted),
     ];
     for (name, check) in checks {
         let store = make();
@@ -421,6 +435,363 @@ pub fn unstorable_state_is_refused(store: &dyn Store) {
         store.rollouts("web", 10).unwrap().is_empty(),
         "unstorable_state_is_refused: no rollout should be recorded"
     );
+}
+
+/// A fresh store has no flags, set revision 0 and no audit.
+pub fn flags_start_empty(store: &dyn Store) {
+    assert_eq!(
+        store.flags().unwrap(),
+        FlagSet {
+            revision: 0,
+            flags: vec![]
+        },
+        "flags_start_empty: flags() of a fresh store"
+    );
+    assert!(
+        store.flag_audit(None, 0, 100).unwrap().is_empty(),
+        "flags_start_empty: audit of a fresh store"
+    );
+    assert!(
+        store.flag_audit(Some("nope"), 0, 100).unwrap().is_empty(),
+        "flags_start_empty: audit of an unknown flag"
+    );
+}
+
+/// Create, update, archive and create again: the flag's revision goes up by one per change and
+/// never repeats, the set's revision by one per change of any flag; the revision the caller
+/// put in the flag is ignored.
+pub fn flag_changes_bump_revisions(store: &dyn Store) {
+    let mut a = flag("a", "off");
+    a.revision = 99;
+    let created = store.change_flag(&change("a", Some(a), None, 1)).unwrap();
+    assert_eq!(
+        created.after.as_ref().map(|f| f.revision),
+        Some(1),
+        "flag_changes_bump_revisions: a new flag gets revision 1, whatever the caller set"
+    );
+    assert_eq!(
+        created.before, None,
+        "flag_changes_bump_revisions: creating has nothing before"
+    );
+    assert_eq!(
+        store.flags().unwrap(),
+        FlagSet {
+            revision: 1,
+            flags: vec![with_revision(flag("a", "off"), 1)]
+        },
+        "flag_changes_bump_revisions: after creating a"
+    );
+
+    let updated = store
+        .change_flag(&change("a", Some(flag("a", "on")), Some(1), 2))
+        .unwrap();
+    assert_eq!(
+        (updated.before, updated.after),
+        (
+            Some(with_revision(flag("a", "off"), 1)),
+            Some(with_revision(flag("a", "on"), 2))
+        ),
+        "flag_changes_bump_revisions: updating a"
+    );
+    store
+        .change_flag(&change("b", Some(flag("b", "off")), Some(0), 3))
+        .unwrap();
+    assert_eq!(
+        store.flags().unwrap(),
+        FlagSet {
+            revision: 3,
+            flags: vec![
+                with_revision(flag("a", "on"), 2),
+                with_revision(flag("b", "off"), 1)
+            ]
+        },
+        "flag_changes_bump_revisions: after updating a and creating b"
+    );
+
+    let archived = store.change_flag(&change("a", None, Some(2), 4)).unwrap();
+    assert_eq!(
+        (archived.before, archived.after),
+        (Some(with_revision(flag("a", "on"), 2)), None),
+        "flag_changes_bump_revisions: archiving a"
+    );
+    assert_eq!(
+        store.flags().unwrap(),
+        FlagSet {
+            revision: 4,
+            flags: vec![with_revision(flag("b", "off"), 1)]
+        },
+        "flag_changes_bump_revisions: an archived flag is not listed"
+    );
+
+    // A client still holding revision 1 or 2 of the old `a` must not match the new one.
+    let again = store
+        .change_flag(&change("a", Some(flag("a", "off")), Some(0), 5))
+        .unwrap();
+    assert_eq!(
+        (again.before, again.after),
+        (None, Some(with_revision(flag("a", "off"), 3))),
+        "flag_changes_bump_revisions: a flag created again continues from its last revision"
+    );
+    assert_eq!(
+        store.flags().unwrap().revision,
+        5,
+        "flag_changes_bump_revisions: set revision after five changes"
+    );
+}
+
+/// Every change leaves one record, numbered from 1 across flags, with who, why, when and the
+/// flag before and after; `key`, `after_seq` and `limit` select and page.
+pub fn flag_audit_is_in_order(store: &dyn Store) {
+    let changes = [
+        change("a", Some(flag("a", "off")), None, 1),
+        change("b", Some(flag("b", "off")), None, 2),
+        change("a", Some(flag("a", "on")), None, 3),
+        change("b", None, None, 4),
+        change("a", Some(flag("a", "off")), None, 5),
+    ];
+    let returned: Vec<FlagChangeRecord> = changes.iter().map(|c| store.change_flag(c).unwrap()).collect();
+    let all = store.flag_audit(None, 0, 100).unwrap();
+    assert_eq!(
+        all, returned,
+        "flag_audit_is_in_order: the audit reads back what change_flag returned"
+    );
+    assert_eq!(
+        all.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5],
+        "flag_audit_is_in_order: seqs"
+    );
+    for (record, change) in all.iter().zip(&changes) {
+        assert_eq!(
+            (&record.key, record.at, &record.who, &record.why),
+            (&change.key, change.at, &change.who, &change.why),
+            "flag_audit_is_in_order: record {} keeps the change's key, time, who and why",
+            record.seq
+        );
+    }
+    let revisions = |r: &FlagChangeRecord| {
+        (
+            r.before.as_ref().map(|f| f.revision),
+            r.after.as_ref().map(|f| f.revision),
+        )
+    };
+    assert_eq!(
+        all.iter().map(revisions).collect::<Vec<_>>(),
+        vec![
+            (None, Some(1)),
+            (None, Some(1)),
+            (Some(1), Some(2)),
+            (Some(1), None),
+            (Some(2), Some(3)),
+        ],
+        "flag_audit_is_in_order: before and after of each change"
+    );
+    assert_eq!(
+        all[2].before.as_ref().map(|f| f.default_variant.as_str()),
+        Some("off"),
+        "flag_audit_is_in_order: before is the flag as it was stored"
+    );
+
+    let of_a = store.flag_audit(Some("a"), 0, 100).unwrap();
+    assert_eq!(
+        of_a.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![1, 3, 5],
+        "flag_audit_is_in_order: only a's records"
+    );
+    assert_eq!(
+        store
+            .flag_audit(Some("a"), 1, 1)
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect::<Vec<_>>(),
+        vec![3],
+        "flag_audit_is_in_order: after_seq and limit apply to the selected records"
+    );
+    assert_eq!(
+        store
+            .flag_audit(None, 3, usize::MAX)
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect::<Vec<_>>(),
+        vec![4, 5],
+        "flag_audit_is_in_order: after 3"
+    );
+    assert!(
+        store.flag_audit(None, 0, 0).unwrap().is_empty(),
+        "flag_audit_is_in_order: limit 0 returns nothing"
+    );
+    assert!(
+        store.flag_audit(None, u64::MAX, 10).unwrap().is_empty(),
+        "flag_audit_is_in_order: after past the end returns nothing"
+    );
+}
+
+/// A compare and swap against another revision is refused with [`StoreError::Conflict`] and
+/// writes nothing; against the right one (0 for a flag that does not exist) it goes through.
+pub fn a_flag_conflict_writes_nothing(store: &dyn Store) {
+    store
+        .change_flag(&change("a", Some(flag("a", "off")), Some(0), 1))
+        .unwrap();
+    let before = (store.flags().unwrap(), store.flag_audit(None, 0, 100).unwrap());
+    let attempts = [
+        (change("a", Some(flag("a", "on")), Some(5), 2), 5, 1),
+        (change("a", Some(flag("a", "on")), Some(0), 2), 0, 1),
+        (change("a", None, Some(2), 2), 2, 1),
+        (change("b", Some(flag("b", "on")), Some(1), 2), 1, 0),
+    ];
+    for (attempt, expected, found) in attempts {
+        let err = match store.change_flag(&attempt) {
+            Err(err) => err,
+            Ok(record) => panic!(
+                "a_flag_conflict_writes_nothing: {} expecting revision {expected}: expected Err(Conflict), got Ok({record:?})",
+                attempt.key
+            ),
+        };
+        match &err {
+            StoreError::Conflict {
+                key,
+                expected: e,
+                found: f,
+            } => assert_eq!(
+                (key.as_str(), *e, *f),
+                (attempt.key.as_str(), expected, found),
+                "a_flag_conflict_writes_nothing: the conflict names the flag and both revisions"
+            ),
+            other => panic!(
+                "a_flag_conflict_writes_nothing: {} expecting revision {expected}: expected Conflict, got {other:?}",
+                attempt.key
+            ),
+        }
+        assert!(
+            err.to_string().contains("re-read"),
+            "a_flag_conflict_writes_nothing: the message says what to do: {err}"
+        );
+        assert_eq!(
+            (store.flags().unwrap(), store.flag_audit(None, 0, 100).unwrap()),
+            before,
+            "a_flag_conflict_writes_nothing: a refused change leaves flags, set revision and audit alone"
+        );
+    }
+    let record = store
+        .change_flag(&change("a", Some(flag("a", "on")), Some(1), 3))
+        .unwrap();
+    assert_eq!(
+        (record.seq, record.after.map(|f| f.revision)),
+        (2, Some(2)),
+        "a_flag_conflict_writes_nothing: the right revision goes through, numbered after the refusals"
+    );
+}
+
+/// A change whose flag has another key than the change names is refused and writes nothing.
+pub fn a_flag_under_another_key_is_refused(store: &dyn Store) {
+    match store.change_flag(&change("a", Some(flag("b", "off")), None, 1)) {
+        Err(StoreError::UnstorableFlag { key, reason }) => {
+            assert_eq!(
+                key, "a",
+                "a_flag_under_another_key_is_refused: the error names the change's key"
+            );
+            assert!(
+                reason.contains("\"b\""),
+                "a_flag_under_another_key_is_refused: the reason names the flag's key: {reason}"
+            );
+        }
+        other => panic!("a_flag_under_another_key_is_refused: expected Err(UnstorableFlag), got {other:?}"),
+    }
+    assert_eq!(
+        store.flags().unwrap(),
+        FlagSet::default(),
+        "a_flag_under_another_key_is_refused: nothing stored"
+    );
+    assert!(
+        store.flag_audit(None, 0, 100).unwrap().is_empty(),
+        "a_flag_under_another_key_is_refused: nothing audited"
+    );
+}
+
+/// Archiving a flag that is not stored is refused with [`StoreError::NoSuchFlag`]: it would
+/// leave an audit record of a change that changed nothing.
+pub fn archiving_an_unknown_flag_is_refused(store: &dyn Store) {
+    store
+        .change_flag(&change("a", Some(flag("a", "off")), None, 1))
+        .unwrap();
+    store.change_flag(&change("a", None, None, 2)).unwrap();
+    for key in ["a", "never"] {
+        match store.change_flag(&change(key, None, None, 3)) {
+            Err(StoreError::NoSuchFlag { key: k }) => assert_eq!(
+                k, key,
+                "archiving_an_unknown_flag_is_refused: the error names the flag"
+            ),
+            other => panic!(
+                "archiving_an_unknown_flag_is_refused: archiving {key}: expected Err(NoSuchFlag), got {other:?}"
+            ),
+        }
+    }
+    assert_eq!(
+        store.flags().unwrap(),
+        FlagSet {
+            revision: 2,
+            flags: vec![]
+        },
+        "archiving_an_unknown_flag_is_refused: nothing changed"
+    );
+    assert_eq!(
+        store.flag_audit(None, 0, 100).unwrap().len(),
+        2,
+        "archiving_an_unknown_flag_is_refused: nothing audited"
+    );
+}
+
+/// `flags` lists each flag once, in byte order of the keys.
+pub fn flags_are_sorted(store: &dyn Store) {
+    for (n, key) in (1..).zip(["zeta", "alpha", "mid", "Beta", "alpha", "a.b", "a-b"]) {
+        store
+            .change_flag(&change(key, Some(flag(key, "on")), None, n))
+            .unwrap();
+    }
+    let set = store.flags().unwrap();
+    assert_eq!(
+        set.flags.iter().map(|f| f.key.as_str()).collect::<Vec<_>>(),
+        vec!["Beta", "a-b", "a.b", "alpha", "mid", "zeta"],
+        "flags_are_sorted: sorted by key (bytes: upper case first), each once"
+    );
+    assert_eq!(set.revision, 7, "flags_are_sorted: seven changes");
+}
+
+/// A boolean flag; `default_variant` tells two versions of it apart.
+fn flag(key: &str, default_variant: &str) -> Flag {
+    serde_json::from_value(serde_json::json!({
+        "key": key,
+        "type": "boolean",
+        "variants": { "on": true, "off": false },
+        "default_variant": default_variant,
+        "split": [{ "variant": "on", "weight": 250 }, { "variant": "off", "weight": 9750 }],
+        "rules": [{
+            "when": [{ "attribute": "country", "op": "in", "value": ["DE", "FR"] }],
+            "variant": "on"
+        }],
+        "owner": "team-payments",
+        "description": "The new checkout — non-ASCII on purpose",
+        "expires": "2027-03-31",
+    }))
+    .unwrap()
+}
+
+fn with_revision(mut flag: Flag, revision: u64) -> Flag {
+    flag.revision = revision;
+    flag
+}
+
+/// A change of `key` by `ci` at `at(n)`, its reason naming `n`.
+fn change(key: &str, after: Option<Flag>, expected_revision: Option<u64>, n: u64) -> FlagChange {
+    FlagChange {
+        key: key.into(),
+        after,
+        expected_revision,
+        who: "ci-token".into(),
+        why: format!("change {n}"),
+        at: at(n),
+    }
 }
 
 fn at(ms: u64) -> Timestamp {

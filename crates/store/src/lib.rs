@@ -11,9 +11,11 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+mod flags;
 mod memory;
 mod sqlite;
 
+pub use flags::{FlagChange, FlagChangeRecord, FlagSet};
 pub use memory::MemoryStore;
 pub use sqlite::SqliteStore;
 
@@ -58,6 +60,23 @@ pub enum StoreError {
     /// stored in a form that reads back. Nothing changed.
     #[error("cannot store the state of app {app}: {reason}")]
     Unstorable { app: String, reason: String },
+    /// A flag change was refused before anything was written: it names another flag than its
+    /// key, or the flag could not be stored in a form that reads back. Nothing changed.
+    #[error("cannot store flag {key}: {reason}")]
+    UnstorableFlag { key: String, reason: String },
+    /// A compare-and-swap flag change found another revision than the caller read: someone
+    /// changed the flag in between. Nothing changed.
+    #[error("flag {key} was changed since it was read (expected revision {expected}, found {found}; 0 means it does not exist): re-read the flag, apply your change to it and retry")]
+    Conflict { key: String, expected: u64, found: u64 },
+    /// A change archived a flag that is not stored. Nothing changed.
+    #[error(
+        "flag {key} does not exist (never created, or already archived); list the flags to see which exist"
+    )]
+    NoSuchFlag { key: String },
+    /// Stored flag data that cannot be read back. `key` is the flag it belongs to (`None` for the
+    /// flag set's own bookkeeping); `reason` names where it is and what to do.
+    #[error("stored flags are unreadable: {reason}")]
+    CorruptFlags { key: Option<String>, reason: String },
 }
 
 /// Durable state. `commit` is atomic: after a crash either the new state and all its events are
@@ -103,6 +122,32 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// The latest `limit` rollouts of `app`, newest first.
     fn rollouts(&self, app: &str, limit: usize) -> Result<Vec<Rollout>, StoreError>;
+
+    /// Every flag that is not archived, sorted by key, and the revision of the set, read at one
+    /// instant: the revision is that of exactly these flags.
+    fn flags(&self) -> Result<FlagSet, StoreError>;
+
+    /// Writes `change.after` (or archives `change.key` when it is `None`) with the flag's next
+    /// revision, bumps the set's revision and appends the audit record, in one transaction;
+    /// returns the record.
+    ///
+    /// Refused, with nothing written: [`StoreError::Conflict`] when `expected_revision` is set and
+    /// differs from the stored flag's revision (0 if there is none); [`StoreError::NoSuchFlag`]
+    /// when archiving a flag that is not stored; [`StoreError::UnstorableFlag`] when the new
+    /// flag's key is not `change.key`. The flag itself is not validated: the caller does that.
+    ///
+    /// A flag's revision is one more than the last revision it had, archived or not, so a flag
+    /// created again after archiving never repeats a revision a client may still hold.
+    fn change_flag(&self, change: &FlagChange) -> Result<FlagChangeRecord, StoreError>;
+
+    /// Audit records with `seq > after_seq`, oldest first, at most `limit`; only those of `key`
+    /// when given.
+    fn flag_audit(
+        &self,
+        key: Option<&str>,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<FlagChangeRecord>, StoreError>;
 }
 
 /// One event as columns.

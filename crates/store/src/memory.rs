@@ -5,12 +5,26 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use cutover_core::rollout::{AppState, Event, Rollout};
+use cutover_flags::Flag;
 
-use crate::{encode_commit, Store, StoreError, StoredEvent};
+use crate::flags::{check_change, encode_flag, plan_change};
+use crate::{encode_commit, FlagChange, FlagChangeRecord, FlagSet, Store, StoreError, StoredEvent};
 
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     apps: Mutex<BTreeMap<String, AppData>>,
+    flags: Mutex<FlagData>,
+}
+
+#[derive(Debug, Default)]
+struct FlagData {
+    set_revision: u64,
+    /// Live flags by key; archiving removes the entry, as the SQLite store deletes the row.
+    flags: BTreeMap<String, Flag>,
+    /// The last revision of every key ever changed, archived ones included.
+    last_revisions: BTreeMap<String, u64>,
+    /// In order; the record with seq `n` is at index `n - 1`.
+    audit: Vec<FlagChangeRecord>,
 }
 
 #[derive(Debug)]
@@ -30,6 +44,12 @@ impl MemoryStore {
         // `commit` validates everything before it touches the map, so a panic elsewhere while the
         // lock was held cannot have left an app half-updated: the data is still good to use.
         self.apps.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_flags(&self) -> MutexGuard<'_, FlagData> {
+        // As for `lock`: `change_flag` decides everything before it writes, and its writes cannot
+        // panic midway.
+        self.flags.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -102,5 +122,65 @@ impl Store for MemoryStore {
             .get(app)
             .map(|d| d.rollouts.values().rev().take(limit).cloned().collect())
             .unwrap_or_default())
+    }
+
+    fn flags(&self) -> Result<FlagSet, StoreError> {
+        let data = self.lock_flags();
+        Ok(FlagSet {
+            revision: data.set_revision,
+            flags: data.flags.values().cloned().collect(),
+        })
+    }
+
+    fn change_flag(&self, change: &FlagChange) -> Result<FlagChangeRecord, StoreError> {
+        check_change(change)?;
+        let mut data = self.lock_flags();
+        let key = change.key.as_str();
+        let before = data.flags.get(key).cloned();
+        let last_revision = data.last_revisions.get(key).copied().unwrap_or(0);
+        let planned = plan_change(change, before.as_ref(), last_revision)?;
+        if let Some(after) = &planned.after {
+            // Only for its checks: the memory store refuses exactly what the SQLite store refuses.
+            encode_flag(after)?;
+        }
+        data.set_revision += 1;
+        data.last_revisions.insert(key.to_string(), planned.revision);
+        match &planned.after {
+            Some(after) => {
+                data.flags.insert(key.to_string(), after.clone());
+            }
+            None => {
+                data.flags.remove(key);
+            }
+        }
+        let record = FlagChangeRecord {
+            seq: data.audit.len() as u64 + 1,
+            key: key.to_string(),
+            at: change.at,
+            who: change.who.clone(),
+            why: change.why.clone(),
+            before,
+            after: planned.after,
+        };
+        data.audit.push(record.clone());
+        Ok(record)
+    }
+
+    fn flag_audit(
+        &self,
+        key: Option<&str>,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<FlagChangeRecord>, StoreError> {
+        let data = self.lock_flags();
+        let start = usize::try_from(after_seq)
+            .unwrap_or(usize::MAX)
+            .min(data.audit.len());
+        Ok(data.audit[start..]
+            .iter()
+            .filter(|r| key.is_none_or(|k| r.key == k))
+            .take(limit)
+            .cloned()
+            .collect())
     }
 }

@@ -13,7 +13,11 @@ use cutover_core::rollout::{AppState, Event, Rollout};
 use cutover_core::Timestamp;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
-use crate::{decode_state, encode_commit, Store, StoreError, StoredEvent};
+use crate::flags::{check_change, encode_flag, flag_i64, plan_change};
+use crate::{
+    decode_state, encode_commit, FlagChange, FlagChangeRecord, FlagSet, Store, StoreError, StoredEvent,
+};
+use cutover_flags::Flag;
 
 /// The schema, one migration per version: `MIGRATIONS[i]` takes a file from version `i` to
 /// `i + 1`. Append only; a released migration is never edited, since files out there already ran
@@ -46,6 +50,33 @@ const MIGRATIONS: &[&str] = &[
         rollout_json TEXT NOT NULL,
         PRIMARY KEY (app, id)
     );",
+    // Version 2: feature flags (issue #12).
+    "CREATE TABLE flags (
+        key TEXT PRIMARY KEY NOT NULL,
+        -- Authoritative for compare and swap; the copy inside flag_json is overwritten on read.
+        revision INTEGER NOT NULL,
+        flag_json TEXT NOT NULL
+    );
+    -- One row: the revision of the whole flag set, bumped by every change.
+    CREATE TABLE flag_meta (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        set_revision INTEGER NOT NULL
+    );
+    INSERT INTO flag_meta (id, set_revision) VALUES (1, 0);
+    -- Every change, archived flags included: the flag's history once its row in flags is gone.
+    CREATE TABLE flag_audit (
+        seq INTEGER PRIMARY KEY,
+        at_ms INTEGER NOT NULL,
+        key TEXT NOT NULL,
+        -- The flag's revision as of the change (for an archive, the archived flag's), so a flag
+        -- created again continues from it.
+        revision INTEGER NOT NULL,
+        who TEXT NOT NULL,
+        why TEXT NOT NULL,
+        before_json TEXT,
+        after_json TEXT
+    );
+    CREATE INDEX flag_audit_by_key ON flag_audit (key, seq);",
 ];
 
 /// How long a write waits for another connection's lock (another cutover process, or a person
@@ -191,6 +222,93 @@ impl SqliteStore {
                 self.path.display()
             ),
         }
+    }
+
+    /// [`SqliteStore::corrupt`] for flag data; `key` is `None` for the set's bookkeeping.
+    fn corrupt_flags(&self, key: Option<&str>, what: &str, detail: impl std::fmt::Display) -> StoreError {
+        StoreError::CorruptFlags {
+            key: key.map(str::to_string),
+            reason: format!(
+                "{what} in {} is invalid ({detail}); restore the file from a backup",
+                self.path.display()
+            ),
+        }
+    }
+
+    /// [`SqliteStore::read_err`] for flag data: a value of the wrong type is damage, anything
+    /// else a failure of the database while `action`.
+    fn flag_read_err<'a>(
+        &'a self,
+        key: Option<&'a str>,
+        what: &'a str,
+        action: &'a str,
+    ) -> impl FnOnce(rusqlite::Error) -> StoreError + 'a {
+        move |e| match e {
+            rusqlite::Error::InvalidColumnType(..)
+            | rusqlite::Error::FromSqlConversionFailure(..)
+            | rusqlite::Error::IntegralValueOutOfRange(..)
+            | rusqlite::Error::Utf8Error(..) => self.corrupt_flags(key, what, e),
+            e => (self.db_err(action))(e),
+        }
+    }
+
+    /// A stored flag, checked to be the one its row says. `revision` is the row's, which wins over
+    /// the copy in the JSON: it is what compare and swap compares.
+    fn decode_flag(&self, key: &str, revision: i64, json: &str, what: &str) -> Result<Flag, StoreError> {
+        let mut flag: Flag =
+            serde_json::from_str(json).map_err(|e| self.corrupt_flags(Some(key), what, e))?;
+        if flag.key != key {
+            return Err(self.corrupt_flags(
+                Some(key),
+                what,
+                format!(
+                    "it holds flag {:?}; the file was edited by hand or is damaged",
+                    flag.key
+                ),
+            ));
+        }
+        flag.revision = u64::try_from(revision).map_err(|e| self.corrupt_flags(Some(key), what, e))?;
+        Ok(flag)
+    }
+
+    /// An audit copy of a flag (`before_json` or `after_json`), if there is one.
+    fn decode_audit_flag(
+        &self,
+        key: &str,
+        json: Option<&str>,
+        what: &str,
+    ) -> Result<Option<Flag>, StoreError> {
+        json.map(|json| {
+            let flag: Flag =
+                serde_json::from_str(json).map_err(|e| self.corrupt_flags(Some(key), what, e))?;
+            if flag.key != key {
+                return Err(self.corrupt_flags(
+                    Some(key),
+                    what,
+                    format!(
+                        "it holds flag {:?}; the file was edited by hand or is damaged",
+                        flag.key
+                    ),
+                ));
+            }
+            Ok(flag)
+        })
+        .transpose()
+    }
+
+    /// The set's revision, inside the caller's transaction. The row is made by the migration and
+    /// never deleted by cutover: without it the revision would restart and readers caching by it
+    /// would miss changes, so its absence is damage, not 0.
+    fn set_revision(&self, conn: &Connection, action: &str) -> Result<u64, StoreError> {
+        const WHAT: &str = "the flag set's revision (table flag_meta)";
+        let revision: Option<i64> = conn
+            .query_row("SELECT set_revision FROM flag_meta WHERE id = 1", [], |row| {
+                row.get(0)
+            })
+            .optional()
+            .map_err(self.flag_read_err(None, WHAT, action))?;
+        let revision = revision.ok_or_else(|| self.corrupt_flags(None, WHAT, "its row is missing"))?;
+        u64::try_from(revision).map_err(|e| self.corrupt_flags(None, WHAT, e))
     }
 }
 
@@ -459,6 +577,203 @@ impl Store for SqliteStore {
         raw.into_iter()
             .map(|(id, json)| {
                 serde_json::from_str(&json).map_err(|e| self.corrupt(app, &format!("rollout #{id}"), e))
+            })
+            .collect()
+    }
+
+    fn flags(&self) -> Result<FlagSet, StoreError> {
+        const ACTION: &str = "reading the flags";
+        let mut conn = self.conn();
+        // One read transaction: the revision is that of exactly the flags read with it, even while
+        // another connection writes.
+        let tx = conn.transaction().map_err(self.db_err(ACTION))?;
+        let revision = self.set_revision(&tx, ACTION)?;
+        let raw: Vec<(String, i64, String)> = {
+            let run = || -> rusqlite::Result<Vec<(String, i64, String)>> {
+                // BINARY collation compares UTF-8 bytes, the same order as Rust's `str`.
+                let mut stmt =
+                    tx.prepare_cached("SELECT key, revision, flag_json FROM flags ORDER BY key")?;
+                let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+                rows.collect()
+            };
+            run().map_err(self.flag_read_err(None, "a row of table flags", ACTION))?
+        };
+        tx.finish().map_err(self.db_err(ACTION))?;
+        let flags = raw
+            .into_iter()
+            .map(|(key, revision, json)| {
+                self.decode_flag(&key, revision, &json, &format!("flag {key} (table flags)"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(FlagSet { revision, flags })
+    }
+
+    fn change_flag(&self, change: &FlagChange) -> Result<FlagChangeRecord, StoreError> {
+        check_change(change)?;
+        let key = change.key.as_str();
+        let at_ms = flag_i64(key, "the change time", change.at.as_millis())?;
+        let action = format!("changing flag {key}");
+        let what = format!("flag {key} (table flags)");
+        let mut conn = self.conn();
+        // IMMEDIATE: the write lock is taken before the stored revision is read, so no other
+        // connection can change the flag between the compare and the swap.
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.db_err(action.clone()))?;
+        // Any `?` below drops `tx` uncommitted, which rolls it back: a refused change writes nothing.
+        let row: Option<(i64, String)> = tx
+            .query_row(
+                "SELECT revision, flag_json FROM flags WHERE key = ?1",
+                [key],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()
+            .map_err(self.flag_read_err(Some(key), &what, &action))?;
+        let before = row
+            .map(|(revision, json)| self.decode_flag(key, revision, &json, &what))
+            .transpose()?;
+        let (last_revision, last_seq): (i64, i64) = tx
+            .query_row(
+                "SELECT (SELECT COALESCE(MAX(revision), 0) FROM flag_audit WHERE key = ?1),
+                        (SELECT COALESCE(MAX(seq), 0) FROM flag_audit)",
+                [key],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .map_err(self.flag_read_err(Some(key), "the flag audit (table flag_audit)", &action))?;
+        let last_revision = u64::try_from(last_revision).map_err(|e| {
+            self.corrupt_flags(
+                Some(key),
+                &format!("the revisions of flag {key} (table flag_audit)"),
+                e,
+            )
+        })?;
+        let set_revision = self.set_revision(&tx, &action)?;
+        let planned = plan_change(change, before.as_ref(), last_revision)?;
+        let after_json = planned.after.as_ref().map(encode_flag).transpose()?;
+        let before_json = before.as_ref().map(encode_flag).transpose()?;
+        let revision = flag_i64(key, "the flag revision", planned.revision)?;
+        let new_set_revision = set_revision
+            .checked_add(1)
+            .and_then(|r| i64::try_from(r).ok())
+            .ok_or_else(|| {
+                self.corrupt_flags(
+                    None,
+                    "the flag set's revision (table flag_meta)",
+                    "it cannot be increased further",
+                )
+            })?;
+        let seq = last_seq.checked_add(1).ok_or_else(|| {
+            self.corrupt_flags(
+                None,
+                "the flag audit's last seq (table flag_audit)",
+                "it cannot be increased further",
+            )
+        })?;
+        let write = || -> rusqlite::Result<()> {
+            match &after_json {
+                Some(json) => tx.execute(
+                    "INSERT INTO flags (key, revision, flag_json) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (key) DO UPDATE
+                     SET revision = excluded.revision, flag_json = excluded.flag_json",
+                    params![key, revision, json],
+                )?,
+                // Archived: the row goes, the audit keeps the history.
+                None => tx.execute("DELETE FROM flags WHERE key = ?1", [key])?,
+            };
+            tx.execute(
+                "UPDATE flag_meta SET set_revision = ?1 WHERE id = 1",
+                [new_set_revision],
+            )?;
+            tx.execute(
+                "INSERT INTO flag_audit (seq, at_ms, key, revision, who, why, before_json, after_json)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    seq,
+                    at_ms,
+                    key,
+                    revision,
+                    change.who,
+                    change.why,
+                    before_json,
+                    after_json
+                ],
+            )?;
+            Ok(())
+        };
+        write().map_err(self.db_err(action.clone()))?;
+        tx.commit().map_err(self.db_err(action))?;
+        Ok(FlagChangeRecord {
+            seq: u64::try_from(seq)
+                .map_err(|e| self.corrupt_flags(None, "the flag audit's last seq (table flag_audit)", e))?,
+            key: key.to_string(),
+            at: change.at,
+            who: change.who.clone(),
+            why: change.why.clone(),
+            before,
+            after: planned.after,
+        })
+    }
+
+    fn flag_audit(
+        &self,
+        key: Option<&str>,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<FlagChangeRecord>, StoreError> {
+        const ACTION: &str = "reading the flag audit";
+        const WHAT: &str = "a row of table flag_audit";
+        // Past i64::MAX there is nothing to find.
+        let Ok(after_seq) = i64::try_from(after_seq) else {
+            return Ok(Vec::new());
+        };
+        type Raw = (i64, i64, String, String, String, Option<String>, Option<String>);
+        let raw: Vec<Raw> = {
+            let conn = self.conn();
+            let run = || -> rusqlite::Result<Vec<Raw>> {
+                // Two statements rather than `(?3 IS NULL OR key = ?3)`, which SQLite cannot
+                // answer from the index.
+                let mut stmt = match key {
+                    None => conn.prepare_cached(
+                        "SELECT seq, at_ms, key, who, why, before_json, after_json FROM flag_audit
+                         WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                    )?,
+                    Some(_) => conn.prepare_cached(
+                        "SELECT seq, at_ms, key, who, why, before_json, after_json FROM flag_audit
+                         WHERE key = ?3 AND seq > ?1 ORDER BY seq LIMIT ?2",
+                    )?,
+                };
+                let map = |row: &rusqlite::Row<'_>| {
+                    Ok((
+                        row.get(0)?,
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get(3)?,
+                        row.get(4)?,
+                        row.get(5)?,
+                        row.get(6)?,
+                    ))
+                };
+                let rows = match key {
+                    None => stmt.query_map(params![after_seq, sql_limit(limit)], map)?,
+                    Some(key) => stmt.query_map(params![after_seq, sql_limit(limit), key], map)?,
+                };
+                rows.collect()
+            };
+            run().map_err(self.flag_read_err(key, WHAT, ACTION))?
+        };
+        raw.into_iter()
+            .map(|(seq, at_ms, key, who, why, before_json, after_json)| {
+                let what = format!("audit record {seq} of flag {key} (table flag_audit)");
+                let corrupt = |e| self.corrupt_flags(Some(&key), &what, e);
+                Ok(FlagChangeRecord {
+                    seq: u64::try_from(seq).map_err(corrupt)?,
+                    at: Timestamp(u64::try_from(at_ms).map_err(corrupt)?),
+                    before: self.decode_audit_flag(&key, before_json.as_deref(), &what)?,
+                    after: self.decode_audit_flag(&key, after_json.as_deref(), &what)?,
+                    key,
+                    who,
+                    why,
+                })
             })
             .collect()
     }

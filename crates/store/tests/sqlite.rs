@@ -7,7 +7,8 @@ use std::path::Path;
 
 use cutover_core::rollout::{handle, AppState, Event, Input};
 use cutover_core::{ReleaseSpec, RolloutPolicy, Timestamp};
-use cutover_store::{SqliteStore, Store, StoreError};
+use cutover_flags::Flag;
+use cutover_store::{FlagChange, FlagSet, SqliteStore, Store, StoreError};
 use rusqlite::Connection;
 
 fn addr(port: u16) -> SocketAddr {
@@ -183,7 +184,7 @@ fn opening_a_file_twice_keeps_its_schema_version() {
             &raw(&path),
             "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'"
         ),
-        3
+        6
     );
 }
 
@@ -367,4 +368,288 @@ fn the_state_file_and_its_directory_are_private() {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     let _store = SqliteStore::open(&path).unwrap();
     assert_eq!(mode(&path), 0o600, "an existing state file is made private");
+}
+
+/// The schema of version 1, as released before flags: a file that cutover wrote, to upgrade.
+const SCHEMA_V1: &str = "CREATE TABLE apps (
+        app TEXT PRIMARY KEY NOT NULL,
+        state_json TEXT NOT NULL,
+        updated_at_ms INTEGER
+    );
+    CREATE TABLE events (
+        app TEXT NOT NULL REFERENCES apps(app),
+        seq INTEGER NOT NULL,
+        at_ms INTEGER NOT NULL,
+        rollout_id INTEGER,
+        kind TEXT NOT NULL,
+        message TEXT NOT NULL,
+        data_json TEXT NOT NULL,
+        PRIMARY KEY (app, seq)
+    );
+    CREATE INDEX events_by_rollout ON events (app, rollout_id, seq);
+    CREATE TABLE rollouts (
+        app TEXT NOT NULL REFERENCES apps(app),
+        id INTEGER NOT NULL,
+        phase TEXT NOT NULL,
+        version TEXT NOT NULL,
+        started_at_ms INTEGER NOT NULL,
+        rollout_json TEXT NOT NULL,
+        PRIMARY KEY (app, id)
+    );
+    PRAGMA user_version = 1;";
+
+fn flag(key: &str, default_variant: &str) -> Flag {
+    serde_json::from_value(serde_json::json!({
+        "key": key,
+        "type": "boolean",
+        "variants": { "on": true, "off": false },
+        "default_variant": default_variant,
+        "owner": "team-payments",
+        "description": "The new checkout",
+        "expires": "2027-03-31",
+    }))
+    .unwrap()
+}
+
+fn change(key: &str, after: Option<Flag>, expected_revision: Option<u64>) -> FlagChange {
+    FlagChange {
+        key: key.into(),
+        after,
+        expected_revision,
+        who: "ci-token".into(),
+        why: "test".into(),
+        at: Timestamp(1_700_000_000_000),
+    }
+}
+
+#[test]
+fn a_state_file_of_version_1_is_upgraded_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let (state, events) = deployed();
+    {
+        let old = raw(&path);
+        old.execute_batch(SCHEMA_V1).unwrap();
+        old.execute(
+            "INSERT INTO apps (app, state_json, updated_at_ms) VALUES ('web', ?1, 0)",
+            [serde_json::to_string(&state).unwrap()],
+        )
+        .unwrap();
+        old.execute(
+            "INSERT INTO events (app, seq, at_ms, rollout_id, kind, message, data_json)
+             VALUES ('web', 1, 5, 1, 'deploy', 'old event', '{\"n\": 1}')",
+            [],
+        )
+        .unwrap();
+    }
+
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(
+        count(&raw(&path), "PRAGMA user_version"),
+        i64::from(SqliteStore::SCHEMA_VERSION)
+    );
+    assert_eq!(
+        store.load("web").unwrap(),
+        Some(state.clone()),
+        "the old state is kept"
+    );
+    assert_eq!(store.events("web", None, 0, 10).unwrap().len(), 1);
+    assert_eq!(store.flags().unwrap(), FlagSet::default());
+    assert!(store.flag_audit(None, 0, 10).unwrap().is_empty());
+
+    let record = store
+        .change_flag(&change(
+            "new_checkout",
+            Some(flag("new_checkout", "off")),
+            Some(0),
+        ))
+        .unwrap();
+    assert_eq!(record.seq, 1);
+    assert_eq!(store.flags().unwrap().revision, 1);
+    // The upgraded file still takes commits, numbered after the old events.
+    assert_eq!(store.commit(&state, &events).unwrap()[0].seq, 2);
+}
+
+#[test]
+fn flags_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let (set, audit) = {
+        let store = SqliteStore::open(&path).unwrap();
+        store
+            .change_flag(&change("a", Some(flag("a", "off")), None))
+            .unwrap();
+        store
+            .change_flag(&change("b", Some(flag("b", "off")), None))
+            .unwrap();
+        store
+            .change_flag(&change("a", Some(flag("a", "on")), Some(1)))
+            .unwrap();
+        store.change_flag(&change("b", None, Some(1))).unwrap();
+        (store.flags().unwrap(), store.flag_audit(None, 0, 100).unwrap())
+    };
+    assert_eq!(set.revision, 4);
+    assert_eq!(set.flags.len(), 1);
+
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.flags().unwrap(), set);
+    assert_eq!(store.flag_audit(None, 0, 100).unwrap(), audit);
+    // Revisions and numbering continue, also for the flag archived before the restart.
+    let record = store
+        .change_flag(&change("b", Some(flag("b", "on")), Some(0)))
+        .unwrap();
+    assert_eq!(record.seq, 5);
+    assert_eq!(record.after.map(|f| f.revision), Some(2));
+    assert_eq!(store.flags().unwrap().revision, 5);
+}
+
+#[test]
+fn a_flag_change_that_fails_midway_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let store = SqliteStore::open(&path).unwrap();
+    store
+        .change_flag(&change("a", Some(flag("a", "off")), None))
+        .unwrap();
+    let before = (store.flags().unwrap(), store.flag_audit(None, 0, 100).unwrap());
+
+    // The audit record is written last: make it fail after the flag and the set revision were.
+    raw(&path)
+        .execute_batch(
+            "CREATE TRIGGER refuse_audit BEFORE INSERT ON flag_audit
+             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+        )
+        .unwrap();
+    for attempt in [
+        change("a", Some(flag("a", "on")), Some(1)),
+        change("a", None, None),
+        change("b", Some(flag("b", "on")), None),
+    ] {
+        let err = store.change_flag(&attempt).unwrap_err();
+        assert!(matches!(err, StoreError::Database { .. }), "{err:?}");
+        let message = err.to_string();
+        assert!(message.contains(&format!("flag {}", attempt.key)), "{message}");
+        assert_eq!(
+            (store.flags().unwrap(), store.flag_audit(None, 0, 100).unwrap()),
+            before,
+            "rolled back"
+        );
+    }
+
+    raw(&path).execute_batch("DROP TRIGGER refuse_audit").unwrap();
+    let record = store
+        .change_flag(&change("a", Some(flag("a", "on")), Some(1)))
+        .unwrap();
+    assert_eq!((record.seq, record.after.map(|f| f.revision)), (2, Some(2)));
+}
+
+#[test]
+fn corrupt_flags_are_errors_naming_the_flag_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let store = SqliteStore::open(&path).unwrap();
+    store
+        .change_flag(&change("a", Some(flag("a", "off")), None))
+        .unwrap();
+    store
+        .change_flag(&change("b", Some(flag("b", "off")), None))
+        .unwrap();
+    let conn = raw(&path);
+    let corrupt_flag = |err: StoreError, key: &str| {
+        match &err {
+            StoreError::CorruptFlags { key: Some(k), .. } => assert_eq!(k, key, "{err}"),
+            other => panic!("expected CorruptFlags of {key}, got {other:?}"),
+        }
+        let message = err.to_string();
+        assert!(message.contains(&format!("flag {key}")), "{message}");
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(message.contains("backup"), "says what to do: {message}");
+    };
+
+    conn.execute("UPDATE flags SET flag_json = '{\"key\":' WHERE key = 'b'", [])
+        .unwrap();
+    corrupt_flag(store.flags().unwrap_err(), "b");
+    // A change of the damaged flag reads it first: refused the same way, nothing written.
+    corrupt_flag(
+        store
+            .change_flag(&change("b", Some(flag("b", "on")), None))
+            .unwrap_err(),
+        "b",
+    );
+    assert_eq!(count(&conn, "SELECT COUNT(*) FROM flag_audit"), 2);
+    // Other flags can still be changed.
+    store
+        .change_flag(&change("a", Some(flag("a", "on")), None))
+        .unwrap();
+
+    // Valid JSON of another flag.
+    conn.execute(
+        "UPDATE flags SET flag_json = (SELECT flag_json FROM flags WHERE key = 'a') WHERE key = 'b'",
+        [],
+    )
+    .unwrap();
+    corrupt_flag(store.flags().unwrap_err(), "b");
+
+    conn.execute("UPDATE flags SET flag_json = (SELECT after_json FROM flag_audit WHERE seq = 2), revision = 'one' WHERE key = 'b'", [])
+        .unwrap();
+    let err = store.flags().unwrap_err();
+    assert!(matches!(err, StoreError::CorruptFlags { .. }), "{err:?}");
+    conn.execute("UPDATE flags SET revision = 1 WHERE key = 'b'", [])
+        .unwrap();
+    assert_eq!(store.flags().unwrap().flags.len(), 2, "repaired");
+
+    conn.execute("UPDATE flag_audit SET after_json = 'nope' WHERE seq = 1", [])
+        .unwrap();
+    corrupt_flag(store.flag_audit(None, 0, 10).unwrap_err(), "a");
+    assert!(
+        store.flag_audit(Some("b"), 0, 10).is_ok(),
+        "another flag's audit still reads"
+    );
+    conn.execute(
+        "UPDATE flag_audit SET after_json = NULL, at_ms = -1 WHERE seq = 1",
+        [],
+    )
+    .unwrap();
+    corrupt_flag(store.flag_audit(Some("a"), 0, 10).unwrap_err(), "a");
+
+    conn.execute("DELETE FROM flag_meta", []).unwrap();
+    let err = store.flags().unwrap_err();
+    assert!(
+        matches!(&err, StoreError::CorruptFlags { key: None, .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("flag_meta"), "{err}");
+    assert!(matches!(
+        store.change_flag(&change("a", None, None)),
+        Err(StoreError::CorruptFlags { key: None, .. })
+    ));
+}
+
+#[test]
+fn a_flag_change_is_visible_whole_to_another_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let store = SqliteStore::open(&path).unwrap();
+    store
+        .change_flag(&change("a", Some(flag("a", "off")), None))
+        .unwrap();
+    store
+        .change_flag(&change("a", Some(flag("a", "on")), Some(1)))
+        .unwrap();
+    let other = raw(&path);
+    let (revision, json): (i64, String) = other
+        .query_row(
+            "SELECT revision, flag_json FROM flags WHERE key = 'a'",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(revision, 2);
+    let stored: Flag = serde_json::from_str(&json).unwrap();
+    assert_eq!((stored.default_variant.as_str(), stored.revision), ("on", 2));
+    assert_eq!(count(&other, "SELECT set_revision FROM flag_meta"), 2);
+    assert_eq!(
+        count(&other, "SELECT COUNT(*) FROM flag_audit WHERE key = 'a'"),
+        2
+    );
 }

@@ -476,6 +476,7 @@ mod tests {
             server: Default::default(),
             admin: Default::default(),
             apps: Vec::new(),
+            flags: None,
         });
         let app = vec![Step::Key("app".into())];
         s.dropped.push((app.clone(), 1));
