@@ -360,7 +360,11 @@ async fn events(State(service): State<Arc<FlagService>>, headers: HeaderMap) -> 
         return unauthorized(&headers);
     }
     let receiver = service.subscribe();
-    let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
+    // A comment first: the client knows it is subscribed (and a proxy in between flushes).
+    let greeting = futures_util::stream::once(async {
+        Ok::<_, Infallible>(SseEvent::default().comment("subscribed to flag changes"))
+    });
+    let changes = futures_util::stream::unfold(receiver, |mut receiver| async move {
         let data = match receiver.recv().await {
             Ok(revision) => serde_json::json!({ "type": "refetchEvaluation", "etag": revision.to_string() }),
             // Missed some: one re-fetch covers them all.
@@ -370,5 +374,6 @@ async fn events(State(service): State<Arc<FlagService>>, headers: HeaderMap) -> 
         let event = SseEvent::default().event("message").data(data.to_string());
         Some((Ok::<_, Infallible>(event), receiver))
     });
+    let stream = futures_util::StreamExt::chain(greeting, changes);
     Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
 }
