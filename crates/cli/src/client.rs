@@ -111,6 +111,27 @@ impl Client {
         self.send(self.http.get(format!("{}{path}", self.base))).await
     }
 
+    pub async fn put(&self, path: &str, body: Value) -> Result<Value> {
+        let token = self.token()?;
+        self.send(
+            self.http
+                .put(format!("{}{path}", self.base))
+                .bearer_auth(token)
+                .json(&body),
+        )
+        .await
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<Value> {
+        let token = self.token()?;
+        self.send(
+            self.http
+                .delete(format!("{}{path}", self.base))
+                .bearer_auth(token),
+        )
+        .await
+    }
+
     pub async fn post(&self, path: &str, body: Value) -> Result<Value> {
         let token = self.token()?;
         self.send(

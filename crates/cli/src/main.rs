@@ -19,6 +19,7 @@ macro_rules! out {
 
 mod client;
 mod demo;
+mod flag;
 mod simulate;
 
 use std::path::PathBuf;
@@ -129,6 +130,11 @@ enum Command {
         app: String,
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
+    },
+    /// Feature flags of the flag service: list, show, set, kill, unkill, archive, audit.
+    Flag {
+        #[command(subcommand)]
+        command: flag::FlagCommand,
     },
     /// Show the proxy at work on this machine: two versions of the example app, a sticky ramp
     /// from 0 to 100 % and back, and the split observed at each step.
@@ -297,6 +303,7 @@ async fn run(command: Command, connection: client::Connection) -> Result<ExitCod
         Command::Abort { app } => client::command(&api()?, &app, "abort").await,
         Command::Rollback { app } => client::command(&api()?, &app, "rollback").await,
         Command::History { app, output } => client::history(&api()?, &app, output == Output::Json).await,
+        Command::Flag { command } => flag::run(&api()?, command).await,
         Command::Serve { config } => serve(config).await,
         Command::Config {
             command: ConfigCommand::Check { file },

@@ -49,11 +49,14 @@ fn flag(key: &str, kind: &str, variants: Value, default: &str, extra: Value) -> 
     flag
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_python_openfeature_sdk_evaluates_cutovers_flags_over_ofrep() {
-    let python = python();
-    let spec = workspace().join("../shared/ofrep/openapi.yaml");
-    assert!(spec.exists(), "the OFREP spec is read from {}", spec.display());
+/// `cutover serve` with a flag service and one static app: its directory, process, admin and
+/// OFREP base URLs.
+fn serve_with_flags() -> (
+    tempfile::TempDir,
+    cutover_test_support::ChildProcess,
+    String,
+    String,
+) {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("flags.keys");
     std::fs::write(&keys, format!("python-client {KEY}\n")).unwrap();
@@ -87,10 +90,19 @@ green = {{ version = "", backends = [] }}
         ),
     )
     .unwrap();
-    let (_serve, ready) = common::serve(&config, TOKEN);
+    let (serve, ready) = common::serve(&config, TOKEN);
     let admin = format!("http://{}", ready["bound"]["admin"].as_str().unwrap());
     let ofrep = format!("http://{}", ready["bound"]["flags"].as_str().unwrap());
 
+    (dir, serve, admin, ofrep)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_openfeature_sdk_evaluates_cutovers_flags_over_ofrep() {
+    let python = python();
+    let spec = workspace().join("../shared/ofrep/openapi.yaml");
+    assert!(spec.exists(), "the OFREP spec is read from {}", spec.display());
+    let (_dir, _serve, admin, ofrep) = serve_with_flags();
     let flags = [
         flag(
             "dark-mode",
@@ -160,4 +172,79 @@ green = {{ version = "", backends = [] }}
         out.status.success() && stdout.contains("OK"),
         "the OpenFeature client failed:\n{stdout}\n{stderr}"
     );
+}
+
+/// `cutover flag`: set from a TOML file, list, kill, show, audit, archive; bad input refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_flag_commands_manage_the_flag_service() {
+    let (dir, _serve, admin, _ofrep) = serve_with_flags();
+    let cli = |args: &[&str]| common::cli(&admin, TOKEN, args);
+    let file = dir.path().join("checkout.toml");
+    std::fs::write(
+        &file,
+        r#"
+key = "checkout"
+type = "boolean"
+variants = { on = true, off = false }
+default_variant = "off"
+owner = "team-payments"
+description = "The new checkout"
+expires = "2027-03-31"
+split = [{ variant = "on", weight = 100 }, { variant = "off", weight = 9900 }]
+"#,
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let (code, out) = cli(&["flag", "set", "checkout", "--file", file, "--reason", "ship dark"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("revision 1"), "{out}");
+    let (code, out) = cli(&["flag", "list"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("checkout") && out.contains("team-payments") && out.contains("2027-03-31"),
+        "{out}"
+    );
+    let (code, out) = cli(&["flag", "kill", "checkout", "--reason", "errors"]);
+    assert_eq!(code, 0, "{out}");
+    let (_, out) = cli(&["flag", "show", "checkout"]);
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["enabled"], false);
+    let (_, out) = cli(&["flag", "list", "--json"]);
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed["revision"], 2);
+    let (_, out) = cli(&["flag", "audit", "checkout"]);
+    assert!(out.contains("ship dark") && out.contains("errors"), "{out}");
+    // A stale revision is refused (exit 3) and changes nothing.
+    let (code, out) = cli(&[
+        "flag",
+        "set",
+        "checkout",
+        "--file",
+        file,
+        "--reason",
+        "ramp",
+        "--expected-revision",
+        "1",
+    ]);
+    assert_eq!(code, 3, "{out}");
+    // An invalid flag: every problem, nothing changed.
+    std::fs::write(dir.path().join("bad.toml"), "key = \"checkout\"\ntype = \"boolean\"\nvariants = { on = 1 }\ndefault_variant = \"off\"\nowner = \"\"\ndescription = \"x\"\n").unwrap();
+    let bad = dir.path().join("bad.toml");
+    let (code, out) = cli(&[
+        "flag",
+        "set",
+        "checkout",
+        "--file",
+        bad.to_str().unwrap(),
+        "--reason",
+        "x",
+    ]);
+    assert_ne!(code, 0, "{out}");
+    for field in ["variants.on", "default_variant", "owner", "expires"] {
+        assert!(out.contains(field), "{field}: {out}");
+    }
+    let (code, out) = cli(&["flag", "archive", "checkout", "--reason", "done"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, _) = cli(&["flag", "show", "checkout"]);
+    assert_ne!(code, 0);
 }
