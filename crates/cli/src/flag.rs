@@ -13,10 +13,10 @@ use crate::client::Client;
 pub enum FlagCommand {
     /// Every flag: key, type, state, owner, expiry.
     List {
-        #[arg(long)]
-        json: bool,
+        #[arg(long, value_enum, default_value = "text")]
+        output: crate::Output,
     },
-    /// One flag, whole.
+    /// One flag, whole, as JSON.
     Show { key: String },
     /// Create or replace a flag from a file holding one flag (TOML or JSON), e.g.
     /// `cutover flag set new-checkout --file flags/new-checkout.toml --reason "ship dark"`.
@@ -78,9 +78,9 @@ fn read_flag(file: &PathBuf) -> Result<Value> {
 
 pub async fn run(client: &Client, command: FlagCommand) -> Result<ExitCode> {
     match command {
-        FlagCommand::List { json } => {
+        FlagCommand::List { output } => {
             let all = client.get("/v1/flags").await?;
-            if json {
+            if output == crate::Output::Json {
                 out!("{}", serde_json::to_string_pretty(&all)?);
                 return Ok(ExitCode::SUCCESS);
             }

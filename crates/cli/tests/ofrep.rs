@@ -218,7 +218,7 @@ split = [{ variant = "on", weight = 100 }, { variant = "off", weight = 9900 }]
     let (_, out) = cli(&["flag", "show", "checkout"]);
     let shown: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(shown["enabled"], false);
-    let (_, out) = cli(&["flag", "list", "--json"]);
+    let (_, out) = cli(&["flag", "list", "--output", "json"]);
     let listed: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(listed["revision"], 2);
     let (_, out) = cli(&["flag", "audit", "checkout"]);
