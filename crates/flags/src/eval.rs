@@ -84,8 +84,7 @@ pub fn evaluate<'f>(flag: &'f Flag, context: &Map<String, Value>) -> Result<Reso
     }
     if !flag.split.is_empty() {
         let key = targeting_key.ok_or(EvalError::TargetingKeyMissing)?;
-        let weights: Vec<u32> = flag.split.iter().map(|e| e.weight).collect();
-        if let Some(i) = bucket::pick(&flag.key, key, &weights) {
+        if let Some(i) = bucket::pick(&flag.key, key, flag.split.iter().map(|e| e.weight)) {
             return resolve(flag, &flag.split[i].variant, Reason::Split);
         }
     }
