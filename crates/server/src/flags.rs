@@ -79,14 +79,12 @@ pub fn load_api_keys(path: &Path) -> Result<(Vec<ApiKey>, bool), KeysError> {
         path: display.clone(),
         source,
     };
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = format!("{:032x}{:032x}", rand::random::<u128>(), rand::random::<u128>());
-            if let Some(dir) = path.parent() {
-                crate::create_private_dir(dir).map_err(io)?;
-            }
-            crate::write_private(path, &format!("default {key}")).map_err(io)?;
+    let text = match crate::read_secret_file(path).map_err(io)? {
+        crate::SecretFile::Text(text) => text,
+        crate::SecretFile::Open { mode } => return Err(KeysError::Open { path: display, mode }),
+        crate::SecretFile::Missing => {
+            let key = crate::random_secret();
+            crate::create_secret_file(path, &format!("default {key}")).map_err(io)?;
             return Ok((
                 vec![ApiKey {
                     name: "default".into(),
@@ -95,15 +93,7 @@ pub fn load_api_keys(path: &Path) -> Result<(Vec<ApiKey>, bool), KeysError> {
                 true,
             ));
         }
-        Err(e) => return Err(io(e)),
     };
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(KeysError::Open { path: display, mode });
-        }
-    }
     let mut keys = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -208,9 +198,6 @@ impl FlagService {
             ValidationErrors::check(problems).map_err(FlagError::Invalid)?;
         }
         let _writing = self.writing.lock().await;
-        if after.is_none() && self.index().get(key).is_none() {
-            return Err(FlagError::NotFound(key.to_string()));
-        }
         let record = self.store.change_flag(&FlagChange {
             key: key.to_string(),
             after,
@@ -251,14 +238,7 @@ impl FlagService {
             .get("x-api-key")
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
-            .or_else(|| {
-                headers
-                    .get(header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.split_once(' '))
-                    .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-                    .map(|(_, key)| key.trim())
-            })?;
+            .or_else(|| crate::admin::bearer_token(headers))?;
         // Every key is compared, in constant time each, so timing tells nothing of which matched.
         let mut found = None;
         for k in &self.keys {

@@ -196,25 +196,21 @@ pub fn resolve_admin_token(
         path: path.display().to_string(),
         source,
     };
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let display = path.display().to_string();
-            let mode = {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::metadata(&path).map_err(err)?.permissions().mode() & 0o777
+    let display = path.display().to_string();
+    match read_secret_file(&path).map_err(err)? {
+        SecretFile::Open { mode } => {
+            let who = if mode & 0o007 != 0 {
+                "every user"
+            } else {
+                "its group"
             };
-            if mode & 0o077 != 0 {
-                let who = if mode & 0o007 != 0 {
-                    "every user"
-                } else {
-                    "its group"
-                };
-                return Err(ServeError::TokenFileOpen {
-                    path: display,
-                    who,
-                    mode,
-                });
-            }
+            Err(ServeError::TokenFileOpen {
+                path: display,
+                who,
+                mode,
+            })
+        }
+        SecretFile::Text(text) => {
             let token = text.trim().to_string();
             if token.is_empty() {
                 return Err(ServeError::EmptyToken { path: display });
@@ -226,16 +222,50 @@ pub fn resolve_admin_token(
             )?;
             Ok((token, TokenSource::File(path)))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let token = format!("{:032x}{:032x}", rand::random::<u128>(), rand::random::<u128>());
-            if let Some(dir) = path.parent() {
-                create_private_dir(dir).map_err(err)?;
-            }
-            write_private(&path, &token).map_err(err)?;
+        SecretFile::Missing => {
+            let token = random_secret();
+            create_secret_file(&path, &token).map_err(err)?;
             Ok((token, TokenSource::Generated(path)))
         }
-        Err(e) => Err(err(e)),
     }
+}
+
+/// A file of secrets cutover reads (the admin token, the flag service's API keys).
+pub(crate) enum SecretFile {
+    Missing,
+    /// It exists but its group or others may read it (`mode`): refused, never read.
+    Open {
+        mode: u32,
+    },
+    Text(String),
+}
+
+pub(crate) fn read_secret_file(path: &Path) -> std::io::Result<SecretFile> {
+    use std::os::unix::fs::PermissionsExt;
+    let metadata = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(SecretFile::Missing),
+        Err(e) => return Err(e),
+    };
+    let mode = metadata.permissions().mode() & 0o777;
+    // A directory or the like: reading it gives the error that says so.
+    if metadata.is_file() && mode & 0o077 != 0 {
+        return Ok(SecretFile::Open { mode });
+    }
+    std::fs::read_to_string(path).map(SecretFile::Text)
+}
+
+/// A new random secret: 64 hex characters, 256 bits.
+pub(crate) fn random_secret() -> String {
+    format!("{:032x}{:032x}", rand::random::<u128>(), rand::random::<u128>())
+}
+
+/// Writes a new secret file, 0600, in a directory created 0700 if missing.
+pub(crate) fn create_secret_file(path: &Path, contents: &str) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        create_private_dir(dir)?;
+    }
+    write_private(path, contents)
 }
 
 /// Creates `dir` (and its missing parents) as 0700 whatever the umask; an existing directory
@@ -323,12 +353,13 @@ fn bind_listener(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener>
     socket.listen(backlog)
 }
 
-/// Serves the admin API over HTTP/1.1 until `shutdown`, then lets open requests finish (event
-/// streams are cut after a few seconds).
+/// Serves an API of cutover's own (`name`: the admin API, the flag service) over HTTP/1.1 until
+/// `shutdown`, then lets open requests finish (event streams are cut after a few seconds).
 ///
 /// Not `axum::serve`: that has no timer, so a client trickling a request head holds a connection
 /// (and a task) forever. Here a head must arrive whole within `header_read_timeout`.
-async fn serve_admin(
+async fn serve_api(
+    name: &'static str,
     listener: TcpListener,
     router: axum::Router,
     header_read_timeout: std::time::Duration,
@@ -348,7 +379,7 @@ async fn serve_admin(
                 Ok((stream, _)) => stream,
                 Err(e) => {
                     // Out of file descriptors, say: wait a moment rather than spin.
-                    tracing::warn!(error = %e, "admin listener: accept failed");
+                    tracing::warn!(listener = name, error = %e, "accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
@@ -376,7 +407,10 @@ async fn serve_admin(
         .await
         .is_err()
     {
-        tracing::info!("admin connections still open after 5 s of shutdown; cut");
+        tracing::info!(
+            listener = name,
+            "connections still open after 5 s of shutdown; cut"
+        );
         connections.shutdown().await;
     }
 }
@@ -640,14 +674,16 @@ pub async fn start(
             drain,
         ));
     }
+    let header_read_timeout = std::time::Duration::from_millis(config.admin.header_read_timeout_ms);
     let mut flags_addr = None;
     let flag_service = match flags {
         Some((service, listener, addr)) => {
             flags_addr = Some(addr);
-            tasks.spawn(serve_admin(
+            tasks.spawn(serve_api(
+                "flags",
                 listener,
                 flags::ofrep_router(Arc::clone(&service)),
-                std::time::Duration::from_millis(config.admin.header_read_timeout_ms),
+                header_read_timeout,
                 shutdown.clone(),
             ));
             Some(service)
@@ -660,13 +696,12 @@ pub async fn start(
         token: admin_token,
         flags: flag_service,
     });
-    let admin_shutdown = shutdown.clone();
-    let header_read_timeout = std::time::Duration::from_millis(config.admin.header_read_timeout_ms);
-    tasks.spawn(serve_admin(
+    tasks.spawn(serve_api(
+        "admin",
         admin_listener,
         admin::router(state),
         header_read_timeout,
-        admin_shutdown,
+        shutdown.clone(),
     ));
     Ok(Running {
         bound: Bound {
