@@ -5,7 +5,10 @@
 //! a bounded load of sticky, logged-in users against the public listener while it deploys:
 //! - v2, healthy: through every canary step to promotion;
 //! - v3 with 5 % errors: rolled back automatically by the judge;
-//! - v4 that never becomes ready: fails in provisioning with no traffic shifted.
+//! - v4 that never becomes ready: fails in provisioning with no traffic shifted;
+//! - deploy is not release: the new session validator, shipped dark behind a feature flag in
+//!   the live version, is ramped by a guarded ramp from 1 %; its flagged users are logged out,
+//!   the judge sees their 401s, and the flag is killed automatically, with no redeploy.
 //!
 //! Timings are compressed (one-second analysis windows) so the demo takes about a minute. It ends
 //! with a table of the rollouts, their decisions and what users saw.
@@ -43,11 +46,20 @@ struct Served {
     failed: u64,
 }
 
-/// What users saw, per version that answered ("-" for requests no version answered).
+/// What users saw, per version that answered ("-" for requests no version answered), and apart
+/// from it what they saw while a flag was being ramped.
 #[derive(Default)]
 struct LoadStats {
     by_version: BTreeMap<String, Served>,
+    /// Set while the flag chapter runs: requests are counted in `flag` instead.
+    flag_chapter: bool,
+    flag: Served,
+    /// Users who got a failure during the flag chapter.
+    flag_failed_users: std::collections::BTreeSet<usize>,
 }
+
+/// The flag the example app reads: on, it rejects every session (the incompatible-session bug).
+const FLAG: &str = "new_session_validator";
 
 pub async fn run(options: DemoOptions) -> Result<ExitCode> {
     let started = Instant::now();
@@ -101,6 +113,10 @@ pub async fn run(options: DemoOptions) -> Result<ExitCode> {
     }];
     app.verify.prewarm_paths = vec!["/".into()];
     app.verify.prewarm_requests = 5;
+    app.flags = Some(cutover_server::config::AppFlagsConfig {
+        forward: vec![FLAG.into()],
+        ..cutover_server::config::AppFlagsConfig::default()
+    });
     let config = Config {
         server: ServerConfig {
             state_dir: dir.path().join("state"),
@@ -111,10 +127,17 @@ pub async fn run(options: DemoOptions) -> Result<ExitCode> {
             ..AdminConfig::default()
         },
         apps: vec![app],
-        flags: None,
+        flags: Some(cutover_server::config::FlagsConfig {
+            listen: loopback,
+            ..cutover_server::config::FlagsConfig::default()
+        }),
     };
     let token = format!("{:032x}", rand::random::<u128>());
-    let running = cutover_server::start(config, token, StartOptions::new(dir.path())).await?;
+    let running = cutover_server::start(config, token.clone(), StartOptions::new(dir.path())).await?;
+    let admin = Admin {
+        base: format!("http://{}", running.bound.admin),
+        token,
+    };
     let public = running
         .bound
         .apps
@@ -133,7 +156,7 @@ pub async fn run(options: DemoOptions) -> Result<ExitCode> {
     );
     out!("state and instance logs in {}", dir.path().display());
 
-    let result = scenario(&controller, public, &options).await;
+    let result = scenario(&controller, public, &admin, &options).await;
     // Instances outlive `cutover serve` by design (they are re-adopted after a restart); the demo
     // cleans up after itself.
     for slot in cutover_core::Slot::ALL {
@@ -149,7 +172,55 @@ pub async fn run(options: DemoOptions) -> Result<ExitCode> {
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-async fn scenario(controller: &Arc<Controller>, public: SocketAddr, options: &DemoOptions) -> Result<bool> {
+/// The admin API, for the flag chapter (flags are changed as a user would change them).
+struct Admin {
+    base: String,
+    token: String,
+}
+
+impl Admin {
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<serde_json::Value> {
+        let response = request.bearer_auth(&self.token).send().await?;
+        let status = response.status();
+        let body: serde_json::Value = response.json().await?;
+        if !status.is_success() {
+            bail!("admin API answered {status}: {body}");
+        }
+        Ok(body)
+    }
+
+    async fn put(&self, path: &str, body: serde_json::Value) -> Result<serde_json::Value> {
+        let client = reqwest::Client::builder().no_proxy().build()?;
+        self.send(client.put(format!("{}{path}", self.base)).json(&body))
+            .await
+    }
+
+    async fn post(&self, path: &str, body: serde_json::Value) -> Result<serde_json::Value> {
+        let client = reqwest::Client::builder().no_proxy().build()?;
+        self.send(client.post(format!("{}{path}", self.base)).json(&body))
+            .await
+    }
+
+    async fn get(&self, path: &str) -> Result<serde_json::Value> {
+        let client = reqwest::Client::builder().no_proxy().build()?;
+        self.send(client.get(format!("{}{path}", self.base))).await
+    }
+}
+
+/// What the flag chapter found.
+struct FlagOutcome {
+    phase: String,
+    /// From the start of the ramp to the automatic kill.
+    to_kill: Option<Duration>,
+    reason: String,
+}
+
+async fn scenario(
+    controller: &Arc<Controller>,
+    public: SocketAddr,
+    admin: &Admin,
+    options: &DemoOptions,
+) -> Result<bool> {
     out!("\n== v1 goes live (first release: nothing to compare against)");
     let v1 = deploy_and_wait(controller, "v1", None, true).await?;
 
@@ -169,12 +240,14 @@ async fn scenario(controller: &Arc<Controller>, public: SocketAddr, options: &De
         let v3 = deploy_and_wait(controller, "v3", Some("--error-rate 0.05"), true).await?;
         out!("\n== v4 never becomes ready: provisioning should fail with no traffic shifted");
         let v4 = deploy_and_wait(controller, "v4", Some("--fail-ready"), true).await?;
-        anyhow::Ok((v2, v3, v4))
+        out!("\n== deploy is not release: {FLAG}, shipped dark in v2, ramped from 1 % by a guarded ramp");
+        let flag = flag_chapter(admin, &stats).await?;
+        anyhow::Ok((v2, v3, v4, flag))
     }
     .await;
     stop.store(true, Ordering::Relaxed);
     load.await.context("load generator")?;
-    let (v2, v3, v4) = rollouts?;
+    let (v2, v3, v4, flag) = rollouts?;
 
     let outcomes = [
         (&v1, "succeeded"),
@@ -183,7 +256,81 @@ async fn scenario(controller: &Arc<Controller>, public: SocketAddr, options: &De
         (&v4, "failed"),
     ];
     print_report(controller, &outcomes, &stats).await?;
-    Ok(outcomes.iter().all(|(r, want)| r.phase.name() == *want))
+    let s = stats.lock().unwrap_or_else(PoisonError::into_inner);
+    out!(
+        "\nflag {FLAG}: ramp {} ({}), killed {} after the ramp started, with no redeploy",
+        flag.phase,
+        flag.reason,
+        flag.to_kill
+            .map_or("-".to_string(), |d| format!("{:.1} s", d.as_secs_f64()))
+    );
+    out!(
+        "while it ramped: {} user requests, {} failed, {} users affected (of {} users)",
+        s.flag.ok + s.flag.failed,
+        s.flag.failed,
+        s.flag_failed_users.len(),
+        options.users
+    );
+    Ok(outcomes.iter().all(|(r, want)| r.phase.name() == *want) && flag.phase == "killed")
+}
+
+/// Creates the flag dark, starts a guarded ramp, and waits for the judge to kill it.
+async fn flag_chapter(admin: &Admin, stats: &Arc<Mutex<LoadStats>>) -> Result<FlagOutcome> {
+    let flag = serde_json::json!({
+        "key": FLAG, "type": "boolean", "variants": { "on": true, "off": false },
+        "default_variant": "off", "owner": "team-auth", "expires": "2027-03-31",
+        "description": "The new session validator (rejects every existing session: a bug)",
+    });
+    admin
+        .put(
+            &format!("/v1/flags/{FLAG}"),
+            serde_json::json!({ "flag": flag, "reason": "ship the validator dark", "expected_revision": 0 }),
+        )
+        .await?;
+    out!("  flag         {FLAG} created, off for every user: the code is live but dark");
+    stats.lock().unwrap_or_else(PoisonError::into_inner).flag_chapter = true;
+    let started = Instant::now();
+    admin
+        .post(
+            &format!("/v1/flags/{FLAG}/ramp"),
+            serde_json::json!({
+                "steps": [1, 5, 25, 50, 100], "window_ms": 3000, "interval_ms": 1000,
+                "min_requests": 20, "reason": "turn on the new session validator",
+            }),
+        )
+        .await?;
+    let deadline = started + Duration::from_secs(90);
+    let mut shown = 0;
+    loop {
+        let ramp = admin.get(&format!("/v1/flags/{FLAG}/ramp")).await?;
+        let decisions = ramp["decisions"].as_array().cloned().unwrap_or_default();
+        for d in decisions.iter().skip(shown) {
+            out!(
+                "  {:<12} {}",
+                d["kind"].as_str().unwrap_or(""),
+                d["message"].as_str().unwrap_or("").lines().next().unwrap_or("")
+            );
+        }
+        shown = decisions.len();
+        let phase = ramp["phase"]["phase"].as_str().unwrap_or("").to_string();
+        if phase != "running" {
+            let to_kill = (phase == "killed").then(|| started.elapsed());
+            stats.lock().unwrap_or_else(PoisonError::into_inner).flag_chapter = false;
+            let reason = match phase.as_str() {
+                "killed" => "the judge found flagged users worse".to_string(),
+                _ => ramp["phase"]["reason"].as_str().unwrap_or("").to_string(),
+            };
+            return Ok(FlagOutcome {
+                phase,
+                to_kill,
+                reason,
+            });
+        }
+        if Instant::now() > deadline {
+            bail!("the ramp of {FLAG} did not end within 90 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Deploys `version` and waits until its rollout ends (a promoted rollout ends when its rollback
@@ -307,7 +454,14 @@ async fn drive_load(
                 Err(_) => ("-".to_string(), false),
             };
             let mut s = stats.lock().unwrap_or_else(PoisonError::into_inner);
-            let entry = s.by_version.entry(version).or_default();
+            if s.flag_chapter && !ok {
+                s.flag_failed_users.insert(u);
+            }
+            let entry = if s.flag_chapter {
+                &mut s.flag
+            } else {
+                s.by_version.entry(version).or_default()
+            };
             if ok {
                 entry.ok += 1;
             } else {

@@ -20,6 +20,7 @@ macro_rules! out {
 mod client;
 mod demo;
 mod flag;
+mod ramp;
 mod simulate;
 
 use std::path::PathBuf;

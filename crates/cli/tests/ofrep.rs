@@ -215,7 +215,7 @@ split = [{ variant = "on", weight = 100 }, { variant = "off", weight = 9900 }]
     );
     let (code, out) = cli(&["flag", "kill", "checkout", "--reason", "errors"]);
     assert_eq!(code, 0, "{out}");
-    let (_, out) = cli(&["flag", "show", "checkout"]);
+    let (_, out) = cli(&["flag", "show", "checkout", "--output", "json"]);
     let shown: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(shown["enabled"], false);
     let (_, out) = cli(&["flag", "list", "--output", "json"]);

@@ -94,6 +94,38 @@ pub struct Settings {
     pub sessions: Option<SessionStore>,
     pub reject_old_sessions: bool,
     pub ready_dependency: Option<Dependency>,
+    pub flags: FlagSettings,
+}
+
+/// The `new_session_validator` flag, as the proxy forwards it.
+#[derive(Debug, Clone)]
+pub struct FlagSettings {
+    /// The header cutover's proxy forwards flag variants in (`flag=variant, ...`).
+    pub header: HeaderName,
+    /// Share of `/` and `/api/*` requests of users with the flag on answered 500.
+    pub error_rate: f64,
+}
+
+/// The flag that switches on the new session validator, which rejects every existing session:
+/// the incompatible-session bug, shipped dark and turned on per user.
+pub const NEW_SESSION_VALIDATOR: &str = "new_session_validator";
+
+impl FlagSettings {
+    /// Whether the request's user has `new_session_validator` on (variant `on`).
+    fn new_validator_on(&self, headers: &HeaderMap) -> bool {
+        headers
+            .get_all(&self.header)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .any(|(flag, variant)| flag == NEW_SESSION_VALIDATOR && variant == "on")
+    }
+
+    /// Whether this request fails because its user has the flag on (`--flag-error-rate`).
+    fn fails(&self, headers: &HeaderMap) -> bool {
+        self.error_rate > 0.0 && self.new_validator_on(headers) && rand::random::<f64>() < self.error_rate
+    }
 }
 
 pub struct App {
@@ -115,6 +147,7 @@ pub struct App {
     sessions: Option<SessionStore>,
     reject_old_sessions: bool,
     ready_dependency: Option<Dependency>,
+    flags: FlagSettings,
 }
 
 impl App {
@@ -129,6 +162,7 @@ impl App {
             sessions,
             reject_old_sessions,
             ready_dependency,
+            flags,
         } = s;
         let root = serde_json::json!({
             "app": app,
@@ -169,6 +203,7 @@ impl App {
             sessions,
             reject_old_sessions,
             ready_dependency,
+            flags,
         })
     }
 
@@ -239,7 +274,7 @@ async fn count_and_stamp(State(app): State<AppState>, req: Request, next: Next) 
 
 async fn api(State(app): State<AppState>, req: Request) -> Response {
     app.count();
-    if app.faults_active && app.faults.apply().await {
+    if app.faults_active && app.faults.apply().await || app.flags.fails(req.headers()) {
         return app.injected_error();
     }
     let mut resp = Response::new(Body::from(app.root_body.clone()));
@@ -661,12 +696,24 @@ async fn logout(State(app): State<AppState>, headers: HeaderMap) -> Response {
 /// them it is outside the shared middleware and stamps its own headers.
 async fn me(State(app): State<AppState>, headers: HeaderMap) -> Response {
     app.count();
-    if app.faults_active && app.faults.apply().await {
+    if app.faults_active && app.faults.apply().await || app.flags.fails(&headers) {
         return app.injected_error();
     }
-    let mut resp = match visitor(app, &headers).await {
+    let visitor = match visitor(app, &headers).await {
+        // The bug the flag ships dark: the new validator cannot read any existing session.
+        Visitor::LoggedIn(s) if app.flags.new_validator_on(&headers) => Visitor::Rejected(s),
+        v => v,
+    };
+    let mut resp = match visitor {
         Visitor::NoStore => no_store_response(),
         Visitor::Anonymous => json_error(StatusCode::UNAUTHORIZED, "not logged in"),
+        Visitor::Rejected(s) if app.flags.new_validator_on(&headers) => json_error(
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "session issued by {} is not accepted by the new session validator ({NEW_SESSION_VALIDATOR} is on)",
+                s.issued_by_version
+            ),
+        ),
         Visitor::Rejected(s) => json_error(
             StatusCode::UNAUTHORIZED,
             format!(

@@ -35,6 +35,10 @@
 //! store is (re)connected lazily, so an instance started before its store is
 //! reachable recovers without a restart.
 //! Readiness: `--ready-dependency URL` (`http://` only).
+//! Feature flag: `--flag-header NAME` (default `x-cutover-flags`, where cutover's proxy
+//! forwards variants), `--flag-error-rate F`. With `new_session_validator=on` in that
+//! header `/api/me` rejects every session with 401, and `--flag-error-rate` of `/` and
+//! `/api/*` requests answer 500.
 //! Lifecycle: `--drain-timeout-secs`, `--exit-on-stdin-close`.
 
 mod app;
@@ -51,9 +55,10 @@ use anyhow::{bail, Context, Result};
 use axum::serve::ListenerExt;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::app::{App, Faults, Settings};
+use crate::app::{App, Faults, FlagSettings, Settings};
 use crate::dependency::Dependency;
 use crate::session::{RedisTarget, SessionStore, StoreLocation};
+use axum::http::HeaderName;
 
 /// Exit code used by `--crash-after-secs`, distinct from clap's 2 and anyhow's 1 so
 /// tests can tell a simulated crash from a usage error.
@@ -126,6 +131,17 @@ pub struct Options {
     /// within 1 s for `/health/ready` to pass.
     #[arg(long, value_name = "URL", value_parser = Dependency::parse)]
     ready_dependency: Option<Dependency>,
+
+    /// The header cutover's proxy forwards flag variants in (`[app.flags] header`). With
+    /// `new_session_validator=on` in it, `/api/me` rejects every session (401): the
+    /// incompatible-session bug, shipped dark behind a flag.
+    #[arg(long, value_name = "NAME", default_value = "x-cutover-flags")]
+    flag_header: String,
+
+    /// Share (0..=1) of `/` and `/api/*` requests of users with `new_session_validator`
+    /// on that answer 500: a new code path that fails some of its requests.
+    #[arg(long, value_name = "F", default_value_t = 0.0, value_parser = parse_rate)]
+    flag_error_rate: f64,
 
     /// Exit with code 3 this many seconds after start, simulating a crash.
     #[arg(long, value_name = "SECS")]
@@ -248,6 +264,11 @@ async fn serve(cli: Options) -> Result<()> {
         sessions,
         reject_old_sessions: cli.reject_old_sessions,
         ready_dependency: cli.ready_dependency.clone(),
+        flags: FlagSettings {
+            header: HeaderName::from_bytes(cli.flag_header.to_ascii_lowercase().as_bytes())
+                .with_context(|| format!("--flag-header {:?} is not a header name", cli.flag_header))?,
+            error_rate: cli.flag_error_rate,
+        },
     })?));
 
     // Installed before announcing readiness: a supervisor may send SIGTERM the moment

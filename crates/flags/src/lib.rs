@@ -10,8 +10,10 @@
 
 pub mod bucket;
 pub mod eval;
+pub mod file;
 pub mod flag;
 pub mod ofrep;
+pub mod ramp;
 
 pub use eval::{evaluate, EvalError, Reason, Resolution, TARGETING_KEY};
 pub use flag::{AllowList, Condition, Flag, FlagType, Op, Rule, SplitEntry};

@@ -296,7 +296,7 @@ mod tests {
         assert_eq!(hook.format, Format::Json);
         assert_eq!(
             hook.events,
-            ["pre_rollout", "step", "post_rollout", "rollback", "event"]
+            ["pre_rollout", "step", "post_rollout", "rollback", "event", "flag"]
         );
         assert!(!hook.subscribes_to(EventKind::ConfirmPromotion));
         assert!(hook.validate_with("", &no_secrets).is_empty());

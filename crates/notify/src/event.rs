@@ -21,16 +21,21 @@ pub enum EventKind {
     Rollback,
     /// Any entry of the rollout's event log.
     Event,
+    /// A flag event: a guarded ramp's step, pause, completion or automatic kill, or a flag past
+    /// its expiry date. `app` is `flags`, `phase` the flag event (`flag_killed`, ...), and
+    /// `data.flag` the flag's key.
+    Flag,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 6] = [
+    pub const ALL: [EventKind; 7] = [
         EventKind::PreRollout,
         EventKind::Step,
         EventKind::ConfirmPromotion,
         EventKind::PostRollout,
         EventKind::Rollback,
         EventKind::Event,
+        EventKind::Flag,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -41,6 +46,7 @@ impl EventKind {
             EventKind::PostRollout => "post_rollout",
             EventKind::Rollback => "rollback",
             EventKind::Event => "event",
+            EventKind::Flag => "flag",
         }
     }
 

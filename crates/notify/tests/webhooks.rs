@@ -263,7 +263,7 @@ async fn every_kind_is_delivered_with_the_documented_json_and_headers() {
     defaults.sort();
     assert_eq!(
         defaults,
-        ["event", "post_rollout", "pre_rollout", "rollback", "step"]
+        ["event", "flag", "post_rollout", "pre_rollout", "rollback", "step"]
     );
 }
 

@@ -10,6 +10,7 @@ use http::header::HeaderName;
 
 use crate::backend::Backend;
 use crate::config::ProxySettings;
+use crate::flags::FlagForwarding;
 use crate::health;
 use crate::metrics::PoolMetrics;
 
@@ -86,6 +87,8 @@ pub struct AppProxy {
     table: ArcSwap<ActiveTable>,
     /// Serialises table changes; never touched by requests.
     apply_lock: Mutex<HashMap<(Slot, SocketAddr), Arc<Backend>>>,
+    /// The flags forwarded to the app's backends, when it has any (`[app.flags]`).
+    flags: arc_swap::ArcSwapOption<FlagForwarding>,
 }
 
 impl AppProxy {
@@ -115,9 +118,20 @@ impl AppProxy {
             }),
             settings,
             apply_lock: Mutex::new(HashMap::new()),
+            flags: arc_swap::ArcSwapOption::empty(),
         });
         app.apply(initial)?;
         Ok(app)
+    }
+
+    /// Forwards `forwarding`'s flags to the app's backends from the next request on.
+    pub fn forward_flags(&self, forwarding: Arc<FlagForwarding>) {
+        self.flags.store(Some(forwarding));
+    }
+
+    /// The app's forwarded flags and their counters, if it has any.
+    pub fn flag_forwarding(&self) -> Option<Arc<FlagForwarding>> {
+        self.flags.load_full()
     }
 
     /// The table requests are routed by right now.

@@ -73,6 +73,13 @@ pub(crate) async fn handle(
     let started = Instant::now();
     let mut req = req;
     let (user, issued_key) = user_key_hash(&app, req.headers());
+    let flags = app.flag_forwarding().map(|forwarding| {
+        let key = match &issued_key {
+            Some(key) => key.clone(),
+            None => String::from_utf8_lossy(user_key(&app, req.headers()).unwrap_or_default()).into_owned(),
+        };
+        forwarding.assign(req.headers_mut(), &key)
+    });
     let bucket = cutover_core::Bucketer::bucket_of(user);
     let forced = match origin.kind {
         ListenerKind::Preview => Some(Forced::PreviewListener),
@@ -80,6 +87,13 @@ pub(crate) async fn handle(
     };
     let who = Who { bucket, user };
     let mut response = route(&app, req, origin, who, forced, started, upgrade).await;
+    if let Some(flags) = flags {
+        // What the user got counts for the variants they were given; a client's own fault does
+        // not count against a variant any more than against a slot.
+        if response.extensions().get::<ClientFaulted>().is_none() {
+            flags.record(response.status().as_u16(), started.elapsed(), user);
+        }
+    }
     if let Some(key) = issued_key {
         if let Ok(value) = HeaderValue::from_maybe_shared(bucket_cookie(&app, &key, origin.tls)) {
             response.headers_mut().append(header::SET_COOKIE, value);
@@ -626,25 +640,35 @@ pub(crate) fn check_target(
 /// The hash of the user's key (its bucket follows from it), and the key of a bucket cookie to
 /// issue when the client carried no key.
 fn user_key_hash(app: &AppProxy, headers: &HeaderMap) -> (u64, Option<String>) {
+    if let Some(key) = user_key(app, headers) {
+        return (app.bucketer.hash(key), None);
+    }
+    let key = new_user_key();
+    (app.bucketer.hash(key.as_bytes()), Some(key))
+}
+
+/// The user key a request carries: the configured header, else the configured cookie, else the
+/// bucket cookie the proxy issued.
+fn user_key<'h>(app: &AppProxy, headers: &'h HeaderMap) -> Option<&'h [u8]> {
     if let Some(name) = &app.names.user_key {
         if let Some(v) = headers.get(name) {
             if !v.is_empty() {
-                return (app.bucketer.hash(v.as_bytes()), None);
+                return Some(v.as_bytes());
             }
         }
     }
     let sticky = &app.settings.sticky;
     if let Some(name) = &sticky.user_key_cookie {
         if let Some(v) = cookie(headers, name) {
-            return (app.bucketer.hash(v.as_bytes()), None);
+            return Some(v.as_bytes());
         }
     }
-    if let Some(v) = cookie(headers, &sticky.bucket_cookie) {
-        return (app.bucketer.hash(v.as_bytes()), None);
-    }
-    let key = new_user_key();
-    (app.bucketer.hash(key.as_bytes()), Some(key))
+    cookie(headers, &sticky.bucket_cookie).map(str::as_bytes)
 }
+
+/// Marks a response the proxy made for a request that failed by its client's fault.
+#[derive(Debug, Clone, Copy)]
+struct ClientFaulted;
 
 /// Value of the first non-empty cookie `name` in the request's `Cookie` headers.
 pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -715,6 +739,7 @@ fn client_fault(app: &AppProxy, pool: &ActivePool, fault: ClientFault, reason: &
         "request failed by the client's fault; not counted against the release");
     let status = StatusCode::from_u16(fault.status()).unwrap_or(StatusCode::BAD_REQUEST);
     let mut response = error_response(status);
+    response.extensions_mut().insert(ClientFaulted);
     // The request's framing is broken or unfinished: the connection cannot carry another one.
     response
         .headers_mut()

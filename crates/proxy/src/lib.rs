@@ -23,6 +23,7 @@ pub mod body;
 mod client;
 pub mod config;
 mod downstream;
+pub mod flags;
 mod handler;
 pub mod health;
 mod http1;
@@ -34,5 +35,6 @@ mod watch;
 
 pub use app::{ActivePool, ActiveTable, AppProxy};
 pub use config::{HealthCheckConfig, ListenerKind, PreviewConfig, ProxySettings, StickyConfig};
+pub use flags::{FlagForwarding, FlagSource, FlagTraffic};
 pub use listener::{serve, tls_acceptor, TlsError};
 pub use metrics::{MetricsSnapshot, MetricsSummary, PoolMetrics};

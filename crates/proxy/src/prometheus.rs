@@ -208,3 +208,96 @@ pub fn render<'a>(apps: impl IntoIterator<Item = &'a AppProxy>) -> String {
     }
     text
 }
+
+/// Renders the per flag and variant counters of the apps that forward flags
+/// (`[app.flags] forward`): what a guarded ramp judges, and what a Prometheus-judged ramp queries.
+pub fn render_flags<'a>(apps: impl IntoIterator<Item = &'a AppProxy>) -> String {
+    let mut families: Vec<(&str, &str, &str, String)> = vec![
+        (
+            "cutover_flag_requests_total",
+            "counter",
+            "Requests of users given a variant of a forwarded flag, by status class.",
+            String::new(),
+        ),
+        (
+            "cutover_flag_request_duration_seconds",
+            "histogram",
+            "Time to the response headers, by flag variant.",
+            String::new(),
+        ),
+        (
+            "cutover_flag_responses_by_code_total",
+            "counter",
+            "Responses of the common 4xx and 5xx codes by flag variant.",
+            String::new(),
+        ),
+        (
+            "cutover_flag_users",
+            "gauge",
+            "Distinct users given the variant, estimated.",
+            String::new(),
+        ),
+    ];
+    let mut any = false;
+    for app in apps {
+        let Some(forwarding) = app.flag_forwarding() else {
+            continue;
+        };
+        for (flag, variant, s) in forwarding.traffic.all() {
+            any = true;
+            let labels = format!(
+                "app=\"{}\",flag=\"{}\",variant=\"{}\"",
+                escape(&app.name),
+                escape(&flag),
+                escape(&variant)
+            );
+            for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
+                let _ = writeln!(
+                    families[0].3,
+                    "cutover_flag_requests_total{{{labels},code_class=\"{class}\"}} {}",
+                    s.requests_by_class[i]
+                );
+            }
+            let out = &mut families[1].3;
+            for bound in PROMETHEUS_BOUNDS_SECS {
+                let micros = (bound * 1e6).round() as u64;
+                let _ = writeln!(
+                    out,
+                    "cutover_flag_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {}",
+                    s.count_at_most_micros(micros)
+                );
+            }
+            let total = s.total_requests();
+            let _ = writeln!(
+                out,
+                "cutover_flag_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {total}"
+            );
+            let _ = writeln!(
+                out,
+                "cutover_flag_request_duration_seconds_sum{{{labels}}} {}",
+                s.latency_sum_micros as f64 / 1e6
+            );
+            let _ = writeln!(
+                out,
+                "cutover_flag_request_duration_seconds_count{{{labels}}} {total}"
+            );
+            for (code, n) in cutover_core::TRACKED_CODES.iter().zip(s.codes) {
+                let _ = writeln!(
+                    families[2].3,
+                    "cutover_flag_responses_by_code_total{{{labels},code=\"{code}\"}} {n}"
+                );
+            }
+            let _ = writeln!(families[3].3, "cutover_flag_users{{{labels}}} {}", s.users);
+        }
+    }
+    let mut text = String::new();
+    if !any {
+        return text;
+    }
+    for (name, kind, help, body) in families {
+        let _ = writeln!(text, "# HELP {name} {help}");
+        let _ = writeln!(text, "# TYPE {name} {kind}");
+        text.push_str(&body);
+    }
+    text
+}

@@ -55,6 +55,8 @@ pub struct AdminState {
     pub token: String,
     /// The flag service, when `[flags]` is configured.
     pub flags: Option<Arc<crate::flags::FlagService>>,
+    /// The guarded ramps of flags, with the flag service.
+    pub ramps: Option<Arc<crate::ramps::RampRunner>>,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -76,7 +78,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
             get(get_flag).put(put_flag).delete(archive_flag),
         )
         .route("/v1/flags/{key}/audit", get(flag_audit))
+        .route("/v1/flags/{key}/ramp", get(get_ramp).post(start_ramp))
+        .route("/v1/flags/{key}/ramp/{command}", post(ramp_command))
         .route("/v1/flags/{key}/{switch}", post(switch_flag))
+        .route("/v1/ramps", get(list_ramps))
         .fallback(|uri: axum::http::Uri| async move {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -162,6 +167,9 @@ fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
 
 async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
     let mut text = cutover_proxy::prometheus::render(state.apps.values().map(|a| a.as_ref()));
+    text.push_str(&cutover_proxy::prometheus::render_flags(
+        state.apps.values().map(|a| a.as_ref()),
+    ));
     text.push_str(&rollout_info(&state).await);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
@@ -600,6 +608,9 @@ async fn put_flag(
     let service = flag_service(&state)?;
     let put: PutFlag = parse_json(&body, "flag change")?;
     require_reason(&put.reason)?;
+    if let Some(ramps) = &state.ramps {
+        ramps.check_change(&key, Some(&put.flag)).await?;
+    }
     let record = service
         .change(&key, Some(put.flag), put.expected_revision, ADMIN, &put.reason)
         .await?;
@@ -616,6 +627,9 @@ async fn archive_flag(
     let service = flag_service(&state)?;
     let why = query(q)?;
     require_reason(&why.reason)?;
+    if let Some(ramps) = &state.ramps {
+        ramps.check_change(&key, None).await?;
+    }
     Ok(Json(service.change(&key, None, None, ADMIN, &why.reason).await?))
 }
 
@@ -665,4 +679,90 @@ async fn flag_audit(
         .audit(Some(&key), q.after.unwrap_or(0), q.limit.unwrap_or(100).min(1000))
         .map_err(crate::flags::FlagError::from)?;
     Ok(Json(records))
+}
+
+// ===== guarded ramps =====
+
+fn ramp_runner(state: &AdminState) -> Result<&Arc<crate::ramps::RampRunner>, ApiError> {
+    state.ramps.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "this server has no flag service; add a [flags] table to its configuration",
+        )
+    })
+}
+
+impl From<crate::ramps::RampError> for ApiError {
+    fn from(e: crate::ramps::RampError) -> Self {
+        use crate::ramps::RampError;
+        match e {
+            RampError::Invalid(v) => {
+                let mut err = ApiError::new(StatusCode::BAD_REQUEST, "invalid ramp; nothing was started");
+                err.errors = v.errors;
+                err
+            }
+            RampError::NoFlag(_) | RampError::NoRamp(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, e.to_string())
+            }
+            RampError::Rejected(_) | RampError::Busy(..) => {
+                ApiError::new(StatusCode::CONFLICT, e.to_string())
+            }
+            RampError::Flag(f) => f.into(),
+            RampError::Store(s) => crate::flags::FlagError::Store(s).into(),
+        }
+    }
+}
+
+async fn list_ramps(
+    State(state): State<Arc<AdminState>>,
+) -> Result<Json<Vec<crate::ramps::RampView>>, ApiError> {
+    Ok(Json(ramp_runner(&state)?.all().await))
+}
+
+async fn get_ramp(
+    State(state): State<Arc<AdminState>>,
+    Path(key): Path<String>,
+) -> Result<Json<crate::ramps::RampView>, ApiError> {
+    Ok(Json(ramp_runner(&state)?.get(&key).await?))
+}
+
+async fn start_ramp(
+    State(state): State<Arc<AdminState>>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<crate::ramps::RampView>, ApiError> {
+    authorize(&state, &headers)?;
+    let runner = ramp_runner(&state)?;
+    let request: crate::ramps::StartRamp = parse_json(&body, "ramp")?;
+    Ok(Json(runner.start(&key, &request, ADMIN).await?))
+}
+
+async fn ramp_command(
+    State(state): State<Arc<AdminState>>,
+    Path((key, command)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<crate::ramps::RampView>, ApiError> {
+    authorize(&state, &headers)?;
+    let runner = ramp_runner(&state)?;
+    let why: Why = if body.is_empty() {
+        Why::default()
+    } else {
+        parse_json(&body, "ramp command")?
+    };
+    let input = match command.as_str() {
+        "resume" => cutover_flags::ramp::RampInput::Resume,
+        "abort" => {
+            require_reason(&why.reason)?;
+            cutover_flags::ramp::RampInput::Abort { reason: why.reason }
+        }
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no ramp command {other:?}; use resume or abort"),
+            ))
+        }
+    };
+    Ok(Json(runner.command(&key, input).await?))
 }

@@ -44,6 +44,13 @@ pub struct FlagsConfig {
     /// 0600, beside the admin token (`.cutover/flags.keys`). Separate from the admin token: a
     /// key can evaluate flags and nothing else.
     pub api_keys_file: Option<PathBuf>,
+    /// Webhooks told of flag events (`flag`): a guarded ramp's steps, pauses, completion and
+    /// automatic kill, and flags passing their expiry date.
+    #[serde(rename = "webhook")]
+    pub webhooks: Vec<cutover_notify::WebhookConfig>,
+    /// A flag at 0 % or 100 % of its split, unchanged for this many days, is stale: it has done
+    /// its job and should leave the code (`cutover flag list --stale`).
+    pub stale_after_days: u32,
 }
 
 impl Default for FlagsConfig {
@@ -52,6 +59,29 @@ impl Default for FlagsConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9190)),
             allow_non_loopback: false,
             api_keys_file: None,
+            webhooks: Vec::new(),
+            stale_after_days: 30,
+        }
+    }
+}
+
+/// `[app.flags]`: flags the built-in proxy evaluates for each request's user key and passes to
+/// the app's backends, so an app needs no OpenFeature SDK to read them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AppFlagsConfig {
+    /// Flag keys to evaluate for every request.
+    pub forward: Vec<String>,
+    /// The request header the variants go in (`flag=variant, flag=variant`); a copy a client
+    /// sent is removed.
+    pub header: String,
+}
+
+impl Default for AppFlagsConfig {
+    fn default() -> Self {
+        AppFlagsConfig {
+            forward: Vec::new(),
+            header: cutover_proxy::flags::DEFAULT_HEADER.to_string(),
         }
     }
 }
@@ -162,6 +192,9 @@ pub struct AppConfig {
     /// Judge rollouts from Prometheus (PromQL per slot and window) instead of the proxy's metrics.
     #[serde(default)]
     pub prometheus: Option<cutover_monitoring::PrometheusConfig>,
+    /// Flags the built-in proxy forwards to the app's backends (needs `[flags]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flags: Option<AppFlagsConfig>,
 }
 
 fn default_stop_grace_ms() -> u64 {
@@ -246,6 +279,7 @@ impl AppConfig {
             webhooks: Vec::new(),
             alert_gate: None,
             prometheus: None,
+            flags: None,
         }
     }
 
@@ -426,6 +460,11 @@ impl Config {
             ));
         }
         if let Some(flags) = &self.flags {
+            errors.extend(cutover_notify::validate_all(
+                &flags.webhooks,
+                "flags.webhook",
+                &cutover_notify::env_secret,
+            ));
             if !flags.listen.ip().is_loopback() && !flags.allow_non_loopback {
                 errors.push(FieldError::new(
                     "flags.listen",
@@ -532,6 +571,55 @@ impl Config {
                 }
             }
             errors.extend(app.proxy.validate(&format!("{at}.proxy.")));
+            if let Some(flags) = &app.flags {
+                if self.flags.is_none() {
+                    errors.push(FieldError::new(
+                        format!("{at}.flags"),
+                        "forwarding flags needs the flag service: add a [flags] table",
+                    ));
+                }
+                if !matches!(app.router, RouterConfig::Builtin) {
+                    errors.push(FieldError::new(
+                        format!("{at}.flags"),
+                        format!(
+                            "only the built-in proxy evaluates and forwards flags, and this app is routed by {}; read the flags over OFREP with an OpenFeature SDK instead",
+                            app.router.kind()
+                        ),
+                    ));
+                }
+                let mut seen = HashSet::new();
+                for (j, key) in flags.forward.iter().enumerate() {
+                    if !cutover_flags::flag::valid_name(key) {
+                        errors.push(FieldError::new(
+                            format!("{at}.flags.forward[{j}]"),
+                            format!("{key:?} is not a flag key: 1 to 128 letters, digits, '_', '-' or '.'"),
+                        ));
+                    } else if !seen.insert(key.as_str()) {
+                        errors.push(FieldError::new(
+                            format!("{at}.flags.forward[{j}]"),
+                            format!("{key:?} is listed twice"),
+                        ));
+                    }
+                }
+                let header_ok =
+                    http::header::HeaderName::from_bytes(flags.header.to_ascii_lowercase().as_bytes())
+                        .is_ok();
+                let reserved = [
+                    "host",
+                    "cookie",
+                    "authorization",
+                    "content-length",
+                    "transfer-encoding",
+                    "connection",
+                ]
+                .contains(&flags.header.to_ascii_lowercase().as_str());
+                if !header_ok || reserved {
+                    errors.push(FieldError::new(
+                        format!("{at}.flags.header"),
+                        format!("{:?} is not a header the variants can go in; use a name of your own such as \"X-Cutover-Flags\"", flags.header),
+                    ));
+                }
+            }
             errors.extend(cutover_notify::validate_all(
                 &app.webhooks,
                 &format!("{at}.webhook"),

@@ -250,6 +250,12 @@ impl FlagService {
     }
 }
 
+impl cutover_proxy::FlagSource for FlagService {
+    fn index(&self) -> Arc<FlagIndex> {
+        FlagService::index(self)
+    }
+}
+
 /// The OFREP listener's routes.
 pub fn ofrep_router(service: Arc<FlagService>) -> Router {
     Router::new()

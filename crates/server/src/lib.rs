@@ -8,6 +8,7 @@ pub mod controller;
 pub mod flags;
 pub mod freeze;
 pub mod gates;
+pub mod ramps;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -619,6 +620,25 @@ pub async fn start(
         _ => None,
     };
 
+    // Forwarding is set up before any listener serves a request: every request of an app with
+    // [app.flags] gets its variants.
+    let mut forwarding = Vec::new();
+    if let Some((service, _, _)) = &flags {
+        for app_config in &config.apps {
+            let (Some(app_flags), Some(app)) = (&app_config.flags, apps.get(&app_config.name)) else {
+                continue;
+            };
+            let source: Arc<dyn cutover_proxy::FlagSource> = Arc::clone(service) as _;
+            let f = Arc::new(cutover_proxy::FlagForwarding::new(
+                source,
+                app_flags.forward.clone(),
+                &app_flags.header,
+            ));
+            app.forward_flags(Arc::clone(&f));
+            forwarding.push((app_config.name.clone(), f));
+        }
+    }
+
     let mut controllers = BTreeMap::new();
     if let Some(deps) = &managed_deps {
         for app_config in &config.apps {
@@ -676,9 +696,36 @@ pub async fn start(
     }
     let header_read_timeout = std::time::Duration::from_millis(config.admin.header_read_timeout_ms);
     let mut flags_addr = None;
-    let flag_service = match flags {
-        Some((service, listener, addr)) => {
+    let mut ramp_runner = None;
+    let flag_service = match (flags, &store) {
+        (Some((service, listener, addr)), Some(store)) => {
             flags_addr = Some(addr);
+            let flags_config = config.flags.clone().unwrap_or_default();
+            let notifier = if flags_config.webhooks.is_empty() {
+                None
+            } else {
+                Some(
+                    cutover_notify::Notifier::from_env(flags_config.webhooks.clone()).map_err(|source| {
+                        ServeError::Webhooks {
+                            app: "flags".into(),
+                            source,
+                        }
+                    })?,
+                )
+            };
+            let runner = ramps::RampRunner::load(
+                Arc::clone(&service),
+                Arc::clone(store),
+                Arc::clone(&options.clock),
+                forwarding,
+                notifier,
+            )
+            .await?;
+            tasks.spawn(Arc::clone(&runner).run(
+                std::time::Duration::from_millis(config.server.tick_ms),
+                shutdown.clone(),
+            ));
+            ramp_runner = Some(runner);
             tasks.spawn(serve_api(
                 "flags",
                 listener,
@@ -688,13 +735,14 @@ pub async fn start(
             ));
             Some(service)
         }
-        None => None,
+        _ => None,
     };
     let state = Arc::new(admin::AdminState {
         apps: apps.clone(),
         controllers: controllers.clone(),
         token: admin_token,
         flags: flag_service,
+        ramps: ramp_runner,
     });
     tasks.spawn(serve_api(
         "admin",

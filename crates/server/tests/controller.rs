@@ -685,6 +685,14 @@ impl Store for FlakyStore {
     ) -> Result<Vec<cutover_store::FlagChangeRecord>, cutover_store::StoreError> {
         self.inner.flag_audit(key, after_seq, limit)
     }
+
+    fn ramps(&self) -> Result<Vec<cutover_flags::ramp::Ramp>, cutover_store::StoreError> {
+        self.inner.ramps()
+    }
+
+    fn save_ramp(&self, ramp: &cutover_flags::ramp::Ramp) -> Result<(), cutover_store::StoreError> {
+        self.inner.save_ramp(ramp)
+    }
 }
 
 /// Log lines written while a test runs, for counting.

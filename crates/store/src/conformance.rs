@@ -51,6 +51,10 @@ pub fn run_all(make: &dyn Fn() -> Box<dyn Store>) {
             archiving_an_unknown_flag_is_refused,
         ),
         ("flags_are_sorted", flags_are_sorted),
+        (
+            "ramps_round_trip_latest_per_flag",
+            ramps_round_trip_latest_per_flag,
+        ),
     ];
     for (name, check) in checks {
         let store = make();
@@ -780,6 +784,55 @@ fn flag(key: &str, default_variant: &str) -> Flag {
 fn with_revision(mut flag: Flag, revision: u64) -> Flag {
     flag.revision = revision;
     flag
+}
+
+/// A saved ramp reads back as it was; saving it again replaces it; `ramps()` gives the latest
+/// ramp of each flag, sorted by flag.
+pub fn ramps_round_trip_latest_per_flag(store: &dyn Store) {
+    use cutover_flags::ramp::{Ramp, RampInput, RampPlan};
+    assert!(
+        store.ramps().unwrap().is_empty(),
+        "ramps_round_trip: a fresh store has none"
+    );
+    let plan = RampPlan {
+        steps_bp: vec![100, 10_000],
+        step_ms: 60_000,
+        interval_ms: 10_000,
+        max_extension_ms: 60_000,
+        inconclusive_limit: 3,
+        variant: "on".into(),
+        control: "off".into(),
+        judge: cutover_core::judge::JudgeConfig::default(),
+    };
+    let (mut b1, _) = Ramp::start("b", 1, plan.clone(), at(1), "admin", "first — ramp");
+    store.save_ramp(&b1).unwrap();
+    let (a1, _) = Ramp::start("a", 1, plan.clone(), at(2), "admin", "a's ramp");
+    store.save_ramp(&a1).unwrap();
+    assert_eq!(
+        store.ramps().unwrap(),
+        vec![a1.clone(), b1.clone()],
+        "ramps_round_trip: sorted by flag"
+    );
+    b1.handle(
+        RampInput::Abort {
+            reason: "stop".into(),
+        },
+        at(3),
+    )
+    .unwrap();
+    store.save_ramp(&b1).unwrap();
+    assert_eq!(
+        store.ramps().unwrap(),
+        vec![a1.clone(), b1.clone()],
+        "ramps_round_trip: saving again replaces"
+    );
+    let (b2, _) = Ramp::start("b", 2, plan, at(4), "admin", "again");
+    store.save_ramp(&b2).unwrap();
+    assert_eq!(
+        store.ramps().unwrap(),
+        vec![a1, b2],
+        "ramps_round_trip: the latest ramp of each flag"
+    );
 }
 
 /// A change of `key` by `ci` at `at(n)`, its reason naming `n`.

@@ -159,6 +159,32 @@ pub(crate) fn flag_i64(key: &str, what: &str, value: u64) -> Result<i64, StoreEr
     })
 }
 
+/// A ramp as JSON, checked to read back. A verdict with a number JSON cannot hold (an infinite
+/// e-value, say) would not read back; the ramp is then stored without its verdicts' details,
+/// keeping every decision's sentence, rather than not at all.
+pub(crate) fn encode_ramp(ramp: &cutover_flags::ramp::Ramp) -> Result<String, StoreError> {
+    let unstorable = |reason: String| StoreError::UnstorableFlag {
+        key: ramp.flag.clone(),
+        reason,
+    };
+    let encode = |ramp: &cutover_flags::ramp::Ramp| -> Result<String, String> {
+        let json = serde_json::to_string(ramp).map_err(|e| e.to_string())?;
+        serde_json::from_str::<cutover_flags::ramp::Ramp>(&json).map_err(|e| e.to_string())?;
+        Ok(json)
+    };
+    encode(ramp).or_else(|_| {
+        let mut plain = ramp.clone();
+        for d in &mut plain.decisions {
+            d.verdict = None;
+        }
+        encode(&plain).map_err(|e| {
+            unstorable(format!(
+                "its ramp does not read back as JSON ({e}); this is a bug in cutover"
+            ))
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

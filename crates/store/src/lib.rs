@@ -7,6 +7,7 @@
 //!   functions another crate's tests can run against its own backend.
 
 use cutover_core::rollout::{AppState, Event, Rollout};
+use cutover_flags::ramp::Ramp;
 use serde::{Deserialize, Serialize};
 
 #[cfg(any(test, feature = "conformance"))]
@@ -148,6 +149,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<FlagChangeRecord>, StoreError>;
+
+    /// The latest guarded ramp of every flag that has had one (archived flags included), sorted
+    /// by flag key.
+    fn ramps(&self) -> Result<Vec<Ramp>, StoreError>;
+
+    /// Writes `ramp` over the stored record of the same flag and id, or adds it. A ramp that would
+    /// not read back is refused with [`StoreError::UnstorableFlag`] and nothing is written.
+    fn save_ramp(&self, ramp: &Ramp) -> Result<(), StoreError>;
 }
 
 /// One event as columns.

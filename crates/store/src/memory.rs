@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use cutover_core::rollout::{AppState, Event, Rollout};
 use cutover_flags::Flag;
 
-use crate::flags::{check_change, encode_flag, plan_change};
+use crate::flags::{check_change, encode_flag, encode_ramp, plan_change};
 use crate::{encode_commit, FlagChange, FlagChangeRecord, FlagSet, Store, StoreError, StoredEvent};
 
 #[derive(Debug, Default)]
@@ -25,6 +25,8 @@ struct FlagData {
     last_revisions: BTreeMap<String, u64>,
     /// In order; the record with seq `n` is at index `n - 1`.
     audit: Vec<FlagChangeRecord>,
+    /// Every ramp by flag and id.
+    ramps: BTreeMap<(String, u64), cutover_flags::ramp::Ramp>,
 }
 
 #[derive(Debug)]
@@ -182,5 +184,28 @@ impl Store for MemoryStore {
             .take(limit)
             .cloned()
             .collect())
+    }
+
+    fn ramps(&self) -> Result<Vec<cutover_flags::ramp::Ramp>, StoreError> {
+        let data = self.lock_flags();
+        let mut latest: BTreeMap<&str, &cutover_flags::ramp::Ramp> = BTreeMap::new();
+        for ((flag, _), ramp) in &data.ramps {
+            // Ordered by (flag, id): the last of each flag wins.
+            latest.insert(flag, ramp);
+        }
+        Ok(latest.into_values().cloned().collect())
+    }
+
+    fn save_ramp(&self, ramp: &cutover_flags::ramp::Ramp) -> Result<(), StoreError> {
+        let json = encode_ramp(ramp)?;
+        // What is kept is what reads back, as in the SQLite store.
+        let stored = serde_json::from_str(&json).map_err(|e| StoreError::UnstorableFlag {
+            key: ramp.flag.clone(),
+            reason: e.to_string(),
+        })?;
+        self.lock_flags()
+            .ramps
+            .insert((ramp.flag.clone(), ramp.id), stored);
+        Ok(())
     }
 }

@@ -13,7 +13,7 @@ use cutover_core::rollout::{AppState, Event, Rollout};
 use cutover_core::Timestamp;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
-use crate::flags::{check_change, encode_flag, flag_i64, plan_change};
+use crate::flags::{check_change, encode_flag, encode_ramp, flag_i64, plan_change};
 use crate::{
     decode_state, encode_commit, FlagChange, FlagChangeRecord, FlagSet, Store, StoreError, StoredEvent,
 };
@@ -77,6 +77,14 @@ const MIGRATIONS: &[&str] = &[
         after_json TEXT
     );
     CREATE INDEX flag_audit_by_key ON flag_audit (key, seq);",
+    // Version 3: guarded ramps of flags (issue #12).
+    "CREATE TABLE flag_ramps (
+        flag TEXT NOT NULL,
+        id INTEGER NOT NULL,
+        phase TEXT NOT NULL,
+        ramp_json TEXT NOT NULL,
+        PRIMARY KEY (flag, id)
+    );",
 ];
 
 /// How long a write waits for another connection's lock (another cutover process, or a person
@@ -776,6 +784,53 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    fn ramps(&self) -> Result<Vec<cutover_flags::ramp::Ramp>, StoreError> {
+        const ACTION: &str = "reading the flag ramps";
+        const WHAT: &str = "a row of table flag_ramps";
+        let raw: Vec<(String, String)> = {
+            let conn = self.conn();
+            let run = || -> rusqlite::Result<Vec<(String, String)>> {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT flag, ramp_json FROM flag_ramps r
+                     WHERE id = (SELECT MAX(id) FROM flag_ramps WHERE flag = r.flag)
+                     ORDER BY flag",
+                )?;
+                let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+                rows.collect()
+            };
+            run().map_err(self.flag_read_err(None, WHAT, ACTION))?
+        };
+        raw.into_iter()
+            .map(|(flag, json)| {
+                let ramp: cutover_flags::ramp::Ramp = serde_json::from_str(&json).map_err(|e| {
+                    self.corrupt_flags(Some(&flag), &format!("the ramp of flag {flag} (table flag_ramps)"), e)
+                })?;
+                if ramp.flag != flag {
+                    return Err(self.corrupt_flags(
+                        Some(&flag),
+                        "table flag_ramps",
+                        format!("the row of flag {flag:?} holds a ramp of flag {:?}; the file was edited by hand or is damaged", ramp.flag),
+                    ));
+                }
+                Ok(ramp)
+            })
+            .collect()
+    }
+
+    fn save_ramp(&self, ramp: &cutover_flags::ramp::Ramp) -> Result<(), StoreError> {
+        let json = encode_ramp(ramp)?;
+        let id = flag_i64(&ramp.flag, "the ramp id", ramp.id)?;
+        let action = format!("saving the ramp of flag {}", ramp.flag);
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO flag_ramps (flag, id, phase, ramp_json) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (flag, id) DO UPDATE SET phase = excluded.phase, ramp_json = excluded.ramp_json",
+            params![ramp.flag, id, ramp.phase.name(), json],
+        )
+        .map_err(self.db_err(action))?;
+        Ok(())
     }
 }
 

@@ -184,7 +184,7 @@ fn opening_a_file_twice_keeps_its_schema_version() {
             &raw(&path),
             "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'"
         ),
-        6
+        7
     );
 }
 

@@ -1,0 +1,247 @@
+//! `cutover flag ramp KEY ...`: guarded ramps from the command line. Starts a ramp, follows it
+//! with `--wait`, shows it with `--status`, and resumes or aborts it.
+//!
+//! Exit codes with `--wait` (and of `--status`), as for deploys: 0 completed, 10 the judge killed
+//! the flag, 11 aborted, 13 paused waiting for a person; 3 refused by the server.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use serde_json::{json, Value};
+
+use crate::client::{exit, Client};
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    cutover flag ramp new_session_validator --steps 1,5,25,50,100 --window 60s --reason \"ship the new validator\" --wait\n  \
+    cutover flag ramp new_session_validator --status\n  \
+    cutover flag ramp new_session_validator --resume\n  \
+    cutover flag ramp new_session_validator --abort --reason \"holding at 5 % for the weekend\"\n\n\
+    Exit codes with --wait and --status: 0 completed, 10 killed by the judge, 11 aborted, 13 paused, 3 refused.")]
+pub struct RampArgs {
+    /// The flag to ramp.
+    pub key: String,
+    /// Percentages of users in the new variant, step by step, e.g. 1,5,25,50,100.
+    #[arg(long, value_delimiter = ',', required_unless_present_any = ["resume", "abort", "status"])]
+    pub steps: Vec<f64>,
+    /// How long each step is observed before the next, e.g. 60s, 5m.
+    #[arg(long, value_parser = parse_duration, required_unless_present_any = ["resume", "abort", "status"])]
+    pub window: Option<u64>,
+    /// Length of one analysis window (default: a sixth of --window, from 1s to 10s).
+    #[arg(long, value_parser = parse_duration)]
+    pub interval: Option<u64>,
+    /// How long a step may wait past --window for enough evidence before it pauses (default 5 windows).
+    #[arg(long, value_parser = parse_duration)]
+    pub max_extension: Option<u64>,
+    /// The variant to ramp up (default: the `true` variant of a boolean flag).
+    #[arg(long)]
+    pub variant: Option<String>,
+    /// The variant everyone else gets (default: the flag's default variant).
+    #[arg(long)]
+    pub control: Option<String>,
+    /// Fewest flagged requests a step must see before it may pass (default 50).
+    #[arg(long)]
+    pub min_requests: Option<u64>,
+    /// Why: recorded in the ramp and in every change of the flag it makes.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Follow the ramp, printing its decisions, until it completes, is killed, aborted or paused.
+    #[arg(long)]
+    pub wait: bool,
+    /// Show the flag's latest ramp.
+    #[arg(long, conflicts_with_all = ["resume", "abort", "steps"])]
+    pub status: bool,
+    /// Resume a paused ramp at its step.
+    #[arg(long, conflicts_with_all = ["abort", "steps"])]
+    pub resume: bool,
+    /// Stop the ramp where it is (the split stays; `cutover flag kill` turns the flag off).
+    #[arg(long, conflicts_with = "steps")]
+    pub abort: bool,
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: crate::Output,
+}
+
+/// `250ms`, `60s`, `5m`, `1h`, or a number of seconds; in milliseconds.
+pub fn parse_duration(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration; write e.g. 500ms, 60s, 5m or 1h"))?;
+    let factor = match unit {
+        "ms" => 1.0,
+        "" | "s" => 1000.0,
+        "m" => 60_000.0,
+        "h" => 3_600_000.0,
+        other => return Err(format!("unknown unit {other:?} in {text:?}; use ms, s, m or h")),
+    };
+    let ms = number * factor;
+    if !ms.is_finite() || !(0.0..=30.0 * 86_400_000.0).contains(&ms) {
+        return Err(format!("{text:?} is out of range (up to 30 days)"));
+    }
+    Ok(ms.round() as u64)
+}
+
+fn path(key: &str) -> String {
+    format!("/v1/flags/{}/ramp", crate::flag::encode(key))
+}
+
+/// The exit code for a ramp in `phase`, once it needs nothing more from the caller.
+fn exit_for(phase: &str) -> Option<u8> {
+    match phase {
+        "completed" => Some(exit::PROMOTED),
+        "killed" => Some(exit::ROLLED_BACK),
+        "aborted" => Some(exit::ABORTED),
+        "paused" => Some(exit::PAUSED),
+        _ => None,
+    }
+}
+
+fn percent(ramp: &Value) -> String {
+    match ramp["percent"].as_f64() {
+        Some(p) => format!("{p} %"),
+        None if ramp["phase"]["phase"] == "killed" => "0 % (killed: every user gets the default)".into(),
+        None => "the split it was left at".into(),
+    }
+}
+
+fn summary(ramp: &Value) -> String {
+    let phase = ramp["phase"]["phase"].as_str().unwrap_or("?");
+    let steps: Vec<String> = ramp["plan"]["steps_bp"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_f64)
+        .map(|bp| format!("{}", bp / 100.0))
+        .collect();
+    // An ended ramp has no step of its own: the one its last decision was made in.
+    let step = ramp["phase"]["step"]
+        .as_u64()
+        .or_else(|| ramp["decisions"].as_array()?.last()?["step"].as_u64())
+        .map_or("-".to_string(), |s| (s + 1).to_string());
+    let mut out = format!(
+        "ramp #{} of flag {}: {phase}, step {step} of {} ({}), {:?} at {}\n  flagged requests judged: {} ({} failed)",
+        ramp["id"],
+        ramp["flag"].as_str().unwrap_or("?"),
+        steps.len(),
+        steps.join(", "),
+        ramp["plan"]["variant"].as_str().unwrap_or("?"),
+        percent(ramp),
+        ramp["flagged_requests"],
+        ramp["flagged_failures"],
+    );
+    if let Some(reason) = ramp["phase"]["reason"].as_str() {
+        out.push_str(&format!("\n  why: {reason}"));
+    }
+    out
+}
+
+fn decision_line(d: &Value) -> String {
+    format!(
+        "  [{}] {}",
+        d["kind"].as_str().unwrap_or("?"),
+        d["message"].as_str().unwrap_or("").replace('\n', " ")
+    )
+}
+
+pub async fn run(client: &Client, args: RampArgs) -> Result<ExitCode> {
+    let json_out = args.output == crate::Output::Json;
+    let ramp = if args.status {
+        client.get(&path(&args.key)).await?
+    } else if args.resume {
+        client
+            .post(&format!("{}/resume", path(&args.key)), json!({}))
+            .await?
+    } else if args.abort {
+        let Some(reason) = &args.reason else {
+            bail!("--abort needs --reason: say why the ramp stops");
+        };
+        client
+            .post(&format!("{}/abort", path(&args.key)), json!({ "reason": reason }))
+            .await?
+    } else {
+        let Some(reason) = &args.reason else {
+            bail!("a ramp needs --reason: say why, e.g. --reason \"ship the new checkout\"");
+        };
+        let body = json!({
+            "steps": args.steps,
+            "window_ms": args.window,
+            "interval_ms": args.interval,
+            "max_extension_ms": args.max_extension,
+            "variant": args.variant,
+            "control": args.control,
+            "min_requests": args.min_requests,
+            "reason": reason,
+        });
+        client.post(&path(&args.key), body).await?
+    };
+    if !args.wait {
+        if json_out {
+            out!("{}", serde_json::to_string_pretty(&ramp)?);
+        } else {
+            out!("{}", summary(&ramp));
+        }
+        let phase = ramp["phase"]["phase"].as_str().unwrap_or("");
+        let code = if args.status {
+            exit_for(phase).unwrap_or(0)
+        } else {
+            0
+        };
+        return Ok(ExitCode::from(code));
+    }
+    follow(client, &args.key, ramp, json_out).await
+}
+
+/// Prints the ramp's decisions as they come until it needs nothing more from the caller.
+async fn follow(client: &Client, key: &str, mut ramp: Value, json_out: bool) -> Result<ExitCode> {
+    let id = ramp["id"].clone();
+    let mut shown = 0usize;
+    loop {
+        let decisions = ramp["decisions"].as_array().cloned().unwrap_or_default();
+        // The store keeps the latest decisions only: never index past what is there.
+        shown = shown.min(decisions.len());
+        for d in &decisions[shown..] {
+            if json_out {
+                out!("{}", serde_json::to_string(d)?);
+            } else {
+                out!("{}", decision_line(d));
+            }
+        }
+        shown = decisions.len();
+        let phase = ramp["phase"]["phase"].as_str().unwrap_or("").to_string();
+        if let Some(code) = exit_for(&phase) {
+            if !json_out {
+                out!("{}", summary(&ramp));
+            }
+            return Ok(ExitCode::from(code));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        ramp = client.get(&path(key)).await?;
+        if ramp["id"] != id {
+            bail!(
+                "another ramp of flag {key} started meanwhile (#{}); follow it with --status",
+                ramp["id"]
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        assert_eq!(parse_duration("60s"), Ok(60_000));
+        assert_eq!(parse_duration("250ms"), Ok(250));
+        assert_eq!(parse_duration("5m"), Ok(300_000));
+        assert_eq!(parse_duration("2"), Ok(2000));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+}
