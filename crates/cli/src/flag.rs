@@ -37,8 +37,22 @@ use crate::client::{exit, ApiFailure, Client};
 pub enum FlagCommand {
     /// Every flag: key, type, state, owner, expiry.
     List {
+        /// Only the flags that should leave the code: past their `expires` date, or every user
+        /// on one variant, unchanged for `[flags] stale_after_days` (default 30).
+        #[arg(long)]
+        stale: bool,
         #[arg(long, value_enum, default_value = "text")]
         output: crate::Output,
+    },
+    /// For CI: exits 1 when any flag is past its `expires` date (and lists the flags that have
+    /// settled on one variant, without failing). With `--file`, checks a flags.toml without
+    /// asking the server.
+    ///
+    /// e.g. `cutover flag check --file flags.toml`
+    Check {
+        /// A flags file to check instead of the server's flags.
+        #[arg(long)]
+        file: Option<PathBuf>,
     },
     /// One flag: type, state, owner, expiry, variants, rules, split and revision (`--output
     /// json`: the flag as the server holds it).
@@ -202,8 +216,31 @@ async fn server_flags(client: &Client) -> Result<Vec<Flag>> {
 pub async fn run(client: &Client, command: FlagCommand) -> Result<ExitCode> {
     match command {
         FlagCommand::Ramp(args) => return crate::ramp::run(client, args).await,
-        FlagCommand::List { output } => {
-            let all = client.get("/v1/flags").await?;
+        FlagCommand::Check { file } => return check(client, file.as_deref()).await,
+        FlagCommand::List { output, stale } => {
+            let all = client
+                .get(if stale {
+                    "/v1/flags?stale=true"
+                } else {
+                    "/v1/flags"
+                })
+                .await?;
+            if stale && output != crate::Output::Json {
+                let list = all["stale"].as_array().cloned().unwrap_or_default();
+                if list.is_empty() {
+                    out!("no stale flag");
+                }
+                for f in &list {
+                    out!(
+                        "{:<32} {:<8} {:<20} {}",
+                        f["key"].as_str().unwrap_or("?"),
+                        f["why"].as_str().unwrap_or("?"),
+                        f["owner"].as_str().unwrap_or("?"),
+                        f["message"].as_str().unwrap_or("")
+                    );
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             if output == crate::Output::Json {
                 out!("{}", serde_json::to_string_pretty(&all)?);
                 return Ok(ExitCode::SUCCESS);
@@ -787,6 +824,66 @@ fn describe(step: &Step) -> Vec<String> {
         }
         Step::Archive(flag) => vec![format!("- {}: archive (not in the file; --prune)", flag.key)],
     }
+}
+
+/// `cutover flag check`: 1 when a flag is past its expiry date, for CI.
+async fn check(client: &Client, file: Option<&std::path::Path>) -> Result<ExitCode> {
+    let stale: Vec<Value> = match file {
+        Some(path) => {
+            let name = path.display().to_string();
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the flags file {name}; check the path"))?;
+            let flags = match cutover_flags::file::parse(&text, &name) {
+                Ok(flags) => flags,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Ok(ExitCode::from(exit::REJECTED));
+                }
+            };
+            let now = cutover_core::Timestamp(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                    .unwrap_or(0),
+            );
+            let today = cutover_flags::hygiene::date_of(now);
+            // A file has no history: only dates can be checked, not how long a flag has settled.
+            flags
+                .iter()
+                .filter_map(|f| {
+                    let s = cutover_flags::hygiene::staleness(&f.flag, None, now, today, u32::MAX)?;
+                    Some(json!({
+                        "key": f.flag.key, "owner": f.flag.owner, "why": s.kind(),
+                        "message": format!("{name}:{}: {}", f.line, s.describe()),
+                    }))
+                })
+                .collect()
+        }
+        None => client.get("/v1/flags").await?["stale"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default(),
+    };
+    let mut expired = 0;
+    for f in &stale {
+        let why = f["why"].as_str().unwrap_or("?");
+        if why == "expired" {
+            expired += 1;
+        }
+        let level = if why == "expired" { "error" } else { "warning" };
+        out!(
+            "{level}: flag {} (owner {}): {}",
+            f["key"].as_str().unwrap_or("?"),
+            f["owner"].as_str().unwrap_or("?"),
+            f["message"].as_str().unwrap_or("")
+        );
+    }
+    if expired > 0 {
+        out!("{expired} flag(s) past their expiry date");
+        return Ok(ExitCode::FAILURE);
+    }
+    out!("no flag is past its expiry date");
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn apply(client: &Client, options: &ApplyOptions) -> Result<ExitCode> {

@@ -12,6 +12,7 @@ pub mod bucket;
 pub mod eval;
 pub mod file;
 pub mod flag;
+pub mod hygiene;
 pub mod ofrep;
 pub mod ramp;
 

@@ -170,6 +170,21 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
     text.push_str(&cutover_proxy::prometheus::render_flags(
         state.apps.values().map(|a| a.as_ref()),
     ));
+    if let Some(ramps) = &state.ramps {
+        use std::fmt::Write;
+        let _ = writeln!(
+            text,
+            "# HELP cutover_flag_stale 1 for each flag that should leave the code: past its expiry date, or settled on one variant.\n# TYPE cutover_flag_stale gauge"
+        );
+        for s in ramps.stale() {
+            let _ = writeln!(
+                text,
+                "cutover_flag_stale{{flag=\"{}\",why=\"{}\"}} 1",
+                s.key,
+                s.staleness.kind()
+            );
+        }
+    }
     text.push_str(&rollout_info(&state).await);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
@@ -546,13 +561,34 @@ const ADMIN: &str = "admin";
 struct FlagsView {
     revision: u64,
     flags: Vec<cutover_flags::Flag>,
+    /// The flags that should leave the code, and why.
+    stale: Vec<crate::flags::StaleFlag>,
 }
 
-async fn list_flags(State(state): State<Arc<AdminState>>) -> Result<Json<FlagsView>, ApiError> {
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlagsQuery {
+    /// Only the stale flags.
+    #[serde(default)]
+    stale: bool,
+}
+
+async fn list_flags(
+    State(state): State<Arc<AdminState>>,
+    q: Result<Query<FlagsQuery>, QueryRejection>,
+) -> Result<Json<FlagsView>, ApiError> {
+    let q = query(q)?;
     let index = flag_service(&state)?.index();
+    let stale = state.ramps.as_ref().map(|r| r.stale()).unwrap_or_default();
+    let flags = index
+        .flags()
+        .filter(|f| !q.stale || stale.iter().any(|s| s.key == f.key))
+        .cloned()
+        .collect();
     Ok(Json(FlagsView {
         revision: index.revision,
-        flags: index.flags().cloned().collect(),
+        flags,
+        stale,
     }))
 }
 

@@ -140,6 +140,18 @@ pub struct FlagService {
     keys: Vec<ApiKey>,
     /// Serialises changes, so the index is always reloaded after the change it follows.
     writing: tokio::sync::Mutex<()>,
+    /// When each flag last changed, from the audit: how long a settled flag has been settled.
+    last_changed: std::sync::Mutex<std::collections::HashMap<String, cutover_core::Timestamp>>,
+}
+
+/// A flag that should leave the code, and why.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StaleFlag {
+    pub key: String,
+    pub owner: String,
+    #[serde(flatten)]
+    pub staleness: cutover_flags::hygiene::Staleness,
+    pub message: String,
 }
 
 impl FlagService {
@@ -149,6 +161,16 @@ impl FlagService {
         keys: Vec<ApiKey>,
     ) -> Result<Arc<Self>, StoreError> {
         let set = store.flags()?;
+        let mut last_changed = std::collections::HashMap::new();
+        let mut after = 0;
+        loop {
+            let page = store.flag_audit(None, after, 1000)?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            for record in &page {
+                last_changed.insert(record.key.clone(), record.at);
+            }
+        }
         Ok(Arc::new(FlagService {
             index: ArcSwap::from_pointee(FlagIndex::new(set.revision, set.flags)),
             store,
@@ -156,7 +178,38 @@ impl FlagService {
             changes: broadcast::channel(64).0,
             keys,
             writing: tokio::sync::Mutex::new(()),
+            last_changed: std::sync::Mutex::new(last_changed),
         }))
+    }
+
+    /// The flags that should leave the code now: past their expiry date, or settled on one
+    /// variant for `settled_after_days`.
+    pub fn stale(&self, settled_after_days: u32) -> Vec<StaleFlag> {
+        let now = self.clock.now();
+        let today = cutover_flags::hygiene::date_of(now);
+        let last_changed = self
+            .last_changed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        self.index()
+            .flags()
+            .filter_map(|flag| {
+                let staleness = cutover_flags::hygiene::staleness(
+                    flag,
+                    last_changed.get(&flag.key).copied(),
+                    now,
+                    today,
+                    settled_after_days,
+                )?;
+                Some(StaleFlag {
+                    key: flag.key.clone(),
+                    owner: flag.owner.clone(),
+                    message: staleness.describe(),
+                    staleness,
+                })
+            })
+            .collect()
     }
 
     /// The flags evaluations read now.
@@ -206,6 +259,10 @@ impl FlagService {
             why: why.to_string(),
             at: self.clock.now(),
         })?;
+        self.last_changed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key.to_string(), record.at);
         let set = self.store.flags()?;
         let revision = set.revision;
         self.index.store(Arc::new(FlagIndex::new(revision, set.flags)));

@@ -719,6 +719,7 @@ pub async fn start(
                 Arc::clone(&options.clock),
                 forwarding,
                 notifier,
+                flags_config.stale_after_days,
             )
             .await?;
             tasks.spawn(Arc::clone(&runner).run(

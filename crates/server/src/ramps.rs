@@ -178,6 +178,11 @@ pub struct RampRunner {
     /// The latest ramp of every flag that had one. Held across a ramp's whole transition (save,
     /// act, save), so commands and ticks never interleave inside one.
     ramps: tokio::sync::Mutex<BTreeMap<String, Entry>>,
+    /// `[flags] stale_after_days`.
+    stale_after_days: u32,
+    /// Flags whose expiry was announced to the webhooks by this process, with the date that
+    /// expired (a flag given a new date and expiring again is announced again).
+    announced: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 /// A ramp as the admin API shows it.
@@ -206,6 +211,7 @@ impl RampRunner {
         clock: Arc<dyn Clock>,
         forwarding: Vec<(String, Arc<FlagForwarding>)>,
         notifier: Option<Notifier>,
+        stale_after_days: u32,
     ) -> Result<Arc<Self>, StoreError> {
         let mut ramps = BTreeMap::new();
         for ramp in store.ramps()? {
@@ -226,6 +232,8 @@ impl RampRunner {
             forwarding,
             notifier,
             ramps: tokio::sync::Mutex::new(ramps),
+            stale_after_days,
+            announced: std::sync::Mutex::new(std::collections::HashMap::new()),
         });
         let mut ramps = runner.ramps.lock().await;
         for entry in ramps.values_mut() {
@@ -242,6 +250,43 @@ impl RampRunner {
         }
         drop(ramps);
         Ok(runner)
+    }
+
+    /// The flags that should leave the code (see [`cutover_flags::hygiene`]).
+    pub fn stale(&self) -> Vec<crate::flags::StaleFlag> {
+        self.service.stale(self.stale_after_days)
+    }
+
+    /// Tells the webhooks of every flag that passed its expiry date since the last look (once
+    /// per flag and date and server start: a restart announces the expired flags again).
+    fn announce_expired(&self) {
+        let stale = self.stale();
+        let mut announced = self
+            .announced
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for flag in stale {
+            let cutover_flags::hygiene::Staleness::Expired { expires, .. } = &flag.staleness else {
+                continue;
+            };
+            if announced.get(&flag.key) == Some(expires) {
+                continue;
+            }
+            announced.insert(flag.key.clone(), expires.clone());
+            let message = format!("flag {} (owner {}) {}", flag.key, flag.owner, flag.message);
+            tracing::warn!(flag = %flag.key, owner = %flag.owner, "{message}");
+            if let Some(notifier) = &self.notifier {
+                let mut payload = WebhookEvent::new(EventKind::Flag, "flags", message, self.clock.now());
+                payload.phase = Some("flag_expired".into());
+                payload.data = serde_json::json!({
+                    "flag": flag.key,
+                    "event": "flag_expired",
+                    "owner": flag.owner,
+                    "expires": expires,
+                });
+                notifier.notify(payload);
+            }
+        }
     }
 
     /// Every flag's latest ramp.
@@ -616,12 +661,18 @@ impl RampRunner {
     pub async fn run(self: Arc<Self>, tick: std::time::Duration, shutdown: CancellationToken) {
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Expiry is by the day: a look a minute is plenty.
+        let mut hygiene = tokio::time::interval(std::time::Duration::from_secs(60));
+        hygiene.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A change may set a date that has passed: announced at once, not within the minute.
+        let mut changes = self.service.subscribe();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = ticker.tick() => {}
+                _ = ticker.tick() => self.tick().await,
+                _ = hygiene.tick() => self.announce_expired(),
+                _ = changes.recv() => self.announce_expired(),
             }
-            self.tick().await;
         }
     }
 }
