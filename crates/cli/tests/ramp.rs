@@ -33,6 +33,10 @@ struct Setup {
 
 impl Setup {
     fn new(flag_error_rate: f64, extra: &str) -> Setup {
+        Setup::with_admin(flag_error_rate, extra, "127.0.0.1:0")
+    }
+
+    fn with_admin(flag_error_rate: f64, extra: &str, admin_listen: &str) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(CUTOVER);
         cmd.args([
@@ -63,7 +67,7 @@ impl Setup {
 tick_ms = 50
 
 [admin]
-listen = "127.0.0.1:0"
+listen = "{admin_listen}"
 
 [flags]
 listen = "127.0.0.1:0"
@@ -445,4 +449,52 @@ async fn a_ramp_survives_kill_9_of_the_server_and_resumes() {
         json!({ "variant": "on", "weight": 10000 }),
         "{flag}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ramp_is_judged_from_prometheus_when_configured() {
+    // Prometheus must know where to scrape before cutover starts: a port free a moment ago.
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], cutover_test_support::free_port()));
+    let prometheus = cutover_test_support::monitoring::Prometheus::start(
+        &[("cutover", admin, "/metrics")],
+        Duration::from_secs(1),
+    )
+    .await;
+    let setup = Setup::with_admin(
+        0.3,
+        &format!("\n[flags.prometheus]\nurl = \"{}\"\n", prometheus.url),
+        &admin.to_string(),
+    );
+    setup.create_flag().await;
+    let traffic = Traffic::start(&setup.public);
+    let (code, out) = setup.cli(&[
+        "flag",
+        "ramp",
+        FLAG,
+        "--steps",
+        "30,100",
+        "--window",
+        "20s",
+        "--interval",
+        "3s",
+        "--min-requests",
+        "30",
+        "--reason",
+        "judged by Prometheus",
+        "--wait",
+    ]);
+    traffic.finish().await;
+    assert_eq!(code, 10, "killed from Prometheus's numbers\n{out}");
+    let ramp = setup.ramp().await;
+    let judged: Vec<&Value> = ramp["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["verdict"].is_object())
+        .collect();
+    assert!(!judged.is_empty(), "{ramp:#}");
+    // Windows from Prometheus carry no user counts (the proxy's counters always do).
+    for d in judged {
+        assert!(d["verdict"]["stats"]["canary"]["users"].is_null(), "{d:#}");
+    }
 }

@@ -23,26 +23,55 @@ use crate::flag::Flag;
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 /// Flags by key, and the revision of the whole set (bumped by every change of any flag).
+///
+/// Each flag's answer parts that do not depend on the user (its key and metadata as JSON) are
+/// written once, when the index is built on a change, so an evaluation writes only the value,
+/// reason and variant: a bulk answer of 100 flags is one buffer, not thousands of small
+/// allocations.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FlagIndex {
     pub revision: u64,
-    flags: std::collections::BTreeMap<String, Flag>,
+    flags: std::collections::BTreeMap<String, Indexed>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Indexed {
+    flag: Flag,
+    /// `{"key":"...",`
+    head: String,
+    /// `"metadata":{...}}`
+    tail: String,
+}
+
+impl Indexed {
+    fn new(flag: Flag) -> Self {
+        let key = serde_json::to_string(&flag.key).unwrap_or_else(|_| "\"\"".into());
+        let metadata = serde_json::to_string(&metadata(&flag)).unwrap_or_else(|_| "{}".into());
+        Indexed {
+            head: format!("{{\"key\":{key},"),
+            tail: format!("\"metadata\":{metadata}}}"),
+            flag,
+        }
+    }
 }
 
 impl FlagIndex {
     pub fn new(revision: u64, flags: impl IntoIterator<Item = Flag>) -> Self {
         FlagIndex {
             revision,
-            flags: flags.into_iter().map(|f| (f.key.clone(), f)).collect(),
+            flags: flags
+                .into_iter()
+                .map(|f| (f.key.clone(), Indexed::new(f)))
+                .collect(),
         }
     }
 
     pub fn get(&self, key: &str) -> Option<&Flag> {
-        self.flags.get(key)
+        self.flags.get(key).map(|i| &i.flag)
     }
 
     pub fn flags(&self) -> impl Iterator<Item = &Flag> {
-        self.flags.values()
+        self.flags.values().map(|i| &i.flag)
     }
 
     pub fn len(&self) -> usize {
@@ -60,8 +89,8 @@ pub struct Reply {
     pub status: u16,
     /// For bulk answers: the `ETag` header, quoted.
     pub etag: Option<String>,
-    /// `None` for a 304.
-    pub body: Option<Value>,
+    /// The JSON body; `None` for a 304.
+    pub body: Option<Vec<u8>>,
 }
 
 impl Reply {
@@ -69,8 +98,13 @@ impl Reply {
         Reply {
             status,
             etag: None,
-            body: Some(body),
+            body: Some(serde_json::to_vec(&body).unwrap_or_default()),
         }
+    }
+
+    /// The body parsed, for tests and tools.
+    pub fn json_body(&self) -> Option<Value> {
+        serde_json::from_slice(self.body.as_deref()?).ok()
     }
 }
 
@@ -152,36 +186,52 @@ fn reason_name(reason: Reason) -> &'static str {
     }
 }
 
-/// One flag evaluated for `context`: the success or failure object and its status.
-fn evaluate_flag(flag: &Flag, context: &Map<String, Value>) -> (u16, Value) {
-    match eval::evaluate(flag, context) {
-        Ok(r) => (
-            200,
-            json!({
-                "key": flag.key,
-                "value": r.value,
-                "reason": reason_name(r.reason),
-                "variant": r.variant,
-                "metadata": metadata(flag),
-            }),
-        ),
+/// One flag evaluated for `context`, its answer appended to `out`: the success object, or with
+/// status 400 the failure object, or with 500 the failure's details only.
+fn write_flag(out: &mut Vec<u8>, indexed: &Indexed, context: &Map<String, Value>) -> u16 {
+    match eval::evaluate(&indexed.flag, context) {
+        Ok(r) => {
+            out.extend_from_slice(indexed.head.as_bytes());
+            out.extend_from_slice(b"\"value\":");
+            // Values and variant names came from JSON and serialise back; the fallback keeps the
+            // answer well-formed all the same.
+            if serde_json::to_writer(&mut *out, r.value).is_err() {
+                out.extend_from_slice(b"null");
+            }
+            out.extend_from_slice(b",\"reason\":\"");
+            out.extend_from_slice(reason_name(r.reason).as_bytes());
+            out.extend_from_slice(b"\",\"variant\":");
+            if serde_json::to_writer(&mut *out, r.variant).is_err() {
+                out.extend_from_slice(b"\"\"");
+            }
+            out.push(b',');
+            out.extend_from_slice(indexed.tail.as_bytes());
+            200
+        }
         Err(e) => {
-            let (status, code) = match &e {
-                EvalError::TargetingKeyMissing => (400, "TARGETING_KEY_MISSING"),
-                EvalError::InvalidContext(_) => (400, "INVALID_CONTEXT"),
-                EvalError::General(_) => (500, "GENERAL"),
-            };
-            (
-                status,
-                json!({
-                    "key": flag.key,
-                    "errorCode": code,
-                    "errorDetails": e.to_string(),
-                    "metadata": metadata(flag),
-                }),
-            )
+            let (status, body) = failure(&indexed.flag, &e);
+            let _ = serde_json::to_writer(&mut *out, &body);
+            status
         }
     }
+}
+
+/// The failure object of a flag that could not be evaluated, and its status.
+fn failure(flag: &Flag, e: &EvalError) -> (u16, Value) {
+    let (status, code) = match e {
+        EvalError::TargetingKeyMissing => (400, "TARGETING_KEY_MISSING"),
+        EvalError::InvalidContext(_) => (400, "INVALID_CONTEXT"),
+        EvalError::General(_) => (500, "GENERAL"),
+    };
+    (
+        status,
+        json!({
+            "key": flag.key,
+            "errorCode": code,
+            "errorDetails": e.to_string(),
+            "metadata": metadata(flag),
+        }),
+    )
 }
 
 /// `POST /ofrep/v1/evaluate/flags/{key}`.
@@ -195,7 +245,7 @@ pub fn evaluate_one(index: &FlagIndex, key: &str, body: &[u8]) -> Reply {
             )
         }
     };
-    let Some(flag) = index.get(key) else {
+    let Some(indexed) = index.flags.get(key) else {
         return Reply::json(
             404,
             json!({
@@ -205,12 +255,18 @@ pub fn evaluate_one(index: &FlagIndex, key: &str, body: &[u8]) -> Reply {
             }),
         );
     };
-    let (status, body) = evaluate_flag(flag, &context);
+    let mut out = Vec::with_capacity(indexed.head.len() + indexed.tail.len() + 64);
+    let status = write_flag(&mut out, indexed, &context);
     if status == 500 {
         // The generic server error has no key or code (generalErrorResponse).
+        let body: Value = serde_json::from_slice(&out).unwrap_or(Value::Null);
         return Reply::json(500, json!({ "errorDetails": body["errorDetails"] }));
     }
-    Reply::json(status, body)
+    Reply {
+        status,
+        etag: None,
+        body: Some(out),
+    }
 }
 
 /// The ETag of a bulk answer: the flag set's revision and the context it was evaluated for.
@@ -255,33 +311,43 @@ pub fn evaluate_all(
             body: None,
         };
     }
-    let flags: Vec<Value> = index
-        .flags()
-        .map(|flag| {
-            let (status, body) = evaluate_flag(flag, &context);
-            if status == 500 {
-                // Inside a bulk answer a broken flag is one failed item, not a failed request.
-                json!({
-                    "key": flag.key,
-                    "errorCode": "GENERAL",
-                    "errorDetails": body["errorDetails"],
-                })
-            } else {
-                body
-            }
-        })
-        .collect();
-    let mut answer = json!({
-        "flags": flags,
-        "metadata": { "flagSetRevision": index.revision },
-    });
-    if let Some(uri) = event_stream {
-        answer["eventStreams"] = json!([{ "type": "sse", "endpoint": { "requestUri": uri } }]);
+    let size: usize = index
+        .flags
+        .values()
+        .map(|i| i.head.len() + i.tail.len() + 64)
+        .sum();
+    let mut out = Vec::with_capacity(size + 256);
+    out.extend_from_slice(b"{\"flags\":[");
+    for (n, indexed) in index.flags.values().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        let start = out.len();
+        if write_flag(&mut out, indexed, &context) == 500 {
+            // Inside a bulk answer a broken flag is one failed item, not a failed request.
+            let body: Value = serde_json::from_slice(&out[start..]).unwrap_or(Value::Null);
+            out.truncate(start);
+            let item = json!({
+                "key": indexed.flag.key,
+                "errorCode": "GENERAL",
+                "errorDetails": body["errorDetails"],
+            });
+            let _ = serde_json::to_writer(&mut out, &item);
+        }
     }
+    out.extend_from_slice(b"],\"metadata\":{\"flagSetRevision\":");
+    out.extend_from_slice(index.revision.to_string().as_bytes());
+    out.push(b'}');
+    if let Some(uri) = event_stream {
+        out.extend_from_slice(b",\"eventStreams\":");
+        let streams = json!([{ "type": "sse", "endpoint": { "requestUri": uri } }]);
+        let _ = serde_json::to_writer(&mut out, &streams);
+    }
+    out.push(b'}');
     Reply {
         status: 200,
         etag: Some(etag),
-        body: Some(answer),
+        body: Some(out),
     }
 }
 
@@ -333,7 +399,7 @@ split = [{ variant = "on", weight = 5000 }, { variant = "off", weight = 5000 }]
             &body(json!({"context": {"targetingKey": "u", "country": "DE"}})),
         );
         assert_eq!(r.status, 200);
-        let b = r.body.unwrap();
+        let b = r.json_body().unwrap();
         assert_eq!(
             (b["value"].clone(), b["reason"].clone(), b["variant"].clone()),
             (json!("red"), json!("TARGETING_MATCH"), json!("red"))
@@ -342,12 +408,12 @@ split = [{ variant = "on", weight = 5000 }, { variant = "off", weight = 5000 }]
         assert_eq!(b["metadata"]["expires"], "2027-01-31");
         let r = evaluate_one(&i, "banner", &body(json!({"context": {"country": "FR"}})));
         assert_eq!(
-            r.body.unwrap()["reason"],
+            r.json_body().unwrap()["reason"],
             "STATIC",
             "the default of a targeted flag"
         );
         let r = evaluate_one(&i, "checkout", &body(json!({"context": {"targetingKey": "u"}})));
-        assert_eq!(r.body.unwrap()["reason"], "SPLIT");
+        assert_eq!(r.json_body().unwrap()["reason"], "SPLIT");
     }
 
     #[test]
@@ -369,11 +435,11 @@ split = [{ variant = "on", weight = 5000 }, { variant = "off", weight = 5000 }]
         for (key, request, status, code) in cases {
             let r = evaluate_one(&i, key, request);
             assert_eq!(r.status, status, "{key} {}", String::from_utf8_lossy(request));
-            assert_eq!(r.body.unwrap()["errorCode"], code);
+            assert_eq!(r.json_body().unwrap()["errorCode"], code);
         }
         let huge = vec![b' '; MAX_REQUEST_BYTES + 1];
         assert_eq!(
-            evaluate_one(&i, "banner", &huge).body.unwrap()["errorCode"],
+            evaluate_one(&i, "banner", &huge).json_body().unwrap()["errorCode"],
             "INVALID_CONTEXT"
         );
     }
@@ -386,7 +452,7 @@ split = [{ variant = "on", weight = 5000 }, { variant = "off", weight = 5000 }]
         let first = evaluate_all(&i, &alice, None, Some("/ofrep/v1/events"));
         assert_eq!(first.status, 200);
         let etag = first.etag.clone().unwrap();
-        let b = first.body.unwrap();
+        let b = first.json_body().unwrap();
         assert_eq!(b["flags"].as_array().unwrap().len(), 2);
         assert_eq!(b["eventStreams"][0]["endpoint"]["requestUri"], "/ofrep/v1/events");
         // The same user again: 304. Another user with alice's ETag: a full answer.
@@ -402,7 +468,7 @@ split = [{ variant = "on", weight = 5000 }, { variant = "off", weight = 5000 }]
         // Without a targeting key the split flag fails alone; the request does not.
         let r = evaluate_all(&i, br#"{"context": {}}"#, None, None);
         assert_eq!(r.status, 200);
-        let flags = r.body.unwrap()["flags"].clone();
+        let flags = r.json_body().unwrap()["flags"].clone();
         assert_eq!(flags[1]["errorCode"], "TARGETING_KEY_MISSING");
         assert_eq!(flags[0]["reason"], "STATIC");
     }

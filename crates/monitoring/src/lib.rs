@@ -66,7 +66,9 @@ use serde::{Deserialize, Serialize};
 pub use alertmanager::{describe, ActiveAlert, AlertGate, AlertGateConfig, GateError, MatchOp, Matcher};
 pub use custom::{judge_custom, CheckOutcome, CustomCheck, CustomMetric, Direction};
 pub use http::RequestFailure;
-pub use prometheus::{PrometheusConfig, PrometheusSource, RangeSeries, Sample};
+pub use prometheus::{
+    FlagPrometheusConfig, PrometheusConfig, PrometheusSource, RangeSeries, Sample, Templates,
+};
 
 /// The window of one slot to measure: the release `version` of `app` running in `slot`, over
 /// `(from, to]`.

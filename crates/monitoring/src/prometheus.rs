@@ -42,8 +42,121 @@ pub const DEFAULT_CODES_QUERY: &str = r#"sum by (code) (increase(cutover_respons
 /// p99 time to response headers in the window, in milliseconds, from cutover's histogram.
 pub const DEFAULT_P99_MS_QUERY: &str = r#"1000 * histogram_quantile(0.99, sum by (le) (increase(cutover_request_duration_seconds_bucket{app="{app}",slot="{slot}",version="{version}"}[{interval}])))"#;
 
-/// The placeholders a template may use.
-const PLACEHOLDERS: [&str; 4] = ["app", "slot", "version", "interval"];
+/// What a source's templates measure, and so which placeholders they may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Templates {
+    /// A slot of an app: `{app}`, `{slot}`, `{version}`, `{interval}` (rollouts).
+    Slot,
+    /// The users of a flag in one variant, or in every other: `{flag}`, `{variant}`, `{op}` (`=`
+    /// for the variant's users, `!=` for the others), `{interval}` (guarded ramps).
+    Flag,
+}
+
+impl Templates {
+    fn placeholders(self) -> &'static [&'static str] {
+        match self {
+            Templates::Slot => &["app", "slot", "version", "interval"],
+            Templates::Flag => &["flag", "variant", "op", "interval"],
+        }
+    }
+}
+
+/// Requests of the users given (`{op}` `=`) or not given (`!=`) a flag's variant, from the
+/// counters cutover's proxy keeps for forwarded flags (`[app.flags] forward`), all apps together.
+pub const DEFAULT_FLAG_REQUESTS_QUERY: &str =
+    r#"sum(increase(cutover_flag_requests_total{flag="{flag}",variant{op}"{variant}"}[{interval}]))"#;
+/// Their 5xx responses.
+pub const DEFAULT_FLAG_ERRORS_QUERY: &str = r#"sum(increase(cutover_flag_requests_total{flag="{flag}",variant{op}"{variant}",code_class="5xx"}[{interval}]))"#;
+/// Their 4xx responses.
+pub const DEFAULT_FLAG_CLIENT_ERRORS_QUERY: &str = r#"sum(increase(cutover_flag_requests_total{flag="{flag}",variant{op}"{variant}",code_class="4xx"}[{interval}]))"#;
+/// Their responses of the common 4xx and 5xx codes, one series per `code`.
+pub const DEFAULT_FLAG_CODES_QUERY: &str = r#"sum by (code) (increase(cutover_flag_responses_by_code_total{flag="{flag}",variant{op}"{variant}"}[{interval}]))"#;
+/// Their p99 time to response headers, in milliseconds.
+pub const DEFAULT_FLAG_P99_MS_QUERY: &str = r#"1000 * histogram_quantile(0.99, sum by (le) (increase(cutover_flag_request_duration_seconds_bucket{flag="{flag}",variant{op}"{variant}"}[{interval}])))"#;
+
+/// `[flags.prometheus]`: guarded ramps judged from Prometheus. The same settings as
+/// [`PrometheusConfig`], with the flag placeholders and defaults over cutover's `cutover_flag_*`
+/// series; write your own templates to judge from an app's own metrics with the variant as a
+/// label, e.g. `sum(rate(http_requests_total{feature_variant{op}"{variant}"}[{interval}]))`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlagPrometheusConfig {
+    pub url: String,
+    #[serde(default = "default_flag_requests_query")]
+    pub requests_query: String,
+    #[serde(default = "default_flag_errors_query")]
+    pub errors_query: String,
+    #[serde(default = "default_flag_client_errors_query")]
+    pub client_errors_query: Option<String>,
+    #[serde(default = "default_flag_codes_query")]
+    pub codes_query: Option<String>,
+    #[serde(default = "default_flag_p99_ms_query")]
+    pub p99_ms_query: Option<String>,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    #[serde(default = "default_retry_backoff_ms")]
+    pub retry_backoff_ms: u64,
+}
+
+fn default_flag_requests_query() -> String {
+    DEFAULT_FLAG_REQUESTS_QUERY.to_owned()
+}
+fn default_flag_errors_query() -> String {
+    DEFAULT_FLAG_ERRORS_QUERY.to_owned()
+}
+fn default_flag_client_errors_query() -> Option<String> {
+    Some(DEFAULT_FLAG_CLIENT_ERRORS_QUERY.to_owned())
+}
+fn default_flag_codes_query() -> Option<String> {
+    Some(DEFAULT_FLAG_CODES_QUERY.to_owned())
+}
+fn default_flag_p99_ms_query() -> Option<String> {
+    Some(DEFAULT_FLAG_P99_MS_QUERY.to_owned())
+}
+
+impl FlagPrometheusConfig {
+    /// The defaults for `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        FlagPrometheusConfig {
+            url: url.into(),
+            requests_query: default_flag_requests_query(),
+            errors_query: default_flag_errors_query(),
+            client_errors_query: default_flag_client_errors_query(),
+            codes_query: default_flag_codes_query(),
+            p99_ms_query: default_flag_p99_ms_query(),
+            timeout_ms: default_timeout_ms(),
+            retries: default_retries(),
+            retry_backoff_ms: default_retry_backoff_ms(),
+        }
+    }
+
+    fn general(&self) -> PrometheusConfig {
+        PrometheusConfig {
+            url: self.url.clone(),
+            requests_query: self.requests_query.clone(),
+            errors_query: self.errors_query.clone(),
+            client_errors_query: self.client_errors_query.clone(),
+            codes_query: self.codes_query.clone(),
+            p99_ms_query: self.p99_ms_query.clone(),
+            custom: Vec::new(),
+            timeout_ms: self.timeout_ms,
+            retries: self.retries,
+            retry_backoff_ms: self.retry_backoff_ms,
+        }
+    }
+
+    /// Every problem with the settings, each naming its field.
+    pub fn validate(&self) -> Result<(), Vec<MetricError>> {
+        self.general().validate_for(Templates::Flag)
+    }
+
+    /// The source, or the first problem of the settings.
+    pub fn source(&self) -> Result<PrometheusSource, MetricError> {
+        PrometheusSource::with_templates(self.general(), Templates::Flag)
+    }
+}
 
 /// Where and what to query. Deserialized from cutover's configuration; every field but `url`
 /// has a default.
@@ -129,6 +242,11 @@ impl PrometheusConfig {
 
     /// Every problem with the settings, each naming its field.
     pub fn validate(&self) -> Result<(), Vec<MetricError>> {
+        self.validate_for(Templates::Slot)
+    }
+
+    /// [`PrometheusConfig::validate`] for templates of `kind`.
+    pub fn validate_for(&self, kind: Templates) -> Result<(), Vec<MetricError>> {
         let mut errors = Vec::new();
         let mut bad = |field: &str, reason: String| {
             errors.push(MetricError::Config {
@@ -156,7 +274,7 @@ impl PrometheusConfig {
             templates.push((format!("custom[{i}].query"), &m.query));
         }
         for (field, template) in templates {
-            if let Err(reason) = check_template(template) {
+            if let Err(reason) = check_template(template, kind) {
                 bad(&field, reason);
             }
         }
@@ -186,6 +304,7 @@ impl PrometheusConfig {
 #[derive(Debug, Clone)]
 pub struct PrometheusSource {
     config: PrometheusConfig,
+    templates: Templates,
     /// `config.url` without a trailing slash.
     base: String,
     client: reqwest::Client,
@@ -195,17 +314,27 @@ impl PrometheusSource {
     /// Checks `config` (every template, bound and URL) and builds the client. An empty
     /// `p99_ms_query` is stored as `None`. On error, the first problem; use
     /// [`PrometheusConfig::validate`] to get all of them.
-    pub fn new(mut config: PrometheusConfig) -> Result<Self, MetricError> {
+    pub fn new(config: PrometheusConfig) -> Result<Self, MetricError> {
+        Self::with_templates(config, Templates::Slot)
+    }
+
+    /// [`PrometheusSource::new`] for templates of `templates`.
+    pub fn with_templates(mut config: PrometheusConfig, templates: Templates) -> Result<Self, MetricError> {
         if config.p99_ms_query.as_ref().is_some_and(|q| q.trim().is_empty()) {
             config.p99_ms_query = None;
         }
-        if let Err(mut errors) = config.validate() {
+        if let Err(mut errors) = config.validate_for(templates) {
             return Err(errors.remove(0));
         }
         let base = http::base_url(&config.url).map_err(|reason| config_error("url", reason))?;
         let client = http::client(Duration::from_millis(config.timeout_ms))
             .map_err(|reason| config_error("url", reason))?;
-        Ok(Self { config, base, client })
+        Ok(Self {
+            config,
+            templates,
+            base,
+            client,
+        })
     }
 
     pub fn config(&self) -> &PrometheusConfig {
@@ -351,13 +480,42 @@ impl MetricSource for PrometheusSource {
     /// Runs every configured query at once, evaluated at `q.to`. The first failing query's
     /// error fails the whole measurement: a half-read window would compare unlike with like.
     async fn measure(&self, q: &WindowQuery) -> Result<SlotMeasurement, MetricError> {
-        let requests = render(&self.config.requests_query, q);
-        let errors = render(&self.config.errors_query, q);
-        let optional = |t: &Option<String>| {
-            t.as_deref()
-                .filter(|t| !t.trim().is_empty())
-                .map(|t| render(t, q))
+        self.measure_rendered(&|t| render(t, q), q.to).await
+    }
+}
+
+impl PrometheusSource {
+    /// The users of `flag` given `variant` (`flagged`) or not given it, over `(from, to]`, from
+    /// a source built for [`Templates::Flag`].
+    pub async fn measure_flag(
+        &self,
+        flag: &str,
+        variant: &str,
+        flagged: bool,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<SlotMeasurement, MetricError> {
+        debug_assert_eq!(self.templates, Templates::Flag);
+        let values = |name: &str| match name {
+            "flag" => Some(escape_promql(flag)),
+            "variant" => Some(escape_promql(variant)),
+            "op" => Some(if flagged { "=" } else { "!=" }.to_owned()),
+            "interval" => Some(promql_duration(to.millis_since(from))),
+            _ => None,
         };
+        self.measure_rendered(&|t| substitute(t, values), to).await
+    }
+
+    /// Every configured query, rendered by `render`, evaluated at `at`.
+    async fn measure_rendered(
+        &self,
+        render: &(dyn Fn(&str) -> String + Sync),
+        at: Timestamp,
+    ) -> Result<SlotMeasurement, MetricError> {
+        let q_to = at;
+        let requests = render(&self.config.requests_query);
+        let errors = render(&self.config.errors_query);
+        let optional = |t: &Option<String>| t.as_deref().filter(|t| !t.trim().is_empty()).map(render);
         let p99 = optional(&self.config.p99_ms_query);
         let client_errors = optional(&self.config.client_errors_query);
         let codes = optional(&self.config.codes_query);
@@ -365,27 +523,27 @@ impl MetricSource for PrometheusSource {
             .config
             .custom
             .iter()
-            .map(|m| (m.name.clone(), render(&m.query, q)))
+            .map(|m| (m.name.clone(), render(&m.query)))
             .collect();
 
         let (requests, errors, p99_ms, client_errors, codes, custom) = tokio::join!(
-            self.query_value("requests", &requests, q.to),
-            self.query_value("errors", &errors, q.to),
+            self.query_value("requests", &requests, q_to),
+            self.query_value("errors", &errors, q_to),
             async {
                 match &p99 {
-                    Some(query) => self.query_value("p99_ms", query, q.to).await,
+                    Some(query) => self.query_value("p99_ms", query, q_to).await,
                     None => Ok(None),
                 }
             },
             async {
                 match &client_errors {
-                    Some(query) => self.query_value("client_errors", query, q.to).await,
+                    Some(query) => self.query_value("client_errors", query, q_to).await,
                     None => Ok(None),
                 }
             },
             async {
                 let Some(query) = &codes else { return Ok(None) };
-                let samples = self.query_instant("codes", query, q.to).await?;
+                let samples = self.query_instant("codes", query, q_to).await?;
                 Ok::<_, MetricError>(Some(
                     samples
                         .into_iter()
@@ -398,7 +556,7 @@ impl MetricSource for PrometheusSource {
             },
             futures_util::future::join_all(custom.iter().map(|(name, query)| async move {
                 let value = self
-                    .query_value(&format!("custom metric {name}"), query, q.to)
+                    .query_value(&format!("custom metric {name}"), query, q_to)
                     .await?;
                 Ok::<_, MetricError>((name.clone(), value))
             })),
@@ -457,13 +615,14 @@ pub fn promql_duration(millis: u64) -> String {
 }
 
 /// Checks that every `{name}` in `template` is a known placeholder.
-fn check_template(template: &str) -> Result<(), String> {
+fn check_template(template: &str, kind: Templates) -> Result<(), String> {
     if template.trim().is_empty() {
         return Err("is empty; give a PromQL query".to_owned());
     }
+    let known = kind.placeholders();
     let mut unknown = Vec::new();
     substitute(template, |name| {
-        if !PLACEHOLDERS.contains(&name) {
+        if !known.contains(&name) {
             unknown.push(format!("{{{name}}}"));
         }
         None
@@ -471,9 +630,11 @@ fn check_template(template: &str) -> Result<(), String> {
     if unknown.is_empty() {
         Ok(())
     } else {
+        let known: Vec<String> = known.iter().map(|k| format!("{{{k}}}")).collect();
         Err(format!(
-            "unknown placeholder(s) {} in {template:?}; the known ones are {{app}}, {{slot}}, {{version}} and {{interval}}",
-            unknown.join(", ")
+            "unknown placeholder(s) {} in {template:?}; the known ones are {}",
+            unknown.join(", "),
+            known.join(", ")
         ))
     }
 }
@@ -669,12 +830,25 @@ mod tests {
 
     #[test]
     fn only_known_placeholders_are_accepted() {
-        assert!(check_template(DEFAULT_P99_MS_QUERY).is_ok());
-        assert!(check_template(r#"sum(x{job=~"a|b"}) / {interval}"#).is_ok());
-        let err = check_template(r#"x{app="{ap}",slot="{slot}"}"#).unwrap_err();
+        let slot = Templates::Slot;
+        assert!(check_template(DEFAULT_P99_MS_QUERY, slot).is_ok());
+        assert!(check_template(r#"sum(x{job=~"a|b"}) / {interval}"#, slot).is_ok());
+        let err = check_template(r#"x{app="{ap}",slot="{slot}"}"#, slot).unwrap_err();
         assert!(err.contains("{ap}"), "{err}");
-        assert!(err.contains("{app}, {slot}, {version} and {interval}"), "{err}");
-        assert!(check_template("  ").unwrap_err().contains("empty"));
+        assert!(err.contains("{app}, {slot}, {version}, {interval}"), "{err}");
+        assert!(check_template("  ", slot).unwrap_err().contains("empty"));
+        // Flag templates have their own placeholders, and not the slot's.
+        for q in [
+            DEFAULT_FLAG_REQUESTS_QUERY,
+            DEFAULT_FLAG_ERRORS_QUERY,
+            DEFAULT_FLAG_CLIENT_ERRORS_QUERY,
+            DEFAULT_FLAG_CODES_QUERY,
+            DEFAULT_FLAG_P99_MS_QUERY,
+        ] {
+            assert!(check_template(q, Templates::Flag).is_ok(), "{q}");
+            assert!(check_template(q, slot).is_err(), "{q}");
+        }
+        assert!(check_template(DEFAULT_REQUESTS_QUERY, Templates::Flag).is_err());
         // Braces that are not placeholders pass through.
         assert_eq!(render("{ {} {a=b} {", &window(1000)), "{ {} {a=b} {");
     }

@@ -51,6 +51,10 @@ pub struct FlagsConfig {
     /// A flag at 0 % or 100 % of its split, unchanged for this many days, is stale: it has done
     /// its job and should leave the code (`cutover flag list --stale`).
     pub stale_after_days: u32,
+    /// Judge guarded ramps from Prometheus (PromQL with `{flag}`, `{variant}`, `{op}`,
+    /// `{interval}`) instead of the built-in proxy's per-variant counters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<cutover_monitoring::FlagPrometheusConfig>,
 }
 
 impl Default for FlagsConfig {
@@ -61,6 +65,7 @@ impl Default for FlagsConfig {
             api_keys_file: None,
             webhooks: Vec::new(),
             stale_after_days: 30,
+            prometheus: None,
         }
     }
 }
@@ -460,6 +465,11 @@ impl Config {
             ));
         }
         if let Some(flags) = &self.flags {
+            if let Some(Err(problems)) = flags.prometheus.as_ref().map(|p| p.validate()) {
+                for p in problems {
+                    errors.push(FieldError::new("flags.prometheus", p.to_string()));
+                }
+            }
             errors.extend(cutover_notify::validate_all(
                 &flags.webhooks,
                 "flags.webhook",

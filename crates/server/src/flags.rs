@@ -353,7 +353,12 @@ async fn body_of(request: Request) -> Vec<u8> {
 fn reply(r: Reply) -> Response {
     let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = match r.body {
-        Some(body) => (status, Json(body)).into_response(),
+        Some(body) => (
+            status,
+            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            body,
+        )
+            .into_response(),
         None => {
             let mut response = Response::new(Body::empty());
             *response.status_mut() = status;

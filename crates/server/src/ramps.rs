@@ -174,6 +174,8 @@ pub struct RampRunner {
     clock: Arc<dyn Clock>,
     /// Every app that forwards flags, with its counters.
     forwarding: Vec<(String, Arc<FlagForwarding>)>,
+    /// `[flags.prometheus]`: windows measured by PromQL instead of the proxy's counters.
+    prometheus: Option<cutover_monitoring::PrometheusSource>,
     notifier: Option<Notifier>,
     /// The latest ramp of every flag that had one. Held across a ramp's whole transition (save,
     /// act, save), so commands and ticks never interleave inside one.
@@ -210,6 +212,7 @@ impl RampRunner {
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         forwarding: Vec<(String, Arc<FlagForwarding>)>,
+        prometheus: Option<cutover_monitoring::PrometheusSource>,
         notifier: Option<Notifier>,
         stale_after_days: u32,
     ) -> Result<Arc<Self>, StoreError> {
@@ -230,6 +233,7 @@ impl RampRunner {
             store,
             clock,
             forwarding,
+            prometheus,
             notifier,
             ramps: tokio::sync::Mutex::new(ramps),
             stale_after_days,
@@ -348,11 +352,11 @@ impl RampRunner {
             .forwarding
             .iter()
             .any(|(_, f)| f.flags().iter().any(|k| k == key));
-        if !forwarded {
+        if !forwarded && self.prometheus.is_none() {
             let problem = FieldError::new(
                 "flag",
                 format!(
-                    "no app forwards flag {key}, so no traffic can judge its ramp: add it to `[app.flags] forward` of the app whose users get it"
+                    "no app forwards flag {key}, so no traffic can judge its ramp: add it to `[app.flags] forward` of the app whose users get it, or judge ramps from Prometheus with [flags.prometheus]"
                 ),
             );
             plan = Err(match plan {
@@ -632,7 +636,10 @@ impl RampRunner {
                     continue;
                 }
                 let reading = self.read(key, now);
-                let stats = self.window(&entry.ramp, start, &reading);
+                let stats = match &self.prometheus {
+                    Some(source) => prometheus_window(source, &entry.ramp, start.at, now).await,
+                    None => self.window(&entry.ramp, start, &reading),
+                };
                 entry.reading = Some(reading);
                 RampInput::Window(stats)
             };
@@ -674,6 +681,54 @@ impl RampRunner {
                 _ = changes.recv() => self.announce_expired(),
             }
         }
+    }
+}
+
+/// The window `(from, to]` of `ramp` measured by PromQL: the new variant's users against the
+/// others. A query that fails makes the window inconclusive, never a pass.
+async fn prometheus_window(
+    source: &cutover_monitoring::PrometheusSource,
+    ramp: &Ramp,
+    from: Timestamp,
+    to: Timestamp,
+) -> WindowStats {
+    let (flagged, unflagged) = tokio::join!(
+        source.measure_flag(&ramp.flag, &ramp.plan.variant, true, from, to),
+        source.measure_flag(&ramp.flag, &ramp.plan.variant, false, from, to),
+    );
+    let window = |m: Result<cutover_monitoring::SlotMeasurement, cutover_monitoring::MetricError>| {
+        let m = m.map_err(|e| e.to_string())?;
+        let count = |v: f64| v.max(0.0).round() as u64;
+        Ok::<_, String>(SlotWindow {
+            // No series at all: no request of these users in the window.
+            requests: m.requests.map_or(0, count),
+            errors: m.errors.map_or(0, count),
+            p99_ms: m.p99_ms,
+            client_errors: Some(m.client_errors.map_or(0, count)),
+            codes: Some(
+                m.codes
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(c, n)| (c, count(n)))
+                    .collect(),
+            ),
+            users: None,
+            users_with_client_errors: None,
+        })
+    };
+    match (window(flagged), window(unflagged)) {
+        (Ok(canary), Ok(baseline)) => WindowStats {
+            canary,
+            baseline: Some(baseline),
+            duration_ms: to.millis_since(from),
+            latency: None,
+            unavailable: None,
+            external: Vec::new(),
+        },
+        (Err(e), _) | (_, Err(e)) => WindowStats {
+            unavailable: Some(format!("Prometheus: {e}")),
+            ..WindowStats::default()
+        },
     }
 }
 
