@@ -29,6 +29,10 @@ pub const FULL: u16 = 10_000;
 /// Decisions kept per ramp (the oldest go first): a long ramp must not grow without bound.
 pub const MAX_DECISIONS: usize = 500;
 
+/// Decisions that keep their verdict's numbers (the latest); older ones keep their sentence. A
+/// ramp is saved at every window, so its size is written again and again.
+pub const DETAILED_DECISIONS: usize = 20;
+
 /// How a ramp proceeds, as asked for by `cutover flag ramp`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -398,6 +402,10 @@ impl Ramp {
             message,
             verdict,
         });
+        let detailed = self.decisions.len().saturating_sub(DETAILED_DECISIONS);
+        if let Some(old) = detailed.checked_sub(1).and_then(|i| self.decisions.get_mut(i)) {
+            old.verdict = None;
+        }
     }
 
     /// Takes `input` at `now`; returns what to do, or why the input does not apply now (the ramp

@@ -53,6 +53,9 @@ pub struct AdminState {
     pub apps: BTreeMap<String, Arc<AppProxy>>,
     pub controllers: BTreeMap<String, Arc<Controller>>,
     pub token: String,
+    /// Further admin tokens with names (`[admin] tokens_file`), for audit records of who changed
+    /// a flag; `token` is named [`ADMIN`].
+    pub named_tokens: Vec<crate::flags::ApiKey>,
     /// The flag service, when `[flags]` is configured.
     pub flags: Option<Arc<crate::flags::FlagService>>,
     /// The guarded ramps of flags, with the flag service.
@@ -151,13 +154,27 @@ pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
         .map(|(_, token)| token.trim())
 }
 
-fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
+/// The name of the admin token the request carries (for audit records), or 401.
+fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<String, ApiError> {
     match bearer_token(headers) {
-        Some(t) if constant_time_eq::constant_time_eq(t.as_bytes(), state.token.as_bytes()) => Ok(()),
-        Some(_) => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "the bearer token is wrong; use the admin token of this server",
-        )),
+        Some(t) => {
+            // Every token is compared, each in constant time: timing tells nothing of which.
+            let mut name = None;
+            if constant_time_eq::constant_time_eq(t.as_bytes(), state.token.as_bytes()) {
+                name = Some(ADMIN);
+            }
+            for named in &state.named_tokens {
+                if named.matches(t) {
+                    name = Some(named.name.as_str());
+                }
+            }
+            name.map(str::to_string).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "the bearer token is wrong; use an admin token of this server",
+                )
+            })
+        }
         None => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "changes need the admin token: send `Authorization: Bearer <token>`",
@@ -554,8 +571,9 @@ impl From<crate::flags::FlagError> for ApiError {
     }
 }
 
-/// Who changed a flag, for its audit record. The admin token has no name of its own yet.
-const ADMIN: &str = "admin";
+/// The name of the main admin token in audit records; the tokens of `[admin] tokens_file` carry
+/// their own.
+pub const ADMIN: &str = "admin";
 
 #[derive(Debug, Serialize)]
 struct FlagsView {
@@ -640,7 +658,7 @@ async fn put_flag(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<cutover_store::FlagChangeRecord>, ApiError> {
-    authorize(&state, &headers)?;
+    let who = authorize(&state, &headers)?;
     let service = flag_service(&state)?;
     let put: PutFlag = parse_json(&body, "flag change")?;
     require_reason(&put.reason)?;
@@ -648,7 +666,7 @@ async fn put_flag(
         ramps.check_change(&key, Some(&put.flag)).await?;
     }
     let record = service
-        .change(&key, Some(put.flag), put.expected_revision, ADMIN, &put.reason)
+        .change(&key, Some(put.flag), put.expected_revision, &who, &put.reason)
         .await?;
     Ok(Json(record))
 }
@@ -659,14 +677,14 @@ async fn archive_flag(
     headers: HeaderMap,
     q: Result<Query<Why>, QueryRejection>,
 ) -> Result<Json<cutover_store::FlagChangeRecord>, ApiError> {
-    authorize(&state, &headers)?;
+    let who = authorize(&state, &headers)?;
     let service = flag_service(&state)?;
     let why = query(q)?;
     require_reason(&why.reason)?;
     if let Some(ramps) = &state.ramps {
         ramps.check_change(&key, None).await?;
     }
-    Ok(Json(service.change(&key, None, None, ADMIN, &why.reason).await?))
+    Ok(Json(service.change(&key, None, None, &who, &why.reason).await?))
 }
 
 async fn switch_flag(
@@ -675,7 +693,7 @@ async fn switch_flag(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<cutover_store::FlagChangeRecord>, ApiError> {
-    authorize(&state, &headers)?;
+    let who = authorize(&state, &headers)?;
     let service = flag_service(&state)?;
     let enabled = match switch.as_str() {
         "kill" => false,
@@ -693,9 +711,7 @@ async fn switch_flag(
         parse_json(&body, "flag command")?
     };
     require_reason(&why.reason)?;
-    Ok(Json(
-        service.set_enabled(&key, enabled, ADMIN, &why.reason).await?,
-    ))
+    Ok(Json(service.set_enabled(&key, enabled, &who, &why.reason).await?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -768,10 +784,10 @@ async fn start_ramp(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<crate::ramps::RampView>, ApiError> {
-    authorize(&state, &headers)?;
+    let who = authorize(&state, &headers)?;
     let runner = ramp_runner(&state)?;
     let request: crate::ramps::StartRamp = parse_json(&body, "ramp")?;
-    Ok(Json(runner.start(&key, &request, ADMIN).await?))
+    Ok(Json(runner.start(&key, &request, &who).await?))
 }
 
 async fn ramp_command(

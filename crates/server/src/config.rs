@@ -119,6 +119,10 @@ pub struct AdminConfig {
     /// `CUTOVER_ADMIN_TOKEN` gives one, `serve` generates a token and writes it to `token_file`
     /// (default `.cutover/admin.token` beside the config file), readable by the owner only.
     pub token_file: Option<PathBuf>,
+    /// Further admin tokens, one `NAME TOKEN` per line (0600, tokens of 16+ characters): each
+    /// person or CI job gets its own, and flag audit records name who changed what. The main
+    /// token is named `admin`.
+    pub tokens_file: Option<PathBuf>,
     /// Must be set to listen on anything but loopback, as a deliberate act.
     pub allow_non_loopback: bool,
     /// A request head must arrive whole within this time, or the connection is closed: a client
@@ -131,6 +135,7 @@ impl Default for AdminConfig {
         AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9180)),
             token_file: None,
+            tokens_file: None,
             allow_non_loopback: false,
             header_read_timeout_ms: 10_000,
         }

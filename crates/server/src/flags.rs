@@ -54,20 +54,20 @@ impl std::fmt::Debug for ApiKey {
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeysError {
-    #[error("API keys file {path}: {source}; check its permissions")]
+    #[error("keys file {path}: {source}; check the path and its permissions")]
     Io { path: String, source: std::io::Error },
     #[error(
-        "API keys file {path} can be read by others (mode {mode:o}): anyone on this host could \
+        "keys file {path} can be read by others (mode {mode:o}): anyone on this host could \
          read the keys; run `chmod 600 {path}`"
     )]
     Open { path: String, mode: u32 },
-    #[error("API keys file {path}:{line}: {problem}")]
+    #[error("keys file {path}:{line}: {problem}")]
     Line {
         path: String,
         line: usize,
         problem: String,
     },
-    #[error("API keys file {path} has no key; add a line `NAME KEY`, or delete it to have one generated")]
+    #[error("keys file {path} has no key; add a line `NAME KEY` (an OFREP API keys file that is missing is generated)")]
     Empty { path: String },
 }
 
@@ -94,7 +94,37 @@ pub fn load_api_keys(path: &Path) -> Result<(Vec<ApiKey>, bool), KeysError> {
             ));
         }
     };
-    let mut keys = Vec::new();
+    parse_keys(&text, &display).map(|keys| (keys, false))
+}
+
+/// Named tokens from `path` (`NAME TOKEN` per line, `#` comments), which must exist and be
+/// private: the admin API's further tokens, each recorded by name in the flag audit.
+pub fn load_named_tokens(path: &Path) -> Result<Vec<ApiKey>, KeysError> {
+    let display = path.display().to_string();
+    match crate::read_secret_file(path).map_err(|source| KeysError::Io {
+        path: display.clone(),
+        source,
+    })? {
+        crate::SecretFile::Text(text) => parse_keys(&text, &display),
+        crate::SecretFile::Open { mode } => Err(KeysError::Open { path: display, mode }),
+        crate::SecretFile::Missing => Err(KeysError::Io {
+            path: display,
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        }),
+    }
+}
+
+impl ApiKey {
+    /// Whether `given` is this key, compared in constant time.
+    pub fn matches(&self, given: &str) -> bool {
+        constant_time_eq::constant_time_eq(given.as_bytes(), self.key.as_bytes())
+    }
+}
+
+/// `NAME KEY` lines: every key at least [`MIN_KEY_LEN`] characters, names unique, at least one.
+fn parse_keys(text: &str, display: &str) -> Result<Vec<ApiKey>, KeysError> {
+    let display = display.to_string();
+    let mut keys: Vec<ApiKey> = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -115,6 +145,11 @@ pub fn load_api_keys(path: &Path) -> Result<(Vec<ApiKey>, bool), KeysError> {
                  (e.g. `openssl rand -hex 32`)"
             )));
         }
+        if keys.iter().any(|k| k.name == name) {
+            return Err(problem(format!(
+                "{name} is named twice; give each key its own name (audit records carry it)"
+            )));
+        }
         keys.push(ApiKey {
             name: name.to_string(),
             key: key.to_string(),
@@ -123,7 +158,7 @@ pub fn load_api_keys(path: &Path) -> Result<(Vec<ApiKey>, bool), KeysError> {
     if keys.is_empty() {
         return Err(KeysError::Empty { path: display });
     }
-    Ok((keys, false))
+    Ok(keys)
 }
 
 /// The default place of the API keys file: beside the admin token.

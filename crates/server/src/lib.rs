@@ -495,6 +495,11 @@ pub async fn start(
     options: StartOptions,
 ) -> Result<Running, ServeError> {
     let shutdown = CancellationToken::new();
+    let named_tokens = match &config.admin.tokens_file {
+        Some(p) if p.is_relative() => flags::load_named_tokens(&options.config_dir.join(p))?,
+        Some(p) => flags::load_named_tokens(p)?,
+        None => Vec::new(),
+    };
     let state_dir = if config.server.state_dir.is_relative() {
         options.config_dir.join(&config.server.state_dir)
     } else {
@@ -762,6 +767,7 @@ pub async fn start(
         apps: apps.clone(),
         controllers: controllers.clone(),
         token: admin_token,
+        named_tokens,
         flags: flag_service,
         ramps: ramp_runner,
     });

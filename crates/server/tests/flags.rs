@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 
 const TOKEN: &str = "flags-test-admin-token";
 const KEY: &str = "flags-test-api-key-0123456789";
+const ALICE: &str = "alice-admin-token-0123456789";
 
 struct Server {
     running: Option<Running>,
@@ -44,6 +45,22 @@ async fn start() -> Server {
             .unwrap();
         writeln!(f, "# clients\nweb {KEY}").unwrap();
     }
+    let tokens = dir.path().join("admin.tokens");
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tokens)
+            .unwrap();
+        writeln!(
+            f,
+            "# people and jobs\nalice {ALICE}\nci-release-job ci-release-job-token-0123456789"
+        )
+        .unwrap();
+    }
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     let routes = RouteTable {
         live: Slot::Blue,
@@ -61,6 +78,7 @@ async fn start() -> Server {
         },
         admin: AdminConfig {
             listen: loopback,
+            tokens_file: Some(tokens),
             ..AdminConfig::default()
         },
         apps: vec![AppConfig::static_routes("web", loopback, routes)],
@@ -317,4 +335,39 @@ async fn invalid_flags_and_stale_writes_are_refused_and_change_nothing() {
         let json: Value = r.json().await.unwrap();
         assert!(json["errorCode"].is_string(), "{json}");
     }
+}
+
+#[tokio::test]
+async fn the_audit_names_the_token_that_made_each_change() {
+    let server = start().await;
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let put = |token: &'static str, flag: Value, reason: &'static str| {
+        let client = client.clone();
+        let url = format!("{}/v1/flags/checkout", server.admin);
+        async move {
+            client
+                .put(url)
+                .bearer_auth(token)
+                .json(&json!({ "flag": flag, "reason": reason }))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(put(TOKEN, checkout(100), "create").await, 200);
+    assert_eq!(put(ALICE, checkout(500), "ramp by hand").await, 200);
+    assert_eq!(put("not-a-token-of-this-server", checkout(900), "no").await, 401);
+    let (status, audit) = server
+        .admin_call(reqwest::Method::GET, "/v1/flags/checkout/audit", None)
+        .await;
+    assert_eq!(status, 200);
+    let who: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["who"].as_str().unwrap())
+        .collect();
+    assert_eq!(who, ["admin", "alice"]);
 }
