@@ -88,3 +88,48 @@ intervall_ms = 100
     ];
     assert_eq!(lines, all, "{message}");
 }
+
+#[test]
+fn forwarded_flags_are_checked_with_their_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cutover.toml");
+    std::fs::write(
+        &path,
+        r#"[[app]]
+name = "web"
+listen = "127.0.0.1:8080"
+
+[app.flags]
+forward = ["new_session_validator", "new_session_validator", "bad key"]
+header = "Cookie"
+"#,
+    )
+    .unwrap();
+    let message = Config::load(&path).unwrap_err().to_string();
+    for wanted in [
+        "app[0].flags: forwarding flags needs the flag service: add a [flags] table",
+        "app[0].flags.forward[1]: \"new_session_validator\" is listed twice",
+        "app[0].flags.forward[2]: \"bad key\" is not a flag key",
+        "app[0].flags.header: \"Cookie\" is not a header the variants can go in",
+    ] {
+        assert!(message.contains(wanted), "{wanted}\n{message}");
+    }
+    assert!(message.contains(":5: app[0].flags:"), "{message}");
+
+    std::fs::write(
+        &path,
+        r#"[flags]
+listen = "0.0.0.0:9190"
+stale_after_days = 7
+
+[flags.prometheus]
+url = "http://127.0.0.1:9090"
+requests_query = 'sum(rate(x{app="{app}"}[{interval}]))'
+"#,
+    )
+    .unwrap();
+    let message = Config::load(&path).unwrap_err().to_string();
+    assert!(message.contains("flags.listen: 0.0.0.0:9190 is not a loopback address"), "{message}");
+    assert!(message.contains("unknown placeholder(s) {app}"), "{message}");
+    assert!(message.contains("{flag}, {variant}, {op}, {interval}"), "{message}");
+}
