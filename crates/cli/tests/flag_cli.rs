@@ -27,11 +27,7 @@ impl Server {
     fn start() -> Server {
         let dir = tempfile::tempdir().unwrap();
         let keys = dir.path().join("flags.keys");
-        std::fs::write(&keys, format!("flag-cli-test {KEY}\n")).unwrap();
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
-        }
+        common::private_file(&keys, &format!("flag-cli-test {KEY}\n"));
         let config = dir.path().join("cutover.toml");
         std::fs::write(
             &config,

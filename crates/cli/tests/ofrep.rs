@@ -59,11 +59,7 @@ fn serve_with_flags() -> (
 ) {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("flags.keys");
-    std::fs::write(&keys, format!("python-client {KEY}\n")).unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
+    common::private_file(&keys, &format!("python-client {KEY}\n"));
     let config = dir.path().join("cutover.toml");
     std::fs::write(
         &config,

@@ -53,11 +53,7 @@ impl Setup {
                 .map(str::to_string)
         });
         let keys = dir.path().join("flags.keys");
-        std::fs::write(&keys, "test ramp-test-api-key-0123456789\n").unwrap();
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
-        }
+        common::private_file(&keys, "test ramp-test-api-key-0123456789\n");
         let config = dir.path().join("cutover.toml");
         std::fs::write(
             &config,

@@ -31,6 +31,7 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use crate::flag::{AllowList, Condition, Flag, FlagType, Op, Rule, SplitEntry};
+use cutover_core::validate::typos;
 
 /// One flag of the file.
 #[derive(Debug, Clone, PartialEq)]
@@ -871,7 +872,7 @@ fn unknown_field(name: &str, expected: &[&str]) -> String {
 
 fn unknown_value(name: &str, expected: &[String]) -> String {
     let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
-    let near = typos(name, &expected);
+    let near = typos(name, expected.iter().copied());
     if near.is_empty() {
         format!("unknown value `{name}`; use one of {}", list(&expected))
     } else {
@@ -898,49 +899,7 @@ fn list_or(words: &[&str]) -> String {
 /// The candidate closest to `name`, if it is close enough to be a typo; the first of them when
 /// several are as close.
 fn suggest<'a>(name: &str, candidates: &[&'a str]) -> Option<&'a str> {
-    typos(name, candidates).first().copied()
-}
-
-/// The candidates closest to `name`, if they are close enough to be a typo: within a third of
-/// their length in edits (at least one), a swap of neighbours counting as one edit.
-fn typos<'a>(name: &str, candidates: &[&'a str]) -> Vec<&'a str> {
-    let name = name.to_ascii_lowercase();
-    let close: Vec<(usize, &str)> = candidates
-        .iter()
-        .map(|c| (edit_distance(&name, c), *c))
-        .filter(|(d, c)| *d <= (c.chars().count() / 3).max(1))
-        .collect();
-    let best = close.iter().map(|(d, _)| *d).min();
-    close
-        .into_iter()
-        .filter(|(d, _)| Some(*d) == best)
-        .map(|(_, c)| c)
-        .collect()
-}
-
-/// Optimal string alignment distance: insertions, deletions, substitutions and transpositions.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    // d[i][j]: distance between a[..i] and b[..j].
-    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for (i, row) in d.iter_mut().enumerate() {
-        row[0] = i;
-    }
-    for (j, cell) in d[0].iter_mut().enumerate() {
-        *cell = j;
-    }
-    for i in 1..=a.len() {
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut best = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                best = best.min(d[i - 2][j - 2] + 1);
-            }
-            d[i][j] = best;
-        }
-    }
-    d[a.len()][b.len()]
+    typos(name, candidates.iter().copied()).first().copied()
 }
 
 #[cfg(test)]

@@ -19,6 +19,44 @@ fn escape(value: &str) -> String {
     out
 }
 
+/// `name{labels,code_class="1xx"} n` to `5xx`.
+fn write_classes(out: &mut String, name: &str, labels: &str, s: &MetricsSnapshot) {
+    for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "{name}{{{labels},code_class=\"{class}\"}} {}",
+            s.requests_by_class[i]
+        );
+    }
+}
+
+/// The latency histogram `name_bucket`, `name_sum`, `name_count`, in seconds.
+fn write_histogram(out: &mut String, name: &str, labels: &str, s: &MetricsSnapshot) {
+    for bound in PROMETHEUS_BOUNDS_SECS {
+        let micros = (bound * 1e6).round() as u64;
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels},le=\"{bound}\"}} {}",
+            s.count_at_most_micros(micros)
+        );
+    }
+    let total = s.total_requests();
+    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {total}");
+    let _ = writeln!(
+        out,
+        "{name}_sum{{{labels}}} {}",
+        s.latency_sum_micros as f64 / 1e6
+    );
+    let _ = writeln!(out, "{name}_count{{{labels}}} {total}");
+}
+
+/// `name{labels,code="..."} n` for each code counted one by one.
+fn write_codes(out: &mut String, name: &str, labels: &str, s: &MetricsSnapshot) {
+    for (code, n) in cutover_core::TRACKED_CODES.iter().zip(s.codes) {
+        let _ = writeln!(out, "{name}{{{labels},code=\"{code}\"}} {n}");
+    }
+}
+
 /// Renders the metrics of `apps`.
 pub fn render<'a>(apps: impl IntoIterator<Item = &'a AppProxy>) -> String {
     let mut families: Vec<(&str, &str, &str, String)> = vec![
@@ -111,34 +149,13 @@ pub fn render<'a>(apps: impl IntoIterator<Item = &'a AppProxy>) -> String {
                 escape(&pool.version)
             );
             let s: MetricsSnapshot = pool.metrics.snapshot();
-            let out = &mut families[0].3;
-            for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "cutover_requests_total{{{labels},code_class=\"{class}\"}} {}",
-                    s.requests_by_class[i]
-                );
-            }
-            let out = &mut families[1].3;
-            for bound in PROMETHEUS_BOUNDS_SECS {
-                let micros = (bound * 1e6).round() as u64;
-                let _ = writeln!(
-                    out,
-                    "cutover_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {}",
-                    s.count_at_most_micros(micros)
-                );
-            }
-            let total = s.total_requests();
-            let _ = writeln!(
-                out,
-                "cutover_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {total}"
+            write_classes(&mut families[0].3, "cutover_requests_total", &labels, &s);
+            write_histogram(
+                &mut families[1].3,
+                "cutover_request_duration_seconds",
+                &labels,
+                &s,
             );
-            let _ = writeln!(
-                out,
-                "cutover_request_duration_seconds_sum{{{labels}}} {}",
-                s.latency_sum_micros as f64 / 1e6
-            );
-            let _ = writeln!(out, "cutover_request_duration_seconds_count{{{labels}}} {total}");
             let _ = writeln!(
                 families[2].3,
                 "cutover_requests_in_flight{{{labels}}} {}",
@@ -171,12 +188,7 @@ pub fn render<'a>(apps: impl IntoIterator<Item = &'a AppProxy>) -> String {
                 pool.slot,
                 f64::from(pool.weight_bp) / 10_000.0
             );
-            for (code, n) in cutover_core::TRACKED_CODES.iter().zip(s.codes) {
-                let _ = writeln!(
-                    families[9].3,
-                    "cutover_responses_by_code_total{{{labels},code=\"{code}\"}} {n}"
-                );
-            }
+            write_codes(&mut families[9].3, "cutover_responses_by_code_total", &labels, &s);
             for (fault, n) in cutover_core::ClientFault::ALL.iter().zip(s.client_faults) {
                 let _ = writeln!(
                     families[10].3,
@@ -251,42 +263,19 @@ pub fn render_flags<'a>(apps: impl IntoIterator<Item = &'a AppProxy>) -> String 
                 escape(&flag),
                 escape(&variant)
             );
-            for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
-                let _ = writeln!(
-                    families[0].3,
-                    "cutover_flag_requests_total{{{labels},code_class=\"{class}\"}} {}",
-                    s.requests_by_class[i]
-                );
-            }
-            let out = &mut families[1].3;
-            for bound in PROMETHEUS_BOUNDS_SECS {
-                let micros = (bound * 1e6).round() as u64;
-                let _ = writeln!(
-                    out,
-                    "cutover_flag_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {}",
-                    s.count_at_most_micros(micros)
-                );
-            }
-            let total = s.total_requests();
-            let _ = writeln!(
-                out,
-                "cutover_flag_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {total}"
+            write_classes(&mut families[0].3, "cutover_flag_requests_total", &labels, &s);
+            write_histogram(
+                &mut families[1].3,
+                "cutover_flag_request_duration_seconds",
+                &labels,
+                &s,
             );
-            let _ = writeln!(
-                out,
-                "cutover_flag_request_duration_seconds_sum{{{labels}}} {}",
-                s.latency_sum_micros as f64 / 1e6
+            write_codes(
+                &mut families[2].3,
+                "cutover_flag_responses_by_code_total",
+                &labels,
+                &s,
             );
-            let _ = writeln!(
-                out,
-                "cutover_flag_request_duration_seconds_count{{{labels}}} {total}"
-            );
-            for (code, n) in cutover_core::TRACKED_CODES.iter().zip(s.codes) {
-                let _ = writeln!(
-                    families[2].3,
-                    "cutover_flag_responses_by_code_total{{{labels},code=\"{code}\"}} {n}"
-                );
-            }
             let _ = writeln!(families[3].3, "cutover_flag_users{{{labels}}} {}", s.users);
         }
     }

@@ -129,7 +129,13 @@ requests_query = 'sum(rate(x{app="{app}"}[{interval}]))'
     )
     .unwrap();
     let message = Config::load(&path).unwrap_err().to_string();
-    assert!(message.contains("flags.listen: 0.0.0.0:9190 is not a loopback address"), "{message}");
+    assert!(
+        message.contains("flags.listen: 0.0.0.0:9190 is not a loopback address"),
+        "{message}"
+    );
     assert!(message.contains("unknown placeholder(s) {app}"), "{message}");
-    assert!(message.contains("{flag}, {variant}, {op}, {interval}"), "{message}");
+    assert!(
+        message.contains("{flag}, {variant}, {op}, {interval}"),
+        "{message}"
+    );
 }

@@ -41,3 +41,11 @@ pub fn cli(admin: &str, token: &str, args: &[&str]) -> (i32, String) {
     );
     (out.status.code().unwrap_or(-1), text)
 }
+
+/// Writes `text` to `path`, readable by its owner only (as cutover wants key and token files).
+#[allow(dead_code)] // not every test binary writes one
+pub fn private_file(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}

@@ -329,40 +329,12 @@ fn list(words: &[String]) -> String {
         .join(", ")
 }
 
-/// The candidate closest to `name`, if it is close enough to be a typo: within a third of its
-/// length in edits (at least one), a swap of neighbours counting as one edit.
+/// The candidate closest to `name`, if it is close enough to be a typo (see
+/// [`cutover_core::validate::typos`]).
 fn suggest<'a>(name: &str, candidates: &'a [String]) -> Option<&'a str> {
-    candidates
-        .iter()
-        .map(|c| (edit_distance(&name.to_ascii_lowercase(), c), c))
-        .filter(|(d, c)| *d <= (c.chars().count() / 3).max(1))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c.as_str())
-}
-
-/// Optimal string alignment distance: insertions, deletions, substitutions and transpositions.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    // d[i][j]: distance between a[..i] and b[..j].
-    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for (i, row) in d.iter_mut().enumerate() {
-        row[0] = i;
-    }
-    for (j, cell) in d[0].iter_mut().enumerate() {
-        *cell = j;
-    }
-    for i in 1..=a.len() {
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut best = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                best = best.min(d[i - 2][j - 2] + 1);
-            }
-            d[i][j] = best;
-        }
-    }
-    d[a.len()][b.len()]
+    cutover_core::validate::typos(name, candidates.iter().map(String::as_str))
+        .first()
+        .copied()
 }
 
 fn walk<'a>(value: &'a toml::Value, path: &[Step]) -> Option<&'a toml::Value> {
