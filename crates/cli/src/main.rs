@@ -132,7 +132,7 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
-    /// Feature flags of the flag service: list, show, set, kill, unkill, archive, audit.
+    /// Feature flags: create, apply a flags.toml, kill, ramp under the judge, audit, check for stale flags.
     Flag {
         #[command(subcommand)]
         command: flag::FlagCommand,

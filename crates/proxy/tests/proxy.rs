@@ -826,6 +826,23 @@ async fn the_clients_own_failures_never_count_against_a_slot() {
     let mut s = settings();
     s.response_timeout_ms = 500;
     let proxy = Proxy::start(s, route(&[&v1], &[], 0)).await;
+    // Every user in variant "on" of a forwarded flag: its counters must not see the faults either.
+    let on: cutover_flags::Flag = serde_json::from_value(serde_json::json!({
+        "key": "f", "type": "boolean", "variants": { "on": true, "off": false },
+        "default_variant": "off", "owner": "t", "description": "d", "expires": "2099-01-01",
+        "split": [{ "variant": "on", "weight": 1 }],
+    }))
+    .unwrap();
+    proxy
+        .app
+        .forward_flags(Arc::new(cutover_proxy::FlagForwarding::new(
+            Arc::new(FixedFlags(Arc::new(cutover_flags::ofrep::FlagIndex::new(
+                1,
+                [on],
+            )))),
+            vec!["f".into()],
+            cutover_proxy::flags::DEFAULT_HEADER,
+        )));
     let head = |extra: &str| {
         format!("POST /echo HTTP/1.1\r\nHost: web\r\nX-User-ID: attacker\r\n{extra}\r\n").into_bytes()
     };
@@ -880,6 +897,19 @@ async fn the_clients_own_failures_never_count_against_a_slot() {
     );
     assert_eq!((s.server_errors(), s.client_errors()), (0, 0));
     assert_eq!(s.latency_buckets.iter().sum::<u64>(), 5);
+    let variants = proxy.app.flag_forwarding().unwrap().traffic.snapshot("f");
+    assert_eq!(variants.len(), 1);
+    let (variant, _, flagged) = &variants[0];
+    assert_eq!(variant, "on");
+    assert_eq!(
+        (
+            flagged.total_requests(),
+            flagged.client_errors(),
+            flagged.server_errors()
+        ),
+        (5, 0, 0),
+        "only the good requests count for the variant too"
+    );
     let text = cutover_proxy::prometheus::render([&*proxy.app]);
     assert!(
         text.contains(
@@ -887,6 +917,16 @@ async fn the_clients_own_failures_never_count_against_a_slot() {
         ),
         "{text}"
     );
+}
+
+/// A flag index that never changes.
+#[derive(Debug)]
+struct FixedFlags(Arc<cutover_flags::ofrep::FlagIndex>);
+
+impl cutover_proxy::FlagSource for FixedFlags {
+    fn index(&self) -> Arc<cutover_flags::ofrep::FlagIndex> {
+        Arc::clone(&self.0)
+    }
 }
 
 /// A user of a slot whose every backend refuses connections (a canary that just crashed) is
