@@ -190,7 +190,20 @@ fn read_flag(file: &PathBuf) -> Result<Value> {
     } else {
         let value: toml::Value =
             toml::from_str(&text).with_context(|| format!("{}: not a TOML flag", file.display()))?;
-        serde_json::to_value(value).with_context(|| format!("{}: not a flag", file.display()))
+        Ok(toml_to_json(value))
+    }
+}
+
+/// A TOML value as JSON; dates (`expires = 2027-03-31`, as flags.toml allows) become strings.
+fn toml_to_json(value: toml::Value) -> Value {
+    match value {
+        toml::Value::String(s) => Value::String(s),
+        toml::Value::Integer(i) => Value::from(i),
+        toml::Value::Float(f) => Value::from(f),
+        toml::Value::Boolean(b) => Value::Bool(b),
+        toml::Value::Datetime(d) => Value::String(d.to_string()),
+        toml::Value::Array(a) => Value::Array(a.into_iter().map(toml_to_json).collect()),
+        toml::Value::Table(t) => Value::Object(t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect()),
     }
 }
 
@@ -370,13 +383,30 @@ pub async fn run(client: &Client, command: FlagCommand) -> Result<ExitCode> {
                 out!("{}", serde_json::to_string_pretty(&records)?);
                 return Ok(ExitCode::SUCCESS);
             }
-            for r in records.as_array().into_iter().flatten() {
+            let records = records.as_array().cloned().unwrap_or_default();
+            if records.is_empty() {
+                out!("no change of flag {key} is recorded (`cutover flag list` shows the flags)");
+                return Ok(ExitCode::SUCCESS);
+            }
+            out!(
+                "{:<6} {:<20} {:<10} {:<16} why",
+                "seq",
+                "when (UTC)",
+                "revision",
+                "who"
+            );
+            for r in &records {
                 let revision = r["after"]["revision"]
                     .as_u64()
                     .map_or("archived".to_string(), |n| n.to_string());
+                let when = r["at"]
+                    .as_u64()
+                    .and_then(|ms| jiff::Timestamp::from_millisecond(i64::try_from(ms).ok()?).ok())
+                    .map_or("?".to_string(), |t| t.strftime("%Y-%m-%d %H:%M:%S").to_string());
                 out!(
-                    "#{:<5} {:<10} {:<10} {}",
+                    "#{:<5} {:<20} {:<10} {:<16} {}",
                     r["seq"],
+                    when,
                     revision,
                     r["who"].as_str().unwrap_or("?"),
                     r["why"].as_str().unwrap_or("").replace('\n', " ")
@@ -954,7 +984,8 @@ async fn apply(client: &Client, options: &ApplyOptions) -> Result<ExitCode> {
                     done.join(", ")
                 )
             };
-            let conflict = e.downcast_ref::<ApiFailure>().is_some_and(|f| f.status == 409);
+            let failure = e.downcast_ref::<ApiFailure>();
+            let conflict = failure.is_some_and(|f| f.status == 409 && !f.message.contains("being ramped"));
             let what = if conflict {
                 format!("flag {key} changed on the server since apply read it, so apply did not overwrite it")
             } else {

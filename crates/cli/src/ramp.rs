@@ -17,6 +17,7 @@ use crate::client::{exit, Client};
 #[command(after_help = "Examples:\n  \
     cutover flag ramp new_session_validator --steps 1,5,25,50,100 --window 60s --reason \"ship the new validator\" --wait\n  \
     cutover flag ramp new_session_validator --status\n  \
+    cutover flag ramp new_session_validator --wait          # follow the running ramp\n  \
     cutover flag ramp new_session_validator --resume\n  \
     cutover flag ramp new_session_validator --abort --reason \"holding at 5 % for the weekend\"\n\n\
     Exit codes with --wait and --status: 0 completed, 10 killed by the judge, 11 aborted, 13 paused, 3 refused.")]
@@ -24,10 +25,10 @@ pub struct RampArgs {
     /// The flag to ramp.
     pub key: String,
     /// Percentages of users in the new variant, step by step, e.g. 1,5,25,50,100.
-    #[arg(long, value_delimiter = ',', required_unless_present_any = ["resume", "abort", "status"])]
+    #[arg(long, value_delimiter = ',', required_unless_present_any = ["resume", "abort", "status", "wait"])]
     pub steps: Vec<f64>,
     /// How long each step is observed before the next, e.g. 60s, 5m.
-    #[arg(long, value_parser = parse_duration, required_unless_present_any = ["resume", "abort", "status"])]
+    #[arg(long, value_parser = parse_duration, required_unless_present_any = ["resume", "abort", "status", "wait"])]
     pub window: Option<u64>,
     /// Length of one analysis window (default: a sixth of --window, from 1s to 10s).
     #[arg(long, value_parser = parse_duration)]
@@ -47,7 +48,8 @@ pub struct RampArgs {
     /// Why: recorded in the ramp and in every change of the flag it makes.
     #[arg(long)]
     pub reason: Option<String>,
-    /// Follow the ramp, printing its decisions, until it completes, is killed, aborted or paused.
+    /// Follow the ramp, printing its decisions, until it completes, is killed, aborted or paused;
+    /// without --steps, follows the flag's current ramp.
     #[arg(long)]
     pub wait: bool,
     /// Show the flag's latest ramp.
@@ -151,7 +153,7 @@ fn decision_line(d: &Value) -> String {
 
 pub async fn run(client: &Client, args: RampArgs) -> Result<ExitCode> {
     let json_out = args.output == crate::Output::Json;
-    let ramp = if args.status {
+    let ramp = if args.status || (args.wait && args.steps.is_empty() && !args.resume && !args.abort) {
         client.get(&path(&args.key)).await?
     } else if args.resume {
         client
@@ -221,7 +223,23 @@ async fn follow(client: &Client, key: &str, mut ramp: Value, json_out: bool) -> 
             return Ok(ExitCode::from(code));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-        ramp = client.get(&path(key)).await?;
+        // A ramp survives a restart of the server: so does following it, for a minute.
+        let mut unreachable = 0u32;
+        ramp = loop {
+            match client.get(&path(key)).await {
+                Ok(ramp) => break ramp,
+                Err(e) if e.downcast_ref::<crate::client::ApiFailure>().is_none() && unreachable < 120 => {
+                    if unreachable == 0 {
+                        eprintln!(
+                            "cannot reach the server ({e:#}); the ramp goes on there; retrying for a minute"
+                        );
+                    }
+                    unreachable += 1;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         if ramp["id"] != id {
             bail!(
                 "another ramp of flag {key} started meanwhile (#{}); follow it with --status",

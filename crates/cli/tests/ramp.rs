@@ -309,6 +309,12 @@ async fn a_flag_that_fails_five_percent_of_its_requests_is_killed_and_the_webhoo
     assert_eq!(code, 10, "exit 10: the judge killed the flag\n{out}");
     let flag = setup.get(&format!("/v1/flags/{FLAG}")).await;
     assert_eq!(flag["enabled"], false, "{flag}");
+    // Killed and back at 0 %: an unkill later gives the bad variant to nobody.
+    assert_eq!(
+        flag["split"][0],
+        json!({ "variant": "on", "weight": 0 }),
+        "{flag}"
+    );
     let ramp = setup.ramp().await;
     assert_eq!(ramp["phase"]["phase"], "killed", "{ramp:#}");
     let reason = ramp["phase"]["reason"].as_str().unwrap();
@@ -387,6 +393,28 @@ async fn a_ramp_without_enough_evidence_pauses_for_a_person() {
         .unwrap();
     assert_eq!(r.status(), 409);
     assert!(r.text().await.unwrap().contains("being ramped"));
+    // So would a new default variant: a kill would give everyone the variant being ramped.
+    let mut changed = flag.clone();
+    changed["default_variant"] = json!("on");
+    let r = http_client()
+        .put(format!("{}/v1/flags/{FLAG}", setup.admin))
+        .bearer_auth(TOKEN)
+        .json(&json!({ "flag": changed, "reason": "by hand" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    // What the ramp does not rest on may change.
+    let mut changed = flag.clone();
+    changed["description"] = json!("The new session validator, now with a better description");
+    let r = http_client()
+        .put(format!("{}/v1/flags/{FLAG}", setup.admin))
+        .bearer_auth(TOKEN)
+        .json(&json!({ "flag": changed, "reason": "wording" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     let (code, out) = setup.cli(&["flag", "ramp", FLAG, "--resume"]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(setup.ramp().await["phase"]["phase"], "running");

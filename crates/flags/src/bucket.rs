@@ -36,7 +36,8 @@ where
 {
     let weights = weights.into_iter();
     let total: u64 = weights.clone().map(u64::from).sum();
-    if total == 0 {
+    // Validation keeps totals far below this; a larger one would overflow the bucket's product.
+    if total == 0 || total > crate::flag::MAX_SPLIT_TOTAL {
         return None;
     }
     let at = bucket(murmur3(flag_key.as_bytes(), targeting_key.as_bytes()), total);

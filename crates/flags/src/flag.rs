@@ -9,6 +9,10 @@ use serde::{Deserialize, Serialize};
 /// The longest flag key, variant name or attribute name accepted.
 pub const MAX_NAME_LEN: usize = 128;
 
+/// The largest sum of a split's weights: the bucket is `(hash × total) >> 32`, which must not
+/// overflow 64 bits (flagd's own weights are small integers too).
+pub const MAX_SPLIT_TOTAL: u64 = 1 << 31;
+
 /// A feature flag.
 ///
 /// Evaluation order: a disabled flag (the kill switch) gives its default variant; then the allow
@@ -245,6 +249,15 @@ impl Flag {
                 ));
             }
         }
+        let total: u64 = self.split.iter().map(|e| u64::from(e.weight)).sum();
+        if total > MAX_SPLIT_TOTAL {
+            errors.push(FieldError::new(
+                format!("{at}.split"),
+                format!(
+                    "the weights add up to {total}, more than {MAX_SPLIT_TOTAL}; only their ratios count, so use smaller ones (basis points: 10000 in all)"
+                ),
+            ));
+        }
         if !self.split.is_empty() && self.split.iter().all(|e| e.weight == 0) {
             errors.push(FieldError::new(
                 format!("{at}.split"),
@@ -400,6 +413,26 @@ split = [{ variant = "on", weight = 100 }, { variant = "off", weight = 9900 }]
             );
         }
         assert_eq!(problems.len(), 7, "{problems:#?}");
+    }
+
+    #[test]
+    fn weights_too_large_to_bucket_are_refused() {
+        let mut f = flag();
+        f.split = vec![
+            SplitEntry {
+                variant: "on".into(),
+                weight: u32::MAX,
+            },
+            SplitEntry {
+                variant: "off".into(),
+                weight: u32::MAX,
+            },
+        ];
+        let problems: Vec<String> = f.problems("f").iter().map(ToString::to_string).collect();
+        assert!(
+            problems[0].starts_with("f.split: the weights add up to 8589934590"),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -77,8 +77,12 @@ impl RampPlan {
                 "steps must increase: a ramp only ever adds users to the new variant",
             ));
         }
-        if self.step_ms < 1000 {
-            errors.push(FieldError::new("window", "must be at least 1s"));
+        const MAX_MS: u64 = 30 * 86_400_000;
+        if self.step_ms < 1000 || self.step_ms > MAX_MS {
+            errors.push(FieldError::new("window", "must be from 1s to 30 days"));
+        }
+        if self.max_extension_ms > MAX_MS {
+            errors.push(FieldError::new("max_extension", "must be at most 30 days"));
         }
         if self.interval_ms < 100 || self.interval_ms > self.step_ms.max(100) {
             errors.push(FieldError::new(
@@ -109,7 +113,15 @@ impl RampPlan {
                 ),
             ));
         }
-        if self.variant == self.control {
+        if self.variant == flag.default_variant {
+            errors.push(FieldError::new(
+                "variant",
+                format!(
+                    "{:?} is the flag's default variant, which a kill gives to everyone; ramp up another variant",
+                    self.variant
+                ),
+            ));
+        } else if self.variant == self.control {
             errors.push(FieldError::new(
                 "variant",
                 format!(
@@ -440,7 +452,17 @@ impl Ramp {
                     inconclusive_in_row: 0,
                     step_requests: 0,
                 };
-                let message = format!("ramp of flag {} resumed at step {}", self.flag, step + 1);
+                // A person looked and chose to go on: what paused the ramp (an outage that hit
+                // both sides, say) must not pause it again. The evidence starts over; the error
+                // bound holds for the new test as for the first.
+                self.evidence = (self.plan.judge.method == JudgeMethod::Sequential)
+                    .then(|| SequentialState::new(&self.plan.judge.sequential));
+                self.failures = 0;
+                let message = format!(
+                    "ramp of flag {} resumed at step {}; the judge's evidence starts over",
+                    self.flag,
+                    step + 1
+                );
                 self.decide(now, step, "resumed", message, None);
                 Ok(Vec::new())
             }
@@ -790,6 +812,10 @@ expires = "2027-03-31"
         assert_eq!(ramp.weight(), Some(100));
         ramp.handle(RampInput::Resume, t(now)).unwrap();
         assert_eq!(ramp.step(), Some(0));
+        assert_eq!(
+            ramp.evidence,
+            Some(SequentialState::new(&ramp.plan.judge.sequential))
+        );
         assert!(ramp.handle(RampInput::Resume, t(now)).is_err());
     }
 

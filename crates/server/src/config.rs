@@ -628,6 +628,23 @@ impl Config {
                     "connection",
                 ]
                 .contains(&flags.header.to_ascii_lowercase().as_str());
+                let lower = flags.header.to_ascii_lowercase();
+                let taken = app
+                    .proxy
+                    .sticky
+                    .user_key_header
+                    .as_deref()
+                    .is_some_and(|h| h.eq_ignore_ascii_case(&lower))
+                    || app.proxy.preview.header.eq_ignore_ascii_case(&lower);
+                if taken {
+                    errors.push(FieldError::new(
+                        format!("{at}.flags.header"),
+                        format!(
+                            "{:?} is already the user key header or the preview header of this app; the variants would replace it: use a header of their own such as \"X-Cutover-Flags\"",
+                            flags.header
+                        ),
+                    ));
+                }
                 if !header_ok || reserved {
                     errors.push(FieldError::new(
                         format!("{at}.flags.header"),

@@ -43,7 +43,7 @@ pub enum RampError {
     #[error("{0}")]
     Rejected(String),
     #[error(
-        "flag {0:?} is being ramped (ramp #{1}, {2}); abort the ramp first (`cutover flag ramp {0} --abort`), or change what the ramp does not own (everything but the split)"
+        "flag {0:?} is being ramped (ramp #{1}, {2}); abort the ramp first (`cutover flag ramp {0} --abort`), or change only what the ramp does not rest on (everything but the split, the variants, the default variant and the type); a kill always works"
     )]
     Busy(String, u64, String),
     #[error(transparent)]
@@ -320,9 +320,19 @@ impl RampRunner {
             return Ok(());
         };
         let ramp = &entry.ramp;
+        let current = self.service.index().get(key).cloned();
         let fights = match after {
             None => true,
-            Some(flag) => ramp.weight().is_some_and(|w| flag.split != ramp.plan.split(w)),
+            // The split is the ramp's; the variants, the default (what a kill gives everyone)
+            // and the type are what its judgement and its kill rest on.
+            Some(flag) => {
+                ramp.weight().is_some_and(|w| flag.split != ramp.plan.split(w))
+                    || current.is_some_and(|c| {
+                        c.default_variant != flag.default_variant
+                            || c.variants != flag.variants
+                            || c.kind != flag.kind
+                    })
+            }
         };
         if fights {
             let step = ramp.step().map_or(0, |s| s + 1);
@@ -428,7 +438,7 @@ impl RampRunner {
         for action in actions {
             let done = match action {
                 RampAction::SetWeight(weight) => self.set_weight(&entry.ramp, weight).await,
-                RampAction::Kill(reason) => self.kill(&entry.ramp.flag, &reason).await,
+                RampAction::Kill(reason) => self.kill(&entry.ramp, &reason).await,
                 RampAction::Notify { event, message } => {
                     self.notify(&entry.ramp, event, message);
                     Ok(())
@@ -470,15 +480,24 @@ impl RampRunner {
             .map(|_| ())
     }
 
-    async fn kill(&self, key: &str, reason: &str) -> Result<(), FlagError> {
-        match self.service.index().get(key) {
-            Some(flag) if flag.enabled => self
-                .service
-                .set_enabled(key, false, RAMP_WHO, reason)
-                .await
-                .map(|_| ()),
-            _ => Ok(()),
+    /// Kills the flag and takes its split back to 0 % in the same change: an unkill later gives
+    /// the bad variant to nobody until a person ramps it again.
+    async fn kill(&self, ramp: &Ramp, reason: &str) -> Result<(), FlagError> {
+        let key = &ramp.flag;
+        let Some(mut flag) = self.service.index().get(key).cloned() else {
+            return Ok(());
+        };
+        let split = ramp.plan.split(0);
+        if !flag.enabled && flag.split == split {
+            return Ok(());
         }
+        let revision = flag.revision;
+        flag.enabled = false;
+        flag.split = split;
+        self.service
+            .change(key, Some(flag), Some(revision), RAMP_WHO, reason)
+            .await
+            .map(|_| ())
     }
 
     fn notify(&self, ramp: &Ramp, event: &str, message: String) {

@@ -116,6 +116,31 @@ header = "Cookie"
     }
     assert!(message.contains(":5: app[0].flags:"), "{message}");
 
+    // The variants must not replace the user's key.
+    std::fs::write(
+        &path,
+        r#"[flags]
+listen = "127.0.0.1:9190"
+
+[[app]]
+name = "web"
+listen = "127.0.0.1:8080"
+
+[app.proxy.sticky]
+user_key_header = "X-User-ID"
+
+[app.flags]
+forward = ["f1"]
+header = "x-user-id"
+"#,
+    )
+    .unwrap();
+    let message = Config::load(&path).unwrap_err().to_string();
+    assert!(
+        message.contains("app[0].flags.header: \"x-user-id\" is already the user key header"),
+        "{message}"
+    );
+
     std::fs::write(
         &path,
         r#"[flags]
