@@ -266,6 +266,12 @@ async fn a_good_flag_is_ramped_to_every_user() {
         by_ramp[0]["why"].as_str().unwrap().contains("ship it"),
         "{audit:#}"
     );
+    // A second ramp may not take the variant from users who have it.
+    let (code, out) = setup.cli(&[
+        "flag", "ramp", FLAG, "--steps", "10,100", "--window", "1s", "--reason", "again",
+    ]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("gives \"on\" to 100.00 % of users now"), "{out}");
     // The proxy counted requests per variant, and no client chose its own.
     let metrics = http_client()
         .get(format!("{}/metrics", setup.admin))

@@ -358,6 +358,31 @@ impl RampRunner {
             .cloned()
             .ok_or_else(|| RampError::NoFlag(key.to_string()))?;
         let mut plan = request.plan(&flag);
+        // A ramp only ever adds users: it may not start below the share the variant has now.
+        if let Ok(p) = &plan {
+            let total: u64 = flag.split.iter().map(|e| u64::from(e.weight)).sum();
+            let has: u64 = flag
+                .split
+                .iter()
+                .filter(|e| e.variant == p.variant)
+                .map(|e| u64::from(e.weight))
+                .sum();
+            let now_bp = (has * 10_000).checked_div(total).unwrap_or(0);
+            if let Some(first) = p.steps_bp.first().filter(|f| u64::from(**f) < now_bp) {
+                plan = Err(ValidationErrors {
+                    errors: vec![FieldError::new(
+                        "steps",
+                        format!(
+                            "flag {key} gives {:?} to {:.2} % of users now; a ramp starting at {:.2} % would take it from some of them: start at {:.2} % or more",
+                            p.variant,
+                            now_bp as f64 / 100.0,
+                            f64::from(*first) / 100.0,
+                            now_bp as f64 / 100.0
+                        ),
+                    )],
+                });
+            }
+        }
         let forwarded = self
             .forwarding
             .iter()
