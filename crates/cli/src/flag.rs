@@ -405,7 +405,7 @@ pub async fn run(client: &Client, command: FlagCommand) -> Result<ExitCode> {
                     .map_or("?".to_string(), |t| t.strftime("%Y-%m-%d %H:%M:%S").to_string());
                 out!(
                     "#{:<5} {:<20} {:<10} {:<16} {}",
-                    r["seq"],
+                    r["seq"].as_u64().unwrap_or(0),
                     when,
                     revision,
                     r["who"].as_str().unwrap_or("?"),
