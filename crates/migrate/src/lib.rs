@@ -9,8 +9,11 @@
 //! come (see the closing note): running them against PostgreSQL and SQLite as phases
 //! of the rollout, the history table, the linter, the CLI, the demo chapter.
 
+mod database;
 mod set;
+pub mod sqlite;
 mod status;
 
+pub use database::{run, Database, MigrateError, HISTORY_TABLE};
 pub use set::{Migration, MigrationFile, MigrationSet, Phase, SetError, NO_TRANSACTION};
 pub use status::{status, Applied, MigrationStatus, State, Status};

@@ -1,0 +1,102 @@
+//! The database a migration runs against: one trait, one module per engine (SQLite here;
+//! PostgreSQL next), and [`run`], which runs the pending halves of one phase in order.
+
+use async_trait::async_trait;
+use cutover_core::Timestamp;
+
+use crate::set::{MigrationFile, MigrationSet, Phase};
+use crate::status::{status, Applied};
+
+/// The table cutover keeps its history in, inside the app's own database.
+pub const HISTORY_TABLE: &str = "cutover_migrations";
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    /// Nothing ran: the directory and the history disagree (see [`crate::Status::blocking`]).
+    #[error("no migration was run:\n  {}", .0.join("\n  "))]
+    Blocked(Vec<String>),
+    /// A statement failed; its migration left no trace (it ran in a transaction).
+    #[error(
+        "{file}: statement {index} (line {line}) failed: {error}\n  {statement}\nthe migration was rolled back and nothing of it was recorded; fix the file and deploy again"
+    )]
+    Statement {
+        file: String,
+        /// 1-based among the file's statements.
+        index: usize,
+        /// The line of the file the statement starts on.
+        line: usize,
+        statement: String,
+        error: String,
+    },
+    /// The database could not be reached or refused cutover's own bookkeeping.
+    #[error("migration database: {0}")]
+    Database(String),
+}
+
+/// One engine.
+#[async_trait]
+pub trait Database: Send {
+    /// Creates the history table if it is missing.
+    async fn prepare(&mut self) -> Result<(), MigrateError>;
+    /// What was applied, in the order it was.
+    async fn history(&mut self) -> Result<Vec<Applied>, MigrateError>;
+    /// Runs `file` and records it, in one transaction (the history row commits with the
+    /// change or not at all).
+    async fn apply(
+        &mut self,
+        name: &str,
+        phase: Phase,
+        file: &MigrationFile,
+        rollout_id: Option<u64>,
+        now: Timestamp,
+    ) -> Result<Applied, MigrateError>;
+    /// Records `checksum` as the applied checksum of `name`'s `phase`, on purpose
+    /// (`cutover migrate repair`). Returns whether there was such a record.
+    async fn repair(&mut self, name: &str, phase: Phase, checksum: &str) -> Result<bool, MigrateError>;
+}
+
+/// Runs every pending half of `phase` of `set`, in order, stopping at the first failure.
+/// Nothing runs while anything blocks. Returns what was applied now.
+pub async fn run(
+    db: &mut dyn Database,
+    set: &MigrationSet,
+    phase: Phase,
+    rollout_id: Option<u64>,
+    clock: &dyn cutover_core::Clock,
+) -> Result<Vec<Applied>, MigrateError> {
+    db.prepare().await?;
+    let history = db.history().await?;
+    let current = status(set, &history);
+    let blocking = current.blocking();
+    if !blocking.is_empty() {
+        return Err(MigrateError::Blocked(blocking));
+    }
+    let mut done = Vec::new();
+    for name in current.pending(phase) {
+        let Some(file) = set
+            .migrations
+            .iter()
+            .find(|m| m.name == name)
+            .and_then(|m| m.file(phase))
+        else {
+            continue;
+        };
+        if phase == Phase::Contract
+            && !history
+                .iter()
+                .chain(done.iter())
+                .any(|a| a.name == name && a.phase == Phase::Expand)
+        {
+            // A contract undoes what its expand made room for: never before it.
+            continue;
+        }
+        done.push(db.apply(name, phase, file, rollout_id, clock.now()).await?);
+    }
+    Ok(done)
+}
+
+/// The statements of `sql` with the line each starts on, split where SQLite's own parser
+/// splits them (used for the position of a failure).
+pub(crate) fn line_of(sql: &str, offset: usize) -> usize {
+    sql[..offset.min(sql.len())].matches('\n').count() + 1
+}
