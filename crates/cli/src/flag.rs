@@ -870,12 +870,7 @@ async fn check(client: &Client, file: Option<&std::path::Path>) -> Result<ExitCo
                     return Ok(ExitCode::from(exit::REJECTED));
                 }
             };
-            let now = cutover_core::Timestamp(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-                    .unwrap_or(0),
-            );
+            let now = cutover_core::Clock::now(&cutover_server::SystemClock);
             let today = cutover_flags::hygiene::date_of(now);
             // A file has no history: only dates can be checked, not how long a flag has settled.
             flags

@@ -123,14 +123,22 @@ green = {{ version = "", backends = [] }}
             "default_variant": "off", "owner": "team-auth", "expires": "2027-06-30",
             "description": "The new session validator",
         });
+        let (status, text) = self
+            .put_flag(json!({ "flag": flag, "reason": "ship dark", "expected_revision": 0 }))
+            .await;
+        assert_eq!(status, 200, "{text}");
+    }
+
+    /// `PUT /v1/flags/FLAG` with `body`: the status and the answer's text.
+    async fn put_flag(&self, body: Value) -> (u16, String) {
         let r = http_client()
             .put(format!("{}/v1/flags/{FLAG}", self.admin))
             .bearer_auth(TOKEN)
-            .json(&json!({ "flag": flag, "reason": "ship dark", "expected_revision": 0 }))
+            .json(&body)
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        (r.status().as_u16(), r.text().await.unwrap())
     }
 
     async fn get(&self, path: &str) -> Value {
@@ -390,37 +398,25 @@ async fn a_ramp_without_enough_evidence_pauses_for_a_person() {
     // A person's change of the split would fight the ramp: refused while it is paused.
     let mut changed = flag.clone();
     changed["split"] = json!([{ "variant": "on", "weight": 10000 }]);
-    let r = http_client()
-        .put(format!("{}/v1/flags/{FLAG}", setup.admin))
-        .bearer_auth(TOKEN)
-        .json(&json!({ "flag": changed, "reason": "by hand" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 409);
-    assert!(r.text().await.unwrap().contains("being ramped"));
+    let (status, text) = setup
+        .put_flag(json!({ "flag": changed, "reason": "by hand" }))
+        .await;
+    assert_eq!(status, 409);
+    assert!(text.contains("being ramped"));
     // So would a new default variant: a kill would give everyone the variant being ramped.
     let mut changed = flag.clone();
     changed["default_variant"] = json!("on");
-    let r = http_client()
-        .put(format!("{}/v1/flags/{FLAG}", setup.admin))
-        .bearer_auth(TOKEN)
-        .json(&json!({ "flag": changed, "reason": "by hand" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 409);
+    let (status, _) = setup
+        .put_flag(json!({ "flag": changed, "reason": "by hand" }))
+        .await;
+    assert_eq!(status, 409);
     // What the ramp does not rest on may change.
     let mut changed = flag.clone();
     changed["description"] = json!("The new session validator, now with a better description");
-    let r = http_client()
-        .put(format!("{}/v1/flags/{FLAG}", setup.admin))
-        .bearer_auth(TOKEN)
-        .json(&json!({ "flag": changed, "reason": "wording" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let (status, text) = setup
+        .put_flag(json!({ "flag": changed, "reason": "wording" }))
+        .await;
+    assert_eq!(status, 200, "{text}");
     let (code, out) = setup.cli(&["flag", "ramp", FLAG, "--resume"]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(setup.ramp().await["phase"]["phase"], "running");

@@ -72,14 +72,24 @@ pub(crate) async fn handle(
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let mut req = req;
-    let (user, issued_key) = user_key_hash(&app, req.headers());
-    let flags = app.flag_forwarding().map(|forwarding| {
-        let key = match &issued_key {
-            Some(key) => key.clone(),
-            None => String::from_utf8_lossy(user_key(&app, req.headers()).unwrap_or_default()).into_owned(),
-        };
-        forwarding.assign(req.headers_mut(), &key)
-    });
+    let forwarding = app.flag_forwarding();
+    // The user's key, read once: its hash routes the request, and as text it is the targeting
+    // key of the forwarded flags. A client without one gets a new key in a bucket cookie.
+    let (user, issued_key, targeting_key) = match user_key(&app, req.headers()) {
+        Some(key) => {
+            let text = forwarding
+                .as_ref()
+                .map(|_| String::from_utf8_lossy(key).into_owned());
+            (app.bucketer.hash(key), None, text)
+        }
+        None => {
+            let key = new_user_key();
+            let text = forwarding.as_ref().map(|_| key.clone());
+            (app.bucketer.hash(key.as_bytes()), Some(key), text)
+        }
+    };
+    let flags = forwarding
+        .map(|forwarding| forwarding.assign(req.headers_mut(), targeting_key.as_deref().unwrap_or_default()));
     let bucket = cutover_core::Bucketer::bucket_of(user);
     let forced = match origin.kind {
         ListenerKind::Preview => Some(Forced::PreviewListener),
@@ -635,16 +645,6 @@ pub(crate) fn check_target(
         return Err(TargetError::Asterisk);
     }
     Ok(())
-}
-
-/// The hash of the user's key (its bucket follows from it), and the key of a bucket cookie to
-/// issue when the client carried no key.
-fn user_key_hash(app: &AppProxy, headers: &HeaderMap) -> (u64, Option<String>) {
-    if let Some(key) = user_key(app, headers) {
-        return (app.bucketer.hash(key), None);
-    }
-    let key = new_user_key();
-    (app.bucketer.hash(key.as_bytes()), Some(key))
 }
 
 /// The user key a request carries: the configured header, else the configured cookie, else the

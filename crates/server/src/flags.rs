@@ -114,11 +114,16 @@ pub fn load_named_tokens(path: &Path) -> Result<Vec<ApiKey>, KeysError> {
     }
 }
 
-impl ApiKey {
-    /// Whether `given` is this key, compared in constant time.
-    pub fn matches(&self, given: &str) -> bool {
-        constant_time_eq::constant_time_eq(given.as_bytes(), self.key.as_bytes())
+/// The name of the key of `keys` that `given` is. Every key is compared, in constant time each,
+/// so timing tells nothing of which matched.
+pub fn matching_key<'k>(keys: &'k [ApiKey], given: &str) -> Option<&'k str> {
+    let mut found = None;
+    for k in keys {
+        if constant_time_eq::constant_time_eq(given.as_bytes(), k.key.as_bytes()) {
+            found = Some(k.name.as_str());
+        }
     }
+    found
 }
 
 /// `NAME KEY` lines: every key at least [`MIN_KEY_LEN`] characters, names unique, at least one.
@@ -222,11 +227,11 @@ impl FlagService {
     pub fn stale(&self, settled_after_days: u32) -> Vec<StaleFlag> {
         let now = self.clock.now();
         let today = cutover_flags::hygiene::date_of(now);
+        // Read under the lock, not copied: a few map lookups, nothing that waits.
         let last_changed = self
             .last_changed
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.index()
             .flags()
             .filter_map(|flag| {
@@ -331,14 +336,7 @@ impl FlagService {
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
             .or_else(|| crate::admin::bearer_token(headers))?;
-        // Every key is compared, in constant time each, so timing tells nothing of which matched.
-        let mut found = None;
-        for k in &self.keys {
-            if constant_time_eq::constant_time_eq(given.as_bytes(), k.key.as_bytes()) {
-                found = Some(k.name.as_str());
-            }
-        }
-        found
+        matching_key(&self.keys, given)
     }
 }
 

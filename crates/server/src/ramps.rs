@@ -161,9 +161,8 @@ struct Reading {
 
 #[derive(Debug)]
 struct Entry {
+    /// Its `unapplied` is set while the last decision is saved but its actions may not have run.
     ramp: Ramp,
-    /// Set when the ramp's last decision was saved but its actions may not have run.
-    unapplied: bool,
     reading: Option<Reading>,
 }
 
@@ -218,15 +217,7 @@ impl RampRunner {
     ) -> Result<Arc<Self>, StoreError> {
         let mut ramps = BTreeMap::new();
         for ramp in store.ramps()? {
-            let unapplied = ramp.unapplied;
-            ramps.insert(
-                ramp.flag.clone(),
-                Entry {
-                    ramp,
-                    unapplied,
-                    reading: None,
-                },
-            );
+            ramps.insert(ramp.flag.clone(), Entry { ramp, reading: None });
         }
         let runner = Arc::new(RampRunner {
             service,
@@ -241,14 +232,10 @@ impl RampRunner {
         });
         let mut ramps = runner.ramps.lock().await;
         for entry in ramps.values_mut() {
-            if entry.unapplied {
+            if entry.ramp.unapplied {
                 tracing::warn!(flag = %entry.ramp.flag, ramp = entry.ramp.id,
                     "the server stopped before the ramp's last decision was carried out; carrying it out now");
-                let actions = match (&entry.ramp.phase, entry.ramp.weight()) {
-                    (RampPhase::Killed { reason, .. }, _) => vec![RampAction::Kill(reason.clone())],
-                    (_, Some(weight)) => vec![RampAction::SetWeight(weight)],
-                    _ => Vec::new(),
-                };
+                let actions = redo(&entry.ramp);
                 runner.act(entry, actions).await;
             }
         }
@@ -422,7 +409,6 @@ impl RampRunner {
         let (ramp, actions) = Ramp::start(key, id, plan, self.clock.now(), who, &request.reason);
         let entry = ramps.entry(key.to_string()).or_insert(Entry {
             ramp: ramp.clone(),
-            unapplied: false,
             reading: None,
         });
         entry.ramp = ramp;
@@ -449,11 +435,12 @@ impl RampRunner {
         Ok(RampView::of(&entry.ramp))
     }
 
+    /// Saves the ramp with `unapplied`; in memory the flag changes only once it is saved.
     fn save(&self, entry: &mut Entry, unapplied: bool) -> Result<(), StoreError> {
-        entry.ramp.unapplied = unapplied;
-        self.store.save_ramp(&entry.ramp)?;
-        entry.unapplied = unapplied;
-        Ok(())
+        let before = std::mem::replace(&mut entry.ramp.unapplied, unapplied);
+        self.store.save_ramp(&entry.ramp).inspect_err(|_| {
+            entry.ramp.unapplied = before;
+        })
     }
 
     /// Carries out `actions` of `entry`'s ramp, then records that they ran. A failure is logged
@@ -475,7 +462,7 @@ impl RampRunner {
                 all_done = false;
             }
         }
-        if all_done && entry.unapplied {
+        if all_done && entry.ramp.unapplied {
             if let Err(e) = self.save(entry, false) {
                 tracing::error!(flag = %entry.ramp.flag, error = %e, "could not save the ramp");
             }
@@ -646,15 +633,11 @@ impl RampRunner {
         let index = self.service.index();
         let mut ramps = self.ramps.lock().await;
         for (key, entry) in ramps.iter_mut() {
-            if entry.ramp.phase.is_over() && !entry.unapplied {
+            if entry.ramp.phase.is_over() && !entry.ramp.unapplied {
                 continue;
             }
-            if entry.unapplied {
-                let actions = match (&entry.ramp.phase, entry.ramp.weight()) {
-                    (RampPhase::Killed { reason, .. }, _) => vec![RampAction::Kill(reason.clone())],
-                    (_, Some(weight)) => vec![RampAction::SetWeight(weight)],
-                    _ => Vec::new(),
-                };
+            if entry.ramp.unapplied {
+                let actions = redo(&entry.ramp);
                 self.act(entry, actions).await;
                 continue;
             }
@@ -773,6 +756,16 @@ async fn prometheus_window(
             unavailable: Some(format!("Prometheus: {e}")),
             ..WindowStats::default()
         },
+    }
+}
+
+/// What a ramp saved as `unapplied` may not have done yet: the split of its step (idempotent),
+/// or the kill.
+fn redo(ramp: &Ramp) -> Vec<RampAction> {
+    match (&ramp.phase, ramp.weight()) {
+        (RampPhase::Killed { reason, .. }, _) => vec![RampAction::Kill(reason.clone())],
+        (_, Some(weight)) => vec![RampAction::SetWeight(weight)],
+        _ => Vec::new(),
     }
 }
 
