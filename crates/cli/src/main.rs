@@ -20,6 +20,7 @@ macro_rules! out {
 mod client;
 mod demo;
 mod flag;
+mod migrate;
 mod ramp;
 mod simulate;
 
@@ -136,6 +137,11 @@ enum Command {
     Flag {
         #[command(subcommand)]
         command: flag::FlagCommand,
+    },
+    /// Expand/contract schema migrations: status, contract, repair, and the linter.
+    Migrate {
+        #[command(subcommand)]
+        command: migrate::MigrateCommand,
     },
     /// Show the proxy at work on this machine: two versions of the example app, a sticky ramp
     /// from 0 to 100 % and back, and the split observed at each step.
@@ -305,6 +311,7 @@ async fn run(command: Command, connection: client::Connection) -> Result<ExitCod
         Command::Rollback { app } => client::command(&api()?, &app, "rollback").await,
         Command::History { app, output } => client::history(&api()?, &app, output == Output::Json).await,
         Command::Flag { command } => flag::run(&api()?, command).await,
+        Command::Migrate { command } => migrate::run(api, command).await,
         Command::Serve { config } => serve(config).await,
         Command::Config {
             command: ConfigCommand::Check { file },

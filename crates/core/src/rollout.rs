@@ -29,6 +29,10 @@ pub struct SlotState {
     pub release: Option<ReleaseSpec>,
     /// Addresses of the running instances; empty when stopped.
     pub backends: Vec<SocketAddr>,
+    /// The rollout that put `release` here. A contract migration may run only once the live
+    /// slot's release came with or after the rollout that applied its expand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployed_by: Option<u64>,
 }
 
 impl SlotState {
@@ -168,6 +172,9 @@ impl Exposure {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "phase", rename_all = "snake_case")]
 pub enum Phase {
+    /// Running the expand migrations the new release needs, before it starts. Nothing of the
+    /// new release runs or serves yet; a failure fails the rollout.
+    Migrating,
     /// Starting the release in the target slot and waiting for readiness.
     Provisioning {
         deadline: Timestamp,
@@ -235,6 +242,7 @@ impl Phase {
 
     pub fn name(&self) -> &'static str {
         match self {
+            Phase::Migrating => "migrating",
             Phase::Provisioning { .. } => "provisioning",
             Phase::Verifying => "verifying",
             Phase::Canary { .. } => "canary",
@@ -270,9 +278,21 @@ pub enum Input {
         release: ReleaseSpec,
         policy: RolloutPolicy,
         forced: bool,
+        /// The app has expand migrations: run them before the release is provisioned.
+        #[serde(default)]
+        migrate: bool,
     },
     /// Time passed.
     Tick,
+    /// The expand migrations ran (or there were none to run); `detail` says which.
+    Migrated {
+        detail: String,
+    },
+    /// An expand migration failed or was refused (linter, checksum, lock); nothing of the new
+    /// release runs.
+    MigrationFailed {
+        reason: String,
+    },
     /// Every instance of the target slot is running and ready at these addresses.
     Provisioned {
         backends: Vec<SocketAddr>,
@@ -338,6 +358,9 @@ pub enum Input {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Action {
+    /// Run the pending expand migrations of `release` and report [`Input::Migrated`] or
+    /// [`Input::MigrationFailed`]. Safe to repeat: what was applied is not applied again.
+    Migrate { release: ReleaseSpec },
     /// Start `release` in `slot` and report [`Input::Provisioned`] or [`Input::ProvisionFailed`].
     Provision {
         slot: Slot,
@@ -687,14 +710,16 @@ pub fn handle(state: &AppState, input: Input, now: Timestamp) -> Result<Transiti
                 release,
                 policy,
                 forced,
+                migrate,
             },
             None,
-        ) => start_rollout(&mut b, release, policy, forced),
+        ) => start_rollout(&mut b, release, policy, forced, migrate),
         (
             Input::Deploy {
                 release,
                 policy,
                 forced,
+                migrate,
             },
             Some(r),
         ) if matches!(r.phase, Phase::Promoted { .. }) => {
@@ -708,7 +733,7 @@ pub fn handle(state: &AppState, input: Input, now: Timestamp) -> Result<Transiti
                 serde_json::Value::Null,
             );
             b.succeed();
-            start_rollout(&mut b, release, policy, forced);
+            start_rollout(&mut b, release, policy, forced, migrate);
         }
         (Input::Deploy { .. }, Some(r)) => {
             return Err(Rejected(format!(
@@ -796,7 +821,7 @@ fn restarted(
     Ok(())
 }
 
-fn start_rollout(b: &mut Builder, release: ReleaseSpec, policy: RolloutPolicy, forced: bool) {
+fn start_rollout(b: &mut Builder, release: ReleaseSpec, policy: RolloutPolicy, forced: bool, migrate: bool) {
     let now = b.now;
     let id = b.state.next_rollout_id;
     b.state.next_rollout_id += 1;
@@ -814,7 +839,11 @@ fn start_rollout(b: &mut Builder, release: ReleaseSpec, policy: RolloutPolicy, f
         target,
         release: release.clone(),
         policy,
-        phase: Phase::Provisioning { deadline },
+        phase: if migrate {
+            Phase::Migrating
+        } else {
+            Phase::Provisioning { deadline }
+        },
         started_at: now,
         previous_version: previous_version.clone(),
         forced,
@@ -828,6 +857,7 @@ fn start_rollout(b: &mut Builder, release: ReleaseSpec, policy: RolloutPolicy, f
     *b.state.slot_mut(target) = SlotState {
         release: Some(release.clone()),
         backends: Vec::new(),
+        deployed_by: Some(id),
     };
     // The target pool now names the new version (with no backends yet): the router learns it
     // at once, so its counters for the new release start from zero and it never serves a table
@@ -840,11 +870,19 @@ fn start_rollout(b: &mut Builder, release: ReleaseSpec, policy: RolloutPolicy, f
             drain: false,
         });
     }
-    b.actions.push(Action::Provision {
-        slot: target,
-        release: release.clone(),
-        deadline,
-    });
+    if migrate {
+        // The expand half runs before anything of the new release starts: the release may
+        // need the new schema from its first request.
+        b.actions.push(Action::Migrate {
+            release: release.clone(),
+        });
+    } else {
+        b.actions.push(Action::Provision {
+            slot: target,
+            release: release.clone(),
+            deadline,
+        });
+    }
     let from = previous_version.unwrap_or_else(|| "nothing".into());
     b.event(
         "deploy",
@@ -873,6 +911,23 @@ fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> 
             ));
         }
         (Input::Tick, Phase::Promoted { until, .. }) if now >= *until => b.succeed(),
+        (Input::Migrated { detail }, Phase::Migrating) => {
+            // The readiness deadline counts from now: the migrations' time is not the release's.
+            let deadline = now.plus_ms(r.policy.readiness_deadline_ms);
+            b.rollout().phase = Phase::Provisioning { deadline };
+            b.actions.push(Action::Provision {
+                slot: r.target,
+                release: r.release.clone(),
+                deadline,
+            });
+            b.event("migrated", detail, serde_json::Value::Null);
+        }
+        (Input::MigrationFailed { reason }, Phase::Migrating) => {
+            b.fail(format!(
+                "the expand migrations failed, so {} never started: {reason}",
+                r.release.version
+            ));
+        }
         (Input::Tick, _) => {}
         (Input::Provisioned { backends }, Phase::Provisioning { .. }) => {
             let n = backends.len();
@@ -1119,6 +1174,14 @@ fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> 
                 serde_json::json!({ "target_ready": target_ready, "live_ready": live_ready }),
             );
             match phase {
+                Phase::Migrating => {
+                    // Whatever ran before the crash is in the database's history (each
+                    // migration commits with its history row): the rest runs now.
+                    b.apply_routes();
+                    b.actions.push(Action::Migrate {
+                        release: r.release.clone(),
+                    });
+                }
                 Phase::Provisioning { deadline } => {
                     // The platform re-adopts instances that survived, or starts them again.
                     b.state.slot_mut(r.target).backends.clear();
@@ -1304,6 +1367,8 @@ fn input_name(input: &Input) -> &'static str {
     match input {
         Input::Deploy { .. } => "deploy",
         Input::Tick => "tick",
+        Input::Migrated { .. } => "migration result",
+        Input::MigrationFailed { .. } => "migration failure",
         Input::Provisioned { .. } => "provisioned",
         Input::ProvisionFailed { .. } => "provision failure",
         Input::VerifyPassed { .. } => "verification",

@@ -25,6 +25,10 @@ struct Sim {
     gate_fails_at: Option<usize>,
     gates_asked: Vec<usize>,
     confirmations_asked: u32,
+    /// Expand runs asked for; answered by the test.
+    migrations_asked: u32,
+    /// Provisions asked for.
+    provisions_asked: u32,
 }
 
 fn addr(port: u16) -> SocketAddr {
@@ -105,6 +109,8 @@ impl Sim {
             gate_fails_at: None,
             gates_asked: Vec::new(),
             confirmations_asked: 0,
+            migrations_asked: 0,
+            provisions_asked: 0,
         }
     }
 
@@ -143,7 +149,9 @@ impl Sim {
                     table.validate().unwrap();
                     self.routes.push((table.canary_weight_bp, table.live));
                 }
+                Action::Migrate { .. } => self.migrations_asked += 1,
                 Action::Provision { .. } => {
+                    self.provisions_asked += 1;
                     let reply = if self.provision_ok {
                         Input::Provisioned {
                             backends: vec![addr(9002)],
@@ -190,6 +198,7 @@ impl Sim {
             release: ReleaseSpec::new("v2", "run v2"),
             policy,
             forced: false,
+            migrate: false,
         })
         .unwrap();
     }
@@ -516,6 +525,7 @@ fn the_readiness_deadline_fails_a_release_that_never_reports() {
             release: ReleaseSpec::new("v2", "x"),
             policy: policy(),
             forced: false,
+            migrate: false,
         },
         sim.now,
     )
@@ -549,6 +559,7 @@ fn a_deploy_during_the_rollback_window_closes_it_and_starts() {
         release: ReleaseSpec::new("v3", "x"),
         policy: RolloutPolicy::blue_green(),
         forced: false,
+        migrate: false,
     })
     .unwrap();
     assert_eq!(sim.state.rollout.as_ref().unwrap().id, 2);
@@ -570,6 +581,7 @@ fn one_rollout_at_a_time() {
             release: ReleaseSpec::new("v3", "x"),
             policy: policy(),
             forced: false,
+            migrate: false,
         })
         .unwrap_err();
     assert_eq!(
@@ -620,6 +632,7 @@ fn commands_in_every_phase() {
                         release: ReleaseSpec::new("v2", "x"),
                         policy: policy(),
                         forced: false,
+                        migrate: false,
                     };
                     sim.state = handle(&sim.state, deploy, sim.now).unwrap().state;
                 }
@@ -637,6 +650,7 @@ fn commands_in_every_phase() {
                         release: ReleaseSpec::new("v2", "x"),
                         policy: policy(),
                         forced: false,
+                        migrate: false,
                     })
                     .ok();
                     // Rewind to verifying by hand: the simulator answers Verify at once.
@@ -772,4 +786,112 @@ fn a_soak_step_without_canary_traffic_is_not_held_for_requests() {
         "{:#?}",
         sim.log
     );
+}
+
+fn deploy_with_migrations(sim: &mut Sim, version: &str) {
+    sim.send(Input::Deploy {
+        release: ReleaseSpec::new(version, format!("run {version}")),
+        policy: policy(),
+        forced: false,
+        migrate: true,
+    })
+    .unwrap();
+}
+
+#[test]
+fn expand_migrations_run_before_the_new_release_is_provisioned() {
+    let mut sim = Sim::new(healthy);
+    deploy_with_migrations(&mut sim, "v2");
+    assert_eq!(sim.phase(), "migrating");
+    assert_eq!(
+        (sim.migrations_asked, sim.provisions_asked),
+        (1, 0),
+        "nothing starts before the expand"
+    );
+    assert_eq!(route_table(&sim.state).weight_of(Slot::Green), 0);
+    // Time passing while a long backfill runs moves nothing and fails nothing.
+    sim.run_for(30 * 60_000);
+    assert_eq!(sim.phase(), "migrating");
+    sim.send(Input::Migrated {
+        detail: "expand migrations applied: 0002_email.expand.sql (12 ms)".into(),
+    })
+    .unwrap();
+    assert_eq!(sim.provisions_asked, 1);
+    assert_eq!(sim.phase(), "canary", "{:#?}", sim.log);
+    assert!(sim
+        .log
+        .iter()
+        .any(|l| l.starts_with("migrated: expand migrations applied")));
+    // The new slot remembers the rollout that put it there (for the contract's check).
+    let id = sim.state.rollout.as_ref().unwrap().id;
+    assert_eq!(sim.state.green.deployed_by, Some(id));
+    sim.run_for(30 * 60_000);
+    assert_eq!(sim.phase(), "succeeded");
+}
+
+#[test]
+fn a_failed_expand_fails_the_rollout_before_any_traffic() {
+    let mut sim = Sim::new(healthy);
+    deploy_with_migrations(&mut sim, "v2");
+    sim.send(Input::MigrationFailed {
+        reason: "0002_email.expand.sql: statement 2 (line 4) failed: column \"emial\" does not exist".into(),
+    })
+    .unwrap();
+    assert_eq!(sim.phase(), "failed");
+    assert_eq!(sim.provisions_asked, 0, "the release never started");
+    let Phase::Failed { reason, .. } = &sim.state.rollout.as_ref().unwrap().phase else {
+        unreachable!()
+    };
+    assert!(
+        reason.contains("the expand migrations failed, so v2 never started"),
+        "{reason}"
+    );
+    assert!(reason.contains("line 4"), "{reason}");
+    assert!(
+        sim.routes.iter().all(|(w, live)| *w == 0 && *live == Slot::Blue),
+        "{:?}",
+        sim.routes
+    );
+    // A late success is ignored: the rollout is over.
+    assert!(sim
+        .send(Input::Migrated {
+            detail: "late".into()
+        })
+        .is_err());
+}
+
+#[test]
+fn a_restart_during_the_expand_runs_it_again_and_a_rollback_never_undoes_it() {
+    let mut sim = Sim::new(healthy);
+    deploy_with_migrations(&mut sim, "v2");
+    sim.send(Input::Recovered {
+        target_ready: false,
+        live_ready: true,
+        target_gone: true,
+    })
+    .unwrap();
+    assert_eq!(
+        sim.phase(),
+        "migrating",
+        "a restart is no verdict on the migrations"
+    );
+    assert_eq!(
+        sim.migrations_asked, 2,
+        "the expand runs again (what was applied is skipped)"
+    );
+    sim.send(Input::Migrated { detail: "ok".into() }).unwrap();
+    sim.run_for(10_000);
+    assert_eq!(sim.phase(), "canary");
+    let asked = sim.migrations_asked;
+    sim.command(Command::Rollback).unwrap();
+    assert_eq!(sim.phase(), "rolled_back");
+    assert_eq!(
+        sim.migrations_asked, asked,
+        "a rollback runs no migration: the expand stays"
+    );
+    // An abort while migrating puts nothing on the new slot and leaves the expand running out.
+    deploy_with_migrations(&mut sim, "v3");
+    sim.command(Command::Abort).unwrap();
+    assert_eq!(sim.phase(), "aborted");
+    assert_eq!(route_table(&sim.state).weight_of(sim.state.live.other()), 0);
 }

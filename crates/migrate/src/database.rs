@@ -1,5 +1,5 @@
-//! The database a migration runs against: one trait, one module per engine (SQLite here;
-//! PostgreSQL next), and [`run`], which runs the pending halves of one phase in order.
+//! The database a migration runs against: one trait, one module per engine (SQLite,
+//! PostgreSQL), and [`run`], which runs the pending halves of one phase in order.
 
 use async_trait::async_trait;
 use cutover_core::Timestamp;
@@ -28,6 +28,16 @@ pub enum MigrateError {
         statement: String,
         error: String,
     },
+    /// A lock the migration needed was held by someone else at every attempt; nothing of the
+    /// migration was kept.
+    #[error(
+        "{last}\na lock was not granted within {lock_timeout:?} in {attempts} attempts (the live app's queries were never held up by the wait); find the long transaction holding it (pg_stat_activity) and deploy again"
+    )]
+    LockNotGranted {
+        attempts: u32,
+        lock_timeout: std::time::Duration,
+        last: Box<MigrateError>,
+    },
     /// The database could not be reached or refused cutover's own bookkeeping.
     #[error("migration database: {0}")]
     Database(String),
@@ -36,6 +46,11 @@ pub enum MigrateError {
 /// One engine.
 #[async_trait]
 pub trait Database: Send {
+    /// Makes this migrator the only one of the database until it is dropped, waiting for
+    /// another one to finish first. Engines that serialise writers on their own need nothing.
+    async fn lock(&mut self) -> Result<(), MigrateError> {
+        Ok(())
+    }
     /// Creates the history table if it is missing.
     async fn prepare(&mut self) -> Result<(), MigrateError>;
     /// What was applied, in the order it was.
@@ -64,6 +79,7 @@ pub async fn run(
     rollout_id: Option<u64>,
     clock: &dyn cutover_core::Clock,
 ) -> Result<Vec<Applied>, MigrateError> {
+    db.lock().await?;
     db.prepare().await?;
     let history = db.history().await?;
     let current = status(set, &history);

@@ -10,6 +10,8 @@
 //! of the rollout, the history table, the linter, the CLI, the demo chapter.
 
 mod database;
+pub mod lint;
+pub mod postgres;
 mod set;
 pub mod sqlite;
 mod status;

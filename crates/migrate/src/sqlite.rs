@@ -95,6 +95,21 @@ impl Database for SqliteDatabase {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db_err)?;
+        // Another migrator may have applied it between our reading of the history and our
+        // taking of the write lock.
+        let done: Option<i64> = tx
+            .query_row(
+                &format!("SELECT 1 FROM {HISTORY_TABLE} WHERE name = ?1 AND phase = ?2"),
+                params![name, phase.as_str()],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(db_err)?;
+        if done.is_some() {
+            return Err(MigrateError::Database(format!(
+                "{name}.{phase}.sql was applied by another migrator meanwhile; run again to see the current status"
+            )));
+        }
         let mut batch = rusqlite::Batch::new(&tx, &file.sql);
         let mut index = 0;
         let mut offset = 0;

@@ -74,6 +74,9 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/apps/{app}/history", get(history))
         .route("/v1/apps/{app}/events", get(events))
         .route("/v1/apps/{app}/events/stream", get(event_stream))
+        .route("/v1/apps/{app}/migrations", get(migrations))
+        .route("/v1/apps/{app}/migrations/contract", post(contract_migrations))
+        .route("/v1/apps/{app}/migrations/repair", post(repair_migration))
         .route("/v1/apps/{app}/{command}", post(command))
         .route("/v1/flags", get(list_flags))
         .route(
@@ -430,6 +433,57 @@ async fn command(
     let controller = find_controller(&state, &app)?;
     controller.command(command).await?;
     Ok(Json(controller.status().await?))
+}
+
+async fn migrations(
+    State(state): State<Arc<AdminState>>,
+    Path(app): Path<String>,
+) -> Result<Json<crate::migrations::MigrationsView>, ApiError> {
+    let controller = find_controller(&state, &app)?;
+    Ok(Json(controller.migrations().await?))
+}
+
+#[derive(Debug, Serialize)]
+struct Contracted {
+    app: String,
+    result: String,
+}
+
+async fn contract_migrations(
+    State(state): State<Arc<AdminState>>,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Contracted>, ApiError> {
+    authorize(&state, &headers)?;
+    let controller = find_controller(&state, &app)?;
+    let result = controller.contract().await?;
+    Ok(Json(Contracted { app, result }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RepairRequest {
+    /// `NNNN_name` or `NNNN`.
+    name: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Repaired {
+    app: String,
+    repaired: Vec<String>,
+}
+
+async fn repair_migration(
+    State(state): State<Arc<AdminState>>,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Repaired>, ApiError> {
+    authorize(&state, &headers)?;
+    let controller = find_controller(&state, &app)?;
+    let request: RepairRequest = parse_json(&body, "repair request")?;
+    let repaired = controller.repair_migration(&request.name).await?;
+    Ok(Json(Repaired { app, repaired }))
 }
 
 async fn status(

@@ -202,6 +202,9 @@ pub struct AppConfig {
     /// Judge rollouts from Prometheus (PromQL per slot and window) instead of the proxy's metrics.
     #[serde(default)]
     pub prometheus: Option<cutover_monitoring::PrometheusConfig>,
+    /// Expand/contract schema migrations run with the app's rollouts (needs a platform).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrations: Option<crate::migrations::MigrationsConfig>,
     /// Flags the built-in proxy forwards to the app's backends (needs `[flags]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flags: Option<AppFlagsConfig>,
@@ -289,6 +292,7 @@ impl AppConfig {
             webhooks: Vec::new(),
             alert_gate: None,
             prometheus: None,
+            migrations: None,
             flags: None,
         }
     }
@@ -303,6 +307,7 @@ impl AppConfig {
             freeze: self.freeze.clone(),
             prometheus: self.prometheus.clone(),
             stop_grace_ms: self.stop_grace_ms,
+            migrations: self.migrations.clone(),
         })
     }
 }
@@ -586,6 +591,12 @@ impl Config {
                 }
             }
             errors.extend(app.proxy.validate(&format!("{at}.proxy.")));
+            if app.migrations.is_some() && app.platform.is_none() {
+                errors.push(FieldError::new(
+                    format!("{at}.migrations"),
+                    "migrations run with the app's rollouts, which need a platform; set platform = \"local\" or \"static\"",
+                ));
+            }
             if let Some(flags) = &app.flags {
                 if self.flags.is_none() {
                     errors.push(FieldError::new(

@@ -47,6 +47,8 @@ pub struct ManagedConfig {
     pub prometheus: Option<cutover_monitoring::PrometheusConfig>,
     /// Time an instance gets between SIGTERM and SIGKILL.
     pub stop_grace_ms: u64,
+    /// Expand/contract schema migrations: the expand half runs before each release starts.
+    pub migrations: Option<crate::migrations::MigrationsConfig>,
 }
 
 impl Default for ManagedConfig {
@@ -59,6 +61,7 @@ impl Default for ManagedConfig {
             freeze: Vec::new(),
             prometheus: None,
             stop_grace_ms: 10_000,
+            migrations: None,
         }
     }
 }
@@ -90,6 +93,9 @@ impl ManagedConfig {
         errors.extend(self.verify.validate(&format!("{prefix}verify.")));
         for (i, w) in self.freeze.iter().enumerate() {
             errors.extend(w.validate(&format!("{prefix}freeze[{i}].")));
+        }
+        if let Some(migrations) = &self.migrations {
+            errors.extend(migrations.validate(&format!("{prefix}migrations.")));
         }
         if !(1..=64).contains(&self.release.instances) {
             errors.push(FieldError::new(
@@ -178,6 +184,8 @@ pub struct Controller {
     shutdown: CancellationToken,
     tick: Duration,
     gates: Arc<dyn Gates>,
+    /// The last rollout whose automatic contract was tried.
+    contract_tried: Mutex<u64>,
 }
 
 /// What `status` shows.
@@ -293,6 +301,7 @@ impl Controller {
             shutdown: deps.shutdown,
             tick: deps.tick,
             gates: deps.gates,
+            contract_tried: Mutex::new(0),
         });
         let (target_ready, live_ready) = match state.active_rollout() {
             Some(r) => (
@@ -469,6 +478,7 @@ impl Controller {
             release,
             policy,
             forced: frozen.is_some(),
+            migrate: self.config.migrations.is_some(),
         };
         let id = self.state.lock().await.next_rollout_id;
         self.apply(input).await?;
@@ -564,6 +574,127 @@ impl Controller {
         })
     }
 
+    /// The app's migrations: `None` when it has no `[app.migrations]`.
+    pub fn migrations_config(&self) -> Option<&crate::migrations::MigrationsConfig> {
+        self.config.migrations.as_ref()
+    }
+
+    /// What `cutover migrate status` shows.
+    pub async fn migrations(&self) -> Result<crate::migrations::MigrationsView, ControllerError> {
+        let config = self.migrations_or_reject()?;
+        let state = self.state.lock().await.clone();
+        crate::migrations::view(config, &state)
+            .await
+            .map_err(ControllerError::Rejected)
+    }
+
+    fn migrations_or_reject(&self) -> Result<&crate::migrations::MigrationsConfig, ControllerError> {
+        self.config.migrations.as_ref().ok_or_else(|| {
+            ControllerError::Rejected(format!(
+                "app {} has no migrations: add an [app.migrations] table (dir, engine, ...) to its configuration",
+                self.name
+            ))
+        })
+    }
+
+    /// Runs the pending contract migrations, when no running version needs the old schema.
+    /// The state lock is held throughout, so no rollout starts while a contract runs.
+    pub async fn contract(&self) -> Result<String, ControllerError> {
+        let config = self.migrations_or_reject()?.clone();
+        let state = self.state.lock().await;
+        let result = crate::migrations::contract(&config, &state, Arc::clone(&self.clock)).await;
+        match result {
+            Ok((sentence, applied)) => {
+                if !applied.is_empty() {
+                    self.record_event(
+                        &state,
+                        "contracted",
+                        sentence.clone(),
+                        serde_json::json!({ "applied": applied }),
+                    );
+                }
+                Ok(sentence)
+            }
+            Err(reason) => Err(ControllerError::Rejected(reason)),
+        }
+    }
+
+    /// Accepts the current checksums of migration `name`'s files, on purpose.
+    pub async fn repair_migration(&self, name: &str) -> Result<Vec<String>, ControllerError> {
+        let config = self.migrations_or_reject()?.clone();
+        let state = self.state.lock().await;
+        let repaired = crate::migrations::repair(&config, &state, name)
+            .await
+            .map_err(ControllerError::Rejected)?;
+        for line in &repaired {
+            self.record_event(
+                &state,
+                "migration_repaired",
+                line.clone(),
+                serde_json::json!({ "migration": name }),
+            );
+        }
+        Ok(repaired)
+    }
+
+    /// Appends an event that changes no state (a contract run by hand, a repair).
+    fn record_event(&self, state: &AppState, kind: &str, message: String, data: serde_json::Value) {
+        let event = rollout::Event {
+            at: self.clock.now(),
+            rollout_id: None,
+            kind: kind.to_string(),
+            message,
+            data,
+        };
+        match self.store.commit(state, std::slice::from_ref(&event)) {
+            Ok(stored) => {
+                for e in stored {
+                    tracing::info!(app = %self.name, kind = %e.event.kind, "{}", e.event.message);
+                    let _ = self.events.send(e);
+                }
+            }
+            Err(e) => {
+                tracing::error!(app = %self.name, error = %e, "recording the event failed: {}", event.message)
+            }
+        }
+    }
+
+    /// `[app.migrations] contract_after_ms`: once a rollout retired the old slot and the delay
+    /// passed, runs the pending contracts, once per rollout (a refusal or failure is recorded
+    /// and waits for `cutover migrate contract`).
+    async fn contract_when_due(self: &Arc<Self>, state: &AppState) {
+        let Some(delay) = self.config.migrations.as_ref().and_then(|m| m.contract_after_ms) else {
+            return;
+        };
+        let Some(r) = &state.rollout else { return };
+        let Phase::Succeeded { at } = r.phase else { return };
+        if self.clock.now().millis_since(at) < delay {
+            return;
+        }
+        {
+            let mut tried = self.contract_tried.lock().unwrap_or_else(PoisonError::into_inner);
+            if *tried >= r.id {
+                return;
+            }
+            *tried = r.id;
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            match this.contract().await {
+                Ok(sentence) => tracing::info!(app = %this.name, "{sentence}"),
+                Err(e) => {
+                    let state = this.state.lock().await.clone();
+                    this.record_event(
+                        &state,
+                        "contract_refused",
+                        format!("automatic contract did not run: {e}; run `cutover migrate contract {}` when it can", this.name),
+                        serde_json::Value::Null,
+                    );
+                }
+            }
+        });
+    }
+
     /// Runs one input through the engine, persists the result, then carries out its actions.
     ///
     /// Boxed because it is recursive through the tasks its actions spawn (provisioning feeds its
@@ -639,6 +770,31 @@ impl Controller {
                         "applying the route table failed; retrying on the next tick");
                 }
                 self.start_window().await;
+            }
+            Action::Migrate { release } => {
+                let Some(config) = self.config.migrations.clone() else {
+                    // Configuration changed since the rollout started: nothing to run.
+                    let this = Arc::clone(self);
+                    tokio::spawn(async move {
+                        this.feed(Input::Migrated {
+                            detail: "no [app.migrations] configured any more: no migration ran".into(),
+                        })
+                        .await;
+                    });
+                    return;
+                };
+                let Some(rollout_id) = state.rollout.as_ref().map(|r| r.id) else {
+                    return;
+                };
+                let this = Arc::clone(self);
+                tokio::spawn(async move {
+                    let clock = Arc::clone(&this.clock);
+                    let input = match crate::migrations::expand(&config, &release, rollout_id, clock).await {
+                        Ok(detail) => Input::Migrated { detail },
+                        Err(reason) => Input::MigrationFailed { reason },
+                    };
+                    this.feed(input).await;
+                });
             }
             Action::Provision {
                 slot,
@@ -959,6 +1115,7 @@ impl Controller {
             self.reconcile_router().await;
             let state = self.state.lock().await.clone();
             self.watch_live(&state).await;
+            self.contract_when_due(&state).await;
             let Some(r) = state.active_rollout() else { continue };
             if matches!(
                 r.phase,
@@ -1073,6 +1230,7 @@ fn adopt_unknown(
         *state.slot_mut(*slot) = rollout::SlotState {
             release: Some(release),
             backends,
+            deployed_by: None,
         };
         if i + 1 == found.len() {
             state.live = *slot;

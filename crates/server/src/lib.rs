@@ -8,6 +8,7 @@ pub mod controller;
 pub mod flags;
 pub mod freeze;
 pub mod gates;
+pub mod migrations;
 pub mod ramps;
 
 use std::collections::BTreeMap;

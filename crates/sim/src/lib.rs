@@ -434,6 +434,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunResult {
         release: ReleaseSpec::new("v2", "sim"),
         policy: scenario.policy.clone(),
         forced: false,
+        migrate: false,
     }];
     let mut canary_start: Option<Timestamp> = None;
     let mut result = RunResult {
@@ -454,6 +455,9 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunResult {
             state = t.state;
             for action in t.actions {
                 match action {
+                    Action::Migrate { .. } => pending.push(Input::Migrated {
+                        detail: "simulated".into(),
+                    }),
                     Action::Provision { .. } => pending.push(Input::Provisioned {
                         backends: vec![addr(2)],
                     }),

@@ -868,6 +868,7 @@ fn deploy(state: &AppState, version: &str, policy: RolloutPolicy, now: Timestamp
         release: ReleaseSpec::new(version, format!("run {version} on {{port}}")),
         policy,
         forced: false,
+        migrate: false,
     };
     step(state, input, now)
 }

@@ -73,6 +73,7 @@ fn initial_state() -> AppState {
         release: ReleaseSpec::new("v2", "run v2"),
         policy: RolloutPolicy::default(),
         forced: false,
+        migrate: false,
     };
     handle(&state, input, Timestamp(1_700_000_000_000)).unwrap().state
 }

@@ -24,6 +24,7 @@ fn deployed() -> (AppState, Vec<Event>) {
         release: ReleaseSpec::new("v2", "run v2"),
         policy: RolloutPolicy::default(),
         forced: false,
+        migrate: false,
     };
     let t = handle(&state, input, Timestamp(1_700_000_000_000)).unwrap();
     (t.state, t.events)

@@ -10,6 +10,7 @@ pub mod fakes;
 pub mod haproxy;
 pub mod monitoring;
 pub mod nginx;
+pub mod postgres;
 
 use std::fs::File;
 use std::future::Future;

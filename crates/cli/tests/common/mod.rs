@@ -12,10 +12,16 @@ pub const CUTOVER: &str = env!("CARGO_BIN_EXE_cutover");
 /// `cutover serve --config CONFIG` with the admin token `token`, once it reported ready; returns
 /// the process and its ready event (with the bound addresses).
 pub fn serve(config: &Path, token: &str) -> (ChildProcess, Value) {
+    serve_with_env(config, token, &[])
+}
+
+/// [`serve`] with more variables in the server's environment.
+pub fn serve_with_env(config: &Path, token: &str, env: &[(&str, &str)]) -> (ChildProcess, Value) {
     let mut cmd = Command::new(CUTOVER);
     cmd.args(["serve", "--config"])
         .arg(config)
-        .env("CUTOVER_ADMIN_TOKEN", token);
+        .env("CUTOVER_ADMIN_TOKEN", token)
+        .envs(env.iter().copied());
     let mut serve = ChildProcess::spawn("cutover-serve", cmd);
     let ready = serve.wait_for_stdout_line(Duration::from_secs(30), |line| {
         serde_json::from_str::<Value>(line)

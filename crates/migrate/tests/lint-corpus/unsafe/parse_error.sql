@@ -1,0 +1,3 @@
+-- expect: parse-error
+ALTER TABLE orders ADD COLUMN note text;
+ALTER TABLE orders ALTER COLUMN note SET DEFALT '';

@@ -1,0 +1,483 @@
+//! `[app.migrations]`: the expand/contract schema migrations of a managed app, run by its
+//! controller (the expand half as the `migrating` phase of a rollout, before the new release
+//! starts) and by `cutover migrate` (status, contract, repair).
+//!
+//! Decisions:
+//! - The migration directory comes with the release: a relative `dir` is taken from the
+//!   release's `workdir` when it has one (each version is its own checkout, with the
+//!   migrations it needs), else from the server's working directory; `{version}` in `dir` is
+//!   the release's version. A contract therefore runs from the live release's directory, and a
+//!   contract file says "this version no longer needs what the file removes": ship it with the
+//!   version that stopped using the old schema, not with the expand.
+//! - The linter runs on every file of the directory before any expand; any finding fails the
+//!   rollout before the database is touched.
+//! - A contract runs only when no rollout is in progress, the old slot is retired (nothing
+//!   runs in it), and the live release was deployed by the rollout that applied the
+//!   migration's expand or a later one: an older live version may still read what the
+//!   contract removes.
+//! - The PostgreSQL URL is read from the server's environment or a file at each run and never
+//!   stored, logged, shown or passed to the app's instances.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cutover_core::rollout::{AppState, Phase as RolloutPhase};
+use cutover_core::{Clock, FieldError, ReleaseSpec};
+use cutover_migrate::lint::{self, Dialect, LintOptions, LintReport};
+use cutover_migrate::postgres::{PostgresDatabase, PostgresOptions};
+use cutover_migrate::sqlite::SqliteDatabase;
+use cutover_migrate::{run, status, Applied, Database, MigrationSet, Phase, State, Status};
+use serde::{Deserialize, Serialize};
+
+/// Which database engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Engine {
+    Postgres,
+    Sqlite,
+}
+
+/// `[app.migrations]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationsConfig {
+    /// The directory of `NNNN_name.expand.sql` / `NNNN_name.contract.sql` files.
+    pub dir: String,
+    pub engine: Engine,
+    /// SQLite: the database file (relative to the server's working directory).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// PostgreSQL: the environment variable (of the server) that holds the URL...
+    #[serde(default)]
+    pub url_env: Option<String>,
+    /// ...or the file that holds it (its first line).
+    #[serde(default)]
+    pub url_file: Option<String>,
+    /// How long one statement may wait for a lock before the attempt is given up and retried.
+    #[serde(default = "default_lock_timeout_ms")]
+    pub lock_timeout_ms: u64,
+    /// How long one statement may run; 0: no limit.
+    #[serde(default = "default_statement_timeout_ms")]
+    pub statement_timeout_ms: u64,
+    /// Attempts after the first when a lock was not granted.
+    #[serde(default = "default_lock_retries")]
+    pub lock_retries: u32,
+    /// The first retry's wait; it doubles up to 30 s.
+    #[serde(default = "default_retry_backoff_ms")]
+    pub retry_backoff_ms: u64,
+    /// Run pending contracts by themselves this long after a rollout retired the old slot. None:
+    /// only `cutover migrate contract APP` runs them.
+    #[serde(default)]
+    pub contract_after_ms: Option<u64>,
+}
+
+fn default_lock_timeout_ms() -> u64 {
+    2_000
+}
+fn default_statement_timeout_ms() -> u64 {
+    15 * 60 * 1000
+}
+fn default_lock_retries() -> u32 {
+    10
+}
+fn default_retry_backoff_ms() -> u64 {
+    1_000
+}
+
+impl MigrationsConfig {
+    pub fn validate(&self, prefix: &str) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        let field = |name: &str| format!("{prefix}{name}");
+        if self.dir.trim().is_empty() {
+            errors.push(FieldError::new(
+                field("dir"),
+                "must name the directory of the migration files",
+            ));
+        }
+        match self.engine {
+            Engine::Sqlite => {
+                if self.path.as_deref().is_none_or(|p| p.trim().is_empty()) {
+                    errors.push(FieldError::new(
+                        field("path"),
+                        "engine = \"sqlite\" needs the database file, e.g. path = \"app.db\"",
+                    ));
+                }
+                for (name, value) in [("url_env", &self.url_env), ("url_file", &self.url_file)] {
+                    if value.is_some() {
+                        errors.push(FieldError::new(
+                            field(name),
+                            "is for engine = \"postgres\"; SQLite takes path",
+                        ));
+                    }
+                }
+            }
+            Engine::Postgres => {
+                match (&self.url_env, &self.url_file) {
+                    (Some(_), Some(_)) => errors.push(FieldError::new(
+                        field("url_env"),
+                        "give url_env or url_file, not both",
+                    )),
+                    (None, None) => errors.push(FieldError::new(
+                        field("url_env"),
+                        "engine = \"postgres\" needs the URL's source: url_env = \"DATABASE_URL\" (a variable of the server's environment) or url_file = \"/path\"; the URL itself never goes in the configuration",
+                    )),
+                    (Some(var), None) if var.trim().is_empty() || var.contains('=') => {
+                        errors.push(FieldError::new(field("url_env"), "must be the name of an environment variable"))
+                    }
+                    _ => {}
+                }
+                if self.path.is_some() {
+                    errors.push(FieldError::new(
+                        field("path"),
+                        "is for engine = \"sqlite\"; PostgreSQL takes url_env or url_file",
+                    ));
+                }
+            }
+        }
+        if self.lock_timeout_ms == 0 {
+            errors.push(FieldError::new(
+                field("lock_timeout_ms"),
+                "must be greater than 0: without it a migration waiting for a lock holds up every query of the table behind it",
+            ));
+        }
+        if self.lock_retries > 1000 {
+            errors.push(FieldError::new(field("lock_retries"), "must be at most 1000"));
+        }
+        errors
+    }
+
+    fn dialect(&self) -> Dialect {
+        match self.engine {
+            Engine::Postgres => Dialect::Postgres,
+            Engine::Sqlite => Dialect::Sqlite,
+        }
+    }
+
+    pub fn lint_options(&self) -> LintOptions {
+        LintOptions {
+            dialect: self.dialect(),
+            lock_timeout: Some(Duration::from_millis(self.lock_timeout_ms)),
+        }
+    }
+
+    /// The migration directory of `release`: `{version}` in `dir` is the release's version,
+    /// and a relative `dir` is taken from the release's workdir when it has one.
+    pub fn dir_for(&self, release: Option<&ReleaseSpec>) -> PathBuf {
+        let dir = match release {
+            Some(r) => self.dir.replace("{version}", &r.version),
+            None => self.dir.clone(),
+        };
+        let dir = Path::new(&dir);
+        match release.and_then(|r| r.workdir.as_deref()) {
+            Some(workdir) if dir.is_relative() => Path::new(workdir).join(dir),
+            _ => dir.to_path_buf(),
+        }
+    }
+
+    fn options(&self) -> PostgresOptions {
+        PostgresOptions {
+            lock_timeout: Duration::from_millis(self.lock_timeout_ms),
+            statement_timeout: Duration::from_millis(self.statement_timeout_ms),
+            lock_retries: self.lock_retries,
+            backoff: Duration::from_millis(self.retry_backoff_ms),
+            ..PostgresOptions::default()
+        }
+    }
+
+    /// The PostgreSQL URL, read now. The error names where it looked, never the value.
+    fn url(&self) -> Result<String, String> {
+        if let Some(var) = &self.url_env {
+            return std::env::var(var).map_err(|_| {
+                format!("the database URL's variable {var} ([app.migrations] url_env) is not set in cutover's environment")
+            });
+        }
+        if let Some(file) = &self.url_file {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                format!("cannot read the database URL from {file} ([app.migrations] url_file): {e}")
+            })?;
+            let url = text.lines().next().unwrap_or("").trim().to_string();
+            if url.is_empty() {
+                return Err(format!("{file} ([app.migrations] url_file) is empty"));
+            }
+            return Ok(url);
+        }
+        Err("[app.migrations] names no database URL (url_env or url_file)".to_string())
+    }
+}
+
+/// Runs `work` against the app's database. SQLite calls block, so they run on a blocking
+/// thread.
+async fn with_database<T, F>(config: &MigrationsConfig, work: F) -> Result<T, String>
+where
+    T: Send + 'static,
+    F: for<'a> FnOnce(&'a mut dyn Database) -> futures_util::future::BoxFuture<'a, Result<T, String>>
+        + Send
+        + 'static,
+{
+    match config.engine {
+        Engine::Postgres => {
+            let mut db = PostgresDatabase::connect(&config.url()?, config.options())
+                .await
+                .map_err(|e| e.to_string())?;
+            db.on_retry(|line| tracing::warn!("{line}"));
+            work(&mut db).await
+        }
+        Engine::Sqlite => {
+            let path = PathBuf::from(config.path.clone().unwrap_or_default());
+            let busy = Duration::from_millis(config.lock_timeout_ms.max(1_000));
+            let handle = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || {
+                let mut db = SqliteDatabase::open(&path, busy).map_err(|e| e.to_string())?;
+                handle.block_on(work(&mut db))
+            })
+            .await
+            .map_err(|e| format!("the migration task failed: {e}"))?
+        }
+    }
+}
+
+fn load(config: &MigrationsConfig, release: Option<&ReleaseSpec>) -> Result<MigrationSet, String> {
+    MigrationSet::load(&config.dir_for(release)).map_err(|e| e.to_string())
+}
+
+/// Lints the halves that have yet to run (an applied file is history, whatever later rules
+/// would say of it); the report, or why nothing may run.
+fn lint_pending(config: &MigrationsConfig, set: &MigrationSet, current: &Status) -> Result<(), String> {
+    let options = config.lint_options();
+    let mut report = LintReport::default();
+    for m in &set.migrations {
+        for phase in [Phase::Expand, Phase::Contract] {
+            let Some(file) = m.file(phase) else { continue };
+            let pending = current
+                .migrations
+                .iter()
+                .any(|s| s.name == m.name && s.phase == phase && s.state == State::Pending);
+            if pending {
+                let found = lint::lint_file(&file.path, &file.sql, phase, &options);
+                report.findings.extend(found.findings);
+                report.silenced.extend(found.silenced);
+            }
+        }
+    }
+    if report.is_clean() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the migration linter refused what was about to run, before any of it ran:\n{report}\nfix the files (or silence one statement with a `-- cutover:allow` comment that gives the reason) and deploy again"
+        ))
+    }
+}
+
+fn describe_applied(applied: &[Applied]) -> String {
+    applied
+        .iter()
+        .map(|a| format!("{}.{}.sql ({} ms)", a.name, a.phase, a.duration_ms))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The expand phase of rollout `rollout_id`: lint, then every pending expand. Returns a
+/// sentence for the event log, or why the rollout must fail.
+pub async fn expand(
+    config: &MigrationsConfig,
+    release: &ReleaseSpec,
+    rollout_id: u64,
+    clock: Arc<dyn Clock>,
+) -> Result<String, String> {
+    let set = load(config, Some(release))?;
+    let total = set.migrations.len();
+    let set = Arc::new(set);
+    let config_for_lint = config.clone();
+    let applied = with_database(config, move |db| {
+        Box::pin(async move {
+            db.lock().await.map_err(|e| e.to_string())?;
+            let history = db.history().await.map_err(|e| e.to_string())?;
+            lint_pending(&config_for_lint, &set, &status(&set, &history))?;
+            run(db, &set, Phase::Expand, Some(rollout_id), clock.as_ref())
+                .await
+                .map_err(|e| e.to_string())
+        })
+    })
+    .await?;
+    Ok(if applied.is_empty() {
+        format!("no expand migration pending ({total} in the directory, all applied)")
+    } else {
+        format!(
+            "expand migrations applied before the release starts: {}",
+            describe_applied(&applied)
+        )
+    })
+}
+
+/// What `cutover migrate status` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct MigrationsView {
+    pub app: String,
+    pub dir: String,
+    pub engine: Engine,
+    pub status: Status,
+    /// Why nothing may run now (a changed or out-of-order file).
+    pub blocked: Vec<String>,
+    /// Why a contract may not run now; none: `cutover migrate contract` would run the pending
+    /// ones.
+    pub contract_refused: Option<String>,
+    pub lint: LintReport,
+}
+
+/// Status of the migrations of the live release's directory against the database.
+pub async fn view(config: &MigrationsConfig, state: &AppState) -> Result<MigrationsView, String> {
+    let release = state.slot(state.live).release.as_ref();
+    let set = load(config, release)?;
+    let history = with_database(config, |db| {
+        Box::pin(async move { db.history().await.map_err(|e| e.to_string()) })
+    })
+    .await?;
+    let current = status(&set, &history);
+    let blocked = current.blocking();
+    let contract_refused = contract_refusal(state, &current, &history);
+    Ok(MigrationsView {
+        app: state.app.clone(),
+        dir: config.dir_for(release).display().to_string(),
+        engine: config.engine,
+        lint: lint::lint_set(&set, &config.lint_options()),
+        status: current,
+        blocked,
+        contract_refused,
+    })
+}
+
+/// Why the pending contracts may not run now; `None` when they may (or there are none).
+pub fn contract_refusal(state: &AppState, current: &Status, history: &[Applied]) -> Option<String> {
+    // A rollout in progress refuses even with nothing pending in the live directory: the new
+    // release's directory may bring a contract, and it is not live yet.
+    if let Some(r) = state.active_rollout() {
+        let why = match r.phase {
+            RolloutPhase::Promoted { .. } => format!(
+                "rollout #{} is promoted but its rollback window is open: the old version {} still runs in slot {} for an instant rollback",
+                r.id,
+                r.previous_version.as_deref().unwrap_or("-"),
+                r.target.other()
+            ),
+            _ => format!("rollout #{} is in phase {}", r.id, r.phase.name()),
+        };
+        return Some(format!(
+            "{why}; a contract runs only once the old version is retired (after the rollout ends)"
+        ));
+    }
+    let pending = current.pending(Phase::Contract);
+    if pending.is_empty() {
+        return None;
+    }
+    let idle = state.live.other();
+    if state.slot(idle).is_running() {
+        return Some(format!(
+            "slot {idle} still runs {}; a contract runs only once no older version runs",
+            state.slot(idle).version().unwrap_or("an older version")
+        ));
+    }
+    let live = state.slot(state.live);
+    for name in pending {
+        let Some(expand) = history
+            .iter()
+            .find(|a| a.name == name && a.phase == Phase::Expand)
+        else {
+            continue;
+        };
+        let Some(expanded_by) = expand.rollout_id else {
+            continue;
+        };
+        if live.deployed_by.is_none_or(|d| d < expanded_by) {
+            return Some(format!(
+                "the live version {} came before rollout #{expanded_by}, which applied {name}.expand.sql: it may still use what {name}.contract.sql removes; deploy a version that comes with that migration first",
+                live.version().unwrap_or("-"),
+            ));
+        }
+    }
+    None
+}
+
+/// Runs the pending contracts when [`contract_refusal`] allows it. Returns a sentence for the
+/// event log.
+pub async fn contract(
+    config: &MigrationsConfig,
+    state: &AppState,
+    clock: Arc<dyn Clock>,
+) -> Result<(String, Vec<Applied>), String> {
+    let release = state.slot(state.live).release.clone();
+    let set = load(config, release.as_ref())?;
+    let state = state.clone();
+    let set = Arc::new(set);
+    let config_for_lint = config.clone();
+    let applied = with_database(config, move |db| {
+        Box::pin(async move {
+            db.lock().await.map_err(|e| e.to_string())?;
+            let history = db.history().await.map_err(|e| e.to_string())?;
+            let current = status(&set, &history);
+            if let Some(why) = contract_refusal(&state, &current, &history) {
+                return Err(format!("contract migrations refused: {why}"));
+            }
+            lint_pending(&config_for_lint, &set, &current)?;
+            run(db, &set, Phase::Contract, None, clock.as_ref())
+                .await
+                .map_err(|e| e.to_string())
+        })
+    })
+    .await?;
+    let sentence = if applied.is_empty() {
+        "no contract migration pending".to_string()
+    } else {
+        format!("contract migrations applied: {}", describe_applied(&applied))
+    };
+    Ok((sentence, applied))
+}
+
+/// Accepts the current checksum of `name`'s applied halves, on purpose. Returns the halves
+/// whose checksum changed.
+pub async fn repair(config: &MigrationsConfig, state: &AppState, name: &str) -> Result<Vec<String>, String> {
+    let release = state.slot(state.live).release.clone();
+    let set = load(config, release.as_ref())?;
+    let Some(migration) = set
+        .migrations
+        .iter()
+        .find(|m| m.name == name || name.parse::<u32>().ok() == Some(m.number))
+    else {
+        let names: Vec<&str> = set.migrations.iter().map(|m| m.name.as_str()).collect();
+        return Err(format!(
+            "no migration {name} in {}; its migrations: {}",
+            config.dir_for(release.as_ref()).display(),
+            names.join(", ")
+        ));
+    };
+    let halves: Vec<(String, Phase, String)> = [Phase::Expand, Phase::Contract]
+        .into_iter()
+        .filter_map(|phase| {
+            migration
+                .file(phase)
+                .map(|f| (migration.name.clone(), phase, f.checksum.clone()))
+        })
+        .collect();
+    with_database(config, move |db| {
+        Box::pin(async move {
+            db.lock().await.map_err(|e| e.to_string())?;
+            let history = db.history().await.map_err(|e| e.to_string())?;
+            let mut repaired = Vec::new();
+            for (name, phase, checksum) in halves {
+                let Some(applied) = history.iter().find(|a| a.name == name && a.phase == phase) else {
+                    continue;
+                };
+                if applied.checksum != checksum {
+                    db.repair(&name, phase, &checksum)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    repaired.push(format!(
+                        "{name}.{phase}.sql: checksum {} accepted in place of {}",
+                        checksum, applied.checksum
+                    ));
+                }
+            }
+            Ok(repaired)
+        })
+    })
+    .await
+}
