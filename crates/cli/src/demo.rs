@@ -6,6 +6,11 @@
 //! - v2, healthy: through every canary step to promotion;
 //! - v3 with 5 % errors: rolled back automatically by the judge;
 //! - v4 that never becomes ready: fails in provisioning with no traffic shifted;
+//! - a schema change in expand/contract steps on a SQLite database every version shares: v1
+//!   creates `users (name)`, v2's expand adds `full_name` before v2 starts (v2 writes both), v5
+//!   ships a `DROP COLUMN` in an expand file and is refused by the migration linter before
+//!   anything runs, and v6 (reads only `full_name`) ships the contract that drops `name`, which
+//!   is refused while v2 is warm for a rollback and runs once v2 is retired;
 //! - deploy is not release: the new session validator, shipped dark behind a feature flag in
 //!   the live version, is ramped by a guarded ramp from 1 %; its flagged users are logged out,
 //!   the judge sees their 401s, and the flag is killed automatically, with no redeploy.
@@ -69,11 +74,15 @@ pub async fn run(options: DemoOptions) -> Result<ExitCode> {
         .context("creating a state directory")?;
     let exe = std::env::current_exe().context("locating the cutover binary")?;
     let sessions = dir.path().join("sessions.db");
+    let users_db = dir.path().join("users.db");
     let command = format!(
-        "exec '{}' example-app --port {{port}} --version-label {{version}} --session-store '{}'",
+        "exec '{}' example-app --port {{port}} --version-label {{version}} --session-store '{}' --users-db '{}'",
         exe.display(),
-        sessions.display()
+        sessions.display(),
+        users_db.display()
     );
+    let releases = dir.path().join("releases");
+    write_migrations(&releases)?;
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     let mut app = AppConfig::static_routes(
         "demo",
@@ -116,6 +125,18 @@ pub async fn run(options: DemoOptions) -> Result<ExitCode> {
     app.flags = Some(cutover_server::config::AppFlagsConfig {
         forward: vec![FLAG.into()],
         ..cutover_server::config::AppFlagsConfig::default()
+    });
+    app.migrations = Some(cutover_server::migrations::MigrationsConfig {
+        dir: format!("{}/{{version}}/migrations", releases.display()),
+        engine: cutover_server::migrations::Engine::Sqlite,
+        path: Some(users_db.display().to_string()),
+        url_env: None,
+        url_file: None,
+        lock_timeout_ms: 2_000,
+        statement_timeout_ms: 60_000,
+        lock_retries: 5,
+        retry_backoff_ms: 200,
+        contract_after_ms: None,
     });
     let config = Config {
         server: ServerConfig {
@@ -233,27 +254,45 @@ async fn scenario(
         Arc::clone(&stats),
         Arc::clone(&stop),
     ));
+    let users_db = controller
+        .migrations_config()
+        .and_then(|m| m.path.clone())
+        .map(std::path::PathBuf::from)
+        .context("the demo app has a SQLite migration database")?;
     let rollouts = async {
-        out!("\n== v2, healthy: canary steps 5 % → 25 % → 50 % → 100 %");
-        let v2 = deploy_and_wait(controller, "v2", None, true).await?;
+        out!("\n== v2, healthy: canary steps 5 % → 25 % → 50 % → 100 %; its expand migration adds users.full_name first");
+        let v2 = deploy_and_wait(controller, "v2", Some("--users-schema both"), true).await?;
         out!("\n== v3 with 5 % errors: the judge should roll it back");
-        let v3 = deploy_and_wait(controller, "v3", Some("--error-rate 0.05"), true).await?;
+        let v3 = deploy_and_wait(controller, "v3", Some("--users-schema both --error-rate 0.05"), true).await?;
         out!("\n== v4 never becomes ready: provisioning should fail with no traffic shifted");
-        let v4 = deploy_and_wait(controller, "v4", Some("--fail-ready"), true).await?;
-        out!("\n== deploy is not release: {FLAG}, shipped dark in v2, ramped from 1 % by a guarded ramp");
+        let v4 = deploy_and_wait(controller, "v4", Some("--users-schema both --fail-ready"), true).await?;
+        out!("\n== v5 drops users.name in an expand file, while v2 still reads it: the linter should refuse it");
+        let v5 = deploy_and_wait(controller, "v5", Some("--users-schema new"), true).await?;
+        if let Phase::Failed { reason, .. } = &v5.phase {
+            for line in reason.lines().skip(1).take(4) {
+                out!("  {:<12} {line}", "");
+            }
+        }
+        out!("  {:<12} users columns: {}", "schema", users_columns(&users_db)?);
+        out!("\n== v6 reads only full_name and ships the contract that drops users.name: it waits for v2's retirement");
+        let v6 = deploy_and_wait_then_contract(controller, "v6", Some("--users-schema new")).await?;
+        out!("  {:<12} users columns: {}", "schema", users_columns(&users_db)?);
+        out!("\n== deploy is not release: {FLAG}, shipped dark in the live version, ramped from 1 % by a guarded ramp");
         let flag = flag_chapter(admin, &stats).await?;
-        anyhow::Ok((v2, v3, v4, flag))
+        anyhow::Ok((v2, v3, v4, v5, v6, flag))
     }
     .await;
     stop.store(true, Ordering::Relaxed);
     load.await.context("load generator")?;
-    let (v2, v3, v4, flag) = rollouts?;
+    let (v2, v3, v4, v5, v6, flag) = rollouts?;
 
     let outcomes = [
         (&v1, "succeeded"),
         (&v2, "succeeded"),
         (&v3, "rolled_back"),
         (&v4, "failed"),
+        (&v5, "failed"),
+        (&v6.0, "succeeded"),
     ];
     print_report(controller, &outcomes, &stats).await?;
     let s = stats.lock().unwrap_or_else(PoisonError::into_inner);
@@ -271,7 +310,131 @@ async fn scenario(
         s.flag_failed_users.len(),
         options.users
     );
-    Ok(outcomes.iter().all(|(r, want)| r.phase.name() == *want) && flag.phase == "killed")
+    out!(
+        "schema: the contract {} ({})",
+        if v6.1 {
+            "ran after v2 was retired"
+        } else {
+            "did not run as expected"
+        },
+        users_columns_text(&v6.2)
+    );
+    Ok(outcomes.iter().all(|(r, want)| r.phase.name() == *want) && flag.phase == "killed" && v6.1)
+}
+
+/// The migrations each version's checkout would carry.
+fn write_migrations(releases: &std::path::Path) -> Result<()> {
+    let users = (
+        "0001_users.expand.sql",
+        "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT);\n",
+    );
+    let full_name = (
+        "0002_full_name.expand.sql",
+        "-- v2 writes name and full_name; rows written before it get full_name from name.\n\
+         ALTER TABLE users ADD COLUMN full_name TEXT;\n\
+         UPDATE users SET full_name = name WHERE full_name IS NULL;\n",
+    );
+    let backfill_again = (
+        "0003_full_name_backfill.expand.sql",
+        "-- rows v1 wrote during v2's canary\nUPDATE users SET full_name = name WHERE full_name IS NULL;\n",
+    );
+    let drop_in_expand = (
+        "0003_drop_name.expand.sql",
+        "ALTER TABLE users DROP COLUMN name;\n",
+    );
+    let contract = (
+        "0002_full_name.contract.sql",
+        "ALTER TABLE users DROP COLUMN name;\n",
+    );
+    let versions: [(&str, &[(&str, &str)]); 6] = [
+        ("v1", &[users]),
+        ("v2", &[users, full_name]),
+        ("v3", &[users, full_name]),
+        ("v4", &[users, full_name]),
+        ("v5", &[users, full_name, drop_in_expand]),
+        ("v6", &[users, full_name, backfill_again, contract]),
+    ];
+    for (version, files) in versions {
+        let dir = releases.join(version).join("migrations");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (name, sql) in files {
+            std::fs::write(dir.join(name), sql).with_context(|| format!("writing {name}"))?;
+        }
+    }
+    Ok(())
+}
+
+fn users_columns(db: &std::path::Path) -> Result<String> {
+    let conn = rusqlite_columns(db)?;
+    Ok(users_columns_text(&conn))
+}
+
+fn users_columns_text(columns: &[String]) -> String {
+    if columns.is_empty() {
+        "no users table".to_string()
+    } else {
+        columns.join(", ")
+    }
+}
+
+fn rusqlite_columns(db: &std::path::Path) -> Result<Vec<String>> {
+    let conn = rusqlite::Connection::open(db).with_context(|| format!("opening {}", db.display()))?;
+    let mut stmt = conn.prepare("SELECT name FROM pragma_table_info('users')")?;
+    let names = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    Ok(names.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Deploys `version`, tries the contract while the old version is warm for a rollback
+/// (refused), and again once the rollout retired it. Returns the rollout, whether the contract
+/// ran after retirement, and the users columns after it.
+async fn deploy_and_wait_then_contract(
+    controller: &Arc<Controller>,
+    version: &str,
+    extra_args: Option<&str>,
+) -> Result<(cutover_core::rollout::Rollout, bool, Vec<String>)> {
+    let waiting = deploy_and_wait(controller, version, extra_args, true);
+    let trying = async {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let state = controller.state().await;
+            if matches!(
+                state.rollout.as_ref().map(|r| &r.phase),
+                Some(Phase::Promoted { .. })
+            ) {
+                break;
+            }
+            if Instant::now() > deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        match controller.contract().await {
+            Ok(done) => out!("  {:<12} ran too early: {done}", "contract"),
+            Err(why) => out!(
+                "  {:<12} refused: {}",
+                "contract",
+                why.to_string().lines().next().unwrap_or("")
+            ),
+        }
+    };
+    let (rollout, ()) = tokio::join!(waiting, trying);
+    let rollout = rollout?;
+    let ran = match controller.contract().await {
+        Ok(done) => {
+            out!("  {:<12} {done}", "contract");
+            done.starts_with("contract migrations applied")
+        }
+        Err(why) => {
+            out!("  {:<12} refused: {why}", "contract");
+            false
+        }
+    };
+    let db = controller
+        .migrations_config()
+        .and_then(|m| m.path.clone())
+        .map(std::path::PathBuf::from)
+        .context("the demo app has a SQLite migration database")?;
+    Ok((rollout, ran, rusqlite_columns(&db)?))
 }
 
 /// Creates the flag dark, starts a guarded ramp, and waits for the judge to kill it.
@@ -409,6 +572,7 @@ async fn drive_load(
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut in_flight = tokio::task::JoinSet::new();
+    let known_ids: Arc<Mutex<Vec<i64>>> = Arc::new(Mutex::new(Vec::new()));
     // Bounded: at most 10 minutes of load whatever happens.
     let limit = Instant::now() + Duration::from_secs(600);
     let mut n: u64 = 0;
@@ -436,8 +600,25 @@ async fn drive_load(
             }
             continue;
         }
+        let known_ids = Arc::clone(&known_ids);
         in_flight.spawn(async move {
-            let mut request = client.get(format!("{base}/api/me")).header("X-User-ID", &user);
+            // One request in four writes or reads the users table, whose schema changes under
+            // the load: a migration that broke a running version would fail these.
+            let mut request = match n % 8 {
+                0 => client.post(format!("{base}/users?name={user}")),
+                4 => {
+                    let id = {
+                        let ids = known_ids.lock().unwrap_or_else(PoisonError::into_inner);
+                        ids.get(n as usize / 8 % ids.len().max(1)).copied()
+                    };
+                    match id {
+                        Some(id) => client.get(format!("{base}/users/{id}")),
+                        None => client.get(format!("{base}/api/me")),
+                    }
+                }
+                _ => client.get(format!("{base}/api/me")),
+            }
+            .header("X-User-ID", &user);
             if let Some(cookie) = session {
                 request = request.header("Cookie", cookie);
             }
@@ -449,7 +630,18 @@ async fn drive_load(
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("-")
                         .to_string();
-                    (v, r.status().is_success())
+                    let ok = r.status().is_success();
+                    if ok && r.status() == reqwest::StatusCode::CREATED {
+                        if let Ok(body) = r.json::<serde_json::Value>().await {
+                            if let Some(id) = body["id"].as_i64() {
+                                let mut ids = known_ids.lock().unwrap_or_else(PoisonError::into_inner);
+                                if ids.len() < 10_000 {
+                                    ids.push(id);
+                                }
+                            }
+                        }
+                    }
+                    (v, ok)
                 }
                 Err(_) => ("-".to_string(), false),
             };

@@ -431,7 +431,7 @@ async fn kill_9_of_the_server_mid_expand_then_a_restart_finishes_the_rollout() {
             USERS,
             (
                 "0002_bio.expand.sql",
-                "ALTER TABLE users ADD COLUMN bio text;\nSELECT pg_sleep(3);\nUPDATE users SET bio = '';\n",
+                "ALTER TABLE users ADD COLUMN bio text;\nSELECT pg_sleep(3);\nCOMMENT ON COLUMN users.bio IS 'about the user';\n",
             ),
         ],
     );

@@ -95,6 +95,7 @@ pub struct Settings {
     pub reject_old_sessions: bool,
     pub ready_dependency: Option<Dependency>,
     pub flags: FlagSettings,
+    pub users: Option<crate::users::UsersDb>,
 }
 
 /// The `new_session_validator` flag, as the proxy forwards it.
@@ -148,6 +149,7 @@ pub struct App {
     reject_old_sessions: bool,
     ready_dependency: Option<Dependency>,
     flags: FlagSettings,
+    users: Option<crate::users::UsersDb>,
 }
 
 impl App {
@@ -163,6 +165,7 @@ impl App {
             reject_old_sessions,
             ready_dependency,
             flags,
+            users,
         } = s;
         let root = serde_json::json!({
             "app": app,
@@ -204,6 +207,7 @@ impl App {
             reject_old_sessions,
             ready_dependency,
             flags,
+            users,
         })
     }
 
@@ -249,6 +253,8 @@ pub fn router(app: AppState) -> Router {
         .route("/headers", get(echo))
         .route("/status/{code}", get(status))
         .route("/bytes", get(bytes_route))
+        .route("/users", post(add_user))
+        .route("/users/{id}", get(get_user))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(app, count_and_stamp));
 
@@ -780,4 +786,43 @@ fn html_escape(s: &str) -> String {
         }
     }
     out
+}
+
+#[derive(Debug, Deserialize)]
+struct NewUser {
+    name: String,
+}
+
+/// `POST /users?name=NAME`: adds a user with this version's columns (`--users-schema`).
+async fn add_user(State(app): State<AppState>, Query(user): Query<NewUser>) -> Response {
+    let Some(users) = &app.users else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "no --users-db configured\n").into_response();
+    };
+    if user.name.is_empty() || user.name.chars().count() > MAX_USER_CHARS {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("name must be 1 to {MAX_USER_CHARS} characters\n"),
+        )
+            .into_response();
+    }
+    match users.insert(&user.name).await {
+        Ok(id) => (StatusCode::CREATED, Json(serde_json::json!({ "id": id }))).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("users database: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+/// `GET /users/ID`: the user's name, read from this version's column.
+async fn get_user(State(app): State<AppState>, Path(id): Path<i64>) -> Response {
+    let Some(users) = &app.users else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "no --users-db configured\n").into_response();
+    };
+    match users.get(id).await {
+        Ok(Some(name)) => Json(serde_json::json!({ "id": id, "name": name, "schema": format!("{:?}", users.schema()).to_lowercase() })).into_response(),
+        Ok(None) => (StatusCode::NOT_FOUND, "no such user\n").into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("users database: {e}\n")).into_response(),
+    }
 }

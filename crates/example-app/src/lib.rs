@@ -44,6 +44,7 @@
 mod app;
 mod dependency;
 mod session;
+mod users;
 
 use std::future::IntoFuture;
 use std::io::{IsTerminal, Read, Write};
@@ -142,6 +143,16 @@ pub struct Options {
     /// on that answer 500: a new code path that fails some of its requests.
     #[arg(long, value_name = "F", default_value_t = 0.0, value_parser = parse_rate)]
     flag_error_rate: f64,
+
+    /// A users table shared by every version (`/users`), for showing expand/contract
+    /// migrations: the path of a SQLite file or a `postgres://` URL.
+    #[arg(long, env = "EXAMPLE_USERS_DB", value_name = "PATH|URL")]
+    users_db: Option<String>,
+
+    /// Which columns of `users` this version reads and writes: `old` (name), `both` (writes
+    /// name and full_name, reads name), `new` (full_name only).
+    #[arg(long, value_enum, default_value = "old")]
+    users_schema: users::UsersSchema,
 
     /// Exit with code 3 this many seconds after start, simulating a crash.
     #[arg(long, value_name = "SECS")]
@@ -254,7 +265,12 @@ async fn serve(cli: Options) -> Result<()> {
         .map(SessionStore::start)
         .transpose()
         .context("starting the session store thread")?;
+    let users = match &cli.users_db {
+        Some(target) => Some(users::UsersDb::open(target, cli.users_schema).await?),
+        None => None,
+    };
     let app: &'static App = Box::leak(Box::new(App::new(Settings {
+        users,
         app: cli.app.clone(),
         version: cli.version_label.clone(),
         slot: cli.slot.clone(),

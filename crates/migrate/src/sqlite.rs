@@ -55,6 +55,19 @@ impl Database for SqliteDatabase {
     }
 
     async fn history(&mut self) -> Result<Vec<Applied>, MigrateError> {
+        // A database no migration ran against yet has no history table: nothing applied.
+        let exists: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                [HISTORY_TABLE],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(db_err)?;
+        if exists.is_none() {
+            return Ok(Vec::new());
+        }
         let mut stmt = self
             .conn
             .prepare(&format!(

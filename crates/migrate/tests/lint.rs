@@ -92,11 +92,10 @@ fn rename_column() {
         &["rename-column"],
     );
     assert!(report.findings[0].message.contains("users.name TO full_name"));
-    // The safe way: a new column the new version writes along with the old one.
-    check(
-        "ALTER TABLE users ADD COLUMN full_name text;\nUPDATE users SET full_name = name WHERE id BETWEEN 1 AND 10000;",
-        &[],
-    );
+    // The safe way: a new column the new version writes along with the old one, and a
+    // backfill in a migration of its own.
+    check("ALTER TABLE users ADD COLUMN full_name text;", &[]);
+    check("UPDATE users SET full_name = name WHERE id BETWEEN 1 AND 10000;", &[]);
 }
 
 #[test]
@@ -793,4 +792,48 @@ fn the_corpus_finds_exactly_what_each_file_expects() {
     for rule in RULES {
         assert!(seen.contains(&rule.id), "no unsafe corpus file shows {}", rule.id);
     }
+}
+
+#[test]
+fn data_change_under_lock() {
+    // The benchmark's finding: ADD COLUMN takes ACCESS EXCLUSIVE, and the backfill after it in
+    // the same transaction keeps every query of users waiting for the whole UPDATE.
+    let report = check(
+        "ALTER TABLE users ADD COLUMN full_name text;\nUPDATE users SET full_name = name;\n",
+        &["data-change-under-lock"],
+    );
+    let finding = &report.findings[0];
+    assert_eq!(finding.line, 2);
+    assert!(finding.message.contains("ACCESS EXCLUSIVE lock on users at line 1"), "{}", finding.message);
+    assert!(finding.fix.contains("cutover:no-transaction"), "{}", finding.fix);
+    check(
+        "ALTER TABLE users ADD COLUMN full_name text;\nDELETE FROM sessions WHERE expired;\n",
+        &["data-change-under-lock"],
+    );
+    check(
+        "ALTER TABLE users ADD COLUMN full_name text;\nINSERT INTO audit SELECT * FROM users;\n",
+        &["data-change-under-lock"],
+    );
+    // The safe ways: the backfill alone in its transaction (row locks only), in batches without
+    // a transaction, a few listed rows, or a table created in this file.
+    check("UPDATE users SET full_name = name WHERE full_name IS NULL;\n", &[]);
+    check(
+        "-- cutover:no-transaction\nALTER TABLE users ADD COLUMN IF NOT EXISTS full_name text;\nUPDATE users SET full_name = name WHERE id BETWEEN 1 AND 50000 AND full_name IS NULL;\n",
+        &[],
+    );
+    check(
+        "ALTER TABLE users ADD COLUMN full_name text;\nINSERT INTO settings (k, v) VALUES ('a', 'b');\n",
+        &[],
+    );
+    check(
+        "CREATE TABLE plans (id bigint PRIMARY KEY, name text);\nALTER TABLE plans ADD COLUMN tier text;\nINSERT INTO plans SELECT id, name, 'free' FROM legacy_plans;\n",
+        &[],
+    );
+    // SQLite locks the whole file for any write anyway: not its rule.
+    check_with(
+        "ALTER TABLE users ADD COLUMN full_name text;\nUPDATE users SET full_name = name;\n",
+        Phase::Expand,
+        &sqlite(),
+        &[],
+    );
 }

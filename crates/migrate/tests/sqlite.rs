@@ -156,3 +156,10 @@ async fn a_changed_file_blocks_everything_until_repaired_on_purpose() {
     assert_eq!(done.len(), 1);
     assert_eq!(columns(&file, "users"), ["id", "email"]);
 }
+
+#[tokio::test]
+async fn a_database_no_migration_ran_against_has_an_empty_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = SqliteDatabase::open(&dir.path().join("fresh.db"), Duration::from_secs(1)).unwrap();
+    assert!(db.history().await.unwrap().is_empty());
+}

@@ -292,6 +292,7 @@ pub async fn expand(
     let applied = with_database(config, move |db| {
         Box::pin(async move {
             db.lock().await.map_err(|e| e.to_string())?;
+            db.prepare().await.map_err(|e| e.to_string())?;
             let history = db.history().await.map_err(|e| e.to_string())?;
             lint_pending(&config_for_lint, &set, &status(&set, &history))?;
             run(db, &set, Phase::Expand, Some(rollout_id), clock.as_ref())
@@ -480,4 +481,175 @@ pub async fn repair(config: &MigrationsConfig, state: &AppState, name: &str) -> 
         })
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cutover_core::rollout::Rollout;
+    use cutover_core::{Slot, Timestamp};
+
+    fn postgres() -> MigrationsConfig {
+        MigrationsConfig {
+            dir: "migrations".into(),
+            engine: Engine::Postgres,
+            path: None,
+            url_env: Some("DATABASE_URL".into()),
+            url_file: None,
+            lock_timeout_ms: 2_000,
+            statement_timeout_ms: 60_000,
+            lock_retries: 10,
+            retry_backoff_ms: 1_000,
+            contract_after_ms: None,
+        }
+    }
+
+    fn fields(errors: &[FieldError]) -> Vec<String> {
+        errors.iter().map(|e| e.field.clone()).collect()
+    }
+
+    #[test]
+    fn every_problem_of_the_table_is_reported_with_its_field() {
+        assert!(postgres().validate("app[0].migrations.").is_empty());
+        let bad = MigrationsConfig {
+            dir: " ".into(),
+            url_env: None,
+            path: Some("app.db".into()),
+            lock_timeout_ms: 0,
+            ..postgres()
+        };
+        let errors = bad.validate("app[0].migrations.");
+        assert_eq!(
+            fields(&errors),
+            [
+                "app[0].migrations.dir",
+                "app[0].migrations.url_env",
+                "app[0].migrations.path",
+                "app[0].migrations.lock_timeout_ms"
+            ]
+        );
+        assert!(
+            errors[1].message.contains("never goes in the configuration"),
+            "{}",
+            errors[1].message
+        );
+        let sqlite = MigrationsConfig {
+            engine: Engine::Sqlite,
+            ..postgres()
+        };
+        assert_eq!(
+            fields(&sqlite.validate("m.")),
+            ["m.path", "m.url_env"],
+            "SQLite needs a file and takes no URL"
+        );
+    }
+
+    #[test]
+    fn the_directory_comes_with_the_release() {
+        let config = MigrationsConfig {
+            dir: "releases/{version}/db".into(),
+            ..postgres()
+        };
+        let mut release = ReleaseSpec::new("v7", "run");
+        assert_eq!(config.dir_for(Some(&release)), PathBuf::from("releases/v7/db"));
+        release.workdir = Some("/srv/app/v7".into());
+        assert_eq!(
+            config.dir_for(Some(&release)),
+            PathBuf::from("/srv/app/v7/releases/v7/db")
+        );
+        let absolute = MigrationsConfig {
+            dir: "/etc/app/migrations".into(),
+            ..postgres()
+        };
+        assert_eq!(
+            absolute.dir_for(Some(&release)),
+            PathBuf::from("/etc/app/migrations")
+        );
+    }
+
+    #[test]
+    fn the_url_is_read_from_its_source_and_never_shown_in_errors() {
+        let dir = std::env::temp_dir().join(format!("cutover-url-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("url");
+        std::fs::write(&file, "postgres://u:hunter2@db/app\n").unwrap();
+        let config = MigrationsConfig {
+            url_env: None,
+            url_file: Some(file.display().to_string()),
+            ..postgres()
+        };
+        assert_eq!(config.url().unwrap(), "postgres://u:hunter2@db/app");
+        let missing = MigrationsConfig {
+            url_env: Some("CUTOVER_TEST_SURELY_UNSET_VARIABLE".into()),
+            ..postgres()
+        };
+        let error = missing.url().unwrap_err();
+        assert!(
+            error.contains("CUTOVER_TEST_SURELY_UNSET_VARIABLE") && error.contains("not set"),
+            "{error}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn pending_contract() -> (Status, Vec<Applied>) {
+        let applied = Applied {
+            name: "0002_x".into(),
+            phase: Phase::Expand,
+            checksum: "c".into(),
+            applied_at: Timestamp(1),
+            rollout_id: Some(5),
+            duration_ms: 1,
+        };
+        let status = Status {
+            migrations: vec![cutover_migrate::MigrationStatus {
+                name: "0002_x".into(),
+                phase: Phase::Contract,
+                state: State::Pending,
+                applied: None,
+            }],
+        };
+        (status, vec![applied])
+    }
+
+    #[test]
+    fn a_contract_waits_for_the_old_version_to_be_retired_and_for_a_live_version_that_came_with_its_expand() {
+        let (status, history) = pending_contract();
+        let mut state = AppState::new("web");
+        state.live = Slot::Green;
+        state.green.release = Some(ReleaseSpec::new("v3", "run"));
+        state.green.backends = vec!["127.0.0.1:1".parse().unwrap()];
+        state.green.deployed_by = Some(6);
+        state.blue.release = Some(ReleaseSpec::new("v2", "run"));
+        state.blue.backends = vec!["127.0.0.1:2".parse().unwrap()];
+        let why = contract_refusal(&state, &status, &history).unwrap();
+        assert!(why.contains("slot blue still runs v2"), "{why}");
+
+        state.blue.backends.clear();
+        assert_eq!(contract_refusal(&state, &status, &history), None);
+
+        // The live version came before the rollout that applied the expand (#5): it was rolled
+        // back to, say. It may still use what the contract removes.
+        state.green.deployed_by = Some(4);
+        let why = contract_refusal(&state, &status, &history).unwrap();
+        assert!(why.contains("came before rollout #5"), "{why}");
+
+        state.green.deployed_by = Some(6);
+        let rollout: Rollout = serde_json::from_value(serde_json::json!({
+            "id": 7, "target": "blue", "release": ReleaseSpec::new("v4", "run"),
+            "policy": cutover_core::RolloutPolicy::default(), "phase": { "phase": "migrating" },
+            "started_at": 1, "previous_version": "v3", "forced": false, "failures": 0,
+            "first_bad_window_at": null, "last_verdict": null,
+        }))
+        .unwrap();
+        state.rollout = Some(rollout);
+        let why = contract_refusal(
+            &state,
+            &Status {
+                migrations: Vec::new(),
+            },
+            &history,
+        )
+        .unwrap();
+        assert!(why.contains("rollout #7 is in phase migrating"), "{why}");
+    }
 }

@@ -129,6 +129,11 @@ pub(crate) struct FileLinter<'k> {
     dropped_constraints: Vec<(Table, String)>,
     /// Constraints this file added NOT VALID.
     not_valid_here: Vec<(Table, String)>,
+    /// Strong locks taken by earlier statements of a transactional file, with the line of the
+    /// statement that took each: held until the file commits.
+    held: Vec<(Table, Lock, usize)>,
+    /// The line of the statement being checked.
+    line: usize,
     hits: Vec<Hit>,
 }
 
@@ -146,13 +151,33 @@ impl<'k> FileLinter<'k> {
             dropped_indexes: Vec::new(),
             dropped_constraints: Vec::new(),
             not_valid_here: Vec::new(),
+            held: Vec::new(),
+            line: 0,
             hits: Vec::new(),
         }
     }
 
     /// The findings of one statement, which starts on `line`.
     pub fn statement(&mut self, node: &NodeEnum, line: usize) -> Vec<Hit> {
+        self.line = line;
         match node {
+            NodeEnum::UpdateStmt(s) => {
+                self.data_change("UPDATE", &[Table::of(s.relation.as_ref())]);
+            }
+            NodeEnum::DeleteStmt(s) => {
+                self.data_change("DELETE", &[Table::of(s.relation.as_ref())]);
+            }
+            NodeEnum::InsertStmt(s) => {
+                // INSERT ... VALUES writes the rows it lists, quickly; INSERT ... SELECT may
+                // copy a whole table.
+                let copies = match inner(&s.select_stmt) {
+                    Some(NodeEnum::SelectStmt(select)) => select.values_lists.is_empty(),
+                    _ => false,
+                };
+                if copies {
+                    self.data_change("INSERT ... SELECT", &[Table::of(s.relation.as_ref())]);
+                }
+            }
             NodeEnum::CreateStmt(s) => self.create_table(s),
             NodeEnum::CreateTableAsStmt(s) => {
                 let table = Table::of(s.into.as_ref().and_then(|i| i.rel.as_ref()));
@@ -243,6 +268,15 @@ impl<'k> FileLinter<'k> {
         if lock == Lock::Weak || tables.iter().all(|t| self.is_new(t)) {
             return;
         }
+        if !self.cx.no_transaction {
+            let line = self.line;
+            let held: Vec<(Table, Lock, usize)> = tables
+                .iter()
+                .filter(|t| !self.is_new(t))
+                .map(|t| (t.clone(), lock, line))
+                .collect();
+            self.held.extend(held);
+        }
         let (why, fix) = match self.timeout {
             Timeout::Runner | Timeout::SetInFile => return,
             Timeout::NotConfigured => (
@@ -267,6 +301,26 @@ impl<'k> FileLinter<'k> {
                 lock.blocks()
             ),
             fix,
+        );
+    }
+
+    /// `what` changes rows of `tables` while this file's transaction holds a strong lock taken
+    /// earlier: the app's queries of the locked tables wait for the whole change.
+    fn data_change(&mut self, what: &str, tables: &[Table]) {
+        let Some((locked, lock, line)) = self.held.iter().max_by_key(|(_, lock, _)| *lock).cloned() else {
+            return;
+        };
+        let names = tables.iter().map(Table::to_string).collect::<Vec<_>>().join(" and ");
+        self.hit(
+            &rules::DATA_CHANGE_UNDER_LOCK,
+            format!(
+                "{what} {names} runs in the transaction that took {} on {locked} at line {line}: the lock is held until the file commits, so {} of {locked} waits for the whole {what}",
+                lock.name(),
+                lock.blocks()
+            ),
+            format!(
+                "move the {what} to a migration of its own after this one, with `{NO_TRANSACTION}` and in batches (e.g. `WHERE id BETWEEN ...`, each statement re-runnable), so each batch commits and holds its row locks briefly"
+            ),
         );
     }
 

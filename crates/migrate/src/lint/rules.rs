@@ -90,6 +90,10 @@ pub const VALIDATE_IN_SAME_TRANSACTION: Rule = locking(
     "validate-in-same-transaction",
     "VALIDATE CONSTRAINT in the transaction that added it NOT VALID: the ADD's lock is held through the validating scan",
 );
+pub const DATA_CHANGE_UNDER_LOCK: Rule = locking(
+    "data-change-under-lock",
+    "UPDATE, DELETE or INSERT ... SELECT in the transaction that took an ACCESS EXCLUSIVE (or SHARE ROW EXCLUSIVE) lock: the lock is held until the file commits, so the app's queries wait for the whole data change",
+);
 pub const UNIQUE_OR_PRIMARY_KEY_WITHOUT_INDEX: Rule = locking(
     "unique-or-primary-key-without-index",
     "ADD PRIMARY KEY or UNIQUE without USING INDEX: builds the index under ACCESS EXCLUSIVE",
@@ -138,6 +142,7 @@ pub const RULES: &[Rule] = &[
     CONCURRENTLY_IN_TRANSACTION,
     CONSTRAINT_WITHOUT_NOT_VALID,
     VALIDATE_IN_SAME_TRANSACTION,
+    DATA_CHANGE_UNDER_LOCK,
     UNIQUE_OR_PRIMARY_KEY_WITHOUT_INDEX,
     ACCESS_EXCLUSIVE_WITHOUT_LOCK_TIMEOUT,
     NOT_IDEMPOTENT_WITHOUT_TRANSACTION,
