@@ -21,7 +21,9 @@ are the example app with a PostgreSQL `users` table, and:
 Two variants of 0002, each run on its own fresh database, interleaved run by run:
 
 - `single-tx`: `ALTER TABLE ... ADD COLUMN` and one `UPDATE` of every row, in the migration's
-  transaction (the runner wraps the file in one);
+  transaction (the runner wraps the file in one). The linter refuses this file
+  (`data-change-under-lock`, a rule this benchmark motivated); the UPDATE carries a
+  `-- cutover:allow` with its reason so the unsafe way can be measured;
 - `batched`: a `-- cutover:no-transaction` file: the ALTER (`IF NOT EXISTS`), then `--batches`
   UPDATEs of consecutive id ranges (`WHERE id BETWEEN a AND b AND full_name IS NULL`, the last one
   open-ended), each committed on its own; a rerun after a failure skips the rows already done.
@@ -350,6 +352,7 @@ def backfill_sql(variant, rows, batches):
         return (
             "-- full_name, filled from name in the migration's own transaction\n"
             "ALTER TABLE users ADD COLUMN full_name text;\n"
+            "-- cutover:allow data-change-under-lock: the unsafe way, run on purpose to measure what the rule prevents\n"
             "UPDATE users SET full_name = name WHERE full_name IS NULL;\n"
         )
     size = max(1, -(-rows // batches))

@@ -179,11 +179,12 @@ pub async fn run(options: DemoOptions) -> Result<ExitCode> {
 
     let result = scenario(&controller, public, &admin, &options).await;
     // Instances outlive `cutover serve` by design (they are re-adopted after a restart); the demo
-    // cleans up after itself.
+    // cleans up after itself, once the server stopped: a controller still running would start
+    // the live slot again when it found its instances gone.
+    running.shutdown().await;
     for slot in cutover_core::Slot::ALL {
         let _ = controller.stop_slot(slot).await;
     }
-    running.shutdown().await;
     if options.keep_state {
         let kept = dir.keep();
         out!("state kept in {}", kept.display());

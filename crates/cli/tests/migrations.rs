@@ -52,7 +52,7 @@ platform = "local"
 stop_grace_ms = 2000
 
 [app.release]
-command = "exec '{CUTOVER}' example-app --port {{port}} --version-label {{version}}"
+command = "exec '{CUTOVER}' example-app --port {{port}} --version-label {{version}} --session-store '{sessions}'"
 
 [app.readiness]
 interval_ms = 50
@@ -76,6 +76,7 @@ retry_backoff_ms = 100
 {migrations_extra}
 "#,
                 releases = dir.path().join("releases").display(),
+                sessions = dir.path().join("sessions.db").display(),
                 url_file = url_file.display(),
             ),
         )
@@ -155,6 +156,20 @@ retry_backoff_ms = 100
     }
 }
 
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(mut serve) = self.serve.take() {
+            serve.kill();
+        }
+        // Instances outlive the server by design; the test cleans up what it started.
+        for pid in common::instance_pids(self.dir.path()) {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
 const USERS: (&str, &str) = (
     "0001_users.expand.sql",
     "CREATE TABLE users (id bigserial PRIMARY KEY, name text);\n",
@@ -169,8 +184,9 @@ const EMAIL: (&str, &str) = (
 fn needs_column(cluster: &Cluster, column: &str) -> String {
     let url_file = cluster.dir.path().join("database-url");
     format!(
-        "psql \"$(cat '{}')\" -XAtqc 'SELECT {column} FROM users LIMIT 0' && exec '{CUTOVER}' example-app --port {{port}} --version-label {{version}}",
-        url_file.display()
+        "psql \"$(cat '{}')\" -XAtqc 'SELECT {column} FROM users LIMIT 0' && exec '{CUTOVER}' example-app --port {{port}} --version-label {{version}} --session-store '{}'",
+        url_file.display(),
+        cluster.dir.path().join("sessions.db").display()
     )
 }
 

@@ -2,7 +2,7 @@
 //! Whole rollouts with real processes: `cutover serve` with the local process platform and SQLite
 //! state, the `cutover` CLI as the client, the example app as the service, load on loopback.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -244,31 +244,8 @@ min_requests = 5
 
     /// PIDs of the example-app processes of this cluster (their command line names its directory).
     fn instance_pids(&self) -> Vec<u32> {
-        instance_pids(self.dir.path())
+        common::instance_pids(self.dir.path())
     }
-}
-
-fn instance_pids(dir: &Path) -> Vec<u32> {
-    let needle = dir.display().to_string();
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        let zombie = stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z'));
-        if !zombie && cmdline.contains("example-app") && cmdline.contains(&needle) {
-            pids.push(pid);
-        }
-    }
-    pids
 }
 
 impl Drop for Cluster {
@@ -277,7 +254,7 @@ impl Drop for Cluster {
             serve.kill();
         }
         // Instances outlive the server by design; the test cleans up what it started.
-        for pid in instance_pids(self.dir.path()) {
+        for pid in common::instance_pids(self.dir.path()) {
             let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
         }
     }

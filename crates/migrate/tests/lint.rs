@@ -95,7 +95,10 @@ fn rename_column() {
     // The safe way: a new column the new version writes along with the old one, and a
     // backfill in a migration of its own.
     check("ALTER TABLE users ADD COLUMN full_name text;", &[]);
-    check("UPDATE users SET full_name = name WHERE id BETWEEN 1 AND 10000;", &[]);
+    check(
+        "UPDATE users SET full_name = name WHERE id BETWEEN 1 AND 10000;",
+        &[],
+    );
 }
 
 #[test]
@@ -804,7 +807,13 @@ fn data_change_under_lock() {
     );
     let finding = &report.findings[0];
     assert_eq!(finding.line, 2);
-    assert!(finding.message.contains("ACCESS EXCLUSIVE lock on users at line 1"), "{}", finding.message);
+    assert!(
+        finding
+            .message
+            .contains("ACCESS EXCLUSIVE lock on users at line 1"),
+        "{}",
+        finding.message
+    );
     assert!(finding.fix.contains("cutover:no-transaction"), "{}", finding.fix);
     check(
         "ALTER TABLE users ADD COLUMN full_name text;\nDELETE FROM sessions WHERE expired;\n",
@@ -816,7 +825,10 @@ fn data_change_under_lock() {
     );
     // The safe ways: the backfill alone in its transaction (row locks only), in batches without
     // a transaction, a few listed rows, or a table created in this file.
-    check("UPDATE users SET full_name = name WHERE full_name IS NULL;\n", &[]);
+    check(
+        "UPDATE users SET full_name = name WHERE full_name IS NULL;\n",
+        &[],
+    );
     check(
         "-- cutover:no-transaction\nALTER TABLE users ADD COLUMN IF NOT EXISTS full_name text;\nUPDATE users SET full_name = name WHERE id BETWEEN 1 AND 50000 AND full_name IS NULL;\n",
         &[],

@@ -447,3 +447,55 @@ async fn the_url_and_its_password_never_appear_in_errors() {
     let db = connect(&pg).await;
     assert!(!format!("{db:?}").contains(PASSWORD));
 }
+
+/// A no-transaction file that fails part-way keeps what it did (each statement committed) and
+/// leaves no history row; run again, its re-runnable statements skip what is done and it
+/// completes.
+#[tokio::test]
+async fn a_no_transaction_migration_that_failed_part_way_is_run_again_from_its_start() {
+    let pg = Postgres::start().await;
+    pg.query("CREATE TABLE users (id bigint PRIMARY KEY, email text)");
+    let dir = tempfile::tempdir().unwrap();
+    let file = "0001_email_index.expand.sql";
+    write(
+        dir.path(),
+        file,
+        "-- cutover:no-transaction\nDROP INDEX CONCURRENTLY IF EXISTS users_email;\nCREATE INDEX CONCURRENTLY users_email ON users (email);\nALTER TABLE users ADD COLUMN nope_typo bigint REFERENCES missing (id);\n",
+    );
+    let set = MigrationSet::load(dir.path()).unwrap();
+    let mut db = connect(&pg).await;
+    let clock = ManualClock::new(Timestamp(1));
+    let err = run(&mut db, &set, Phase::Expand, None, &clock).await.unwrap_err();
+    assert!(err.to_string().contains("statement 3 (line 4)"), "{err}");
+    assert_eq!(
+        pg.query("SELECT count(*) FROM pg_indexes WHERE indexname = 'users_email'"),
+        "1"
+    );
+    assert_eq!(pg.query("SELECT count(*) FROM cutover_migrations"), "0");
+
+    write(
+        dir.path(),
+        file,
+        "-- cutover:no-transaction\nDROP INDEX CONCURRENTLY IF EXISTS users_email;\nCREATE INDEX CONCURRENTLY users_email ON users (email);\nALTER TABLE users ADD COLUMN IF NOT EXISTS team_id bigint;\n",
+    );
+    let set = MigrationSet::load(dir.path()).unwrap();
+    assert!(cutover_migrate::lint::lint_set(
+        &set,
+        &cutover_migrate::lint::LintOptions {
+            dialect: cutover_migrate::lint::Dialect::Postgres,
+            lock_timeout: Some(Duration::from_secs(2)),
+        }
+    )
+    .is_clean());
+    assert_eq!(
+        run(&mut db, &set, Phase::Expand, None, &clock)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        pg.query("SELECT indisvalid FROM pg_index WHERE indexrelid = 'users_email'::regclass"),
+        "t"
+    );
+}

@@ -55,3 +55,29 @@ pub fn private_file(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
+
+/// PIDs of the example-app processes whose command line names `dir` (a test's own directory):
+/// instances outlive `cutover serve` by design, so a test kills what it started.
+#[allow(dead_code)] // not every test binary that shares this module starts instances
+pub fn instance_pids(dir: &Path) -> Vec<u32> {
+    let needle = dir.display().to_string();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z'));
+        if !zombie && cmdline.contains("example-app") && cmdline.contains(&needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}

@@ -310,7 +310,11 @@ impl<'k> FileLinter<'k> {
         let Some((locked, lock, line)) = self.held.iter().max_by_key(|(_, lock, _)| *lock).cloned() else {
             return;
         };
-        let names = tables.iter().map(Table::to_string).collect::<Vec<_>>().join(" and ");
+        let names = tables
+            .iter()
+            .map(Table::to_string)
+            .collect::<Vec<_>>()
+            .join(" and ");
         self.hit(
             &rules::DATA_CHANGE_UNDER_LOCK,
             format!(
