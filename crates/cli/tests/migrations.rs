@@ -494,3 +494,51 @@ async fn kill_9_of_the_server_mid_expand_then_a_restart_finishes_the_rollout() {
     let kinds: Vec<String> = cluster.events(2).await.into_iter().map(|(k, _)| k).collect();
     assert!(kinds.contains(&"recovered".to_string()), "{kinds:?}");
 }
+
+#[tokio::test]
+async fn no_deploy_starts_while_a_contract_runs_and_status_still_answers() {
+    let cluster = Cluster::new("", "").await;
+    cluster.release("v1", &[USERS]);
+    cluster.release(
+        "v2",
+        &[
+            USERS,
+            (
+                "0001_users.contract.sql",
+                "SELECT pg_sleep(3);\nALTER TABLE users DROP COLUMN name;\n",
+            ),
+        ],
+    );
+    assert_eq!(cluster.cli(&["deploy", "web", "v1"]).0, 0);
+    assert_eq!(cluster.cli(&["promote", "web"]).0, 0);
+    assert_eq!(cluster.cli(&["deploy", "web", "v2", "--no-follow"]).0, 0);
+    cluster.wait_phase("canary").await;
+    assert_eq!(cluster.cli(&["promote", "web"]).0, 0);
+    cluster.wait_phase("promoted").await;
+    assert_eq!(cluster.cli(&["promote", "web"]).0, 0);
+    cluster.wait_phase("succeeded").await;
+
+    let admin = cluster.admin.clone();
+    let contract = std::thread::spawn(move || common::cli(&admin, TOKEN, &["migrate", "contract", "web"]));
+    wait_until("the contract is running", Duration::from_secs(20), || async {
+        cluster
+            .pg
+            .query("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(3)%'")
+            == "1"
+    })
+    .await;
+    assert_eq!(
+        cluster.phase().await,
+        "succeeded",
+        "status answers while the contract runs"
+    );
+    let (code, out) = cluster.cli(&["deploy", "web", "v3", "--no-follow"]);
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains("a contract migration of app web is running"),
+        "{out}"
+    );
+    let (code, out) = contract.join().unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(cluster.columns("users"), "id");
+}

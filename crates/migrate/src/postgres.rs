@@ -33,6 +33,9 @@ use crate::status::Applied;
 /// number, so it is unlikely to meet an app's own keys).
 pub const ADVISORY_LOCK_KEY: i64 = 0x0063_7574_6f76_6572;
 
+/// How long connecting may take unless the URL says otherwise (`connect_timeout`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How migrations run against PostgreSQL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PostgresOptions {
@@ -164,13 +167,18 @@ impl PostgresDatabase {
     /// Connects to `url` (a `postgres://` URL or a `key=value` string). The error never
     /// contains the URL.
     pub async fn connect(url: &str, options: PostgresOptions) -> Result<Self, MigrateError> {
-        let config: tokio_postgres::Config = url.parse().map_err(|_| {
+        let mut config: tokio_postgres::Config = url.parse().map_err(|_| {
             MigrateError::Database(
                 "the database URL does not parse (expected postgres://USER:PASSWORD@HOST:PORT/DATABASE); \
                  it is not shown because it may hold a password"
                     .to_string(),
             )
         })?;
+        if config.get_connect_timeout().is_none() {
+            // An unreachable host must not hold a rollout (or `cutover migrate status`) for the
+            // kernel's minutes-long connect timeout; the URL's connect_timeout wins.
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
         let (client, connection) = config
             .connect(NoTls)
             .await

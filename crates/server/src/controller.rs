@@ -186,6 +186,9 @@ pub struct Controller {
     gates: Arc<dyn Gates>,
     /// The last rollout whose automatic contract was tried.
     contract_tried: Mutex<u64>,
+    /// Held by a contract migration for its whole run, and tried by a deploy: no rollout starts
+    /// while a contract removes what older versions used, and status stays answerable.
+    schema_gate: tokio::sync::Mutex<()>,
 }
 
 /// What `status` shows.
@@ -302,6 +305,7 @@ impl Controller {
             tick: deps.tick,
             gates: deps.gates,
             contract_tried: Mutex::new(0),
+            schema_gate: tokio::sync::Mutex::new(()),
         });
         let (target_ready, live_ready) = match state.active_rollout() {
             Some(r) => (
@@ -457,6 +461,12 @@ impl Controller {
 
     pub async fn deploy(self: &Arc<Self>, request: DeployRequest) -> Result<u64, ControllerError> {
         let release = self.release_for(&request)?;
+        let _gate = self.schema_gate.try_lock().map_err(|_| {
+            ControllerError::Rejected(format!(
+                "a contract migration of app {} is running; deploy again once it finished (`cutover migrate status {}`)",
+                self.name, self.name
+            ))
+        })?;
         let now = self.clock.now();
         let frozen = freeze::active_freeze(&self.config.freeze, now);
         if let (Some(window), false) = (&frozen, request.force) {
@@ -598,10 +608,13 @@ impl Controller {
     }
 
     /// Runs the pending contract migrations, when no running version needs the old schema.
-    /// The state lock is held throughout, so no rollout starts while a contract runs.
+    /// Deploys are refused while it runs (see `schema_gate`).
     pub async fn contract(&self) -> Result<String, ControllerError> {
         let config = self.migrations_or_reject()?.clone();
-        let state = self.state.lock().await;
+        let _gate = self.schema_gate.lock().await;
+        // A snapshot: with the gate held no rollout can start, and the state lock stays free
+        // for status and the tick loop while the contract runs.
+        let state = self.state.lock().await.clone();
         let result = crate::migrations::contract(&config, &state, Arc::clone(&self.clock)).await;
         match result {
             Ok((sentence, applied)) => {
@@ -622,7 +635,7 @@ impl Controller {
     /// Accepts the current checksums of migration `name`'s files, on purpose.
     pub async fn repair_migration(&self, name: &str) -> Result<Vec<String>, ControllerError> {
         let config = self.migrations_or_reject()?.clone();
-        let state = self.state.lock().await;
+        let state = self.state.lock().await.clone();
         let repaired = crate::migrations::repair(&config, &state, name)
             .await
             .map_err(ControllerError::Rejected)?;
