@@ -137,6 +137,7 @@ pub async fn run(options: DemoOptions) -> Result<ExitCode> {
         lock_retries: 5,
         retry_backoff_ms: 200,
         contract_after_ms: None,
+        base_dir: None,
     });
     let config = Config {
         server: ServerConfig {

@@ -33,7 +33,14 @@ pub enum MigrateCommand {
     ///
     /// Nothing is run again: use it when the change is harmless (a comment, formatting) or was
     /// applied to the database by hand. Recorded in the event log.
-    Repair { app: String, name: String },
+    Repair {
+        app: String,
+        name: String,
+        /// The version whose file is to be accepted (a deploy of it was blocked by its changed
+        /// file); default: the live version.
+        #[arg(long)]
+        version: Option<String>,
+    },
     /// Check a migration directory for changes the live version cannot survive (drops and
     /// renames in expand files, table rewrites, long locks, ...). Exits 1 on any finding.
     ///
@@ -84,11 +91,11 @@ pub async fn run(api: impl FnOnce() -> Result<Client>, command: MigrateCommand) 
             out!("{}", answer["result"].as_str().unwrap_or("done"));
             Ok(ExitCode::SUCCESS)
         }
-        MigrateCommand::Repair { app, name } => {
+        MigrateCommand::Repair { app, name, version } => {
             let answer = api()?
                 .post(
                     &format!("/v1/apps/{app}/migrations/repair"),
-                    json!({ "name": name }),
+                    json!({ "name": name, "version": version }),
                 )
                 .await?;
             let repaired = answer["repaired"].as_array().cloned().unwrap_or_default();
@@ -104,6 +111,12 @@ pub async fn run(api: impl FnOnce() -> Result<Client>, command: MigrateCommand) 
 }
 
 fn lint_dir(dir: &std::path::Path, engine: EngineArg, lock_timeout_ms: u64, json: bool) -> Result<ExitCode> {
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "{} is not a directory of migrations; pass the directory that holds the NNNN_name.expand.sql files (default: ./migrations)",
+            dir.display()
+        );
+    }
     let set = MigrationSet::load(dir).map_err(|e| anyhow::Error::msg(e.to_string()))?;
     let options = LintOptions {
         dialect: match engine {
@@ -195,6 +208,10 @@ fn print_status(view: &Value) {
                 row["after"].as_str().unwrap_or("-")
             ),
             "file_missing" => "applied (its file is not in this version's directory)".to_string(),
+            "renamed" => format!(
+                "RENAMED: its number was applied as {}, blocks every run",
+                row["applied_as"].as_str().unwrap_or("-")
+            ),
             other => other.to_string(),
         };
         out!("  {name:<width$}  {phase:<8}  {state}");

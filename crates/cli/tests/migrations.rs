@@ -391,18 +391,54 @@ async fn a_contract_is_refused_while_the_old_version_runs_and_runs_once_it_is_re
     assert_eq!(code, 0);
     assert!(out.contains("0002_full_name  contract  applied"), "{out}");
 
+    // A version older than the applied contract (v2 writes name) is refused before it starts.
+    let (code, out) = cluster.cli(&["deploy", "web", "v2"]);
+    assert_eq!(code, 12, "{out}");
+    assert!(
+        out.contains("v2 predates contract migrations already applied (0002_full_name.contract.sql)"),
+        "{out}"
+    );
+
+    // A new version whose copy of an applied file changed (a comment) is blocked; the message
+    // names the repair for that version's files, and after it the deploy goes through.
+    let edited = "-- the users\nCREATE TABLE users (id bigserial PRIMARY KEY, name text);\n";
+    cluster.release(
+        "v4",
+        &[
+            ("0001_users.expand.sql", edited),
+            full_name,
+            (
+                "0002_full_name.contract.sql",
+                "ALTER TABLE users DROP COLUMN name;\n",
+            ),
+        ],
+    );
+    let (code, out) = cluster.cli(&["deploy", "web", "v4"]);
+    assert_eq!(code, 12, "{out}");
+    assert!(
+        out.contains("cutover migrate repair web --version v4 0001_users"),
+        "{out}"
+    );
+    let (code, out) = cluster.cli(&["migrate", "repair", "web", "--version", "v4", "0001_users"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("0001_users.expand.sql: checksum"), "{out}");
+    assert_eq!(cluster.cli(&["deploy", "web", "v4", "--no-follow"]).0, 0);
+    cluster.wait_phase("canary").await;
+    assert_eq!(cluster.cli(&["rollback", "web"]).0, 0);
+    cluster.wait_phase("rolled_back").await;
+
     // An applied file changed behind the history's back blocks everything, until repaired.
     std::fs::write(
         cluster
             .dir
             .path()
             .join("releases/v3/migrations/0001_users.expand.sql"),
-        "-- the users\nCREATE TABLE users (id bigserial PRIMARY KEY, name text);\n",
+        "-- users\nCREATE TABLE users (id bigserial PRIMARY KEY, name text);\n",
     )
     .unwrap();
     let (_, out) = cluster.cli(&["migrate", "status", "web"]);
     assert!(out.contains("CHANGED since it was applied"), "{out}");
-    assert!(out.contains("cutover migrate repair APP 0001_users"), "{out}");
+    assert!(out.contains("cutover migrate repair web 0001_users"), "{out}");
     let (code, out) = cluster.cli(&["migrate", "repair", "web", "0001"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("0001_users.expand.sql: checksum"), "{out}");
@@ -412,7 +448,7 @@ async fn a_contract_is_refused_while_the_old_version_runs_and_runs_once_it_is_re
 
 #[tokio::test]
 async fn contracts_run_by_themselves_after_the_configured_delay() {
-    let cluster = Cluster::new("", "contract_after_ms = 300").await;
+    let cluster = Cluster::new("", "contract_after_ms = 1500").await;
     cluster.release("v1", &[USERS]);
     cluster.release(
         "v2",
@@ -429,6 +465,20 @@ async fn contracts_run_by_themselves_after_the_configured_delay() {
     cluster.wait_phase("promoted").await;
     assert_eq!(cluster.columns("users"), "id,name", "not while v1 is warm");
     assert_eq!(cluster.cli(&["promote", "web"]).0, 0);
+    cluster.wait_phase("succeeded").await;
+    // A later rollout that is rolled back must not keep the contract waiting for ever (review
+    // finding): it runs once that rollout ended and its slot is stopped.
+    cluster.release(
+        "v3",
+        &[
+            USERS,
+            ("0001_users.contract.sql", "ALTER TABLE users DROP COLUMN name;\n"),
+        ],
+    );
+    assert_eq!(cluster.cli(&["deploy", "web", "v3", "--no-follow"]).0, 0);
+    cluster.wait_phase("canary").await;
+    assert_eq!(cluster.cli(&["rollback", "web"]).0, 0);
+    cluster.wait_phase("rolled_back").await;
     wait_until("the contract ran", Duration::from_secs(30), || async {
         cluster.columns("users") == "id"
     })

@@ -15,23 +15,24 @@ pub enum MigrateError {
     /// Nothing ran: the directory and the history disagree (see [`crate::Status::blocking`]).
     #[error("no migration was run:\n  {}", .0.join("\n  "))]
     Blocked(Vec<String>),
-    /// A statement failed; its migration left no trace (it ran in a transaction).
-    #[error(
-        "{file}: statement {index} (line {line}) failed: {error}\n  {statement}\nthe migration was rolled back and nothing of it was recorded; fix the file and deploy again"
-    )]
+    /// A statement failed. In a transaction its migration left no trace; without one (the
+    /// no-transaction marker) the statements before it stay applied. `outcome` says which.
+    #[error("{file}: statement {index} (line {line}) failed: {error}\n  {statement}\n{outcome}")]
     Statement {
         file: String,
         /// 1-based among the file's statements.
         index: usize,
         /// The line of the file the statement starts on.
         line: usize,
+        /// As written, with any `PASSWORD '...'` literal replaced (see [`shown_statement`]).
         statement: String,
         error: String,
+        outcome: String,
     },
     /// A lock the migration needed was held by someone else at every attempt; nothing of the
     /// migration was kept.
     #[error(
-        "{last}\na lock was not granted within {lock_timeout:?} in {attempts} attempts (the live app's queries were never held up by the wait); find the long transaction holding it (pg_stat_activity) and deploy again"
+        "{last}\na lock was not granted within {lock_timeout:?} in {attempts} attempts (each attempt held the app's queries of the table up for at most that long, then let them go); the file is not at fault: find the long transaction holding the lock (pg_stat_activity), end it, and deploy again"
     )]
     LockNotGranted {
         attempts: u32,
@@ -115,4 +116,65 @@ pub async fn run(
 /// splits them (used for the position of a failure).
 pub(crate) fn line_of(sql: &str, offset: usize) -> usize {
     sql[..offset.min(sql.len())].matches('\n').count() + 1
+}
+
+/// What a failed statement's error says of the rest of its migration.
+pub(crate) fn outcome(in_transaction: bool, lock: bool) -> String {
+    match (in_transaction, lock) {
+        (true, true) => "the migration was rolled back and nothing of it was recorded".to_string(),
+        (true, false) => {
+            "the migration was rolled back and nothing of it was recorded; fix the file and deploy again".to_string()
+        }
+        (false, _) => "the statements before it stay applied (the file runs without a transaction) and the migration is not recorded; fix the file and deploy again: it runs again from its first statement, so each statement must be re-runnable".to_string(),
+    }
+}
+
+/// A statement as errors show it: `PASSWORD '...'` literals (CREATE/ALTER ROLE) replaced, so a
+/// failed migration does not publish a password in events, logs and the CLI's output.
+pub fn shown_statement(statement: &str) -> String {
+    let Ok(scanned) = pg_query::scan(statement) else {
+        return statement.to_string();
+    };
+    let password = pg_query::protobuf::Token::Password as i32;
+    let literals = [
+        pg_query::protobuf::Token::Sconst as i32,
+        pg_query::protobuf::Token::Usconst as i32,
+    ];
+    let mut shown = String::with_capacity(statement.len());
+    let mut copied = 0;
+    let mut after_password = false;
+    for token in &scanned.tokens {
+        let (Ok(start), Ok(end)) = (usize::try_from(token.start), usize::try_from(token.end)) else {
+            continue;
+        };
+        if after_password && literals.contains(&token.token) && start >= copied && end <= statement.len() {
+            shown.push_str(&statement[copied..start]);
+            shown.push_str("'<redacted>'");
+            copied = end;
+        }
+        after_password = token.token == password;
+    }
+    shown.push_str(statement.get(copied..).unwrap_or(""));
+    shown
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_in_statements_are_not_shown() {
+        assert_eq!(
+            shown_statement("CREATE ROLE app LOGIN PASSWORD 'Role-Secret-77'"),
+            "CREATE ROLE app LOGIN PASSWORD '<redacted>'"
+        );
+        assert_eq!(
+            shown_statement("alter role app with password E'x\\'y' valid until 'infinity'"),
+            "alter role app with password '<redacted>' valid until 'infinity'"
+        );
+        assert_eq!(
+            shown_statement("UPDATE users SET name = 'PASSWORD'"),
+            "UPDATE users SET name = 'PASSWORD'"
+        );
+    }
 }

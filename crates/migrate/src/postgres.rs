@@ -25,7 +25,7 @@ use cutover_core::Timestamp;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
-use crate::database::{line_of, Database, MigrateError, HISTORY_TABLE};
+use crate::database::{line_of, outcome, shown_statement, Database, MigrateError, HISTORY_TABLE};
 use crate::set::{MigrationFile, Phase};
 use crate::status::Applied;
 
@@ -87,6 +87,17 @@ impl std::fmt::Debug for PostgresDatabase {
     }
 }
 
+/// `host:port` of the URL, for messages.
+fn target(config: &tokio_postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+        Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
+        None => "localhost".to_string(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}")
+}
+
 /// An error of the driver, without anything that could carry the URL.
 fn describe(error: &tokio_postgres::Error) -> String {
     match error.as_db_error() {
@@ -100,7 +111,17 @@ fn describe(error: &tokio_postgres::Error) -> String {
             }
             text
         }
-        None => error.to_string(),
+        None => {
+            // "error connecting to server" alone does not say why: add the causes (refused,
+            // no route, TLS), which never hold the URL.
+            let mut text = error.to_string();
+            let mut source = std::error::Error::source(error);
+            while let Some(cause) = source {
+                text.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            text
+        }
     }
 }
 
@@ -174,15 +195,27 @@ impl PostgresDatabase {
                     .to_string(),
             )
         })?;
-        if config.get_connect_timeout().is_none() {
-            // An unreachable host must not hold a rollout (or `cutover migrate status`) for the
-            // kernel's minutes-long connect timeout; the URL's connect_timeout wins.
-            config.connect_timeout(CONNECT_TIMEOUT);
-        }
-        let (client, connection) = config
-            .connect(NoTls)
-            .await
-            .map_err(|e| MigrateError::Database(format!("cannot connect: {}", describe(&e))))?;
+        // An unreachable host, or one that accepts and never answers, must not hold a rollout
+        // (or `cutover migrate status`) for minutes: the whole connection, startup included, is
+        // bounded. The URL's connect_timeout wins.
+        let timeout = config.get_connect_timeout().copied().unwrap_or(CONNECT_TIMEOUT);
+        config.connect_timeout(timeout);
+        // Host and port are not secret (the password is): they say which server failed.
+        let target = target(&config);
+        let (client, connection) = match tokio::time::timeout(timeout, config.connect(NoTls)).await {
+            Ok(Ok(connected)) => connected,
+            Ok(Err(e)) => {
+                return Err(MigrateError::Database(format!(
+                    "cannot connect to {target}: {}",
+                    describe(&e)
+                )))
+            }
+            Err(_) => {
+                return Err(MigrateError::Database(format!(
+                    "cannot connect to {target}: no answer within {timeout:?} (set connect_timeout in the URL for more)"
+                )))
+            }
+        };
         tokio::spawn(async move {
             // The connection ends when the client is dropped; an error is reported by the
             // next call on the client.
@@ -278,8 +311,9 @@ impl PostgresDatabase {
                     file: file.path.display().to_string(),
                     index: index + 1,
                     line: line_of(&file.sql, *offset),
-                    statement: statement.clone(),
+                    statement: shown_statement(statement),
                     error: text,
+                    outcome: outcome(in_transaction, is_lock_timeout(&error)),
                 };
                 return Err(if is_lock_timeout(&error) {
                     AttemptError::Lock(failure)

@@ -98,6 +98,9 @@ impl fmt::Display for SetError {
 /// `NNNN_name.phase.sql` split, or why the name is not one.
 fn parse_name(file_name: &str) -> Result<(u32, String, Phase), String> {
     let expected = "name migrations NNNN_name.expand.sql or NNNN_name.contract.sql (four or more digits, then letters, digits and '_')";
+    if file_name.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(format!("has upper-case letters; {expected}, all lower-case"));
+    }
     let Some(stem) = file_name.strip_suffix(".sql") else {
         return Err(format!("is not a .sql file; {expected}"));
     };
@@ -145,7 +148,8 @@ impl MigrationSet {
             match entry {
                 Ok(e) => {
                     let name = e.file_name().to_string_lossy().into_owned();
-                    if name.ends_with(".sql") {
+                    // `.SQL` too: a file skipped for its case would be a migration that never runs.
+                    if name.to_ascii_lowercase().ends_with(".sql") {
                         files.push((name, e.path()));
                     }
                 }
@@ -280,7 +284,7 @@ mod tests {
             "0001_users.expand.sql: number 0001 is also 0001_accounts's",
             "0002_orphan.contract.sql: has no 0002_orphan.expand.sql",
             "3_short.expand.sql: does not start with a number and a name",
-            "0004_Upper.expand.sql: does not start with a number and a name",
+            "0004_Upper.expand.sql: has upper-case letters",
             "0005_undo.down.sql: says neither .expand nor .contract",
         ] {
             assert!(text.contains(wanted), "{wanted}\n{text}");

@@ -12,7 +12,7 @@ use cutover_core::Timestamp;
 use rusqlite::fallible_iterator::FallibleIterator;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use crate::database::{line_of, Database, MigrateError, HISTORY_TABLE};
+use crate::database::{line_of, outcome, shown_statement, Database, MigrateError, HISTORY_TABLE};
 use crate::set::{MigrationFile, Phase};
 use crate::status::Applied;
 
@@ -131,8 +131,9 @@ impl Database for SqliteDatabase {
                 file: file.path.display().to_string(),
                 index,
                 line: line_of(&file.sql, start),
-                statement: statement.to_string(),
+                statement: shown_statement(statement),
                 error: error.to_string(),
+                outcome: outcome(true, false),
             };
         loop {
             let next = batch.next();

@@ -43,6 +43,11 @@ pub enum State {
     },
     /// Applied, and its file is gone.
     FileMissing,
+    /// Pending, but its number was applied under another name (a renamed file): it would run
+    /// again. Blocks every run.
+    Renamed {
+        applied_as: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -85,6 +90,10 @@ impl Status {
                             applied.checksum, m.name
                         ))
                     }
+                    State::Renamed { applied_as } => Some(format!(
+                        "{file}: its number was applied as {applied_as}.{} (a renamed file?): it would run again; give it back its name, or a new number if it is a new migration",
+                        m.phase
+                    )),
                     State::OutOfOrder { after } => Some(format!(
                         "{file} is pending but {after} was applied after it: it was written against an older schema; renumber it after the last applied migration"
                     )),
@@ -93,6 +102,12 @@ impl Status {
             })
             .collect()
     }
+}
+
+/// The number a migration's name starts with.
+fn number_of(name: &str) -> Option<u32> {
+    let digits: String = name.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
 }
 
 /// The state of every half of `set` against `history`.
@@ -122,7 +137,14 @@ pub fn status(set: &MigrationSet, history: &[Applied]) -> Status {
                             after: format!("{name}.expand.sql"),
                         }
                     }
-                    _ => State::Pending,
+                    _ => match history.iter().find(|a| {
+                        a.phase == phase && a.name != m.name && number_of(&a.name) == Some(m.number)
+                    }) {
+                        Some(a) => State::Renamed {
+                            applied_as: a.name.clone(),
+                        },
+                        None => State::Pending,
+                    },
                 },
             };
             out.push(MigrationStatus {

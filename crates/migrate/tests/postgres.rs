@@ -499,3 +499,26 @@ async fn a_no_transaction_migration_that_failed_part_way_is_run_again_from_its_s
         "t"
     );
 }
+
+/// Review finding: a server that accepts and never answers held a rollout for minutes.
+#[tokio::test]
+async fn a_server_that_never_answers_is_given_up_on_with_where_and_why() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let url = format!("postgres://u:hunter2@127.0.0.1:{port}/db?connect_timeout=1");
+    let err = PostgresDatabase::connect(&url, quick())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("cannot connect to 127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+    drop(listener);
+    let err = PostgresDatabase::connect(&url, quick())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("refused"), "the cause is named: {err}");
+}

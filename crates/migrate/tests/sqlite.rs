@@ -163,3 +163,51 @@ async fn a_database_no_migration_ran_against_has_an_empty_history() {
     let mut db = SqliteDatabase::open(&dir.path().join("fresh.db"), Duration::from_secs(1)).unwrap();
     assert!(db.history().await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn upper_case_names_are_refused_and_a_renamed_applied_migration_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "0001_a.expand.SQL", "CREATE TABLE a (id INTEGER);\n");
+    let err = MigrationSet::load(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("0001_a.expand.SQL: has upper-case letters"), "{err}");
+    std::fs::remove_file(dir.path().join("0001_a.expand.SQL")).unwrap();
+
+    write(
+        dir.path(),
+        "0001_c3.expand.sql",
+        "CREATE TABLE c3 (id INTEGER);\n",
+    );
+    let file = dir.path().join("app.db");
+    let clock = ManualClock::new(Timestamp(1));
+    let mut db = SqliteDatabase::open(&file, Duration::from_secs(1)).unwrap();
+    run(
+        &mut db,
+        &MigrationSet::load(dir.path()).unwrap(),
+        Phase::Expand,
+        None,
+        &clock,
+    )
+    .await
+    .unwrap();
+    // Review finding: renamed in a later version, it ran again.
+    std::fs::rename(
+        dir.path().join("0001_c3.expand.sql"),
+        dir.path().join("0001_third.expand.sql"),
+    )
+    .unwrap();
+    let err = run(
+        &mut db,
+        &MigrationSet::load(dir.path()).unwrap(),
+        Phase::Expand,
+        None,
+        &clock,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, MigrateError::Blocked(_)), "{err}");
+    assert!(
+        err.to_string()
+            .contains("its number was applied as 0001_c3.expand"),
+        "{err}"
+    );
+}

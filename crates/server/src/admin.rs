@@ -465,6 +465,9 @@ async fn contract_migrations(
 struct RepairRequest {
     /// `NNNN_name` or `NNNN`.
     name: String,
+    /// Whose directory holds the file as it should be accepted; default: the live release's.
+    #[serde(default)]
+    version: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -482,7 +485,9 @@ async fn repair_migration(
     authorize(&state, &headers)?;
     let controller = find_controller(&state, &app)?;
     let request: RepairRequest = parse_json(&body, "repair request")?;
-    let repaired = controller.repair_migration(&request.name).await?;
+    let repaired = controller
+        .repair_migration(&request.name, request.version.as_deref())
+        .await?;
     Ok(Json(Repaired { app, repaired }))
 }
 

@@ -502,6 +502,7 @@ impl Config {
         if let Some(flags) = &self.flags {
             listeners.push(("flags.listen".to_string(), flags.listen));
         }
+        let mut databases = Vec::new();
         for (i, app) in self.apps.iter().enumerate() {
             let at = format!("app[{i}]");
             let valid_name = !app.name.is_empty()
@@ -591,6 +592,18 @@ impl Config {
                 }
             }
             errors.extend(app.proxy.validate(&format!("{at}.proxy.")));
+            if let Some(m) = &app.migrations {
+                // One history table per database, keyed by migration name: two apps' 0001_init
+                // would read as one changed file.
+                let source = (m.engine, m.path.clone(), m.url_env.clone(), m.url_file.clone());
+                if let Some((other, _)) = databases.iter().find(|(_, s)| *s == source) {
+                    errors.push(FieldError::new(
+                        format!("{at}.migrations"),
+                        format!("uses the same database as app {other}'s migrations; their histories would mix (cutover_migrations is keyed by migration name): give each app a database (or a URL with its own schema in search_path) of its own"),
+                    ));
+                }
+                databases.push((app.name.clone(), source));
+            }
             if app.migrations.is_some() && app.platform.is_none() {
                 errors.push(FieldError::new(
                     format!("{at}.migrations"),

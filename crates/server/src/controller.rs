@@ -502,11 +502,14 @@ impl Controller {
         if version.is_empty()
             || version.len() > 128
             || version.chars().any(|c| c.is_control() || c == '"' || c == '/')
+            // `{version}` names directories (migrations, workdirs): never the parent or itself.
+            || version == "."
+            || version == ".."
         {
             errors.push(FieldError::new(
                 "version",
                 format!(
-                    "{version:?} must be 1 to 128 characters without quotes, slashes or control characters"
+                    "{version:?} must be 1 to 128 characters without quotes, slashes or control characters, and not . or .."
                 ),
             ));
         }
@@ -632,11 +635,21 @@ impl Controller {
         }
     }
 
-    /// Accepts the current checksums of migration `name`'s files, on purpose.
-    pub async fn repair_migration(&self, name: &str) -> Result<Vec<String>, ControllerError> {
+    /// Accepts the current checksums of migration `name`'s files, on purpose: those of the live
+    /// release's directory, or of `version`'s.
+    pub async fn repair_migration(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Vec<String>, ControllerError> {
         let config = self.migrations_or_reject()?.clone();
         let state = self.state.lock().await.clone();
-        let repaired = crate::migrations::repair(&config, &state, name)
+        let release = version.map(|v| {
+            let mut release = ReleaseSpec::new(v, "");
+            release.workdir = self.config.release.workdir.clone();
+            release
+        });
+        let repaired = crate::migrations::repair(&config, &state, name, release)
             .await
             .map_err(ControllerError::Rejected)?;
         for line in &repaired {
@@ -672,16 +685,24 @@ impl Controller {
         }
     }
 
-    /// `[app.migrations] contract_after_ms`: once a rollout retired the old slot and the delay
-    /// passed, runs the pending contracts, once per rollout (a refusal or failure is recorded
-    /// and waits for `cutover migrate contract`).
+    /// `[app.migrations] contract_after_ms`: once the last rollout ended (whichever way) with
+    /// nothing running in the other slot, and the delay passed, runs the pending contracts, once
+    /// per rollout (a refusal or failure is recorded and waits for `cutover migrate contract`).
     async fn contract_when_due(self: &Arc<Self>, state: &AppState) {
         let Some(delay) = self.config.migrations.as_ref().and_then(|m| m.contract_after_ms) else {
             return;
         };
+        // Once the last rollout ended, whichever way: a rollback of a later release must not
+        // keep the retired version's contract waiting forever.
         let Some(r) = &state.rollout else { return };
-        let Phase::Succeeded { at } = r.phase else { return };
-        if self.clock.now().millis_since(at) < delay {
+        let at = match &r.phase {
+            Phase::Succeeded { at }
+            | Phase::RolledBack { at, .. }
+            | Phase::Aborted { at, .. }
+            | Phase::Failed { at, .. } => *at,
+            _ => return,
+        };
+        if self.clock.now().millis_since(at) < delay || state.slot(state.live.other()).is_running() {
             return;
         }
         {
@@ -802,10 +823,13 @@ impl Controller {
                 let this = Arc::clone(self);
                 tokio::spawn(async move {
                     let clock = Arc::clone(&this.clock);
-                    let input = match crate::migrations::expand(&config, &release, rollout_id, clock).await {
-                        Ok(detail) => Input::Migrated { detail },
-                        Err(reason) => Input::MigrationFailed { reason },
-                    };
+                    let input =
+                        match crate::migrations::expand(&this.name, &config, &release, rollout_id, clock)
+                            .await
+                        {
+                            Ok(detail) => Input::Migrated { detail },
+                            Err(reason) => Input::MigrationFailed { reason },
+                        };
                     this.feed(input).await;
                 });
             }

@@ -662,9 +662,14 @@ pub async fn start(
     let mut controllers = BTreeMap::new();
     if let Some(deps) = &managed_deps {
         for app_config in &config.apps {
-            let (Some(managed), Some(router)) = (app_config.managed(), routers.get(&app_config.name)) else {
+            let (Some(mut managed), Some(router)) = (app_config.managed(), routers.get(&app_config.name))
+            else {
                 continue;
             };
+            if let Some(migrations) = &mut managed.migrations {
+                // Relative paths are the configuration file's, like the token files'.
+                migrations.base_dir = Some(options.config_dir.clone());
+            }
             let alert_gate = match &app_config.alert_gate {
                 Some(c) => Some(cutover_monitoring::AlertGate::new(c.clone()).map_err(|source| {
                     ServeError::AlertGate {

@@ -70,6 +70,10 @@ pub struct MigrationsConfig {
     /// only `cutover migrate contract APP` runs them.
     #[serde(default)]
     pub contract_after_ms: Option<u64>,
+    /// The configuration file's directory, which relative paths are taken from (set by the
+    /// server, not the file).
+    #[serde(skip)]
+    pub base_dir: Option<PathBuf>,
 }
 
 fn default_lock_timeout_ms() -> u64 {
@@ -135,6 +139,39 @@ impl MigrationsConfig {
                 }
             }
         }
+        let placeholders = self.dir.replace("{version}", "");
+        if placeholders.contains('{') || placeholders.contains('}') {
+            errors.push(FieldError::new(
+                field("dir"),
+                format!(
+                    "{:?} has a placeholder other than {{version}}, the one there is; check its spelling",
+                    self.dir
+                ),
+            ));
+        }
+        if let Some(var) = &self.url_env {
+            if var.starts_with("CUTOVER_") {
+                errors.push(FieldError::new(
+                    field("url_env"),
+                    "names one of cutover's own variables; export the database URL under a name of its own, e.g. DATABASE_URL",
+                ));
+            }
+        }
+        // PostgreSQL takes both settings as a 32-bit number of milliseconds.
+        for (name, value) in [
+            ("lock_timeout_ms", self.lock_timeout_ms),
+            ("statement_timeout_ms", self.statement_timeout_ms),
+        ] {
+            if value > i32::MAX as u64 {
+                errors.push(FieldError::new(
+                    field(name),
+                    format!(
+                        "{value} is more than PostgreSQL accepts ({} ms, about 24 days)",
+                        i32::MAX
+                    ),
+                ));
+            }
+        }
         if self.lock_timeout_ms == 0 {
             errors.push(FieldError::new(
                 field("lock_timeout_ms"),
@@ -162,7 +199,8 @@ impl MigrationsConfig {
     }
 
     /// The migration directory of `release`: `{version}` in `dir` is the release's version,
-    /// and a relative `dir` is taken from the release's workdir when it has one.
+    /// and a relative `dir` is taken from the release's workdir when it has one, else from the
+    /// configuration file's directory.
     pub fn dir_for(&self, release: Option<&ReleaseSpec>) -> PathBuf {
         let dir = match release {
             Some(r) => self.dir.replace("{version}", &r.version),
@@ -170,8 +208,16 @@ impl MigrationsConfig {
         };
         let dir = Path::new(&dir);
         match release.and_then(|r| r.workdir.as_deref()) {
-            Some(workdir) if dir.is_relative() => Path::new(workdir).join(dir),
-            _ => dir.to_path_buf(),
+            Some(workdir) if dir.is_relative() => self.resolve(Path::new(workdir)).join(dir),
+            _ => self.resolve(dir),
+        }
+    }
+
+    /// `path` from the configuration file's directory when it is relative.
+    fn resolve(&self, path: &Path) -> PathBuf {
+        match &self.base_dir {
+            Some(base) if path.is_relative() => base.join(path),
+            _ => path.to_path_buf(),
         }
     }
 
@@ -193,7 +239,8 @@ impl MigrationsConfig {
             });
         }
         if let Some(file) = &self.url_file {
-            let text = std::fs::read_to_string(file).map_err(|e| {
+            let file = self.resolve(Path::new(file)).display().to_string();
+            let text = std::fs::read_to_string(&file).map_err(|e| {
                 format!("cannot read the database URL from {file} ([app.migrations] url_file): {e}")
             })?;
             let url = text.lines().next().unwrap_or("").trim().to_string();
@@ -224,7 +271,7 @@ where
             work(&mut db).await
         }
         Engine::Sqlite => {
-            let path = PathBuf::from(config.path.clone().unwrap_or_default());
+            let path = config.resolve(Path::new(&config.path.clone().unwrap_or_default()));
             let busy = Duration::from_millis(config.lock_timeout_ms.max(1_000));
             let handle = tokio::runtime::Handle::current();
             tokio::task::spawn_blocking(move || {
@@ -280,6 +327,7 @@ fn describe_applied(applied: &[Applied]) -> String {
 /// The expand phase of rollout `rollout_id`: lint, then every pending expand. Returns a
 /// sentence for the event log, or why the rollout must fail.
 pub async fn expand(
+    app: &str,
     config: &MigrationsConfig,
     release: &ReleaseSpec,
     rollout_id: u64,
@@ -289,18 +337,36 @@ pub async fn expand(
     let total = set.migrations.len();
     let set = Arc::new(set);
     let config_for_lint = config.clone();
+    let version = release.version.clone();
     let applied = with_database(config, move |db| {
         Box::pin(async move {
             db.lock().await.map_err(|e| e.to_string())?;
             db.prepare().await.map_err(|e| e.to_string())?;
             let history = db.history().await.map_err(|e| e.to_string())?;
-            lint_pending(&config_for_lint, &set, &status(&set, &history))?;
+            refuse_older_than_a_contract(&set, &history, &version)?;
+            let current = status(&set, &history);
+            let linted = {
+                let (config, set) = (config_for_lint.clone(), Arc::clone(&set));
+                // Linting is CPU work that grows with the files: off the async workers, which
+                // also serve the proxy.
+                tokio::task::spawn_blocking(move || lint_pending(&config, &set, &current))
+                    .await
+                    .map_err(|e| format!("the linter failed: {e}"))?
+            };
+            linted?;
             run(db, &set, Phase::Expand, Some(rollout_id), clock.as_ref())
                 .await
                 .map_err(|e| e.to_string())
         })
     })
-    .await?;
+    .await
+    .map_err(|e| {
+        // The way out of a changed file names this app and this version's files.
+        e.replace(
+            "cutover migrate repair APP ",
+            &format!("cutover migrate repair {app} --version {} ", release.version),
+        )
+    })?;
     Ok(if applied.is_empty() {
         format!("no expand migration pending ({total} in the directory, all applied)")
     } else {
@@ -309,6 +375,33 @@ pub async fn expand(
             describe_applied(&applied)
         )
     })
+}
+
+/// A version whose directory lacks a contract that was applied predates it: it may use what the
+/// contract removed (the review found such a canary answering 500s), so it is refused before it
+/// starts.
+fn refuse_older_than_a_contract(
+    set: &MigrationSet,
+    history: &[Applied],
+    version: &str,
+) -> Result<(), String> {
+    let missing: Vec<String> = history
+        .iter()
+        .filter(|a| a.phase == Phase::Contract)
+        .filter(|a| {
+            !set.migrations
+                .iter()
+                .any(|m| m.name == a.name && m.contract.is_some())
+        })
+        .map(|a| format!("{}.contract.sql", a.name))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "{version} predates contract migrations already applied ({}): its directory does not have them, so it may use what they removed; deploy a version whose directory has them",
+        missing.join(", ")
+    ))
 }
 
 /// What `cutover migrate status` shows.
@@ -335,13 +428,31 @@ pub async fn view(config: &MigrationsConfig, state: &AppState) -> Result<Migrati
     })
     .await?;
     let current = status(&set, &history);
-    let blocked = current.blocking();
+    let blocked: Vec<String> = current
+        .blocking()
+        .into_iter()
+        .map(|b| {
+            b.replace(
+                "cutover migrate repair APP ",
+                &format!("cutover migrate repair {} ", state.app),
+            )
+        })
+        .collect();
     let contract_refused = contract_refusal(state, &current, &history);
+    let options = config.lint_options();
+    let set = Arc::new(set);
+    let lint = {
+        let set = Arc::clone(&set);
+        // CPU work that grows with the files, on a read anyone may make: off the async workers.
+        tokio::task::spawn_blocking(move || lint::lint_set(&set, &options))
+            .await
+            .map_err(|e| format!("the linter failed: {e}"))?
+    };
     Ok(MigrationsView {
         app: state.app.clone(),
         dir: config.dir_for(release).display().to_string(),
         engine: config.engine,
-        lint: lint::lint_set(&set, &config.lint_options()),
+        lint,
         status: current,
         blocked,
         contract_refused,
@@ -435,8 +546,15 @@ pub async fn contract(
 
 /// Accepts the current checksum of `name`'s applied halves, on purpose. Returns the halves
 /// whose checksum changed.
-pub async fn repair(config: &MigrationsConfig, state: &AppState, name: &str) -> Result<Vec<String>, String> {
-    let release = state.slot(state.live).release.clone();
+pub async fn repair(
+    config: &MigrationsConfig,
+    state: &AppState,
+    name: &str,
+    version: Option<ReleaseSpec>,
+) -> Result<Vec<String>, String> {
+    // The live release's files unless another version's are named (a deploy blocked by its
+    // own changed file).
+    let release = version.or_else(|| state.slot(state.live).release.clone());
     let set = load(config, release.as_ref())?;
     let Some(migration) = set
         .migrations
@@ -501,6 +619,7 @@ mod tests {
             lock_retries: 10,
             retry_backoff_ms: 1_000,
             contract_after_ms: None,
+            base_dir: None,
         }
     }
 
@@ -541,6 +660,42 @@ mod tests {
             fields(&sqlite.validate("m.")),
             ["m.path", "m.url_env"],
             "SQLite needs a file and takes no URL"
+        );
+    }
+
+    #[test]
+    fn placeholders_cutovers_variables_and_postgres_limits_are_checked() {
+        let bad = MigrationsConfig {
+            dir: "releases/{versoin}/migrations".into(),
+            url_env: Some("CUTOVER_ADMIN_TOKEN".into()),
+            lock_timeout_ms: 99_999_999_999,
+            ..postgres()
+        };
+        assert_eq!(
+            fields(&bad.validate("m.")),
+            ["m.dir", "m.url_env", "m.lock_timeout_ms"]
+        );
+    }
+
+    #[test]
+    fn relative_paths_are_the_configuration_files() {
+        let config = MigrationsConfig {
+            engine: Engine::Sqlite,
+            path: Some("app.db".into()),
+            url_env: None,
+            base_dir: Some(PathBuf::from("/etc/cutover")),
+            ..postgres()
+        };
+        assert_eq!(config.dir_for(None), PathBuf::from("/etc/cutover/migrations"));
+        assert_eq!(
+            config.resolve(Path::new("app.db")),
+            PathBuf::from("/etc/cutover/app.db")
+        );
+        let mut release = ReleaseSpec::new("v2", "run");
+        release.workdir = Some("releases/v2".into());
+        assert_eq!(
+            config.dir_for(Some(&release)),
+            PathBuf::from("/etc/cutover/releases/v2/migrations")
         );
     }
 

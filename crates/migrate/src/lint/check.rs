@@ -161,6 +161,11 @@ impl<'k> FileLinter<'k> {
     pub fn statement(&mut self, node: &NodeEnum, line: usize) -> Vec<Hit> {
         self.line = line;
         match node {
+            NodeEnum::TransactionStmt(_) => self.hit(
+                &rules::TRANSACTION_CONTROL,
+                "a transaction command in a migration file: the runner runs the file in its own transaction with the history row (or, with the no-transaction marker, commits each statement), so this one ends it early: a failure after it leaves part of the file applied and unrecorded".to_string(),
+                format!("remove it; to run statements outside a transaction, put `{NO_TRANSACTION}` on a line of its own and make each statement re-runnable"),
+            ),
             NodeEnum::UpdateStmt(s) => {
                 self.data_change("UPDATE", &[Table::of(s.relation.as_ref())]);
             }
@@ -186,7 +191,9 @@ impl<'k> FileLinter<'k> {
                     format!("CREATE TABLE {table} AS"),
                     "CREATE TABLE IF NOT EXISTS ... AS",
                 );
-                self.new_tables.push(table);
+                if !s.if_not_exists {
+                    self.new_tables.push(table);
+                }
             }
             NodeEnum::IndexStmt(s) => self.create_index(s),
             NodeEnum::AlterTableStmt(s) => self.alter_table(s),
@@ -258,8 +265,10 @@ impl<'k> FileLinter<'k> {
         self.hits.push(Hit { rule, message, fix });
     }
 
+    /// Created by this file: the same name in the same schema as written (an unqualified name
+    /// matches only an unqualified one, so `audit.users` never exempts `users`).
     fn is_new(&self, table: &Table) -> bool {
-        self.new_tables.iter().any(|t| t.same(table))
+        self.new_tables.iter().any(|t| t == table)
     }
 
     /// `what` takes `lock` on `tables`: it must not wait without a lock_timeout, unless every
@@ -410,7 +419,11 @@ impl<'k> FileLinter<'k> {
             format!("CREATE TABLE {table}"),
             "CREATE TABLE IF NOT EXISTS",
         );
-        self.new_tables.push(table);
+        // `IF NOT EXISTS` may find the live table there: only a table this file surely created
+        // is exempt from the rules.
+        if !s.if_not_exists {
+            self.new_tables.push(table);
+        }
     }
 
     fn create_index(&mut self, s: &pb::IndexStmt) {

@@ -94,6 +94,13 @@ pub const DATA_CHANGE_UNDER_LOCK: Rule = locking(
     "data-change-under-lock",
     "UPDATE, DELETE or INSERT ... SELECT in the transaction that took an ACCESS EXCLUSIVE (or SHARE ROW EXCLUSIVE) lock: the lock is held until the file commits, so the app's queries wait for the whole data change",
 );
+pub const TRANSACTION_CONTROL: Rule = Rule {
+    id: "transaction-control",
+    summary: "BEGIN, COMMIT, ROLLBACK or SAVEPOINT in a migration file: the runner owns the transaction (the history row commits with the file), so the file's own ends it early",
+    applies_to_sqlite: true,
+    applies_to_contract: true,
+    silenceable: true,
+};
 pub const UNIQUE_OR_PRIMARY_KEY_WITHOUT_INDEX: Rule = locking(
     "unique-or-primary-key-without-index",
     "ADD PRIMARY KEY or UNIQUE without USING INDEX: builds the index under ACCESS EXCLUSIVE",
@@ -143,6 +150,7 @@ pub const RULES: &[Rule] = &[
     CONSTRAINT_WITHOUT_NOT_VALID,
     VALIDATE_IN_SAME_TRANSACTION,
     DATA_CHANGE_UNDER_LOCK,
+    TRANSACTION_CONTROL,
     UNIQUE_OR_PRIMARY_KEY_WITHOUT_INDEX,
     ACCESS_EXCLUSIVE_WITHOUT_LOCK_TIMEOUT,
     NOT_IDEMPOTENT_WITHOUT_TRANSACTION,

@@ -88,11 +88,11 @@ pub(crate) fn split(text: &str) -> Split {
                 let len = usize::try_from(raw.stmt_len).ok()?;
                 // A length of 0 means "to the end of the text".
                 let to = if len == 0 { text.len() } else { from + len };
-                let tokens: Vec<Tok> = code
-                    .iter()
-                    .filter(|t| t.start >= from && t.end <= to && !t.semicolon)
-                    .copied()
-                    .collect();
+                // Tokens are in order and do not overlap: the statement's are one run of them,
+                // found by binary search (a scan per statement was quadratic in the file).
+                let lo = code.partition_point(|t| t.start < from);
+                let hi = code.partition_point(|t| t.end <= to).max(lo);
+                let tokens: Vec<Tok> = code[lo..hi].iter().filter(|t| !t.semicolon).copied().collect();
                 let node = raw.stmt.as_ref().and_then(|n| n.node.clone());
                 statement(text, &tokens, node.ok_or_else(|| "empty statement".to_string()))
             })

@@ -1,4 +1,4 @@
-CREATE TABLE IF NOT EXISTS invoices (
+CREATE TABLE invoices (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     order_id bigint NOT NULL REFERENCES orders (id),
     number text NOT NULL UNIQUE,
