@@ -618,6 +618,7 @@ fn sqlite_skips_the_lock_rules() {
         let sqlite_rule = [
             "drop-column",
             "drop-table",
+            "drop-default",
             "rename-column",
             "rename-table",
             "add-not-null-column-without-default",
@@ -900,4 +901,58 @@ fn transaction_control() {
         "ALTER TABLE users ADD COLUMN c1 int;\nALTER TABLE users ADD COLUMN c2 int;\n",
         &[],
     );
+}
+
+#[test]
+fn a_lock_timeout_raised_above_the_runners_is_no_timeout() {
+    // Review finding: SET lock_timeout = '10min' passed, and the app waited 7 s.
+    check(
+        "SET lock_timeout = '10min';\nALTER TABLE users ADD COLUMN z int;\n",
+        &["access-exclusive-without-lock-timeout"],
+    );
+    check(
+        "SET lock_timeout = 1000000000;\nALTER TABLE users ADD COLUMN z int;\n",
+        &["access-exclusive-without-lock-timeout"],
+    );
+    check(
+        "SET lock_timeout = '1s';\nALTER TABLE users ADD COLUMN z int;\n",
+        &[],
+    );
+    check(
+        "SET lock_timeout = 500;\nALTER TABLE users ADD COLUMN z int;\n",
+        &[],
+    );
+    // Without a runner's timeout, any non-zero one in the file is the one in effect.
+    check_with(
+        "SET lock_timeout = '10min';\nALTER TABLE users ADD COLUMN z int;\n",
+        Phase::Expand,
+        &pg_without_timeout(),
+        &[],
+    );
+}
+
+#[test]
+fn drop_default_and_objects_the_old_version_uses() {
+    check(
+        "ALTER TABLE users ALTER COLUMN created_at DROP DEFAULT;",
+        &["drop-default"],
+    );
+    check(
+        "ALTER TABLE users ALTER COLUMN id DROP IDENTITY IF EXISTS;",
+        &["drop-default"],
+    );
+    check(
+        "ALTER TABLE users ALTER COLUMN created_at SET DEFAULT now();",
+        &[],
+    );
+    check_with(
+        "ALTER TABLE users ALTER COLUMN created_at DROP DEFAULT;",
+        Phase::Contract,
+        &pg(),
+        &[],
+    );
+    check("DROP TYPE mood CASCADE;", &["drop-table"]);
+    check("DROP SCHEMA legacy CASCADE;", &["drop-table"]);
+    check("TRUNCATE users;", &["drop-table"]);
+    check("CREATE TABLE scratch (id int);\nTRUNCATE scratch;", &[]);
 }

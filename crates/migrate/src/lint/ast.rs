@@ -198,6 +198,35 @@ pub(crate) fn timeout_is_on(value: Option<&NodeEnum>) -> bool {
     }
 }
 
+/// A `SET lock_timeout` value in milliseconds (PostgreSQL's units: a bare number is ms; `us`,
+/// `ms`, `s`, `min`, `h`, `d`), when the text says.
+pub(crate) fn timeout_ms(value: Option<&NodeEnum>) -> Option<f64> {
+    let Some(NodeEnum::AConst(c)) = value else {
+        return None;
+    };
+    let text = match &c.val {
+        Some(a_const::Val::Ival(i)) => return Some(f64::from(i.ival)),
+        Some(a_const::Val::Fval(f)) => f.fval.clone(),
+        Some(a_const::Val::Sval(s)) => s.sval.clone(),
+        _ => return None,
+    };
+    let number = leading_number(&text)?;
+    let unit = text
+        .trim()
+        .trim_start_matches(|c: char| c.is_ascii_digit() || c == '.')
+        .trim();
+    let factor = match unit {
+        "" | "ms" => 1.0,
+        "us" => 0.001,
+        "s" => 1_000.0,
+        "min" => 60_000.0,
+        "h" => 3_600_000.0,
+        "d" => 86_400_000.0,
+        _ => return None,
+    };
+    Some(number * factor)
+}
+
 fn leading_number(text: &str) -> Option<f64> {
     let text = text.trim();
     let end = text

@@ -83,7 +83,13 @@ enum Timeout {
     Runner,
     NotConfigured,
     SetInFile,
-    OffInFile { line: usize },
+    OffInFile {
+        line: usize,
+    },
+    /// The file set one longer than the runner's: each wait holds the app up that long.
+    RaisedInFile {
+        line: usize,
+    },
 }
 
 /// The table locks that matter to the live app: those that block its queries while waiting.
@@ -202,6 +208,15 @@ impl<'k> FileLinter<'k> {
             NodeEnum::DropStmt(s) => self.drop(s),
             NodeEnum::TruncateStmt(s) => {
                 let tables = range_vars(&s.relations);
+                let contract = self.cx.contract_file.clone();
+                let existing: Vec<Table> = tables.iter().filter(|t| !self.is_new(t)).cloned().collect();
+                for table in existing {
+                    self.hit(
+                        &rules::DROP_TABLE,
+                        format!("TRUNCATE {table} in an expand file: it removes every row the running version reads"),
+                        format!("move it to {contract}, which runs after the old version is retired, or delete in batches if only some rows must go"),
+                    );
+                }
                 self.lock(Lock::AccessExclusive, "TRUNCATE", &tables);
             }
             NodeEnum::LockStmt(s) if s.mode == pg_query::LockMode::AccessExclusiveLock as i32 => {
@@ -292,6 +307,10 @@ impl<'k> FileLinter<'k> {
                 "no lock_timeout is in effect (the runner has none configured and the file sets none before it)".to_string(),
                 "put SET lock_timeout = '2s' before it, or configure the runner's lock_timeout: a statement whose lock is not granted in time fails and the migration is tried again later".to_string(),
             ),
+            Timeout::RaisedInFile { line } => (
+                format!("the file raised lock_timeout above the runner's at line {line}"),
+                format!("remove the SET at line {line}: the runner's lock_timeout bounds how long the app's queries wait behind this statement, and it retries when the lock is not granted"),
+            ),
             Timeout::OffInFile { line } => (
                 format!("the file turned lock_timeout off at line {line}"),
                 format!("remove the statement at line {line}, or SET lock_timeout = '2s' again before this one"),
@@ -378,10 +397,17 @@ impl<'k> FileLinter<'k> {
             }
             _ => false,
         };
-        self.timeout = if on {
-            Timeout::SetInFile
-        } else {
+        let value = s.args.first().and_then(|a| a.node.as_ref());
+        let raised = match (self.cx.lock_timeout, ast::timeout_ms(value)) {
+            (Some(runner), Some(ms)) if !runner.is_zero() => ms > runner.as_secs_f64() * 1000.0,
+            _ => false,
+        };
+        self.timeout = if !on {
             Timeout::OffInFile { line }
+        } else if raised {
+            Timeout::RaisedInFile { line }
+        } else {
+            Timeout::SetInFile
         };
     }
 
@@ -506,6 +532,22 @@ impl<'k> FileLinter<'k> {
                 if let Some(NodeEnum::ColumnDef(def)) = inner(&cmd.def) {
                     self.add_column(table, new, def, cmd.missing_ok);
                 }
+            }
+            At::AtColumnDefault if cmd.def.is_none() && !new => {
+                let contract = self.cx.contract_file.clone();
+                self.hit(
+                    &rules::DROP_DEFAULT,
+                    format!("DROP DEFAULT of {column} in an expand file: the running version's INSERTs that leave it out get NULL instead"),
+                    format!("keep the default until the old version is retired: drop it in {contract}"),
+                );
+            }
+            At::AtDropIdentity if !new => {
+                let contract = self.cx.contract_file.clone();
+                self.hit(
+                    &rules::DROP_DEFAULT,
+                    format!("DROP IDENTITY of {column} in an expand file: the running version's INSERTs that leave it out fail"),
+                    format!("keep the identity until the old version is retired: drop it in {contract}"),
+                );
             }
             At::AtDropColumn => {
                 if !new {
@@ -865,6 +907,32 @@ impl<'k> FileLinter<'k> {
                     | ObjectType::ObjectForeignTable
             )
         );
+        let used_by_tables = matches!(
+            kind,
+            Some(
+                ObjectType::ObjectSequence
+                    | ObjectType::ObjectType
+                    | ObjectType::ObjectDomain
+                    | ObjectType::ObjectSchema
+            )
+        );
+        if used_by_tables {
+            let what = match kind {
+                Some(ObjectType::ObjectSequence) => "SEQUENCE",
+                Some(ObjectType::ObjectSchema) => "SCHEMA",
+                Some(ObjectType::ObjectDomain) => "DOMAIN",
+                _ => "TYPE",
+            };
+            let contract = self.cx.contract_file.clone();
+            // Objects this file created are named too, but rarely dropped in the same file;
+            // an object of the live schema is what the running version's columns, defaults
+            // and queries use.
+            self.hit(
+                &rules::DROP_TABLE,
+                format!("DROP {what} {shown} in an expand file: the running version's tables, defaults or queries may use it"),
+                format!("move it to {contract}, which runs after the old version is retired"),
+            );
+        }
         if relations {
             let contract = self.cx.contract_file.clone();
             for name in &names {

@@ -48,7 +48,11 @@ pub const DROP_COLUMN: Rule = compatibility(
 );
 pub const DROP_TABLE: Rule = compatibility(
     "drop-table",
-    "DROP TABLE (or view) in an expand file: the running version still reads it",
+    "DROP TABLE, VIEW, SEQUENCE, TYPE or SCHEMA, or TRUNCATE, in an expand file: the running version still uses it",
+);
+pub const DROP_DEFAULT: Rule = compatibility(
+    "drop-default",
+    "ALTER COLUMN ... DROP DEFAULT or DROP IDENTITY in an expand file: the running version's INSERTs that leave the column out rely on it",
 );
 pub const RENAME_COLUMN: Rule = compatibility(
     "rename-column",
@@ -139,6 +143,7 @@ pub const UNKNOWN_RULE: Rule = Rule {
 pub const RULES: &[Rule] = &[
     DROP_COLUMN,
     DROP_TABLE,
+    DROP_DEFAULT,
     RENAME_COLUMN,
     RENAME_TABLE,
     ADD_NOT_NULL_COLUMN_WITHOUT_DEFAULT,
