@@ -592,3 +592,36 @@ async fn no_deploy_starts_while_a_contract_runs_and_status_still_answers() {
     assert_eq!(code, 0, "{out}");
     assert_eq!(cluster.columns("users"), "id");
 }
+
+#[tokio::test]
+async fn an_expand_waiting_for_a_lock_says_so_in_the_rollouts_events() {
+    let cluster = Cluster::new("", "").await;
+    cluster.release("v1", &[USERS]);
+    cluster.release("v2", &[USERS, EMAIL]);
+    assert_eq!(cluster.cli(&["deploy", "web", "v1"]).0, 0);
+    // A long transaction holds users for 3 s.
+    let mut holder = cluster.pg.psql();
+    holder.args([
+        "-c",
+        "BEGIN; LOCK TABLE users IN ACCESS SHARE MODE; SELECT pg_sleep(3); COMMIT;",
+    ]);
+    let holder = std::thread::spawn(move || holder.output().unwrap());
+    wait_until("the lock is held", Duration::from_secs(20), || async {
+        cluster
+            .pg
+            .query("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'BEGIN; LOCK TABLE users%'")
+            == "1"
+    })
+    .await;
+    let (code, out) = cluster.cli(&["deploy", "web", "v2", "--no-follow"]);
+    assert_eq!(code, 0, "{out}");
+    cluster.wait_phase("canary").await;
+    assert!(holder.join().unwrap().status.success());
+    let events = cluster.events(2).await;
+    let retry = events.iter().find(|(kind, _)| kind == "migration_retry");
+    assert!(
+        retry.is_some_and(|(_, message)| message.contains("a lock was not granted within 500ms")),
+        "{events:?}"
+    );
+    assert_eq!(cluster.columns("users"), "id,name,email");
+}

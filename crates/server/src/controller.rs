@@ -624,6 +624,7 @@ impl Controller {
                 if !applied.is_empty() {
                     self.record_event(
                         &state,
+                        None,
                         "contracted",
                         sentence.clone(),
                         serde_json::json!({ "applied": applied }),
@@ -655,6 +656,7 @@ impl Controller {
         for line in &repaired {
             self.record_event(
                 &state,
+                None,
                 "migration_repaired",
                 line.clone(),
                 serde_json::json!({ "migration": name }),
@@ -664,10 +666,17 @@ impl Controller {
     }
 
     /// Appends an event that changes no state (a contract run by hand, a repair).
-    fn record_event(&self, state: &AppState, kind: &str, message: String, data: serde_json::Value) {
+    fn record_event(
+        &self,
+        state: &AppState,
+        rollout_id: Option<u64>,
+        kind: &str,
+        message: String,
+        data: serde_json::Value,
+    ) {
         let event = rollout::Event {
             at: self.clock.now(),
-            rollout_id: None,
+            rollout_id,
             kind: kind.to_string(),
             message,
             data,
@@ -720,6 +729,7 @@ impl Controller {
                     let state = this.state.lock().await.clone();
                     this.record_event(
                         &state,
+                        None,
                         "contract_refused",
                         format!("automatic contract did not run: {e}; run `cutover migrate contract {}` when it can", this.name),
                         serde_json::Value::Null,
@@ -823,13 +833,29 @@ impl Controller {
                 let this = Arc::clone(self);
                 tokio::spawn(async move {
                     let clock = Arc::clone(&this.clock);
-                    let input =
-                        match crate::migrations::expand(&this.name, &config, &release, rollout_id, clock)
-                            .await
-                        {
-                            Ok(detail) => Input::Migrated { detail },
-                            Err(reason) => Input::MigrationFailed { reason },
-                        };
+                    // Each retry is an event of the rollout, so `deploy` shows why it waits.
+                    let reporter = Arc::clone(&this);
+                    let report: crate::migrations::RetryReport = Arc::new(move |line: String| {
+                        let this = Arc::clone(&reporter);
+                        tokio::spawn(async move {
+                            let state = this.state.lock().await.clone();
+                            this.record_event(
+                                &state,
+                                Some(rollout_id),
+                                "migration_retry",
+                                line,
+                                serde_json::Value::Null,
+                            );
+                        });
+                    });
+                    let input = match crate::migrations::expand(
+                        &this.name, &config, &release, rollout_id, clock, report,
+                    )
+                    .await
+                    {
+                        Ok(detail) => Input::Migrated { detail },
+                        Err(reason) => Input::MigrationFailed { reason },
+                    };
                     this.feed(input).await;
                 });
             }

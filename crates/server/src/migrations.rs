@@ -255,6 +255,9 @@ impl MigrationsConfig {
 
 /// Runs `work` against the app's database. SQLite calls block, so they run on a blocking
 /// thread.
+/// Told each time a migration is tried again after a lock was not granted.
+pub type RetryReport = Arc<dyn Fn(String) + Send + Sync>;
+
 async fn with_database<T, F>(config: &MigrationsConfig, work: F) -> Result<T, String>
 where
     T: Send + 'static,
@@ -270,18 +273,54 @@ where
             db.on_retry(|line| tracing::warn!("{line}"));
             work(&mut db).await
         }
-        Engine::Sqlite => {
-            let path = config.resolve(Path::new(&config.path.clone().unwrap_or_default()));
-            let busy = Duration::from_millis(config.lock_timeout_ms.max(1_000));
-            let handle = tokio::runtime::Handle::current();
-            tokio::task::spawn_blocking(move || {
-                let mut db = SqliteDatabase::open(&path, busy).map_err(|e| e.to_string())?;
-                handle.block_on(work(&mut db))
-            })
-            .await
-            .map_err(|e| format!("the migration task failed: {e}"))?
-        }
+        Engine::Sqlite => with_sqlite(config, work).await,
     }
+}
+
+/// [`with_database`] with a report of every retry, for the expand of a rollout.
+async fn with_database_reporting<T, F>(
+    config: &MigrationsConfig,
+    report: RetryReport,
+    work: F,
+) -> Result<T, String>
+where
+    T: Send + 'static,
+    F: for<'a> FnOnce(&'a mut dyn Database) -> futures_util::future::BoxFuture<'a, Result<T, String>>
+        + Send
+        + 'static,
+{
+    match config.engine {
+        Engine::Postgres => {
+            let mut db = PostgresDatabase::connect(&config.url()?, config.options())
+                .await
+                .map_err(|e| e.to_string())?;
+            db.on_retry(move |line| {
+                tracing::warn!("{line}");
+                report(line.to_string());
+            });
+            work(&mut db).await
+        }
+        Engine::Sqlite => with_sqlite(config, work).await,
+    }
+}
+
+async fn with_sqlite<T, F>(config: &MigrationsConfig, work: F) -> Result<T, String>
+where
+    T: Send + 'static,
+    F: for<'a> FnOnce(&'a mut dyn Database) -> futures_util::future::BoxFuture<'a, Result<T, String>>
+        + Send
+        + 'static,
+{
+    // SQLite calls block: on a blocking thread.
+    let path = config.resolve(Path::new(&config.path.clone().unwrap_or_default()));
+    let busy = Duration::from_millis(config.lock_timeout_ms.max(1_000));
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let mut db = SqliteDatabase::open(&path, busy).map_err(|e| e.to_string())?;
+        handle.block_on(work(&mut db))
+    })
+    .await
+    .map_err(|e| format!("the migration task failed: {e}"))?
 }
 
 fn load(config: &MigrationsConfig, release: Option<&ReleaseSpec>) -> Result<MigrationSet, String> {
@@ -332,13 +371,14 @@ pub async fn expand(
     release: &ReleaseSpec,
     rollout_id: u64,
     clock: Arc<dyn Clock>,
+    report: RetryReport,
 ) -> Result<String, String> {
     let set = load(config, Some(release))?;
     let total = set.migrations.len();
     let set = Arc::new(set);
     let config_for_lint = config.clone();
     let version = release.version.clone();
-    let applied = with_database(config, move |db| {
+    let applied = with_database_reporting(config, report, move |db| {
         Box::pin(async move {
             db.lock().await.map_err(|e| e.to_string())?;
             db.prepare().await.map_err(|e| e.to_string())?;
