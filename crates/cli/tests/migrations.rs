@@ -519,7 +519,7 @@ async fn kill_9_of_the_server_mid_expand_then_a_restart_finishes_the_rollout() {
         || async {
             cluster
                 .pg
-                .query("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'cutover-migrate'")
+                .query("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'cutover-migrate%'")
                 == "0"
         },
     )
@@ -624,4 +624,53 @@ async fn an_expand_waiting_for_a_lock_says_so_in_the_rollouts_events() {
         "{events:?}"
     );
     assert_eq!(cluster.columns("users"), "id,name,email");
+}
+
+#[tokio::test]
+async fn an_abort_during_the_expand_cancels_it_and_says_so() {
+    let cluster = Cluster::new("", "").await;
+    cluster.release("v1", &[USERS]);
+    cluster.release(
+        "v2",
+        &[
+            USERS,
+            (
+                "0002_slow.expand.sql",
+                "ALTER TABLE users ADD COLUMN slow text;\nSELECT pg_sleep(60);\n",
+            ),
+        ],
+    );
+    assert_eq!(cluster.cli(&["deploy", "web", "v1"]).0, 0);
+    assert_eq!(cluster.cli(&["deploy", "web", "v2", "--no-follow"]).0, 0);
+    let sleeping = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60)%' AND application_name = 'cutover-migrate web #2'";
+    wait_until("the expand is running", Duration::from_secs(20), || async {
+        cluster.pg.query(sleeping) == "1"
+    })
+    .await;
+    let (code, out) = cluster.cli(&["abort", "web"]);
+    assert_eq!(code, 0, "{out}");
+    // Review finding: the expand ran on, to be recorded under the aborted rollout.
+    wait_until("the expand was cancelled", Duration::from_secs(20), || async {
+        cluster.pg.query(sleeping) == "0"
+    })
+    .await;
+    wait_until(
+        "the cancellation is an event",
+        Duration::from_secs(20),
+        || async {
+            cluster
+                .events(2)
+                .await
+                .iter()
+                .any(|(kind, message)| kind == "migration_cancelled" && message.contains("was cancelled"))
+        },
+    )
+    .await;
+    assert_eq!(cluster.columns("users"), "id,name");
+    assert_eq!(
+        cluster
+            .pg
+            .query("SELECT count(*) FROM cutover_migrations WHERE name = '0002_slow'"),
+        "0"
+    );
 }

@@ -50,6 +50,8 @@ pub struct PostgresOptions {
     pub max_backoff: Duration,
     /// How long to wait for another migrator's advisory lock.
     pub advisory_lock_wait: Duration,
+    /// The connection's `application_name`, which [`cancel`] finds it by.
+    pub application_name: String,
 }
 
 impl Default for PostgresOptions {
@@ -61,6 +63,7 @@ impl Default for PostgresOptions {
             backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(30),
             advisory_lock_wait: Duration::from_secs(15 * 60),
+            application_name: "cutover-migrate".to_string(),
         }
     }
 }
@@ -200,6 +203,7 @@ impl PostgresDatabase {
         // bounded. The URL's connect_timeout wins.
         let timeout = config.get_connect_timeout().copied().unwrap_or(CONNECT_TIMEOUT);
         config.connect_timeout(timeout);
+        config.application_name(&options.application_name);
         // Host and port are not secret (the password is): they say which server failed.
         let target = target(&config);
         let (client, connection) = match tokio::time::timeout(timeout, config.connect(NoTls)).await {
@@ -221,10 +225,7 @@ impl PostgresDatabase {
             // next call on the client.
             let _ = connection.await;
         });
-        client
-            .batch_execute("SET application_name = 'cutover-migrate'")
-            .await
-            .map_err(db_err)?;
+
         Ok(PostgresDatabase {
             client,
             options,
@@ -364,6 +365,26 @@ impl PostgresDatabase {
         }
         Ok(applied)
     }
+}
+
+/// Cancels the statements of every session named `application_name` (a migration of a rollout
+/// that was aborted): a transactional migration rolls back, a no-transaction one stops after
+/// the statements it committed. Returns how many sessions were told.
+pub async fn cancel(url: &str, application_name: &str) -> Result<u64, MigrateError> {
+    let options = PostgresOptions {
+        application_name: "cutover-migrate-cancel".to_string(),
+        ..PostgresOptions::default()
+    };
+    let db = PostgresDatabase::connect(url, options).await?;
+    let row = db
+        .client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE pg_cancel_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+            &[&application_name],
+        )
+        .await
+        .map_err(db_err)?;
+    Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
 }
 
 #[async_trait]

@@ -547,7 +547,36 @@ impl Controller {
     }
 
     pub async fn command(self: &Arc<Self>, command: Command) -> Result<(), ControllerError> {
-        self.apply(Input::Command(command)).await
+        let migrating = self
+            .state
+            .lock()
+            .await
+            .active_rollout()
+            .filter(|r| matches!(r.phase, Phase::Migrating))
+            .map(|r| r.id);
+        self.apply(Input::Command(command)).await?;
+        if let (Some(rollout_id), Some(config)) = (migrating, self.config.migrations.clone()) {
+            // The rollout ended while its expand ran: stop the expand too, rather than let it
+            // finish unannounced in the name of a rollout that is over.
+            let this = Arc::clone(self);
+            tokio::spawn(async move {
+                let message = match crate::migrations::cancel_expand(&config, &this.name, rollout_id).await {
+                    Ok(sentence) => sentence,
+                    Err(e) => {
+                        format!("cancelling the running expand failed: {e}; it runs to its end and is kept")
+                    }
+                };
+                let state = this.state.lock().await.clone();
+                this.record_event(
+                    &state,
+                    Some(rollout_id),
+                    "migration_cancelled",
+                    message,
+                    serde_json::Value::Null,
+                );
+            });
+        }
+        Ok(())
     }
 
     pub async fn status(&self) -> Result<StatusView, ControllerError> {

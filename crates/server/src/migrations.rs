@@ -221,8 +221,9 @@ impl MigrationsConfig {
         }
     }
 
-    fn options(&self) -> PostgresOptions {
+    fn options(&self, application_name: String) -> PostgresOptions {
         PostgresOptions {
+            application_name,
             lock_timeout: Duration::from_millis(self.lock_timeout_ms),
             statement_timeout: Duration::from_millis(self.statement_timeout_ms),
             lock_retries: self.lock_retries,
@@ -267,9 +268,10 @@ where
 {
     match config.engine {
         Engine::Postgres => {
-            let mut db = PostgresDatabase::connect(&config.url()?, config.options())
-                .await
-                .map_err(|e| e.to_string())?;
+            let mut db =
+                PostgresDatabase::connect(&config.url()?, config.options("cutover-migrate".to_string()))
+                    .await
+                    .map_err(|e| e.to_string())?;
             db.on_retry(|line| tracing::warn!("{line}"));
             work(&mut db).await
         }
@@ -280,6 +282,7 @@ where
 /// [`with_database`] with a report of every retry, for the expand of a rollout.
 async fn with_database_reporting<T, F>(
     config: &MigrationsConfig,
+    application_name: String,
     report: RetryReport,
     work: F,
 ) -> Result<T, String>
@@ -291,7 +294,7 @@ where
 {
     match config.engine {
         Engine::Postgres => {
-            let mut db = PostgresDatabase::connect(&config.url()?, config.options())
+            let mut db = PostgresDatabase::connect(&config.url()?, config.options(application_name))
                 .await
                 .map_err(|e| e.to_string())?;
             db.on_retry(move |line| {
@@ -378,7 +381,7 @@ pub async fn expand(
     let set = Arc::new(set);
     let config_for_lint = config.clone();
     let version = release.version.clone();
-    let applied = with_database_reporting(config, report, move |db| {
+    let applied = with_database_reporting(config, expand_session(app, rollout_id), report, move |db| {
         Box::pin(async move {
             db.lock().await.map_err(|e| e.to_string())?;
             db.prepare().await.map_err(|e| e.to_string())?;
@@ -414,6 +417,31 @@ pub async fn expand(
             "expand migrations applied before the release starts: {}",
             describe_applied(&applied)
         )
+    })
+}
+
+/// The `application_name` of rollout `rollout_id`'s expand session, which [`cancel_expand`]
+/// finds it by.
+fn expand_session(app: &str, rollout_id: u64) -> String {
+    format!("cutover-migrate {app} #{rollout_id}")
+}
+
+/// Cancels the expand of rollout `rollout_id`, aborted or rolled back while it ran (PostgreSQL;
+/// SQLite's migrations run to their end). Returns a sentence for the event log.
+pub async fn cancel_expand(config: &MigrationsConfig, app: &str, rollout_id: u64) -> Result<String, String> {
+    if config.engine != Engine::Postgres {
+        return Ok(
+            "the expand runs to its end (SQLite cannot cancel it); it is kept, as every expand is"
+                .to_string(),
+        );
+    }
+    let told = cutover_migrate::postgres::cancel(&config.url()?, &expand_session(app, rollout_id))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(if told == 0 {
+        "no expand statement was running any more".to_string()
+    } else {
+        "the running expand statement was cancelled: a migration in a transaction was rolled back and not recorded; in a no-transaction file the statements before it stay".to_string()
     })
 }
 
