@@ -277,8 +277,8 @@ async fn scenario(
         }
         out!("  {:<12} users columns: {}", "schema", users_columns(&users_db)?);
         out!("\n== v6 reads only full_name and ships the contract that drops users.name: it waits for v2's retirement");
-        let v6 = deploy_and_wait_then_contract(controller, "v6", Some("--users-schema new")).await?;
-        out!("  {:<12} users columns: {}", "schema", users_columns(&users_db)?);
+        let v6 = deploy_and_wait_then_contract(controller, "v6", Some("--users-schema new"), &users_db).await?;
+        out!("  {:<12} users columns: {}", "schema", users_columns_text(&v6.2));
         out!("\n== deploy is not release: {FLAG}, shipped dark in the live version, ramped from 1 % by a guarded ramp");
         let flag = flag_chapter(admin, &stats).await?;
         anyhow::Ok((v2, v3, v4, v5, v6, flag))
@@ -393,6 +393,7 @@ async fn deploy_and_wait_then_contract(
     controller: &Arc<Controller>,
     version: &str,
     extra_args: Option<&str>,
+    users_db: &std::path::Path,
 ) -> Result<(cutover_core::rollout::Rollout, bool, Vec<String>)> {
     let waiting = deploy_and_wait(controller, version, extra_args, true);
     let trying = async {
@@ -431,12 +432,7 @@ async fn deploy_and_wait_then_contract(
             false
         }
     };
-    let db = controller
-        .migrations_config()
-        .and_then(|m| m.path.clone())
-        .map(std::path::PathBuf::from)
-        .context("the demo app has a SQLite migration database")?;
-    Ok((rollout, ran, rusqlite_columns(&db)?))
+    Ok((rollout, ran, rusqlite_columns(users_db)?))
 }
 
 /// Creates the flag dark, starts a guarded ramp, and waits for the judge to kill it.

@@ -76,8 +76,16 @@ impl Status {
             .collect()
     }
 
-    /// Why nothing may run now, one sentence per problem (empty: migrations may run).
+    /// Why nothing may run now, one sentence per problem (empty: migrations may run). A changed
+    /// file names the way out as `cutover migrate repair APP NAME`; [`Status::blocking_with`]
+    /// names the real command.
     pub fn blocking(&self) -> Vec<String> {
+        self.blocking_with("cutover migrate repair APP")
+    }
+
+    /// [`Status::blocking`] with `repair` as the command that accepts a changed file, e.g.
+    /// `cutover migrate repair web --version v6` (the migration's name follows it).
+    pub fn blocking_with(&self, repair: &str) -> Vec<String> {
         self.migrations
             .iter()
             .filter_map(|m| {
@@ -86,7 +94,7 @@ impl Status {
                     State::Changed { file_checksum } => {
                         let applied = m.applied.as_ref()?;
                         Some(format!(
-                            "{file} was applied with checksum {} and has changed since (now {file_checksum}): an applied migration must not change; restore the file, or accept its new content on purpose with `cutover migrate repair APP {}`",
+                            "{file} was applied with checksum {} and has changed since (now {file_checksum}): an applied migration must not change; restore the file, or accept its new content on purpose with `{repair} {}`",
                             applied.checksum, m.name
                         ))
                     }

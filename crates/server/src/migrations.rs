@@ -27,7 +27,7 @@ use cutover_core::{Clock, FieldError, ReleaseSpec};
 use cutover_migrate::lint::{self, Dialect, LintOptions, LintReport};
 use cutover_migrate::postgres::{PostgresDatabase, PostgresOptions};
 use cutover_migrate::sqlite::SqliteDatabase;
-use cutover_migrate::{run, status, Applied, Database, MigrationSet, Phase, State, Status};
+use cutover_migrate::{run, status, Applied, Database, MigrateError, MigrationSet, Phase, State, Status};
 use serde::{Deserialize, Serialize};
 
 /// Which database engine.
@@ -254,36 +254,16 @@ impl MigrationsConfig {
     }
 }
 
-/// Runs `work` against the app's database. SQLite calls block, so they run on a blocking
-/// thread.
 /// Told each time a migration is tried again after a lock was not granted.
 pub type RetryReport = Arc<dyn Fn(String) + Send + Sync>;
 
-async fn with_database<T, F>(config: &MigrationsConfig, work: F) -> Result<T, String>
-where
-    T: Send + 'static,
-    F: for<'a> FnOnce(&'a mut dyn Database) -> futures_util::future::BoxFuture<'a, Result<T, String>>
-        + Send
-        + 'static,
-{
-    match config.engine {
-        Engine::Postgres => {
-            let mut db =
-                PostgresDatabase::connect(&config.url()?, config.options("cutover-migrate".to_string()))
-                    .await
-                    .map_err(|e| e.to_string())?;
-            db.on_retry(|line| tracing::warn!("{line}"));
-            work(&mut db).await
-        }
-        Engine::Sqlite => with_sqlite(config, work).await,
-    }
-}
-
-/// [`with_database`] with a report of every retry, for the expand of a rollout.
-async fn with_database_reporting<T, F>(
+/// Runs `work` against the app's database. On PostgreSQL the session is named
+/// `application_name` (so [`cancel_expand`] can find it) and every retry is logged and, with
+/// `report`, told; SQLite calls block, so they run on a blocking thread.
+async fn with_database<T, F>(
     config: &MigrationsConfig,
-    application_name: String,
-    report: RetryReport,
+    application_name: &str,
+    report: Option<RetryReport>,
     work: F,
 ) -> Result<T, String>
 where
@@ -294,18 +274,24 @@ where
 {
     match config.engine {
         Engine::Postgres => {
-            let mut db = PostgresDatabase::connect(&config.url()?, config.options(application_name))
-                .await
-                .map_err(|e| e.to_string())?;
+            let mut db =
+                PostgresDatabase::connect(&config.url()?, config.options(application_name.to_string()))
+                    .await
+                    .map_err(|e| e.to_string())?;
             db.on_retry(move |line| {
                 tracing::warn!("{line}");
-                report(line.to_string());
+                if let Some(report) = &report {
+                    report(line.to_string());
+                }
             });
             work(&mut db).await
         }
         Engine::Sqlite => with_sqlite(config, work).await,
     }
 }
+
+/// The session name of migrations run outside a rollout (status, contract, repair).
+const SESSION: &str = "cutover-migrate";
 
 async fn with_sqlite<T, F>(config: &MigrationsConfig, work: F) -> Result<T, String>
 where
@@ -328,6 +314,19 @@ where
 
 fn load(config: &MigrationsConfig, release: Option<&ReleaseSpec>) -> Result<MigrationSet, String> {
     MigrationSet::load(&config.dir_for(release)).map_err(|e| e.to_string())
+}
+
+/// [`lint_pending`] on a blocking thread: linting is CPU work that grows with the files, and
+/// the async workers also serve the proxy.
+async fn lint_pending_off_workers(
+    config: &MigrationsConfig,
+    set: &Arc<MigrationSet>,
+    current: Status,
+) -> Result<(), String> {
+    let (config, set) = (config.clone(), Arc::clone(set));
+    tokio::task::spawn_blocking(move || lint_pending(&config, &set, &current))
+        .await
+        .map_err(|e| format!("the linter failed: {e}"))?
 }
 
 /// Lints the halves that have yet to run (an applied file is history, whatever later rules
@@ -381,35 +380,31 @@ pub async fn expand(
     let set = Arc::new(set);
     let config_for_lint = config.clone();
     let version = release.version.clone();
-    let applied = with_database_reporting(config, expand_session(app, rollout_id), report, move |db| {
-        Box::pin(async move {
-            db.lock().await.map_err(|e| e.to_string())?;
-            db.prepare().await.map_err(|e| e.to_string())?;
-            let history = db.history().await.map_err(|e| e.to_string())?;
-            refuse_older_than_a_contract(&set, &history, &version)?;
-            let current = status(&set, &history);
-            let linted = {
-                let (config, set) = (config_for_lint.clone(), Arc::clone(&set));
-                // Linting is CPU work that grows with the files: off the async workers, which
-                // also serve the proxy.
-                tokio::task::spawn_blocking(move || lint_pending(&config, &set, &current))
+    // The way out of a changed file names this app and this version's files.
+    let repair = format!("cutover migrate repair {app} --version {}", release.version);
+    let applied = with_database(
+        config,
+        &expand_session(app, rollout_id),
+        Some(report),
+        move |db| {
+            Box::pin(async move {
+                db.lock().await.map_err(|e| e.to_string())?;
+                db.prepare().await.map_err(|e| e.to_string())?;
+                let history = db.history().await.map_err(|e| e.to_string())?;
+                refuse_older_than_a_contract(&set, &history, &version)?;
+                let current = status(&set, &history);
+                let blocking = current.blocking_with(&repair);
+                if !blocking.is_empty() {
+                    return Err(MigrateError::Blocked(blocking).to_string());
+                }
+                lint_pending_off_workers(&config_for_lint, &set, current).await?;
+                run(db, &set, Phase::Expand, Some(rollout_id), clock.as_ref())
                     .await
-                    .map_err(|e| format!("the linter failed: {e}"))?
-            };
-            linted?;
-            run(db, &set, Phase::Expand, Some(rollout_id), clock.as_ref())
-                .await
-                .map_err(|e| e.to_string())
-        })
-    })
-    .await
-    .map_err(|e| {
-        // The way out of a changed file names this app and this version's files.
-        e.replace(
-            "cutover migrate repair APP ",
-            &format!("cutover migrate repair {app} --version {} ", release.version),
-        )
-    })?;
+                    .map_err(|e| e.to_string())
+            })
+        },
+    )
+    .await?;
     Ok(if applied.is_empty() {
         format!("no expand migration pending ({total} in the directory, all applied)")
     } else {
@@ -491,21 +486,12 @@ pub struct MigrationsView {
 pub async fn view(config: &MigrationsConfig, state: &AppState) -> Result<MigrationsView, String> {
     let release = state.slot(state.live).release.as_ref();
     let set = load(config, release)?;
-    let history = with_database(config, |db| {
+    let history = with_database(config, SESSION, None, |db| {
         Box::pin(async move { db.history().await.map_err(|e| e.to_string()) })
     })
     .await?;
     let current = status(&set, &history);
-    let blocked: Vec<String> = current
-        .blocking()
-        .into_iter()
-        .map(|b| {
-            b.replace(
-                "cutover migrate repair APP ",
-                &format!("cutover migrate repair {} ", state.app),
-            )
-        })
-        .collect();
+    let blocked = current.blocking_with(&format!("cutover migrate repair {}", state.app));
     let contract_refused = contract_refusal(state, &current, &history);
     let options = config.lint_options();
     let set = Arc::new(set);
@@ -589,7 +575,7 @@ pub async fn contract(
     let state = state.clone();
     let set = Arc::new(set);
     let config_for_lint = config.clone();
-    let applied = with_database(config, move |db| {
+    let applied = with_database(config, SESSION, None, move |db| {
         Box::pin(async move {
             db.lock().await.map_err(|e| e.to_string())?;
             let history = db.history().await.map_err(|e| e.to_string())?;
@@ -597,7 +583,7 @@ pub async fn contract(
             if let Some(why) = contract_refusal(&state, &current, &history) {
                 return Err(format!("contract migrations refused: {why}"));
             }
-            lint_pending(&config_for_lint, &set, &current)?;
+            lint_pending_off_workers(&config_for_lint, &set, current).await?;
             run(db, &set, Phase::Contract, None, clock.as_ref())
                 .await
                 .map_err(|e| e.to_string())
@@ -644,7 +630,7 @@ pub async fn repair(
                 .map(|f| (migration.name.clone(), phase, f.checksum.clone()))
         })
         .collect();
-    with_database(config, move |db| {
+    with_database(config, SESSION, None, move |db| {
         Box::pin(async move {
             db.lock().await.map_err(|e| e.to_string())?;
             let history = db.history().await.map_err(|e| e.to_string())?;
