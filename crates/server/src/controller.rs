@@ -566,14 +566,13 @@ impl Controller {
                         format!("cancelling the running expand failed: {e}; it runs to its end and is kept")
                     }
                 };
-                let state = this.state.lock().await.clone();
                 this.record_event(
-                    &state,
                     Some(rollout_id),
                     "migration_cancelled",
                     message,
                     serde_json::Value::Null,
-                );
+                )
+                .await;
             });
         }
         Ok(())
@@ -652,12 +651,12 @@ impl Controller {
             Ok((sentence, applied)) => {
                 if !applied.is_empty() {
                     self.record_event(
-                        &state,
                         None,
                         "contracted",
                         sentence.clone(),
                         serde_json::json!({ "applied": applied }),
-                    );
+                    )
+                    .await;
                 }
                 Ok(sentence)
             }
@@ -684,25 +683,27 @@ impl Controller {
             .map_err(ControllerError::Rejected)?;
         for line in &repaired {
             self.record_event(
-                &state,
                 None,
                 "migration_repaired",
                 line.clone(),
                 serde_json::json!({ "migration": name }),
-            );
+            )
+            .await;
         }
         Ok(repaired)
     }
 
-    /// Appends an event that changes no state (a contract run by hand, a repair).
-    fn record_event(
+    /// Appends an event that changes no state (a contract run by hand, a repair). Holds the
+    /// state lock while it commits, so the state written with the event is the
+    /// current one, never a snapshot a transition has moved past.
+    async fn record_event(
         &self,
-        state: &AppState,
         rollout_id: Option<u64>,
         kind: &str,
         message: String,
         data: serde_json::Value,
     ) {
+        let state = self.state.lock().await;
         let event = rollout::Event {
             at: self.clock.now(),
             rollout_id,
@@ -710,7 +711,7 @@ impl Controller {
             message,
             data,
         };
-        match self.store.commit(state, std::slice::from_ref(&event)) {
+        match self.store.commit(&state, std::slice::from_ref(&event)) {
             Ok(stored) => {
                 for e in stored {
                     tracing::info!(app = %self.name, kind = %e.event.kind, "{}", e.event.message);
@@ -755,14 +756,13 @@ impl Controller {
             match this.contract().await {
                 Ok(sentence) => tracing::info!(app = %this.name, "{sentence}"),
                 Err(e) => {
-                    let state = this.state.lock().await.clone();
                     this.record_event(
-                        &state,
                         None,
                         "contract_refused",
                         format!("automatic contract did not run: {e}; run `cutover migrate contract {}` when it can", this.name),
                         serde_json::Value::Null,
-                    );
+                    )
+                    .await;
                 }
             }
         });
@@ -867,14 +867,13 @@ impl Controller {
                     let report: crate::migrations::RetryReport = Arc::new(move |line: String| {
                         let this = Arc::clone(&reporter);
                         tokio::spawn(async move {
-                            let state = this.state.lock().await.clone();
                             this.record_event(
-                                &state,
                                 Some(rollout_id),
                                 "migration_retry",
                                 line,
                                 serde_json::Value::Null,
-                            );
+                            )
+                            .await;
                         });
                     });
                     let input = match crate::migrations::expand(
