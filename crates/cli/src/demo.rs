@@ -686,10 +686,11 @@ async fn print_report(
         let events = controller
             .store()
             .events(controller.name(), Some(r.id), 0, 100_000)?;
-        let count = |prefix: &str| {
+        // The outcome is typed in the decision's data; its message is a sentence for people.
+        let count = |outcome: &str| {
             events
                 .iter()
-                .filter(|e| e.event.kind == "decision" && e.event.message.starts_with(prefix))
+                .filter(|e| e.event.kind == "decision" && e.event.data["verdict"]["outcome"] == outcome)
                 .count()
         };
         // From the canary's first request to the decision: how long users were exposed.

@@ -41,6 +41,7 @@ pub enum FlagCommand {
         /// on one variant, unchanged for `[flags] stale_after_days` (default 30).
         #[arg(long)]
         stale: bool,
+        /// text for people; json for scripts (one document, stable field names).
         #[arg(long, value_enum, default_value = "text")]
         output: crate::Output,
     },
@@ -57,7 +58,9 @@ pub enum FlagCommand {
     /// One flag: type, state, owner, expiry, variants, rules, split and revision (`--output
     /// json`: the flag as the server holds it).
     Show {
+        /// The flag's key.
         key: String,
+        /// text for people; json for scripts (one document, stable field names).
         #[arg(long, value_enum, default_value = "text")]
         output: crate::Output,
     },
@@ -67,6 +70,7 @@ pub enum FlagCommand {
     /// e.g. `cutover flag create new-checkout --type boolean --owner team-payments
     /// --description "The new checkout flow" --expires 2027-03-31 --reason "ship dark"`
     Create {
+        /// The flag's key.
         key: String,
         /// The type of the variants' values. A boolean flag without `--variant` gets on=true and
         /// off=false, with off the default.
@@ -91,15 +95,19 @@ pub enum FlagCommand {
         /// The variant every user gets until the flag is ramped (and when it is killed).
         #[arg(long = "default", value_name = "NAME")]
         default_variant: Option<String>,
+        /// Why: recorded in the audit log with who made the change.
         #[arg(long)]
         reason: String,
     },
     /// Create or replace a flag from a file holding one flag (TOML or JSON), e.g.
     /// `cutover flag set new-checkout --file flags/new-checkout.toml --reason "ship dark"`.
     Set {
+        /// The flag's key.
         key: String,
+        /// A TOML file with the flag's whole definition.
         #[arg(long)]
         file: PathBuf,
+        /// Why: recorded in the audit log with who made the change.
         #[arg(long)]
         reason: String,
         /// Refuse the change if the flag is no longer at this revision (someone else changed it).
@@ -110,6 +118,7 @@ pub enum FlagCommand {
     /// difference, then applies it. A flag whose `enabled` the file does not write keeps its
     /// state on the server, so an apply never undoes a kill; write `enabled = true` to unkill.
     Apply {
+        /// The flags file: [[flag]] tables, as `cutover flag apply` reads them.
         file: PathBuf,
         /// Print the difference and change nothing.
         #[arg(long)]
@@ -123,25 +132,33 @@ pub enum FlagCommand {
     },
     /// The kill switch: every user gets the default variant at once.
     Kill {
+        /// The flag's key.
         key: String,
+        /// Why: recorded in the audit log with who made the change.
         #[arg(long)]
         reason: String,
     },
     /// Undo a kill: the flag's targeting and split apply again.
     Unkill {
+        /// The flag's key.
         key: String,
+        /// Why: recorded in the audit log with who made the change.
         #[arg(long)]
         reason: String,
     },
     /// Remove a flag (its history stays in the audit).
     Archive {
+        /// The flag's key.
         key: String,
+        /// Why: recorded in the audit log with who made the change.
         #[arg(long)]
         reason: String,
     },
     /// Every change of a flag: when, who, why, and the revision it made.
     Audit {
+        /// The flag's key.
         key: String,
+        /// text for people; json for scripts (one document, stable field names).
         #[arg(long, value_enum, default_value = "text")]
         output: crate::Output,
     },
@@ -532,6 +549,7 @@ fn split_text(split: &[SplitEntry]) -> String {
 
 /// What `cutover flag create` was told.
 struct NewFlag {
+    /// The flag's key.
     key: String,
     kind: FlagType,
     owner: String,
@@ -690,9 +708,11 @@ async fn create(client: &Client, new: NewFlag, reason: &str) -> Result<ExitCode>
 // ===== apply =====
 
 struct ApplyOptions {
+    /// The flags file: [[flag]] tables, as `cutover flag apply` reads them.
     file: PathBuf,
     dry_run: bool,
     prune: bool,
+    /// Why: recorded in the audit log with who made the change.
     reason: String,
 }
 

@@ -18,17 +18,23 @@ macro_rules! out {
 }
 
 mod client;
+mod connect;
 mod demo;
 mod flag;
+mod init;
+mod logs;
 mod migrate;
 mod ramp;
 mod simulate;
+mod table;
+mod units;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use connect::ServerArgs;
 use cutover_server::config::RouterConfig;
 use cutover_server::{Config, TokenSource};
 
@@ -36,38 +42,134 @@ use cutover_server::{Config, TokenSource};
 #[command(
     name = "cutover",
     version,
-    about = "Zero-downtime releases: blue-green, sticky canaries, instant rollback",
-    after_help = "Exit codes of deploy: 0 promoted, 10 rolled back, 11 aborted, 12 failed before any traffic, \
-                  13 paused waiting for a person (without --wait), 14 --timeout passed (the rollout goes on), \
-                  3 refused by the server (another rollout running, deploy freeze, invalid request), 1 other errors."
+    about = "Zero-downtime releases: blue-green, sticky canaries, automatic judgement, instant rollback",
+    long_about = "Zero-downtime releases: the new version starts beside the old one, takes a small sticky \
+                  slice of real traffic, is judged against the old version on errors and latency, and is \
+                  promoted step by step or rolled back in milliseconds.\n\n\
+                  Commands that talk to a running server find it through --admin, CUTOVER_ADMIN, or the \
+                  [admin] section of cutover.toml (--config FILE, CUTOVER_CONFIG, or ./cutover.toml).",
+    after_help = START_HERE,
+    after_long_help = LONG_HELP_END
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    #[command(flatten)]
-    connection: client::Connection,
+    /// Before the command's name, for scripts written that way: `cutover --admin URL status web`.
+    #[command(flatten, next_help_heading = None)]
+    server: HiddenServerArgs,
+}
+
+const START_HERE: &str = "Start here:\n  cutover init                    # writes cutover.toml and cutover.service for your service\n  \
+                  cutover serve                   # runs the proxy, the controller and the admin API\n  \
+                  cutover deploy web v2           # deploys v2 and follows the rollout to its end\n  \
+                  cutover demo                    # shows everything on this machine, in about 45 s";
+/// The exit codes, as every help that needs them shows them.
+macro_rules! exit_codes {
+    () => {
+        concat!(
+            "Exit codes:\n",
+            "  0   done (deploy: promoted)\n",
+            "  1   error: the server unreachable, an unexpected answer, a file that cannot be read\n",
+            "  2   usage error: an unknown flag, a missing or malformed argument\n",
+            "  3   invalid input: refused by the server (an unknown app, another rollout running, a deploy\n",
+            "      freeze, a bad argument), or a configuration file with problems (config check)\n",
+            "  4   not authorised: the admin token is missing or wrong\n",
+            "  10  deploy: rolled back (the judge found the new version worse, or a person rolled it back)\n",
+            "  11  deploy: aborted by a person\n",
+            "  12  deploy: failed before any user traffic (migrations, provisioning, readiness, smoke checks)\n",
+            "  13  deploy: waiting for a person (a pause step, inconclusive evidence; without --wait)\n",
+            "  14  deploy: --timeout passed (the rollout goes on, or was aborted with --on-timeout abort)\n",
+            "  130 deploy: interrupted (Ctrl-C); the rollout goes on in the server"
+        )
+    };
+}
+
+const LONG_HELP_END: &str = concat!(
+    "Start here:\n  cutover init                    # writes cutover.toml and cutover.service for your service\n  ",
+    "cutover serve                   # runs the proxy, the controller and the admin API\n  ",
+    "cutover deploy web v2           # deploys v2 and follows the rollout to its end\n  ",
+    "cutover demo                    # shows everything on this machine, in about 45 s\n\n",
+    exit_codes!()
+);
+
+/// `--admin`, `--token-file` and `--config` accepted before a command's name, and not shown
+/// there: they mean something only to the commands that talk to a server, whose help shows them.
+#[derive(Debug, Clone, Default, clap::Args)]
+struct HiddenServerArgs {
+    #[arg(long, value_name = "URL", hide = true)]
+    admin: Option<String>,
+    #[arg(long, value_name = "FILE", hide = true)]
+    token_file: Option<PathBuf>,
+    #[arg(long, short = 'c', value_name = "FILE", hide = true)]
+    config: Option<PathBuf>,
+}
+
+impl HiddenServerArgs {
+    fn given(&self) -> bool {
+        self.admin.is_some() || self.token_file.is_some() || self.config.is_some()
+    }
+
+    fn as_server_args(&self) -> ServerArgs {
+        ServerArgs {
+            admin: self.admin.clone(),
+            token_file: self.token_file.clone(),
+            config: self.config.clone(),
+        }
+    }
 }
 
 // Parsed once per process: the size of the largest variant does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the proxy and the admin API from a configuration file.
+    /// Write a commented cutover.toml and a systemd unit for your service, to start from.
+    #[command(after_help = "Examples:\n  \
+        cutover init --app web --cmd './bin/web --port {port}'\n  \
+        cutover init --app api --cmd 'node server.js' --readiness-path /healthz --listen 0.0.0.0:80\n  \
+        cutover init                     # the bundled example app, to try cutover first")]
+    Init(init::InitOptions),
+    /// Run the proxy, the rollout controller and the admin API from a configuration file.
+    #[command(after_help = "Examples:\n  \
+        cutover serve                          # ./cutover.toml\n  \
+        cutover serve --config /srv/web/cutover.toml --log-format json\n\n\
+        On stdout, one JSON line once every listener is bound: {\"event\":\"ready\",\"bound\":{...}}.\n\
+        Logs go to stderr (CUTOVER_LOG=debug for more; colour only on a terminal, never with NO_COLOR).\n\
+        SIGTERM or Ctrl-C: stop accepting, finish in-flight requests, exit 0. Instances keep running.")]
     Serve {
-        #[arg(long, short, default_value = "cutover.toml")]
+        /// The configuration file; relative paths in it are its directory's.
+        #[arg(long, short, default_value = "cutover.toml", value_name = "FILE")]
         config: PathBuf,
+        /// How log lines are written to stderr.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
     },
-    /// Check a configuration file and report every problem in it.
+    /// Check a configuration file, or print what an external router needs.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Every app of the server: its live version, the rollout's phase and the new version's weight.
+    #[command(after_help = "Examples:\n  cutover apps\n  cutover apps --output json")]
+    Apps {
+        /// text for people; json for scripts (one document, stable field names).
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// Deploy VERSION of APP and follow the rollout until it is promoted or ends.
+    #[command(after_help = concat!("Examples:\n  \
+        cutover deploy web v2\n  \
+        cutover deploy web \"$(git rev-parse --short HEAD)\" --output json --timeout 15m\n  \
+        cutover deploy web v6 --cmd './bin/web --port {port}' --env LOG_LEVEL=debug --secret DB_PASSWORD=file:/run/secrets/db\n  \
+        cutover deploy web v7 --no-follow && cutover status web --watch\n\n", exit_codes!()))]
     Deploy {
+        /// The app, as named in cutover.toml (`cutover apps` lists them).
         app: String,
         version: String,
-        /// Command line of the release (`{port}` is replaced); default: the app's configured one.
-        #[arg(long = "cmd")]
+        /// Command line of the release, instead of the app's `[app.release] command`: `{port}` is
+        /// replaced by each instance's port, `{version}` by VERSION, `{slot}` by blue or green.
+        #[arg(long = "cmd", value_name = "COMMAND")]
         command: Option<String>,
         /// Environment of the release, NAME=VALUE (repeatable). Values are never shown again:
         /// status and history show the names, each value as <redacted>.
@@ -85,73 +187,198 @@ enum Command {
         ///   cutover deploy web v6 --secret DB_PASSWORD=file:/run/secrets/db-password --secret API_KEY=env:WEB_API_KEY
         #[arg(long = "secret", value_name = "NAME=REF", verbatim_doc_comment)]
         secrets: Vec<String>,
-        #[arg(long)]
+        /// Instances of the release per slot, instead of `[app.release] instances`.
+        #[arg(long, value_name = "N")]
         instances: Option<u32>,
         /// Deploy inside a freeze window (recorded in the event log).
         #[arg(long)]
         force: bool,
         /// Return once the rollout has started instead of following it.
-        #[arg(long, conflicts_with_all = ["wait", "timeout"])]
+        #[arg(long, conflicts_with_all = ["wait", "timeout", "output", "on_timeout"])]
         no_follow: bool,
         /// Keep following while the rollout waits for a person, instead of exiting with 13.
         #[arg(long)]
         wait: bool,
-        /// Stop following after SECS seconds and exit with 14; the rollout goes on.
-        #[arg(long, value_name = "SECS")]
-        timeout: Option<u64>,
+        /// Stop following after this long and exit with 14: `900` (seconds), `90s`, `15m`, `1h30m`.
+        #[arg(long, value_name = "DURATION", value_parser = units::parse_duration)]
+        timeout: Option<std::time::Duration>,
+        /// What happens to the rollout when --timeout passes: it goes on (leave), or is aborted.
+        #[arg(long, value_enum, default_value = "leave", requires = "timeout")]
+        on_timeout: client::OnTimeout,
+        /// text: the events as they come and a live progress line; json: one JSON object per
+        /// line (each event, then `{"kind":"result","exit_code":...}`), for CI.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+        /// Also the statistics behind each decision (estimates, intervals, evidence).
+        #[arg(long, short)]
+        verbose: bool,
+        #[command(flatten)]
+        server: ServerArgs,
     },
     /// Phase, weights, per-slot metrics and the latest decisions of APP.
+    #[command(
+        after_help = "Examples:\n  cutover status web\n  cutover status web --watch\n  cutover status web --output json | jq .rollout.phase"
+    )]
     Status {
+        /// The app, as named in cutover.toml (`cutover apps` lists them).
         app: String,
-        #[arg(long)]
+        /// Keep showing the status, every second, until Ctrl-C (redrawn in place on a terminal;
+        /// piped, a new block when something changed, or one JSON object per line).
+        #[arg(long, short)]
         watch: bool,
+        /// text for people; json for scripts (one document, stable field names).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
+        /// Also the statistics behind each decision.
+        #[arg(long, short)]
+        verbose: bool,
+        #[command(flatten)]
+        server: ServerArgs,
     },
     /// Skip the remaining analysis and move all traffic to the new version.
+    #[command(after_help = "Example:\n  cutover promote web")]
     Promote {
+        /// The app, as named in cutover.toml (`cutover apps` lists them).
         app: String,
+        #[command(flatten)]
+        server: ServerArgs,
     },
-    /// Hold the current step until resumed.
+    /// Hold the current step (its weight stays) until `cutover resume`.
+    #[command(after_help = "Example:\n  cutover pause web")]
     Pause {
+        /// The app, as named in cutover.toml (`cutover apps` lists them).
         app: String,
+        #[command(flatten)]
+        server: ServerArgs,
     },
+    /// Go on with a paused rollout: the next step (after a pause step) or the step it was holding.
+    #[command(after_help = "Example:\n  cutover resume web")]
     Resume {
+        /// The app, as named in cutover.toml (`cutover apps` lists them).
         app: String,
+        #[command(flatten)]
+        server: ServerArgs,
     },
     /// Stop the rollout: traffic back to the old version, the new one torn down.
+    #[command(after_help = "Example:\n  cutover abort web")]
     Abort {
+        /// The app, as named in cutover.toml (`cutover apps` lists them).
         app: String,
+        #[command(flatten)]
+        server: ServerArgs,
     },
     /// Move all traffic back to the old version now (instant while it is still warm).
+    #[command(after_help = "Example:\n  cutover rollback web")]
     Rollback {
+        /// The app, as named in cutover.toml (`cutover apps` lists them).
         app: String,
+        #[command(flatten)]
+        server: ServerArgs,
     },
-    /// Past rollouts of APP, newest first.
+    /// Past rollouts of APP, newest first: start, duration, versions, outcome and why.
+    #[command(after_help = "Examples:\n  cutover history web\n  cutover history web --output json")]
     History {
+        /// The app, as named in cutover.toml (`cutover apps` lists them).
         app: String,
+        /// text for people; json for scripts (one document, stable field names).
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// The event log of APP: deploys, steps, decisions, gates, rollbacks, as they happen.
+    ///
+    /// Each event as text, or one JSON object per line (`{"seq","app","at","rollout_id","kind",
+    /// "message","data"}`, documented in docs/events.md) for scripts.
+    #[command(
+        after_help = "Examples:\n  cutover events web\n  cutover events web --follow --output json | jq -c 'select(.kind == \"decision\")'\n  cutover events web --rollout 7 --verbose"
+    )]
+    Events {
+        /// The app, as named in cutover.toml (`cutover apps` lists them).
+        app: String,
+        /// Only the events of this rollout (its number, as `history` shows it).
+        #[arg(long, value_name = "ID")]
+        rollout: Option<u64>,
+        /// Start with this many of the latest events.
+        #[arg(long, short = 'n', default_value_t = 50, value_name = "N")]
+        last: usize,
+        /// Keep printing new events as they come, until Ctrl-C.
+        #[arg(long, short)]
+        follow: bool,
+        /// text for people; json: one object per line.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+        /// Also the statistics behind each decision.
+        #[arg(long, short)]
+        verbose: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Logs (stdout and stderr) of APP's instances, read through the server.
+    Logs {
+        #[command(flatten)]
+        options: logs::LogsOptions,
+        #[command(flatten)]
+        server: ServerArgs,
     },
     /// Feature flags: create, apply a flags.toml, kill, ramp under the judge, audit, check for stale flags.
     Flag {
         #[command(subcommand)]
         command: flag::FlagCommand,
+        #[command(flatten)]
+        server: ServerArgs,
     },
     /// Expand/contract schema migrations: status, contract, repair, and the linter.
     Migrate {
         #[command(subcommand)]
         command: migrate::MigrateCommand,
+        #[command(flatten)]
+        server: ServerArgs,
     },
-    /// Show the proxy at work on this machine: two versions of the example app, a sticky ramp
-    /// from 0 to 100 % and back, and the split observed at each step.
+    /// See cutover at work on this machine, in about 45 s.
+    ///
+    /// The bundled example app deployed through canary steps under a load of sticky users: v2
+    /// promoted, v3 (5 % errors) rolled back, v4 (never ready) failed; a schema change in
+    /// expand/contract steps; a flag killed by its guarded ramp. Nothing outside loopback.
+    #[command(after_help = "Examples:\n  cutover demo\n  cutover demo --users 500 --rate 100 --keep-state")]
     Demo(demo::DemoOptions),
-    /// Seeded simulations of rollouts judged by the real engine: detection rates, times to
-    /// detect and false rollbacks per scenario and judge.
+    /// Simulated rollouts judged by the real engine: how often and how fast it catches a bad release.
+    ///
+    /// Seeded runs per scenario and judge: detection rates, times to detect, false rollbacks.
+    #[command(
+        after_help = "Examples:\n  cutover simulate --list\n  cutover simulate --scenario slow-leak --runs 200"
+    )]
     Simulate(simulate::SimulateOptions),
-    /// Run the bundled example app (used by the demo, the tests and the benchmarks).
-    #[command(hide = true)]
+    /// Run the bundled example app, a small HTTP service to try cutover with.
+    ///
+    /// Readiness at /health/ready, its version at /api/hello; what `cutover init` deploys
+    /// when no --cmd is given. Flags make it fail, slow down or never get ready, for practice.
+    #[command(after_help = "Example:\n  cutover example-app --port 9001 --version-label v1")]
     ExampleApp(cutover_example_app::Options),
+    /// Print a shell completion script: bash, zsh, fish, elvish or powershell.
+    #[command(after_help = "Examples:\n  \
+        cutover completions bash > /etc/bash_completion.d/cutover\n  \
+        cutover completions zsh > \"${fpath[1]}/_cutover\"\n  \
+        cutover completions fish > ~/.config/fish/completions/cutover.fish")]
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages, one per command (cutover.1, cutover-deploy.1, ...), into DIR.
+    #[command(after_help = "Example:\n  cutover man /usr/local/share/man/man1 && man cutover-deploy")]
+    Man {
+        /// Directory to write the pages into (created if missing).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines (coloured only on a terminal, never with NO_COLOR set).
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -191,43 +418,93 @@ fn parse_secret(s: &str) -> Result<(String, String), String> {
 
 #[derive(Debug, Subcommand)]
 enum ConfigCommand {
+    /// Check a configuration file and report every problem in it at once, each with its line
+    /// and field; exits 0 when it is valid, 3 when it has problems. The reference: docs/config.md.
+    #[command(after_help = "Example:\n  cutover config check cutover.toml")]
     Check {
+        /// The configuration file to check.
+        #[arg(default_value = "cutover.toml")]
         file: PathBuf,
     },
     /// Print the configuration an app's external router (HAProxy, nginx) must load before
     /// cutover can drive it, e.g. `cutover config router cutover.toml web > /etc/haproxy/cutover-web.cfg`.
     Router {
+        /// The configuration file.
         file: PathBuf,
+        /// The app, as named in cutover.toml (`cutover apps` lists them).
         app: String,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Simulate(options) = cli.command {
-        return match simulate::run(options) {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::from(2)
-            }
+    let before = cli.server.clone();
+    if before.given() && !talks_to_a_server(&cli.command) {
+        // clap's own wording and exit code for a usage error.
+        let name = command_name(&cli.command);
+        let hint = if matches!(cli.command, Command::Serve { .. }) && cli.server.config.is_some() {
+            format!("; give the file after the command: `cutover {name} --config FILE`")
+        } else {
+            String::new()
         };
+        eprintln!(
+            "error: --admin, --token-file and --config before the command are for commands that talk to a running \
+             server; `{name}` does not{hint}"
+        );
+        return ExitCode::from(client::exit::USAGE);
     }
-    if let Command::ExampleApp(options) = cli.command {
-        return match cutover_example_app::run(options) {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
+    match cli.command {
+        Command::Simulate(options) => {
+            return match simulate::run(options) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        Command::ExampleApp(options) => {
+            return match cutover_example_app::run(options) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Completions { shell } => {
+            let mut command = Cli::command();
+            clap_complete::generate(shell, &mut command, "cutover", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Command::Man { dir } => {
+            return match write_man_pages(&dir) {
+                Ok(n) => {
+                    out!("{n} man pages written to {}", dir.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Init(options) => {
+            return match init::run(options) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
     }
     // Only the server tells its story in logs; other commands print their own output.
-    init_logging(if matches!(cli.command, Command::Serve { .. }) {
-        "info"
-    } else {
-        "warn"
-    });
+    match &cli.command {
+        Command::Serve { log_format, .. } => init_logging("info", *log_format),
+        _ => init_logging("warn", LogFormat::Text),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -235,7 +512,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command, cli.connection)) {
+    match runtime.block_on(run(cli.command, before.as_server_args())) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -244,17 +521,94 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CUTOVER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+fn talks_to_a_server(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Apps { .. }
+            | Command::Deploy { .. }
+            | Command::Status { .. }
+            | Command::Promote { .. }
+            | Command::Pause { .. }
+            | Command::Resume { .. }
+            | Command::Abort { .. }
+            | Command::Rollback { .. }
+            | Command::History { .. }
+            | Command::Logs { .. }
+            | Command::Events { .. }
+            | Command::Flag { .. }
+            | Command::Migrate { .. }
+    )
 }
 
-async fn run(command: Command, connection: client::Connection) -> Result<ExitCode> {
-    let api = || client::Client::new(&connection);
+/// The command's name as typed, for messages.
+fn command_name(command: &Command) -> String {
+    let name = match command {
+        Command::Init(_) => "init",
+        Command::Serve { .. } => "serve",
+        Command::Config { .. } => "config",
+        Command::Demo(_) => "demo",
+        Command::Simulate(_) => "simulate",
+        Command::ExampleApp(_) => "example-app",
+        Command::Completions { .. } => "completions",
+        Command::Man { .. } => "man",
+        _ => "this command",
+    };
+    name.to_string()
+}
+
+/// One man page per command and subcommand, named as `man` finds them: `cutover-flag-kill.1`.
+fn write_man_pages(dir: &std::path::Path) -> Result<usize> {
+    fn write(command: &clap::Command, prefix: &str, dir: &std::path::Path, count: &mut usize) -> Result<()> {
+        let name = if prefix.is_empty() {
+            command.get_name().to_string()
+        } else {
+            format!("{prefix}-{}", command.get_name())
+        };
+        let page = command.clone().name(name.clone());
+        let mut buffer = Vec::new();
+        clap_mangen::Man::new(page).render(&mut buffer)?;
+        let path = dir.join(format!("{name}.1"));
+        std::fs::write(&path, buffer).with_context(|| format!("writing {}", path.display()))?;
+        *count += 1;
+        for sub in command.get_subcommands() {
+            write(sub, &name, dir, count)?;
+        }
+        Ok(())
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut command = Cli::command();
+    command.build();
+    let mut count = 0;
+    write(&command, "", dir, &mut count)?;
+    Ok(count)
+}
+
+fn init_logging(default_level: &str, format: LogFormat) {
+    use std::io::IsTerminal as _;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CUTOVER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    // Colour is for people at a terminal: never in a file, a journal or a pipe, and never when
+    // NO_COLOR is set to anything (no-color.org).
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(colour).init(),
+        LogFormat::Json => builder
+            .json()
+            .with_ansi(false)
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
+}
+
+async fn run(command: Command, before: ServerArgs) -> Result<ExitCode> {
+    let api = |server: ServerArgs| -> Result<client::Client> {
+        let connection = connect::discover(&server.or(&before), &connect::Environment::read())?;
+        client::Client::new(&connection)
+    };
     match command {
         Command::Deploy {
             app,
@@ -267,6 +621,10 @@ async fn run(command: Command, connection: client::Connection) -> Result<ExitCod
             no_follow,
             wait,
             timeout,
+            on_timeout,
+            output,
+            verbose,
+            server,
         } => {
             let parsed = env
                 .iter()
@@ -284,7 +642,7 @@ async fn run(command: Command, connection: client::Connection) -> Result<ExitCod
                 Err(e) => {
                     // A usage error, like clap's, without repeating the argument.
                     eprintln!("error: {e}");
-                    return Ok(ExitCode::from(2));
+                    return Ok(ExitCode::from(client::exit::USAGE));
                 }
             };
             let body = serde_json::json!({
@@ -297,26 +655,64 @@ async fn run(command: Command, connection: client::Connection) -> Result<ExitCod
             });
             let follow = (!no_follow).then_some(client::Follow {
                 wait,
-                timeout: timeout.map(std::time::Duration::from_secs),
+                timeout,
+                on_timeout,
+                json: output == Output::Json,
+                verbose,
             });
-            client::deploy(&api()?, &app, body, follow).await
+            client::deploy(&api(server)?, &app, body, follow).await
         }
-        Command::Status { app, watch, output } => {
-            client::status(&api()?, &app, output == Output::Json, watch).await
+        Command::Apps { output, server } => client::apps(&api(server)?, output == Output::Json).await,
+        Command::Status {
+            app,
+            watch,
+            output,
+            verbose,
+            server,
+        } => client::status(&api(server)?, &app, output == Output::Json, watch, verbose).await,
+        Command::Promote { app, server } => client::command(&api(server)?, &app, "promote").await,
+        Command::Pause { app, server } => client::command(&api(server)?, &app, "pause").await,
+        Command::Resume { app, server } => client::command(&api(server)?, &app, "resume").await,
+        Command::Abort { app, server } => client::command(&api(server)?, &app, "abort").await,
+        Command::Rollback { app, server } => client::command(&api(server)?, &app, "rollback").await,
+        Command::History { app, output, server } => {
+            client::history(&api(server)?, &app, output == Output::Json).await
         }
-        Command::Promote { app } => client::command(&api()?, &app, "promote").await,
-        Command::Pause { app } => client::command(&api()?, &app, "pause").await,
-        Command::Resume { app } => client::command(&api()?, &app, "resume").await,
-        Command::Abort { app } => client::command(&api()?, &app, "abort").await,
-        Command::Rollback { app } => client::command(&api()?, &app, "rollback").await,
-        Command::History { app, output } => client::history(&api()?, &app, output == Output::Json).await,
-        Command::Flag { command } => flag::run(&api()?, command).await,
-        Command::Migrate { command } => migrate::run(api, command).await,
-        Command::Serve { config } => serve(config).await,
+        Command::Events {
+            app,
+            rollout,
+            last,
+            follow,
+            output,
+            verbose,
+            server,
+        } => {
+            client::events(
+                &api(server)?,
+                &app,
+                rollout,
+                last,
+                follow,
+                output == Output::Json,
+                verbose,
+            )
+            .await
+        }
+        Command::Logs { options, server } => logs::run(&api(server)?, options).await,
+        Command::Flag { command, server } => flag::run(&api(server)?, command).await,
+        Command::Migrate { command, server } => migrate::run(|| api(server.clone()), command).await,
+        Command::Serve { config, .. } => serve(config).await,
         Command::Config {
             command: ConfigCommand::Check { file },
         } => {
-            let config = Config::load(&file)?;
+            let config = match Config::load(&file) {
+                Ok(config) => config,
+                Err(e) => {
+                    // Invalid input, as the server would refuse it.
+                    eprintln!("error: {e}");
+                    return Ok(ExitCode::from(client::exit::REJECTED));
+                }
+            };
             out!(
                 "{}: ok ({} app{})",
                 file.display(),
@@ -356,7 +752,11 @@ async fn run(command: Command, connection: client::Connection) -> Result<ExitCod
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(options) => demo::run(options).await,
-        Command::ExampleApp(_) | Command::Simulate(_) => Ok(ExitCode::FAILURE),
+        Command::ExampleApp(_)
+        | Command::Simulate(_)
+        | Command::Init(_)
+        | Command::Completions { .. }
+        | Command::Man { .. } => Ok(ExitCode::FAILURE),
     }
 }
 
@@ -375,6 +775,11 @@ async fn serve(path: PathBuf) -> Result<ExitCode> {
         TokenSource::File(p) => tracing::info!(file = %p.display(), "admin token from file"),
         TokenSource::Generated(p) => tracing::info!(file = %p.display(), "generated an admin token"),
     }
+    let config_state_dir = if config.server.state_dir.is_relative() {
+        dir.join(&config.server.state_dir)
+    } else {
+        config.server.state_dir.clone()
+    };
     let running = cutover_server::start(config, token, cutover_server::StartOptions::new(&dir))
         .await
         .context("starting the server")?;
@@ -384,9 +789,19 @@ async fn serve(path: PathBuf) -> Result<ExitCode> {
         "{}",
         serde_json::json!({ "event": "ready", "bound": running.bound })
     );
+    record_admin_url(&config_state_dir, &running.bound.admin);
     tracing::info!(admin = %running.bound.admin, "serving");
     running.run_until(shutdown_signal()).await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Records where the admin API listens, for a CLI whose configuration lets the port be chosen
+/// (`listen = "127.0.0.1:0"`). Failing to is no reason not to serve: it is said and ignored.
+fn record_admin_url(state_dir: &std::path::Path, admin: &impl std::fmt::Display) {
+    let path = state_dir.join(connect::ADMIN_URL_FILE);
+    if let Err(e) = std::fs::write(&path, format!("http://{admin}\n")) {
+        tracing::warn!(file = %path.display(), error = %e, "cannot record the admin API's address for the CLI");
+    }
 }
 
 async fn shutdown_signal() {
@@ -400,6 +815,89 @@ async fn shutdown_signal() {
         }
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    /// Every command says what it is for, and every flag and argument what it means: `--help` is
+    /// the first documentation people read.
+    #[test]
+    fn every_command_and_argument_has_help() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            if command.is_hide_set() {
+                return;
+            }
+            if command.get_about().is_none() && !path.is_empty() {
+                missing.push(format!("command `{path}`"));
+            }
+            for arg in command.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && !arg.is_hide_set() && arg.get_help().is_none() && arg.get_long_help().is_none()
+                {
+                    missing.push(format!("`{path}` argument {}", arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands() {
+                let name = if path.is_empty() {
+                    sub.get_name().to_string()
+                } else {
+                    format!("{path} {}", sub.get_name())
+                };
+                if name.ends_with("help") {
+                    continue;
+                }
+                walk(sub, &name, missing);
+            }
+        }
+        let mut command = Cli::command();
+        command.build();
+        let mut missing = Vec::new();
+        walk(&command, "", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "no help text for:\n  {}",
+            missing.join("\n  ")
+        );
+    }
+
+    /// `--admin` and friends are shown only where they mean something.
+    #[test]
+    fn server_flags_appear_only_on_commands_that_talk_to_a_server() {
+        let mut command = Cli::command();
+        command.build();
+        for name in [
+            "serve",
+            "demo",
+            "simulate",
+            "example-app",
+            "init",
+            "completions",
+            "man",
+            "config",
+        ] {
+            let sub = command.find_subcommand(name).unwrap();
+            for arg in sub.get_arguments() {
+                let id = arg.get_id().as_str();
+                assert!(
+                    arg.is_hide_set() || !matches!(id, "admin" | "token_file"),
+                    "`{name}` shows --{id}"
+                );
+            }
+        }
+        for name in [
+            "deploy", "status", "apps", "history", "logs", "promote", "rollback",
+        ] {
+            let sub = command.find_subcommand(name).unwrap();
+            assert!(
+                sub.get_arguments().any(|a| a.get_id() == "admin"),
+                "`{name}` lacks --admin"
+            );
         }
     }
 }

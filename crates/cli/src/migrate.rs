@@ -20,21 +20,28 @@ pub enum MigrateCommand {
     /// Applied, pending and blocked migrations of APP's live release, whether a contract may
     /// run now and why not, and what the linter says of the files.
     Status {
+        /// The app, as named in cutover.toml (`cutover apps` lists them).
         app: String,
+        /// text for people; json for scripts (one document, stable field names).
         #[arg(long, value_enum, default_value = "text")]
         output: crate::Output,
     },
     /// Run APP's pending contract migrations now. Refused, with the reason, while a rollout is
     /// in progress, while the old slot still runs, or while the live version predates the
     /// rollout that applied a migration's expand.
-    Contract { app: String },
+    Contract {
+        /// The app, as named in cutover.toml (`cutover apps` lists them).
+        app: String,
+    },
     /// Accept the current content of migration NAME (`NNNN_name` or `NNNN`) whose applied file
     /// was changed, on purpose: its new checksum is recorded and runs stop being blocked.
     ///
     /// Nothing is run again: use it when the change is harmless (a comment, formatting) or was
     /// applied to the database by hand. Recorded in the event log.
     Repair {
+        /// The app, as named in cutover.toml (`cutover apps` lists them).
         app: String,
+        /// The migration whose file changed: NNNN_name, or just NNNN.
         name: String,
         /// The version whose file is to be accepted (a deploy of it was blocked by its changed
         /// file); default: the live version.
@@ -56,6 +63,7 @@ pub enum MigrateCommand {
         /// which the `access-exclusive-without-lock-timeout` rule reports).
         #[arg(long, default_value_t = 2000)]
         lock_timeout_ms: u64,
+        /// text for people; json for scripts (one document, stable field names).
         #[arg(long, value_enum, default_value = "text")]
         output: crate::Output,
     },

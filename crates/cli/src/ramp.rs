@@ -61,32 +61,14 @@ pub struct RampArgs {
     /// Stop the ramp where it is (the split stays; `cutover flag kill` turns the flag off).
     #[arg(long, conflicts_with = "steps")]
     pub abort: bool,
+    /// text for people; json for scripts (one document, stable field names).
     #[arg(long, value_enum, default_value = "text")]
     pub output: crate::Output,
 }
 
 /// `250ms`, `60s`, `5m`, `1h`, or a number of seconds; in milliseconds.
 pub fn parse_duration(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration; write e.g. 500ms, 60s, 5m or 1h"))?;
-    let factor = match unit {
-        "ms" => 1.0,
-        "" | "s" => 1000.0,
-        "m" => 60_000.0,
-        "h" => 3_600_000.0,
-        other => return Err(format!("unknown unit {other:?} in {text:?}; use ms, s, m or h")),
-    };
-    let ms = number * factor;
-    if !ms.is_finite() || !(0.0..=30.0 * 86_400_000.0).contains(&ms) {
-        return Err(format!("{text:?} is out of range (up to 30 days)"));
-    }
-    Ok(ms.round() as u64)
+    crate::units::parse_millis(text)
 }
 
 fn path(key: &str) -> String {
@@ -246,20 +228,5 @@ async fn follow(client: &Client, key: &str, mut ramp: Value, json_out: bool) -> 
                 ramp["id"]
             );
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_read_as_people_write_them() {
-        assert_eq!(parse_duration("60s"), Ok(60_000));
-        assert_eq!(parse_duration("250ms"), Ok(250));
-        assert_eq!(parse_duration("5m"), Ok(300_000));
-        assert_eq!(parse_duration("2"), Ok(2000));
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("5d").is_err());
     }
 }

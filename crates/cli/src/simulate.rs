@@ -17,6 +17,7 @@ pub struct SimulateOptions {
     /// Seed of the first run; run i uses seed + i.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Which judge to simulate: threshold, sequential, or both side by side.
     #[arg(long, value_enum, default_value = "both")]
     judge: Judges,
     /// Print one JSON object instead of a table.

@@ -255,11 +255,18 @@ pub struct Check {
     pub outcome: Outcome,
 }
 
-/// The judge's decision on one window, with the numbers behind it and a sentence for people.
+/// The judge's decision on one window, with the numbers behind it and sentences for people.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Verdict {
     pub outcome: Outcome,
+    /// The statistics behind the decision: rates with their intervals, e-values and bars.
     pub reason: String,
+    /// The decision in plain words, versions by name where the caller gave them ("v2 fails
+    /// 4.6 % of requests with a 5xx, v1 0 %"). The rollout engine adds what it does about it
+    /// ("...: rolling back") before it records the verdict. Empty in verdicts recorded before
+    /// it existed.
+    #[serde(default)]
+    pub summary: String,
     pub stats: WindowStats,
     pub checks: Vec<Check>,
     /// A failure that needs no second window: the sequential test's error bound already holds.
@@ -281,6 +288,23 @@ pub struct Verdict {
     pub hold: bool,
 }
 
+/// What the two sides of a comparison are called in sentences for people: the versions where
+/// the caller knows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Names<'a> {
+    pub canary: &'a str,
+    pub baseline: &'a str,
+}
+
+impl Default for Names<'static> {
+    fn default() -> Self {
+        Names {
+            canary: "the canary",
+            baseline: "the baseline",
+        }
+    }
+}
+
 fn pct(x: f64) -> String {
     format!("{:.2} %", x * 100.0)
 }
@@ -294,20 +318,228 @@ fn e_value(e: f64) -> String {
     }
 }
 
-/// Judges one window. `evidence` is the sequential judge's memory of earlier windows of this
-/// rollout (ignored by the threshold method; pass `None` where no baseline is compared).
+/// Fewer requests than this and a rate says less than the counts: "1 of 1 requests", never
+/// "100.0 %".
+const FEW_REQUESTS: u64 = 20;
+
+/// A measured share of requests for people: one decimal from 1 %, two below, and exact ends.
+fn percent(x: f64) -> String {
+    let p = x * 100.0;
+    if p <= 0.0 {
+        "0 %".into()
+    } else if p >= 100.0 {
+        "100 %".into()
+    } else if p < 0.005 {
+        "< 0.01 %".into()
+    } else if p < 0.995 {
+        format!("{p:.2} %")
+    } else if p >= 99.95 {
+        // Rounding would claim every request.
+        "> 99.9 %".into()
+    } else {
+        format!("{p:.1} %")
+    }
+}
+
+/// A configured limit (a ceiling, a weight) as people wrote it: "5 %", "0.5 %", no trailing
+/// zeros.
+fn limit_pct(x: f64) -> String {
+    format!("{} %", (x * 10_000.0).round() / 100.0)
+}
+
+/// A latency for people: tenths below 10 ms, whole milliseconds below a second, then seconds.
+fn millis(ms: f64) -> String {
+    if ms < 10.0 {
+        format!("{ms:.1} ms")
+    } else if ms < 1000.0 {
+        format!("{ms:.0} ms")
+    } else {
+        format!("{:.2} s", ms / 1000.0)
+    }
+}
+
+/// "1 request", "340 requests".
+fn count_requests(n: u64) -> String {
+    if n == 1 {
+        "1 request".into()
+    } else {
+        format!("{n} requests")
+    }
+}
+
+/// A status code with its reason phrase (RFC 9110), for the codes counted one by one.
+fn code_name(code: u16) -> String {
+    let phrase = match code {
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        410 => "Gone",
+        413 => "Content Too Large",
+        415 => "Unsupported Media Type",
+        422 => "Unprocessable Content",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => return code.to_string(),
+    };
+    format!("{code} {phrase}")
+}
+
+/// Some of a slot's requests, said as a rate, or as counts when there are too few requests for
+/// a rate.
+#[derive(Debug, Clone, Copy)]
+struct Share {
+    events: u64,
+    requests: u64,
+    rate: f64,
+}
+
+impl Share {
+    fn new(events: u64, requests: u64) -> Share {
+        let rate = if requests == 0 {
+            0.0
+        } else {
+            events as f64 / requests as f64
+        };
+        Share {
+            events,
+            requests,
+            rate,
+        }
+    }
+
+    /// A known rate whose requests are `requests` (a code's share of the 4xx family).
+    fn with_rate(events: u64, requests: u64, rate: f64) -> Share {
+        Share {
+            events,
+            requests,
+            rate,
+        }
+    }
+
+    fn few(&self) -> bool {
+        self.requests < FEW_REQUESTS
+    }
+
+    /// "4.6 %", or "1 of 1".
+    fn short(&self) -> String {
+        if self.requests == 0 {
+            "no requests".into()
+        } else if self.few() {
+            format!("{} of {}", self.events, self.requests)
+        } else {
+            percent(self.rate)
+        }
+    }
+
+    /// "4.6 % of requests", or "1 of 1 requests".
+    fn of_requests(&self) -> String {
+        if self.few() {
+            format!("{} of {} requests", self.events, self.requests)
+        } else {
+            format!("{} of requests", percent(self.rate))
+        }
+    }
+
+    /// "4.6 % of its requests", or "1 of its 1 requests".
+    fn of_its_requests(&self) -> String {
+        if self.few() {
+            format!("{} of its {} requests", self.events, self.requests)
+        } else {
+            format!("{} of its requests", percent(self.rate))
+        }
+    }
+}
+
+/// One reason for a verdict, twice: the statistics, and the same in plain words.
+#[derive(Debug, Clone)]
+struct Finding {
+    /// What it is about ("5xx", "4xx", "latency"; empty: nothing shared with another finding).
+    /// Two findings about the same thing (a ceiling and a comparison both broken by the 5xx)
+    /// are two statistics but one sentence for people.
+    topic: &'static str,
+    reason: String,
+    plain: String,
+}
+
+/// What the judge found in a window, by how it weighs on the verdict.
+#[derive(Debug, Default)]
+struct Findings {
+    /// Failures of a sequential test, whose error bound already holds.
+    conclusive: Vec<Finding>,
+    failures: Vec<Finding>,
+    inconclusive: Vec<Finding>,
+    /// Said alongside a pass.
+    notes: Vec<Finding>,
+    /// Said before a pass, whose numbers they explain (4xx that one client brought on itself).
+    caveats: Vec<Finding>,
+}
+
+fn join_reasons(found: &[Finding]) -> String {
+    found
+        .iter()
+        .map(|f| f.reason.as_str())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The plain sentences, the first of each topic only.
+fn join_plain(found: &[Finding]) -> String {
+    let mut said: Vec<&str> = Vec::new();
+    let mut parts = Vec::new();
+    for f in found {
+        if !f.topic.is_empty() {
+            if said.contains(&f.topic) {
+                continue;
+            }
+            said.push(f.topic);
+        }
+        parts.push(f.plain.as_str());
+    }
+    parts.join("; ")
+}
+
+/// The topic of a sequential stream's finding.
+fn topic_of(r: &StreamReport) -> &'static str {
+    match r.name.as_str() {
+        "errors" => "5xx",
+        "4xx" => "4xx",
+        _ => "latency",
+    }
+}
+
+/// Judges one window, calling the slots "the canary" and "the baseline" in its sentences.
+/// `evidence` is the sequential judge's memory of earlier windows of this rollout (ignored by
+/// the threshold method; pass `None` where no baseline is compared).
 pub fn judge(config: &JudgeConfig, stats: WindowStats, evidence: Option<&mut SequentialState>) -> Verdict {
+    judge_named(config, stats, evidence, Names::default())
+}
+
+/// [`judge`], with the slots called by `names` in the verdict's summary.
+pub fn judge_named(
+    config: &JudgeConfig,
+    stats: WindowStats,
+    evidence: Option<&mut SequentialState>,
+    names: Names<'_>,
+) -> Verdict {
     let canary = stats.canary.clone();
     let baseline = stats
         .baseline
         .clone()
         .filter(|b| b.requests >= config.min_requests);
     let mut checks = Vec::new();
-    let mut failures = Vec::new();
-    let mut inconclusive = Vec::new();
-    let verdict = |outcome, reason: String, checks, conclusive, sequential: Vec<StreamReport>| Verdict {
+    let mut found = Findings::default();
+    let verdict = |outcome, found: &[Finding], checks, conclusive, sequential: Vec<StreamReport>| Verdict {
         outcome,
-        reason,
+        reason: join_reasons(found),
+        summary: join_plain(found),
         stats: stats.clone(),
         checks,
         conclusive,
@@ -316,14 +548,30 @@ pub fn judge(config: &JudgeConfig, stats: WindowStats, evidence: Option<&mut Seq
         evidence_share: 0.0,
         hold: false,
     };
+    let c_name = names.canary;
     if let Some(why) = &stats.unavailable {
-        let reason = format!("no measurements for this window: {why}");
-        return verdict(Outcome::Inconclusive, reason, checks, false, Vec::new());
+        let unmeasured = Finding {
+            topic: "",
+            reason: format!("no measurements for this window: {why}"),
+            plain: format!("could not measure this window ({why})"),
+        };
+        return verdict(Outcome::Inconclusive, &[unmeasured], checks, false, Vec::new());
     }
     for e in &stats.external {
         match e.outcome {
-            Outcome::Fail => failures.push(format!("{}: {}", e.name, e.reason)),
-            Outcome::Inconclusive => inconclusive.push(format!("{}: {}", e.name, e.reason)),
+            Outcome::Fail => found.failures.push(Finding {
+                topic: "",
+                reason: format!("{}: {}", e.name, e.reason),
+                plain: format!("{c_name} fails the custom check {} ({})", e.name, e.reason),
+            }),
+            Outcome::Inconclusive => found.inconclusive.push(Finding {
+                topic: "",
+                reason: format!("{}: {}", e.name, e.reason),
+                plain: format!(
+                    "the custom check {} could not judge {c_name} ({})",
+                    e.name, e.reason
+                ),
+            }),
             Outcome::Pass => {}
         }
         checks.push(Check {
@@ -342,19 +590,25 @@ pub fn judge(config: &JudgeConfig, stats: WindowStats, evidence: Option<&mut Seq
         &canary,
         baseline.as_ref(),
         !sequential_on,
+        names,
         &mut checks,
-        &mut failures,
-        &mut inconclusive,
+        &mut found,
     );
 
     let mut reports = Vec::new();
-    let mut conclusive: Vec<String> = Vec::new();
-    let mut notes: Vec<String> = Vec::new();
     let mut evidence_share = 0.0f64;
+    // The evidence nearest the bar that did not reach it, said plainly: what a held step waits on.
+    let mut leading: Option<(f64, String)> = None;
+    let mut lead = |share: f64, what: &dyn Fn() -> String| {
+        evidence_share = evidence_share.max(share);
+        if share > 0.0 && leading.as_ref().is_none_or(|(s, _)| share > *s) {
+            leading = Some((share, what()));
+        }
+    };
     match config.method {
         JudgeMethod::Threshold => {
             if canary.requests >= config.min_requests {
-                ratios(config, &canary, baseline.as_ref(), &mut checks, &mut failures);
+                ratios(config, &canary, baseline.as_ref(), names, &mut checks, &mut found);
             }
         }
         JudgeMethod::Sequential => {
@@ -370,9 +624,16 @@ pub fn judge(config: &JudgeConfig, stats: WindowStats, evidence: Option<&mut Seq
                     && canary.client_errors.is_some()
                     && (canary.codes.is_none() || b.codes.is_none())
                 {
-                    notes.push(format!(
-                        "4xx not judged: the metric source does not tell codes apart, so ignore_status {ignore:?} cannot be applied"
-                    ));
+                    found.notes.push(Finding {
+                        topic: "",
+                        reason: format!(
+                            "4xx not judged: the metric source does not tell codes apart, so ignore_status {ignore:?} cannot be applied"
+                        ),
+                        plain: format!(
+                            "4xx not judged (the metric source does not tell codes apart, so it cannot leave out {})",
+                            ignore.iter().map(|c| code_name(*c)).collect::<Vec<_>>().join(", ")
+                        ),
+                    });
                 }
                 let client_errors = match (
                     config.client_errors,
@@ -399,32 +660,56 @@ pub fn judge(config: &JudgeConfig, stats: WindowStats, evidence: Option<&mut Seq
                 let bar = config.sequential.bar(config.client_errors);
                 let share = |e: f64| if e > 1.0 { e.ln() / bar.ln() } else { 0.0 };
                 if let Some(c) = sequential::observe_ceiling(state, config.max_error_rate, bar, &counts) {
+                    let (cs, bs) = state
+                        .ceiling
+                        .as_ref()
+                        .map(|s| {
+                            (
+                                Share::new(s.canary_events, s.canary_requests),
+                                Share::new(s.baseline_events, s.baseline_requests),
+                            )
+                        })
+                        .unwrap_or((Share::new(0, 0), Share::new(0, 0)));
                     let outcome = match (c.canary_over, c.baseline_over) {
                         (false, _) => Outcome::Pass,
                         (true, true) => {
-                            inconclusive.push(format!(
-                                "canary error rate {} is above the ceiling {}, but the baseline's {} is too: baseline unhealthy too",
-                                pct(c.canary_rate),
-                                pct(c.ceiling),
-                                pct(c.baseline_rate)
-                            ));
+                            found.inconclusive.push(Finding {
+                                topic: "5xx",
+                                reason: format!(
+                                    "canary error rate {} is above the ceiling {}, but the baseline's {} is too: baseline unhealthy too",
+                                    pct(c.canary_rate),
+                                    pct(c.ceiling),
+                                    pct(c.baseline_rate)
+                                ),
+                                plain: both_failing(names, cs, bs, c.ceiling),
+                            });
                             Outcome::Inconclusive
                         }
                         (true, false) => {
-                            conclusive.push(format!(
-                                "canary 5xx rate {} [{} – {}] is above the ceiling {}, e-value {} ≥ {:.0}",
-                                pct(c.canary_rate),
-                                pct(c.canary_rate_ci95.0),
-                                pct(c.canary_rate_ci95.1),
-                                pct(c.ceiling),
-                                e_value(c.e_canary),
-                                c.bar
-                            ));
+                            found.conclusive.push(Finding {
+                                topic: "5xx",
+                                reason: format!(
+                                    "canary 5xx rate {} [{} – {}] is above the ceiling {}, e-value {} ≥ {:.0}",
+                                    pct(c.canary_rate),
+                                    pct(c.canary_rate_ci95.0),
+                                    pct(c.canary_rate_ci95.1),
+                                    pct(c.ceiling),
+                                    e_value(c.e_canary),
+                                    c.bar
+                                ),
+                                plain: over_error_ceiling(names, cs, Some(bs), c.ceiling),
+                            });
                             Outcome::Fail
                         }
                     };
                     if !c.baseline_over {
-                        evidence_share = evidence_share.max(share(c.e_canary));
+                        lead(share(c.e_canary), &|| {
+                            format!(
+                                "5xx: {c_name} {} against a {} ceiling",
+                                cs.short(),
+                                limit_pct(c.ceiling)
+                            )
+                        });
                     }
                     checks.push(Check {
                         name: "error_rate_ceiling".into(),
@@ -442,54 +727,64 @@ pub fn judge(config: &JudgeConfig, stats: WindowStats, evidence: Option<&mut Seq
                         let min_users = config.sequential.min_client_error_users;
                         if users.is_some_and(|u| u < min_users) {
                             r.worse = false;
-                            notes.push(format!(
-                                "4xx evidence e = {:.0} comes from {} canary user(s), fewer than the {min_users} a regression needs",
-                                r.e_worse,
-                                users.unwrap_or(0)
-                            ));
+                            let u = users.unwrap_or(0);
+                            found.caveats.push(Finding {
+                                topic: "",
+                                reason: format!(
+                                    "4xx evidence e = {:.0} comes from {u} canary user(s), fewer than the {min_users} a regression needs",
+                                    r.e_worse,
+                                ),
+                                plain: format!(
+                                    "{}, but only {u} user{} got them (a regression needs {min_users}): one client, not the release",
+                                    plain_regression(r, names, config),
+                                    if u == 1 { "" } else { "s" }
+                                ),
+                            });
                             continue;
                         }
                     }
                     if !r.worse {
-                        evidence_share = evidence_share.max(share(r.e_worse));
+                        let r = &*r;
+                        lead(share(r.e_worse), &|| stream_brief(r, names, config));
                     }
                 }
                 for r in reports.iter().filter(|r| r.worse) {
-                    conclusive.push(describe_regression(r, config.sequential.alpha));
-                    evidence_share = evidence_share.max(1.0);
+                    found.conclusive.push(Finding {
+                        topic: topic_of(r),
+                        reason: describe_regression(r, config.sequential.alpha),
+                        plain: plain_regression(r, names, config),
+                    });
+                    lead(1.0, &|| String::new());
                 }
             }
         }
     }
-
-    if !conclusive.is_empty() {
-        failures.splice(0..0, conclusive);
-        let mut v = verdict(Outcome::Fail, failures.join("; "), checks, true, reports);
+    if !found.conclusive.is_empty() || !found.failures.is_empty() {
+        let conclusive = !found.conclusive.is_empty();
+        let mut all = std::mem::take(&mut found.conclusive);
+        all.append(&mut found.failures);
+        let mut v = verdict(Outcome::Fail, &all, checks, conclusive, reports);
         v.evidence_share = evidence_share;
         return v;
     }
-    if !failures.is_empty() {
-        let mut v = verdict(Outcome::Fail, failures.join("; "), checks, false, reports);
-        v.evidence_share = evidence_share;
-        return v;
-    }
-    if !inconclusive.is_empty() {
-        let mut v = verdict(
-            Outcome::Inconclusive,
-            inconclusive.join("; "),
-            checks,
-            false,
-            reports,
-        );
+    if !found.inconclusive.is_empty() {
+        let mut v = verdict(Outcome::Inconclusive, &found.inconclusive, checks, false, reports);
         v.evidence_share = evidence_share;
         return v;
     }
     if !sequential_on && canary.requests < config.min_requests {
-        let reason = format!(
-            "canary served {} requests in the window, fewer than the {} needed to judge",
-            canary.requests, config.min_requests
-        );
-        return verdict(Outcome::Inconclusive, reason, checks, false, reports);
+        let too_few = Finding {
+            topic: "",
+            reason: format!(
+                "canary served {} requests in the window, fewer than the {} needed to judge",
+                canary.requests, config.min_requests
+            ),
+            plain: format!(
+                "not enough traffic to judge yet ({} of {} requests in this window)",
+                canary.requests, config.min_requests
+            ),
+        };
+        return verdict(Outcome::Inconclusive, &[too_few], checks, false, reports);
     }
     let c_err = canary.error_rate().unwrap_or(0.0);
     let c_4xx = canary
@@ -530,7 +825,12 @@ pub fn judge(config: &JudgeConfig, stats: WindowStats, evidence: Option<&mut Seq
             evidence_share * 100.0
         )
     };
-    let notes = notes.iter().map(|n| format!("; {n}")).collect::<String>();
+    let notes = found
+        .notes
+        .iter()
+        .chain(&found.caveats)
+        .map(|n| format!("; {}", n.reason))
+        .collect::<String>();
     let complete_step = config.sequential.early_step_completion
         && !hold
         && !reports.is_empty()
@@ -549,11 +849,262 @@ pub fn judge(config: &JudgeConfig, stats: WindowStats, evidence: Option<&mut Seq
             .unwrap_or_else(|| "-".into()),
         canary.requests
     );
-    let mut v = verdict(Outcome::Pass, reason, checks, false, reports);
+    let plain = if hold {
+        let what = leading.map(|(_, what)| format!("{what}; ")).unwrap_or_default();
+        format!(
+            "evidence against {c_name} is building ({what}{:.0} % of the way to a rollback)",
+            evidence_share * 100.0
+        )
+    } else {
+        // Only the threshold method compares a window with the baseline's; otherwise, without
+        // the sequential evidence, only the ceilings were checked.
+        let compared = baseline
+            .as_ref()
+            .filter(|_| config.method == JudgeMethod::Threshold);
+        plain_pass(
+            config,
+            &stats,
+            compared,
+            &reports,
+            complete_step,
+            evidence_share,
+            names,
+        )
+    };
+    let plain = if found.caveats.is_empty() {
+        plain
+    } else {
+        format!("otherwise {plain}")
+    };
+    let plain = found
+        .caveats
+        .iter()
+        .map(|n| n.plain.clone())
+        .chain(std::iter::once(plain))
+        .chain(found.notes.iter().map(|n| n.plain.clone()))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let pass = Finding {
+        topic: "",
+        reason,
+        plain,
+    };
+    let mut v = verdict(Outcome::Pass, &[pass], checks, false, reports);
     v.complete_step = complete_step;
     v.evidence_share = evidence_share;
     v.hold = hold;
     v
+}
+
+/// A passing window in plain words: how the canary compares, with the numbers people look at.
+fn plain_pass(
+    config: &JudgeConfig,
+    stats: &WindowStats,
+    compared: Option<&SlotWindow>,
+    reports: &[StreamReport],
+    complete_step: bool,
+    evidence_share: f64,
+    names: Names<'_>,
+) -> String {
+    let (c_name, b_name) = (names.canary, names.baseline);
+    let canary = &stats.canary;
+    let p99 = |c: Option<f64>, b: Option<f64>| match (c, b) {
+        (Some(c), Some(b)) => format!(", p99 {} vs {}", millis(c), millis(b)),
+        _ => String::new(),
+    };
+    // The sequential judge: the rollout's evidence so far, with the last window's p99.
+    if let Some(errors) = reports.first() {
+        let requests = errors.rollout_canary.1;
+        if requests < config.min_step_requests {
+            return format!(
+                "not enough traffic to judge yet ({requests} of {} requests)",
+                config.min_step_requests
+            );
+        }
+        let share = |(e, n): (u64, u64)| Share::new(e, n).short();
+        let client = reports
+            .iter()
+            .find(|r| r.name == "4xx")
+            .map(|r| {
+                format!(
+                    ", 4xx {} vs {}",
+                    share(r.rollout_canary),
+                    share(r.rollout_baseline)
+                )
+            })
+            .unwrap_or_default();
+        let numbers = format!(
+            "5xx {} vs {}{client}{}, {}",
+            share(errors.rollout_canary),
+            share(errors.rollout_baseline),
+            p99(canary.p99_ms, stats.baseline.as_ref().and_then(|b| b.p99_ms)),
+            count_requests(requests)
+        );
+        // Some evidence of a regression, short of holding the step: "looks as good" beside
+        // 3 % against 1 % would read false.
+        let some_evidence = evidence_share >= config.sequential.hold_exponent / 2.0;
+        return if complete_step {
+            format!(
+                "{c_name} is shown to be no worse than {b_name} on every measure ({numbers}), so the step can end early"
+            )
+        } else if some_evidence {
+            format!(
+                "{c_name} is not clearly worse than {b_name} yet ({numbers}; {:.0} % of the way to a rollback)",
+                evidence_share * 100.0
+            )
+        } else {
+            format!("{c_name} looks as good as {b_name} so far ({numbers})")
+        };
+    }
+    let c_err = Share::new(canary.errors, canary.requests);
+    if let Some(b) = compared {
+        let ignore = &config.ignore_status;
+        let client = canary
+            .counted_client_errors(ignore)
+            .zip(b.counted_client_errors(ignore))
+            .filter(|_| config.client_errors)
+            .map(|(c, bc)| {
+                format!(
+                    ", 4xx {} vs {}",
+                    Share::new(c, canary.requests).short(),
+                    Share::new(bc, b.requests).short()
+                )
+            })
+            .unwrap_or_default();
+        return format!(
+            "{c_name} looks as good as {b_name} in this window (5xx {} vs {}{client}{}, {})",
+            c_err.short(),
+            Share::new(b.errors, b.requests).short(),
+            p99(canary.p99_ms, b.p99_ms),
+            count_requests(canary.requests)
+        );
+    }
+    let p99 = match (canary.p99_ms, config.max_p99_ms) {
+        (Some(p), Some(ceiling)) => format!(", p99 {} against a {} ceiling", millis(p), millis(ceiling)),
+        (Some(p), None) => format!(", p99 {}", millis(p)),
+        (None, _) => String::new(),
+    };
+    let uncompared = match &stats.baseline {
+        Some(b) if b.requests > 0 && b.requests < config.min_requests => format!(
+            "; {b_name} served only {} requests, too few to compare with",
+            b.requests
+        ),
+        _ => String::new(),
+    };
+    format!(
+        "{c_name} stays under its ceilings (5xx {} against a {} ceiling{p99}, {}){uncompared}",
+        c_err.short(),
+        limit_pct(config.max_error_rate),
+        count_requests(canary.requests)
+    )
+}
+
+/// "v2 and v1 are both failing (...)": a ceiling the baseline breaks too is the environment's.
+fn both_failing(names: Names<'_>, canary: Share, baseline: Share, ceiling: f64) -> String {
+    let (c, b) = (names.canary, names.baseline);
+    format!(
+        "{c} and {b} are both failing (5xx {} and {}, ceiling {}): {b} is unhealthy too",
+        canary.short(),
+        baseline.short(),
+        limit_pct(ceiling)
+    )
+}
+
+fn over_error_ceiling(names: Names<'_>, canary: Share, baseline: Option<Share>, ceiling: f64) -> String {
+    let (c, b) = (names.canary, names.baseline);
+    let against = baseline
+        .map(|s| format!(" ({b} {})", s.short()))
+        .unwrap_or_default();
+    format!(
+        "{c} fails {} with a 5xx, above the {} ceiling{against}",
+        canary.of_requests(),
+        limit_pct(ceiling)
+    )
+}
+
+/// The codes of a 4xx regression worth naming: those the canary answers more often, most
+/// telling first.
+fn rising_codes(r: &StreamReport) -> Vec<&sequential::CodeReport> {
+    r.codes
+        .iter()
+        .filter(|c| c.canary_rate > c.baseline_rate && c.e_worse > 1.0)
+        .collect()
+}
+
+/// The latency stream's quantile ("p99") from its name ("slower than baseline p99").
+fn quantile_label(r: &StreamReport) -> &str {
+    r.name.strip_prefix("slower than baseline ").unwrap_or(&r.name)
+}
+
+/// A stream that shows a regression, in plain words.
+fn plain_regression(r: &StreamReport, names: Names<'_>, config: &JudgeConfig) -> String {
+    let (c, b) = (names.canary, names.baseline);
+    let cs = Share::new(r.rollout_canary.0, r.rollout_canary.1);
+    let bs = Share::new(r.rollout_baseline.0, r.rollout_baseline.1);
+    match r.name.as_str() {
+        "errors" => format!("{c} fails {} with a 5xx, {b} {}", cs.of_requests(), bs.short()),
+        "4xx" => {
+            let codes = rising_codes(r);
+            let code_share = |events, requests, rate| Share::with_rate(events, requests, rate);
+            match codes.as_slice() {
+                [] => format!("{c} answers {} with a 4xx, {b} {}", cs.of_requests(), bs.short()),
+                [one] => format!(
+                    "{c} answers {} with {}, {b} {}",
+                    code_share(one.canary_events, cs.requests, one.canary_rate).of_requests(),
+                    code_name(one.code),
+                    code_share(one.baseline_events, bs.requests, one.baseline_rate).short()
+                ),
+                [one, two, ..] => format!(
+                    "{c} answers {} with {} and {} with {}, {b} {} and {}",
+                    code_share(one.canary_events, cs.requests, one.canary_rate).of_requests(),
+                    code_name(one.code),
+                    code_share(two.canary_events, cs.requests, two.canary_rate).short(),
+                    code_name(two.code),
+                    code_share(one.baseline_events, bs.requests, one.baseline_rate).short(),
+                    code_share(two.baseline_events, bs.requests, two.baseline_rate).short()
+                ),
+            }
+        }
+        _ => {
+            let threshold = r
+                .threshold_ms
+                .map(|ms| format!("{}, ", millis(ms)))
+                .unwrap_or_default();
+            format!(
+                "{c} is slower: {} take longer than {threshold}{b}'s {} plus {} ({b}: {})",
+                cs.of_its_requests(),
+                quantile_label(r),
+                limit_pct(config.sequential.min_latency_increase_ratio),
+                bs.short()
+            )
+        }
+    }
+}
+
+/// A stream's comparison in a few words, for evidence that is building.
+fn stream_brief(r: &StreamReport, names: Names<'_>, config: &JudgeConfig) -> String {
+    let (c, b) = (names.canary, names.baseline);
+    let cs = Share::new(r.rollout_canary.0, r.rollout_canary.1);
+    let bs = Share::new(r.rollout_baseline.0, r.rollout_baseline.1);
+    match r.name.as_str() {
+        "errors" => format!("5xx: {c} {}, {b} {}", cs.short(), bs.short()),
+        "4xx" => match rising_codes(r).first() {
+            Some(code) => format!(
+                "{}: {c} {}, {b} {}",
+                code_name(code.code),
+                Share::with_rate(code.canary_events, cs.requests, code.canary_rate).short(),
+                Share::with_rate(code.baseline_events, bs.requests, code.baseline_rate).short()
+            ),
+            None => format!("4xx: {c} {}, {b} {}", cs.short(), bs.short()),
+        },
+        _ => format!(
+            "requests slower than {b}'s {} plus {}: {c} {}, {b} {}",
+            quantile_label(r),
+            limit_pct(config.sequential.min_latency_increase_ratio),
+            cs.short(),
+            bs.short()
+        ),
+    }
 }
 
 /// A sentence for a stream that shows a regression, naming the codes behind a 4xx one.
@@ -601,38 +1152,49 @@ fn ceilings(
     canary: &SlotWindow,
     baseline: Option<&SlotWindow>,
     error_ceiling: bool,
+    names: Names<'_>,
     checks: &mut Vec<Check>,
-    failures: &mut Vec<String>,
-    inconclusive: &mut Vec<String>,
+    found: &mut Findings,
 ) {
     if canary.requests == 0 {
         return;
     }
+    let (c_name, b_name) = (names.canary, names.baseline);
     if error_ceiling {
         let c_err = canary.error_rate().unwrap_or(0.0);
         let b_err = baseline.and_then(|b| b.error_rate());
+        let c_share = Share::new(canary.errors, canary.requests);
+        let b_share = baseline.map(|b| Share::new(b.errors, b.requests));
         let over = c_err > config.max_error_rate;
         let baseline_over = b_err.is_some_and(|b| b > config.max_error_rate);
-        let outcome = match (over, baseline_over) {
-            (false, _) => Outcome::Pass,
-            (true, true) => {
-                inconclusive.push(format!(
-                    "canary error rate {} is above the ceiling {}, but the baseline's {} is too: baseline unhealthy too",
-                    pct(c_err),
-                    pct(config.max_error_rate),
-                    pct(b_err.unwrap_or(0.0))
-                ));
+        let outcome = match (over, baseline_over, b_share) {
+            (false, _, _) => Outcome::Pass,
+            (true, true, Some(b_share)) => {
+                found.inconclusive.push(Finding {
+                    topic: "5xx",
+                    reason: format!(
+                        "canary error rate {} is above the ceiling {}, but the baseline's {} is too: baseline unhealthy too",
+                        pct(c_err),
+                        pct(config.max_error_rate),
+                        pct(b_err.unwrap_or(0.0))
+                    ),
+                    plain: both_failing(names, c_share, b_share, config.max_error_rate),
+                });
                 Outcome::Inconclusive
             }
-            (true, false) if canary.requests < config.min_requests => Outcome::Pass,
-            (true, false) => {
-                failures.push(format!(
-                    "canary error rate {} ({} of {}) is above the ceiling {}",
-                    pct(c_err),
-                    canary.errors,
-                    canary.requests,
-                    pct(config.max_error_rate)
-                ));
+            (true, _, _) if canary.requests < config.min_requests => Outcome::Pass,
+            (true, _, _) => {
+                found.failures.push(Finding {
+                    topic: "5xx",
+                    reason: format!(
+                        "canary error rate {} ({} of {}) is above the ceiling {}",
+                        pct(c_err),
+                        canary.errors,
+                        canary.requests,
+                        pct(config.max_error_rate)
+                    ),
+                    plain: over_error_ceiling(names, c_share, b_share, config.max_error_rate),
+                });
                 Outcome::Fail
             }
         };
@@ -648,19 +1210,36 @@ fn ceilings(
     let b_p99 = baseline.and_then(|b| b.p99_ms);
     if let (Some(ceiling), Some(c)) = (config.max_p99_ms, c_p99) {
         let over = c > ceiling && canary.requests >= config.min_requests;
-        let baseline_over = b_p99.is_some_and(|b| b > ceiling);
-        let outcome = match (over, baseline_over) {
+        let outcome = match (over, b_p99.filter(|b| *b > ceiling)) {
             (false, _) => Outcome::Pass,
-            (true, true) => {
-                inconclusive.push(format!(
-                    "canary p99 {c:.1} ms is above the ceiling {ceiling:.1} ms, but the baseline's is too: baseline unhealthy too"
-                ));
+            (true, Some(b)) => {
+                found.inconclusive.push(Finding {
+                    topic: "latency",
+                    reason: format!(
+                        "canary p99 {c:.1} ms is above the ceiling {ceiling:.1} ms, but the baseline's is too: baseline unhealthy too"
+                    ),
+                    plain: format!(
+                        "{c_name} and {b_name} are both slow (p99 {} and {}, ceiling {}): {b_name} is unhealthy too",
+                        millis(c),
+                        millis(b),
+                        millis(ceiling)
+                    ),
+                });
                 Outcome::Inconclusive
             }
-            (true, false) => {
-                failures.push(format!(
-                    "canary p99 {c:.1} ms is above the ceiling {ceiling:.1} ms"
-                ));
+            (true, None) => {
+                let against = b_p99
+                    .map(|b| format!(" ({b_name} {})", millis(b)))
+                    .unwrap_or_default();
+                found.failures.push(Finding {
+                    topic: "latency",
+                    reason: format!("canary p99 {c:.1} ms is above the ceiling {ceiling:.1} ms"),
+                    plain: format!(
+                        "{c_name} is too slow: its p99 is {}, above the {} ceiling{against}",
+                        millis(c),
+                        millis(ceiling)
+                    ),
+                });
                 Outcome::Fail
             }
         };
@@ -674,15 +1253,35 @@ fn ceilings(
     }
 }
 
+/// The 4xx code the canary answers most often beyond the baseline in one window, if known.
+fn top_rising_code(canary: &SlotWindow, baseline: &SlotWindow, ignore: &[u16]) -> Option<u16> {
+    let (c, b) = (canary.codes.as_ref()?, baseline.codes.as_ref()?);
+    let rate = |codes: &BTreeMap<u16, u64>, code: u16, n: u64| {
+        codes.get(&code).copied().unwrap_or(0) as f64 / n.max(1) as f64
+    };
+    c.keys()
+        .copied()
+        .filter(|code| (400..500).contains(code) && !ignore.contains(code))
+        .map(|code| {
+            let rise = rate(c, code, canary.requests) - rate(b, code, baseline.requests);
+            (code, rise)
+        })
+        .filter(|(_, rise)| *rise > 0.0)
+        .max_by(|x, y| x.1.total_cmp(&y.1))
+        .map(|(code, _)| code)
+}
+
 /// The threshold method's comparisons with the baseline.
 fn ratios(
     config: &JudgeConfig,
     canary: &SlotWindow,
     baseline: Option<&SlotWindow>,
+    names: Names<'_>,
     checks: &mut Vec<Check>,
-    failures: &mut Vec<String>,
+    found: &mut Findings,
 ) {
     let Some(b) = baseline else { return };
+    let (c_name, b_name) = (names.canary, names.baseline);
     let ignore = &config.ignore_status[..];
     if let (true, Some(c4), Some(b4)) = (
         config.client_errors,
@@ -695,14 +1294,26 @@ fn ratios(
         );
         let limit = b_rate * config.max_error_ratio + config.error_rate_slack;
         let outcome = if c_rate > limit {
-            failures.push(format!(
-                "canary 4xx rate {} is above baseline {} × {} + {} = {}",
-                pct(c_rate),
-                pct(b_rate),
-                config.max_error_ratio,
-                pct(config.error_rate_slack),
-                pct(limit)
-            ));
+            let mostly = top_rising_code(canary, b, ignore)
+                .map(|code| format!(" (mostly {})", code_name(code)))
+                .unwrap_or_default();
+            found.failures.push(Finding {
+                topic: "4xx",
+                reason: format!(
+                    "canary 4xx rate {} is above baseline {} × {} + {} = {}",
+                    pct(c_rate),
+                    pct(b_rate),
+                    config.max_error_ratio,
+                    pct(config.error_rate_slack),
+                    pct(limit)
+                ),
+                plain: format!(
+                    "{c_name} answers {} with a 4xx{mostly}, {b_name} {} (at most {} allowed)",
+                    Share::new(c4, canary.requests).of_requests(),
+                    Share::new(b4, b.requests).short(),
+                    percent(limit)
+                ),
+            });
             Outcome::Fail
         } else {
             Outcome::Pass
@@ -724,14 +1335,23 @@ fn ratios(
             Outcome::Pass
         };
         if outcome == Outcome::Fail {
-            failures.push(format!(
-                "canary error rate {} is above baseline {} × {} + {} = {}",
-                pct(c_err),
-                pct(b_err),
-                config.max_error_ratio,
-                pct(config.error_rate_slack),
-                pct(limit)
-            ));
+            found.failures.push(Finding {
+                topic: "5xx",
+                reason: format!(
+                    "canary error rate {} is above baseline {} × {} + {} = {}",
+                    pct(c_err),
+                    pct(b_err),
+                    config.max_error_ratio,
+                    pct(config.error_rate_slack),
+                    pct(limit)
+                ),
+                plain: format!(
+                    "{c_name} fails {} with a 5xx, {b_name} {} (at most {} allowed)",
+                    Share::new(canary.errors, canary.requests).of_requests(),
+                    Share::new(b.errors, b.requests).short(),
+                    percent(limit)
+                ),
+            });
         }
         checks.push(Check {
             name: "error_rate_vs_baseline".into(),
@@ -747,10 +1367,19 @@ fn ratios(
         let limit = bp * config.max_p99_ratio + config.p99_slack_ms;
         let outcome = if c > limit { Outcome::Fail } else { Outcome::Pass };
         if outcome == Outcome::Fail {
-            failures.push(format!(
-                "canary p99 {c:.1} ms is above baseline {bp:.1} ms × {} + {} ms = {limit:.1} ms",
-                config.max_p99_ratio, config.p99_slack_ms
-            ));
+            found.failures.push(Finding {
+                topic: "latency",
+                reason: format!(
+                    "canary p99 {c:.1} ms is above baseline {bp:.1} ms × {} + {} ms = {limit:.1} ms",
+                    config.max_p99_ratio, config.p99_slack_ms
+                ),
+                plain: format!(
+                    "{c_name} is slower: its p99 is {}, {b_name}'s {} (at most {} allowed)",
+                    millis(c),
+                    millis(bp),
+                    millis(limit)
+                ),
+            });
         }
         checks.push(Check {
             name: "p99_vs_baseline".into(),
@@ -1104,5 +1733,440 @@ mod tests {
         assert!(v.reason.contains("the step is held"), "{}", v.reason);
         let calm = sequential(&config, (100, 0), (1900, 2), 3);
         assert!(!calm.hold && calm.evidence_share < 0.5, "{}", calm.reason);
+    }
+
+    // The plain summaries, one per path of `judge`, with the versions by name.
+
+    const V: Names<'static> = Names {
+        canary: "v2",
+        baseline: "v1",
+    };
+
+    /// Feeds `windows` copies of a window to the judge as v2 against v1; the last verdict.
+    fn named(config: &JudgeConfig, stats: WindowStats, windows: usize) -> Verdict {
+        let mut state = SequentialState::new(&config.sequential);
+        let mut last = None;
+        for _ in 0..windows {
+            last = Some(judge_named(config, stats.clone(), Some(&mut state), V));
+        }
+        last.unwrap()
+    }
+
+    fn slots(canary: SlotWindow, baseline: Option<SlotWindow>) -> WindowStats {
+        WindowStats {
+            canary,
+            baseline,
+            duration_ms: 10_000,
+            ..WindowStats::default()
+        }
+    }
+
+    fn slot(requests: u64, errors: u64, p99_ms: f64) -> SlotWindow {
+        SlotWindow::new(requests, errors, Some(p99_ms))
+    }
+
+    fn says(v: &Verdict, outcome: Outcome, summary: &str) {
+        assert_eq!(v.outcome, outcome, "{}", v.reason);
+        assert_eq!(v.summary, summary, "statistics: {}", v.reason);
+    }
+
+    #[test]
+    fn the_threshold_methods_decisions_in_plain_words() {
+        let t = JudgeConfig::threshold();
+        let cases: [(SlotWindow, Option<SlotWindow>, Outcome, &str); 8] = [
+            (
+                slot(5, 0, 10.0),
+                Some(slot(500, 0, 10.0)),
+                Outcome::Inconclusive,
+                "not enough traffic to judge yet (5 of 20 requests in this window)",
+            ),
+            (
+                slot(100, 0, 12.0),
+                Some(slot(2000, 2, 11.0)),
+                Outcome::Pass,
+                "v2 looks as good as v1 in this window (5xx 0 % vs 0.10 %, p99 12 ms vs 11 ms, 100 requests)",
+            ),
+            (
+                slot(100, 10, 10.0),
+                Some(slot(2000, 2, 10.0)),
+                Outcome::Fail,
+                // Above the ceiling and above the baseline: two statistics, one sentence.
+                "v2 fails 10.0 % of requests with a 5xx, above the 5 % ceiling (v1 0.10 %)",
+            ),
+            (
+                slot(100, 3, 10.0),
+                Some(slot(2000, 2, 10.0)),
+                Outcome::Fail,
+                "v2 fails 3.0 % of requests with a 5xx, v1 0.10 % (at most 1.2 % allowed)",
+            ),
+            (
+                slot(100, 10, 10.0),
+                Some(slot(2000, 300, 10.0)),
+                Outcome::Inconclusive,
+                "v2 and v1 are both failing (5xx 10.0 % and 15.0 %, ceiling 5 %): v1 is unhealthy too",
+            ),
+            (
+                slot(100, 0, 80.0),
+                Some(slot(2000, 0, 20.0)),
+                Outcome::Fail,
+                "v2 is slower: its p99 is 80 ms, v1's 20 ms (at most 55 ms allowed)",
+            ),
+            (
+                slot(100, 0, 80.0),
+                None,
+                Outcome::Pass,
+                "v2 stays under its ceilings (5xx 0 % against a 5 % ceiling, p99 80 ms, 100 requests)",
+            ),
+            (
+                slot(100, 3, 90.0),
+                Some(slot(5, 0, 10.0)),
+                Outcome::Pass,
+                "v2 stays under its ceilings (5xx 3.0 % against a 5 % ceiling, p99 90 ms, 100 requests); v1 served only 5 requests, too few to compare with",
+            ),
+        ];
+        for (canary, baseline, outcome, summary) in cases {
+            says(
+                &judge_named(&t, slots(canary, baseline), None, V),
+                outcome,
+                summary,
+            );
+        }
+        // A 4xx rise names its main code.
+        let v = judge_named(
+            &t,
+            slots(
+                with_codes(200, 0, &[(401, 80)]),
+                Some(with_codes(3800, 0, &[(401, 8)])),
+            ),
+            None,
+            V,
+        );
+        says(
+            &v,
+            Outcome::Fail,
+            "v2 answers 40.0 % of requests with a 4xx (mostly 401 Unauthorized), v1 0.21 % (at most 1.4 % allowed)",
+        );
+        // The p99 ceiling, and a baseline above it too.
+        let ceiling = JudgeConfig {
+            max_p99_ms: Some(500.0),
+            ..JudgeConfig::threshold()
+        };
+        let v = judge_named(
+            &ceiling,
+            slots(slot(200, 0, 812.0), Some(slot(2000, 0, 120.0))),
+            None,
+            V,
+        );
+        says(
+            &v,
+            Outcome::Fail,
+            "v2 is too slow: its p99 is 812 ms, above the 500 ms ceiling (v1 120 ms)",
+        );
+        let v = judge_named(
+            &ceiling,
+            slots(slot(200, 0, 812.0), Some(slot(2000, 0, 790.0))),
+            None,
+            V,
+        );
+        says(
+            &v,
+            Outcome::Inconclusive,
+            "v2 and v1 are both slow (p99 812 ms and 790 ms, ceiling 500 ms): v1 is unhealthy too",
+        );
+    }
+
+    #[test]
+    fn sequential_failures_in_plain_words_per_stream() {
+        let d = JudgeConfig::default();
+        let v = named(&d, slots(slot(100, 8, 12.0), Some(slot(1900, 2, 11.0))), 2);
+        says(
+            &v,
+            Outcome::Fail,
+            "v2 fails 8.0 % of requests with a 5xx, v1 0.11 %",
+        );
+        assert!(v.conclusive && v.reason.contains("e-value"), "{}", v.reason);
+
+        let v = named(&d, slots(slot(200, 40, 12.0), Some(slot(1800, 36, 11.0))), 2);
+        says(
+            &v,
+            Outcome::Fail,
+            "v2 fails 20.0 % of requests with a 5xx, above the 5 % ceiling (v1 2.0 %)",
+        );
+        let v = named(&d, slots(slot(200, 40, 12.0), Some(slot(1800, 360, 11.0))), 3);
+        says(
+            &v,
+            Outcome::Inconclusive,
+            "v2 and v1 are both failing (5xx 20.0 % and 20.0 %, ceiling 5 %): v1 is unhealthy too",
+        );
+
+        let canary = with_codes(200, 0, &[(401, 80), (410, 4)]);
+        let baseline = with_codes(3800, 0, &[(401, 8), (410, 76)]);
+        let v = named(&d, slots(canary, Some(baseline)), 2);
+        says(
+            &v,
+            Outcome::Fail,
+            "v2 answers 40.0 % of requests with 401 Unauthorized, v1 0.21 %",
+        );
+        let canary = with_codes(200, 0, &[(429, 60), (403, 30)]);
+        let baseline = with_codes(3800, 0, &[(429, 8), (403, 4)]);
+        let v = named(&d, slots(canary, Some(baseline)), 2);
+        says(
+            &v,
+            Outcome::Fail,
+            "v2 answers 30.0 % of requests with 429 Too Many Requests and 15.0 % with 403 Forbidden, v1 0.21 % and 0.11 %",
+        );
+
+        // Latency: 31 % of the canary's requests at 40 ms, 1 % of the baseline's at 30 ms, the
+        // rest of both at 10 ms.
+        let p99 = JudgeConfig {
+            sequential: SequentialConfig {
+                latency_quantiles: vec![0.99],
+                ..SequentialConfig::default()
+            },
+            ..JudgeConfig::default()
+        };
+        let histogram = |fast: u64, slow: u64, slow_ms: u64| {
+            let mut h = vec![0u64; crate::histogram::LATENCY_BUCKETS];
+            h[crate::histogram::bucket_index(10_000)] += fast;
+            h[crate::histogram::bucket_index(slow_ms * 1000)] += slow;
+            h
+        };
+        let stats = WindowStats {
+            latency: Some(std::sync::Arc::new(LatencyPair {
+                canary: histogram(69, 31, 40),
+                baseline: histogram(1980, 20, 30),
+            })),
+            ..slots(slot(100, 0, 40.0), Some(slot(2000, 0, 30.0)))
+        };
+        let v = named(&p99, stats, 3);
+        says(
+            &v,
+            Outcome::Fail,
+            "v2 is slower: 31.0 % of its requests take longer than 13 ms, v1's p99 plus 20 % (v1: 1.0 %)",
+        );
+    }
+
+    #[test]
+    fn passes_and_holds_in_plain_words() {
+        let d = JudgeConfig::default();
+        let v = named(&d, slots(slot(100, 1, 12.0), Some(slot(1900, 19, 11.0))), 5);
+        says(
+            &v,
+            Outcome::Pass,
+            "v2 looks as good as v1 so far (5xx 1.0 % vs 1.0 %, p99 12 ms vs 11 ms, 500 requests)",
+        );
+        let v = named(&d, slots(slot(12, 0, 12.0), Some(slot(1900, 2, 11.0))), 1);
+        says(
+            &v,
+            Outcome::Pass,
+            "not enough traffic to judge yet (12 of 50 requests)",
+        );
+
+        // One request, and it failed: counts, never "100.00 %" (nor "100.0 %").
+        let v = named(&d, slots(slot(1, 1, 12.0), Some(slot(1900, 2, 11.0))), 1);
+        says(
+            &v,
+            Outcome::Pass,
+            "not enough traffic to judge yet (1 of 50 requests)",
+        );
+        let one = JudgeConfig {
+            min_step_requests: 1,
+            ..JudgeConfig::default()
+        };
+        let v = named(&one, slots(slot(1, 1, 12.0), Some(slot(1900, 2, 11.0))), 1);
+        says(
+            &v,
+            Outcome::Pass,
+            "v2 is not clearly worse than v1 yet (5xx 1 of 1 vs 0.11 %, p99 12 ms vs 11 ms, 1 request; 37 % of the way to a rollback)",
+        );
+        assert!(!v.summary.contains("100"), "{}", v.summary);
+
+        // Evidence building: below the hold, "not clearly worse"; at the hold, "building".
+        let mut state = SequentialState::new(&d.sequential);
+        let mut seen = Vec::new();
+        for _ in 0..20 {
+            let stats = slots(
+                SlotWindow::new(100, 3, None),
+                Some(SlotWindow::new(1900, 19, None)),
+            );
+            let v = judge_named(&d, stats, Some(&mut state), V);
+            let held = v.hold;
+            seen.push(v.summary);
+            if held {
+                break;
+            }
+        }
+        assert_eq!(
+            seen[2],
+            "v2 is not clearly worse than v1 yet (5xx 3.0 % vs 1.0 %, 300 requests; 31 % of the way to a rollback)"
+        );
+        assert_eq!(
+            seen.last().map(String::as_str),
+            Some("evidence against v2 is building (5xx: v2 3.0 %, v1 1.0 %; 62 % of the way to a rollback)")
+        );
+
+        let early = JudgeConfig {
+            sequential: SequentialConfig {
+                early_step_completion: true,
+                latency_quantiles: vec![],
+                ..SequentialConfig::default()
+            },
+            ..JudgeConfig::default()
+        };
+        let v = named(
+            &early,
+            slots(slot(5000, 50, 12.0), Some(slot(5000, 50, 11.0))),
+            10,
+        );
+        assert!(v.complete_step);
+        says(
+            &v,
+            Outcome::Pass,
+            "v2 is shown to be no worse than v1 on every measure (5xx 1.0 % vs 1.0 %, p99 12 ms vs 11 ms, 50000 requests), so the step can end early",
+        );
+    }
+
+    #[test]
+    fn a_few_users_4xx_and_unjudged_4xx_in_plain_words() {
+        let d = JudgeConfig::default();
+        let mut canary = with_codes(200, 0, &[(404, 80)]);
+        canary.users = Some(50);
+        canary.users_with_client_errors = Some(1);
+        let v = named(&d, slots(canary, Some(with_codes(3800, 0, &[(404, 8)]))), 5);
+        says(
+            &v,
+            Outcome::Pass,
+            "v2 answers 40.0 % of requests with 404 Not Found, v1 0.21 %, but only 1 user got them (a regression needs 3): one client, not the release; \
+             otherwise v2 looks as good as v1 so far (5xx 0 % vs 0 %, 4xx 40.0 % vs 0.21 %, 1000 requests)",
+        );
+        let ignoring = JudgeConfig {
+            ignore_status: vec![404],
+            ..JudgeConfig::default()
+        };
+        let uncoded = |w: SlotWindow| SlotWindow { codes: None, ..w };
+        let stats = slots(
+            uncoded(with_codes(200, 0, &[(404, 80)])),
+            Some(uncoded(with_codes(3800, 0, &[(404, 8)]))),
+        );
+        says(
+            &named(&ignoring, stats, 5),
+            Outcome::Pass,
+            "v2 looks as good as v1 so far (5xx 0 % vs 0 %, 1000 requests); 4xx not judged (the metric source does not tell codes apart, so it cannot leave out 404 Not Found)",
+        );
+    }
+
+    #[test]
+    fn unmeasured_windows_and_custom_checks_in_plain_words() {
+        let d = JudgeConfig::default();
+        let base = slots(slot(200, 0, 12.0), Some(slot(2000, 0, 11.0)));
+        let v = named(
+            &d,
+            WindowStats {
+                unavailable: Some("Prometheus answered 503".into()),
+                ..base.clone()
+            },
+            1,
+        );
+        says(
+            &v,
+            Outcome::Inconclusive,
+            "could not measure this window (Prometheus answered 503)",
+        );
+        let check = |outcome, reason: &str| ExternalCheck {
+            name: "availability".into(),
+            outcome,
+            reason: reason.into(),
+        };
+        let v = named(
+            &d,
+            WindowStats {
+                external: vec![check(Outcome::Fail, "canary 0.4 is below min 0.5")],
+                ..base.clone()
+            },
+            1,
+        );
+        says(
+            &v,
+            Outcome::Fail,
+            "v2 fails the custom check availability (canary 0.4 is below min 0.5)",
+        );
+        let v = named(
+            &d,
+            WindowStats {
+                external: vec![check(Outcome::Inconclusive, "no data for the canary")],
+                ..base
+            },
+            1,
+        );
+        says(
+            &v,
+            Outcome::Inconclusive,
+            "the custom check availability could not judge v2 (no data for the canary)",
+        );
+    }
+
+    #[test]
+    fn without_names_the_slots_are_the_canary_and_the_baseline() {
+        let v = sequential(&JudgeConfig::default(), (100, 8), (1900, 2), 2);
+        assert_eq!(
+            v.summary,
+            "the canary fails 8.0 % of requests with a 5xx, the baseline 0.11 %"
+        );
+    }
+
+    #[test]
+    fn shares_for_people() {
+        let cases = [
+            (0.0, "0 %"),
+            (0.00004, "< 0.01 %"),
+            (0.0021, "0.21 %"),
+            (0.00996, "1.0 %"),
+            (0.046, "4.6 %"),
+            (0.4, "40.0 %"),
+            (0.99996, "> 99.9 %"),
+            (1.0, "100 %"),
+        ];
+        for (x, text) in cases {
+            assert_eq!(percent(x), text, "{x}");
+        }
+        assert_eq!(Share::new(1, 1).of_requests(), "1 of 1 requests");
+        assert_eq!(Share::new(3, 19).short(), "3 of 19");
+        assert_eq!(Share::new(4, 20).short(), "20.0 %");
+        assert_eq!(limit_pct(0.05), "5 %");
+        assert_eq!(limit_pct(0.005), "0.5 %");
+        assert_eq!(millis(3.06), "3.1 ms");
+        assert_eq!(millis(1250.0), "1.25 s");
+        assert_eq!(code_name(429), "429 Too Many Requests");
+        assert_eq!(code_name(418), "418");
+    }
+
+    #[test]
+    fn verdicts_recorded_before_the_summary_still_read() {
+        // A verdict as an older cutover stored it: no summary, no rollout counts in its streams.
+        let old = serde_json::json!({
+            "outcome": "fail",
+            "reason": "5xx: canary 8.00 % [4.98 % – 12.60 %] against baseline 0.11 %",
+            "stats": { "canary": { "requests": 100, "errors": 8, "p99_ms": null }, "baseline": null, "duration_ms": 5000 },
+            "checks": [],
+            "conclusive": true,
+            "sequential": [{
+                "name": "errors", "threshold_ms": null,
+                "window_canary": [8, 100], "window_baseline": [2, 1900],
+                "canary_rate": 0.08, "canary_rate_ci95": [0.0498, 0.126],
+                "baseline_rate": 0.0011, "baseline_rate_ci95": [0.0004, 0.0027],
+                "e_worse": 5.2e15, "e_not_worse": 0.1, "bar": 1200.0, "worse": true, "not_worse": false
+            }]
+        });
+        let v: Verdict = serde_json::from_value(old).unwrap();
+        assert_eq!((v.outcome, v.summary.as_str()), (Outcome::Fail, ""));
+        assert_eq!(v.sequential[0].rollout_canary, (0, 0));
+        // And a new one carries both sentences.
+        let v = sequential(&JudgeConfig::default(), (100, 8), (1900, 2), 2);
+        let json = serde_json::to_value(&v).unwrap();
+        assert!(
+            json["summary"].as_str().unwrap().starts_with("the canary fails"),
+            "{json}"
+        );
+        assert!(json["reason"].as_str().unwrap().contains("e-value"), "{json}");
     }
 }

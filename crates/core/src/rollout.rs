@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::judge::{judge, JudgeMethod, Outcome, Verdict, WindowStats};
+use crate::judge::{judge_named, JudgeMethod, Names, Outcome, Verdict, WindowStats};
 use crate::policy::RolloutPolicy;
 use crate::release::ReleaseSpec;
 use crate::route::{Pool, RouteTable};
@@ -949,11 +949,9 @@ fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> 
         }
         (Input::ProvisionFailed { reason }, Phase::Provisioning { .. }) => b.fail(reason),
         (Input::VerifyPassed { detail }, Phase::Verifying) => {
-            b.event(
-                "verified",
-                format!("smoke checks passed: {detail}"),
-                serde_json::Value::Null,
-            );
+            // The detail says what was checked, including that nothing was: a prefix such as
+            // "smoke checks passed" would be false when none are configured.
+            b.event("verified", detail, serde_json::Value::Null);
             if b.state.slot(r.target.other()).is_running() {
                 b.enter_step(0);
             } else {
@@ -977,25 +975,28 @@ fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> 
                 .exposure
                 .add_window(&stats, *window_started_at, &r.policy.judge.ignore_status);
             let window_requests = stats.canary.requests;
-            let verdict = judge(&r.policy.judge, stats, evidence.as_mut());
+            let (new, old) = version_names(&r);
+            let names = Names {
+                canary: &new,
+                baseline: &old,
+            };
+            let verdict = judge_named(&r.policy.judge, stats, evidence.as_mut(), names);
             b.rollout().sequential = evidence;
-            record_verdict(b, &verdict, *window_started_at);
+            let failures = count_failure(b, &verdict, *window_started_at);
             let (step, observed_ms, inconclusive_in_row) = (*step, *observed_ms, *inconclusive_in_row);
             let step_requests = step_requests + window_requests;
-            let canary = |observed_ms, inconclusive_in_row| Phase::Canary {
-                step,
-                window_started_at: now,
-                observed_ms,
-                inconclusive_in_row,
-                step_requests,
-            };
-            match verdict.outcome {
+            let weight = r.policy.steps.get(step).map(|s| s.weight_bp).unwrap_or(0);
+            let holding = format!("holding at {}", weight_text(weight));
+            let limit = r.policy.failure_limit;
+            let finding = verdict.summary.clone();
+            // What the engine does with the verdict, decided before the decision is recorded so
+            // that its sentence can say it, and carried out after, so that events read in order.
+            let (action, next) = match verdict.outcome {
                 Outcome::Pass => {
                     let observed = observed_ms + now.millis_since(*window_started_at);
                     let duration = r.policy.steps.get(step).map(|s| s.duration_ms).unwrap_or(0);
                     let sequential = r.policy.judge.method == JudgeMethod::Sequential;
                     // A step that sends no users to the canary (a 0 % soak) cannot see requests.
-                    let weight = r.policy.steps.get(step).map(|s| s.weight_bp).unwrap_or(0);
                     let min_requests = if sequential && weight > 0 {
                         r.policy.judge.min_step_requests
                     } else {
@@ -1004,11 +1005,11 @@ fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> 
                     let enough = step_requests >= min_requests;
                     let done = (observed >= duration || verdict.complete_step) && enough && !verdict.hold;
                     if done {
-                        b.step_done(step);
+                        (format!("step {} passed", step + 1), Next::StepDone)
                     } else if observed >= duration.saturating_add(r.policy.max_step_extension_ms) {
                         let why = if verdict.hold {
                             format!(
-                                "evidence of a regression has held step {} for {} s beyond its {} s ({:.0} % of the way to a rollback)",
+                                "step {} has run {} s past its {} s and the evidence against {new} has neither reached a rollback nor cleared ({:.0} % of the way to a rollback)",
                                 step + 1,
                                 (observed - duration) / 1000,
                                 duration / 1000,
@@ -1016,65 +1017,107 @@ fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> 
                             )
                         } else {
                             format!(
-                                "step {} saw {step_requests} canary requests in {} s, fewer than the {min_requests} needed to pass it",
+                                "{new} served {step_requests} requests in step {}'s {} s, fewer than the {min_requests} needed to pass it",
                                 step + 1,
                                 observed / 1000
                             )
                         };
                         let reason = format!("{why}; never promoting blind: resume, promote or roll back");
-                        b.rollout().phase = Phase::Paused {
-                            step,
-                            step_done: false,
-                            reason: reason.clone(),
-                        };
-                        b.event("paused", reason, serde_json::Value::Null);
+                        ("pausing for a person".to_string(), Next::Pause(reason))
                     } else {
-                        if observed >= duration && observed_ms < duration {
+                        let extended = (observed >= duration && observed_ms < duration).then(|| {
                             let why = if verdict.hold {
-                                format!(
-                                    "evidence of a regression is building ({:.0} % of the way to a rollback)",
-                                    verdict.evidence_share * 100.0
-                                )
+                                finding.clone()
                             } else {
-                                format!("{step_requests} of the {min_requests} canary requests a step needs so far")
+                                format!("{new} has served {step_requests} of the {min_requests} requests a step needs")
                             };
-                            b.event(
-                                "step_extended",
-                                format!(
-                                    "step {} extended by up to {} s: {why}",
-                                    step + 1,
-                                    r.policy.max_step_extension_ms / 1000
-                                ),
-                                serde_json::json!({ "step": step, "hold": verdict.hold, "step_requests": step_requests }),
-                            );
-                        }
-                        b.rollout().phase = canary(observed, 0);
+                            format!(
+                                "step {} extended by up to {} s: {why}",
+                                step + 1,
+                                r.policy.max_step_extension_ms / 1000
+                            )
+                        });
+                        let action = if verdict.hold {
+                            holding.clone()
+                        } else if !enough && observed >= duration {
+                            format!("{holding} until the step has seen {min_requests} requests ({step_requests} so far)")
+                        } else {
+                            "going on".to_string()
+                        };
+                        let next = Next::Stay {
+                            observed_ms: observed,
+                            inconclusive_in_row: 0,
+                            extended,
+                        };
+                        (action, next)
                     }
                 }
-                Outcome::Fail => {
-                    if verdict.conclusive || b.rollout().failures > r.policy.failure_limit {
-                        let message = format!("rolled back automatically: {}", verdict.reason);
-                        b.roll_back(verdict.reason.clone(), message);
-                    } else {
-                        b.rollout().phase = canary(observed_ms, 0);
-                    }
-                }
+                Outcome::Fail if verdict.conclusive => ("rolling back".to_string(), Next::RollBack),
+                Outcome::Fail if failures > limit => (
+                    format!("failed window {failures} of {}, rolling back", limit + 1),
+                    Next::RollBack,
+                ),
+                Outcome::Fail => (
+                    format!("failed window {failures} of {}, {holding}", limit + 1),
+                    Next::Stay {
+                        observed_ms,
+                        inconclusive_in_row: 0,
+                        extended: None,
+                    },
+                ),
                 Outcome::Inconclusive => {
                     let in_row = inconclusive_in_row + 1;
                     if in_row > r.policy.inconclusive_limit {
                         let reason = format!(
-                            "{in_row} inconclusive windows in a row ({}); never promoting blind: resume, promote or roll back",
-                            verdict.reason
+                            "{in_row} windows in a row without a verdict, the last: {finding}; never promoting blind: resume, promote or roll back"
                         );
-                        b.rollout().phase = Phase::Paused {
-                            step,
-                            step_done: false,
-                            reason: reason.clone(),
-                        };
-                        b.event("paused", reason, serde_json::Value::Null);
+                        ("pausing for a person".to_string(), Next::Pause(reason))
                     } else {
-                        b.rollout().phase = canary(observed_ms, in_row);
+                        let next = Next::Stay {
+                            observed_ms,
+                            inconclusive_in_row: in_row,
+                            extended: None,
+                        };
+                        (holding.clone(), next)
                     }
+                }
+            };
+            let (statistics, summary, hold) = (verdict.reason.clone(), verdict.summary.clone(), verdict.hold);
+            record_verdict(b, verdict, &action, *window_started_at);
+            match next {
+                Next::StepDone => b.step_done(step),
+                Next::Pause(reason) => {
+                    b.rollout().phase = Phase::Paused {
+                        step,
+                        step_done: false,
+                        reason: reason.clone(),
+                    };
+                    b.event("paused", reason, serde_json::json!({ "statistics": statistics }));
+                }
+                Next::Stay {
+                    observed_ms,
+                    inconclusive_in_row,
+                    extended,
+                } => {
+                    if let Some(message) = extended {
+                        b.event(
+                            "step_extended",
+                            message,
+                            serde_json::json!({ "step": step, "hold": hold, "step_requests": step_requests }),
+                        );
+                    }
+                    b.rollout().phase = Phase::Canary {
+                        step,
+                        window_started_at: now,
+                        observed_ms,
+                        inconclusive_in_row,
+                        step_requests,
+                    };
+                }
+                Next::RollBack => {
+                    // In plain words: the statistics are in the decision's data (`--verbose`).
+                    let message = format!("rolled back automatically: {summary}");
+                    b.roll_back(summary, message);
                 }
             }
         }
@@ -1086,7 +1129,12 @@ fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> 
                 window_started_at,
             },
         ) => {
-            let verdict = judge(
+            let (new, old) = version_names(&r);
+            let names = Names {
+                canary: &new,
+                baseline: &old,
+            };
+            let verdict = judge_named(
                 &r.policy.judge,
                 WindowStats {
                     baseline: None,
@@ -1096,11 +1144,29 @@ fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> 
                     ..stats
                 },
                 None,
+                names,
             );
-            record_verdict(b, &verdict, *window_started_at);
-            if verdict.outcome == Outcome::Fail && b.rollout().failures > r.policy.failure_limit {
-                let message = format!("rolled back during the rollback window: {}", verdict.reason);
-                b.roll_back(verdict.reason.clone(), message);
+            let failures = count_failure(b, &verdict, *window_started_at);
+            let limit = r.policy.failure_limit;
+            let failed = verdict.outcome == Outcome::Fail;
+            let roll_back = failed && failures > limit;
+            let action = if roll_back {
+                format!("failed window {failures} of {}, rolling back", limit + 1)
+            } else if failed {
+                format!(
+                    "failed window {failures} of {}, {new} stays live for now",
+                    limit + 1
+                )
+            } else if now >= *until {
+                "the rollback window is over".to_string()
+            } else {
+                "the rollback window goes on".to_string()
+            };
+            let summary = verdict.summary.clone();
+            record_verdict(b, verdict, &action, *window_started_at);
+            if roll_back {
+                let message = format!("rolled back during the rollback window: {summary}");
+                b.roll_back(summary, message);
             } else {
                 b.rollout().phase = Phase::Promoted {
                     since: *since,
@@ -1268,31 +1334,55 @@ fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> 
     Ok(())
 }
 
-fn record_verdict(b: &mut Builder, verdict: &Verdict, window_started_at: Timestamp) {
+/// What a canary window's verdict makes the engine do next.
+enum Next {
+    StepDone,
+    /// The step goes on; `extended` announces that it runs past its duration, the first time.
+    Stay {
+        observed_ms: u64,
+        inconclusive_in_row: u32,
+        extended: Option<String>,
+    },
+    Pause(String),
+    RollBack,
+}
+
+/// How the rollout's two versions are called in sentences for people.
+fn version_names(r: &Rollout) -> (String, String) {
+    let new = r.release.version.trim();
+    let old = r.previous_version.as_deref().map(str::trim).unwrap_or("");
+    match (new, old) {
+        ("", "") => ("the canary".into(), "the baseline".into()),
+        (new, "") => (new.into(), "the baseline".into()),
+        ("", old) => ("the canary".into(), old.into()),
+        // A redeploy of the same version: "v1 fails ..., v1 0 %" would say nothing.
+        (new, old) if new == old => (format!("the new {new}"), format!("the live {old}")),
+        (new, old) => (new.into(), old.into()),
+    }
+}
+
+/// A canary weight for people: "5 %", "0.5 %".
+fn weight_text(weight_bp: u16) -> String {
+    format!("{} %", f64::from(weight_bp) / 100.0)
+}
+
+/// Counts a failed window; returns the failed windows so far.
+fn count_failure(b: &mut Builder, verdict: &Verdict, window_started_at: Timestamp) -> u32 {
     let r = b.rollout();
-    r.last_verdict = Some(verdict.clone());
     if verdict.outcome == Outcome::Fail {
         r.failures += 1;
         r.first_bad_window_at.get_or_insert(window_started_at);
     }
-    let failures = r.failures;
-    let limit = r.policy.failure_limit;
-    let conclusive = verdict.conclusive;
-    let outcome = match verdict.outcome {
-        Outcome::Pass => "pass",
-        Outcome::Fail => "fail",
-        Outcome::Inconclusive => "inconclusive",
-    };
-    let message = match verdict.outcome {
-        Outcome::Fail if conclusive => format!("{outcome} (conclusive): {}", verdict.reason),
-        Outcome::Fail => format!(
-            "{outcome} (failed window {failures}; rollback at {}): {}",
-            limit + 1,
-            verdict.reason
-        ),
-        _ => format!("{outcome}: {}", verdict.reason),
-    };
-    let data = serde_json::json!({ "verdict": verdict, "window_started_at": window_started_at });
+    r.failures
+}
+
+/// Records the verdict and its decision event: the plain sentence with what the engine does
+/// (`action`) as the message, the verdict with its statistics (`reason`) as the data.
+fn record_verdict(b: &mut Builder, mut verdict: Verdict, action: &str, window_started_at: Timestamp) {
+    verdict.summary = format!("{}: {action}", verdict.summary);
+    let message = verdict.summary.clone();
+    let data = serde_json::json!({ "verdict": &verdict, "window_started_at": window_started_at });
+    b.rollout().last_verdict = Some(verdict);
     b.event("decision", message, data);
 }
 

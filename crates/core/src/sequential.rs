@@ -424,6 +424,12 @@ pub struct StreamReport {
     pub canary_rate_ci95: (f64, f64),
     pub baseline_rate: f64,
     pub baseline_rate_ci95: (f64, f64),
+    /// Events and requests of each slot over the rollout so far, behind the rates: a sentence
+    /// for people gives counts where there are too few requests for a rate to mean much.
+    #[serde(default)]
+    pub rollout_canary: (u64, u64),
+    #[serde(default)]
+    pub rollout_baseline: (u64, u64),
     /// Mixture e-value for "worse", and the bar it must reach (`streams / α`).
     pub e_worse: f64,
     pub e_not_worse: f64,
@@ -671,6 +677,8 @@ fn report(
         canary_rate_ci95: wilson(s.canary_events, s.canary_requests),
         baseline_rate,
         baseline_rate_ci95: wilson(s.baseline_events, s.baseline_requests),
+        rollout_canary: (s.canary_events, s.canary_requests),
+        rollout_baseline: (s.baseline_events, s.baseline_requests),
         e_worse,
         e_not_worse,
         bar,

@@ -4,7 +4,9 @@
 use std::net::SocketAddr;
 
 use cutover_core::judge::{JudgeConfig, SlotWindow, WindowStats};
-use cutover_core::rollout::{handle, route_table, window_due, Action, AppState, Command, Input, Phase};
+use cutover_core::rollout::{
+    handle, route_table, window_due, Action, AppState, Command, Event, Input, Phase,
+};
 use cutover_core::{ReleaseSpec, RolloutPolicy, Slot, Step, Timestamp};
 
 /// Drives the engine like the controller does: carries out actions by answering with inputs,
@@ -19,6 +21,8 @@ struct Sim {
     router: Option<cutover_core::RouteTable>,
     stopped: Vec<Slot>,
     log: Vec<String>,
+    /// Every event, for what the log's sentences leave out (a decision's verdict).
+    events: Vec<Event>,
     provision_ok: bool,
     verify_ok: bool,
     gate_failure: Option<String>,
@@ -103,6 +107,7 @@ impl Sim {
             routes: Vec::new(),
             stopped: Vec::new(),
             log: Vec::new(),
+            events: Vec::new(),
             provision_ok: true,
             verify_ok: true,
             gate_failure: None,
@@ -120,6 +125,7 @@ impl Sim {
         for e in &t.events {
             self.log.push(format!("{}: {}", e.kind, e.message));
         }
+        self.events.extend(t.events.iter().cloned());
         // Whatever a transition applies on the way, the router ends up serving the derived table.
         let last_applied = t.actions.iter().rev().find_map(|a| match a {
             Action::ApplyRoutes(table) => Some(table.clone()),
@@ -217,6 +223,14 @@ impl Sim {
         }
     }
 
+    fn decisions(&self) -> Vec<Event> {
+        self.events
+            .iter()
+            .filter(|e| e.kind == "decision")
+            .cloned()
+            .collect()
+    }
+
     fn phase(&self) -> &'static str {
         self.state
             .rollout
@@ -293,14 +307,40 @@ fn a_failing_canary_is_rolled_back_after_the_failure_limit() {
     let Phase::RolledBack { reason, .. } = &sim.state.rollout.as_ref().unwrap().phase else {
         unreachable!()
     };
-    assert!(reason.contains("canary error rate 10.00 %"), "{reason}");
+    // In plain words; the statistics are in the decision's data.
     assert!(
-        sim.log
-            .iter()
-            .any(|l| l.starts_with("decision: fail (failed window 1; rollback at 2)")),
-        "{:#?}",
-        sim.log
+        reason.contains("v2 fails 10.0 % of requests with a 5xx"),
+        "{reason}"
     );
+    let decisions = sim.decisions();
+    assert_eq!(
+        decisions
+            .iter()
+            .map(|d| d.data["verdict"]["outcome"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["fail", "fail"]
+    );
+    assert_eq!(
+        decisions[0].message,
+        "v2 fails 10.0 % of requests with a 5xx, above the 5 % ceiling (v1 0.10 %): failed window 1 of 2, holding at 5 %"
+    );
+    assert!(
+        decisions[1]
+            .message
+            .ends_with(": failed window 2 of 2, rolling back"),
+        "{}",
+        decisions[1].message
+    );
+    // The statistics stay in the data, with the plain sentence beside them.
+    let verdict = &decisions[1].data["verdict"];
+    assert!(
+        verdict["reason"]
+            .as_str()
+            .unwrap()
+            .contains("above baseline 0.10 % × 2 + 1.00 %"),
+        "{verdict}"
+    );
+    assert_eq!(verdict["summary"].as_str(), Some(decisions[1].message.as_str()));
 }
 
 #[test]
@@ -309,13 +349,20 @@ fn the_sequential_judge_rolls_back_at_once_on_strong_evidence() {
     sim.deploy(policy());
     sim.run_for(10_000);
     assert_eq!(sim.phase(), "rolled_back", "{:#?}", sim.log);
-    let decision = sim
-        .log
-        .iter()
-        .find(|l| l.starts_with("decision: fail (conclusive)"))
-        .expect("a conclusive decision");
-    assert!(decision.contains("5xx: canary 10.00 %"), "{decision}");
-    assert!(decision.contains("e-value"), "{decision}");
+    let decisions = sim.decisions();
+    let decision = decisions.last().expect("a decision");
+    assert_eq!(
+        decision.message,
+        "v2 fails 10.0 % of requests with a 5xx, v1 0.10 %: rolling back"
+    );
+    let verdict = &decision.data["verdict"];
+    assert_eq!(
+        (verdict["outcome"].as_str(), verdict["conclusive"].as_bool()),
+        (Some("fail"), Some(true))
+    );
+    let statistics = verdict["reason"].as_str().unwrap();
+    assert!(statistics.contains("5xx: canary 10.00 %"), "{statistics}");
+    assert!(statistics.contains("e-value"), "{statistics}");
 }
 
 #[test]
@@ -343,10 +390,23 @@ fn early_step_completion_moves_on_once_the_canary_is_shown_not_worse() {
     // Each step lasts a minute; with the evidence it ends well before.
     sim.run_for(150_000);
     assert!(matches!(sim.phase(), "promoted" | "succeeded"), "{:#?}", sim.log);
+    let early = sim
+        .decisions()
+        .into_iter()
+        .find(|d| d.data["verdict"]["complete_step"] == true)
+        .expect("a decision ended a step early");
     assert!(
-        sim.log.iter().any(|l| l.contains("step complete")),
-        "{:#?}",
-        sim.log
+        early.message.contains("so the step can end early: step 1 passed"),
+        "{}",
+        early.message
+    );
+    assert!(
+        early.data["verdict"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("step complete"),
+        "{}",
+        early.data
     );
 }
 
@@ -894,4 +954,153 @@ fn a_restart_during_the_expand_runs_it_again_and_a_rollback_never_undoes_it() {
     sim.command(Command::Abort).unwrap();
     assert_eq!(sim.phase(), "aborted");
     assert_eq!(route_table(&sim.state).weight_of(sim.state.live.other()), 0);
+}
+
+/// The message of each decision: the verdict in plain words, then what the engine does.
+fn decision_messages(sim: &Sim) -> Vec<String> {
+    sim.decisions().into_iter().map(|d| d.message).collect()
+}
+
+#[test]
+fn decisions_say_in_plain_words_what_the_engine_does() {
+    // Healthy: the rollout goes on, steps pass, the rollback window goes on.
+    let mut sim = Sim::new(healthy);
+    sim.deploy(policy());
+    sim.run_for(4 * 60_000);
+    let said = decision_messages(&sim);
+    assert_eq!(
+        said[0],
+        "v2 looks as good as v1 so far (5xx 0 % vs 0 %, p99 20 ms vs 20 ms, 200 requests): going on"
+    );
+    assert_eq!(
+        said[5],
+        "v2 looks as good as v1 so far (5xx 0 % vs 0 %, p99 20 ms vs 20 ms, 1200 requests): step 1 passed"
+    );
+    assert_eq!(
+        said.last().unwrap(),
+        "v2 stays under its ceilings (5xx 0 % against a 5 % ceiling, p99 20 ms, 200 requests): the rollback window goes on"
+    );
+    // The verdict kept for status displays is the one the event carries.
+    let r = sim.state.rollout.as_ref().unwrap();
+    assert_eq!(r.last_verdict.as_ref().unwrap().summary, *said.last().unwrap());
+
+    // Too few requests: the step is held until it has seen enough.
+    let mut sim = Sim::new(|_| {
+        let w = |requests, errors| SlotWindow {
+            requests,
+            errors,
+            p99_ms: Some(20.0),
+            ..SlotWindow::default()
+        };
+        WindowStats {
+            canary: w(4, 0),
+            baseline: Some(w(2000, 2)),
+            duration_ms: 10_000,
+            ..WindowStats::default()
+        }
+    });
+    sim.deploy(policy());
+    sim.run_for(60_000);
+    assert_eq!(
+        decision_messages(&sim).last().unwrap(),
+        "not enough traffic to judge yet (24 of 50 requests): holding at 5 % until the step has seen 50 requests (24 so far)"
+    );
+    assert_eq!(
+        sim.log.last().unwrap(),
+        "step_extended: step 1 extended by up to 300 s: v2 has served 24 of the 50 requests a step needs"
+    );
+
+    // Evidence building: the step is held, then the release rolled back.
+    let mut sim = Sim::new(|_| {
+        let w = |requests, errors| SlotWindow {
+            requests,
+            errors,
+            p99_ms: Some(20.0),
+            ..SlotWindow::default()
+        };
+        WindowStats {
+            canary: w(100, 3),
+            baseline: Some(w(1900, 19)),
+            duration_ms: 10_000,
+            ..WindowStats::default()
+        }
+    });
+    sim.deploy(policy());
+    sim.run_for(6 * 60_000);
+    let said = decision_messages(&sim);
+    assert!(
+        said.contains(
+            &"evidence against v2 is building (5xx: v2 3.0 %, v1 1.0 %; 62 % of the way to a rollback): holding at 5 %"
+                .to_string()
+        ),
+        "{said:#?}"
+    );
+    assert_eq!(
+        said.last().unwrap(),
+        "v2 fails 3.0 % of requests with a 5xx, v1 1.0 %: rolling back"
+    );
+
+    // Windows without a verdict: held, then a person decides.
+    let mut sim = Sim::new(quiet);
+    sim.deploy(policy());
+    sim.run_for(40_000);
+    let said = decision_messages(&sim);
+    assert_eq!(
+        said[0],
+        "not enough traffic to judge yet (3 of 20 requests in this window): holding at 5 %"
+    );
+    assert_eq!(
+        said[3],
+        "not enough traffic to judge yet (3 of 20 requests in this window): pausing for a person"
+    );
+    let Phase::Paused { reason, .. } = &sim.state.rollout.as_ref().unwrap().phase else {
+        panic!("{:#?}", sim.log)
+    };
+    assert_eq!(
+        reason,
+        "4 windows in a row without a verdict, the last: not enough traffic to judge yet (3 of 20 requests in this window); \
+         never promoting blind: resume, promote or roll back"
+    );
+
+    // A failed window in the rollback window.
+    let mut sim = Sim::new(failing);
+    sim.deploy(RolloutPolicy::blue_green());
+    sim.run_for(20_000);
+    assert_eq!(
+        decision_messages(&sim),
+        [
+            "v2 fails 10.0 % of requests with a 5xx, above the 5 % ceiling: failed window 1 of 2, v2 stays live for now",
+            "v2 fails 10.0 % of requests with a 5xx, above the 5 % ceiling: failed window 2 of 2, rolling back",
+        ]
+    );
+}
+
+#[test]
+fn a_redeploy_of_the_live_version_tells_the_two_apart() {
+    let mut sim = Sim::new(failing);
+    sim.send(Input::Deploy {
+        release: ReleaseSpec::new("v1", "run v1"),
+        policy: policy(),
+        forced: false,
+        migrate: false,
+    })
+    .unwrap();
+    sim.run_for(10_000);
+    assert_eq!(
+        decision_messages(&sim),
+        ["the new v1 fails 10.0 % of requests with a 5xx, the live v1 0.10 %: rolling back"]
+    );
+}
+
+#[test]
+fn the_verified_event_is_the_verifications_own_sentence() {
+    // Before, the engine put "smoke checks passed: " in front of whatever the verification
+    // said, "smoke checks passed: no smoke checks configured" included.
+    let mut sim = Sim::new(healthy);
+    sim.deploy(policy());
+    assert!(
+        sim.log.contains(&"verified: 2 checks".to_string()),
+        "{:#?}",
+        sim.log
+    );
 }

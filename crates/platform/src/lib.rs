@@ -1,9 +1,11 @@
 //! Where releases run. One trait, [`Platform`], with one module per backend.
 
 pub mod local;
+pub mod logs;
 pub mod static_hosts;
 
 pub use local::LocalProcessPlatform;
+pub use logs::{LogChunk, LogCursor, LogLine, LogRequest};
 
 /// Variables of cutover's own environment that a release's processes (instances, deploy hooks)
 /// inherit; everything else of cutover's, its admin token and webhook secrets among them, never
@@ -78,6 +80,19 @@ pub enum PlatformError {
     Stop { slot: Slot, reason: String },
     #[error("platform state in {path}: {reason}")]
     State { path: String, reason: String },
+    /// The caller's cursor is not one this platform gave out (edited, cut, or from another
+    /// version of cutover).
+    #[error(
+        "invalid log cursor: {reason}; pass the cursor of the previous answer unchanged, or none \
+         to start again from the last lines"
+    )]
+    BadCursor { reason: String },
+    /// The platform keeps no logs of the instances (they run elsewhere).
+    #[error(
+        "the platform of app {app} keeps no logs of its instances: read them where they run (the \
+         hosts' own logging)"
+    )]
+    LogsNotKept { app: String },
     #[error("{0}")]
     Other(String),
 }
@@ -115,4 +130,15 @@ pub trait Platform: Send + Sync + std::fmt::Debug {
 
     /// The last `lines` lines of the logs of `slot`'s instances, for error messages.
     fn log_tail(&self, app: &str, slot: Slot, lines: usize) -> String;
+
+    /// The log lines of `slot`'s instances (of its latest version when none runs): the last
+    /// `request.tail_lines` of each, or with `request.after` those written since that cursor,
+    /// with the cursor to ask for the next ones. See [`logs`] for the cursor's promises and the
+    /// per-call caps. Reads files: call it off the async runtime's worker threads
+    /// (`spawn_blocking`).
+    ///
+    /// The default is for platforms whose instances run elsewhere: [`PlatformError::LogsNotKept`].
+    fn read_logs(&self, app: &str, _slot: Slot, _request: &LogRequest) -> Result<LogChunk, PlatformError> {
+        Err(PlatformError::LogsNotKept { app: app.to_string() })
+    }
 }

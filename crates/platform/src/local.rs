@@ -34,6 +34,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
+use crate::logs::{LogChunk, LogRequest, LogSource};
 use crate::{InstanceInfo, Platform, PlatformError, ReconcileReport};
 
 /// How long `start` and `reconcile` give instances they replace or no longer want to exit after
@@ -68,7 +69,7 @@ pub struct LocalProcessPlatform {
     slots: Mutex<HashMap<SlotKey, Vec<Tracked>>>,
     /// The log files of the last instances of each slot. Not cleared by `stop`, because the
     /// logs of a slot that just failed are what an error message wants to quote.
-    last_logs: Mutex<HashMap<SlotKey, Vec<(u32, PathBuf)>>>,
+    last_logs: Mutex<HashMap<SlotKey, Vec<LogFile>>>,
 }
 
 impl fmt::Debug for LocalProcessPlatform {
@@ -81,6 +82,14 @@ impl fmt::Debug for LocalProcessPlatform {
 }
 
 type SlotKey = (String, Slot);
+
+/// The log file of one instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LogFile {
+    index: u32,
+    version: String,
+    path: PathBuf,
+}
 
 /// One instance as recorded on disk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -788,7 +797,7 @@ impl Platform for LocalProcessPlatform {
             },
         };
         let mut out = String::new();
-        for (index, path) in logs {
+        for LogFile { index, path, .. } in logs {
             match tail_lines(&path, lines) {
                 Ok(tail) => {
                     for line in tail {
@@ -802,6 +811,54 @@ impl Platform for LocalProcessPlatform {
             }
         }
         out
+    }
+
+    /// The logs of the slot's instances while it has some (running or exited); once it was
+    /// stopped, those of its last instances; after a restart of cutover with the slot stopped,
+    /// the files of the version it ran last, found by their names.
+    fn read_logs(&self, app: &str, slot: Slot, request: &LogRequest) -> Result<LogChunk, PlatformError> {
+        let tracked = self.tracked(app, slot)?;
+        let sources: Vec<LogSource> = if tracked.is_empty() {
+            let last = lock(&self.last_logs).get(&(app.to_string(), slot)).cloned();
+            let files = match last {
+                Some(files) => files,
+                None => {
+                    let dir = self.log_dir(app);
+                    latest_logs_on_disk(&dir, slot).map_err(|e| {
+                        state_error(
+                            &dir,
+                            format!("cannot list the log directory: {e}; check its permissions"),
+                        )
+                    })?
+                }
+            };
+            files
+                .into_iter()
+                .map(|f| LogSource {
+                    instance: f.index,
+                    version: f.version,
+                    path: f.path,
+                    finished: true,
+                })
+                .collect()
+        } else {
+            tracked
+                .iter()
+                .map(|t| LogSource {
+                    instance: t.rec.index,
+                    version: t.rec.version.clone(),
+                    path: t.rec.log_path.clone(),
+                    finished: t.exited().is_some(),
+                })
+                .collect()
+        };
+        let mut chunk = crate::logs::read_logs(&sources, request);
+        if sources.is_empty() {
+            chunk.notes.push(format!(
+                "slot {slot} of app {app} has no logs: no instance of it ever ran under this state directory"
+            ));
+        }
+        Ok(chunk)
     }
 }
 
@@ -903,8 +960,6 @@ fn spawn_instance(
     })
 }
 
-/// Kills a just-spawned group that could not be recorded, so it is not left unmanaged; its
-/// reaping is left to tokio, which reaps dropped children in the background.
 /// Secret references read from this process: its files and its environment. Reads at most
 /// [`MAX_SECRET_BYTES`] + 1 bytes of a regular file (never a FIFO or a device), and logs nothing.
 #[derive(Debug, Clone, Copy, Default)]
@@ -931,6 +986,8 @@ impl SecretLookup for ProcessSecrets {
     }
 }
 
+/// Kills a just-spawned group that could not be recorded, so it is not left unmanaged; its
+/// reaping is left to tokio, which reaps dropped children in the background.
 fn kill_unrecorded(pid: u32) {
     let _ = killpg(Pid::from_raw(pgid_to_raw(pid)), Signal::SIGKILL);
 }
@@ -1104,11 +1161,68 @@ fn resolve_workdir(workdir: &str) -> Result<PathBuf, String> {
     ))
 }
 
-fn log_list(tracked: &[Tracked]) -> Vec<(u32, PathBuf)> {
+fn log_list(tracked: &[Tracked]) -> Vec<LogFile> {
     tracked
         .iter()
-        .map(|t| (t.rec.index, t.rec.log_path.clone()))
+        .map(|t| LogFile {
+            index: t.rec.index,
+            version: t.rec.version.clone(),
+            path: t.rec.log_path.clone(),
+        })
         .collect()
+}
+
+/// The log files in `dir` of the version of `slot` written to last, by instance: what a slot
+/// that neither runs nor ran since cutover started left behind. The version is read from the
+/// file names, so it is the sanitised one ([`sanitize`]).
+fn latest_logs_on_disk(dir: &Path, slot: Slot) -> std::io::Result<Vec<LogFile>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let prefix = format!("{}-", slot.as_str());
+    let mut found: Vec<(std::time::SystemTime, LogFile)> = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        // `<slot>-<version>-<index>.log`; the version may hold `-`, the index never does.
+        let Some((version, index)) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|n| n.strip_suffix(".log"))
+            .and_then(|n| n.rsplit_once('-'))
+        else {
+            continue;
+        };
+        let Ok(index) = index.parse::<u32>() else {
+            continue;
+        };
+        let Ok(modified) = entry.metadata().and_then(|m| m.modified()) else {
+            continue;
+        };
+        found.push((
+            modified,
+            LogFile {
+                index,
+                version: version.to_string(),
+                path: entry.path(),
+            },
+        ));
+    }
+    let Some(latest) = found
+        .iter()
+        .max_by_key(|(modified, _)| *modified)
+        .map(|(_, f)| f.version.clone())
+    else {
+        return Ok(Vec::new());
+    };
+    let mut files: Vec<LogFile> = found
+        .into_iter()
+        .map(|(_, f)| f)
+        .filter(|f| f.version == latest)
+        .collect();
+    files.sort_by_key(|f| f.index);
+    Ok(files)
 }
 
 /// The last `n` lines of the file, reading only its end.

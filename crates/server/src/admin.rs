@@ -47,6 +47,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::controller::{Controller, ControllerError, DeployRequest};
 
+#[path = "admin_logs.rs"]
+mod admin_logs;
+
 /// What the admin API works on.
 #[derive(Debug)]
 pub struct AdminState {
@@ -74,6 +77,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/apps/{app}/history", get(history))
         .route("/v1/apps/{app}/events", get(events))
         .route("/v1/apps/{app}/events/stream", get(event_stream))
+        .route("/v1/apps/{app}/logs", get(admin_logs::app_logs))
         .route("/v1/apps/{app}/migrations", get(migrations))
         .route("/v1/apps/{app}/migrations/contract", post(contract_migrations))
         .route("/v1/apps/{app}/migrations/repair", post(repair_migration))

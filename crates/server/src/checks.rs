@@ -142,13 +142,37 @@ pub async fn request(
 
 /// Waits until every address answers the readiness probe, or the deadline passes; the error
 /// carries the last probe result of each instance that is not ready.
+/// `progress` holds, between probes, what the instances not yet ready last answered (for the
+/// controller's "not ready yet" events).
 pub async fn wait_ready(
     addrs: &[SocketAddr],
     config: &ReadinessConfig,
     deadline: Duration,
+    progress: &std::sync::Mutex<String>,
 ) -> Result<(), String> {
     let started = tokio::time::Instant::now();
     let mut last: Vec<Option<String>> = vec![Some("not probed yet".into()); addrs.len()];
+    let details = |last: &[Option<String>]| {
+        let failing: Vec<&String> = last.iter().flatten().collect();
+        let mut text = addrs
+            .iter()
+            .zip(last)
+            .filter_map(|(a, l)| {
+                l.as_ref()
+                    .map(|l| format!("{a}: last probe of {}: {l}", config.path))
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        // An answer that is not 200 usually means the service has no such path: say which
+        // setting points elsewhere, rather than let the user guess from a 404.
+        if !failing.is_empty() && failing.iter().all(|l| l.starts_with("status ")) {
+            text.push_str(&format!(
+                " (the service answers, but not 200 on {}: if it has no such path, set [app.readiness] path to one that answers 200 once it is ready)",
+                config.path
+            ));
+        }
+        text
+    };
     loop {
         for (i, addr) in addrs.iter().enumerate() {
             if last[i].is_none() {
@@ -165,15 +189,10 @@ pub async fn wait_ready(
             return Ok(());
         }
         if started.elapsed() >= deadline {
-            let details: Vec<String> = addrs
-                .iter()
-                .zip(&last)
-                .filter_map(|(a, l)| {
-                    l.as_ref()
-                        .map(|l| format!("{a}: last probe of {}: {l}", config.path))
-                })
-                .collect();
-            return Err(details.join("; "));
+            return Err(details(&last));
+        }
+        if let Ok(mut p) = progress.lock() {
+            *p = details(&last);
         }
         tokio::time::sleep(Duration::from_millis(config.interval_ms)).await;
     }
@@ -195,7 +214,6 @@ pub async fn all_ready(addrs: &[SocketAddr], config: &ReadinessConfig) -> bool {
 
 /// Smoke checks, the smoke command and pre-warm against `addrs`. Ok carries a summary.
 pub async fn verify(addrs: &[SocketAddr], config: &VerifyConfig) -> Result<String, String> {
-    let mut passed = 0;
     for check in &config.smoke {
         for addr in addrs {
             let (status, body) = request(*addr, &check.method, &check.path, check.body.as_deref())
@@ -220,7 +238,6 @@ pub async fn verify(addrs: &[SocketAddr], config: &VerifyConfig) -> Result<Strin
                     ));
                 }
             }
-            passed += 1;
         }
     }
     if let Some(command) = &config.command {
@@ -255,12 +272,12 @@ pub async fn verify(addrs: &[SocketAddr], config: &VerifyConfig) -> Result<Strin
                 excerpt(&text)
             ));
         }
-        passed += 1;
     }
-    let mut warmed = 0;
+    let (mut sent, mut warmed) = (0u64, 0u64);
     for path in &config.prewarm_paths {
         for addr in addrs {
             for _ in 0..config.prewarm_requests {
+                sent += 1;
                 // Pre-warm failures are not verdicts: the smoke checks decide.
                 if request(*addr, "GET", path, None).await.is_ok() {
                     warmed += 1;
@@ -268,10 +285,59 @@ pub async fn verify(addrs: &[SocketAddr], config: &VerifyConfig) -> Result<Strin
             }
         }
     }
-    Ok(format!(
-        "{passed} smoke check{} passed, {warmed} pre-warm requests",
-        if passed == 1 { "" } else { "s" }
+    Ok(verified(
+        config.smoke.len(),
+        addrs.len(),
+        config.command.is_some(),
+        sent,
+        warmed,
     ))
+}
+
+/// What verification did, in a sentence that stays true when nothing was configured: the
+/// `verified` event's message is this alone.
+fn verified(
+    smoke: usize,
+    instances: usize,
+    command: bool,
+    prewarm_sent: u64,
+    prewarm_answered: u64,
+) -> String {
+    let plural = |n: usize, one: &str, many: &str| {
+        if n == 1 {
+            one.to_string()
+        } else {
+            format!("{n} {many}")
+        }
+    };
+    let checks = match (smoke, command) {
+        (0, false) => "no smoke checks configured ([app.verify] smoke): nothing to check".to_string(),
+        (0, true) => "the smoke command passed".to_string(),
+        (n, _) if instances == 0 => format!(
+            "{} configured, but no instance to run them on",
+            plural(n, "1 smoke check", "smoke checks")
+        ),
+        (n, command) => format!(
+            "{} passed on {}{}",
+            plural(n, "1 smoke check", "smoke checks"),
+            match instances {
+                1 => "the 1 instance".to_string(),
+                i => format!("each of the {i} instances"),
+            },
+            if command {
+                ", and so did the smoke command"
+            } else {
+                ""
+            }
+        ),
+    };
+    let prewarm = match (prewarm_sent, prewarm_answered) {
+        (0, _) => "0 pre-warm requests".to_string(),
+        (1, 1) => "1 pre-warm request".to_string(),
+        (sent, answered) if sent == answered => format!("{sent} pre-warm requests"),
+        (sent, answered) => format!("{answered} of {sent} pre-warm requests answered"),
+    };
+    format!("{checks}; {prewarm}")
 }
 
 fn excerpt(text: &str) -> String {
@@ -284,5 +350,85 @@ fn excerpt(text: &str) -> String {
         format!("{}…", &trimmed[..cut])
     } else {
         trimmed.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn the_verified_sentence_is_true_for_none_one_and_many_checks() {
+        let cases = [
+            (
+                verified(0, 2, false, 0, 0),
+                "no smoke checks configured ([app.verify] smoke): nothing to check; 0 pre-warm requests",
+            ),
+            (
+                verified(1, 1, false, 1, 1),
+                "1 smoke check passed on the 1 instance; 1 pre-warm request",
+            ),
+            (
+                verified(3, 2, true, 40, 40),
+                "3 smoke checks passed on each of the 2 instances, and so did the smoke command; 40 pre-warm requests",
+            ),
+            (
+                verified(0, 2, true, 40, 38),
+                "the smoke command passed; 38 of 40 pre-warm requests answered",
+            ),
+        ];
+        for (got, want) in cases {
+            assert_eq!(got, want);
+        }
+    }
+
+    /// Before, a slot verified with nothing configured read "0 smoke checks passed".
+    #[tokio::test]
+    async fn verifying_with_nothing_configured_says_so() {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 9));
+        let detail = verify(&[addr], &VerifyConfig::default()).await.unwrap();
+        assert_eq!(
+            detail,
+            "no smoke checks configured ([app.verify] smoke): nothing to check; 0 pre-warm requests"
+        );
+        assert!(!detail.contains("passed"), "{detail}");
+    }
+
+    #[tokio::test]
+    async fn one_smoke_check_on_one_instance_with_pre_warm() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            // The smoke check and three pre-warm requests, one connection each.
+            for _ in 0..4 {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut head = [0u8; 1024];
+                let _ = socket.read(&mut head).await.unwrap();
+                socket
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+                    .await
+                    .unwrap();
+            }
+        });
+        let config = VerifyConfig {
+            smoke: vec![SmokeCheck {
+                method: "GET".into(),
+                path: "/health".into(),
+                expect_status: 200,
+                body_contains: Some("ok".into()),
+                body: None,
+            }],
+            prewarm_paths: vec!["/".into()],
+            prewarm_requests: 3,
+            ..VerifyConfig::default()
+        };
+        let detail = verify(&[addr], &config).await.unwrap();
+        assert_eq!(
+            detail,
+            "1 smoke check passed on the 1 instance; 3 pre-warm requests"
+        );
+        server.await.unwrap();
     }
 }

@@ -782,6 +782,17 @@ fn collision(addr: SocketAddr, other_field: &str, other: SocketAddr) -> String {
 /// would otherwise show at the first deploy, as a failed rollout. A relative path is resolved the
 /// way the platform does: against the directory cutover is started in.
 fn check_workdir(field: &str, workdir: &str) -> Option<FieldError> {
+    // `releases/{version}`: each version's directory appears when it is deployed; what must be
+    // there now is the directory they go in.
+    if let Some(at) = workdir.find("{version}") {
+        let parent = workdir[..at].rsplit_once('/').map(|(p, _)| p).unwrap_or("");
+        let parent = if parent.is_empty() && workdir.starts_with('/') {
+            "/"
+        } else {
+            parent
+        };
+        return check_workdir(field, if parent.is_empty() { "." } else { parent });
+    }
     let relative = if Path::new(workdir).is_relative() {
         " (a relative workdir is resolved against the directory cutover is started in)"
     } else {

@@ -73,6 +73,10 @@ pub struct ReleaseTemplate {
     pub command: String,
     pub instances: u32,
     pub env: EnvMap,
+    /// The directory instances start in; `{version}` is replaced by the version deployed, so
+    /// that blue and green, running at once, each run their own checkout (`releases/{version}`).
+    /// Relative to the directory `cutover serve` is started in. A deploy of a version whose
+    /// directory does not exist is refused.
     pub workdir: Option<String>,
 }
 
@@ -455,6 +459,11 @@ impl Controller {
         &self.store
     }
 
+    /// Where the app's instances run; the admin API reads their logs through it.
+    pub fn platform(&self) -> &Arc<dyn Platform> {
+        &self.platform
+    }
+
     pub async fn state(&self) -> AppState {
         self.state.lock().await.clone()
     }
@@ -535,9 +544,27 @@ impl Controller {
             command: command.replace("{version}", version),
             env: template.env.clone(),
             secrets: BTreeMap::new(),
-            workdir: template.workdir.clone(),
+            workdir: template.workdir.as_ref().map(|w| w.replace("{version}", version)),
             instances,
         };
+        // Blue and green run at once, so each version has its own directory: one that is not
+        // there yet is refused now, not found missing by a failed rollout.
+        if let (Some(template_dir), Some(dir)) = (&template.workdir, &release.workdir) {
+            if template_dir.contains("{version}") && !errors.iter().any(|e| e.field == "version") {
+                let path = std::path::absolute(dir).unwrap_or_else(|_| std::path::PathBuf::from(dir));
+                if !path.is_dir() {
+                    errors.push(FieldError::new(
+                        "workdir",
+                        format!(
+                            "{} (from [app.release] workdir = {template_dir:?}) does not exist: put version {version}'s \
+                             code there before deploying it, e.g. `git worktree add {dir} {version}` in the server's \
+                             working directory",
+                            path.display()
+                        ),
+                    ));
+                }
+            }
+        }
         errors.extend(release.override_env(&request.env, &request.secrets));
         // References are checked now so a missing file or variable is a 400, not a failed
         // rollout; they are read again when the instances start.
@@ -1000,11 +1027,39 @@ impl Controller {
                     }
                 }
             };
+            // A service that never gets ready would otherwise be silent until the deadline: say
+            // what its probes answer, after 10 s and every 15 s after that.
+            let progress = std::sync::Mutex::new(String::new());
+            let not_ready_yet = async {
+                let started = tokio::time::Instant::now();
+                let mut after = Duration::from_secs(10);
+                loop {
+                    tokio::time::sleep_until(started + after).await;
+                    let detail = progress.lock().map(|p| p.clone()).unwrap_or_default();
+                    if !detail.is_empty() {
+                        let rollout_id = self.state.lock().await.rollout.as_ref().map(|r| r.id);
+                        self.record_event(
+                            rollout_id,
+                            "not_ready_yet",
+                            format!(
+                                "{} in slot {slot} not ready after {} s of {} s: {detail}",
+                                release.version,
+                                after.as_secs(),
+                                release_deadline_secs(&self.config)
+                            ),
+                            serde_json::json!({ "slot": slot, "waited_ms": after.as_millis() as u64 }),
+                        )
+                        .await;
+                    }
+                    after += Duration::from_secs(15);
+                }
+            };
             tokio::select! {
-                ready = checks::wait_ready(&addrs, &self.config.readiness, remaining) => {
+                ready = checks::wait_ready(&addrs, &self.config.readiness, remaining, &progress) => {
                     ready.map_err(|e| format!("not ready within the readiness deadline ({} s): {e}", release_deadline_secs(&self.config)))?;
                 }
                 why = exited => return Err(why),
+                () = not_ready_yet => {}
             }
             Ok(addrs)
         }

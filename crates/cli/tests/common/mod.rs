@@ -11,11 +11,13 @@ pub const CUTOVER: &str = env!("CARGO_BIN_EXE_cutover");
 
 /// `cutover serve --config CONFIG` with the admin token `token`, once it reported ready; returns
 /// the process and its ready event (with the bound addresses).
+#[allow(dead_code)] // not every test binary that shares this module starts a server this way
 pub fn serve(config: &Path, token: &str) -> (ChildProcess, Value) {
     serve_with_env(config, token, &[])
 }
 
 /// [`serve`] with more variables in the server's environment.
+#[allow(dead_code)]
 pub fn serve_with_env(config: &Path, token: &str, env: &[(&str, &str)]) -> (ChildProcess, Value) {
     let mut cmd = Command::new(CUTOVER);
     cmd.args(["serve", "--config"])
@@ -32,6 +34,7 @@ pub fn serve_with_env(config: &Path, token: &str, env: &[(&str, &str)]) -> (Chil
 }
 
 /// `cutover --admin ADMIN ARGS...`: its exit code and its stdout and stderr together.
+#[allow(dead_code)]
 pub fn cli(admin: &str, token: &str, args: &[&str]) -> (i32, String) {
     let out = Command::new(CUTOVER)
         .arg("--admin")
@@ -76,6 +79,25 @@ pub fn instance_pids(dir: &Path) -> Vec<u32> {
             .next()
             .is_some_and(|rest| rest.trim_start().starts_with('Z'));
         if !zombie && cmdline.contains("example-app") && cmdline.contains(&needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Processes whose working directory is in `dir`: the instances of a test's releases, run from
+/// `dir/releases/...`, which outlive `cutover serve` by design.
+#[allow(dead_code)] // not every test binary that shares this module starts instances
+pub fn processes_in(dir: &Path) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        if std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir)) {
             pids.push(pid);
         }
     }

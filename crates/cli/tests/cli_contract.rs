@@ -1,0 +1,388 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! What scripts and CI jobs rely on: how the CLI finds its server, its exit codes, and its JSON.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use cutover_test_support::ChildProcess;
+use serde_json::Value;
+
+use common::CUTOVER;
+
+/// A directory with a cutover.toml whose admin API and app listen on ports the server picks, a
+/// per-version release directory, and a first step that waits for a person.
+fn project(dir: &Path) {
+    for v in ["v1", "v2", "v3"] {
+        std::fs::create_dir_all(dir.join("releases").join(v)).unwrap();
+    }
+    std::fs::write(
+        dir.join("cutover.toml"),
+        format!(
+            r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[[app]]
+name = "web"
+listen = "127.0.0.1:0"
+platform = "local"
+
+[app.release]
+command = "{CUTOVER} example-app --port {{port}}"
+workdir = "{}/releases/{{version}}"
+
+[app.rollout]
+steps = [{{ weight_bp = 500, pause = true }}, {{ weight_bp = 10000 }}]
+"#,
+            dir.display()
+        ),
+    )
+    .unwrap();
+}
+
+/// `cutover serve` as a user starts it: no token in the environment, so it generates the token
+/// file beside the configuration.
+fn serve(dir: &Path) -> ChildProcess {
+    let mut cmd = Command::new(CUTOVER);
+    cmd.args(["serve", "--config"])
+        .arg(dir.join("cutover.toml"))
+        .env_remove("CUTOVER_ADMIN_TOKEN")
+        .env_remove("NO_COLOR");
+    let mut process = ChildProcess::spawn("cutover-serve", cmd);
+    process.wait_for_stdout_line(Duration::from_secs(30), |line| {
+        serde_json::from_str::<Value>(line)
+            .ok()
+            .filter(|v| v["event"] == "ready")
+    });
+    process
+}
+
+/// `cutover ARGS` in `cwd` with nothing in the environment that points it anywhere.
+fn cutover(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(CUTOVER)
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("CUTOVER_ADMIN")
+        .env_remove("CUTOVER_ADMIN_TOKEN")
+        .env_remove("CUTOVER_CONFIG")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Every line of `text` as JSON; fails naming the line that is not.
+fn json_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}\n{text}")))
+        .collect()
+}
+
+struct Instances(std::path::PathBuf);
+
+impl Drop for Instances {
+    fn drop(&mut self) {
+        for pid in common::processes_in(&self.0) {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        }
+    }
+}
+
+#[test]
+fn the_cli_finds_its_server_from_the_configuration_and_keeps_its_exit_codes_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().canonicalize().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let elsewhere = elsewhere.path();
+    project(&dir);
+    let _instances = Instances(dir.clone());
+    let _server = serve(&dir);
+
+    // Beside cutover.toml nothing is needed: the address (port 0: from the state directory) and
+    // the token file are read from it.
+    let (code, out, err) = cutover(&dir, &["apps", "--output", "json"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let apps: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(apps[0]["app"], "web");
+    assert_eq!(apps[0]["managed"], true);
+
+    // The first version: followed as JSON, one object per line, the last the result, whose
+    // exit code is the process's.
+    let (code, out, err) = cutover(&dir, &["deploy", "web", "v1", "--output", "json"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let lines = json_lines(&out);
+    assert_eq!(lines[0]["kind"], "started");
+    assert!(lines.iter().any(|l| l["kind"] == "deploy"), "{out}");
+    let last = lines.last().unwrap();
+    assert_eq!(last["kind"], "result");
+    assert_eq!(last["phase"], "promoted");
+    assert_eq!(last["exit_code"], 0);
+    assert!(
+        last["rollout"].get("sequential").is_none(),
+        "the judge's memory stays out: {last}"
+    );
+
+    // The event log as JSON lines, as docs/events.md describes them.
+    let (code, out, err) = cutover(&dir, &["events", "web", "--output", "json"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let events = json_lines(&out);
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "promoted" && e["rollout_id"] == 1),
+        "{out}"
+    );
+    for e in &events {
+        for field in ["seq", "app", "at", "kind", "message"] {
+            assert!(!e[field].is_null(), "{field} missing: {e}");
+        }
+    }
+
+    // Elsewhere: with --config, with CUTOVER_CONFIG; with neither, an error that says where
+    // it looked and how to point the CLI at the server.
+    let config = dir.join("cutover.toml");
+    let config = config.to_str().unwrap();
+    let (code, out, err) = cutover(
+        elsewhere,
+        &["status", "web", "--config", config, "--output", "json"],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let status: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["rollout"]["release"]["version"], "v1");
+    let (code, out, err) = cutover(
+        elsewhere,
+        &["history", "web", "--output", "json"],
+        &[("CUTOVER_CONFIG", config)],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let history: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(history[0]["release"]["version"], "v1");
+    // (Through CUTOVER_ADMIN at a dead port: the default one may be another test's server.)
+    let (code, out, err) = cutover(
+        elsewhere,
+        &["status", "web"],
+        &[("CUTOVER_ADMIN", "http://127.0.0.1:1")],
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    for hint in [
+        "no cutover.toml in",
+        "from CUTOVER_ADMIN",
+        "--admin URL",
+        "--config",
+    ] {
+        assert!(err.contains(hint), "{hint:?} missing: {err}");
+    }
+
+    // The second version waits for a person at its pause step: 13, with the result in JSON.
+    let (code, out, err) = cutover(&dir, &["deploy", "web", "v2", "--output", "json"], &[]);
+    assert_eq!(code, 13, "{out}{err}");
+    let last = json_lines(&out).pop().unwrap();
+    assert_eq!(
+        (last["kind"].as_str(), last["exit_code"].as_u64()),
+        (Some("result"), Some(13))
+    );
+    assert_eq!(last["phase"], "paused");
+
+    // Refused by the server: 3 (another rollout running, an unknown app, a version whose
+    // directory is missing), 4 for a wrong token, 2 for a usage error, 1 when unreachable.
+    let (code, _, err) = cutover(&dir, &["deploy", "web", "v3"], &[]);
+    assert_eq!(code, 3, "{err}");
+    let (code, _, err) = cutover(&dir, &["status", "nope"], &[]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("no app named \"nope\""), "{err}");
+    let (code, _, err) = cutover(
+        &dir,
+        &["abort", "web"],
+        &[("CUTOVER_ADMIN_TOKEN", "a-wrong-token-of-some-length")],
+    );
+    assert_eq!(code, 4, "{err}");
+    let (code, _, err) = cutover(&dir, &["deploy", "web", "v3", "--timeout", "soon"], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not a duration"), "{err}");
+    let (code, _, err) = cutover(&dir, &["--admin", "http://127.0.0.1:1", "serve"], &[]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = cutover(&dir, &["status", "web", "--admin", "http://127.0.0.1:1"], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("cannot reach the cutover admin API at http://127.0.0.1:1 (from --admin)"),
+        "{err}"
+    );
+
+    // A person resumes; the rollout is promoted.
+    let (code, out, err) = cutover(&dir, &["resume", "web"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = cutover(&dir, &["deploy", "web", "v3", "--no-follow"], &[]);
+    // v2 may still be finishing its promotion: then the server says so (3); otherwise v3 starts.
+    assert!(code == 0 || code == 3, "{out}{err}");
+    if code == 0 {
+        let (code, out, err) = cutover(&dir, &["abort", "web"], &[]);
+        assert_eq!(code, 0, "{out}{err}");
+    }
+
+    // A version whose directory is missing is refused before anything starts, saying why.
+    let (code, _, err) = cutover(&dir, &["deploy", "web", "v9"], &[]);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("releases/v9") && err.contains("does not exist"),
+        "{err}"
+    );
+
+    // --wait follows through the pause; --timeout with --on-timeout abort stops the rollout: 14.
+    let (code, out, err) = cutover(
+        &dir,
+        &[
+            "deploy",
+            "web",
+            "v3",
+            "--wait",
+            "--timeout",
+            "2s",
+            "--on-timeout",
+            "abort",
+        ],
+        &[],
+    );
+    assert_eq!(code, 14, "{out}{err}");
+    assert!(out.contains("aborted (--on-timeout abort)"), "{out}");
+    let (code, out, _) = cutover(&dir, &["status", "web", "--output", "json"], &[]);
+    assert_eq!(code, 0);
+    let status: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["rollout"]["phase"]["phase"], "aborted");
+
+    // The history table: one line per rollout, with its start, duration, outcome and reason.
+    let (code, out, err) = cutover(&dir, &["history", "web"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let header = out.lines().next().unwrap();
+    for column in ["started", "took", "from", "to", "outcome", "reason"] {
+        assert!(header.contains(column), "{header}");
+    }
+    let aborted = out.lines().find(|l| l.contains("aborted")).unwrap();
+    assert!(aborted.contains("v3"), "{out}");
+}
+
+#[test]
+fn a_configuration_with_problems_exits_3_and_completions_and_man_pages_are_generated() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cutover.toml"), "[admin]\nlisten = 9180\n").unwrap();
+    let (code, _, err) = cutover(dir.path(), &["config", "check"], &[]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("admin.listen"), "{err}");
+
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, out, err) = cutover(dir.path(), &["completions", shell], &[]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.contains("deploy") && out.contains("on-timeout"),
+            "{shell}: {out}"
+        );
+    }
+    let man = dir.path().join("man");
+    let (code, out, err) = cutover(dir.path(), &["man", man.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    for page in [
+        "cutover.1",
+        "cutover-deploy.1",
+        "cutover-flag-kill.1",
+        "cutover-migrate-lint.1",
+    ] {
+        let text = std::fs::read_to_string(man.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(text.starts_with(".ie") || text.contains(".TH"), "{page}: {text}");
+    }
+    let deploy = std::fs::read_to_string(man.join("cutover-deploy.1")).unwrap();
+    assert!(deploy.contains("on\\-timeout"), "{deploy}");
+}
+
+#[test]
+fn serve_logs_json_lines_on_request_and_no_colour_into_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("cutover.toml"),
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[[app]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let mut cmd = Command::new(CUTOVER);
+    cmd.args(["serve", "--log-format", "json", "--config"])
+        .arg(dir.path().join("cutover.toml"))
+        .env("CUTOVER_ADMIN_TOKEN", "a-token-long-enough-for-serve");
+    let mut serve = ChildProcess::spawn("cutover-serve", cmd);
+    serve.wait_for_stdout_line(Duration::from_secs(30), |line| {
+        serde_json::from_str::<Value>(line)
+            .ok()
+            .filter(|v| v["event"] == "ready")
+    });
+    serve.terminate();
+    let log = serve.stderr();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "serve logged nothing");
+    for line in &lines {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string() && v["timestamp"].is_string(), "{line}");
+    }
+    assert!(!log.contains('\u{1b}'), "{log}");
+    assert!(
+        !log.contains("a-token-long-enough-for-serve"),
+        "the token is never logged"
+    );
+}
+
+/// A service without the readiness path: the user hears about it while it waits, with the
+/// setting that fixes it, and the deploy fails before any traffic (12).
+#[test]
+fn a_service_without_the_readiness_path_is_told_how_to_point_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().canonicalize().unwrap();
+    std::fs::write(
+        dir.join("cutover.toml"),
+        format!(
+            r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[[app]]
+name = "web"
+listen = "127.0.0.1:0"
+platform = "local"
+
+[app.release]
+command = "{CUTOVER} example-app --port {{port}}"
+workdir = "{}"
+
+[app.readiness]
+path = "/no-such-path"
+
+[app.rollout]
+readiness_deadline_ms = 11000
+"#,
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let _instances = Instances(dir.clone());
+    let _server = serve(&dir);
+    let (code, out, err) = cutover(&dir, &["deploy", "web", "v1", "--output", "json"], &[]);
+    assert_eq!(code, 12, "{out}{err}");
+    let lines = json_lines(&out);
+    let waiting = lines
+        .iter()
+        .find(|l| l["kind"] == "not_ready_yet")
+        .unwrap_or_else(|| panic!("no not_ready_yet event\n{out}"));
+    let message = waiting["message"].as_str().unwrap();
+    assert!(message.contains("status 404"), "{message}");
+    assert!(message.contains("[app.readiness] path"), "{message}");
+    let failed = lines.iter().find(|l| l["kind"] == "failed").unwrap();
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap()
+            .contains("[app.readiness] path"),
+        "{failed}"
+    );
+}
