@@ -76,7 +76,7 @@ impl Client {
     }
 
     fn token(&self) -> Result<String> {
-        self.connection.token(std::env::var("CUTOVER_ADMIN_TOKEN").ok())
+        Ok(self.connection.token(std::env::var("CUTOVER_ADMIN_TOKEN").ok())?)
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value> {
@@ -90,7 +90,24 @@ impl Client {
             ),
         })?;
         let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let text = response.text().await.unwrap_or_default();
+        // Every answer of the admin API is JSON, errors included ({"error": ...}): anything
+        // else is some other server at that address.
+        let body: Value = match serde_json::from_str::<Value>(&text) {
+            Ok(body) if status.is_success() || body["error"].is_string() => body,
+            _ => {
+                return Err(Unreachable {
+                    message: format!(
+                        "{} (from {}) answered HTTP {status} with something that is not cutover's admin API; \
+                         is that the address of `[admin] listen`, not of an app or another server? {}",
+                        self.base,
+                        self.connection.admin_from,
+                        self.connection.how_to_point_elsewhere()
+                    ),
+                }
+                .into())
+            }
+        };
         if status.is_success() {
             return Ok(body);
         }
@@ -187,8 +204,12 @@ fn cause(e: &reqwest::Error) -> String {
 
 /// Exit code for an error: 3 when the server refused the request as invalid or conflicting
 /// (400, 404, 409, 422: an unknown app, another rollout running, a freeze), 4 when it refused
-/// the token (401, 403), 1 otherwise (the server unreachable, an unexpected answer).
+/// the token or there is none to send (401, 403), 1 otherwise (the server unreachable, an
+/// answer that is not the admin API's).
 pub fn exit_code_for(e: &anyhow::Error) -> ExitCode {
+    if e.downcast_ref::<crate::connect::NoToken>().is_some() {
+        return ExitCode::from(exit::UNAUTHORIZED);
+    }
     match e.downcast_ref::<ApiFailure>() {
         Some(f) if matches!(f.status, 401 | 403) => ExitCode::from(exit::UNAUTHORIZED),
         Some(f) if (400..500).contains(&f.status) => ExitCode::from(exit::REJECTED),
@@ -291,13 +312,100 @@ pub fn exit_for_phase(phase: &str) -> Option<u8> {
     }
 }
 
+/// How long a command that follows something keeps trying to reach a server that went away (a
+/// restart of `cutover serve`) before it gives up.
+const FOLLOW_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Set once the user or the system asks the command to stop: Ctrl-C, SIGTERM (a cancelled CI
+/// job) or SIGHUP (a dropped SSH connection); holds the signal's name.
+pub type Stop = tokio::sync::watch::Receiver<Option<&'static str>>;
+
+/// Starts listening for the signals that stop a following command.
+pub fn stop_signal() -> Stop {
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).ok();
+        let mut hup = signal(SignalKind::hangup()).ok();
+        let name = tokio::select! {
+            _ = tokio::signal::ctrl_c() => "Ctrl-C",
+            _ = recv_or_never(term.as_mut()) => "SIGTERM",
+            _ = recv_or_never(hup.as_mut()) => "SIGHUP",
+        };
+        let _ = tx.send(Some(name));
+    });
+    rx
+}
+
+/// The next delivery of a signal whose handler could be installed; never, for one that could not.
+async fn recv_or_never(signal: Option<&mut tokio::signal::unix::Signal>) {
+    match signal {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// Sleeps for `period`, or less if a stop is asked; says whether it was.
+pub async fn pause_or_stop(stop: &mut Stop, period: Duration) -> bool {
+    if stop.borrow().is_some() {
+        return true;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(period) => stop.borrow().is_some(),
+        _ = stop.changed() => true,
+    }
+}
+
+impl Client {
+    /// A GET for a command that follows something: a server that cannot be reached (restarting)
+    /// is tried again for up to a minute, saying so once, rather than ending the command while
+    /// the rollout goes on. `None`: a stop was asked meanwhile.
+    pub async fn get_following(&self, path: &str, stop: &mut Stop) -> Result<Option<Value>> {
+        let deadline = std::time::Instant::now() + FOLLOW_PATIENCE;
+        let mut lost = false;
+        loop {
+            match self.get(path).await {
+                Ok(value) => {
+                    if lost {
+                        eprintln!("in contact with the server at {} again", self.base);
+                    }
+                    return Ok(Some(value));
+                }
+                Err(e)
+                    if e.downcast_ref::<Unreachable>().is_some() && std::time::Instant::now() < deadline =>
+                {
+                    if !lost {
+                        eprintln!(
+                            "lost contact with the server at {} (restarting?); trying again for up to {} s. What it runs goes on in the server",
+                            self.base,
+                            FOLLOW_PATIENCE.as_secs()
+                        );
+                        lost = true;
+                    }
+                    if pause_or_stop(stop, Duration::from_secs(1)).await {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
 /// Deploys and follows the rollout until it is promoted or ends (or pauses, unless
 /// `follow.wait`); prints every event as it comes. `None`: return once it started.
-pub async fn deploy(client: &Client, app: &str, body: Value, follow: Option<Follow>) -> Result<ExitCode> {
+pub async fn deploy(
+    client: &Client,
+    app: &str,
+    body: Value,
+    follow: Option<Follow>,
+    json: bool,
+) -> Result<ExitCode> {
     let last_seq = last_event_seq(client, app).await?;
     let deployed = client.post(&format!("/v1/apps/{app}/deploy"), body).await?;
     let id = deployed["rollout_id"].as_u64().unwrap_or(0);
-    let json = follow.is_some_and(|f| f.json);
     if json {
         out!(
             "{}",
@@ -355,11 +463,21 @@ pub async fn follow_rollout(
     };
     let started = std::time::Instant::now();
     let mut unconfirmed = false;
-    let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
+    let mut stop = stop_signal();
     loop {
-        let status = client.get(&format!("/v1/apps/{app}/status")).await?;
+        let Some(status) = client
+            .get_following(&format!("/v1/apps/{app}/status"), &mut stop)
+            .await?
+        else {
+            return Ok(interrupted(app, id, "?", &bar, follow, &stop));
+        };
         // Events after the status: a rollout that just ended has its last events in by now.
-        unconfirmed |= print_events(client, app, id, &mut after, &bar, follow).await?;
+        let Some(newly_unconfirmed) =
+            print_events(client, app, id, &mut after, &bar, follow, &mut stop).await?
+        else {
+            return Ok(interrupted(app, id, "?", &bar, follow, &stop));
+        };
+        unconfirmed |= newly_unconfirmed;
         bar.set_message(progress_line(&status));
         let phase = status["rollout"]["phase"]["phase"].as_str().unwrap_or("");
         let mut ending = None;
@@ -436,25 +554,35 @@ pub async fn follow_rollout(
             }
             return Ok(ExitCode::from(ending.code));
         }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-            _ = &mut interrupted => {
-                bar.finish_and_clear();
-                let message = format!(
-                    "stopped following rollout #{id} of {app}; it goes on in the server (phase {phase}). \
-                     Follow it again with `cutover status {app} --watch`, stop it with `cutover abort {app}`"
-                );
-                if follow.json {
-                    out!(
-                        "{}",
-                        serde_json::json!({ "kind": "interrupted", "app": app, "rollout_id": id, "phase": phase, "exit_code": exit::INTERRUPTED, "message": message })
-                    );
-                }
-                eprintln!("{message}");
-                return Ok(ExitCode::from(exit::INTERRUPTED));
-            }
+        if pause_or_stop(&mut stop, Duration::from_millis(250)).await {
+            return Ok(interrupted(app, id, phase, &bar, follow, &stop));
         }
     }
+}
+
+/// Stops following on a signal: says that the rollout goes on and how to follow it again.
+fn interrupted(
+    app: &str,
+    id: u64,
+    phase: &str,
+    bar: &indicatif::ProgressBar,
+    follow: Follow,
+    stop: &Stop,
+) -> ExitCode {
+    bar.finish_and_clear();
+    let signal = stop.borrow().unwrap_or("a signal");
+    let message = format!(
+        "stopped following rollout #{id} of {app} ({signal}); it goes on in the server (phase {phase}). \
+         Follow it again with `cutover status {app} --watch`, stop it with `cutover abort {app}`"
+    );
+    if follow.json {
+        out!(
+            "{}",
+            serde_json::json!({ "kind": "interrupted", "app": app, "rollout_id": id, "phase": phase, "exit_code": exit::INTERRUPTED, "message": message })
+        );
+    }
+    eprintln!("{message}");
+    ExitCode::from(exit::INTERRUPTED)
 }
 
 /// What the canary did to users before the decision, in a line; `None` before any canary traffic.
@@ -480,7 +608,8 @@ pub fn exposure_line(rollout: &Value) -> Option<String> {
     ))
 }
 
-/// Prints the rollout's new events; says whether one of them was an unconfirmed promotion.
+/// Prints the rollout's new events; says whether one of them was an unconfirmed promotion
+/// (`None`: a stop was asked while the server could not be reached).
 async fn print_events(
     client: &Client,
     app: &str,
@@ -488,10 +617,14 @@ async fn print_events(
     after: &mut u64,
     bar: &indicatif::ProgressBar,
     follow: Follow,
-) -> Result<bool> {
-    let events = client
-        .get(&format!("/v1/apps/{app}/events?after={after}&rollout={id}"))
-        .await?;
+    stop: &mut Stop,
+) -> Result<Option<bool>> {
+    let Some(events) = client
+        .get_following(&format!("/v1/apps/{app}/events?after={after}&rollout={id}"), stop)
+        .await?
+    else {
+        return Ok(None);
+    };
     let mut unconfirmed = false;
     for e in events.as_array().into_iter().flatten() {
         unconfirmed |= e["kind"] == "confirmation_timed_out";
@@ -509,19 +642,19 @@ async fn print_events(
             }
         }
     }
-    Ok(unconfirmed)
+    Ok(Some(unconfirmed))
 }
 
 /// An event as text: its kind and message, and with `verbose` the statistics behind a decision.
 pub fn event_lines(e: &Value, verbose: bool) -> Vec<String> {
     let mut lines = vec![format!(
-        "  {:<12} {}",
+        "  {:<13} {}",
         e["kind"].as_str().unwrap_or(""),
         one_line(e["message"].as_str().unwrap_or(""))
     )];
     if verbose {
         if let Some(reason) = e["data"]["verdict"]["reason"].as_str() {
-            lines.push(format!("  {:<12}   statistics: {}", "", one_line(reason)));
+            lines.push(format!("  {:<13}   statistics: {}", "", one_line(reason)));
         }
     }
     lines
@@ -584,10 +717,18 @@ pub fn env_line(release: &Value) -> Option<String> {
 pub async fn status(client: &Client, app: &str, json: bool, watch: bool, verbose: bool) -> Result<ExitCode> {
     use std::io::IsTerminal as _;
     let redraw = watch && !json && std::io::stdout().is_terminal();
-    let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
+    let mut stop = stop_signal();
     let mut previous = String::new();
     loop {
-        let mut status = client.get(&format!("/v1/apps/{app}/status")).await?;
+        let path = format!("/v1/apps/{app}/status");
+        let status = if watch {
+            client.get_following(&path, &mut stop).await?
+        } else {
+            Some(client.get(&path).await?)
+        };
+        let Some(mut status) = status else {
+            return Ok(ExitCode::SUCCESS);
+        };
         if let Some(rollout) = status.get_mut("rollout") {
             redact_rollout(rollout);
         }
@@ -612,12 +753,8 @@ pub async fn status(client: &Client, app: &str, json: bool, watch: bool, verbose
             }
             previous = text;
         }
-        if !watch {
+        if !watch || pause_or_stop(&mut stop, Duration::from_secs(1)).await {
             return Ok(ExitCode::SUCCESS);
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = &mut interrupted => return Ok(ExitCode::SUCCESS),
         }
     }
 }
@@ -810,14 +947,34 @@ pub async fn events(
 ) -> Result<ExitCode> {
     let filter = rollout.map(|id| format!("&rollout={id}")).unwrap_or_default();
     // Where to start: the last `last` events before now.
-    let newest = last_event_seq(client, app).await?;
-    let mut after = newest.saturating_sub(last as u64);
-    let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
+    // One rollout's story is shown whole.
+    let mut after = match rollout {
+        Some(_) => 0,
+        None => last_event_seq(client, app).await?.saturating_sub(last as u64),
+    };
+    let mut stop = stop_signal();
+    let mut shown = 0usize;
     loop {
-        let batch = client
-            .get(&format!("/v1/apps/{app}/events?after={after}&limit=1000{filter}"))
-            .await?;
+        let Some(batch) = client
+            .get_following(
+                &format!("/v1/apps/{app}/events?after={after}&limit=1000{filter}"),
+                &mut stop,
+            )
+            .await?
+        else {
+            return Ok(ExitCode::SUCCESS);
+        };
         let items = batch.as_array().cloned().unwrap_or_default();
+        shown += items.len();
+        if let (Some(id), 0) = (rollout, shown) {
+            if !follow {
+                return Err(ApiFailure {
+                    status: 404,
+                    message: format!("app {app} has no events of rollout #{id}: `cutover history {app}` lists its rollouts"),
+                }
+                .into());
+            }
+        }
         for e in &items {
             after = after.max(e["seq"].as_u64().unwrap_or(after));
             if json {
@@ -840,12 +997,8 @@ pub async fn events(
         if items.len() == 1000 {
             continue;
         }
-        if !follow {
+        if !follow || pause_or_stop(&mut stop, Duration::from_millis(500)).await {
             return Ok(ExitCode::SUCCESS);
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = &mut interrupted => return Ok(ExitCode::SUCCESS),
         }
     }
 }

@@ -57,6 +57,11 @@ pub enum TokenFrom {
     },
 }
 
+/// No admin token to send: not authorised, like a token the server refused (exit 4).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NoToken(pub String);
+
 /// The server the CLI talks to and how it was found.
 #[derive(Debug, Clone)]
 pub struct Connection {
@@ -158,21 +163,47 @@ fn beside(config_dir: &Path, path: &Path) -> PathBuf {
     }
 }
 
+/// The nearest `cutover.toml` in `dir` or a directory above it: run from `releases/v2` of a
+/// project, the CLI finds the project's server, not the default address (another project's).
+pub fn find_upwards(dir: &Path) -> Option<PathBuf> {
+    dir.ancestors()
+        .map(|d| d.join("cutover.toml"))
+        .find(|p| p.is_file())
+}
+
+/// `127.0.0.1:9180` as `http://127.0.0.1:9180`: the scheme is what people leave out.
+fn with_scheme(url: &str) -> String {
+    let url = url.trim().trim_end_matches('/');
+    if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("http://{url}")
+    }
+}
+
 /// Finds the server from the flags, the environment and the configuration file.
 pub fn discover(args: &ServerArgs, env: &Environment) -> Result<Connection> {
     let mut tried = Vec::new();
     let config = match (&args.config, &env.config) {
         (Some(path), _) => Some((path.clone(), "--config".to_string())),
         (None, Some(path)) => Some((PathBuf::from(path), "CUTOVER_CONFIG".to_string())),
-        (None, None) => {
-            let here = env.current_dir.join("cutover.toml");
-            if here.is_file() {
-                Some((here, "./cutover.toml".to_string()))
-            } else {
-                tried.push(format!("no cutover.toml in {}", env.current_dir.display()));
+        (None, None) => match find_upwards(&env.current_dir) {
+            Some(found) => {
+                let name = if found.parent() == Some(env.current_dir.as_path()) {
+                    "./cutover.toml".to_string()
+                } else {
+                    found.display().to_string()
+                };
+                Some((found, name))
+            }
+            None => {
+                tried.push(format!(
+                    "no cutover.toml in {} or a directory above it",
+                    env.current_dir.display()
+                ));
                 None
             }
-        }
+        },
     };
     let (section, config_dir) = match &config {
         Some((path, _)) => {
@@ -240,7 +271,7 @@ pub fn discover(args: &ServerArgs, env: &Environment) -> Result<Connection> {
         }
     };
     Ok(Connection {
-        admin: admin.trim_end_matches('/').to_string(),
+        admin: with_scheme(&admin),
         admin_from,
         token,
         tried,
@@ -258,23 +289,28 @@ impl Connection {
     }
 
     /// The admin token, read now: only commands that change something need it.
-    pub fn token(&self, env_token: Option<String>) -> Result<String> {
+    pub fn token(&self, env_token: Option<String>) -> Result<String, NoToken> {
         match &self.token {
             TokenFrom::Environment => match env_token {
                 Some(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
-                _ => bail!("CUTOVER_ADMIN_TOKEN is empty; set it to the admin token or unset it to use the token file"),
+                _ => Err(NoToken(
+                    "CUTOVER_ADMIN_TOKEN is empty; set it to the admin token or unset it to use the token file".into(),
+                )),
             },
             TokenFrom::File { path, chosen_by } => {
-                let text = std::fs::read_to_string(path).with_context(|| {
-                    format!(
-                        "cannot read the admin token from {} ({chosen_by}); set CUTOVER_ADMIN_TOKEN, pass --token-file FILE, \
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    NoToken(format!(
+                        "cannot read the admin token from {} ({chosen_by}): {e}; set CUTOVER_ADMIN_TOKEN, pass --token-file FILE, \
                          or run where the server's cutover.toml is (or pass --config FILE)",
                         path.display()
-                    )
+                    ))
                 })?;
                 let token = text.trim();
                 if token.is_empty() {
-                    bail!("the admin token file {} ({chosen_by}) is empty", path.display());
+                    return Err(NoToken(format!(
+                        "the admin token file {} ({chosen_by}) is empty",
+                        path.display()
+                    )));
                 }
                 Ok(token.to_string())
             }
@@ -302,6 +338,7 @@ mod tests {
         assert_eq!(c.admin, DEFAULT_ADMIN);
         let hint = c.how_to_point_elsewhere();
         assert!(hint.contains("no cutover.toml in"), "{hint}");
+        assert!(hint.contains("or a directory above it"), "{hint}");
         assert!(
             hint.contains("--admin URL") && hint.contains("CUTOVER_ADMIN"),
             "{hint}"
@@ -350,6 +387,28 @@ mod tests {
         let c = discover(&args, &env).unwrap();
         assert_eq!(c.admin, "http://127.0.0.1:9500");
         assert!(matches!(c.token, TokenFrom::File { .. }));
+    }
+
+    #[test]
+    fn the_nearest_config_above_is_found_and_a_bare_address_gets_its_scheme() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("cutover.toml"),
+            "[admin]\nlisten = \"127.0.0.1:9301\"\n",
+        )
+        .unwrap();
+        let deep = dir.path().join("releases/v2/src");
+        std::fs::create_dir_all(&deep).unwrap();
+        let c = discover(&ServerArgs::default(), &env_in(&deep)).unwrap();
+        assert_eq!(c.admin, "http://127.0.0.1:9301");
+        let args = ServerArgs {
+            admin: Some("127.0.0.1:9400/".into()),
+            ..ServerArgs::default()
+        };
+        assert_eq!(
+            discover(&args, &env_in(&deep)).unwrap().admin,
+            "http://127.0.0.1:9400"
+        );
     }
 
     #[test]

@@ -24,9 +24,15 @@ pub struct InitOptions {
     /// The admin API (loopback only unless you also set allow_non_loopback in the file).
     #[arg(long, default_value = "127.0.0.1:9180", value_name = "ADDR")]
     admin_listen: String,
-    /// The path of your service that answers 200 once it is ready to serve (and 503 until then).
+    /// The path of your service that answers 200 once it is ready to serve (and 503 until then);
+    /// the proxy's health check of live instances uses it too.
     #[arg(long, default_value = "/health/ready", value_name = "PATH")]
     readiness_path: String,
+    /// A request header that names the user (X-User-ID, set by your auth layer or front end):
+    /// each user then stays on one version. Without it cutover issues its own bucket cookie,
+    /// which keeps browsers sticky but not clients that drop cookies (curl, most API clients).
+    #[arg(long, value_name = "HEADER")]
+    user_header: Option<String>,
     /// Directory holding one directory per version (`releases/v2`, `releases/4f2a9c1`): blue and
     /// green run at once, so each version needs its own checkout.
     #[arg(long, default_value = "releases", value_name = "DIR")]
@@ -64,10 +70,12 @@ fn parse_steps(text: &str) -> Result<Steps, String> {
             .trim()
             .strip_suffix('%')
             .and_then(|w| w.trim().parse().ok())
-            .filter(|p: &f64| *p > 0.0 && *p <= 100.0)
             .ok_or_else(|| {
                 format!("{part:?}: a step is a share of users such as 5% and a duration such as 60s (5%:60s)")
             })?;
+        if !(percent > 0.0 && percent <= 100.0) {
+            return Err(format!("{part:?}: a share of users is above 0% and at most 100%"));
+        }
         let ms = match duration {
             Some(d) => crate::units::parse_millis(d).map_err(|e| format!("{part:?}: {e}"))?,
             None => 0,
@@ -129,9 +137,10 @@ readiness_deadline_ms = 60000               # a version not ready by then fails,
 rollback_window_ms = 600000                 # the old version stays warm this long: instant rollback
 
 [app.proxy.sticky]
-# Users stay on the version they got. With a header or cookie naming the user, use it:
-# user_key_header = "X-User-ID"             # or user_key_cookie = "session"
-# Without one, cutover issues its own bucket cookie.
+# Users stay on the version they got. With a header or cookie naming the user, use it
+# (user_key_header = "X-User-ID", or user_key_cookie = "session"); without one, cutover issues
+# its own bucket cookie.
+{sticky}
 
 # [app.verify]                              # before any user sees the new version
 # smoke = [{{ path = "/", expect_status = 200 }}]
@@ -144,6 +153,10 @@ rollback_window_ms = 600000                 # the old version stays warm this lo
         workdir = toml_str(&format!("{releases}/{{version}}")),
         releases_bare = o.releases.trim_end_matches('/'),
         readiness = toml_str(&o.readiness_path),
+        sticky = match &o.user_header {
+            Some(h) => format!("user_key_header = {}", toml_str(h)),
+            None => "# user_key_header = \"X-User-ID\"".to_string(),
+        },
         steps = o
             .steps
             .0
@@ -187,9 +200,8 @@ KillSignal=SIGTERM
 TimeoutStopSec=60
 Restart=on-failure
 RestartSec=2
-# The state file, the token and instance logs are the owner's alone.
-UMask=0077
-NoNewPrivileges=true
+# cutover writes its state file, token and instance logs owner-only by itself; no UMask or
+# NoNewPrivileges here, since they would also bind your service's instances (children of serve).
 LimitNOFILE=65536
 
 [Install]
@@ -211,17 +223,59 @@ fn current_user() -> Option<String> {
     (name != "root").then_some(name)
 }
 
-pub fn run(options: InitOptions) -> Result<ExitCode> {
-    if options.app.is_empty()
-        || !options
-            .app
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        bail!(
+/// The options' own mistakes, all at once, each naming its flag: usage errors (exit 2).
+fn check_options(o: &InitOptions) -> Vec<String> {
+    let mut problems = Vec::new();
+    let name_like = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
+    if !name_like(&o.app) {
+        problems.push(format!(
             "--app {:?}: an app name is letters, digits, '-' and '_' (it appears in URLs and unit names)",
-            options.app
-        );
+            o.app
+        ));
+    }
+    if !o.readiness_path.starts_with('/') || o.readiness_path.chars().any(char::is_whitespace) {
+        problems.push(format!(
+            "--readiness-path {:?}: a path starts with '/' and has no spaces, e.g. /healthz",
+            o.readiness_path
+        ));
+    }
+    if let Some(user) = &o.user {
+        if !name_like(user) {
+            problems.push(format!(
+                "--user {user:?}: a user name is letters, digits, '-' and '_'"
+            ));
+        }
+    }
+    if let Some(header) = &o.user_header {
+        if !name_like(header) {
+            problems.push(format!(
+                "--user-header {header:?}: a header name is letters, digits, '-' and '_'"
+            ));
+        }
+    }
+    if let Some(command) = &o.command {
+        if command.contains('\n') || command.trim().is_empty() {
+            problems.push("--cmd: one command line, not empty and without line breaks".to_string());
+        }
+    }
+    if o.releases.trim().is_empty() || o.releases.contains("{version}") {
+        problems.push(format!(
+            "--releases {:?}: the directory that holds one directory per version, e.g. releases",
+            o.releases
+        ));
+    }
+    problems
+}
+
+pub fn run(options: InitOptions) -> Result<ExitCode> {
+    let problems = check_options(&options);
+    if !problems.is_empty() {
+        eprintln!("error: nothing was written:\n  {}", problems.join("\n  "));
+        return Ok(ExitCode::from(crate::client::exit::USAGE));
     }
     let exe = std::env::current_exe()
         .and_then(|p| p.canonicalize())
@@ -266,16 +320,20 @@ pub fn run(options: InitOptions) -> Result<ExitCode> {
     let releases = options.releases.trim_end_matches('/').to_string();
     let text = config_text(&options, &command, &releases);
     let releases_dir = dir.join(&releases);
-    std::fs::create_dir_all(&releases_dir).with_context(|| format!("creating {}", releases_dir.display()))?;
     // The release's workdir is relative to where serve runs, which is here (as the unit says):
-    // checked as an absolute path, since this command may run elsewhere.
+    // checked as an absolute path, since this command may run elsewhere, and against a
+    // directory that exists (it is created only once everything is known to be right).
+    let probe =
+        tempfile::tempdir().context("creating a temporary directory to check the configuration in")?;
     let checked = cutover_server::Config::parse(
-        &config_text(&options, &command, &releases_dir.display().to_string()),
-        &config_path.display().to_string(),
+        &config_text(&options, &command, &probe.path().display().to_string()),
+        "the configuration of these options",
     );
     if let Err(e) = checked {
-        bail!("the configuration these options make is not valid; nothing was written:\n{e}");
+        eprintln!("error: the configuration these options make is not valid; nothing was written:\n{e}");
+        return Ok(ExitCode::from(crate::client::exit::USAGE));
     }
+    std::fs::create_dir_all(&releases_dir).with_context(|| format!("creating {}", releases_dir.display()))?;
     write_file(&config_path, &text)?;
     out!("wrote {}", config_path.display());
     if !options.no_systemd {
@@ -289,14 +347,35 @@ pub fn run(options: InitOptions) -> Result<ExitCode> {
     } else {
         format!("cd {} && ", dir.display())
     };
-    out!(
-        "\nNext:\n  {in_dir}cutover serve                 # or install cutover.service (see its first lines)\n  \
-         mkdir -p {releases}/v1                  # each version's code in its own directory\n  \
-         cutover deploy {app} v1               # the first version goes live at once\n  \
-         cutover deploy {app} v2               # later ones through the canary steps\n  \
-         cutover status {app} --watch",
-        releases = options.releases.trim_end_matches('/'),
-    );
+    let releases = options.releases.trim_end_matches('/');
+    let next = [
+        (
+            format!("{in_dir}cutover serve"),
+            "or install cutover.service (see its first lines)",
+        ),
+        (
+            format!("mkdir -p {releases}/v1"),
+            "each version's code in its own directory",
+        ),
+        (
+            format!("cutover deploy {app} v1"),
+            "the first version goes live at once",
+        ),
+        (
+            format!("cutover deploy {app} v2"),
+            "later ones through the canary steps",
+        ),
+        (format!("cutover status {app} --watch"), ""),
+    ];
+    let width = next.iter().map(|(c, _)| c.len()).max().unwrap_or(0);
+    out!("\nNext:");
+    for (command, comment) in next {
+        if comment.is_empty() {
+            out!("  {command}");
+        } else {
+            out!("  {command:<width$}  # {comment}");
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -79,7 +79,7 @@ macro_rules! exit_codes {
             "  12  deploy: failed before any user traffic (migrations, provisioning, readiness, smoke checks)\n",
             "  13  deploy: waiting for a person (a pause step, inconclusive evidence; without --wait)\n",
             "  14  deploy: --timeout passed (the rollout goes on, or was aborted with --on-timeout abort)\n",
-            "  130 deploy: interrupted (Ctrl-C); the rollout goes on in the server"
+            "  130 deploy: interrupted (Ctrl-C, SIGTERM, SIGHUP); the rollout goes on in the server"
         )
     };
 }
@@ -194,7 +194,7 @@ enum Command {
         #[arg(long)]
         force: bool,
         /// Return once the rollout has started instead of following it.
-        #[arg(long, conflicts_with_all = ["wait", "timeout", "output", "on_timeout"])]
+        #[arg(long, conflicts_with_all = ["wait", "timeout", "on_timeout", "verbose"])]
         no_follow: bool,
         /// Keep following while the rollout waits for a person, instead of exiting with 13.
         #[arg(long)]
@@ -422,9 +422,12 @@ enum ConfigCommand {
     /// and field; exits 0 when it is valid, 3 when it has problems. The reference: docs/config.md.
     #[command(after_help = "Example:\n  cutover config check cutover.toml")]
     Check {
-        /// The configuration file to check.
-        #[arg(default_value = "cutover.toml")]
-        file: PathBuf,
+        /// The configuration file to check [default: --config, CUTOVER_CONFIG, or the nearest
+        /// cutover.toml in this directory or above].
+        file: Option<PathBuf>,
+        /// The configuration file, as the other commands take it.
+        #[arg(long, short = 'c', value_name = "FILE", conflicts_with = "file")]
+        config: Option<PathBuf>,
     },
     /// Print the configuration an app's external router (HAProxy, nginx) must load before
     /// cutover can drive it, e.g. `cutover config router cutover.toml web > /etc/haproxy/cutover-web.cfg`.
@@ -521,6 +524,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// The number behind an exit code, for a JSON result line.
+fn exit_number(code: ExitCode) -> u8 {
+    // ExitCode hides its number; every code this CLI returns is built from one of these.
+    [0u8, 1, 2, 3, 4, 10, 11, 12, 13, 14, 130]
+        .into_iter()
+        .find(|n| ExitCode::from(*n) == code)
+        .unwrap_or(1)
+}
+
 fn talks_to_a_server(command: &Command) -> bool {
     matches!(
         command,
@@ -570,7 +582,8 @@ fn write_man_pages(dir: &std::path::Path) -> Result<usize> {
         let path = dir.join(format!("{name}.1"));
         std::fs::write(&path, buffer).with_context(|| format!("writing {}", path.display()))?;
         *count += 1;
-        for sub in command.get_subcommands() {
+        // `help` subcommands are clap's own: a page each would only repeat `--help`.
+        for sub in command.get_subcommands().filter(|s| s.get_name() != "help") {
             write(sub, &name, dir, count)?;
         }
         Ok(())
@@ -653,14 +666,37 @@ async fn run(command: Command, before: ServerArgs) -> Result<ExitCode> {
                 "instances": instances,
                 "force": force,
             });
+            if timeout.is_some_and(|t| t.is_zero()) {
+                eprintln!("error: --timeout 0 would stop following at once; give a duration such as 15m, or leave it out to follow to the end");
+                return Ok(ExitCode::from(client::exit::USAGE));
+            }
+            let json = output == Output::Json;
             let follow = (!no_follow).then_some(client::Follow {
                 wait,
                 timeout,
                 on_timeout,
-                json: output == Output::Json,
+                json,
                 verbose,
             });
-            client::deploy(&api(server)?, &app, body, follow).await
+            let deployed = async { client::deploy(&api(server)?, &app, body, follow, json).await }.await;
+            match deployed {
+                // A pipeline reading JSON gets its result line whatever happened.
+                Err(e) if json => {
+                    let code = client::exit_code_for(&e);
+                    out!(
+                        "{}",
+                        serde_json::json!({
+                            "kind": "result",
+                            "app": app,
+                            "exit_code": exit_number(code),
+                            "error": format!("{e:#}"),
+                        })
+                    );
+                    eprintln!("error: {e:#}");
+                    Ok(code)
+                }
+                other => other,
+            }
         }
         Command::Apps { output, server } => client::apps(&api(server)?, output == Output::Json).await,
         Command::Status {
@@ -703,12 +739,30 @@ async fn run(command: Command, before: ServerArgs) -> Result<ExitCode> {
         Command::Migrate { command, server } => migrate::run(|| api(server.clone()), command).await,
         Command::Serve { config, .. } => serve(config).await,
         Command::Config {
-            command: ConfigCommand::Check { file },
+            command: ConfigCommand::Check { file, config },
         } => {
+            let file = match file
+                .or(config)
+                .or_else(|| std::env::var_os("CUTOVER_CONFIG").map(PathBuf::from))
+            {
+                Some(file) => file,
+                None => {
+                    let here = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+                    match connect::find_upwards(&here) {
+                        Some(found) => found,
+                        None => anyhow::bail!(
+                            "no cutover.toml in {} or a directory above it; name the file: `cutover config check FILE`",
+                            here.display()
+                        ),
+                    }
+                }
+            };
             let config = match Config::load(&file) {
                 Ok(config) => config,
+                // A file that cannot be read is an error (1); one with problems is invalid
+                // input, as the server would refuse it (3).
+                Err(e @ cutover_server::config::ConfigError::Read { .. }) => return Err(e.into()),
                 Err(e) => {
-                    // Invalid input, as the server would refuse it.
                     eprintln!("error: {e}");
                     return Ok(ExitCode::from(client::exit::REJECTED));
                 }

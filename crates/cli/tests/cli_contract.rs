@@ -207,6 +207,32 @@ fn the_cli_finds_its_server_from_the_configuration_and_keeps_its_exit_codes_and_
     let (code, _, err) = cutover(&dir, &["deploy", "web", "v3", "--timeout", "soon"], &[]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("not a duration"), "{err}");
+    let (code, _, err) = cutover(&dir, &["deploy", "web", "v3", "--timeout", "0"], &[]);
+    assert_eq!(
+        code, 2,
+        "--timeout 0 is a usage error, not a rollout left running: {err}"
+    );
+    // A refusal in JSON mode still ends with a result line for the pipeline.
+    let (code, out, err) = cutover(&dir, &["deploy", "web", "v3", "--output", "json"], &[]);
+    assert_eq!(code, 3, "{out}{err}");
+    let result = json_lines(&out).pop().unwrap();
+    assert_eq!(
+        (result["kind"].as_str(), result["exit_code"].as_u64()),
+        (Some("result"), Some(3))
+    );
+    assert!(result["error"].as_str().unwrap().contains("rollout"), "{result}");
+    // No token to send is "not authorised" too.
+    let (code, _, err) = cutover(&dir, &["abort", "web", "--token-file", "/nonexistent/token"], &[]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("/nonexistent/token (--token-file)"), "{err}");
+    // An address that is not the admin API (another HTTP service) is said to be so.
+    let other = cutover_test_support::ExampleApp::spawn("other", &[]);
+    let other = format!("http://{}", other.addr);
+    let (code, _, err) = cutover(&dir, &["apps", "--admin", &other], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not cutover's admin API"), "{err}");
+    let (code, _, err) = cutover(&dir, &["events", "web", "--rollout", "999"], &[]);
+    assert_eq!(code, 3, "{err}");
     let (code, _, err) = cutover(&dir, &["--admin", "http://127.0.0.1:1", "serve"], &[]);
     assert_eq!(code, 2, "{err}");
     let (code, _, err) = cutover(&dir, &["status", "web", "--admin", "http://127.0.0.1:1"], &[]);
@@ -385,4 +411,118 @@ readiness_deadline_ms = 11000
             .contains("[app.readiness] path"),
         "{failed}"
     );
+}
+
+/// A following deploy outlives a restart of the server, and stops cleanly on SIGTERM (a
+/// cancelled CI job) with the rollout left running.
+#[test]
+fn following_survives_a_server_restart_and_a_signal_stops_it_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().canonicalize().unwrap();
+    project(&dir);
+    let _instances = Instances(dir.clone());
+    let mut server = serve(&dir);
+    let (code, out, err) = cutover(&dir, &["deploy", "web", "v1"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    // v2 waits at its pause step; `--wait` follows through it.
+    let mut follower = Command::new(CUTOVER)
+        .args(["deploy", "web", "v2", "--wait", "--output", "json"])
+        .current_dir(&dir)
+        .env_remove("CUTOVER_ADMIN")
+        .env_remove("CUTOVER_ADMIN_TOKEN")
+        .env_remove("CUTOVER_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The follower's stderr, line by line as it comes: the restart waits until it noticed.
+    let (said_tx, said) = std::sync::mpsc::channel::<String>();
+    let stderr = follower.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            all.push_str(&line);
+            all.push('\n');
+            let _ = said_tx.send(line);
+        }
+        all
+    });
+    let paused = || {
+        let (_, out, _) = cutover(&dir, &["status", "web", "--output", "json"], &[]);
+        serde_json::from_str::<Value>(&out)
+            .ok()
+            .is_some_and(|s| s["rollout"]["phase"]["phase"] == "paused")
+    };
+    cutover_test_support::wait_until_sync("v2 paused", Duration::from_secs(30), paused);
+
+    // The server restarts under the follower, on the same address (the follower keeps the one
+    // it resolved, as a CLI given --admin would).
+    let admin = std::fs::read_to_string(dir.join(".cutover/admin.url")).unwrap();
+    let port = admin.trim().rsplit(':').next().unwrap().to_string();
+    server.terminate();
+    drop(server);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match said.recv_timeout(left) {
+            Ok(line) if line.contains("lost contact with the server") => break,
+            Ok(_) => {}
+            Err(e) => panic!("the follower never said it lost the server: {e}"),
+        }
+    }
+    let config = std::fs::read_to_string(dir.join("cutover.toml")).unwrap();
+    std::fs::write(
+        dir.join("cutover.toml"),
+        config.replacen(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+            1,
+        ),
+    )
+    .unwrap();
+    let _server = serve(&dir);
+    let (code, out, err) = cutover(&dir, &["resume", "web"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let done = follower.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&done.stdout).into_owned();
+    let err = reader.join().unwrap();
+    assert_eq!(
+        done.status.code(),
+        Some(0),
+        "the follower saw v2 promoted\n{out}\n{err}"
+    );
+    assert!(err.contains("in contact with the server"), "{err}");
+    let result = json_lines(&out).pop().unwrap();
+    assert_eq!(result["phase"], "promoted", "{result}");
+
+    // SIGTERM to a follower: 130, an `interrupted` line, and the rollout goes on.
+    let follower = Command::new(CUTOVER)
+        .args(["deploy", "web", "v3", "--wait", "--output", "json"])
+        .current_dir(&dir)
+        .env_remove("CUTOVER_ADMIN")
+        .env_remove("CUTOVER_ADMIN_TOKEN")
+        .env_remove("CUTOVER_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    cutover_test_support::wait_until_sync("v3 paused", Duration::from_secs(30), paused);
+    let status = Command::new("kill")
+        .args(["-TERM", &follower.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let done = follower.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&done.stdout).into_owned();
+    let err = String::from_utf8_lossy(&done.stderr).into_owned();
+    assert_eq!(done.status.code(), Some(130), "{out}{err}");
+    let last = json_lines(&out).pop().unwrap();
+    assert_eq!(last["kind"], "interrupted", "{last}");
+    assert!(
+        err.contains("(SIGTERM)") && err.contains("it goes on in the server"),
+        "{err}"
+    );
+    assert!(paused(), "the rollout is still where it was");
 }

@@ -277,3 +277,38 @@ fn init_writes_a_unit_that_keeps_instances_across_restarts_and_systemd_accepts()
         "{said}"
     );
 }
+
+#[test]
+fn init_refuses_bad_options_at_once_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(CUTOVER)
+        .args([
+            "init",
+            "--app",
+            "my app!",
+            "--readiness-path",
+            "healthz",
+            "--user",
+            "bad user;x",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    let said = String::from_utf8_lossy(&out.stderr);
+    for flag in ["--app", "--readiness-path", "--user"] {
+        assert!(said.contains(flag), "{flag} is named: {said}");
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "nothing written: {said}"
+    );
+    let out = Command::new(CUTOVER)
+        .args(["init", "--steps", "0%:10s,100%"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("above 0%"));
+}
