@@ -173,6 +173,29 @@ impl Client {
     }
 }
 
+/// An answer of the shape a command expects, or an error: a 200 with something else (another
+/// server on a recorded port, a proxy's page) must not pass for success.
+pub fn shaped(value: Value, what: &str, fits: impl Fn(&Value) -> bool) -> Result<Value> {
+    if fits(&value) {
+        Ok(value)
+    } else {
+        let mut shown = value.to_string();
+        if shown.len() > 200 {
+            shown = shown.chars().take(200).collect::<String>() + "…";
+        }
+        Err(Unreachable {
+            message: format!(
+                "unexpected answer from the server for {what}: {shown}; is --admin the address of cutover's admin API?"
+            ),
+        }
+        .into())
+    }
+}
+
+fn is_status(v: &Value) -> bool {
+    v["app"].is_string() && v["slots"].is_array()
+}
+
 /// The server said no: the status and its message.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
@@ -396,6 +419,9 @@ impl Client {
 
 /// Deploys and follows the rollout until it is promoted or ends (or pauses, unless
 /// `follow.wait`); prints every event as it comes. `None`: return once it started.
+/// Set while `deploy` runs: its output closing early is then an error, not a quiet end.
+pub static FOLLOWING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 pub async fn deploy(
     client: &Client,
     app: &str,
@@ -403,9 +429,12 @@ pub async fn deploy(
     follow: Option<Follow>,
     json: bool,
 ) -> Result<ExitCode> {
+    FOLLOWING.store(true, std::sync::atomic::Ordering::Relaxed);
     let last_seq = last_event_seq(client, app).await?;
     let deployed = client.post(&format!("/v1/apps/{app}/deploy"), body).await?;
-    let id = deployed["rollout_id"].as_u64().unwrap_or(0);
+    let Some(id) = deployed["rollout_id"].as_u64() else {
+        bail!("unexpected answer to the deploy from the server (no rollout_id): {deployed}");
+    };
     if json {
         out!(
             "{}",
@@ -471,6 +500,7 @@ pub async fn follow_rollout(
         else {
             return Ok(interrupted(app, id, "?", &bar, follow, &stop));
         };
+        let status = shaped(status, "the status", is_status)?;
         // Events after the status: a rollout that just ended has its last events in by now.
         let Some(newly_unconfirmed) =
             print_events(client, app, id, &mut after, &bar, follow, &mut stop).await?
@@ -726,9 +756,10 @@ pub async fn status(client: &Client, app: &str, json: bool, watch: bool, verbose
         } else {
             Some(client.get(&path).await?)
         };
-        let Some(mut status) = status else {
+        let Some(status) = status else {
             return Ok(ExitCode::SUCCESS);
         };
+        let mut status = shaped(status, "the status", is_status)?;
         if let Some(rollout) = status.get_mut("rollout") {
             redact_rollout(rollout);
         }
@@ -811,6 +842,7 @@ pub async fn command(client: &Client, app: &str, command: &str) -> Result<ExitCo
     let status = client
         .post(&format!("/v1/apps/{app}/{command}"), Value::Null)
         .await?;
+    let status = shaped(status, command, is_status)?;
     out!("{}", progress_line(&status));
     Ok(ExitCode::SUCCESS)
 }
@@ -876,7 +908,11 @@ async fn outcome_reason(client: &Client, app: &str, rollout: &Value) -> Result<S
 }
 
 pub async fn history(client: &Client, app: &str, json: bool) -> Result<ExitCode> {
-    let mut rollouts = client.get(&format!("/v1/apps/{app}/history")).await?;
+    let mut rollouts = shaped(
+        client.get(&format!("/v1/apps/{app}/history")).await?,
+        "the history",
+        Value::is_array,
+    )?;
     for r in rollouts.as_array_mut().into_iter().flatten() {
         redact_rollout(r);
     }
@@ -964,6 +1000,7 @@ pub async fn events(
         else {
             return Ok(ExitCode::SUCCESS);
         };
+        let batch = shaped(batch, "the events", Value::is_array)?;
         let items = batch.as_array().cloned().unwrap_or_default();
         shown += items.len();
         if let (Some(id), 0) = (rollout, shown) {
@@ -1005,7 +1042,7 @@ pub async fn events(
 
 /// `apps`: every app of the server with its live version, phase and traffic split.
 pub async fn apps(client: &Client, json: bool) -> Result<ExitCode> {
-    let apps = client.get("/v1/apps").await?;
+    let apps = shaped(client.get("/v1/apps").await?, "the list of apps", Value::is_array)?;
     let mut rows = Vec::new();
     for a in apps.as_array().into_iter().flatten() {
         let name = a["app"]
@@ -1029,7 +1066,9 @@ pub async fn apps(client: &Client, json: bool) -> Result<ExitCode> {
                 serde_json::json!({
                     "app": name,
                     "live_slot": routes["live"],
-                    "live_version": routes[routes["live"].as_str().unwrap_or("blue")]["version"],
+                    "live_version": routes[routes["live"].as_str().unwrap_or("blue")]["version"]
+                        .as_str()
+                        .filter(|v| !v.is_empty()),
                     "weights": status.as_ref().map(|s| s["weights"].clone()),
                     "phase": rollout.map(|r| r["phase"]["phase"].clone()),
                     "rollout_id": rollout.map(|r| r["id"].clone()),

@@ -9,6 +9,12 @@ macro_rules! out {
             // A reader that went away (`| head`) is no error; any other failure to write the
             // output (a full disk) is, and must not pass for success.
             if e.kind() == std::io::ErrorKind::BrokenPipe {
+                // ... except for a deploy, whose exit code is the rollout's outcome: one that
+                // stops before it knows the outcome must not pass for "promoted".
+                if crate::client::FOLLOWING.load(std::sync::atomic::Ordering::Relaxed) {
+                    eprintln!("cutover: the output was closed before the rollout ended; it goes on in the server (`cutover status APP`)");
+                    std::process::exit(1);
+                }
                 std::process::exit(0);
             }
             eprintln!("cutover: cannot write the output: {e}");

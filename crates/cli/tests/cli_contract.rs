@@ -231,6 +231,19 @@ fn the_cli_finds_its_server_from_the_configuration_and_keeps_its_exit_codes_and_
     let (code, _, err) = cutover(&dir, &["apps", "--admin", &other], &[]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("not cutover's admin API"), "{err}");
+    // A 200 with JSON that is not the answer asked for (another service's) is no success either.
+    let elsewhere_api = format!("{other}/api/x?");
+    for args in [
+        vec!["status", "web"],
+        vec!["history", "web"],
+        vec!["rollback", "web"],
+        vec!["events", "web"],
+    ] {
+        let mut args = args.clone();
+        args.extend(["--admin", elsewhere_api.as_str()]);
+        let (code, out, err) = cutover(&dir, &args, &[]);
+        assert_eq!(code, 1, "{args:?}: {out}{err}");
+    }
     let (code, _, err) = cutover(&dir, &["events", "web", "--rollout", "999"], &[]);
     assert_eq!(code, 3, "{err}");
     let (code, _, err) = cutover(&dir, &["--admin", "http://127.0.0.1:1", "serve"], &[]);
@@ -525,4 +538,98 @@ fn following_survives_a_server_restart_and_a_signal_stops_it_cleanly() {
         "{err}"
     );
     assert!(paused(), "the rollout is still where it was");
+
+    // A deploy whose output is closed before it knows the outcome does not pass for promoted.
+    let (code, out, err) = cutover(&dir, &["abort", "web"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let piped = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "set -o pipefail; '{CUTOVER}' deploy web v3 --output json | head -n 1"
+        ))
+        .current_dir(&dir)
+        .env_remove("CUTOVER_ADMIN")
+        .env_remove("CUTOVER_ADMIN_TOKEN")
+        .env_remove("CUTOVER_CONFIG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&piped.stderr);
+    assert_eq!(piped.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the output was closed before the rollout ended"),
+        "{err}"
+    );
+}
+
+/// A release still starting when its rollout is aborted stops being waited for: nothing of it is
+/// reported under the next rollout's name.
+#[test]
+fn an_aborted_rollouts_start_reports_nothing_under_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().canonicalize().unwrap();
+    std::fs::write(
+        dir.join("cutover.toml"),
+        format!(
+            r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[[app]]
+name = "web"
+listen = "127.0.0.1:0"
+platform = "local"
+
+[app.release]
+command = "{CUTOVER} example-app --port {{port}}"
+workdir = "{}"
+
+[app.readiness]
+path = "/no-such-path"
+
+[app.rollout]
+readiness_deadline_ms = 20000
+"#,
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let _instances = Instances(dir.clone());
+    let _server = serve(&dir);
+    let (code, out, err) = cutover(&dir, &["deploy", "web", "v1", "--no-follow"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    // Its first "not ready yet" report (at 10 s), then an abort.
+    let reported = || {
+        let (_, out, _) = cutover(
+            &dir,
+            &["events", "web", "--rollout", "1", "--output", "json"],
+            &[],
+        );
+        out.contains("not_ready_yet")
+    };
+    cutover_test_support::wait_until_sync("v1 reported not ready", Duration::from_secs(30), reported);
+    let (code, out, err) = cutover(&dir, &["abort", "web"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    // The next rollout runs past the moment v1's next report would have come (25 s).
+    let (code, out, err) = cutover(&dir, &["deploy", "web", "v2", "--output", "json"], &[]);
+    assert_eq!(code, 12, "{out}{err}");
+    for line in json_lines(&out) {
+        if line["kind"] == "not_ready_yet" {
+            let message = line["message"].as_str().unwrap();
+            assert!(
+                message.starts_with("v2 "),
+                "v1's wait reported under rollout 2: {message}"
+            );
+        }
+    }
+    let (_, out, _) = cutover(
+        &dir,
+        &["events", "web", "--rollout", "1", "--output", "json"],
+        &[],
+    );
+    let events = json_lines(&out);
+    let aborted = events.iter().position(|e| e["kind"] == "aborted").unwrap();
+    assert!(
+        events[aborted..].iter().all(|e| e["kind"] != "not_ready_yet"),
+        "nothing of rollout 1 after its end: {out}"
+    );
 }

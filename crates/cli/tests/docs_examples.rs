@@ -702,8 +702,10 @@ case "$2" in
   *"status web --output json"*) echo '{"live":"blue","slots":[{"slot":"blue","version":"v0"},{"slot":"green","version":null}]}' ;;
   *"status web"*) echo "latest decisions:" ;;
   *"deploy web"*)
+    echo '{"kind":"started","app":"web","rollout_id":2}'
+    # Messages of several lines, as a `failed` one is (the reason, then the log tail).
     for kind in deploy step decision promoted rolled_back aborted failed paused; do
-      echo "{\"seq\":1,\"app\":\"web\",\"at\":1,\"rollout_id\":2,\"kind\":\"$kind\",\"message\":\"the $kind event at 5.00 %\",\"data\":null}"
+      echo "{\"seq\":1,\"app\":\"web\",\"at\":1,\"rollout_id\":2,\"kind\":\"$kind\",\"message\":\"the $kind event at 5.00 %\\nits second line\\n\",\"data\":null}"
     done
     echo "error: the server said so" >&2
     exit "$FAKE_EXIT" ;;
@@ -717,7 +719,17 @@ esac
 
     let mut codes = documented_exit_codes();
     codes.insert(77, "failure (unexpected)".into());
+    // The arms that quote the rollout's last event of a kind: the whole message, escaped.
+    let quoted = BTreeMap::from([
+        (0, "promoted"),
+        (10, "rolled_back"),
+        (11, "aborted"),
+        (12, "failed"),
+        (13, "paused"),
+    ]);
     for (code, job) in &codes {
+        let github_env = dir.path().join(format!("github_env_{code}"));
+        std::fs::write(&github_env, "").unwrap();
         let out = Command::new("bash")
             .args(["--noprofile", "--norc", "-eo", "pipefail", "-c", &script])
             .current_dir(dir.path())
@@ -727,6 +739,7 @@ esac
             .env("APP_DIR", "/srv/web")
             .env("SSH_USER", "deploy")
             .env("SHA", "0123456789abcdef0123456789abcdef01234567")
+            .env("GITHUB_ENV", &github_env)
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -755,6 +768,19 @@ esac
         if *code == 77 {
             assert!(annotation.contains("exited 77"), "{context}");
         }
+        if let Some(kind) = quoted.get(code) {
+            let message = format!("the {kind} event at 5.00 %25%0Aits second line");
+            assert!(
+                annotation.contains(&message),
+                "no {message:?} in the annotation; {context}"
+            );
+        }
+        let env = std::fs::read_to_string(&github_env).unwrap();
+        assert_eq!(
+            env.contains("PROMOTED_ROLLOUT=2\n"),
+            *code == 0,
+            "$GITHUB_ENV: {env:?}; {context}"
+        );
     }
     let events = std::fs::read_to_string(dir.path().join("deploy.jsonl")).unwrap();
     assert!(

@@ -225,6 +225,17 @@ fn log_likelihood_ratios(x: u64, m: u64, n_c: u64, n_b: u64, psis: &[f64]) -> Ve
         .collect()
 }
 
+/// An e-value as it is kept and shown: overwhelming evidence overflows `exp` to infinity, which
+/// JSON cannot hold (it becomes `null`, and the state file would not read back); the largest
+/// finite number says the same thing to every comparison with a bar.
+pub fn finite_e(e: f64) -> f64 {
+    if e.is_nan() {
+        1.0
+    } else {
+        e.min(f64::MAX)
+    }
+}
+
 /// The evidence gathered on one stream since the rollout's canary phase began.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StreamState {
@@ -278,14 +289,14 @@ impl StreamState {
 
     /// The mixture e-value for "the canary is worse".
     pub fn e_worse(&self) -> f64 {
-        (log_sum_exp(self.worse.iter().copied()) - (self.worse.len() as f64).ln()).exp()
+        finite_e((log_sum_exp(self.worse.iter().copied()) - (self.worse.len() as f64).ln()).exp())
     }
 
     /// The mixture e-value for "the canary is not worse than the margin".
     pub fn e_not_worse(&self) -> f64 {
         // The last grid point is the margin itself (ratio 1 against the null): excluded.
         let n = self.not_worse.len().saturating_sub(1).max(1);
-        (log_sum_exp(self.not_worse.iter().take(n).copied()) - (n as f64).ln()).exp()
+        finite_e((log_sum_exp(self.not_worse.iter().take(n).copied()) - (n as f64).ln()).exp())
     }
 }
 
@@ -362,7 +373,7 @@ impl CeilingState {
     }
 
     fn e(acc: &[f64]) -> f64 {
-        (log_sum_exp(acc.iter().copied()) - (acc.len() as f64).ln()).exp()
+        finite_e((log_sum_exp(acc.iter().copied()) - (acc.len() as f64).ln()).exp())
     }
 }
 

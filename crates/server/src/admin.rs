@@ -181,7 +181,7 @@ fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<String, ApiError
         }
         None => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "changes need the admin token: send `Authorization: Bearer <token>`",
+            "this request needs the admin token (changes, and instance logs): send `Authorization: Bearer <token>`",
         )),
     }
 }
