@@ -665,15 +665,45 @@ impl Builder {
         data["until"] = serde_json::json!(until);
         self.state.live = target;
         self.apply_routes();
+        let old = target.other();
+        let warm = if self.state.slot(old).is_running() {
+            format!("the old slot stays warm for {window_s} s for an instant rollback")
+        } else {
+            // The window still watches the release on absolute ceilings, but cannot undo it.
+            format!("there is no old version to keep warm, so no rollback: it is watched for {window_s} s, and replaced by deploying another version")
+        };
         self.event(
             "promoted",
-            format!("promoted ({why}): all traffic on {target}; the old slot stays warm for {window_s} s for an instant rollback"),
+            format!("promoted ({why}): all traffic on {target}; {warm}"),
             data,
         );
     }
 
+    /// Ends the promoted rollout: the new release stays, the old slot is retired.
     fn succeed(&mut self) {
+        self.settle(None);
+    }
+
+    /// [`Builder::succeed`], for `cause` when it is not the window's end (the only way a
+    /// promoted rollout with nothing to go back to ends early).
+    fn settle(&mut self, cause: Option<String>) {
         let now = self.now;
+        let message = match self
+            .state
+            .active_rollout()
+            .and_then(|r| nothing_to_go_back_to(&self.state, r))
+        {
+            Some(why) => match cause {
+                Some(cause) => format!(
+                    "{cause}; {why}: there is nothing to roll back to, so it stays live (supervised like any live slot) and the window ends"
+                ),
+                None => format!("the window is over: {why}, so there was no old slot to retire"),
+            },
+            None => format!(
+                "rollback window over: the old slot {} is retired",
+                self.rollout().target.other()
+            ),
+        };
         let r = self.rollout();
         let old = r.target.other();
         r.phase = Phase::Succeeded { at: now };
@@ -685,11 +715,7 @@ impl Builder {
             slot: old,
             drain: true,
         });
-        self.event(
-            "succeeded",
-            format!("rollback window over: the old slot {old} is retired"),
-            serde_json::Value::Null,
-        );
+        self.event("succeeded", message, serde_json::Value::Null);
     }
 }
 
@@ -901,6 +927,8 @@ fn start_rollout(b: &mut Builder, release: ReleaseSpec, policy: RolloutPolicy, f
 
 fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> {
     let now = b.now;
+    // Promoted with nothing to go back to: nothing may roll it back.
+    let stuck = nothing_to_go_back_to(&b.state, &r);
     match (input, &r.phase) {
         // The platform side reports a missed deadline itself, with the last probe and the log
         // tail; this is the backstop for a platform that never answers at all.
@@ -1149,18 +1177,25 @@ fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> 
             let failures = count_failure(b, &verdict, *window_started_at);
             let limit = r.policy.failure_limit;
             let failed = verdict.outcome == Outcome::Fail;
-            let roll_back = failed && failures > limit;
+            let roll_back = failed && failures > limit && stuck.is_none();
             let action = if roll_back {
                 format!("failed window {failures} of {}, rolling back", limit + 1)
+            } else if let (true, Some(why)) = (failed && failures > limit, &stuck) {
+                format!("failed window {failures} of {}, but there is nothing to roll back to ({why}): {new} stays live", limit + 1)
             } else if failed {
                 format!(
                     "failed window {failures} of {}, {new} stays live for now",
                     limit + 1
                 )
-            } else if now >= *until {
-                "the rollback window is over".to_string()
             } else {
-                "the rollback window goes on".to_string()
+                // With nothing to go back to, the window watches but cannot roll back.
+                let window = if stuck.is_some() {
+                    "window"
+                } else {
+                    "rollback window"
+                };
+                let over = if now >= *until { "is over" } else { "goes on" };
+                format!("the {window} {over}")
             };
             let summary = verdict.summary.clone();
             record_verdict(b, verdict, &action, *window_started_at);
@@ -1180,6 +1215,14 @@ fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> 
         }
         (Input::Window(_), _) => {}
         (Input::Command(command), phase) => on_command(b, command, &r, phase.clone())?,
+        (Input::TargetDown { reason }, Phase::Promoted { .. }) if stuck.is_some() => {
+            // Nothing to roll back to: the rollout ends with the release live, and the controller
+            // supervises it like any live slot (starting it again once all its instances are gone).
+            b.settle(Some(format!(
+                "the new slot {} stopped running: {reason}",
+                r.target
+            )));
+        }
         (
             Input::TargetDown { reason },
             Phase::Canary { .. }
@@ -1274,9 +1317,10 @@ fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> 
                     b.apply_routes();
                     b.actions.push(Action::ConfirmPromotion);
                 }
-                Phase::Promoted { since, until, .. } if !target_ready && target_gone => {
+                Phase::Promoted { since, until, .. } if !target_ready && (target_gone || stuck.is_some()) => {
                     // It passed its canary and served everyone; the host died under it. The
                     // controller starts it again (it is the live slot) and the window goes on.
+                    // Not ready with nothing to go back to: it stays, as the only release there is.
                     b.rollout().phase = Phase::Promoted {
                         since: *since,
                         until: *until,
@@ -1334,6 +1378,24 @@ fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> 
     Ok(())
 }
 
+/// Why the promoted rollout `r` has nothing to go back to; `None` when it is not promoted or its
+/// old slot still runs the release it replaced. A release is promoted without one when nothing
+/// served users before it: the app's first release, or one promoted while the old slot's
+/// instances were gone. Routing users back to that slot would answer every request 503.
+fn nothing_to_go_back_to(state: &AppState, r: &Rollout) -> Option<String> {
+    let old = r.target.other();
+    if !matches!(r.phase, Phase::Promoted { .. }) || state.slot(old).is_running() {
+        return None;
+    }
+    Some(match r.previous_version.as_deref() {
+        None => format!("rollout #{} is the first release of {}", r.id, state.app),
+        Some(previous) => format!(
+            "rollout #{} went live while the old slot {old} ran nothing ({previous} was not running)",
+            r.id
+        ),
+    })
+}
+
 /// What a canary window's verdict makes the engine do next.
 enum Next {
     StepDone,
@@ -1388,6 +1450,12 @@ fn record_verdict(b: &mut Builder, mut verdict: Verdict, action: &str, window_st
 
 fn on_command(b: &mut Builder, command: Command, r: &Rollout, phase: Phase) -> Result<(), Rejected> {
     let now = b.now;
+    // Once promoted, an abort is a rollback too.
+    if let (Command::Abort | Command::Rollback, Some(why)) = (command, nothing_to_go_back_to(&b.state, r)) {
+        return Err(Rejected(format!(
+            "{why}: there is nothing to roll back to; deploy another version instead"
+        )));
+    }
     let reject = |what: &str| {
         Err(Rejected(format!(
             "cannot {what} rollout #{} in phase {}",

@@ -28,7 +28,10 @@ fn extreme_windows_give_verdicts_that_read_back() {
         (window(14, 9, Some(783)), None),
         (window(14, 9, Some(783)), Some(window(0, 0, None))),
         (window(1, 1, Some(1)), Some(window(1, 0, Some(1)))),
-        (window(100_000, 100_000, Some(10)), Some(window(100_000, 0, Some(10)))),
+        (
+            window(100_000, 100_000, Some(10)),
+            Some(window(100_000, 0, Some(10))),
+        ),
         (window(0, 0, None), Some(window(10, 10, None))),
         (window(500, 250, None), None),
     ];

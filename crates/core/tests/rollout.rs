@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use cutover_core::judge::{JudgeConfig, SlotWindow, WindowStats};
 use cutover_core::rollout::{
-    handle, route_table, window_due, Action, AppState, Command, Event, Input, Phase,
+    handle, route_table, window_due, Action, AppState, Command, Event, Input, Phase, Rejected,
 };
 use cutover_core::{ReleaseSpec, RolloutPolicy, Slot, Step, Timestamp};
 
@@ -608,6 +608,174 @@ fn the_first_release_of_an_app_goes_live_after_verification() {
     assert_eq!(route_table(&sim.state).weight_of(Slot::Green), 10_000);
     sim.run_for(700_000);
     assert_eq!(sim.phase(), "succeeded");
+}
+
+/// A failing window of the promoted phase: 20 % errors, far past any ceiling.
+fn failing_alone(_: u64) -> WindowStats {
+    WindowStats {
+        canary: SlotWindow {
+            requests: 500,
+            errors: 100,
+            p99_ms: Some(20.0),
+            ..SlotWindow::default()
+        },
+        baseline: None,
+        duration_ms: 10_000,
+        latency: None,
+        unavailable: None,
+        external: Vec::new(),
+    }
+}
+
+/// The first release of an app: nothing was live, so once it is there is nothing to go back to.
+/// Routing users to the empty old slot would answer every request 503.
+fn first_release_promoted() -> Sim {
+    let mut sim = Sim::new(healthy);
+    sim.state = AppState::new("web");
+    sim.router = Some(route_table(&sim.state));
+    sim.deploy(policy());
+    assert_eq!(sim.phase(), "promoted");
+    assert_eq!(sim.state.live, Slot::Green);
+    sim
+}
+
+fn assert_still_live(sim: &Sim) {
+    assert_eq!(sim.state.live, Slot::Green, "{:#?}", sim.log);
+    assert_eq!(route_table(&sim.state).weight_of(Slot::Green), 10_000);
+    assert_eq!(sim.state.green.backends, [addr(9002)], "{:#?}", sim.log);
+    assert!(!sim.stopped.contains(&Slot::Green), "{:#?}", sim.log);
+}
+
+const NOTHING_TO_ROLL_BACK_TO: &str =
+    "rollout #1 is the first release of web: there is nothing to roll back to; deploy another version instead";
+
+#[test]
+fn the_first_release_says_there_is_no_old_version_to_keep_warm() {
+    let mut sim = first_release_promoted();
+    let promoted = sim
+        .log
+        .iter()
+        .find(|l| l.starts_with("promoted"))
+        .unwrap()
+        .clone();
+    assert!(
+        promoted.contains("no old version to keep warm") && !promoted.contains("stays warm"),
+        "{promoted}"
+    );
+    sim.run_for(700_000);
+    assert_eq!(sim.phase(), "succeeded");
+    let succeeded = sim.log.last().unwrap();
+    assert!(succeeded.starts_with("succeeded: "), "{succeeded}");
+    assert!(
+        !succeeded.contains("retired") && succeeded.contains("first release"),
+        "no old slot was there to retire: {succeeded}"
+    );
+    assert_still_live(&sim);
+}
+
+#[test]
+fn the_first_release_cannot_be_rolled_back_or_aborted_once_live() {
+    for command in [Command::Rollback, Command::Abort] {
+        let mut sim = first_release_promoted();
+        sim.run_for(60_000);
+        let before = sim.state.clone();
+        assert_eq!(
+            sim.command(command),
+            Err(NOTHING_TO_ROLL_BACK_TO.to_string()),
+            "{command:?}"
+        );
+        assert_eq!(sim.state, before, "a rejected command changes nothing");
+        assert_still_live(&sim);
+        // Promote still ends the window, and a next version replaces it as usual.
+        sim.command(Command::Promote).unwrap();
+        assert_eq!(sim.phase(), "succeeded");
+        assert_still_live(&sim);
+    }
+    // Not a first release, but the same: v1 is recorded in blue with no instances (a table no
+    // router takes, so straight through the engine) when v2 is verified, so v2 went live at once.
+    let mut state = AppState::new("web");
+    state.blue.release = Some(ReleaseSpec::new("v1", "run v1"));
+    let now = Timestamp(1_700_000_000_000);
+    for input in [
+        Input::Deploy {
+            release: ReleaseSpec::new("v2", "run v2"),
+            policy: policy(),
+            forced: false,
+            migrate: false,
+        },
+        Input::Provisioned {
+            backends: vec![addr(9002)],
+        },
+        Input::VerifyPassed {
+            detail: "no checks".into(),
+        },
+    ] {
+        state = handle(&state, input, now).unwrap().state;
+    }
+    assert_eq!(state.rollout.as_ref().unwrap().phase.name(), "promoted");
+    assert_eq!(
+        handle(&state, Input::Command(Command::Rollback), now).map(|_| ()),
+        Err(Rejected("rollout #1 went live while the old slot blue ran nothing (v1 was not running): there is nothing to roll back to; deploy another version instead".to_string()))
+    );
+    // Before it is live, the first release can still be called off: users never saw it.
+    let mut sim = Sim::new(healthy);
+    sim.state = AppState::new("web");
+    sim.state = handle(
+        &sim.state,
+        Input::Deploy {
+            release: ReleaseSpec::new("v1", "x"),
+            policy: policy(),
+            forced: false,
+            migrate: false,
+        },
+        sim.now,
+    )
+    .unwrap()
+    .state;
+    sim.router = Some(route_table(&sim.state));
+    sim.command(Command::Abort).unwrap();
+    assert_eq!(sim.phase(), "aborted");
+}
+
+#[test]
+fn the_first_releases_window_never_rolls_back_to_nothing() {
+    // Failing windows: recorded, but nothing to roll back to.
+    let mut sim = first_release_promoted();
+    sim.traffic = Box::new(failing_alone);
+    sim.run_for(60_000);
+    assert_eq!(sim.phase(), "promoted", "{:#?}", sim.log);
+    assert_still_live(&sim);
+    let last = decision_messages(&sim).pop().unwrap();
+    assert!(last.contains("nothing to roll back to"), "{last}");
+    sim.run_for(700_000);
+    assert_eq!(sim.phase(), "succeeded", "{:#?}", sim.log);
+    assert_still_live(&sim);
+
+    // A restart that finds it running but not ready: it stays, the window goes on.
+    let mut sim = first_release_promoted();
+    sim.send(Input::Recovered {
+        target_ready: false,
+        live_ready: false,
+        target_gone: false,
+    })
+    .unwrap();
+    assert_eq!(sim.phase(), "promoted", "{:#?}", sim.log);
+    assert_still_live(&sim);
+
+    // Its instances exit: the rollout ends with it live, so the controller supervises it like
+    // any live slot (and starts it again once all its instances are gone).
+    let mut sim = first_release_promoted();
+    sim.send(Input::TargetDown {
+        reason: "instance 0 exited with code 3".into(),
+    })
+    .unwrap();
+    assert_eq!(sim.phase(), "succeeded", "{:#?}", sim.log);
+    assert_still_live(&sim);
+    assert!(
+        sim.log.iter().any(|l| l.contains("nothing to roll back to")),
+        "{:#?}",
+        sim.log
+    );
 }
 
 #[test]

@@ -800,7 +800,10 @@ impl Platform for LocalProcessPlatform {
         for LogFile { index, path, .. } in logs {
             match tail_lines(&path, lines) {
                 Ok(tail) => {
-                    for line in tail {
+                    // The file is appended to by every run of this version in this slot: only
+                    // the lines of the last run (after its banner) are about the failure at hand.
+                    let start = tail.iter().rposition(|l| l.starts_with(RUN_BANNER)).unwrap_or(0);
+                    for line in &tail[start..] {
                         out.push_str(&format!("[instance {index}] {line}\n"));
                     }
                 }
@@ -862,6 +865,9 @@ impl Platform for LocalProcessPlatform {
     }
 }
 
+/// How the line that starts each run in an instance's log begins.
+const RUN_BANNER: &str = "=== cutover:";
+
 /// Runs one instance and starts its reaper. On error, the reason (for `PlatformError::Start`).
 #[allow(clippy::too_many_arguments)]
 fn spawn_instance(
@@ -896,7 +902,7 @@ fn spawn_instance(
     // Logs are appended across runs; the banner shows where this run begins.
     writeln!(
         stdout,
-        "=== cutover: app {app}, slot {slot}, version {}, instance {index}, port {port}: {command}",
+        "{RUN_BANNER} app {app}, slot {slot}, version {}, instance {index}, port {port}: {command}",
         release.version
     )
     .map_err(log_error)?;

@@ -497,3 +497,27 @@ async fn records_and_logs_are_private() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn the_log_tail_of_a_failure_shows_only_its_own_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let platform = platform(dir.path());
+    let cleanup = Cleanup::default();
+    // The same version in the same slot twice: both runs append to one log file.
+    for run in ["first", "second"] {
+        let release = ReleaseSpec::new("v1", format!("echo {run} run; exit 3"));
+        let started = platform.start("shop", Slot::Blue, &release).await.unwrap();
+        cleanup.track(&started);
+        let p = &platform;
+        wait_until("the instance to exit", DEADLINE, || async move {
+            p.instances("shop", Slot::Blue).await.unwrap()[0].exited.is_some()
+        })
+        .await;
+        let tail = platform.log_tail("shop", Slot::Blue, 50);
+        assert!(tail.contains(&format!("{run} run")), "{tail}");
+        if run == "second" {
+            assert!(!tail.contains("first run"), "an earlier run's lines: {tail}");
+        }
+        platform.stop("shop", Slot::Blue, GRACE).await.unwrap();
+    }
+}

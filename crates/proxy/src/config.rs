@@ -63,6 +63,11 @@ impl Default for PreviewConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct HealthCheckConfig {
     pub enabled: bool,
+    /// Path of the `GET` sent to every backend of both slots, live ones included; a backend
+    /// that keeps failing it is taken out. In `cutover.toml`, when `[app.proxy.health_check]
+    /// path` is not given it is the app's `[app.readiness] path`, so a service is checked on the
+    /// path it was admitted by; both may be given and differ (a cheap path checked every
+    /// second, a deeper one before traffic), as long as every backend answers both.
     pub path: String,
     pub interval_ms: u64,
     pub timeout_ms: u64,

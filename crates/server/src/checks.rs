@@ -14,6 +14,10 @@ use cutover_core::FieldError;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReadinessConfig {
+    /// Path every instance of a new release must answer with a 2xx or 3xx before any traffic
+    /// goes to its slot. It is also the path of the proxy's health checks of the live backends
+    /// (`[app.proxy.health_check] path`) unless that is given: a service without
+    /// `/health/ready` sets this alone.
     pub path: String,
     pub interval_ms: u64,
     pub timeout_ms: u64,
@@ -152,27 +156,7 @@ pub async fn wait_ready(
 ) -> Result<(), String> {
     let started = tokio::time::Instant::now();
     let mut last: Vec<Option<String>> = vec![Some("not probed yet".into()); addrs.len()];
-    let details = |last: &[Option<String>]| {
-        let failing: Vec<&String> = last.iter().flatten().collect();
-        let mut text = addrs
-            .iter()
-            .zip(last)
-            .filter_map(|(a, l)| {
-                l.as_ref()
-                    .map(|l| format!("{a}: last probe of {}: {l}", config.path))
-            })
-            .collect::<Vec<_>>()
-            .join("; ");
-        // An answer that is not 200 usually means the service has no such path: say which
-        // setting points elsewhere, rather than let the user guess from a 404.
-        if !failing.is_empty() && failing.iter().all(|l| l.starts_with("status ")) {
-            text.push_str(&format!(
-                " (the service answers, but not 200 on {}: if it has no such path, set [app.readiness] path to one that answers 200 once it is ready)",
-                config.path
-            ));
-        }
-        text
-    };
+    let details = |last: &[Option<String>]| not_ready_details(addrs, last, &config.path);
     loop {
         for (i, addr) in addrs.iter().enumerate() {
             if last[i].is_none() {
@@ -196,6 +180,38 @@ pub async fn wait_ready(
         }
         tokio::time::sleep(Duration::from_millis(config.interval_ms)).await;
     }
+}
+
+/// What the instances not yet ready last answered, with the setting to change when the
+/// answers show a common mistake.
+fn not_ready_details(addrs: &[SocketAddr], last: &[Option<String>], path: &str) -> String {
+    let failing: Vec<&String> = last.iter().flatten().collect();
+    let mut text = addrs
+        .iter()
+        .zip(last)
+        .filter_map(|(a, l)| l.as_ref().map(|l| format!("{a}: last probe of {path}: {l}")))
+        .collect::<Vec<_>>()
+        .join("; ");
+    if failing.is_empty() {
+        return text;
+    }
+    // A 404 (or 405, 410) means the service has no such path: say which setting points
+    // elsewhere, rather than let the user guess. A 503 is a service still starting: no hint.
+    if failing
+        .iter()
+        .all(|l| matches!(l.as_str(), "status 404" | "status 405" | "status 410"))
+    {
+        text.push_str(&format!(
+            " (the service answers, but not 200 on {path}: if it has no such path, set [app.readiness] path to one that answers 200 once it is ready)"
+        ));
+    }
+    // Nothing listening where cutover said to listen: the command ignores the port it was given.
+    if failing.iter().all(|l| l.contains("Connection refused")) {
+        text.push_str(
+            " (nothing listens on the port cutover gave the instance: its command must use {port}, or read $PORT, rather than a port of its own)",
+        );
+    }
+    text
 }
 
 /// One probe of each address; true if all answered ready.
@@ -357,6 +373,37 @@ fn excerpt(text: &str) -> String {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[test]
+    fn not_ready_details_name_the_setting_or_the_port_to_fix() {
+        let addrs: Vec<SocketAddr> = vec![
+            "127.0.0.1:4001".parse().unwrap(),
+            "127.0.0.1:4002".parse().unwrap(),
+        ];
+        let no_path = not_ready_details(
+            &addrs,
+            &[Some("status 404".into()), Some("status 404".into())],
+            "/health/ready",
+        );
+        assert!(no_path.contains("set [app.readiness] path"), "{no_path}");
+        let refused = "connect: Connection refused (os error 111)".to_string();
+        let wrong_port = not_ready_details(&addrs, &[Some(refused.clone()), Some(refused)], "/health/ready");
+        assert!(
+            wrong_port.contains("must use {port}, or read $PORT"),
+            "{wrong_port}"
+        );
+        // One instance ready, the other still starting: no hint that could mislead.
+        let mixed = not_ready_details(&addrs, &[None, Some("status 503".into())], "/health/ready");
+        assert!(
+            mixed.contains("127.0.0.1:4002: last probe of /health/ready: status 503"),
+            "{mixed}"
+        );
+        assert!(!mixed.contains("127.0.0.1:4001"), "{mixed}");
+        assert!(
+            !mixed.contains("(the service answers"),
+            "a 503 is a service starting: {mixed}"
+        );
+    }
 
     #[test]
     fn the_verified_sentence_is_true_for_none_one_and_many_checks() {

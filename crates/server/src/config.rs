@@ -15,6 +15,7 @@ use crate::checks::{ReadinessConfig, VerifyConfig};
 use crate::controller::{ManagedConfig, ReleaseTemplate};
 use crate::freeze::FreezeWindow;
 use serde::{Deserialize, Serialize};
+use structure::Step;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -394,7 +395,7 @@ impl Config {
         };
         // The common case, a valid file, takes one pass; the structural pass below only runs to
         // find every problem of a file already known to have one.
-        let found = match toml::from_str::<Config>(text) {
+        let mut found = match toml::from_str::<Config>(text) {
             Ok(config) => structure::Structure::clean(config),
             Err(first) => match toml::from_str::<toml::Table>(text) {
                 // A syntax error: what follows it cannot be read reliably, so it is the one
@@ -411,6 +412,23 @@ impl Config {
             },
         };
         let doc = toml_edit::Document::parse(text).ok();
+        if let Some(doc) = &doc {
+            // Apps taken out for their problems shift the indices of those after them.
+            let apps = found.config.as_ref().map_or(0, |c| c.apps.len());
+            let written: Vec<usize> = (0..apps)
+                .map(
+                    |i| match found.to_original(&[Step::Key("app".into()), Step::Index(i)])[..] {
+                        [_, Step::Index(written)] => written,
+                        _ => i,
+                    },
+                )
+                .collect();
+            if let Some(config) = &mut found.config {
+                for (app, written) in config.apps.iter_mut().zip(written) {
+                    follow_readiness(app, doc, written);
+                }
+            }
+        }
         let line = |field: &str| doc.as_ref().and_then(|d| locate(d, text, field));
         let mut problems: Vec<ConfigProblem> = found
             .problems
@@ -823,6 +841,31 @@ fn check_workdir(field: &str, workdir: &str) -> Option<FieldError> {
     ))
 }
 
+/// `[app.proxy.health_check] path` not given: the proxy checks the backends on the readiness
+/// path, the one a release was admitted by. A readiness path that is not a path is left to
+/// validation, which reports it where it is written, and the health check keeps its default.
+/// `app` is the `[[app]]` at index `written` of `doc`, the document as written.
+fn follow_readiness(app: &mut AppConfig, doc: &toml_edit::Document<&str>, written: usize) {
+    let given = doc
+        .get("app")
+        .and_then(|apps| match apps {
+            toml_edit::Item::ArrayOfTables(a) => a.get(written).map(|t| t as &dyn toml_edit::TableLike),
+            toml_edit::Item::Value(toml_edit::Value::Array(a)) => a
+                .get(written)
+                .and_then(|v| v.as_inline_table())
+                .map(|t| t as &dyn toml_edit::TableLike),
+            _ => None,
+        })
+        .and_then(|app| app.get("proxy"))
+        .and_then(|proxy| proxy.as_table_like())
+        .and_then(|proxy| proxy.get("health_check"))
+        .and_then(|check| check.as_table_like())
+        .is_some_and(|check| check.contains_key("path"));
+    if !given && app.readiness.path.starts_with('/') {
+        app.proxy.health_check.path = app.readiness.path.clone();
+    }
+}
+
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())]
         .bytes()
@@ -1195,6 +1238,98 @@ hosts = { blue = ["10.0.0.1:80"], green = ["10.0.0.2:80"] }
                 "does not exist (a relative workdir is resolved against the directory cutover is started in)"
             ),
             "{relative:?}"
+        );
+    }
+
+    /// `[app.readiness] path` is what a release must answer before traffic, the health check's
+    /// path what its backends must keep answering: a service without the default path that sets
+    /// the first alone must not be ejected by the second as soon as it is live.
+    #[test]
+    fn the_health_check_path_follows_the_readiness_path_unless_given() {
+        let app = |name: &str, port: u16, extra: &str| {
+            format!("[[app]]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\n{extra}")
+        };
+        let paths = |text: &str| {
+            let config = Config::parse(text, "c.toml").unwrap_or_else(|e| panic!("{e}"));
+            config
+                .apps
+                .iter()
+                .map(|a| (a.readiness.path.clone(), a.proxy.health_check.path.clone()))
+                .collect::<Vec<_>>()
+        };
+        let pair = |r: &str, h: &str| (r.to_string(), h.to_string());
+        // Neither given: both the default.
+        assert_eq!(
+            paths(&app("web", 8080, "")),
+            [pair("/health/ready", "/health/ready")]
+        );
+        // The readiness path alone, however written: the health check follows it.
+        for readiness in [
+            "[app.readiness]\npath = \"/\"\n",
+            "readiness = { path = \"/\" }\n",
+            "readiness.path = \"/\"\n[app.proxy.health_check]\ninterval_ms = 100\n",
+            "readiness.path = \"/\"\nproxy = { health_check = { enabled = true } }\n",
+        ] {
+            assert_eq!(
+                paths(&app("web", 8080, readiness)),
+                [pair("/", "/")],
+                "{readiness}"
+            );
+        }
+        // Both given: each keeps its own, even where they differ, and even where the health
+        // check's is the default.
+        for (health, want) in [
+            ("/health/live", "/health/live"),
+            ("/health/ready", "/health/ready"),
+        ] {
+            let text = app(
+                "web",
+                8080,
+                &format!("[app.readiness]\npath = \"/\"\n[app.proxy.health_check]\npath = \"{health}\"\n"),
+            );
+            assert_eq!(paths(&text), [pair("/", want)], "{text}");
+        }
+        let text = app("web", 8080, "proxy.health_check.path = \"/live\"\n");
+        assert_eq!(paths(&text), [pair("/health/ready", "/live")]);
+        // Per app.
+        let text = [
+            app("a", 8080, "[app.readiness]\npath = \"/a\"\n"),
+            app("b", 8081, "[app.proxy.health_check]\npath = \"/hb\"\n"),
+            app("c", 8082, "[app.readiness]\npath = \"/c\"\n"),
+        ]
+        .concat();
+        assert_eq!(
+            paths(&text),
+            [pair("/a", "/a"), pair("/health/ready", "/hb"), pair("/c", "/c")]
+        );
+        // An app taken out for its problems shifts those after it, not what they were given: the
+        // second app's own health check path is kept, and so judged.
+        let text = [
+            "[[app]]\nlisten = \"127.0.0.1:8080\"\n[app.readiness]\npath = \"/a\"\n".to_string(),
+            app("b", 8081, "[app.proxy.health_check]\npath = \"hb\"\n"),
+        ]
+        .concat();
+        assert_eq!(
+            problems(&text),
+            [
+                "c.toml:1: app[0].name: missing: this field is required; add it",
+                "c.toml:9: app[1].proxy.health_check.path: \"hb\" must start with '/'",
+            ]
+        );
+        // The serialized form says what is in effect, and reads back the same.
+        let config = Config::parse(&app("web", 8080, "readiness.path = \"/\"\n"), "c.toml").unwrap();
+        let again = Config::parse(&toml::to_string(&config).unwrap(), "again.toml").unwrap();
+        assert_eq!(again.apps[0].proxy.health_check.path, "/");
+        // A readiness path that is not one is reported where it is written, not again at the
+        // health check it would have given its value to.
+        let text = app(
+            "web",
+            8080,
+            "platform = \"local\"\n[app.release]\ncommand = \"./web --port {port}\"\n[app.readiness]\npath = \"ready\"\n",
+        );
+        assert_eq!(
+            problems(&text),
+            ["c.toml:8: app[0].readiness.path: must start with '/'"]
         );
     }
 

@@ -123,6 +123,20 @@ impl ManagedConfig {
     }
 }
 
+/// Whether `version` may be deployed: what release names are made of (git SHAs, SemVer with
+/// pre-release and build, tags such as `release-2026.12.01`), 1 to 128 ASCII letters, digits and
+/// `. _ - + @ :`. The release command runs through `/bin/sh -c` with `{version}` put in as it is,
+/// so none of these characters may mean anything to a shell; a leading `-` would read as an option
+/// to the commands it is passed to, and a leading `.` makes the `.` and `..` of directory names
+/// (`{version}` names workdirs and migration directories) and hidden files.
+fn valid_version(version: &str) -> bool {
+    (1..=128).contains(&version.len())
+        && !version.starts_with(['-', '.'])
+        && version
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'+' | b'@' | b':'))
+}
+
 /// A request to deploy a version.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -508,17 +522,12 @@ impl Controller {
         let template = &self.config.release;
         let mut errors = Vec::new();
         let version = request.version.trim();
-        if version.is_empty()
-            || version.len() > 128
-            || version.chars().any(|c| c.is_control() || c == '"' || c == '/')
-            // `{version}` names directories (migrations, workdirs): never the parent or itself.
-            || version == "."
-            || version == ".."
-        {
+        if !valid_version(version) {
             errors.push(FieldError::new(
                 "version",
                 format!(
-                    "{version:?} must be 1 to 128 characters without quotes, slashes or control characters, and not . or .."
+                    "{version:?} is not a version: give 1 to 128 ASCII letters, digits and . _ - + @ : \
+                     (a git SHA, 1.4.0-rc.1+build.5, release-2026.12.01), not starting with - or ."
                 ),
             ));
         }
@@ -1030,28 +1039,38 @@ impl Controller {
             // A service that never gets ready would otherwise be silent until the deadline: say
             // what its probes answer, after 10 s and every 15 s after that.
             let progress = std::sync::Mutex::new(String::new());
+            // Whose release this is: its events carry that rollout's id, and once that rollout is
+            // over (aborted while this one starts) the wait ends rather than probe on for nothing
+            // and report under the next rollout's name.
+            let owner = self.state.lock().await.active_rollout().map(|r| r.id);
             let not_ready_yet = async {
                 let started = tokio::time::Instant::now();
-                let mut after = Duration::from_secs(10);
+                let mut report_at = Duration::from_secs(10);
                 loop {
-                    tokio::time::sleep_until(started + after).await;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let current = self.state.lock().await.active_rollout().map(|r| r.id);
+                    if let Some(id) = owner.filter(|id| current != Some(*id)) {
+                        return format!("rollout #{id} ended while {} was starting", release.version);
+                    }
+                    if started.elapsed() < report_at {
+                        continue;
+                    }
                     let detail = progress.lock().map(|p| p.clone()).unwrap_or_default();
                     if !detail.is_empty() {
-                        let rollout_id = self.state.lock().await.rollout.as_ref().map(|r| r.id);
                         self.record_event(
-                            rollout_id,
+                            owner,
                             "not_ready_yet",
                             format!(
                                 "{} in slot {slot} not ready after {} s of {} s: {detail}",
                                 release.version,
-                                after.as_secs(),
+                                report_at.as_secs(),
                                 release_deadline_secs(&self.config)
                             ),
-                            serde_json::json!({ "slot": slot, "waited_ms": after.as_millis() as u64 }),
+                            serde_json::json!({ "slot": slot, "waited_ms": report_at.as_millis() as u64 }),
                         )
                         .await;
                     }
-                    after += Duration::from_secs(15);
+                    report_at += Duration::from_secs(15);
                 }
             };
             tokio::select! {
@@ -1059,7 +1078,7 @@ impl Controller {
                     ready.map_err(|e| format!("not ready within the readiness deadline ({} s): {e}", release_deadline_secs(&self.config)))?;
                 }
                 why = exited => return Err(why),
-                () = not_ready_yet => {}
+                why = not_ready_yet => return Err(why),
             }
             Ok(addrs)
         }

@@ -502,3 +502,54 @@ async fn an_unknown_path_is_a_json_404() {
     let body: Value = r.json().await.unwrap();
     assert!(body["error"].as_str().unwrap().contains("/v2/nope"), "{body}");
 }
+
+/// A service without `/health/ready` that sets `[app.readiness] path` alone is health checked on
+/// that path too, so the proxy keeps its backends; an app that also names the health check's path
+/// is checked on that one (here the failing `/health/ready`, which shows the checks ran).
+#[tokio::test]
+async fn the_proxy_health_checks_the_readiness_path_unless_told_otherwise() {
+    let (follows, explicit) = (
+        ExampleApp::spawn("v1", &["--fail-ready"]),
+        ExampleApp::spawn("v1", &["--fail-ready"]),
+    );
+    let app = |name: &str, backend: SocketAddr, health_path: Option<&str>| {
+        format!(
+            "\n[[app]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\n\
+             [app.readiness]\npath = \"/\"\n\
+             [app.proxy.health_check]\ninterval_ms = 50\nunhealthy_threshold = 1\n{}\
+             [app.routes]\nlive = \"blue\"\nblue = {{ version = \"v1\", backends = [\"{backend}\"] }}\n",
+            health_path
+                .map(|p| format!("path = \"{p}\"\n"))
+                .unwrap_or_default()
+        )
+    };
+    let text = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n{}{}",
+        app("follows", follows.addr, None),
+        app("explicit", explicit.addr, Some("/health/ready"))
+    );
+    let config = Config::parse(&text, "cutover.toml").unwrap();
+    let running = cutover_server::start(config, TOKEN.into(), StartOptions::new("."))
+        .await
+        .unwrap();
+    let status = |app: &str| {
+        let url = format!("http://{}/", running.bound.apps[app].listen);
+        async move { http_client().get(url).send().await.unwrap().status().as_u16() }
+    };
+    cutover_test_support::wait_until(
+        "the app checked on /health/ready loses its backend",
+        std::time::Duration::from_secs(10),
+        || async { status("explicit").await == 503 },
+    )
+    .await;
+    // Checks of both apps run on the same schedule: a few more rounds of them.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for _ in 0..5 {
+        assert_eq!(
+            status("follows").await,
+            200,
+            "the backend passes its readiness path"
+        );
+    }
+    running.shutdown().await;
+}

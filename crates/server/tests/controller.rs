@@ -13,7 +13,9 @@ use cutover_core::{Clock, ManualClock, RolloutPolicy, RouteTable, Slot, Step, Ti
 use cutover_platform::Platform;
 use cutover_router::Router;
 use cutover_server::checks::ReadinessConfig;
-use cutover_server::controller::{Controller, DeployRequest, Deps, ManagedConfig, ReleaseTemplate};
+use cutover_server::controller::{
+    Controller, ControllerError, DeployRequest, Deps, ManagedConfig, ReleaseTemplate,
+};
 use cutover_server::gates::NoGates;
 use cutover_store::{MemoryStore, Store, StoredEvent};
 use cutover_test_support::fakes::{
@@ -416,6 +418,51 @@ async fn an_instance_killed_mid_canary_rolls_back_to_the_old_slot() {
     assert!(
         !rig.platform.instances(APP, Slot::Green).is_empty(),
         "v1 keeps running"
+    );
+}
+
+/// The first release has nothing before it: once live, `rollback` and `abort` are refused (409 in
+/// the admin API, exit 3 in the CLI) and it keeps serving; when its instance dies it is not rolled
+/// back onto the empty slot but started again, like any live slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_release_is_never_rolled_back_onto_an_empty_slot() {
+    let rig = Rig::start().await;
+    rig.deploy("v1").await;
+    rig.wait_phase("promoted").await;
+    for command in [Command::Rollback, Command::Abort] {
+        match rig.controller.command(command).await {
+            Err(ControllerError::Rejected(message)) => assert_eq!(
+                message,
+                "rollout #1 is the first release of web: there is nothing to roll back to; deploy another version instead"
+            ),
+            other => panic!("{command:?}: {other:?}"),
+        }
+    }
+    assert_eq!(rig.phase_name().await, "promoted");
+    let serving = rig.router.current();
+    assert_eq!(
+        (serving.live, serving.weight_of(Slot::Green)),
+        (Slot::Green, 10_000)
+    );
+    assert_eq!(serving.green.version, "v1");
+
+    assert!(rig.platform.kill(APP, Slot::Green, 0));
+    rig.wait_phase("succeeded").await;
+    wait_until("v1 started again", DEADLINE, || async {
+        rig.platform
+            .instances(APP, Slot::Green)
+            .iter()
+            .any(|i| i.exited.is_none())
+    })
+    .await;
+    let state = rig.controller.state().await;
+    assert_eq!(state.live, Slot::Green);
+    assert_eq!(state.green.version(), Some("v1"));
+    assert_eq!(rig.router.current().weight_of(Slot::Green), 10_000);
+    assert!(
+        rig.kinds(1).iter().all(|k| k != "rolled_back"),
+        "{:?}",
+        rig.kinds(1)
     );
 }
 

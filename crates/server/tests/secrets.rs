@@ -391,3 +391,87 @@ async fn bad_references_are_refused_with_400_naming_the_field() {
     let history = rig.get("/v1/apps/web/history").await;
     assert_eq!(history, json!([]));
 }
+
+/// The release command runs through `/bin/sh -c` with `{version}` put in as it is, so a version
+/// is made of what release names are made of (git SHAs, SemVer with pre-release and build, tags)
+/// and of nothing a shell acts on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_a_shell_would_act_on_is_refused_with_400_naming_the_field() {
+    let rig = Rig::start().await;
+    let too_long = "v".repeat(129);
+    let refused = [
+        "x$(id -u)",
+        "x`id -u`",
+        "v1;id",
+        "v1&&id",
+        "v1|id",
+        "v1 id",
+        "v1'",
+        "v1>out",
+        "v1<in",
+        "$HOME",
+        "${IFS}",
+        "v*",
+        "v?",
+        "v[1]",
+        "~root",
+        "v1#",
+        "v1!",
+        "v1&",
+        "v1\\",
+        "v1=2",
+        "v1,v2",
+        "v1%",
+        "v1\u{e9}",
+        "v1\t2",
+        "-rf",
+        "--help",
+        ".hidden",
+        ".",
+        "..",
+        "",
+        "   ",
+        too_long.as_str(),
+    ];
+    for version in refused {
+        let (code, body) = rig.deploy(json!({ "version": version })).await;
+        assert_eq!(code, 400, "{version:?}: {body}");
+        let errors = body["errors"].as_array().unwrap();
+        let error = errors
+            .iter()
+            .find(|e| e["field"] == "version")
+            .unwrap_or_else(|| panic!("{version:?}: no error of version: {body}"));
+        let message = error["message"].as_str().unwrap();
+        assert!(
+            message.contains("letters, digits and . _ - + @ :"),
+            "{version:?}: {message}"
+        );
+    }
+    // What release names are made of passes the version check: these requests fail on their
+    // instance count alone, so nothing starts.
+    let longest = "v".repeat(128);
+    for version in [
+        "v1",
+        "1.4.0-rc.1+build.5",
+        "release-2026.12.01",
+        "3f9c2a1b0d4e5f60718293a4b5c6d7e8f9012345",
+        "web@1.2.3",
+        "registry:2026-12-01",
+        "V_1",
+        " v1 ",
+        longest.as_str(),
+    ] {
+        let (code, body) = rig.deploy(json!({ "version": version, "instances": 0 })).await;
+        assert_eq!(code, 400, "{version:?}: {body}");
+        let fields: Vec<&str> = body["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["field"].as_str().unwrap())
+            .collect();
+        assert_eq!(fields, ["instances"], "{version:?}: {body}");
+    }
+    // Nothing was started.
+    assert_eq!(rig.phase().await, "none");
+    assert!(pid_files(rig.dir.path()).is_empty());
+}
