@@ -531,6 +531,8 @@ impl Ramp {
         let mut verdict = judge_named(&self.plan.judge, stats, evidence.as_mut(), names);
         self.evidence = evidence;
         verdict.reason = in_ramp_words(&verdict.reason);
+        // A ramp ends in a kill, not a rollback: the plain sentence says so too.
+        verdict.summary = verdict.summary.replace("way to a rollback", "way to a kill");
         let summary = verdict.summary.clone();
         let weight = self.plan.steps_bp.get(step).copied().unwrap_or(FULL);
         let kind = match verdict.outcome {
@@ -799,6 +801,37 @@ expires = "2027-03-31"
         assert!(matches!(ramp.phase, RampPhase::Killed { .. }));
         assert_eq!(ramp.weight(), None);
         assert!(ramp.flagged_failures > 0);
+        // In plain words, naming the variant, and in a ramp's terms: a kill, never a rollback.
+        for d in &ramp.decisions {
+            assert!(!d.message.contains("rollback"), "{}", d.message);
+        }
+        let killed = ramp.decisions.iter().find(|d| d.kind == "fail").unwrap();
+        assert!(
+            killed.message.contains("variant \"on\" fails"),
+            "{}",
+            killed.message
+        );
+    }
+
+    #[test]
+    fn building_evidence_is_told_in_a_ramps_terms() {
+        let (mut ramp, _) = Ramp::start("f", 1, plan(), t(0), "admin", "try it");
+        let mut building = None;
+        for i in 1..=60 {
+            if ramp.handle(window((100, 2), (5000, 10)), t(i * 10)).is_err() {
+                break;
+            }
+            building = ramp
+                .decisions
+                .iter()
+                .find(|d| d.message.contains("of the way to a"))
+                .map(|d| d.message.clone());
+            if building.is_some() {
+                break;
+            }
+        }
+        let message = building.expect("a decision with evidence building");
+        assert!(message.contains("of the way to a kill"), "{message}");
     }
 
     #[test]
