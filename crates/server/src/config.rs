@@ -846,23 +846,37 @@ fn check_workdir(field: &str, workdir: &str) -> Option<FieldError> {
 /// validation, which reports it where it is written, and the health check keeps its default.
 /// `app` is the `[[app]]` at index `written` of `doc`, the document as written.
 fn follow_readiness(app: &mut AppConfig, doc: &toml_edit::Document<&str>, written: usize) {
-    let given = doc
-        .get("app")
-        .and_then(|apps| match apps {
-            toml_edit::Item::ArrayOfTables(a) => a.get(written).map(|t| t as &dyn toml_edit::TableLike),
-            toml_edit::Item::Value(toml_edit::Value::Array(a)) => a
-                .get(written)
-                .and_then(|v| v.as_inline_table())
-                .map(|t| t as &dyn toml_edit::TableLike),
-            _ => None,
-        })
-        .and_then(|app| app.get("proxy"))
-        .and_then(|proxy| proxy.as_table_like())
-        .and_then(|proxy| proxy.get("health_check"))
-        .and_then(|check| check.as_table_like())
-        .is_some_and(|check| check.contains_key("path"));
-    if !given && app.readiness.path.starts_with('/') {
+    let table = doc.get("app").and_then(|apps| match apps {
+        toml_edit::Item::ArrayOfTables(a) => a.get(written).map(|t| t as &dyn toml_edit::TableLike),
+        toml_edit::Item::Value(toml_edit::Value::Array(a)) => a
+            .get(written)
+            .and_then(|v| v.as_inline_table())
+            .map(|t| t as &dyn toml_edit::TableLike),
+        _ => None,
+    });
+    // Whether `app.<section>.<key>` (sections separated by dots) is written in the file.
+    let given = |path: &[&str]| {
+        let mut node = table;
+        let (last, sections) = match path.split_last() {
+            Some(split) => split,
+            None => return false,
+        };
+        for section in sections {
+            node = node.and_then(|t| t.get(section)).and_then(|i| i.as_table_like());
+        }
+        node.is_some_and(|t| t.contains_key(last))
+    };
+    if !app.readiness.path.starts_with('/') {
+        return;
+    }
+    if !given(&["proxy", "health_check", "path"]) {
         app.proxy.health_check.path = app.readiness.path.clone();
+    }
+    // HAProxy health checks the backends itself, on its own path: the same trap.
+    if let RouterConfig::Haproxy(haproxy) = &mut app.router {
+        if !given(&["router", "health_check_path"]) {
+            haproxy.health_check_path = app.readiness.path.clone();
+        }
     }
 }
 
@@ -1244,6 +1258,26 @@ hosts = { blue = ["10.0.0.1:80"], green = ["10.0.0.2:80"] }
     /// `[app.readiness] path` is what a release must answer before traffic, the health check's
     /// path what its backends must keep answering: a service without the default path that sets
     /// the first alone must not be ejected by the second as soon as it is live.
+    #[test]
+    fn haproxys_health_check_path_follows_the_readiness_path_unless_given() {
+        let text = |router_extra: &str| {
+            format!(
+                "[[app]]\nname = \"shop\"\nplatform = \"static\"\n[app.readiness]\npath = \"/healthz\"\n\
+                 [app.router]\nkind = \"haproxy\"\nbind = [\"*:80\"]\n{router_extra}\
+                 [app.hosts]\nblue = [\"10.0.0.11:8080\"]\ngreen = [\"10.0.0.21:8080\"]\n[app.release]\ncommand = \"./deploy.sh\"\n"
+            )
+        };
+        let path = |text: &str| {
+            let config = Config::parse(text, "c.toml").unwrap_or_else(|e| panic!("{e}"));
+            match &config.apps[0].router {
+                RouterConfig::Haproxy(h) => h.health_check_path.clone(),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(path(&text("")), "/healthz");
+        assert_eq!(path(&text("health_check_path = \"/live\"\n")), "/live");
+    }
+
     #[test]
     fn the_health_check_path_follows_the_readiness_path_unless_given() {
         let app = |name: &str, port: u16, extra: &str| {
