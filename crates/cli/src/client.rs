@@ -879,32 +879,29 @@ fn ended_at(phase: &Value) -> Option<u64> {
 
 /// The reason a rollout ended as it did: its phase's own, else the event that ended it
 /// (a promotion, manual or not, records why only in its event).
-async fn outcome_reason(client: &Client, app: &str, rollout: &Value) -> Result<String> {
+/// Why a rollout ended as it did, and when it was decided: its phase's own reason and time,
+/// else the event that decided it. A promotion records why only in its event, and a promoted
+/// rollout's phase time (`succeeded` at) is the end of its rollback window, not the decision.
+async fn outcome(client: &Client, app: &str, rollout: &Value) -> Result<(String, Option<u64>)> {
     if let Some(reason) = rollout["phase"]["reason"].as_str() {
-        return Ok(reason.to_string());
+        return Ok((reason.to_string(), rollout["phase"]["at"].as_u64()));
     }
     let id = rollout["id"].as_u64().unwrap_or(0);
     let events = client
         .get(&format!("/v1/apps/{app}/events?rollout={id}&limit=10000"))
         .await?;
+    let events: Vec<&Value> = events.as_array().into_iter().flatten().collect();
     let wanted = ["promoted", "succeeded", "failed", "rolled_back", "aborted"];
-    let reason = events
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| e["kind"].as_str().is_some_and(|k| wanted.contains(&k)))
-        .find(|e| e["kind"] == "promoted")
-        .or_else(|| {
-            events
-                .as_array()
-                .into_iter()
-                .flatten()
-                .rev()
-                .find(|e| e["kind"].as_str().is_some_and(|k| wanted.contains(&k)))
-        })
-        .and_then(|e| e["message"].as_str())
-        .unwrap_or("");
-    Ok(reason.to_string())
+    let decided = events.iter().find(|e| e["kind"] == "promoted").or_else(|| {
+        events
+            .iter()
+            .rev()
+            .find(|e| e["kind"].as_str().is_some_and(|k| wanted.contains(&k)))
+    });
+    Ok(match decided {
+        Some(e) => (e["message"].as_str().unwrap_or("").to_string(), e["at"].as_u64()),
+        None => (String::new(), ended_at(&rollout["phase"])),
+    })
 }
 
 pub async fn history(client: &Client, app: &str, json: bool) -> Result<ExitCode> {
@@ -941,13 +938,15 @@ pub async fn history(client: &Client, app: &str, json: bool) -> Result<ExitCode>
     for r in list {
         let e = &r["exposure"];
         let started = r["started_at"].as_u64().unwrap_or(0);
-        let took = match ended_at(&r["phase"]) {
-            Some(end) => duration(end.saturating_sub(started)),
-            None => "running".into(),
+        let (mut reason, decided_at) = outcome(client, app, r).await?;
+        // From the deploy to the decision (promotion, rollback, failure): how long it took.
+        let took = match (ended_at(&r["phase"]), decided_at) {
+            (None, _) if !matches!(r["phase"]["phase"].as_str(), Some("promoted")) => "running".into(),
+            (_, Some(end)) | (Some(end), None) => duration(end.saturating_sub(started)),
+            (None, None) => "running".into(),
         };
         let failed =
             e["canary_server_errors"].as_u64().unwrap_or(0) + e["canary_client_errors"].as_u64().unwrap_or(0);
-        let mut reason = outcome_reason(client, app, r).await?;
         // One line per rollout: the reason's start, the rest in `history --output json`.
         if reason.chars().count() > 100 {
             reason = reason.chars().take(99).collect::<String>() + "…";
