@@ -20,7 +20,7 @@ const TOKEN: &str = "logs-cli-test-admin-token";
 struct Cluster {
     dir: tempfile::TempDir,
     // Dropped (killed) with the cluster.
-    _serve: ChildProcess,
+    serve: Option<ChildProcess>,
     admin: String,
 }
 
@@ -61,7 +61,7 @@ interval_ms = 50
         let admin = format!("http://{}", ready["bound"]["admin"].as_str().unwrap());
         Cluster {
             dir,
-            _serve: serve,
+            serve: Some(serve),
             admin,
         }
     }
@@ -73,6 +73,11 @@ interval_ms = 50
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // The server first: alive, it would start the live slot again once its instances die,
+        // and that instance would outlive the test.
+        if let Some(mut serve) = self.serve.take() {
+            serve.kill();
+        }
         // Instances outlive the server by design; the test stops what it started.
         let pids: Vec<u32> = std::fs::read_dir(self.dir.path())
             .unwrap()
