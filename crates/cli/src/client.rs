@@ -230,13 +230,18 @@ fn cause(e: &reqwest::Error) -> String {
 /// the token or there is none to send (401, 403), 1 otherwise (the server unreachable, an
 /// answer that is not the admin API's).
 pub fn exit_code_for(e: &anyhow::Error) -> ExitCode {
+    ExitCode::from(exit_number_for(e))
+}
+
+/// [`exit_code_for`] as its number, for the JSON result line.
+pub fn exit_number_for(e: &anyhow::Error) -> u8 {
     if e.downcast_ref::<crate::connect::NoToken>().is_some() {
-        return ExitCode::from(exit::UNAUTHORIZED);
+        return exit::UNAUTHORIZED;
     }
     match e.downcast_ref::<ApiFailure>() {
-        Some(f) if matches!(f.status, 401 | 403) => ExitCode::from(exit::UNAUTHORIZED),
-        Some(f) if (400..500).contains(&f.status) => ExitCode::from(exit::REJECTED),
-        _ => ExitCode::from(exit::ERROR),
+        Some(f) if matches!(f.status, 401 | 403) => exit::UNAUTHORIZED,
+        Some(f) if (400..500).contains(&f.status) => exit::REJECTED,
+        _ => exit::ERROR,
     }
 }
 

@@ -530,15 +530,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// The number behind an exit code, for a JSON result line.
-fn exit_number(code: ExitCode) -> u8 {
-    // ExitCode hides its number; every code this CLI returns is built from one of these.
-    [0u8, 1, 2, 3, 4, 10, 11, 12, 13, 14, 130]
-        .into_iter()
-        .find(|n| ExitCode::from(*n) == code)
-        .unwrap_or(1)
-}
-
 fn talks_to_a_server(command: &Command) -> bool {
     matches!(
         command,
@@ -688,18 +679,18 @@ async fn run(command: Command, before: ServerArgs) -> Result<ExitCode> {
             match deployed {
                 // A pipeline reading JSON gets its result line whatever happened.
                 Err(e) if json => {
-                    let code = client::exit_code_for(&e);
+                    let code = client::exit_number_for(&e);
                     out!(
                         "{}",
                         serde_json::json!({
                             "kind": "result",
                             "app": app,
-                            "exit_code": exit_number(code),
+                            "exit_code": code,
                             "error": format!("{e:#}"),
                         })
                     );
                     eprintln!("error: {e:#}");
-                    Ok(code)
+                    Ok(ExitCode::from(code))
                 }
                 other => other,
             }

@@ -28,13 +28,13 @@ pub struct RampArgs {
     #[arg(long, value_delimiter = ',', required_unless_present_any = ["resume", "abort", "status", "wait"])]
     pub steps: Vec<f64>,
     /// How long each step is observed before the next, e.g. 60s, 5m.
-    #[arg(long, value_parser = parse_duration, required_unless_present_any = ["resume", "abort", "status", "wait"])]
+    #[arg(long, value_parser = crate::units::parse_millis, required_unless_present_any = ["resume", "abort", "status", "wait"])]
     pub window: Option<u64>,
     /// Length of one analysis window (default: a sixth of --window, from 1s to 10s).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = crate::units::parse_millis)]
     pub interval: Option<u64>,
     /// How long a step may wait past --window for enough evidence before it pauses (default 5 windows).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = crate::units::parse_millis)]
     pub max_extension: Option<u64>,
     /// The variant to ramp up (default: the `true` variant of a boolean flag).
     #[arg(long)]
@@ -64,11 +64,6 @@ pub struct RampArgs {
     /// text for people; json for scripts (one document, stable field names).
     #[arg(long, value_enum, default_value = "text")]
     pub output: crate::Output,
-}
-
-/// `250ms`, `60s`, `5m`, `1h`, or a number of seconds; in milliseconds.
-pub fn parse_duration(text: &str) -> Result<u64, String> {
-    crate::units::parse_millis(text)
 }
 
 fn path(key: &str) -> String {

@@ -62,12 +62,8 @@ fn serve(dir: &Path) -> ChildProcess {
 
 /// `cutover ARGS` in `cwd` with nothing in the environment that points it anywhere.
 fn cutover(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let out = Command::new(CUTOVER)
+    let out = common::unpointed(CUTOVER, cwd)
         .args(args)
-        .current_dir(cwd)
-        .env_remove("CUTOVER_ADMIN")
-        .env_remove("CUTOVER_ADMIN_TOKEN")
-        .env_remove("CUTOVER_CONFIG")
         .envs(env.iter().copied())
         .output()
         .unwrap();
@@ -85,16 +81,6 @@ fn json_lines(text: &str) -> Vec<Value> {
         .collect()
 }
 
-struct Instances(std::path::PathBuf);
-
-impl Drop for Instances {
-    fn drop(&mut self) {
-        for pid in common::processes_in(&self.0) {
-            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-        }
-    }
-}
-
 #[test]
 fn the_cli_finds_its_server_from_the_configuration_and_keeps_its_exit_codes_and_json() {
     let dir = tempfile::tempdir().unwrap();
@@ -102,7 +88,7 @@ fn the_cli_finds_its_server_from_the_configuration_and_keeps_its_exit_codes_and_
     let elsewhere = tempfile::tempdir().unwrap();
     let elsewhere = elsewhere.path();
     project(&dir);
-    let _instances = Instances(dir.clone());
+    let _instances = common::KillProcessesIn(dir.clone());
     let _server = serve(&dir);
 
     // Beside cutover.toml nothing is needed: the address (port 0: from the state directory) and
@@ -372,12 +358,8 @@ fn serve_logs_json_lines_on_request_and_no_colour_into_a_file() {
     );
 }
 
-/// A service without the readiness path: the user hears about it while it waits, with the
-/// setting that fixes it, and the deploy fails before any traffic (12).
-#[test]
-fn a_service_without_the_readiness_path_is_told_how_to_point_elsewhere() {
-    let dir = tempfile::tempdir().unwrap();
-    let dir = dir.path().canonicalize().unwrap();
+/// A project whose release never gets ready: its readiness path does not exist (404).
+fn never_ready_project(dir: &Path, readiness_deadline_ms: u64) {
     std::fs::write(
         dir.join("cutover.toml"),
         format!(
@@ -398,13 +380,22 @@ workdir = "{}"
 path = "/no-such-path"
 
 [app.rollout]
-readiness_deadline_ms = 11000
+readiness_deadline_ms = {readiness_deadline_ms}
 "#,
             dir.display()
         ),
     )
     .unwrap();
-    let _instances = Instances(dir.clone());
+}
+
+/// A service without the readiness path: the user hears about it while it waits, with the
+/// setting that fixes it, and the deploy fails before any traffic (12).
+#[test]
+fn a_service_without_the_readiness_path_is_told_how_to_point_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().canonicalize().unwrap();
+    never_ready_project(&dir, 11_000);
+    let _instances = common::KillProcessesIn(dir.clone());
     let _server = serve(&dir);
     let (code, out, err) = cutover(&dir, &["deploy", "web", "v1", "--output", "json"], &[]);
     assert_eq!(code, 12, "{out}{err}");
@@ -433,18 +424,14 @@ fn following_survives_a_server_restart_and_a_signal_stops_it_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path().canonicalize().unwrap();
     project(&dir);
-    let _instances = Instances(dir.clone());
+    let _instances = common::KillProcessesIn(dir.clone());
     let mut server = serve(&dir);
     let (code, out, err) = cutover(&dir, &["deploy", "web", "v1"], &[]);
     assert_eq!(code, 0, "{out}{err}");
 
     // v2 waits at its pause step; `--wait` follows through it.
-    let mut follower = Command::new(CUTOVER)
+    let mut follower = common::unpointed(CUTOVER, &dir)
         .args(["deploy", "web", "v2", "--wait", "--output", "json"])
-        .current_dir(&dir)
-        .env_remove("CUTOVER_ADMIN")
-        .env_remove("CUTOVER_ADMIN_TOKEN")
-        .env_remove("CUTOVER_CONFIG")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -511,12 +498,8 @@ fn following_survives_a_server_restart_and_a_signal_stops_it_cleanly() {
     assert_eq!(result["phase"], "promoted", "{result}");
 
     // SIGTERM to a follower: 130, an `interrupted` line, and the rollout goes on.
-    let follower = Command::new(CUTOVER)
+    let follower = common::unpointed(CUTOVER, &dir)
         .args(["deploy", "web", "v3", "--wait", "--output", "json"])
-        .current_dir(&dir)
-        .env_remove("CUTOVER_ADMIN")
-        .env_remove("CUTOVER_ADMIN_TOKEN")
-        .env_remove("CUTOVER_CONFIG")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -542,15 +525,11 @@ fn following_survives_a_server_restart_and_a_signal_stops_it_cleanly() {
     // A deploy whose output is closed before it knows the outcome does not pass for promoted.
     let (code, out, err) = cutover(&dir, &["abort", "web"], &[]);
     assert_eq!(code, 0, "{out}{err}");
-    let piped = Command::new("bash")
+    let piped = common::unpointed("bash", &dir)
         .arg("-c")
         .arg(format!(
             "set -o pipefail; '{CUTOVER}' deploy web v3 --output json | head -n 1"
         ))
-        .current_dir(&dir)
-        .env_remove("CUTOVER_ADMIN")
-        .env_remove("CUTOVER_ADMIN_TOKEN")
-        .env_remove("CUTOVER_CONFIG")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&piped.stderr);
@@ -567,33 +546,8 @@ fn following_survives_a_server_restart_and_a_signal_stops_it_cleanly() {
 fn an_aborted_rollouts_start_reports_nothing_under_the_next_one() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path().canonicalize().unwrap();
-    std::fs::write(
-        dir.join("cutover.toml"),
-        format!(
-            r#"
-[admin]
-listen = "127.0.0.1:0"
-
-[[app]]
-name = "web"
-listen = "127.0.0.1:0"
-platform = "local"
-
-[app.release]
-command = "{CUTOVER} example-app --port {{port}}"
-workdir = "{}"
-
-[app.readiness]
-path = "/no-such-path"
-
-[app.rollout]
-readiness_deadline_ms = 20000
-"#,
-            dir.display()
-        ),
-    )
-    .unwrap();
-    let _instances = Instances(dir.clone());
+    never_ready_project(&dir, 2_0000);
+    let _instances = common::KillProcessesIn(dir.clone());
     let _server = serve(&dir);
     let (code, out, err) = cutover(&dir, &["deploy", "web", "v1", "--no-follow"], &[]);
     assert_eq!(code, 0, "{out}{err}");

@@ -53,16 +53,6 @@ fn bin_dir(root: &Path) -> PathBuf {
     bin
 }
 
-struct KillOnDrop(PathBuf);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        for pid in common::processes_in(&self.0) {
-            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-        }
-    }
-}
-
 fn port_is_free(port: u16) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
@@ -87,7 +77,7 @@ fn the_readme_walkthrough_goes_from_nothing_to_a_promoted_canary() {
     let bin = bin_dir(root.path());
     let work = root.path().join("srv-web");
     std::fs::create_dir(&work).unwrap();
-    let _cleanup = KillOnDrop(work.clone());
+    let _cleanup = common::KillProcessesIn(work.clone());
     // Stop what the walk-through started in the background (the server, the load) however the
     // script ends; the instances are killed by `_cleanup`.
     let script = format!(
@@ -95,14 +85,10 @@ fn the_readme_walkthrough_goes_from_nothing_to_a_promoted_canary() {
         blocks.join("\n")
     );
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
-    let mut child = Command::new("bash")
+    let mut child = common::unpointed("bash", &work)
         .arg("-c")
         .arg(&script)
-        .current_dir(&work)
         .env("PATH", path)
-        .env_remove("CUTOVER_ADMIN")
-        .env_remove("CUTOVER_ADMIN_TOKEN")
-        .env_remove("CUTOVER_CONFIG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

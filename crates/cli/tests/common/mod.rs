@@ -103,3 +103,29 @@ pub fn processes_in(dir: &Path) -> Vec<u32> {
     }
     pids
 }
+
+/// Kills every process working in its directory when dropped, passed or failed: the instances a
+/// test's releases ran there, which outlive `cutover serve` by design. Declare it before the
+/// server, so that the server is gone first (alive, it would start the live slot again).
+#[allow(dead_code)]
+pub struct KillProcessesIn(pub std::path::PathBuf);
+
+impl Drop for KillProcessesIn {
+    fn drop(&mut self) {
+        for pid in processes_in(&self.0) {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        }
+    }
+}
+
+/// A command run in `cwd` with nothing in the environment that points the CLI at a server:
+/// what the CLI finds, it finds by itself.
+#[allow(dead_code)]
+pub fn unpointed(program: impl AsRef<std::ffi::OsStr>, cwd: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.current_dir(cwd)
+        .env_remove("CUTOVER_ADMIN")
+        .env_remove("CUTOVER_ADMIN_TOKEN")
+        .env_remove("CUTOVER_CONFIG");
+    cmd
+}
