@@ -26,6 +26,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use cutover_core::event::EventDetail;
+use cutover_core::judge::Outcome;
 use cutover_core::rollout::Phase;
 use cutover_core::{RolloutPolicy, Step};
 use cutover_server::config::{AdminConfig, AppConfig, PlatformKind, ServerConfig};
@@ -412,7 +414,7 @@ async fn deploy_and_wait_then_contract(
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         match controller.contract().await {
-            Ok(done) => out!("  {:<12} ran too early: {done}", "contract"),
+            Ok(done) => out!("  {:<12} ran too early: {}", "contract", done.summary),
             Err(why) => out!(
                 "  {:<12} refused: {}",
                 "contract",
@@ -424,8 +426,8 @@ async fn deploy_and_wait_then_contract(
     let rollout = rollout?;
     let ran = match controller.contract().await {
         Ok(done) => {
-            out!("  {:<12} {done}", "contract");
-            done.starts_with("contract migrations applied")
+            out!("  {:<12} {}", "contract", done.summary);
+            done.applied > 0
         }
         Err(why) => {
             out!("  {:<12} refused: {why}", "contract");
@@ -517,7 +519,7 @@ async fn deploy_and_wait(
             if print && e.event.rollout_id == Some(id) {
                 out!(
                     "  {:<12} {}",
-                    e.event.kind,
+                    e.event.kind(),
                     e.event.message.lines().next().unwrap_or("")
                 );
             }
@@ -533,7 +535,7 @@ async fn deploy_and_wait(
                 if print && e.event.rollout_id == Some(id) {
                     out!(
                         "  {:<12} {}",
-                        e.event.kind,
+                        e.event.kind(),
                         e.event.message.lines().next().unwrap_or("")
                     );
                 }
@@ -687,10 +689,10 @@ async fn print_report(
             .store()
             .events(controller.name(), Some(r.id), 0, 100_000)?;
         // The outcome is typed in the decision's data; its message is a sentence for people.
-        let count = |outcome: &str| {
+        let count = |outcome: Outcome| {
             events
                 .iter()
-                .filter(|e| e.event.kind == "decision" && e.event.data["verdict"]["outcome"] == outcome)
+                .filter(|e| matches!(&e.event.detail, EventDetail::Decision { verdict, .. } if verdict.outcome == outcome))
                 .count()
         };
         // From the canary's first request to the decision: how long users were exposed.
@@ -722,9 +724,9 @@ async fn print_report(
             r.release.version,
             expected,
             r.phase.name(),
-            count("pass"),
-            count("fail"),
-            count("inconclusive"),
+            count(Outcome::Pass),
+            count(Outcome::Fail),
+            count(Outcome::Inconclusive),
             decided_in,
             r.exposure.canary_requests,
             users,

@@ -11,6 +11,7 @@
 //! grows never moves a user back: see [`bucket`].
 
 pub mod bucket;
+pub mod event;
 pub mod histogram;
 pub mod judge;
 pub mod policy;

@@ -504,7 +504,10 @@ impl<T: RedactEnv> RedactEnv for Vec<T> {
 /// A value as outputs show it: with every environment value replaced by [`REDACTED`]. The only
 /// way to make one is [`Redacted::new`], which redacts, so whatever serialises a `Redacted`
 /// cannot show a value. The JSON has the shape of `T`'s (`env` stays a map of names).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+///
+/// It reads back as it was written (a client of the admin API reads the values it was shown:
+/// `<redacted>`); only [`Redacted::new`] redacts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Redacted<T>(T);
 

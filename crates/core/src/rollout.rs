@@ -159,13 +159,13 @@ impl Exposure {
     }
 
     /// The exposure as event data.
-    fn data(&self) -> serde_json::Value {
-        serde_json::json!({
-            "first_canary_request_to_decision_ms": self.first_canary_request_to_decision_ms(),
-            "canary_requests": self.canary_requests,
-            "canary_failed_requests": self.canary_failed_requests(),
-            "users_exposed": self.users_exposed,
-        })
+    fn data(&self) -> ExposureData {
+        ExposureData {
+            first_canary_request_to_decision_ms: self.first_canary_request_to_decision_ms(),
+            canary_requests: self.canary_requests,
+            canary_failed_requests: self.canary_failed_requests(),
+            users_exposed: self.users_exposed,
+        }
     }
 }
 
@@ -381,16 +381,8 @@ pub enum Action {
     Stop { slot: Slot, drain: bool },
 }
 
-/// Something that happened, for the event log: a sentence for people and the numbers behind it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Event {
-    pub at: Timestamp,
-    pub rollout_id: Option<u64>,
-    pub kind: String,
-    pub message: String,
-    #[serde(default)]
-    pub data: serde_json::Value,
-}
+use crate::event::{BackData, Deployed, ExposureData, JudgePause, PromotedData};
+pub use crate::event::{Event, EventDetail};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Transition {
@@ -463,14 +455,13 @@ struct Builder {
 }
 
 impl Builder {
-    fn event(&mut self, kind: &str, message: impl Into<String>, data: serde_json::Value) {
+    fn event(&mut self, message: impl Into<String>, detail: EventDetail) {
         let rollout_id = self.state.rollout.as_ref().map(|r| r.id);
         self.events.push(Event {
             at: self.now,
             rollout_id,
-            kind: kind.into(),
             message: message.into(),
-            data,
+            detail,
         });
     }
 
@@ -509,15 +500,18 @@ impl Builder {
     }
 
     /// Ends the rollout with all traffic back on the old slot and the target stopped.
-    fn back_to_old(&mut self, phase: Phase, kind: &str, message: String) {
+    fn back_to_old(&mut self, phase: Phase, message: String) {
         let now = self.now;
         let r = self.rollout();
         let target = r.target;
         let first_bad = r.first_bad_window_at;
-        r.phase = phase;
         r.exposure.decided_at.get_or_insert(now);
-        let mut data = r.exposure.data();
-        data["detection_to_rollback_ms"] = serde_json::json!(first_bad.map(|t| now.millis_since(t)));
+        let data = BackData {
+            exposure: r.exposure.data(),
+            detection_to_rollback_ms: first_bad.map(|t| now.millis_since(t)),
+        };
+        let aborted = matches!(phase, Phase::Aborted { .. });
+        r.phase = phase;
         self.state.live = target.other();
         self.state.slot_mut(target).backends.clear();
         self.apply_routes();
@@ -525,13 +519,18 @@ impl Builder {
             slot: target,
             drain: true,
         });
-        self.event(kind, message, data);
+        let detail = if aborted {
+            EventDetail::Aborted(data)
+        } else {
+            EventDetail::RolledBack(data)
+        };
+        self.event(message, detail);
     }
 
     /// Ends the rollout as rolled back for `reason`, logging `message`.
     fn roll_back(&mut self, reason: String, message: String) {
         let now = self.now;
-        self.back_to_old(Phase::RolledBack { at: now, reason }, "rolled_back", message);
+        self.back_to_old(Phase::RolledBack { at: now, reason }, message);
     }
 
     fn fail(&mut self, reason: String) {
@@ -551,9 +550,8 @@ impl Builder {
             drain: false,
         });
         self.event(
-            "failed",
             format!("rollout failed before any user traffic: {reason}"),
-            serde_json::Value::Null,
+            EventDetail::Failed,
         );
     }
 
@@ -569,13 +567,15 @@ impl Builder {
                     weight_bp: step.weight_bp,
                 });
                 self.event(
-                    "gating",
                     format!(
                         "asking the step gates before step {} ({:.2} %)",
                         index + 1,
                         f64::from(step.weight_bp) / 100.0
                     ),
-                    serde_json::json!({ "step": index, "weight_bp": step.weight_bp }),
+                    EventDetail::Gating {
+                        step: index,
+                        weight_bp: step.weight_bp,
+                    },
                 );
             }
             Some(_) => self.start_step(index),
@@ -589,9 +589,8 @@ impl Builder {
             self.rollout().phase = Phase::AwaitingConfirmation { hold_step };
             self.actions.push(Action::ConfirmPromotion);
             self.event(
-                "awaiting_confirmation",
                 "all steps passed; waiting for the promotion to be confirmed",
-                serde_json::Value::Null,
+                EventDetail::AwaitingConfirmation,
             );
         } else {
             self.promote("all steps passed".into());
@@ -614,14 +613,17 @@ impl Builder {
                 let total = r.policy.steps.len();
                 self.apply_routes();
                 self.event(
-                    "step",
                     format!(
                         "step {} of {total}: {:.2} % of users on the new version for {} s",
                         index + 1,
                         f64::from(step.weight_bp) / 100.0,
                         step.duration_ms / 1000
                     ),
-                    serde_json::json!({ "step": index, "weight_bp": step.weight_bp, "duration_ms": step.duration_ms }),
+                    EventDetail::Step {
+                        step: index,
+                        weight_bp: step.weight_bp,
+                        duration_ms: step.duration_ms,
+                    },
                 );
                 if step.duration_ms == 0 {
                     self.step_done(index);
@@ -640,9 +642,8 @@ impl Builder {
                 reason: format!("step {} is a manual pause: resume or promote to go on", index + 1),
             };
             self.event(
-                "paused",
                 format!("waiting for a person after step {}", index + 1),
-                serde_json::Value::Null,
+                EventDetail::Paused(None),
             );
         } else {
             self.enter_step(index + 1);
@@ -661,8 +662,10 @@ impl Builder {
             window_started_at: now,
         };
         r.exposure.decided_at.get_or_insert(now);
-        let mut data = r.exposure.data();
-        data["until"] = serde_json::json!(until);
+        let data = PromotedData {
+            exposure: r.exposure.data(),
+            until,
+        };
         self.state.live = target;
         self.apply_routes();
         let old = target.other();
@@ -673,9 +676,8 @@ impl Builder {
             format!("there is no old version to keep warm, so no rollback: it is watched for {window_s} s, and replaced by deploying another version")
         };
         self.event(
-            "promoted",
             format!("promoted ({why}): all traffic on {target}; {warm}"),
-            data,
+            EventDetail::Promoted(data),
         );
     }
 
@@ -715,7 +717,7 @@ impl Builder {
             slot: old,
             drain: true,
         });
-        self.event("succeeded", message, serde_json::Value::Null);
+        self.event(message, EventDetail::Succeeded);
     }
 }
 
@@ -751,12 +753,11 @@ pub fn handle(state: &AppState, input: Input, now: Timestamp) -> Result<Transiti
         ) if matches!(r.phase, Phase::Promoted { .. }) => {
             // The next release needs the slot the old one keeps warm: the rollback window ends.
             b.event(
-                "window_closed",
                 format!(
                     "rollback window of rollout #{} closed early by the next deploy",
                     r.id
                 ),
-                serde_json::Value::Null,
+                EventDetail::WindowClosed,
             );
             b.succeed();
             start_rollout(&mut b, release, policy, forced, migrate);
@@ -792,11 +793,10 @@ pub fn handle(state: &AppState, input: Input, now: Timestamp) -> Result<Transiti
             b.events.push(Event {
                 at: now,
                 rollout_id: active.as_ref().map(|r| r.id),
-                kind: "restart_failed".into(),
                 message: format!(
                     "starting {version} again in slot {slot}, whose instances were gone, failed: {reason}; retrying"
                 ),
-                data: serde_json::json!({ "slot": slot, "version": version }),
+                detail: EventDetail::RestartFailed { slot, version },
             });
         }
         (Input::Recovered { .. } | Input::Tick, None) => {
@@ -837,12 +837,15 @@ fn restarted(
     b.events.push(Event {
         at: b.now,
         rollout_id: active.map(|r| r.id),
-        kind: "restarted".into(),
         message: format!(
             "started {version} again in slot {slot}: its instances were gone when cutover came back \
              (a host crash?); {count} instance(s) ready and serving"
         ),
-        data: serde_json::json!({ "slot": slot, "version": version, "instances": count }),
+        detail: EventDetail::Restarted {
+            slot,
+            version: version.to_string(),
+            instances: count,
+        },
     });
     Ok(())
 }
@@ -911,7 +914,6 @@ fn start_rollout(b: &mut Builder, release: ReleaseSpec, policy: RolloutPolicy, f
     }
     let from = previous_version.unwrap_or_else(|| "nothing".into());
     b.event(
-        "deploy",
         format!(
             "rollout #{id}: {from} → {} in slot {target}{}",
             release.version,
@@ -921,7 +923,12 @@ fn start_rollout(b: &mut Builder, release: ReleaseSpec, policy: RolloutPolicy, f
                 ""
             }
         ),
-        serde_json::json!({ "version": release.version, "from": from, "slot": target, "forced": forced }),
+        EventDetail::Deploy(Deployed {
+            version: release.version.clone(),
+            from: from.clone(),
+            slot: target,
+            forced,
+        }),
     );
 }
 
@@ -948,7 +955,7 @@ fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> 
                 release: r.release.clone(),
                 deadline,
             });
-            b.event("migrated", detail, serde_json::Value::Null);
+            b.event(detail, EventDetail::Migrated);
         }
         (Input::MigrationFailed { reason }, Phase::Migrating) => {
             b.fail(format!(
@@ -964,7 +971,6 @@ fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> 
             b.apply_routes();
             b.actions.push(Action::Verify { slot: r.target });
             b.event(
-                "ready",
                 format!(
                     "{} instance{} of {} ready in slot {}",
                     n,
@@ -972,14 +978,14 @@ fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> 
                     r.release.version,
                     r.target
                 ),
-                serde_json::Value::Null,
+                EventDetail::Ready,
             );
         }
         (Input::ProvisionFailed { reason }, Phase::Provisioning { .. }) => b.fail(reason),
         (Input::VerifyPassed { detail }, Phase::Verifying) => {
             // The detail says what was checked, including that nothing was: a prefix such as
             // "smoke checks passed" would be false when none are configured.
-            b.event("verified", detail, serde_json::Value::Null);
+            b.event(detail, EventDetail::Verified);
             if b.state.slot(r.target.other()).is_running() {
                 b.enter_step(0);
             } else {
@@ -1120,7 +1126,7 @@ fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> 
                         step_done: false,
                         reason: reason.clone(),
                     };
-                    b.event("paused", reason, serde_json::json!({ "statistics": statistics }));
+                    b.event(reason, EventDetail::Paused(Some(JudgePause { statistics })));
                 }
                 Next::Stay {
                     observed_ms,
@@ -1129,9 +1135,12 @@ fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> 
                 } => {
                     if let Some(message) = extended {
                         b.event(
-                            "step_extended",
                             message,
-                            serde_json::json!({ "step": step, "hold": hold, "step_requests": step_requests }),
+                            EventDetail::StepExtended {
+                                step,
+                                hold,
+                                step_requests,
+                            },
                         );
                     }
                     b.rollout().phase = Phase::Canary {
@@ -1236,9 +1245,8 @@ fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> 
         }
         (Input::GatesPassed { step }, Phase::Gating { step: waiting }) if step == *waiting => {
             b.event(
-                "gates_passed",
                 format!("step gates allow step {}", step + 1),
-                serde_json::Value::Null,
+                EventDetail::GatesPassed,
             );
             b.start_step(step);
         }
@@ -1256,9 +1264,8 @@ fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> 
         (Input::ConfirmationTimedOut { reason }, Phase::AwaitingConfirmation { .. }) => {
             // Never promote unconfirmed, never roll back a canary nobody found fault with.
             b.event(
-                "confirmation_timed_out",
                 format!("promotion not confirmed in time ({reason}): promote or roll back by hand"),
-                serde_json::Value::Null,
+                EventDetail::ConfirmationTimedOut,
             );
         }
         (Input::TargetDown { reason }, Phase::Provisioning { .. } | Phase::Verifying) => {
@@ -1273,14 +1280,16 @@ fn on_active(b: &mut Builder, input: Input, r: Rollout) -> Result<(), Rejected> 
             phase,
         ) => {
             b.event(
-                "recovered",
                 format!(
                     "controller restarted in phase {}: new slot {}, old slot {}",
                     phase.name(),
                     if target_ready { "ready" } else { "not ready" },
                     if live_ready { "ready" } else { "not ready" }
                 ),
-                serde_json::json!({ "target_ready": target_ready, "live_ready": live_ready }),
+                EventDetail::Recovered {
+                    target_ready,
+                    live_ready,
+                },
             );
             match phase {
                 Phase::Migrating => {
@@ -1443,9 +1452,14 @@ fn count_failure(b: &mut Builder, verdict: &Verdict, window_started_at: Timestam
 fn record_verdict(b: &mut Builder, mut verdict: Verdict, action: &str, window_started_at: Timestamp) {
     verdict.summary = format!("{}: {action}", verdict.summary);
     let message = verdict.summary.clone();
-    let data = serde_json::json!({ "verdict": &verdict, "window_started_at": window_started_at });
-    b.rollout().last_verdict = Some(verdict);
-    b.event("decision", message, data);
+    b.rollout().last_verdict = Some(verdict.clone());
+    b.event(
+        message,
+        EventDetail::Decision {
+            verdict: Box::new(verdict),
+            window_started_at,
+        },
+    );
 }
 
 fn on_command(b: &mut Builder, command: Command, r: &Rollout, phase: Phase) -> Result<(), Rejected> {
@@ -1483,11 +1497,11 @@ fn on_command(b: &mut Builder, command: Command, r: &Rollout, phase: Phase) -> R
                 step_done: false,
                 reason: reason.clone(),
             };
-            b.event("paused", reason, serde_json::Value::Null);
+            b.event(reason, EventDetail::Paused(None));
         }
         (Command::Pause, _) => return reject("pause"),
         (Command::Resume, Phase::Paused { step, step_done, .. }) => {
-            b.event("resumed", "resumed by an operator", serde_json::Value::Null);
+            b.event("resumed by an operator", EventDetail::Resumed);
             if *step_done {
                 b.enter_step(step + 1);
             } else {
@@ -1509,7 +1523,6 @@ fn on_command(b: &mut Builder, command: Command, r: &Rollout, phase: Phase) -> R
                     at: now,
                     reason: reason.clone(),
                 },
-                "aborted",
                 reason,
             );
         }

@@ -1,7 +1,7 @@
 use std::fmt;
 
 /// One thing wrong with an input, and where: `field` is a path such as `pools.green.backends[1]`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FieldError {
     pub field: String,
     pub message: String,

@@ -123,7 +123,7 @@ impl Sim {
         let t = handle(&self.state, input, self.now).map_err(|e| e.0)?;
         self.state = t.state;
         for e in &t.events {
-            self.log.push(format!("{}: {}", e.kind, e.message));
+            self.log.push(format!("{}: {}", e.kind(), e.message));
         }
         self.events.extend(t.events.iter().cloned());
         // Whatever a transition applies on the way, the router ends up serving the derived table.
@@ -226,7 +226,7 @@ impl Sim {
     fn decisions(&self) -> Vec<Event> {
         self.events
             .iter()
-            .filter(|e| e.kind == "decision")
+            .filter(|e| e.kind() == "decision")
             .cloned()
             .collect()
     }
@@ -316,7 +316,7 @@ fn a_failing_canary_is_rolled_back_after_the_failure_limit() {
     assert_eq!(
         decisions
             .iter()
-            .map(|d| d.data["verdict"]["outcome"].as_str().unwrap())
+            .map(|d| d.data()["verdict"]["outcome"].as_str().unwrap().to_string())
             .collect::<Vec<_>>(),
         ["fail", "fail"]
     );
@@ -332,7 +332,7 @@ fn a_failing_canary_is_rolled_back_after_the_failure_limit() {
         decisions[1].message
     );
     // The statistics stay in the data, with the plain sentence beside them.
-    let verdict = &decisions[1].data["verdict"];
+    let verdict = &decisions[1].data()["verdict"];
     assert!(
         verdict["reason"]
             .as_str()
@@ -355,7 +355,7 @@ fn the_sequential_judge_rolls_back_at_once_on_strong_evidence() {
         decision.message,
         "v2 fails 10.0 % of requests with a 5xx, v1 0.10 %: rolling back"
     );
-    let verdict = &decision.data["verdict"];
+    let verdict = &decision.data()["verdict"];
     assert_eq!(
         (verdict["outcome"].as_str(), verdict["conclusive"].as_bool()),
         (Some("fail"), Some(true))
@@ -393,7 +393,7 @@ fn early_step_completion_moves_on_once_the_canary_is_shown_not_worse() {
     let early = sim
         .decisions()
         .into_iter()
-        .find(|d| d.data["verdict"]["complete_step"] == true)
+        .find(|d| d.data()["verdict"]["complete_step"] == true)
         .expect("a decision ended a step early");
     assert!(
         early.message.contains("so the step can end early: step 1 passed"),
@@ -401,12 +401,12 @@ fn early_step_completion_moves_on_once_the_canary_is_shown_not_worse() {
         early.message
     );
     assert!(
-        early.data["verdict"]["reason"]
+        early.data()["verdict"]["reason"]
             .as_str()
             .unwrap()
             .contains("step complete"),
         "{}",
-        early.data
+        early.data()
     );
 }
 

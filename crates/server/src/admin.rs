@@ -460,7 +460,7 @@ async fn contract_migrations(
 ) -> Result<Json<Contracted>, ApiError> {
     authorize(&state, &headers)?;
     let controller = find_controller(&state, &app)?;
-    let result = controller.contract().await?;
+    let result = controller.contract().await?.summary;
     Ok(Json(Contracted { app, result }))
 }
 
@@ -572,7 +572,7 @@ async fn event_stream(
                     let data = serde_json::to_string(&e).unwrap_or_default();
                     let sse = SseEvent::default()
                         .id(e.seq.to_string())
-                        .event(e.event.kind.clone())
+                        .event(e.event.kind())
                         .data(data);
                     return Some((Ok(sse), (controller, receiver, last, pending)));
                 }

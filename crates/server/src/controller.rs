@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use cutover_core::event::{AdoptedSlot, EventDetail};
 use cutover_core::judge::{ExternalCheck, LatencyPair, Outcome, SlotWindow, WindowStats};
 use cutover_core::rollout::{self, Action, AppState, Command, Input, Phase};
 use cutover_core::{
@@ -23,7 +24,7 @@ use cutover_core::{
 use cutover_monitoring::{CheckOutcome, CustomMetric, MetricSource, SlotMeasurement, WindowQuery};
 use cutover_platform::local::ProcessSecrets;
 use cutover_platform::Platform;
-use cutover_router::{CounterSource, Router, SlotSummary};
+use cutover_router::{CounterSource, Router};
 use cutover_store::{Store, StoreError, StoredEvent};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
@@ -209,28 +210,16 @@ pub struct Controller {
     schema_gate: tokio::sync::Mutex<()>,
 }
 
-/// What `status` shows.
-#[derive(Debug, Clone, Serialize)]
-pub struct StatusView {
-    pub app: String,
-    pub live: Slot,
-    pub weights: BTreeMap<String, u16>,
-    /// Environment values redacted: the names show, the values never do.
-    pub rollout: Option<Redacted<rollout::Rollout>>,
-    pub slots: Vec<SlotView>,
-    pub recent_decisions: Vec<StoredEvent>,
-    pub now: Timestamp,
+/// What a contract run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContractDone {
+    /// A sentence for people.
+    pub summary: String,
+    /// Migration halves applied (0: nothing was pending).
+    pub applied: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct SlotView {
-    pub slot: Slot,
-    pub version: Option<String>,
-    pub backends: Vec<SocketAddr>,
-    /// Counts since the slot's release started, as the router sees them; `None` when the router
-    /// could not be read.
-    pub metrics: Option<SlotSummary>,
-}
+pub use crate::api::{SlotView, StatusView};
 
 /// Everything a controller needs from the process around it.
 #[derive(Debug, Clone)]
@@ -478,6 +467,11 @@ impl Controller {
         &self.platform
     }
 
+    /// The router's cumulative counters of both slots, `None` when it could not be read.
+    pub async fn counters(&self) -> Option<[cutover_router::SlotCounters; 2]> {
+        self.router.counters().await.ok()
+    }
+
     pub async fn state(&self) -> AppState {
         self.state.lock().await.clone()
     }
@@ -602,13 +596,8 @@ impl Controller {
                         format!("cancelling the running expand failed: {e}; it runs to its end and is kept")
                     }
                 };
-                this.record_event(
-                    Some(rollout_id),
-                    "migration_cancelled",
-                    message,
-                    serde_json::Value::Null,
-                )
-                .await;
+                this.record_event(Some(rollout_id), message, EventDetail::MigrationCancelled)
+                    .await;
             });
         }
         Ok(())
@@ -631,7 +620,7 @@ impl Controller {
         let recent_decisions = match rollout_id {
             Some(id) => {
                 let mut events = self.store.events(&self.name, Some(id), 0, 100_000)?;
-                events.retain(|e| e.event.kind == "decision");
+                events.retain(|e| matches!(e.event.detail, EventDetail::Decision { .. }));
                 let skip = events.len().saturating_sub(10);
                 events.split_off(skip)
             }
@@ -676,7 +665,7 @@ impl Controller {
 
     /// Runs the pending contract migrations, when no running version needs the old schema.
     /// Deploys are refused while it runs (see `schema_gate`).
-    pub async fn contract(&self) -> Result<String, ControllerError> {
+    pub async fn contract(&self) -> Result<ContractDone, ControllerError> {
         let config = self.migrations_or_reject()?.clone();
         let _gate = self.schema_gate.lock().await;
         // A snapshot: with the gate held no rollout can start, and the state lock stays free
@@ -685,16 +674,31 @@ impl Controller {
         let result = crate::migrations::contract(&config, &state, Arc::clone(&self.clock)).await;
         match result {
             Ok((sentence, applied)) => {
+                let count = applied.len();
                 if !applied.is_empty() {
                     self.record_event(
                         None,
-                        "contracted",
                         sentence.clone(),
-                        serde_json::json!({ "applied": applied }),
+                        EventDetail::Contracted {
+                            applied: applied
+                                .iter()
+                                .map(|a| cutover_core::event::AppliedMigration {
+                                    name: a.name.clone(),
+                                    phase: a.phase.as_str().to_string(),
+                                    checksum: a.checksum.clone(),
+                                    applied_at: a.applied_at,
+                                    rollout_id: a.rollout_id,
+                                    duration_ms: a.duration_ms,
+                                })
+                                .collect(),
+                        },
                     )
                     .await;
                 }
-                Ok(sentence)
+                Ok(ContractDone {
+                    summary: sentence,
+                    applied: count,
+                })
             }
             Err(reason) => Err(ControllerError::Rejected(reason)),
         }
@@ -720,9 +724,10 @@ impl Controller {
         for line in &repaired {
             self.record_event(
                 None,
-                "migration_repaired",
                 line.clone(),
-                serde_json::json!({ "migration": name }),
+                EventDetail::MigrationRepaired {
+                    migration: name.to_string(),
+                },
             )
             .await;
         }
@@ -732,25 +737,18 @@ impl Controller {
     /// Appends an event that changes no state (a contract run by hand, a repair). Holds the
     /// state lock while it commits, so the state written with the event is the
     /// current one, never a snapshot a transition has moved past.
-    async fn record_event(
-        &self,
-        rollout_id: Option<u64>,
-        kind: &str,
-        message: String,
-        data: serde_json::Value,
-    ) {
+    async fn record_event(&self, rollout_id: Option<u64>, message: String, detail: EventDetail) {
         let state = self.state.lock().await;
         let event = rollout::Event {
             at: self.clock.now(),
             rollout_id,
-            kind: kind.to_string(),
             message,
-            data,
+            detail,
         };
         match self.store.commit(&state, std::slice::from_ref(&event)) {
             Ok(stored) => {
                 for e in stored {
-                    tracing::info!(app = %self.name, kind = %e.event.kind, "{}", e.event.message);
+                    tracing::info!(app = %self.name, kind = %e.event.kind(), "{}", e.event.message);
                     let _ = self.events.send(e);
                 }
             }
@@ -790,13 +788,12 @@ impl Controller {
         let this = Arc::clone(self);
         tokio::spawn(async move {
             match this.contract().await {
-                Ok(sentence) => tracing::info!(app = %this.name, "{sentence}"),
+                Ok(done) => tracing::info!(app = %this.name, "{}", done.summary),
                 Err(e) => {
                     this.record_event(
                         None,
-                        "contract_refused",
                         format!("automatic contract did not run: {e}; run `cutover migrate contract {}` when it can", this.name),
-                        serde_json::Value::Null,
+                        EventDetail::ContractRefused,
                     )
                     .await;
                 }
@@ -858,7 +855,7 @@ impl Controller {
         *state = transition.state;
         for e in stored {
             self.gates.notify(&self.name, &e, state.rollout.as_ref());
-            tracing::info!(app = %self.name, rollout = e.event.rollout_id, kind = %e.event.kind, "{}", e.event.message);
+            tracing::info!(app = %self.name, rollout = e.event.rollout_id, kind = %e.event.kind(), "{}", e.event.message);
             let _ = self.events.send(e);
         }
         for action in transition.actions {
@@ -903,13 +900,8 @@ impl Controller {
                     let report: crate::migrations::RetryReport = Arc::new(move |line: String| {
                         let this = Arc::clone(&reporter);
                         tokio::spawn(async move {
-                            this.record_event(
-                                Some(rollout_id),
-                                "migration_retry",
-                                line,
-                                serde_json::Value::Null,
-                            )
-                            .await;
+                            this.record_event(Some(rollout_id), line, EventDetail::MigrationRetry)
+                                .await;
                         });
                     });
                     let input = match crate::migrations::expand(
@@ -1059,14 +1051,16 @@ impl Controller {
                     if !detail.is_empty() {
                         self.record_event(
                             owner,
-                            "not_ready_yet",
                             format!(
                                 "{} in slot {slot} not ready after {} s of {} s: {detail}",
                                 release.version,
                                 report_at.as_secs(),
                                 release_deadline_secs(&self.config)
                             ),
-                            serde_json::json!({ "slot": slot, "waited_ms": report_at.as_millis() as u64 }),
+                            EventDetail::NotReadyYet {
+                                slot,
+                                waited_ms: u64::try_from(report_at.as_millis()).unwrap_or(u64::MAX),
+                            },
                         )
                         .await;
                     }
@@ -1391,7 +1385,11 @@ fn adopt_unknown(
         release.env = template.env.clone();
         release.workdir = template.workdir.clone();
         release.instances = u32::try_from(backends.len()).unwrap_or(u32::MAX);
-        adopted.push(serde_json::json!({ "slot": slot, "version": version, "backends": backends }));
+        adopted.push(AdoptedSlot {
+            slot: *slot,
+            version: version.clone(),
+            backends: backends.clone(),
+        });
         *state.slot_mut(*slot) = rollout::SlotState {
             release: Some(release),
             backends,
@@ -1412,7 +1410,6 @@ fn adopt_unknown(
     rollout::Event {
         at: now,
         rollout_id: None,
-        kind: "adopted".into(),
         message: format!(
             "the state store knew nothing of app {} but {} still ran: adopted, not stopped; {} is live{}. \
              Their releases are rebuilt from the configuration (variables given to the original deploy \
@@ -1426,7 +1423,7 @@ fn adopt_unknown(
                 ""
             }
         ),
-        data: serde_json::json!({ "adopted": adopted }),
+        detail: EventDetail::Adopted { adopted },
     }
 }
 

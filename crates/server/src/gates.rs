@@ -211,6 +211,7 @@ impl Gates for ConfiguredGates {
     }
 
     fn notify(&self, app: &str, event: &StoredEvent, rollout: Option<&Rollout>) {
+        use cutover_core::event::EventDetail;
         use cutover_notify::EventKind;
         let Some(n) = &self.notifier else { return };
         let mut every = Self::event(EventKind::Event, app, rollout, event.event.message.clone());
@@ -218,17 +219,20 @@ impl Gates for ConfiguredGates {
         every.at_ms = event.event.at.as_millis();
         every.data = serde_json::to_value(event).unwrap_or_default();
         n.notify(every);
-        let lifecycle: &[EventKind] = match event.event.kind.as_str() {
+        let detail = &event.event.detail;
+        let lifecycle: &[EventKind] = match detail {
             // With step gates, the gate itself told every step hook.
-            "step" if !self.has_step_gates() => &[EventKind::Step],
-            "rolled_back" => &[EventKind::Rollback, EventKind::PostRollout],
-            "succeeded" | "aborted" | "failed" => &[EventKind::PostRollout],
+            EventDetail::Step { .. } if !self.has_step_gates() => &[EventKind::Step],
+            EventDetail::RolledBack(_) => &[EventKind::Rollback, EventKind::PostRollout],
+            EventDetail::Succeeded | EventDetail::Aborted(_) | EventDetail::Failed => {
+                &[EventKind::PostRollout]
+            }
             _ => &[],
         };
         for kind in lifecycle {
             let mut e = Self::event(*kind, app, rollout, event.event.message.clone());
             e.at_ms = event.event.at.as_millis();
-            e.data = event.event.data.clone();
+            e.data = event.event.data();
             if let (Some(r), EventKind::Rollback | EventKind::PostRollout) = (rollout, kind) {
                 // What users saw before the decision, for whoever is told the outcome.
                 if !e.data.is_object() {
@@ -238,11 +242,9 @@ impl Gates for ConfiguredGates {
                 e.data["first_canary_request_to_decision_ms"] =
                     serde_json::json!(r.exposure.first_canary_request_to_decision_ms());
             }
-            if let Some(step) = event.event.data.get("step").and_then(|s| s.as_u64()) {
-                e.step = Some(step as usize);
-            }
-            if let Some(w) = event.event.data.get("weight_bp").and_then(|s| s.as_u64()) {
-                e.weight_bp = u16::try_from(w).ok();
+            if let EventDetail::Step { step, weight_bp, .. } = detail {
+                e.step = Some(*step);
+                e.weight_bp = Some(*weight_bp);
             }
             n.notify(e);
         }

@@ -2,6 +2,7 @@
 //! API in one process, and stops gracefully.
 
 pub mod admin;
+pub mod api;
 pub mod checks;
 pub mod config;
 pub mod controller;

@@ -156,7 +156,10 @@ impl Rig {
     }
 
     fn kinds(&self, rollout: u64) -> Vec<String> {
-        self.events(rollout).into_iter().map(|e| e.event.kind).collect()
+        self.events(rollout)
+            .into_iter()
+            .map(|e| e.event.kind().to_string())
+            .collect()
     }
 
     /// Deploys `version` as the app's first release (nothing live: promoted at once) and ends
@@ -309,7 +312,7 @@ async fn a_deploy_goes_through_provisioning_verifying_and_the_canary_steps_to_pr
     );
     assert_eq!(rig.router.current(), rig.wanted_table().await);
     let events = rig.events(id);
-    let kinds: Vec<&str> = events.iter().map(|e| e.event.kind.as_str()).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e.event.kind()).collect();
     assert!(
         in_order(
             &kinds,
@@ -317,11 +320,20 @@ async fn a_deploy_goes_through_provisioning_verifying_and_the_canary_steps_to_pr
         ),
         "{kinds:?}"
     );
-    for e in events.iter().filter(|e| e.event.kind == "decision") {
-        assert_eq!(e.event.data["verdict"]["outcome"], "pass", "{}", e.event.message);
+    for e in events.iter().filter(|e| e.event.kind() == "decision") {
+        assert_eq!(
+            e.event.data()["verdict"]["outcome"],
+            "pass",
+            "{}",
+            e.event.message
+        );
         // The message is the plain sentence, naming the versions; the statistics are data.
         assert!(e.event.message.contains("v2"), "{}", e.event.message);
-        assert!(e.event.data["verdict"]["reason"].is_string(), "{}", e.event.data);
+        assert!(
+            e.event.data()["verdict"]["reason"].is_string(),
+            "{}",
+            e.event.data()
+        );
     }
     assert!(
         !kinds.contains(&"rolled_back") && !kinds.contains(&"paused"),
@@ -356,7 +368,7 @@ async fn a_release_that_fails_to_start_fails_the_rollout_with_the_reason() {
     let failed = rig
         .events(id)
         .into_iter()
-        .find(|e| e.event.kind == "failed")
+        .find(|e| e.event.kind() == "failed")
         .expect("a failed event");
     assert!(
         failed.event.message.contains("no such image"),
@@ -617,11 +629,11 @@ async fn the_judge_rolls_back_a_canary_with_many_server_errors() {
     let decisions: Vec<_> = rig
         .events(id)
         .into_iter()
-        .filter(|e| e.event.kind == "decision")
+        .filter(|e| e.event.kind() == "decision")
         .map(|e| e.event)
         .collect();
     let last = decisions.last().expect("a decision");
-    assert_eq!(last.data["verdict"]["outcome"], "fail", "{decisions:?}");
+    assert_eq!(last.data()["verdict"]["outcome"], "fail", "{decisions:?}");
     assert!(last.message.ends_with("rolling back"), "{}", last.message);
     assert!(rig.kinds(id).iter().any(|k| k == "rolled_back"));
 

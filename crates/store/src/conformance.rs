@@ -883,9 +883,13 @@ fn event(n: u64, rollout_id: Option<u64>) -> Event {
     Event {
         at: at(n),
         rollout_id,
-        kind: format!("kind{n}"),
+
         message: format!("event {n} — with a non-ASCII dash"),
-        data: serde_json::json!({ "n": n, "nested": { "list": [1, 2.5, null, "x"] } }),
+        // A kind no build knows: the store keeps any kind and data exactly as written.
+        detail: cutover_core::event::EventDetail::Unrecognized {
+            kind: format!("kind{n}"),
+            data: serde_json::json!({ "n": n, "nested": { "list": [1, 2.5, null, "x"] } }),
+        },
     }
 }
 

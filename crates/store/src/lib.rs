@@ -219,10 +219,10 @@ pub(crate) fn encode_commit(
                     .rollout_id
                     .map(|id| to_i64(app, "event rollout id", id))
                     .transpose()?,
-                data_json: serde_json::to_string(&e.data).map_err(|err| {
+                data_json: serde_json::to_string(&e.data()).map_err(|err| {
                     unstorable(format!(
                         "the data of event {:?} does not serialise to JSON ({err}); this is a bug in cutover",
-                        e.kind
+                        e.kind()
                     ))
                 })?,
             })

@@ -462,7 +462,7 @@ impl Store for SqliteStore {
                         seq,
                         row.at_ms,
                         row.rollout_id,
-                        event.kind,
+                        event.kind(),
                         event.message,
                         row.data_json
                     ])?;
@@ -559,9 +559,8 @@ impl Store for SqliteStore {
                             .map(u64::try_from)
                             .transpose()
                             .map_err(|e| self.corrupt(app, &what(), e))?,
-                        kind,
                         message,
-                        data,
+                        detail: cutover_core::event::EventDetail::from_parts(kind, data),
                     },
                 })
             })

@@ -54,9 +54,12 @@ fn write_until_killed(path: &Path) {
             .map(|i| Event {
                 at: Timestamp(1_700_000_000_000 + n),
                 rollout_id: Some(rollout.id),
-                kind: "tick".into(),
+
                 message: format!("commit {n} event {i} {padding}"),
-                data: serde_json::json!({ "commit": n, "i": i }),
+                detail: cutover_core::event::EventDetail::Unrecognized {
+                    kind: "tick".into(),
+                    data: serde_json::json!({ "commit": n, "i": i }),
+                },
             })
             .collect();
         store.commit(&state, &events).unwrap();
@@ -180,7 +183,8 @@ fn check_file(path: &Path) -> u64 {
             "i": (seq - 1) % EVENTS_PER_COMMIT,
         });
         assert_eq!(
-            e.event.data, expected,
+            e.event.data(),
+            expected,
             "event {seq} is not where its commit put it"
         );
     }

@@ -34,9 +34,12 @@ fn event(n: u64) -> Event {
     Event {
         at: Timestamp(1_700_000_000_000 + n),
         rollout_id: Some(1),
-        kind: "test".into(),
+
         message: format!("event {n}"),
-        data: serde_json::json!({ "n": n }),
+        detail: cutover_core::event::EventDetail::Unrecognized {
+            kind: "test".into(),
+            data: serde_json::json!({ "n": n }),
+        },
     }
 }
 
