@@ -19,7 +19,7 @@ use crate::time::Timestamp;
 
 /// Something that happened, for the event log: a sentence for people and the numbers behind it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(into = "EventWire", try_from = "EventWire")]
+#[serde(into = "EventWire", from = "EventWire")]
 pub struct Event {
     pub at: Timestamp,
     pub rollout_id: Option<u64>,
@@ -292,16 +292,14 @@ impl From<Event> for EventWire {
     }
 }
 
-impl TryFrom<EventWire> for Event {
-    type Error = std::convert::Infallible;
-
-    fn try_from(w: EventWire) -> Result<Self, Self::Error> {
-        Ok(Event {
+impl From<EventWire> for Event {
+    fn from(w: EventWire) -> Self {
+        Event {
             at: w.at,
             rollout_id: w.rollout_id,
             message: w.message,
             detail: EventDetail::from_parts(w.kind, w.data),
-        })
+        }
     }
 }
 

@@ -13,7 +13,14 @@
 //! | POST | `/v1/apps/{app}/promote` (`pause`, `resume`, `abort`, `rollback`) | operator commands (token) |
 //! | GET | `/v1/apps/{app}/history` | past rollouts, newest first (`?limit=`) |
 //! | GET | `/v1/apps/{app}/events` | the event log (`?after=SEQ&rollout=ID&limit=`) |
-//! | GET | `/v1/apps/{app}/events/stream` | the event log live, as server-sent events (`?after=SEQ`) |
+//! | GET | `/v1/apps/{app}/events/stream` | the event log live, as server-sent events (`?after=SEQ`, or `Last-Event-ID`) |
+//! | GET | `/`, `/ui/` | the dashboard ([`crate::dashboard`], `docs/dashboard.md`) |
+//! | GET | `/v1/status` | every app at a glance ([`crate::api::Overview`]) |
+//! | GET | `/v1/apps/{app}/series` | per-slot traffic of the last ten minutes, a point a second |
+//! | GET | `/v1/stream` | every app's events and a traffic sample a second, as server-sent events |
+//! | GET | `/v1/auth` | 204 with a valid token, 401 without: for the dashboard's token form |
+//!
+//! The answers are the types of [`crate::api`], which the CLI reads back.
 //!
 //! A release's environment is never shown, to anyone, token or not: wherever a release appears
 //! (status, history, the answers of commands) each value of its `env` reads `"<redacted>"` and
@@ -63,6 +70,11 @@ pub struct AdminState {
     pub flags: Option<Arc<crate::flags::FlagService>>,
     /// The guarded ramps of flags, with the flag service.
     pub ramps: Option<Arc<crate::ramps::RampRunner>>,
+    /// The dashboard's series and live feed.
+    pub live: Arc<crate::dashboard::Live>,
+    /// The listener is on loopback only: requests must name a loopback host (see
+    /// [`crate::dashboard::loopback_host_only`]).
+    pub loopback_only: bool,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -92,6 +104,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/flags/{key}/ramp/{command}", post(ramp_command))
         .route("/v1/flags/{key}/{switch}", post(switch_flag))
         .route("/v1/ramps", get(list_ramps))
+        .merge(crate::dashboard::routes())
         .fallback(|uri: axum::http::Uri| async move {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -102,6 +115,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
             )
         })
         .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            crate::dashboard::loopback_host_only,
+        ))
         .with_state(state)
 }
 
@@ -115,7 +132,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, error: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, error: impl Into<String>) -> Self {
         ApiError {
             status,
             error: error.into(),
@@ -162,7 +179,7 @@ pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// The name of the admin token the request carries (for audit records), or 401.
-fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<String, ApiError> {
+pub(crate) fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<String, ApiError> {
     match bearer_token(headers) {
         Some(t) => {
             // Both are compared whatever the first gave, in constant time each: timing tells
@@ -554,11 +571,18 @@ async fn event_stream(
     State(state): State<Arc<AdminState>>,
     Path(app): Path<String>,
     q: Result<Query<EventsQuery>, QueryRejection>,
+    headers: HeaderMap,
 ) -> Result<Sse<impl futures_util::Stream<Item = Result<SseEvent, std::convert::Infallible>>>, ApiError> {
     let q = query(q)?;
     let controller = find_controller(&state, &app)?;
     let receiver = controller.subscribe();
-    let start = q.after.unwrap_or(0);
+    // A browser's EventSource reconnects by itself to the same URL, saying in `Last-Event-ID`
+    // what it saw last: it resumes from there, not from the URL's `after` again.
+    let last_seen = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let start = q.after.unwrap_or(0).max(last_seen.unwrap_or(0));
     let stream = futures_util::stream::unfold(
         (controller, receiver, start, std::collections::VecDeque::new()),
         |(controller, mut receiver, mut last, mut pending)| async move {

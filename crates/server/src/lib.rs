@@ -6,6 +6,7 @@ pub mod api;
 pub mod checks;
 pub mod config;
 pub mod controller;
+pub mod dashboard;
 pub mod flags;
 pub mod freeze;
 pub mod gates;
@@ -770,6 +771,12 @@ pub async fn start(
         }
         _ => None,
     };
+    let live = dashboard::Live::new(options.clock.now(), shutdown.clone());
+    tasks.spawn(dashboard::sample(
+        Arc::clone(&live),
+        controllers.clone(),
+        Arc::clone(&options.clock),
+    ));
     let state = Arc::new(admin::AdminState {
         apps: apps.clone(),
         controllers: controllers.clone(),
@@ -777,6 +784,8 @@ pub async fn start(
         named_tokens,
         flags: flag_service,
         ramps: ramp_runner,
+        live,
+        loopback_only: admin_addr.ip().is_loopback(),
     });
     tasks.spawn(serve_api(
         "admin",

@@ -6,6 +6,7 @@
 //! binaries, running the example app, supervising child processes so none outlive the
 //! test, and polling for conditions with a deadline instead of sleeping.
 
+pub mod browser;
 pub mod fakes;
 pub mod haproxy;
 pub mod monitoring;
@@ -63,7 +64,7 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     path
 }
 
-fn profile_dir() -> PathBuf {
+pub(crate) fn profile_dir() -> PathBuf {
     let exe =
         std::env::current_exe().unwrap_or_else(|e| panic!("cannot locate the running test executable: {e}"));
     let dir = exe
