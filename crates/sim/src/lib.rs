@@ -323,11 +323,39 @@ pub fn catalogue() -> Vec<Scenario> {
     ]
 }
 
+/// Where a simulated rollout ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunOutcome {
+    RolledBack,
+    Promoted,
+    Paused,
+    Succeeded,
+    Aborted,
+    Failed,
+    /// Still undecided when the simulated time ran out.
+    CutOff,
+}
+
+impl RunOutcome {
+    fn of(phase: &Phase) -> Option<RunOutcome> {
+        Some(match phase {
+            Phase::RolledBack { .. } => RunOutcome::RolledBack,
+            Phase::Promoted { .. } => RunOutcome::Promoted,
+            Phase::Paused { .. } => RunOutcome::Paused,
+            Phase::Succeeded { .. } => RunOutcome::Succeeded,
+            Phase::Aborted { .. } => RunOutcome::Aborted,
+            Phase::Failed { .. } => RunOutcome::Failed,
+            _ => return None,
+        })
+    }
+}
+
 /// What one simulated rollout did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunResult {
     /// Phase the run ended in (`rolled_back`, `promoted`, `paused`, ...), or `cut_off`.
-    pub outcome: String,
+    pub outcome: RunOutcome,
     /// From the canary's first traffic to the rollback.
     pub detect_ms: Option<u64>,
     /// Canary requests that failed while the canary had traffic.
@@ -340,7 +368,7 @@ pub struct RunResult {
 
 impl RunResult {
     pub fn rolled_back(&self) -> bool {
-        self.outcome == "rolled_back"
+        self.outcome == RunOutcome::RolledBack
     }
 }
 
@@ -438,7 +466,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunResult {
     }];
     let mut canary_start: Option<Timestamp> = None;
     let mut result = RunResult {
-        outcome: "cut_off".into(),
+        outcome: RunOutcome::CutOff,
         detect_ms: None,
         failed_requests: 0,
         canary_requests: 0,
@@ -481,15 +509,15 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunResult {
             }
             Phase::RolledBack { reason, .. } => {
                 result.reason = Some(reason.clone());
-                result.outcome = "rolled_back".into();
+                result.outcome = RunOutcome::RolledBack;
                 result.detect_ms = canary_start.map(|t| now.millis_since(t));
                 break;
             }
-            phase
-                if phase.is_terminal() || matches!(phase, Phase::Promoted { .. } | Phase::Paused { .. }) =>
-            {
-                result.outcome = phase.name().into();
-                break;
+            phase => {
+                if let Some(outcome) = RunOutcome::of(phase) {
+                    result.outcome = outcome;
+                    break;
+                }
             }
             _ => {}
         }
@@ -587,7 +615,7 @@ pub fn summarize(scenario: &Scenario, judge: &str, results: &[RunResult]) -> Sum
             .count() as f64
             / n,
         mean_failed_requests: results.iter().map(|r| r.failed_requests as f64).sum::<f64>() / n,
-        paused_rate: results.iter().filter(|r| r.outcome == "paused").count() as f64 / n,
+        paused_rate: results.iter().filter(|r| r.outcome == RunOutcome::Paused).count() as f64 / n,
     }
 }
 

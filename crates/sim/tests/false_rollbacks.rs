@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use cutover_core::sequential::{observe, ClientErrorCounts, SequentialConfig, SequentialState, WindowCounts};
 use cutover_core::Step;
-use cutover_sim::{bench_policy, catalogue, run_many, Scenario};
+use cutover_sim::{bench_policy, catalogue, run_many, RunOutcome, Scenario};
 use rand::{Rng, SeedableRng};
 use rand_distr::{Binomial, Distribution};
 
@@ -126,7 +126,7 @@ fn healthy_canaries_are_rarely_rolled_back_whatever_the_window() {
             bound(alpha, runs)
         );
         assert!(
-            results.iter().filter(|r| r.outcome == "promoted").count() > runs / 2,
+            results.iter().filter(|r| r.outcome == RunOutcome::Promoted).count() > runs / 2,
             "most are promoted"
         );
     }
@@ -184,16 +184,16 @@ fn latency_and_4xx_regressions_are_caught_and_their_healthy_twins_are_not() {
 #[test]
 fn low_traffic_is_decided_not_paused() {
     let healthy = run_many(&scenario("healthy-low-traffic"), 100, 1);
-    let promoted = healthy.iter().filter(|r| r.outcome == "promoted").count();
+    let promoted = healthy.iter().filter(|r| r.outcome == RunOutcome::Promoted).count();
     assert!(
         promoted >= 95,
         "{promoted} of 100 healthy low-traffic canaries promoted"
     );
     let faulty = run_many(&scenario("errors-5pct-low-traffic"), 100, 1);
-    let outcomes: Vec<&str> = faulty.iter().map(|r| r.outcome.as_str()).collect();
-    assert!(!outcomes.contains(&"promoted"), "{outcomes:?}");
+    let outcomes: Vec<RunOutcome> = faulty.iter().map(|r| r.outcome).collect();
+    assert!(!outcomes.contains(&RunOutcome::Promoted), "{outcomes:?}");
     assert!(
-        outcomes.iter().filter(|o| **o == "rolled_back").count() >= 85,
+        outcomes.iter().filter(|o| **o == RunOutcome::RolledBack).count() >= 85,
         "{outcomes:?}"
     );
 }
