@@ -3,7 +3,15 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
+use cutover_core::event::EventDetail;
+use cutover_core::rollout::{Phase, Rollout};
+use cutover_core::{Redacted, ReleaseSpec, RouteTable, Slot, Timestamp};
+use cutover_router::SlotSummary;
+use cutover_server::api::StatusView;
+use cutover_store::StoredEvent;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::table::{Align, Table};
@@ -173,27 +181,66 @@ impl Client {
     }
 }
 
-/// An answer of the shape a command expects, or an error: a 200 with something else (another
-/// server on a recorded port, a proxy's page) must not pass for success.
-pub fn shaped(value: Value, what: &str, fits: impl Fn(&Value) -> bool) -> Result<Value> {
-    if fits(&value) {
-        Ok(value)
-    } else {
-        let mut shown = value.to_string();
-        if shown.len() > 200 {
-            shown = shown.chars().take(200).collect::<String>() + "…";
+impl Client {
+    /// The server's answer as the type it is documented to be, read once. An answer that does
+    /// not even look like it (another server on a recorded port, a proxy's page: a 200 with
+    /// something else) is no success; one that looks like it but does not fit the type comes
+    /// from a cutover of another version.
+    pub(crate) fn read<T: DeserializeOwned>(
+        &self,
+        value: Value,
+        what: &str,
+        looks_like: impl Fn(&Value) -> bool,
+    ) -> Result<T> {
+        if !looks_like(&value) {
+            let mut shown = value.to_string();
+            if shown.len() > 200 {
+                shown = shown.chars().take(200).collect::<String>() + "…";
+            }
+            return Err(Unreachable {
+                message: format!(
+                    "unexpected answer from the server for {what}: {shown}; is --admin the address of cutover's admin API?"
+                ),
+            }
+            .into());
         }
-        Err(Unreachable {
-            message: format!(
-                "unexpected answer from the server for {what}: {shown}; is --admin the address of cutover's admin API?"
-            ),
-        }
-        .into())
+        serde_json::from_value(value).map_err(|e| {
+            anyhow::anyhow!(
+                "the server at {} answered {what} that this cutover cannot read (a different version?): {e}; \
+                 upgrade one of them",
+                self.base
+            )
+        })
+    }
+
+    /// An app's status: the answer of `GET /v1/apps/{app}/status` and of the commands.
+    fn read_status(&self, value: Value, what: &str) -> Result<StatusView> {
+        let mut status: StatusView = self.read(value, what, is_status)?;
+        status.rollout = status.rollout.map(shown);
+        Ok(status)
+    }
+
+    /// A list of events, oldest first.
+    fn read_events(&self, value: Value) -> Result<Vec<StoredEvent>> {
+        self.read(value, "the events", Value::is_array)
     }
 }
 
 fn is_status(v: &Value) -> bool {
-    v["app"].is_string() && v["slots"].is_array()
+    v.get("app").is_some_and(Value::is_string) && v.get("slots").is_some_and(Value::is_array)
+}
+
+/// A rollout as every output shows it: each value of its release's `env` replaced by
+/// [`REDACTED`], whatever the server sent. The server never sends a value; this keeps an older
+/// server's answer from printing one.
+fn shown(rollout: Redacted<Rollout>) -> Redacted<Rollout> {
+    Redacted::new(rollout.into_inner())
+}
+
+/// JSON for output, with the keys in the order the server's JSON read as a `Value` prints them
+/// (sorted), so that what the CLI prints does not change with the typed reading.
+pub(crate) fn json_value(value: &impl Serialize) -> Result<Value> {
+    Ok(serde_json::to_value(value)?)
 }
 
 /// The server said no: the status and its message.
@@ -249,23 +296,20 @@ fn pct(bp: u64) -> String {
     format!("{:.2} %", bp as f64 / 100.0)
 }
 
-fn ms(v: &Value) -> String {
-    v.as_f64()
-        .map(|x| format!("{x:.1} ms"))
-        .unwrap_or_else(|| "-".into())
+fn ms(v: Option<f64>) -> String {
+    v.map(|x| format!("{x:.1} ms")).unwrap_or_else(|| "-".into())
 }
 
-fn rate(v: &Value) -> String {
-    v.as_f64()
-        .map(|x| format!("{:.2} %", x * 100.0))
+fn rate(v: Option<f64>) -> String {
+    v.map(|x| format!("{:.2} %", x * 100.0))
         .unwrap_or_else(|| "-".into())
 }
 
 /// A slot's 5xx share for people: a percentage only over enough requests to mean one, counts
 /// below that ("1 of 1", not "100.00 %" after a single failed request).
-fn errors_of(metrics: &Value) -> String {
-    let requests = metrics["requests"].as_u64().unwrap_or(0);
-    match metrics["error_rate"].as_f64() {
+fn errors_of(metrics: Option<&SlotSummary>) -> String {
+    let requests = metrics.map_or(0, |m| m.requests);
+    match metrics.and_then(|m| m.error_rate) {
         _ if requests == 0 => "-".into(),
         Some(r) if requests < 100 => format!("{} of {requests}", (r * requests as f64).round() as u64),
         Some(r) => format!("{:.2} %", r * 100.0),
@@ -273,37 +317,62 @@ fn errors_of(metrics: &Value) -> String {
     }
 }
 
-/// One line describing where a rollout is.
-pub fn progress_line(status: &Value) -> String {
-    let r = &status["rollout"];
-    if r.is_null() {
-        return format!("app {}: no rollout yet", status["app"].as_str().unwrap_or("?"));
+/// A slot's weight in basis points, as the status gives it.
+fn weight_of(status: &StatusView, slot: Slot) -> u64 {
+    status.weights.get(slot.as_str()).copied().map_or(0, u64::from)
+}
+
+/// A slot's counts, as the status gives them; `None` when the router could not be read.
+fn metrics_of(status: &StatusView, slot: Slot) -> Option<&SlotSummary> {
+    status
+        .slots
+        .iter()
+        .find(|s| s.slot == slot)
+        .and_then(|s| s.metrics.as_ref())
+}
+
+/// The policy step a phase is at, in the phases that are at one (0-based).
+fn step_of(phase: &Phase) -> Option<usize> {
+    match phase {
+        Phase::Canary { step, .. } | Phase::Gating { step } | Phase::Paused { step, .. } => Some(*step),
+        _ => None,
     }
-    let phase = r["phase"]["phase"].as_str().unwrap_or("?");
-    let target = r["target"].as_str().unwrap_or("?");
-    let weights = &status["weights"];
-    let weight = weights[target].as_u64().unwrap_or(0);
-    let slot = |name: &str| {
-        status["slots"]
-            .as_array()
-            .and_then(|a| a.iter().find(|s| s["slot"] == name))
-            .cloned()
-            .unwrap_or(Value::Null)
+}
+
+/// Why a rollout is where it is: a pause's reason, or why it ended other than by success.
+fn reason_of(phase: &Phase) -> Option<&str> {
+    match phase {
+        Phase::Paused { reason, .. }
+        | Phase::RolledBack { reason, .. }
+        | Phase::Aborted { reason, .. }
+        | Phase::Failed { reason, .. } => Some(reason),
+        _ => None,
+    }
+}
+
+/// One line describing where a rollout is.
+pub fn progress_line(status: &StatusView) -> String {
+    let Some(r) = status.rollout() else {
+        return format!("app {}: no rollout yet", status.app);
     };
-    let canary = slot(target);
-    let baseline = slot(if target == "blue" { "green" } else { "blue" });
-    let step = match r["phase"]["step"].as_u64() {
+    let phase = r.phase.name();
+    let target = r.target;
+    let weight = weight_of(status, target);
+    let canary = metrics_of(status, target);
+    let baseline = metrics_of(status, target.other());
+    let step = match step_of(&r.phase) {
         Some(s) => {
-            let steps = r["policy"]["steps"].as_array().cloned().unwrap_or_default();
-            let duration = steps
-                .get(s as usize)
-                .and_then(|st| st["duration_ms"].as_u64())
-                .unwrap_or(0);
-            let since_window = status["now"]
-                .as_u64()
-                .unwrap_or(0)
-                .saturating_sub(r["phase"]["window_started_at"].as_u64().unwrap_or(0));
-            let observed = r["phase"]["observed_ms"].as_u64().map(|o| o + since_window);
+            let steps = &r.policy.steps;
+            let duration = steps.get(s).map_or(0, |st| st.duration_ms);
+            // Time observed in passing windows, and in the window under way.
+            let observed = match &r.phase {
+                Phase::Canary {
+                    observed_ms,
+                    window_started_at,
+                    ..
+                } => Some(observed_ms.saturating_add(status.now.millis_since(*window_started_at))),
+                _ => None,
+            };
             let progress = match observed {
                 Some(o) if duration > 0 => format!(
                     " {:.0}/{:.0} s",
@@ -319,23 +388,25 @@ pub fn progress_line(status: &Value) -> String {
 
     format!(
         "#{} {} → {} [{phase}{step}] {} on {target} | new: 5xx {} p99 {} | old: 5xx {} p99 {}",
-        r["id"],
-        r["previous_version"].as_str().unwrap_or("nothing"),
-        r["release"]["version"].as_str().unwrap_or("?"),
+        r.id,
+        r.previous_version.as_deref().unwrap_or("nothing"),
+        r.release.version,
         pct(weight),
-        errors_of(&canary["metrics"]),
-        ms(&canary["metrics"]["latency_p99_ms"]),
-        errors_of(&baseline["metrics"]),
-        ms(&baseline["metrics"]["latency_p99_ms"]),
+        errors_of(canary),
+        ms(canary.and_then(|m| m.latency_p99_ms)),
+        errors_of(baseline),
+        ms(baseline.and_then(|m| m.latency_p99_ms)),
     )
 }
 
-pub fn exit_for_phase(phase: &str) -> Option<u8> {
+/// The exit code of `deploy` for a rollout that ended in `phase` (a promoted one counts as
+/// done); `None` while it goes on.
+pub fn exit_for_phase(phase: &Phase) -> Option<u8> {
     match phase {
-        "promoted" | "succeeded" => Some(exit::PROMOTED),
-        "rolled_back" => Some(exit::ROLLED_BACK),
-        "aborted" => Some(exit::ABORTED),
-        "failed" => Some(exit::FAILED),
+        Phase::Promoted { .. } | Phase::Succeeded { .. } => Some(exit::PROMOTED),
+        Phase::RolledBack { .. } => Some(exit::ROLLED_BACK),
+        Phase::Aborted { .. } => Some(exit::ABORTED),
+        Phase::Failed { .. } => Some(exit::FAILED),
         _ => None,
     }
 }
@@ -437,9 +508,7 @@ pub async fn deploy(
     FOLLOWING.store(true, std::sync::atomic::Ordering::Relaxed);
     let last_seq = last_event_seq(client, app).await?;
     let deployed = client.post(&format!("/v1/apps/{app}/deploy"), body).await?;
-    let Some(id) = deployed["rollout_id"].as_u64() else {
-        bail!("unexpected answer to the deploy from the server (no rollout_id): {deployed}");
-    };
+    let Deployed { rollout_id: id } = client.read(deployed, "the deploy", Value::is_object)?;
     if json {
         out!(
             "{}",
@@ -454,17 +523,21 @@ pub async fn deploy(
     follow_rollout(client, app, id, last_seq, follow).await
 }
 
+/// The answer of `POST /v1/apps/{app}/deploy` (the server's type is its own).
+#[derive(Deserialize)]
+struct Deployed {
+    rollout_id: u64,
+}
+
 async fn last_event_seq(client: &Client, app: &str) -> Result<u64> {
     let mut after = 0;
     loop {
         let batch = client
             .get(&format!("/v1/apps/{app}/events?after={after}&limit=10000"))
             .await?;
-        let Some(items) = batch.as_array() else {
-            return Ok(after);
-        };
+        let items = client.read_events(batch)?;
         match items.last() {
-            Some(e) => after = e["seq"].as_u64().unwrap_or(after),
+            Some(e) => after = e.seq,
             None => return Ok(after),
         }
         if items.len() < 10_000 {
@@ -474,9 +547,9 @@ async fn last_event_seq(client: &Client, app: &str) -> Result<u64> {
 }
 
 /// Where the rollout stands when `follow_rollout` stops following it.
-struct Ending<'a> {
+struct Ending {
     code: u8,
-    phase: &'a str,
+    phase: &'static str,
     /// Lines for people, after the progress line.
     lines: Vec<String>,
 }
@@ -505,7 +578,7 @@ pub async fn follow_rollout(
         else {
             return Ok(interrupted(app, id, "?", &bar, follow, &stop));
         };
-        let status = shaped(status, "the status", is_status)?;
+        let status = client.read_status(status, "the status")?;
         // Events after the status: a rollout that just ended has its last events in by now.
         let Some(newly_unconfirmed) =
             print_events(client, app, id, &mut after, &bar, follow, &mut stop).await?
@@ -514,21 +587,26 @@ pub async fn follow_rollout(
         };
         unconfirmed |= newly_unconfirmed;
         bar.set_message(progress_line(&status));
-        let phase = status["rollout"]["phase"]["phase"].as_str().unwrap_or("");
+        let rollout = status.rollout();
+        let phase = rollout.map_or("", |r| r.phase.name());
         let mut ending = None;
-        if status["rollout"]["id"].as_u64() == Some(id) {
-            if let Some(code) = exit_for_phase(phase) {
+        if let Some(r) = rollout.filter(|r| r.id == id) {
+            if let Some(code) = exit_for_phase(&r.phase) {
                 let mut lines = Vec::new();
-                if let Some(exposure) = exposure_line(&status["rollout"]) {
+                if let Some(exposure) = exposure_line(r) {
                     lines.push(exposure);
                 }
                 lines.push(format!("rollout #{id}: {phase}"));
                 ending = Some(Ending { code, phase, lines });
             } else {
-                let waiting = phase == "paused" || (phase == "awaiting_confirmation" && unconfirmed);
+                let waiting = match r.phase {
+                    Phase::Paused { .. } => true,
+                    Phase::AwaitingConfirmation { .. } => unconfirmed,
+                    _ => false,
+                };
                 if waiting && !follow.wait {
                     let mut lines = Vec::new();
-                    if let Some(reason) = status["rollout"]["phase"]["reason"].as_str() {
+                    if let Some(reason) = reason_of(&r.phase) {
                         lines.push(format!("reason: {reason}"));
                     }
                     lines.push(format!(
@@ -549,9 +627,10 @@ pub async fn follow_rollout(
                 ),
                 OnTimeout::Abort => {
                     let aborted = client.post(&format!("/v1/apps/{app}/abort"), Value::Null).await?;
+                    let aborted = client.read_status(aborted, "the status after abort")?;
                     format!(
                         "rollout #{id} was still in phase {phase} after --timeout: aborted (--on-timeout abort); now {}",
-                        aborted["rollout"]["phase"]["phase"].as_str().unwrap_or("?")
+                        aborted.rollout().map_or("?", |r| r.phase.name())
                     )
                 }
             };
@@ -565,7 +644,7 @@ pub async fn follow_rollout(
             bar.finish_and_clear();
             if follow.json {
                 // The judge's memory is for the judge: kilobytes of histogram no pipeline reads.
-                let mut rollout = status["rollout"].clone();
+                let mut rollout = json_value(&rollout)?;
                 if let Some(r) = rollout.as_object_mut() {
                     r.remove("sequential");
                 }
@@ -621,20 +700,19 @@ fn interrupted(
 }
 
 /// What the canary did to users before the decision, in a line; `None` before any canary traffic.
-pub fn exposure_line(rollout: &Value) -> Option<String> {
-    let e = &rollout["exposure"];
-    let requests = e["canary_requests"].as_u64().filter(|n| *n > 0)?;
-    let failed =
-        e["canary_server_errors"].as_u64().unwrap_or(0) + e["canary_client_errors"].as_u64().unwrap_or(0);
-    let decided = match (e["decided_at"].as_u64(), e["first_canary_request_at"].as_u64()) {
-        (Some(d), Some(f)) => format!(
-            ", decided {:.1} s after its first request",
-            d.saturating_sub(f) as f64 / 1000.0
-        ),
-        _ => String::new(),
+pub fn exposure_line(rollout: &Rollout) -> Option<String> {
+    let e = &rollout.exposure;
+    let requests = e.canary_requests;
+    if requests == 0 {
+        return None;
+    }
+    let failed = e.canary_failed_requests();
+    let decided = match e.first_canary_request_to_decision_ms() {
+        Some(ms) => format!(", decided {:.1} s after its first request", ms as f64 / 1000.0),
+        None => String::new(),
     };
-    let users = e["users_exposed"]
-        .as_u64()
+    let users = e
+        .users_exposed
         .map(|u| format!(" from about {u} users"))
         .unwrap_or_default();
     Some(format!(
@@ -661,14 +739,14 @@ async fn print_events(
         return Ok(None);
     };
     let mut unconfirmed = false;
-    for e in events.as_array().into_iter().flatten() {
-        unconfirmed |= e["kind"] == "confirmation_timed_out";
-        *after = (*after).max(e["seq"].as_u64().unwrap_or(*after));
+    for e in client.read_events(events)? {
+        unconfirmed |= matches!(e.event.detail, EventDetail::ConfirmationTimedOut);
+        *after = (*after).max(e.seq);
         if follow.json {
-            out!("{}", serde_json::to_string(e)?);
+            out!("{}", json_value(&e)?);
             continue;
         }
-        for line in event_lines(e, follow.verbose) {
+        for line in event_lines(&e, follow.verbose) {
             // A hidden bar (output not a terminal) prints nothing, so print plainly then.
             if bar.is_hidden() {
                 out!("{line}");
@@ -681,15 +759,15 @@ async fn print_events(
 }
 
 /// An event as text: its kind and message, and with `verbose` the statistics behind a decision.
-pub fn event_lines(e: &Value, verbose: bool) -> Vec<String> {
-    let mut lines = vec![format!(
-        "  {:<13} {}",
-        e["kind"].as_str().unwrap_or(""),
-        one_line(e["message"].as_str().unwrap_or(""))
-    )];
+pub fn event_lines(e: &StoredEvent, verbose: bool) -> Vec<String> {
+    let mut lines = vec![format!("  {:<13} {}", e.event.kind(), one_line(&e.event.message))];
     if verbose {
-        if let Some(reason) = e["data"]["verdict"]["reason"].as_str() {
-            lines.push(format!("  {:<13}   statistics: {}", "", one_line(reason)));
+        if let EventDetail::Decision { verdict, .. } = &e.event.detail {
+            lines.push(format!(
+                "  {:<13}   statistics: {}",
+                "",
+                one_line(&verdict.reason)
+            ));
         }
     }
     lines
@@ -710,34 +788,14 @@ pub fn one_line(text: &str) -> String {
 /// The marker every output shows in place of an environment value.
 const REDACTED: &str = cutover_core::REDACTED;
 
-/// Replaces each value of a rollout's release `env` with [`REDACTED`]; changes nothing else.
-/// The server never sends a value; this keeps an older server's answer from printing one.
-fn redact_rollout(rollout: &mut Value) {
-    let env = rollout
-        .get_mut("release")
-        .and_then(|r| r.get_mut("env"))
-        .and_then(Value::as_object_mut);
-    if let Some(env) = env {
-        for value in env.values_mut() {
-            *value = Value::String(REDACTED.to_string());
-        }
-    }
-}
-
 /// The release's variables by name, and its references, in a line; `None` when it has none.
-pub fn env_line(release: &Value) -> Option<String> {
-    let names: Vec<&str> = release["env"]
-        .as_object()
-        .map(|env| env.keys().map(String::as_str).collect())
-        .unwrap_or_default();
-    let references: Vec<String> = release["secrets"]
-        .as_object()
-        .map(|s| {
-            s.iter()
-                .map(|(name, r)| format!("{name} from {}", r.as_str().unwrap_or("?")))
-                .collect()
-        })
-        .unwrap_or_default();
+pub fn env_line(release: &ReleaseSpec) -> Option<String> {
+    let names: Vec<&str> = release.env.keys().map(String::as_str).collect();
+    let references: Vec<String> = release
+        .secrets
+        .iter()
+        .map(|(name, r)| format!("{name} from {r}"))
+        .collect();
     let mut parts = Vec::new();
     if !names.is_empty() {
         parts.push(format!("{} (values {REDACTED})", names.join(", ")));
@@ -764,11 +822,9 @@ pub async fn status(client: &Client, app: &str, json: bool, watch: bool, verbose
         let Some(status) = status else {
             return Ok(ExitCode::SUCCESS);
         };
-        let mut status = shaped(status, "the status", is_status)?;
-        if let Some(rollout) = status.get_mut("rollout") {
-            redact_rollout(rollout);
-        }
+        let status = client.read_status(status, "the status")?;
         if json {
+            let status = json_value(&status)?;
             // Watched, one object per line so that a reader can parse each as it comes.
             if watch {
                 out!("{}", serde_json::to_string(&status)?);
@@ -795,12 +851,10 @@ pub async fn status(client: &Client, app: &str, json: bool, watch: bool, verbose
     }
 }
 
-fn status_lines(status: &Value, verbose: bool) -> Vec<String> {
-    let mut lines = vec![
-        progress_line(status),
-        format!("live slot: {}", status["live"].as_str().unwrap_or("?")),
-    ];
-    if let Some(line) = env_line(&status["rollout"]["release"]) {
+fn status_lines(status: &StatusView, verbose: bool) -> Vec<String> {
+    let rollout = status.rollout();
+    let mut lines = vec![progress_line(status), format!("live slot: {}", status.live)];
+    if let Some(line) = rollout.and_then(|r| env_line(&r.release)) {
         lines.push(line);
     }
     let mut table = Table::new(&[
@@ -813,30 +867,29 @@ fn status_lines(status: &Value, verbose: bool) -> Vec<String> {
         ("p50", Align::Right),
         ("p99", Align::Right),
     ]);
-    for s in status["slots"].as_array().into_iter().flatten() {
-        let name = s["slot"].as_str().unwrap_or("?");
+    for s in &status.slots {
+        let metrics = s.metrics.as_ref();
         table.row(vec![
-            name.to_string(),
-            s["version"].as_str().unwrap_or("-").to_string(),
-            pct(status["weights"][name].as_u64().unwrap_or(0)),
-            s["metrics"]["requests"].as_u64().unwrap_or(0).to_string(),
-            errors_of(&s["metrics"]),
-            rate(&s["metrics"]["client_error_rate"]),
-            ms(&s["metrics"]["latency_p50_ms"]),
-            ms(&s["metrics"]["latency_p99_ms"]),
+            s.slot.to_string(),
+            s.version.as_deref().unwrap_or("-").to_string(),
+            pct(weight_of(status, s.slot)),
+            metrics.map_or(0, |m| m.requests).to_string(),
+            errors_of(metrics),
+            rate(metrics.and_then(|m| m.client_error_rate)),
+            ms(metrics.and_then(|m| m.latency_p50_ms)),
+            ms(metrics.and_then(|m| m.latency_p99_ms)),
         ]);
     }
     lines.extend(table.lines());
-    if let Some(reason) = status["rollout"]["phase"]["reason"].as_str() {
+    if let Some(reason) = rollout.and_then(|r| reason_of(&r.phase)) {
         lines.push(format!("reason: {}", one_line(reason)));
     }
-    if let Some(exposure) = exposure_line(&status["rollout"]) {
+    if let Some(exposure) = rollout.and_then(exposure_line) {
         lines.push(exposure);
     }
-    let decisions = status["recent_decisions"].as_array().cloned().unwrap_or_default();
-    if !decisions.is_empty() {
+    if !status.recent_decisions.is_empty() {
         lines.push("latest decisions:".into());
-        for d in decisions.iter().rev().take(5) {
+        for d in status.recent_decisions.iter().rev().take(5) {
             lines.extend(event_lines(d, verbose));
         }
     }
@@ -847,7 +900,7 @@ pub async fn command(client: &Client, app: &str, command: &str) -> Result<ExitCo
     let status = client
         .post(&format!("/v1/apps/{app}/{command}"), Value::Null)
         .await?;
-    let status = shaped(status, command, is_status)?;
+    let status = client.read_status(status, &format!("the status after {command}"))?;
     out!("{}", progress_line(&status));
     Ok(ExitCode::SUCCESS)
 }
@@ -878,54 +931,63 @@ pub fn duration(ms: u64) -> String {
 }
 
 /// When a rollout ended, if it did (a promoted one ended its canary when it was promoted).
-fn ended_at(phase: &Value) -> Option<u64> {
-    phase["at"].as_u64().or_else(|| phase["since"].as_u64())
+fn ended_at(phase: &Phase) -> Option<Timestamp> {
+    match phase {
+        Phase::Succeeded { at }
+        | Phase::RolledBack { at, .. }
+        | Phase::Aborted { at, .. }
+        | Phase::Failed { at, .. } => Some(*at),
+        Phase::Promoted { since, .. } => Some(*since),
+        _ => None,
+    }
 }
 
-/// The reason a rollout ended as it did: its phase's own, else the event that ended it
-/// (a promotion, manual or not, records why only in its event).
 /// Why a rollout ended as it did, and when it was decided: its phase's own reason and time,
 /// else the event that decided it. A promotion records why only in its event, and a promoted
 /// rollout's phase time (`succeeded` at) is the end of its rollback window, not the decision.
-async fn outcome(client: &Client, app: &str, rollout: &Value) -> Result<(String, Option<u64>)> {
-    if let Some(reason) = rollout["phase"]["reason"].as_str() {
-        return Ok((reason.to_string(), rollout["phase"]["at"].as_u64()));
+async fn outcome(client: &Client, app: &str, rollout: &Rollout) -> Result<(String, Option<Timestamp>)> {
+    if let Some(reason) = reason_of(&rollout.phase) {
+        let at = match rollout.phase {
+            Phase::RolledBack { at, .. } | Phase::Aborted { at, .. } | Phase::Failed { at, .. } => Some(at),
+            _ => None,
+        };
+        return Ok((reason.to_string(), at));
     }
-    let id = rollout["id"].as_u64().unwrap_or(0);
+    let id = rollout.id;
     let events = client
         .get(&format!("/v1/apps/{app}/events?rollout={id}&limit=10000"))
         .await?;
-    let events: Vec<&Value> = events.as_array().into_iter().flatten().collect();
-    let wanted = ["promoted", "succeeded", "failed", "rolled_back", "aborted"];
-    let decided = events.iter().find(|e| e["kind"] == "promoted").or_else(|| {
-        events
-            .iter()
-            .rev()
-            .find(|e| e["kind"].as_str().is_some_and(|k| wanted.contains(&k)))
-    });
+    let events = client.read_events(events)?;
+    let decided = events
+        .iter()
+        .find(|e| matches!(e.event.detail, EventDetail::Promoted(_)))
+        .or_else(|| {
+            events.iter().rev().find(|e| {
+                matches!(
+                    e.event.detail,
+                    EventDetail::Promoted(_)
+                        | EventDetail::Succeeded
+                        | EventDetail::Failed
+                        | EventDetail::RolledBack(_)
+                        | EventDetail::Aborted(_)
+                )
+            })
+        });
     Ok(match decided {
-        Some(e) => (e["message"].as_str().unwrap_or("").to_string(), e["at"].as_u64()),
-        None => (String::new(), ended_at(&rollout["phase"])),
+        Some(e) => (e.event.message.clone(), Some(e.event.at)),
+        None => (String::new(), ended_at(&rollout.phase)),
     })
 }
 
 pub async fn history(client: &Client, app: &str, json: bool) -> Result<ExitCode> {
-    let mut rollouts = shaped(
-        client.get(&format!("/v1/apps/{app}/history")).await?,
-        "the history",
-        Value::is_array,
-    )?;
-    for r in rollouts.as_array_mut().into_iter().flatten() {
-        redact_rollout(r);
-    }
+    let history = client.get(&format!("/v1/apps/{app}/history")).await?;
+    let rollouts: Vec<Redacted<Rollout>> = client.read(history, "the history", Value::is_array)?;
+    let rollouts: Vec<Redacted<Rollout>> = rollouts.into_iter().map(shown).collect();
     if json {
-        out!("{}", serde_json::to_string_pretty(&rollouts)?);
+        out!("{}", serde_json::to_string_pretty(&json_value(&rollouts)?)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let Some(list) = rollouts.as_array() else {
-        bail!("unexpected answer from the server: {rollouts}")
-    };
-    if list.is_empty() {
+    if rollouts.is_empty() {
         out!("no rollouts of {app} yet: `cutover deploy {app} VERSION` starts one");
         return Ok(ExitCode::SUCCESS);
     }
@@ -940,31 +1002,28 @@ pub async fn history(client: &Client, app: &str, json: bool) -> Result<ExitCode>
         ("failed", Align::Right),
         ("reason", Align::Left),
     ]);
-    for r in list {
-        let e = &r["exposure"];
-        let started = r["started_at"].as_u64().unwrap_or(0);
+    for r in rollouts.iter().map(Redacted::get) {
+        let e = &r.exposure;
+        let started = r.started_at;
         let (mut reason, decided_at) = outcome(client, app, r).await?;
         // From the deploy to the decision (promotion, rollback, failure): how long it took.
-        let took = match (ended_at(&r["phase"]), decided_at) {
-            (None, _) if !matches!(r["phase"]["phase"].as_str(), Some("promoted")) => "running".into(),
-            (_, Some(end)) | (Some(end), None) => duration(end.saturating_sub(started)),
-            (None, None) => "running".into(),
+        let took = match (ended_at(&r.phase), decided_at) {
+            (None, _) => "running".into(),
+            (Some(end), decided) => duration(decided.unwrap_or(end).millis_since(started)),
         };
-        let failed =
-            e["canary_server_errors"].as_u64().unwrap_or(0) + e["canary_client_errors"].as_u64().unwrap_or(0);
         // One line per rollout: the reason's start, the rest in `history --output json`.
         if reason.chars().count() > 100 {
             reason = reason.chars().take(99).collect::<String>() + "…";
         }
         table.row(vec![
-            r["id"].to_string(),
-            local_time(started),
+            r.id.to_string(),
+            local_time(started.as_millis()),
             took,
-            r["previous_version"].as_str().unwrap_or("-").to_string(),
-            r["release"]["version"].as_str().unwrap_or("?").to_string(),
-            r["phase"]["phase"].as_str().unwrap_or("?").to_string(),
-            e["canary_requests"].as_u64().unwrap_or(0).to_string(),
-            failed.to_string(),
+            r.previous_version.as_deref().unwrap_or("-").to_string(),
+            r.release.version.clone(),
+            r.phase.name().to_string(),
+            e.canary_requests.to_string(),
+            e.canary_failed_requests().to_string(),
             reason,
         ]);
     }
@@ -1004,8 +1063,7 @@ pub async fn events(
         else {
             return Ok(ExitCode::SUCCESS);
         };
-        let batch = shaped(batch, "the events", Value::is_array)?;
-        let items = batch.as_array().cloned().unwrap_or_default();
+        let items = client.read_events(batch)?;
         shown += items.len();
         if let (Some(id), 0) = (rollout, shown) {
             if !follow {
@@ -1017,15 +1075,12 @@ pub async fn events(
             }
         }
         for e in &items {
-            after = after.max(e["seq"].as_u64().unwrap_or(after));
+            after = after.max(e.seq);
             if json {
-                out!("{}", serde_json::to_string(e)?);
+                out!("{}", json_value(e)?);
             } else {
-                let at = e["at"].as_u64().map(local_time).unwrap_or_default();
-                let rollout = e["rollout_id"]
-                    .as_u64()
-                    .map(|id| format!("#{id}"))
-                    .unwrap_or_default();
+                let at = local_time(e.event.at.as_millis());
+                let rollout = e.event.rollout_id.map(|id| format!("#{id}")).unwrap_or_default();
                 for (i, line) in event_lines(e, verbose).into_iter().enumerate() {
                     if i == 0 {
                         out!("{at} {rollout:>4}{line}");
@@ -1044,38 +1099,49 @@ pub async fn events(
     }
 }
 
+/// An entry of `GET /v1/apps`: an app and its route table (the server's type is its own).
+#[derive(Deserialize)]
+struct AppRoutes {
+    #[serde(alias = "name")]
+    app: String,
+    route: RouteTable,
+}
+
+/// The version a route table's live slot runs; `None` when it runs nothing.
+fn live_version(route: &RouteTable) -> Option<&str> {
+    let pool = match route.live {
+        Slot::Blue => &route.blue,
+        Slot::Green => &route.green,
+    };
+    Some(pool.version.as_str()).filter(|v| !v.is_empty())
+}
+
 /// `apps`: every app of the server with its live version, phase and traffic split.
 pub async fn apps(client: &Client, json: bool) -> Result<ExitCode> {
-    let apps = shaped(client.get("/v1/apps").await?, "the list of apps", Value::is_array)?;
+    let apps: Vec<AppRoutes> =
+        client.read(client.get("/v1/apps").await?, "the list of apps", Value::is_array)?;
     let mut rows = Vec::new();
-    for a in apps.as_array().into_iter().flatten() {
-        let name = a["app"]
-            .as_str()
-            .or_else(|| a["name"].as_str())
-            .unwrap_or("?")
-            .to_string();
+    for a in apps {
         // Apps routed by their route table alone have no rollouts (the status answers 409).
-        let status = match client.get(&format!("/v1/apps/{name}/status")).await {
-            Ok(s) => Some(s),
+        let status = match client.get(&format!("/v1/apps/{}/status", a.app)).await {
+            Ok(s) => Some(client.read_status(s, "the status")?),
             Err(e) if e.downcast_ref::<ApiFailure>().is_some_and(|f| f.status == 409) => None,
             Err(e) => return Err(e),
         };
-        rows.push((name, a["route"].clone(), status));
+        rows.push((a, status));
     }
     if json {
         let list: Vec<Value> = rows
             .iter()
-            .map(|(name, routes, status)| {
-                let rollout = status.as_ref().map(|s| &s["rollout"]);
+            .map(|(a, status)| {
+                let rollout = status.as_ref().and_then(StatusView::rollout);
                 serde_json::json!({
-                    "app": name,
-                    "live_slot": routes["live"],
-                    "live_version": routes[routes["live"].as_str().unwrap_or("blue")]["version"]
-                        .as_str()
-                        .filter(|v| !v.is_empty()),
-                    "weights": status.as_ref().map(|s| s["weights"].clone()),
-                    "phase": rollout.map(|r| r["phase"]["phase"].clone()),
-                    "rollout_id": rollout.map(|r| r["id"].clone()),
+                    "app": a.app,
+                    "live_slot": a.route.live,
+                    "live_version": live_version(&a.route),
+                    "weights": status.as_ref().map(|s| &s.weights),
+                    "phase": rollout.map(|r| r.phase.name()),
+                    "rollout_id": rollout.map(|r| r.id),
                     "managed": status.is_some(),
                 })
             })
@@ -1094,35 +1160,33 @@ pub async fn apps(client: &Client, json: bool) -> Result<ExitCode> {
         ("new version", Align::Left),
         ("weight", Align::Right),
     ]);
-    for (name, routes, status) in &rows {
-        let live = routes["live"].as_str().unwrap_or("blue");
-        let live_version = routes[live]["version"].as_str().filter(|v| !v.is_empty());
+    for (a, status) in &rows {
+        let live = a.route.live;
         let (phase, target_version, weight) = match status {
-            Some(s) if !s["rollout"].is_null() => {
-                let r = &s["rollout"];
-                let target = r["target"].as_str().unwrap_or("?");
-                let phase = r["phase"]["phase"].as_str().unwrap_or("?");
-                let ongoing = exit_for_phase(phase).is_none();
-                (
-                    phase.to_string(),
-                    if ongoing {
-                        r["release"]["version"].as_str().unwrap_or("?").to_string()
-                    } else {
-                        "-".into()
-                    },
-                    if ongoing {
-                        pct(s["weights"][target].as_u64().unwrap_or(0))
-                    } else {
-                        "-".into()
-                    },
-                )
-            }
-            Some(_) => ("no rollout yet".into(), "-".into(), "-".into()),
+            Some(s) => match s.rollout() {
+                Some(r) => {
+                    let ongoing = exit_for_phase(&r.phase).is_none();
+                    (
+                        r.phase.name().to_string(),
+                        if ongoing {
+                            r.release.version.clone()
+                        } else {
+                            "-".into()
+                        },
+                        if ongoing {
+                            pct(weight_of(s, r.target))
+                        } else {
+                            "-".into()
+                        },
+                    )
+                }
+                None => ("no rollout yet".into(), "-".into(), "-".into()),
+            },
             None => ("route table only".into(), "-".into(), "-".into()),
         };
         table.row(vec![
-            name.clone(),
-            live_version.map_or_else(|| "-".to_string(), |v| format!("{v} ({live})")),
+            a.app.clone(),
+            live_version(&a.route).map_or_else(|| "-".to_string(), |v| format!("{v} ({live})")),
             phase,
             target_version,
             weight,
@@ -1139,32 +1203,122 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+    use cutover_core::rollout::Exposure;
+    use cutover_core::{RolloutPolicy, SecretRef};
     use serde_json::json;
+
+    fn client() -> Client {
+        Client::new(&crate::connect::Connection {
+            admin: "http://127.0.0.1:1".into(),
+            admin_from: "--admin".into(),
+            token: crate::connect::TokenFrom::Environment,
+            tried: Vec::new(),
+        })
+        .unwrap()
+    }
+
+    fn rollout(release: ReleaseSpec, phase: Phase) -> Rollout {
+        Rollout {
+            id: 7,
+            target: Slot::Green,
+            release,
+            policy: RolloutPolicy::default(),
+            phase,
+            started_at: Timestamp(1_000),
+            previous_version: Some("v5".into()),
+            forced: false,
+            failures: 0,
+            first_bad_window_at: None,
+            last_verdict: None,
+            sequential: None,
+            exposure: Exposure::default(),
+        }
+    }
+
+    /// A status as an older server would send it, with the values of the release's variables.
+    fn status_json(rollout: &Rollout) -> Value {
+        json!({
+            "app": "web", "live": "blue", "weights": { "blue": 10000, "green": 0 },
+            "rollout": rollout, "slots": [], "recent_decisions": [], "now": 2_000
+        })
+    }
 
     #[test]
     fn a_release_shows_its_variable_names_and_references_but_never_a_value() {
-        // As an older server would send it, with the value.
-        let mut status = json!({
-            "rollout": { "release": {
-                "version": "v6",
-                "env": { "DB_PASSWORD": "hunter2", "GREETING": "hello" },
-                "secrets": { "API_KEY": "file:/run/secrets/api" }
-            } }
-        });
-        redact_rollout(&mut status["rollout"]);
-        let text = status.to_string();
-        assert!(!text.contains("hunter2") && !text.contains("hello"), "{text}");
-        assert_eq!(status["rollout"]["release"]["env"]["DB_PASSWORD"], REDACTED);
+        let mut release = ReleaseSpec::new("v6", "./run");
+        release.env.insert("DB_PASSWORD".into(), "hunter2".into());
+        release.env.insert("GREETING".into(), "hello".into());
+        release.secrets.insert(
+            "API_KEY".into(),
+            "file:/run/secrets/api".parse::<SecretRef>().unwrap(),
+        );
+        let rollout = rollout(release, Phase::Verifying);
+        assert!(
+            status_json(&rollout).to_string().contains("hunter2"),
+            "the test sends values"
+        );
+
+        let status = client().read_status(status_json(&rollout), "the status").unwrap();
+        for text in [
+            json_value(&status).unwrap().to_string(),
+            status_lines(&status, true).join("\n"),
+        ] {
+            assert!(!text.contains("hunter2") && !text.contains("hello"), "{text}");
+        }
+        let shown = status.rollout().unwrap();
+        assert_eq!(shown.release.env["DB_PASSWORD"], REDACTED);
         assert_eq!(
-            env_line(&status["rollout"]["release"]).unwrap(),
+            env_line(&shown.release).unwrap(),
             "environment: DB_PASSWORD, GREETING (values <redacted>); API_KEY from file:/run/secrets/api"
         );
-        assert_eq!(env_line(&json!({ "env": {} })), None);
-        // Nothing to redact is nothing changed.
-        for mut unchanged in [Value::Null, json!({ "release": null }), json!([1])] {
-            let before = unchanged.clone();
-            redact_rollout(&mut unchanged);
-            assert_eq!(unchanged, before);
-        }
+        assert_eq!(env_line(&ReleaseSpec::new("v1", "")), None);
+    }
+
+    #[test]
+    fn an_answer_of_another_shape_is_an_error_that_says_which() {
+        let client = client();
+        // Not the admin API's at all.
+        let err = client.read_status(json!({ "id": 1 }), "the status").unwrap_err();
+        assert!(err.downcast_ref::<Unreachable>().is_some(), "{err}");
+        assert!(err.to_string().contains("is --admin the address"), "{err}");
+        // The admin API's, of another version.
+        let mut status = status_json(&rollout(ReleaseSpec::new("v6", ""), Phase::Verifying));
+        status["rollout"]["phase"] = json!({ "phase": "from_the_future" });
+        let err = client.read_status(status, "the status").unwrap_err().to_string();
+        assert!(
+            err.starts_with("the server at http://127.0.0.1:1 answered the status that this cutover cannot read (a different version?)")
+                && err.ends_with("upgrade one of them"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_printed_json_is_the_servers() {
+        let mut r = rollout(
+            ReleaseSpec::new("v6", "./run"),
+            Phase::Canary {
+                step: 1,
+                window_started_at: Timestamp(2_000),
+                observed_ms: 10_000,
+                inconclusive_in_row: 0,
+                step_requests: 3,
+            },
+        );
+        r.exposure.canary_requests = 40;
+        r.exposure.canary_server_errors = 1;
+        let sent = status_json(&r);
+        let status = client().read_status(sent.clone(), "the status").unwrap();
+        assert_eq!(json_value(&status).unwrap().to_string(), sent.to_string());
+        assert_eq!(
+            progress_line(&status),
+            "#7 v5 → v6 [canary step 2/4 10/60 s] 0.00 % on green | new: 5xx - p99 - | old: 5xx - p99 -"
+        );
+        assert_eq!(exit_for_phase(&status.rollout().unwrap().phase), None);
+        let events = json!([{
+            "seq": 3, "app": "web", "at": 1_764_640_800_000u64, "rollout_id": 7, "kind": "decision",
+            "message": "m", "data": { "unknown": "kept as written" }
+        }]);
+        let read = client().read_events(events.clone()).unwrap();
+        assert_eq!(json_value(&read).unwrap(), events);
     }
 }

@@ -30,6 +30,7 @@ use cutover_core::event::EventDetail;
 use cutover_core::judge::Outcome;
 use cutover_core::rollout::Phase;
 use cutover_core::{RolloutPolicy, Step};
+use cutover_flags::ramp::RampPhase;
 use cutover_server::config::{AdminConfig, AppConfig, PlatformKind, ServerConfig};
 use cutover_server::controller::{Controller, DeployRequest};
 use cutover_server::{Config, StartOptions};
@@ -45,6 +46,10 @@ pub struct DemoOptions {
     /// Keep the state directory (state file, instance logs) instead of deleting it.
     #[arg(long)]
     keep_state: bool,
+    /// At the end, keep the server and the live version running, so a person can look at the
+    /// dashboard and try the CLI against it; Ctrl-C (or SIGTERM) stops everything.
+    #[arg(long)]
+    keep_running: bool,
 }
 
 #[derive(Default)]
@@ -178,9 +183,16 @@ pub async fn run(options: DemoOptions) -> Result<ExitCode> {
         "cutover demo: proxy on http://{public}, admin API on http://{}",
         running.bound.admin
     );
+    out!(
+        "dashboard: open http://{}/ in a browser to watch it live",
+        running.bound.admin
+    );
     out!("state and instance logs in {}", dir.path().display());
 
     let result = scenario(&controller, public, &admin, &options).await;
+    if options.keep_running {
+        keep_running(dir.path(), &running.bound.admin.to_string(), &admin.token).await?;
+    }
     // Instances outlive `cutover serve` by design (they are re-adopted after a restart); the demo
     // cleans up after itself, once the server stopped: a controller still running would start
     // the live slot again when it found its instances gone.
@@ -195,6 +207,40 @@ pub async fn run(options: DemoOptions) -> Result<ExitCode> {
     let ok = result?;
     out!("demo finished in {:.0} s", started.elapsed().as_secs_f64());
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Waits for Ctrl-C or SIGTERM with the server up. The admin token goes to a file readable by
+/// its owner only, never to the terminal: the dashboard's controls and the CLI need it.
+async fn keep_running(dir: &std::path::Path, admin: &str, token: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let token_path = dir.join("admin.token");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&token_path)
+        .and_then(|mut f| writeln!(f, "{token}"))
+        .with_context(|| format!("writing the admin token to {}", token_path.display()))?;
+    out!("");
+    out!("the server keeps running (--keep-running); Ctrl-C stops it and every instance");
+    out!("  dashboard:   http://{admin}/");
+    out!(
+        "  admin token: in {} (paste it into the dashboard to use its controls)",
+        token_path.display()
+    );
+    out!(
+        "  CLI:         cutover --admin http://{admin} --token-file {} status demo",
+        token_path.display()
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listening for SIGTERM")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    out!("stopping");
+    Ok(())
 }
 
 /// The admin API, for the flag chapter (flags are changed as a user would change them).
@@ -234,7 +280,7 @@ impl Admin {
 
 /// What the flag chapter found.
 struct FlagOutcome {
-    phase: String,
+    phase: RampPhase,
     /// From the start of the ramp to the automatic kill.
     to_kill: Option<Duration>,
     reason: String,
@@ -302,7 +348,7 @@ async fn scenario(
     let s = stats.lock().unwrap_or_else(PoisonError::into_inner);
     out!(
         "\nflag {FLAG}: ramp {} ({}), killed {} after the ramp started, with no redeploy",
-        flag.phase,
+        flag.phase.name(),
         flag.reason,
         flag.to_kill
             .map_or("-".to_string(), |d| format!("{:.1} s", d.as_secs_f64()))
@@ -323,7 +369,9 @@ async fn scenario(
         },
         users_columns_text(&v6.2)
     );
-    Ok(outcomes.iter().all(|(r, want)| r.phase.name() == *want) && flag.phase == "killed" && v6.1)
+    Ok(outcomes.iter().all(|(r, want)| r.phase.name() == *want)
+        && matches!(flag.phase, RampPhase::Killed { .. })
+        && v6.1)
 }
 
 /// The migrations each version's checkout would carry.
@@ -465,26 +513,24 @@ async fn flag_chapter(admin: &Admin, stats: &Arc<Mutex<LoadStats>>) -> Result<Fl
     let deadline = started + Duration::from_secs(90);
     let mut shown = 0;
     loop {
-        let ramp = admin.get(&format!("/v1/flags/{FLAG}/ramp")).await?;
-        let decisions = ramp["decisions"].as_array().cloned().unwrap_or_default();
-        for d in decisions.iter().skip(shown) {
-            out!(
-                "  {:<12} {}",
-                d["kind"].as_str().unwrap_or(""),
-                d["message"].as_str().unwrap_or("").lines().next().unwrap_or("")
-            );
+        let ramp: cutover_flags::ramp::Ramp =
+            serde_json::from_value(admin.get(&format!("/v1/flags/{FLAG}/ramp")).await?)
+                .context("the demo's server answered a ramp the demo cannot read")?;
+        for d in ramp.decisions.iter().skip(shown) {
+            out!("  {:<12} {}", d.kind, d.message.lines().next().unwrap_or(""));
         }
-        shown = decisions.len();
-        let phase = ramp["phase"]["phase"].as_str().unwrap_or("").to_string();
-        if phase != "running" {
-            let to_kill = (phase == "killed").then(|| started.elapsed());
+        shown = ramp.decisions.len();
+        if !matches!(ramp.phase, RampPhase::Running { .. }) {
+            let killed = matches!(ramp.phase, RampPhase::Killed { .. });
+            let to_kill = killed.then(|| started.elapsed());
             stats.lock().unwrap_or_else(PoisonError::into_inner).flag_chapter = false;
-            let reason = match phase.as_str() {
-                "killed" => "the judge found flagged users worse".to_string(),
-                _ => ramp["phase"]["reason"].as_str().unwrap_or("").to_string(),
+            let reason = if killed {
+                "the judge found flagged users worse".to_string()
+            } else {
+                crate::ramp::reason_of(&ramp.phase).unwrap_or("").to_string()
             };
             return Ok(FlagOutcome {
-                phase,
+                phase: ramp.phase,
                 to_kill,
                 reason,
             });

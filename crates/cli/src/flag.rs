@@ -28,6 +28,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use cutover_flags::file::FileFlag;
+use cutover_flags::hygiene::Staleness;
 use cutover_flags::{Flag, FlagType, SplitEntry};
 use serde_json::{json, Value};
 
@@ -243,6 +244,23 @@ async fn server_flags(client: &Client) -> Result<Vec<Flag>> {
     )
 }
 
+/// A flag that should leave the code, and why, as `GET /v1/flags` lists it under `stale` (the
+/// server's type is its own).
+#[derive(Debug, serde::Deserialize)]
+struct StaleFlag {
+    key: String,
+    owner: String,
+    #[serde(flatten)]
+    staleness: Staleness,
+    message: String,
+}
+
+/// The stale flags of the server's answer to `GET /v1/flags`.
+fn stale_flags(client: &Client, all: &Value) -> Result<Vec<StaleFlag>> {
+    let stale = all.get("stale").cloned().unwrap_or_else(|| json!([]));
+    client.read(stale, "the stale flags", Value::is_array)
+}
+
 pub async fn run(client: &Client, command: FlagCommand) -> Result<ExitCode> {
     match command {
         FlagCommand::Ramp(args) => return crate::ramp::run(client, args).await,
@@ -256,17 +274,17 @@ pub async fn run(client: &Client, command: FlagCommand) -> Result<ExitCode> {
                 })
                 .await?;
             if stale && output != crate::Output::Json {
-                let list = all["stale"].as_array().cloned().unwrap_or_default();
+                let list = stale_flags(client, &all)?;
                 if list.is_empty() {
                     out!("no stale flag");
                 }
                 for f in &list {
                     out!(
                         "{:<32} {:<8} {:<20} {}",
-                        f["key"].as_str().unwrap_or("?"),
-                        f["why"].as_str().unwrap_or("?"),
-                        f["owner"].as_str().unwrap_or("?"),
-                        f["message"].as_str().unwrap_or("")
+                        f.key,
+                        f.staleness.kind(),
+                        f.owner,
+                        f.message
                     );
                 }
                 return Ok(ExitCode::SUCCESS);
@@ -878,7 +896,7 @@ fn describe(step: &Step) -> Vec<String> {
 
 /// `cutover flag check`: 1 when a flag is past its expiry date, for CI.
 async fn check(client: &Client, file: Option<&std::path::Path>) -> Result<ExitCode> {
-    let stale: Vec<Value> = match file {
+    let stale: Vec<StaleFlag> = match file {
         Some(path) => {
             let name = path.display().to_string();
             let text = std::fs::read_to_string(path)
@@ -897,31 +915,25 @@ async fn check(client: &Client, file: Option<&std::path::Path>) -> Result<ExitCo
                 .iter()
                 .filter_map(|f| {
                     let s = cutover_flags::hygiene::staleness(&f.flag, None, now, today, u32::MAX)?;
-                    Some(json!({
-                        "key": f.flag.key, "owner": f.flag.owner, "why": s.kind(),
-                        "message": format!("{name}:{}: {}", f.line, s.describe()),
-                    }))
+                    Some(StaleFlag {
+                        key: f.flag.key.clone(),
+                        owner: f.flag.owner.clone(),
+                        message: format!("{name}:{}: {}", f.line, s.describe()),
+                        staleness: s,
+                    })
                 })
                 .collect()
         }
-        None => client.get("/v1/flags").await?["stale"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default(),
+        None => stale_flags(client, &client.get("/v1/flags").await?)?,
     };
     let mut expired = 0;
     for f in &stale {
-        let why = f["why"].as_str().unwrap_or("?");
-        if why == "expired" {
+        let is_expired = matches!(f.staleness, Staleness::Expired { .. });
+        if is_expired {
             expired += 1;
         }
-        let level = if why == "expired" { "error" } else { "warning" };
-        out!(
-            "{level}: flag {} (owner {}): {}",
-            f["key"].as_str().unwrap_or("?"),
-            f["owner"].as_str().unwrap_or("?"),
-            f["message"].as_str().unwrap_or("")
-        );
+        let level = if is_expired { "error" } else { "warning" };
+        out!("{level}: flag {} (owner {}): {}", f.key, f.owner, f.message);
     }
     if expired > 0 {
         out!("{expired} flag(s) past their expiry date");

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use clap::Args;
+use cutover_flags::ramp::{Ramp, RampDecision, RampPhase};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::client::{exit, Client};
@@ -70,62 +72,90 @@ fn path(key: &str) -> String {
     format!("/v1/flags/{}/ramp", crate::flag::encode(key))
 }
 
-/// The exit code for a ramp in `phase`, once it needs nothing more from the caller.
-fn exit_for(phase: &str) -> Option<u8> {
-    match phase {
-        "completed" => Some(exit::PROMOTED),
-        "killed" => Some(exit::ROLLED_BACK),
-        "aborted" => Some(exit::ABORTED),
-        "paused" => Some(exit::PAUSED),
-        _ => None,
+/// A ramp as the admin API shows it (`GET /v1/flags/{key}/ramp`; the server's type is its own):
+/// the ramp, and the share of users in the new variant now.
+struct RampView {
+    ramp: Ramp,
+    /// In percent; none once killed or aborted.
+    percent: Option<f64>,
+}
+
+impl RampView {
+    /// The answer as the server sent it: the ramp's fields and `percent`, side by side.
+    fn json(&self) -> Result<Value> {
+        let mut json = crate::client::json_value(&self.ramp)?;
+        if let Some(fields) = json.as_object_mut() {
+            fields.insert("percent".into(), json!(self.percent));
+        }
+        Ok(json)
     }
 }
 
-fn percent(ramp: &Value) -> String {
-    match ramp["percent"].as_f64() {
+/// The exit code for a ramp in `phase`, once it needs nothing more from the caller.
+fn exit_for(phase: &RampPhase) -> Option<u8> {
+    match phase {
+        RampPhase::Completed { .. } => Some(exit::PROMOTED),
+        RampPhase::Killed { .. } => Some(exit::ROLLED_BACK),
+        RampPhase::Aborted { .. } => Some(exit::ABORTED),
+        RampPhase::Paused { .. } => Some(exit::PAUSED),
+        RampPhase::Running { .. } => None,
+    }
+}
+
+/// Why a ramp paused or ended other than by completing.
+pub(crate) fn reason_of(phase: &RampPhase) -> Option<&str> {
+    match phase {
+        RampPhase::Paused { reason, .. }
+        | RampPhase::Killed { reason, .. }
+        | RampPhase::Aborted { reason, .. } => Some(reason),
+        RampPhase::Running { .. } | RampPhase::Completed { .. } => None,
+    }
+}
+
+fn percent(view: &RampView) -> String {
+    match view.percent {
         Some(p) => format!("{p} %"),
-        None if ramp["phase"]["phase"] == "killed" => "0 % (killed: every user gets the default)".into(),
+        None if matches!(view.ramp.phase, RampPhase::Killed { .. }) => {
+            "0 % (killed: every user gets the default)".into()
+        }
         None => "the split it was left at".into(),
     }
 }
 
-fn summary(ramp: &Value) -> String {
-    let phase = ramp["phase"]["phase"].as_str().unwrap_or("?");
-    let steps: Vec<String> = ramp["plan"]["steps_bp"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_f64)
-        .map(|bp| format!("{}", bp / 100.0))
+fn summary(view: &RampView) -> String {
+    let ramp = &view.ramp;
+    let steps: Vec<String> = ramp
+        .plan
+        .steps_bp
+        .iter()
+        .map(|bp| format!("{}", f64::from(*bp) / 100.0))
         .collect();
     // An ended ramp has no step of its own: the one its last decision was made in.
-    let step = ramp["phase"]["step"]
-        .as_u64()
-        .or_else(|| ramp["decisions"].as_array()?.last()?["step"].as_u64())
-        .map_or("-".to_string(), |s| (s + 1).to_string());
+    let step = match ramp.phase {
+        RampPhase::Running { step, .. } | RampPhase::Paused { step, .. } => Some(step),
+        _ => ramp.decisions.last().map(|d| d.step),
+    }
+    .map_or("-".to_string(), |s| (s + 1).to_string());
     let mut out = format!(
-        "ramp #{} of flag {}: {phase}, step {step} of {} ({}), {:?} at {}\n  flagged requests judged: {} ({} failed)",
-        ramp["id"],
-        ramp["flag"].as_str().unwrap_or("?"),
+        "ramp #{} of flag {}: {}, step {step} of {} ({}), {:?} at {}\n  flagged requests judged: {} ({} failed)",
+        ramp.id,
+        ramp.flag,
+        ramp.phase.name(),
         steps.len(),
         steps.join(", "),
-        ramp["plan"]["variant"].as_str().unwrap_or("?"),
-        percent(ramp),
-        ramp["flagged_requests"],
-        ramp["flagged_failures"],
+        ramp.plan.variant,
+        percent(view),
+        ramp.flagged_requests,
+        ramp.flagged_failures,
     );
-    if let Some(reason) = ramp["phase"]["reason"].as_str() {
+    if let Some(reason) = reason_of(&ramp.phase) {
         out.push_str(&format!("\n  why: {reason}"));
     }
     out
 }
 
-fn decision_line(d: &Value) -> String {
-    format!(
-        "  [{}] {}",
-        d["kind"].as_str().unwrap_or("?"),
-        d["message"].as_str().unwrap_or("").replace('\n', " ")
-    )
+fn decision_line(d: &RampDecision) -> String {
+    format!("  [{}] {}", d.kind, d.message.replace('\n', " "))
 }
 
 pub async fn run(client: &Client, args: RampArgs) -> Result<ExitCode> {
@@ -159,15 +189,15 @@ pub async fn run(client: &Client, args: RampArgs) -> Result<ExitCode> {
         });
         client.post(&path(&args.key), body).await?
     };
+    let ramp = read(client, ramp)?;
     if !args.wait {
         if json_out {
-            out!("{}", serde_json::to_string_pretty(&ramp)?);
+            out!("{}", serde_json::to_string_pretty(&ramp.json()?)?);
         } else {
             out!("{}", summary(&ramp));
         }
-        let phase = ramp["phase"]["phase"].as_str().unwrap_or("");
         let code = if args.status {
-            exit_for(phase).unwrap_or(0)
+            exit_for(&ramp.ramp.phase).unwrap_or(0)
         } else {
             0
         };
@@ -176,33 +206,45 @@ pub async fn run(client: &Client, args: RampArgs) -> Result<ExitCode> {
     follow(client, &args.key, ramp, json_out).await
 }
 
+/// The server's answer as a ramp. (Read in two parts: a flattened `Ramp` would not read back the
+/// numeric keys of its verdicts' maps.)
+fn read(client: &Client, value: Value) -> Result<RampView> {
+    /// The one field the view adds to the ramp's.
+    #[derive(Deserialize)]
+    struct Percent {
+        percent: Option<f64>,
+    }
+    let Percent { percent } = client.read(value.clone(), "the ramp", Value::is_object)?;
+    let ramp = client.read(value, "the ramp", Value::is_object)?;
+    Ok(RampView { ramp, percent })
+}
+
 /// Prints the ramp's decisions as they come until it needs nothing more from the caller.
-async fn follow(client: &Client, key: &str, mut ramp: Value, json_out: bool) -> Result<ExitCode> {
-    let id = ramp["id"].clone();
+async fn follow(client: &Client, key: &str, mut view: RampView, json_out: bool) -> Result<ExitCode> {
+    let id = view.ramp.id;
     let mut shown = 0usize;
     loop {
-        let decisions = ramp["decisions"].as_array().cloned().unwrap_or_default();
+        let decisions = &view.ramp.decisions;
         // The store keeps the latest decisions only: never index past what is there.
         shown = shown.min(decisions.len());
         for d in &decisions[shown..] {
             if json_out {
-                out!("{}", serde_json::to_string(d)?);
+                out!("{}", crate::client::json_value(d)?);
             } else {
                 out!("{}", decision_line(d));
             }
         }
         shown = decisions.len();
-        let phase = ramp["phase"]["phase"].as_str().unwrap_or("").to_string();
-        if let Some(code) = exit_for(&phase) {
+        if let Some(code) = exit_for(&view.ramp.phase) {
             if !json_out {
-                out!("{}", summary(&ramp));
+                out!("{}", summary(&view));
             }
             return Ok(ExitCode::from(code));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         // A ramp survives a restart of the server: so does following it, for a minute.
         let mut unreachable = 0u32;
-        ramp = loop {
+        let ramp = loop {
             match client.get(&path(key)).await {
                 Ok(ramp) => break ramp,
                 Err(e) if e.downcast_ref::<crate::client::ApiFailure>().is_none() && unreachable < 120 => {
@@ -217,10 +259,11 @@ async fn follow(client: &Client, key: &str, mut ramp: Value, json_out: bool) -> 
                 Err(e) => return Err(e),
             }
         };
-        if ramp["id"] != id {
+        view = read(client, ramp)?;
+        if view.ramp.id != id {
             bail!(
                 "another ramp of flag {key} started meanwhile (#{}); follow it with --status",
-                ramp["id"]
+                view.ramp.id
             );
         }
     }

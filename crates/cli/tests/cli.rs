@@ -178,15 +178,24 @@ fn config_check_reports_every_problem_with_file_and_line() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// The README's main command, with `--keep-running`: the whole story, then the server stays up for
+/// a person to look at the dashboard and use the CLI, until SIGTERM.
 #[test]
-fn demo_promotes_v2_rolls_back_v3_and_fails_v4() {
-    let out = Command::new(CUTOVER).args(["demo"]).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "demo failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+fn demo_promotes_v2_rolls_back_v3_and_fails_v4_then_keeps_its_dashboard_up() {
+    let mut cmd = Command::new(CUTOVER);
+    cmd.args(["demo", "--keep-running"]);
+    let mut demo = cutover_test_support::ChildProcess::spawn("cutover-demo", cmd);
+    let state_dir: String = demo.wait_for_stdout_line(Duration::from_secs(60), |line| {
+        line.strip_prefix("state and instance logs in ")
+            .map(|d| d.trim().to_string())
+    });
+    // Should the test fail, the demo is killed and cannot stop its instances: this does.
+    let _instances = KillInstancesOf(state_dir.clone());
+    demo.wait_for_stdout_line(Duration::from_secs(240), |line| {
+        // The last line it prints before it waits.
+        line.trim_start().starts_with("CLI:").then_some(())
+    });
+    let stdout = demo.stdout();
     let row = |version: &str| {
         stdout
             .lines()
@@ -204,6 +213,85 @@ fn demo_promotes_v2_rolls_back_v3_and_fails_v4() {
     assert_eq!(row("v3"), "3 v3 rolled_back rolled_back");
     assert_eq!(row("v4"), "4 v4 failed failed");
     assert!(stdout.contains("% of user requests failed"), "{stdout}");
+
+    // The dashboard's address, printed at the start and again at the end, answers.
+    let dashboard = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("dashboard:"))
+        .and_then(|rest| rest.split_whitespace().find(|w| w.starts_with("http://")))
+        .unwrap_or_else(|| panic!("no dashboard address in:\n{stdout}"))
+        .trim_end_matches('/')
+        .to_string();
+    let token_file = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("admin token: in "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no token file in:\n{stdout}"))
+        .to_string();
+    assert!(
+        !stdout.contains(std::fs::read_to_string(&token_file).unwrap().trim()),
+        "the token is never printed"
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let page = cutover_test_support::http_client()
+            .get(format!("{dashboard}/"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), 200);
+        let overview: cutover_server::api::Overview =
+            serde_json::from_value(cutover_test_support::get_json(&format!("{dashboard}/v1/status")).await)
+                .unwrap();
+        assert_eq!(overview.apps[0].app, "demo");
+        assert!(overview.apps[0].live_version.is_some());
+    });
+    let out = Command::new(CUTOVER)
+        .args([
+            "--admin",
+            &dashboard,
+            "--token-file",
+            &token_file,
+            "status",
+            "demo",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    demo.send_signal("TERM");
+    let status = demo.wait_exit(Duration::from_secs(60));
+    assert!(status.success(), "{status}\n{}", demo.stdout());
+    assert!(
+        !std::path::Path::new(&token_file).exists(),
+        "the state directory (and the token in it) is removed at the end"
+    );
+    let left = instances_of(&state_dir);
+    assert!(left.is_empty(), "instances left running: {left:?}");
+}
+
+/// PIDs of the example-app instances whose command line names `dir`.
+fn instances_of(dir: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            (cmdline.contains("example-app") && cmdline.contains(dir)).then_some(pid)
+        })
+        .collect()
+}
+
+struct KillInstancesOf(String);
+
+impl Drop for KillInstancesOf {
+    fn drop(&mut self) {
+        for pid in instances_of(&self.0) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
 }
 
 /// `cutover ... | head -1`: a reader that goes away ends the command quietly, not with a panic.

@@ -1,11 +1,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The pages others build on stay true to the code: `docs/events.md` names exactly the event
-//! kinds the server emits, and `docs/ci.md`'s exit codes are exactly those the CLI defines and
-//! the GitHub Actions workflow (`docs/ci/github-actions.yml`) handles, each with the job outcome
-//! the page promises. Everything is read from the files themselves: no server runs.
+//! kinds the server emits (those of `EventDetail`), and `docs/ci.md`'s exit codes are exactly
+//! those the CLI defines and the GitHub Actions workflow (`docs/ci/github-actions.yml`) handles,
+//! each with the job outcome the page promises. No server runs.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 fn workspace() -> PathBuf {
@@ -19,337 +19,23 @@ fn read(relative: &str) -> String {
 
 // ===== event kinds =====
 
-/// A Rust file with its comments and the insides of its string and char literals blanked to
-/// spaces (same byte offsets, newlines kept), so that patterns match code only; and the string
-/// literals themselves, by the offset of their opening quote in `code`.
-struct Lexed {
-    code: Vec<u8>,
-    strings: BTreeMap<usize, String>,
-}
-
-fn is_ident(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_'
-}
-
-fn lex(text: &str) -> Lexed {
-    let src = text.as_bytes();
-    let mut code = src.to_vec();
-    let mut strings = BTreeMap::new();
-    let blank = |code: &mut Vec<u8>, from: usize, to: usize| {
-        for b in &mut code[from..to] {
-            if *b != b'\n' {
-                *b = b' ';
-            }
-        }
-    };
-    let mut i = 0;
-    while i < src.len() {
-        let prev_ident = i > 0 && is_ident(src[i - 1]);
-        if src[i..].starts_with(b"//") {
-            let end = src[i..]
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(src.len(), |n| i + n);
-            blank(&mut code, i, end);
-            i = end;
-        } else if src[i..].starts_with(b"/*") {
-            let (mut depth, mut j) = (0, i);
-            while j < src.len() {
-                if src[j..].starts_with(b"/*") {
-                    depth += 1;
-                    j += 2;
-                } else if src[j..].starts_with(b"*/") {
-                    depth -= 1;
-                    j += 2;
-                    if depth == 0 {
-                        break;
-                    }
-                } else {
-                    j += 1;
-                }
-            }
-            blank(&mut code, i, j);
-            i = j;
-        } else if !prev_ident && (src[i] == b'r' || src[i..].starts_with(b"br")) && {
-            let k = i + if src[i] == b'b' { 2 } else { 1 };
-            let hashes = src[k..].iter().take_while(|&&b| b == b'#').count();
-            src.get(k + hashes) == Some(&b'"')
-        } {
-            // r"..." and r#"..."#: no escapes, ends at a quote followed by as many #.
-            let k = i + if src[i] == b'b' { 2 } else { 1 };
-            let hashes = src[k..].iter().take_while(|&&b| b == b'#').count();
-            let open = k + hashes;
-            let mut close = vec![b'"'];
-            close.extend(std::iter::repeat_n(b'#', hashes));
-            let end = src[open + 1..]
-                .windows(close.len())
-                .position(|w| w == close.as_slice())
-                .map_or(src.len(), |n| open + 1 + n);
-            strings.insert(open, text[open + 1..end].to_string());
-            blank(&mut code, open + 1, end);
-            i = (end + close.len()).min(src.len());
-        } else if src[i] == b'"' {
-            let mut j = i + 1;
-            while j < src.len() && src[j] != b'"' {
-                j += if src[j] == b'\\' { 2 } else { 1 };
-            }
-            let end = j.min(src.len());
-            strings.insert(i, text[i + 1..end].to_string());
-            blank(&mut code, i + 1, end);
-            i = end + 1;
-        } else if src[i] == b'\'' {
-            // A char literal ('"', b'"', '\'', 'é') is blanked; a lifetime ('a) is code.
-            let end = if src.get(i + 1) == Some(&b'\\') {
-                src.get(i + 3..)
-                    .and_then(|rest| rest.iter().position(|&b| b == b'\''))
-                    .map(|n| i + 3 + n)
-            } else {
-                let len = text[i + 1..].chars().next().map_or(1, char::len_utf8);
-                (src.get(i + 1 + len) == Some(&b'\'')).then_some(i + 1 + len)
-            };
-            match end {
-                Some(end) => {
-                    blank(&mut code, i + 1, end);
-                    i = end + 1;
-                }
-                None => i += 1,
-            }
-        } else {
-            i += 1;
-        }
-    }
-    let mut lexed = Lexed { code, strings };
-    drop_test_modules(&mut lexed);
-    lexed
-}
-
-/// The index of the bracket closing the one at `open`, in blanked code.
-fn matching(code: &[u8], open: usize) -> usize {
-    let mut depth = 0i32;
-    for (j, &b) in code.iter().enumerate().skip(open) {
-        match b {
-            b'(' | b'[' | b'{' => depth += 1,
-            b')' | b']' | b'}' => {
-                depth -= 1;
-                if depth == 0 {
-                    return j;
-                }
-            }
-            _ => {}
-        }
-    }
-    panic!("unbalanced bracket at byte {open}")
-}
-
-/// Blanks every `#[cfg(test)]` item: the tests' own events are not the server's.
-fn drop_test_modules(lexed: &mut Lexed) {
-    let marker = b"#[cfg(test)]";
-    while let Some(at) = lexed.code.windows(marker.len()).position(|w| w == marker) {
-        let brace = lexed.code[at..].iter().position(|&b| b == b'{').map(|n| at + n);
-        let semi = lexed.code[at..].iter().position(|&b| b == b';').map(|n| at + n);
-        let end = match (brace, semi) {
-            (Some(b), Some(s)) if s < b => s,
-            (Some(b), _) => matching(&lexed.code, b),
-            (None, Some(s)) => s,
-            (None, None) => lexed.code.len() - 1,
-        };
-        for b in &mut lexed.code[at..=end] {
-            if *b != b'\n' {
-                *b = b' ';
-            }
-        }
-        lexed.strings.retain(|&offset, _| offset < at || offset > end);
-    }
-}
-
-/// `code[from..to]` split at the commas outside brackets, each part trimmed, with its offset.
-/// `types`: a parameter list, where `<...>` are brackets too (in arguments they may be
-/// comparisons).
-fn split_args(code: &[u8], from: usize, to: usize, types: bool) -> Vec<(usize, String)> {
-    let mut parts = Vec::new();
-    let (mut depth, mut start) = (0i32, from);
-    for j in from..=to {
-        let end = j == to;
-        match code.get(j) {
-            Some(b'(' | b'[' | b'{') if !end => depth += 1,
-            Some(b')' | b']' | b'}') if !end => depth -= 1,
-            Some(b'<') if types && !end => depth += 1,
-            Some(b'>') if types && !end && code[j - 1] != b'-' => depth -= 1,
-            _ => {}
-        }
-        if end || (code[j] == b',' && depth == 0) {
-            let raw = String::from_utf8_lossy(&code[start..j]).to_string();
-            let lead = raw.len() - raw.trim_start().len();
-            if !raw.trim().is_empty() {
-                parts.push((start + lead, raw.trim().to_string()));
-            }
-            start = j + 1;
-        }
-    }
-    parts
-}
-
-fn line_of(code: &[u8], offset: usize) -> usize {
-    code[..offset].iter().filter(|&&b| b == b'\n').count() + 1
-}
-
-/// Occurrences of the word `word` in blanked code (not part of a longer identifier).
-fn words<'a>(code: &'a [u8], word: &'a str) -> impl Iterator<Item = usize> + 'a {
-    let w = word.as_bytes();
-    (0..code.len().saturating_sub(w.len() - 1)).filter(move |&i| {
-        code[i..].starts_with(w)
-            && (i == 0 || !is_ident(code[i - 1]))
-            && code.get(i + w.len()).is_none_or(|&b| !is_ident(b))
-    })
-}
-
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-}
-
-/// A function that passes a `kind` parameter on to the event log.
-struct Forwarder {
-    file: PathBuf,
-    name: String,
-    /// The position of `kind` among the arguments of a call (`self` not counted).
-    position: usize,
-    public: bool,
-}
-
-/// Every event kind emitted in `crates/core/src` and `crates/server/src` (test modules left
-/// out), with where. Events are made in two ways there, and the scan reads both:
-///
-/// 1. Through a function with a parameter `kind: &str` (today `Builder::event` and
-///    `back_to_old` in the rollout engine, `Controller::record_event`). Such functions are found
-///    by their signature, not by a list, and every call of one must give a string literal at
-///    the parameter's position (or pass its own `kind` on); a call with anything else fails
-///    this test, since the scan could not tell its kind. Calls of a private function are looked
-///    for in its own file only, so axum's unrelated `Event::event("message")` of the flag
-///    service's stream is not taken for one.
-/// 2. As a struct field initialised from a literal, `kind: "restarted".into()` (an `Event`
-///    built whole). A kind given there from a variable is not seen: none is today.
-///
-/// Comments, string contents and `#[cfg(test)]` items are blanked first by a small lexer, so
-/// neither a sentence nor a test can add a kind.
-fn emitted_kinds() -> BTreeMap<String, Vec<String>> {
-    let mut files = Vec::new();
-    for dir in ["crates/core/src", "crates/server/src"] {
-        rust_files(&workspace().join(dir), &mut files);
-    }
-    files.sort();
-    let lexed: Vec<(PathBuf, Lexed)> = files
-        .into_iter()
-        .map(|f| {
-            let text = std::fs::read_to_string(&f).unwrap();
-            (f, lex(&text))
-        })
+/// Every kind an event can have: one per variant of `EventDetail`, by its name in the JSON, as
+/// serde knows them (it lists them all when asked for a kind that does not exist). Events are
+/// made only as `EventDetail` variants, so these are the kinds the server can emit.
+fn event_kinds() -> BTreeSet<String> {
+    let asked = serde_json::json!({ "kind": "no such kind", "data": null });
+    let err = serde_json::from_value::<cutover_core::event::EventDetail>(asked)
+        .expect_err("no event has the kind \"no such kind\"")
+        .to_string();
+    let listed = err
+        .split_once("expected one of ")
+        .unwrap_or_else(|| panic!("serde no longer lists the variants as this test reads them: {err}"))
+        .1;
+    let kinds: BTreeSet<String> = listed
+        .split(", ")
+        .map(|k| k.trim_matches('`').to_string())
         .collect();
-    let relative = |f: &Path| f.strip_prefix(workspace()).unwrap_or(f).display().to_string();
-
-    let mut forwarders = Vec::new();
-    for (file, l) in &lexed {
-        for at in words(&l.code, "fn") {
-            let rest = &l.code[at + 2..(at + 100).min(l.code.len())];
-            let name: String = String::from_utf8_lossy(rest)
-                .trim_start()
-                .chars()
-                .take_while(|c| c.is_alphanumeric() || *c == '_')
-                .collect();
-            let Some(open) = l.code[at..].iter().position(|&b| b == b'(').map(|n| at + n) else {
-                continue;
-            };
-            let close = matching(&l.code, open);
-            let params: Vec<String> = split_args(&l.code, open + 1, close, true)
-                .into_iter()
-                .map(|(_, p)| p)
-                .filter(|p| {
-                    !p.trim_start_matches(['&', ' '])
-                        .trim_start_matches("mut ")
-                        .starts_with("self")
-                })
-                .collect();
-            let Some(position) = params.iter().position(|p| {
-                p.split_once(':').is_some_and(|(name, ty)| {
-                    name.trim() == "kind" && (ty.contains("str") || ty.contains("String"))
-                })
-            }) else {
-                continue;
-            };
-            let line_start = l.code[..at]
-                .iter()
-                .rposition(|&b| b == b'\n')
-                .map_or(0, |n| n + 1);
-            let public = String::from_utf8_lossy(&l.code[line_start..at]).contains("pub");
-            forwarders.push(Forwarder {
-                file: file.clone(),
-                name,
-                position,
-                public,
-            });
-        }
-    }
-    assert!(
-        !forwarders.is_empty(),
-        "no function with a `kind: &str` parameter in crates/core or crates/server: the events are made \
-         another way now; teach this scan how"
-    );
-
-    let mut kinds: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for f in &forwarders {
-        for (file, l) in lexed.iter().filter(|(file, _)| f.public || *file == f.file) {
-            for at in words(&l.code, &f.name) {
-                let after = at + f.name.len();
-                let is_definition = l.code[..at].ends_with(b"fn ");
-                if is_definition || l.code.get(after) != Some(&b'(') {
-                    continue;
-                }
-                let close = matching(&l.code, after);
-                let args = split_args(&l.code, after + 1, close, false);
-                let (offset, arg) = args.get(f.position).cloned().unwrap_or_default();
-                let place = format!("{}:{}", relative(file), line_of(&l.code, at));
-                if arg == "kind" {
-                    continue; // a forwarder passing its own parameter on
-                }
-                match l.strings.get(&offset) {
-                    Some(kind) if arg.starts_with('"') => {
-                        kinds.entry(kind.clone()).or_default().push(place);
-                    }
-                    _ => panic!(
-                        "{place}: `{}` is called with `{arg}` as its event kind, not a string literal: this test \
-                         cannot tell which kind that emits; emit a literal, or teach the scan",
-                        f.name
-                    ),
-                }
-            }
-        }
-    }
-    for (file, l) in &lexed {
-        for at in words(&l.code, "kind") {
-            let rest = String::from_utf8_lossy(&l.code[at + 4..(at + 100).min(l.code.len())]).to_string();
-            let trimmed = rest.trim_start();
-            let Some(value) = trimmed.strip_prefix(':').filter(|v| !v.starts_with(':')) else {
-                continue;
-            };
-            if value.trim_start().starts_with('"') {
-                let offset =
-                    at + 4 + (rest.len() - trimmed.len()) + 1 + (value.len() - value.trim_start().len());
-                let kind = l
-                    .strings
-                    .get(&offset)
-                    .expect("a literal at the offset found")
-                    .clone();
-                let place = format!("{}:{}", relative(file), line_of(&l.code, at));
-                kinds.entry(kind).or_default().push(place);
-            }
-        }
-    }
+    assert!(kinds.contains("deploy") && kinds.contains("rolled_back"), "{err}");
     kinds
 }
 
@@ -371,68 +57,21 @@ fn documented_kinds() -> Vec<String> {
 
 #[test]
 fn every_event_kind_the_server_emits_is_documented_and_no_other() {
-    let emitted = emitted_kinds();
+    let kinds = event_kinds();
     let documented = documented_kinds();
-    let unique: BTreeSet<&String> = documented.iter().collect();
+    let unique: BTreeSet<String> = documented.iter().cloned().collect();
     assert_eq!(
         unique.len(),
         documented.len(),
         "a kind has two rows in docs/events.md: {documented:?}"
     );
-    let undocumented: Vec<String> = emitted
-        .iter()
-        .filter(|(k, _)| !unique.contains(k))
-        .map(|(k, places)| format!("{k} ({})", places.join(", ")))
-        .collect();
-    let unknown: Vec<&&String> = unique.iter().filter(|k| !emitted.contains_key(**k)).collect();
+    let undocumented: Vec<&String> = kinds.difference(&unique).collect();
+    let unknown: Vec<&String> = unique.difference(&kinds).collect();
     assert!(
         undocumented.is_empty() && unknown.is_empty(),
-        "docs/events.md and the code disagree.\n  emitted but without a row in the Kinds table: {undocumented:?}\n  \
-         documented but emitted nowhere: {unknown:?}\n  emitted: {:?}",
-        emitted.keys().collect::<Vec<_>>()
+        "docs/events.md and cutover_core::event::EventDetail disagree.\n  a kind without a row in the Kinds \
+         table: {undocumented:?}\n  documented but no kind of EventDetail: {unknown:?}\n  kinds: {kinds:?}"
     );
-}
-
-#[test]
-fn the_scan_finds_each_way_of_emitting_and_skips_what_is_not_code() {
-    let source = r##"
-        struct Builder;
-        impl Builder {
-            fn event(&mut self, kind: &str, message: String) {}
-            fn back_to_old(&mut self, phase: u8, kind: &str, message: String) {
-                self.event(kind, message)
-            }
-        }
-        fn f(b: &mut Builder) {
-            b.event("step", format!("step {}", 1)); // b.event("commented", ...)
-            b.back_to_old(Phase::Aborted { reason: "x".into() }, "aborted", m);
-            let e = Event { kind: "adopted".into() };
-            let c = '"'; let d = b'"'; let s = r#"b.event("raw", x)"#; let t: &'static str = "kind: \"quoted\"";
-            sse.event("message");
-        }
-        #[cfg(test)]
-        mod tests { fn t(b: &mut Builder) { b.event("from_a_test", String::new()); } }
-    "##;
-    let l = lex(source);
-    let code = String::from_utf8(l.code.clone()).unwrap();
-    for hidden in ["commented", "raw", "quoted", "from_a_test"] {
-        assert!(!code.contains(hidden), "{hidden} is not code: {code}");
-    }
-    let calls: Vec<String> = words(&l.code, "event")
-        .filter(|&at| l.code.get(at + 5) == Some(&b'('))
-        .map(|at| {
-            let close = matching(&l.code, at + 5);
-            let (offset, arg) = split_args(&l.code, at + 6, close, false)[0].clone();
-            l.strings.get(&offset).cloned().unwrap_or(arg)
-        })
-        .collect();
-    // The definition's parameter list, the forwarding call, the literal, and axum's own method
-    // (which the real scan never reaches: it looks for a private forwarder's calls in its file).
-    assert_eq!(calls, ["&mut self", "kind", "step", "message"]);
-    let field = words(&l.code, "kind")
-        .find(|&at| l.code[at..].starts_with(b"kind: \""))
-        .unwrap();
-    assert_eq!(l.strings[&(field + 6)], "adopted");
 }
 
 // ===== exit codes =====

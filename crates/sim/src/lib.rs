@@ -519,7 +519,6 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunResult {
                     break;
                 }
             }
-            _ => {}
         }
         if now >= end {
             break;

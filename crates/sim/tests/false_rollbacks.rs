@@ -126,7 +126,11 @@ fn healthy_canaries_are_rarely_rolled_back_whatever_the_window() {
             bound(alpha, runs)
         );
         assert!(
-            results.iter().filter(|r| r.outcome == RunOutcome::Promoted).count() > runs / 2,
+            results
+                .iter()
+                .filter(|r| r.outcome == RunOutcome::Promoted)
+                .count()
+                > runs / 2,
             "most are promoted"
         );
     }
@@ -184,7 +188,10 @@ fn latency_and_4xx_regressions_are_caught_and_their_healthy_twins_are_not() {
 #[test]
 fn low_traffic_is_decided_not_paused() {
     let healthy = run_many(&scenario("healthy-low-traffic"), 100, 1);
-    let promoted = healthy.iter().filter(|r| r.outcome == RunOutcome::Promoted).count();
+    let promoted = healthy
+        .iter()
+        .filter(|r| r.outcome == RunOutcome::Promoted)
+        .count();
     assert!(
         promoted >= 95,
         "{promoted} of 100 healthy low-traffic canaries promoted"
