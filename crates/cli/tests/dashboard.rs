@@ -542,7 +542,9 @@ async fn the_dashboard_is_served_under_a_strict_policy_and_its_api_reads_back_as
     assert_eq!(feed.headers()["content-type"], "text/event-stream");
     let mut text = String::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !text.contains("event: sample") && tokio::time::Instant::now() < deadline {
+    while !(text.contains("event: sample") && text.contains("event: heartbeat"))
+        && tokio::time::Instant::now() < deadline
+    {
         if let Ok(Some(chunk)) = tokio::time::timeout(Duration::from_secs(5), feed.chunk())
             .await
             .unwrap()
@@ -588,6 +590,33 @@ async fn the_dashboard_is_served_under_a_strict_policy_and_its_api_reads_back_as
         .await
         .unwrap();
     assert_eq!(missing.status(), 404);
+    assert_eq!(missing.headers()["x-content-type-options"], "nosniff");
     let body: cutover_server::api::ErrorBody = missing.json().await.unwrap();
     assert!(body.error.contains("no app nope"), "{}", body.error);
+
+    // A command for a rollout that is no longer the current one is refused and changes nothing:
+    // who confirmed "promote v1" must not promote the v2 that replaced it.
+    server.deploy("v2").await;
+    server.wait_phase("canary").await;
+    let command = |name: &'static str, rollout: u64| {
+        let request = client
+            .post(format!("{}/v1/apps/web/{name}?rollout={rollout}", server.admin))
+            .bearer_auth(TOKEN);
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let (code, body) = command("promote", 1).await;
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body.contains("rollout #1 is no longer the current rollout") && body.contains("v1 → v2"),
+        "{body}"
+    );
+    assert_eq!(server.status().await.rollout().unwrap().phase.name(), "canary");
+    let (code, body) = command("pause", 2).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(server.status().await.rollout().unwrap().phase.name(), "paused");
+    let (code, body) = command("abort", 2).await;
+    assert_eq!(code, 200, "{body}");
 }

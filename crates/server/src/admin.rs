@@ -10,7 +10,7 @@
 //! | GET | `/v1/apps/{app}/metrics` | per-slot counters, quantiles and backend health |
 //! | POST | `/v1/apps/{app}/deploy` | start a rollout (token); body `{"version", "command"?, "env"?, "secrets"?, "instances"?, "force"?}` |
 //! | GET | `/v1/apps/{app}/status` | phase, weights, per-slot live metrics, latest decisions |
-//! | POST | `/v1/apps/{app}/promote` (`pause`, `resume`, `abort`, `rollback`) | operator commands (token) |
+//! | POST | `/v1/apps/{app}/promote` (`pause`, `resume`, `abort`, `rollback`) | operator commands (token); `?rollout=ID`: only if `ID` is still the current rollout, else 409 |
 //! | GET | `/v1/apps/{app}/history` | past rollouts, newest first (`?limit=`) |
 //! | GET | `/v1/apps/{app}/events` | the event log (`?after=SEQ&rollout=ID&limit=`) |
 //! | GET | `/v1/apps/{app}/events/stream` | the event log live, as server-sent events (`?after=SEQ`, or `Last-Event-ID`) |
@@ -118,6 +118,16 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             crate::dashboard::loopback_host_only,
+        ))
+        // Answers echo input (an unknown name in an error): never let a browser sniff them as HTML.
+        .layer(axum::middleware::map_response(
+            |mut response: Response| async move {
+                response.headers_mut().insert(
+                    header::X_CONTENT_TYPE_OPTIONS,
+                    axum::http::HeaderValue::from_static("nosniff"),
+                );
+                response
+            },
         ))
         .with_state(state)
 }
@@ -432,11 +442,19 @@ async fn deploy(
     Ok((StatusCode::ACCEPTED, Json(Deployed { app, rollout_id })))
 }
 
+#[derive(Debug, Deserialize)]
+struct CommandQuery {
+    /// Act only if this is still the app's current rollout (409 otherwise).
+    rollout: Option<u64>,
+}
+
 async fn command(
     State(state): State<Arc<AdminState>>,
     Path((app, command)): Path<(String, String)>,
+    q: Result<Query<CommandQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Json<crate::controller::StatusView>, ApiError> {
+    let q = query(q)?;
     let command = match command.as_str() {
         "promote" => Command::Promote,
         "pause" => Command::Pause,
@@ -452,7 +470,7 @@ async fn command(
     };
     authorize(&state, &headers)?;
     let controller = find_controller(&state, &app)?;
-    controller.command(command).await?;
+    controller.command_for(command, q.rollout).await?;
     Ok(Json(controller.status().await?))
 }
 

@@ -577,6 +577,17 @@ impl Controller {
     }
 
     pub async fn command(self: &Arc<Self>, command: Command) -> Result<(), ControllerError> {
+        self.command_for(command, None).await
+    }
+
+    /// [`Controller::command`], refused unless the current rollout is `expected` (when given):
+    /// a person who confirmed "promote v6" must not promote the v7 that replaced it meanwhile.
+    /// Checked under the state lock the command runs under, so nothing slips in between.
+    pub async fn command_for(
+        self: &Arc<Self>,
+        command: Command,
+        expected: Option<u64>,
+    ) -> Result<(), ControllerError> {
         let migrating = self
             .state
             .lock()
@@ -584,7 +595,7 @@ impl Controller {
             .active_rollout()
             .filter(|r| matches!(r.phase, Phase::Migrating))
             .map(|r| r.id);
-        self.apply(Input::Command(command)).await?;
+        Box::pin(self.apply_checked(Input::Command(command), expected)).await?;
         if let (Some(rollout_id), Some(config)) = (migrating, self.config.migrations.clone()) {
             // The rollout ended while its expand ran: stop the expand too, rather than let it
             // finish unannounced in the name of a rollout that is over.
@@ -813,7 +824,36 @@ impl Controller {
     }
 
     async fn apply_now(self: &Arc<Self>, input: Input) -> Result<(), ControllerError> {
+        self.apply_checked(input, None).await
+    }
+
+    /// [`Controller::apply_now`], refused (and nothing changed) unless the current rollout is
+    /// `expected_rollout`, when given.
+    async fn apply_checked(
+        self: &Arc<Self>,
+        input: Input,
+        expected_rollout: Option<u64>,
+    ) -> Result<(), ControllerError> {
         let mut state = self.state.lock().await;
+        if let Some(expected) = expected_rollout {
+            let current = state.rollout.as_ref();
+            if current.map(|r| r.id) != Some(expected) {
+                let now = match current {
+                    Some(r) => format!(
+                        "rollout #{} ({} → {}, {})",
+                        r.id,
+                        r.previous_version.as_deref().unwrap_or("nothing"),
+                        r.release.version,
+                        r.phase.name()
+                    ),
+                    None => "no rollout".to_string(),
+                };
+                return Err(ControllerError::Rejected(format!(
+                    "rollout #{expected} is no longer the current rollout of app {}: it now has {now}; nothing was done, look again before you act",
+                    self.name
+                )));
+            }
+        }
         let now = self.clock.now();
         let transition = rollout::handle(&state, input, now).map_err(|r| ControllerError::Rejected(r.0))?;
         if transition.state == *state && transition.events.is_empty() {

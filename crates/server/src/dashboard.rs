@@ -34,6 +34,9 @@ use crate::admin::{AdminState, ApiError};
 use crate::api::{AppSummary, Hello, Overview, Sample, Series, SeriesPoint, SlotSample};
 use crate::controller::Controller;
 
+/// How often `/v1/stream` says it is alive when nothing else happens.
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+
 /// One point a second, ten minutes of them.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 const SERIES_POINTS: usize = 600;
@@ -48,18 +51,27 @@ const DASHBOARD_CSS: &str = include_str!("../assets/dashboard/dashboard.css");
 const FAVICON_SVG: &str = include_str!("../assets/dashboard/favicon.svg");
 
 /// The dashboard's live data: the series of every app and the feed of new samples.
-#[derive(Debug)]
 pub struct Live {
     pub started_at: Timestamp,
+    clock: Arc<dyn Clock>,
     series: Mutex<BTreeMap<String, VecDeque<SeriesPoint>>>,
     samples: broadcast::Sender<Sample>,
     shutdown: CancellationToken,
 }
 
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live")
+            .field("started_at", &self.started_at)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Live {
-    pub fn new(started_at: Timestamp, shutdown: CancellationToken) -> Arc<Live> {
+    pub fn new(clock: Arc<dyn Clock>, shutdown: CancellationToken) -> Arc<Live> {
         Arc::new(Live {
-            started_at,
+            started_at: clock.now(),
+            clock,
             series: Mutex::new(BTreeMap::new()),
             samples: broadcast::channel(256).0,
             shutdown,
@@ -294,6 +306,8 @@ async fn series(
 /// What the feed sends next.
 enum FeedItem {
     Event(StoredEvent),
+    /// Every [`HEARTBEAT`]: a reader that hears nothing for longer knows the feed is stuck.
+    Heartbeat,
     Sample(Sample),
     /// Some were missed (a slow reader): the reader should read everything again.
     Resync,
@@ -301,8 +315,9 @@ enum FeedItem {
 }
 
 /// `GET /v1/stream`: `hello` first, then `event` for each new event of any app, `sample` for
-/// each app's traffic every second, and `resync` when this connection fell behind and missed
-/// some (read everything again). Ends at shutdown; browsers reconnect by themselves.
+/// each app's traffic every second, `heartbeat` every 5 s, and `resync` when this connection
+/// fell behind and missed some (read everything again). Ends at shutdown; browsers reconnect by
+/// themselves. (Keep-alive comments are invisible to a page's script; the heartbeat is not.)
 async fn stream(
     State(state): State<Arc<AdminState>>,
 ) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, std::convert::Infallible>>> {
@@ -316,10 +331,12 @@ async fn stream(
     let first = SseEvent::default()
         .event("hello")
         .data(serde_json::to_string(&hello).unwrap_or_default());
-    let shutdown = state.live.shutdown.clone();
+    let live = Arc::clone(&state.live);
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let feed = futures_util::stream::unfold(
-        (events, samples, shutdown),
-        |(mut events, mut samples, shutdown)| async move {
+        (events, samples, live, heartbeat),
+        |(mut events, mut samples, live, mut heartbeat)| async move {
             let next = {
                 let mut waiting: Vec<futures_util::future::BoxFuture<'_, FeedItem>> = events
                     .iter_mut()
@@ -346,7 +363,8 @@ async fn stream(
                     .boxed(),
                 );
                 tokio::select! {
-                    _ = shutdown.cancelled() => FeedItem::Closed,
+                    _ = live.shutdown.cancelled() => FeedItem::Closed,
+                    _ = heartbeat.tick() => FeedItem::Heartbeat,
                     // Receiving from a broadcast channel is cancel-safe: the others lose nothing.
                     (next, _, _) = futures_util::future::select_all(waiting) => next,
                 }
@@ -359,9 +377,12 @@ async fn stream(
                     .event("sample")
                     .data(serde_json::to_string(&s).unwrap_or_default()),
                 FeedItem::Resync => SseEvent::default().event("resync").data("{}"),
+                FeedItem::Heartbeat => SseEvent::default()
+                    .event("heartbeat")
+                    .data(format!("{{\"at\":{}}}", live.clock.now().as_millis())),
                 FeedItem::Closed => return None,
             };
-            Some((Ok(sse), (events, samples, shutdown)))
+            Some((Ok(sse), (events, samples, live, heartbeat)))
         },
     );
     let stream =
@@ -378,7 +399,16 @@ pub async fn loopback_host_only(
     next: Next,
 ) -> Response {
     if state.loopback_only {
-        if let Some(host) = request.headers().get(header::HOST) {
+        let hosts = request.headers().get_all(header::HOST);
+        if hosts.iter().count() > 1 {
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "the request has more than one Host header; send one",
+            )
+            .into_response();
+        }
+        // A request without a Host (HTTP/1.0, a script) is not a browser's: browsers always send one.
+        if let Some(host) = hosts.iter().next() {
             if !is_loopback_host(host.to_str().unwrap_or("")) {
                 return ApiError::new(
                     StatusCode::MISDIRECTED_REQUEST,
@@ -395,7 +425,18 @@ pub async fn loopback_host_only(
 /// `localhost`, `x.localhost`, or a loopback IP, with or without a port.
 pub fn is_loopback_host(host: &str) -> bool {
     let name = if let Some(rest) = host.strip_prefix('[') {
-        rest.split(']').next().unwrap_or("")
+        // `[addr]` or `[addr]:port`, nothing else after the bracket.
+        match rest.split_once(']') {
+            Some((addr, "")) => addr,
+            Some((addr, port))
+                if port
+                    .strip_prefix(':')
+                    .is_some_and(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit())) =>
+            {
+                addr
+            }
+            _ => return false,
+        }
     } else {
         host.rsplit_once(':').map_or(host, |(h, port)| {
             if port.chars().all(|c| c.is_ascii_digit()) {
@@ -542,6 +583,10 @@ mod tests {
             "[::2]:1",
             "",
             "127.0.0.1.evil.example",
+            "[::1].evil.example",
+            "[::1]evil",
+            "[::1]:",
+            "[::1",
         ] {
             assert!(!is_loopback_host(bad), "{bad}");
         }

@@ -771,7 +771,7 @@ pub async fn start(
         }
         _ => None,
     };
-    let live = dashboard::Live::new(options.clock.now(), shutdown.clone());
+    let live = dashboard::Live::new(Arc::clone(&options.clock), shutdown.clone());
     tasks.spawn(dashboard::sample(
         Arc::clone(&live),
         controllers.clone(),
