@@ -424,6 +424,35 @@ expires = 2027-03-31
     );
     assert_accessible(&browser, "app on a phone").await;
 
+    // A confirmation left open while another rollout replaces the one it was for is closed,
+    // and nothing is sent: "promote v3" must never promote v4.
+    browser.client().set_window_size(1280, 900).await.unwrap();
+    wait_until("the promote button", Duration::from_secs(10), || async {
+        browser.visible("control-promote").await
+    })
+    .await;
+    browser.click("control-promote").await;
+    wait_until("the confirmation", Duration::from_secs(5), || async {
+        browser.visible("confirm").await
+    })
+    .await;
+    let (code, out) = server.cli(&["abort", "web"]);
+    assert_eq!(code, 0, "{out}");
+    server.deploy("v4").await;
+    server.wait_phase("canary").await;
+    wait_until(
+        "the stale confirmation to close",
+        Duration::from_secs(10),
+        || async { !browser.visible("confirm").await },
+    )
+    .await;
+    let now = server.status().await;
+    let rollout = now.rollout().unwrap();
+    assert_eq!(
+        (rollout.release.version.as_str(), rollout.phase.name()),
+        ("v4", "canary")
+    );
+
     let (code, out) = server.cli(&["abort", "web"]);
     assert_eq!(code, 0, "{out}");
     browser.close().await;

@@ -13,6 +13,9 @@
   const TOKEN_KEY = "cutover.token";
   const SERIES_SPAN_MS = 10 * 60 * 1000;
   const BACKSTOP_MS = 10000;
+  const READ_TIMEOUT_MS = 10000;    // every read gives up after this, and says so
+  const COMMAND_TIMEOUT_MS = 30000; // commands may take longer (a rollback drains)
+  const WATCHDOG_MS = 12000;        // the stream sends something at least every 5 s (heartbeat)
   const EVENTS_PAGE = 1000;
   const MAX_DECISIONS_SHOWN = 50;
   const SLOTS = ["blue", "green"];
@@ -24,7 +27,11 @@
     gating: ["…", "busy"], canary: ["▸", "busy"], awaiting_confirmation: ["‖", "warn"], paused: ["‖", "warn"],
     promoted: ["✓", "good"], succeeded: ["✓", "good"], rolled_back: ["↶", "bad"], aborted: ["■", "bad"], failed: ["✗", "bad"],
   };
-  const OUTCOMES = { pass: ["✓", "pass", "good"], fail: ["✗", "fail", "bad"], inconclusive: ["?", "inconclusive", "warn"] };
+  const OUTCOMES = {
+    pass: ["✓", "pass", "good"], fail: ["✗", "fail", "bad"], inconclusive: ["?", "inconclusive", "warn"],
+    // Passing windows that are not a pass yet (see verdictKind).
+    holding: ["…", "holding", "warn"], thin: ["?", "not enough traffic yet", "warn"],
+  };
   const RAMP_PHASES = { running: ["▸", "busy"], paused: ["‖", "warn"], completed: ["✓", "good"], killed: ["✗", "bad"], aborted: ["■", "bad"] };
   const EVENT_SYMBOLS = {
     deploy: "●", window_closed: "–", migrated: "✓", migration_retry: "…", migration_cancelled: "■",
@@ -38,6 +45,8 @@
     client_error_rate_vs_baseline: "4xx rate vs baseline", p99_ceiling: "p99 ceiling", p99_vs_baseline: "p99 vs baseline",
   };
   const VERBS = { promote: "promote", pause: "pause", resume: "resume", abort: "abort", rollback: "roll back" };
+  const DANGEROUS = new Set(["abort", "rollback"]);
+  const CONNECTION = { live: "live", reconnecting: "reconnecting…", hidden: "paused while hidden" };
 
   // ------------------------------------------------------------------------------ state
 
@@ -54,8 +63,10 @@
     startedAt: null,    // the server's start, from `hello`: a change means it restarted
     announced: new Map(), // app → what was last announced about it
     openDetails: new Set(), // keys of <details> the user opened, kept open across redraws
+    routes: new Map(),  // app → its route table (GET /v1/apps), for apps routed by a fixed table
     commandBusy: false, // a command is on its way: the buttons are disabled
     focusControls: false, // after a command: bring focus back to the controls once they change
+    confirming: null,   // the open confirmation: {app, snapshot, cancel}
   };
   let view = null;      // the element references of the current view
   let memoryToken = null; // only when sessionStorage is unavailable; still dies with the tab
@@ -164,6 +175,16 @@
     return badge(symbol, name, tone, testid);
   }
 
+  // What a decision's badge says. A window the judge passed is not shown as a pass while the
+  // step is held (evidence of a regression is building) or when there was too little traffic
+  // to judge anything.
+  function verdictKind(verdict) {
+    const v = verdict || {};
+    if (v.outcome === "pass" && v.hold) return "holding";
+    if (v.outcome !== "fail" && !v.conclusive && /not enough traffic/i.test(v.summary || "")) return "thin";
+    return v.outcome;
+  }
+
   function outcomeBadge(outcome) {
     const [symbol, label, tone] = OUTCOMES[outcome] || ["•", String(outcome || "unknown"), "neutral"];
     return badge(symbol, label, tone);
@@ -194,6 +215,9 @@
   const fraction = (f) => (!isNum(f) ? "—" : f > 0 && f < 0.0001 ? "< 0.01 %" : `${trimNum(f * 100, 2)} %`);
   const millis = (v) => (!isNum(v) ? "—" : v >= 10000 ? `${trimNum(v / 1000, 1)} s` : `${trimNum(v, v < 100 ? 1 : 0)} ms`);
   const count = (n) => (isNum(n) ? n.toLocaleString("en-US") : "—");
+  // Messages may quote an instance's log: line breaks and tabs stay (the CSS shows them), the
+  // other control characters go.
+  const cleanText = (text) => String(text === null || text === undefined ? "" : text).replace(/[\u0000-\u0008\u000b-\u001f\u007f]/g, "");
 
   function duration(ms) {
     if (!isNum(ms)) return "—";
@@ -247,24 +271,38 @@
   // ------------------------------------------------------------------------------ API
 
   // Every answer as {ok, status, body, error}; never throws. `token` only for the requests that
-  // need it: it is sent as a header, never in the URL.
+  // need it: it is sent as a header, never in the URL. Nothing waits forever: a request that gets
+  // no whole answer in time is aborted and reads as a failure (status 0) that says so.
   async function api(path, { method = "GET", token = null } = {}) {
     const headers = { Accept: "application/json" };
     if (token) headers.Authorization = `Bearer ${token}`;
-    let res;
+    const limit = method === "GET" ? READ_TIMEOUT_MS : COMMAND_TIMEOUT_MS;
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), limit);
+    const failed = (error) => ({ ok: false, status: 0, body: null, error });
+    const timedOut = () => failed(`the server did not answer within ${limit / 1000} s`);
     try {
-      res = await fetch(path, { method, headers, cache: "no-store", redirect: "error" });
-    } catch (_) {
-      return { ok: false, status: 0, body: null, error: "the server could not be reached" };
+      let res;
+      try {
+        res = await fetch(path, { method, headers, cache: "no-store", redirect: "error", signal: abort.signal });
+      } catch (_) {
+        return abort.signal.aborted ? timedOut() : failed("the server could not be reached");
+      }
+      let text;
+      try {
+        text = await res.text();
+      } catch (_) {
+        return abort.signal.aborted ? timedOut() : failed("the answer was cut off");
+      }
+      const body = text ? parseJSON(text) : null;
+      return { ok: res.ok, status: res.status, body, error: res.ok ? null : errorText(body, res) };
+    } finally {
+      clearTimeout(timer);
     }
-    let body = null;
-    try {
-      const text = await res.text();
-      if (text) body = JSON.parse(text);
-    } catch (_) {
-      body = null;
-    }
-    return { ok: res.ok, status: res.status, body, error: res.ok ? null : errorText(body, res) };
+  }
+
+  function parseJSON(text) {
+    try { return JSON.parse(text); } catch (_) { return null; }
   }
 
   function errorText(body, res) {
@@ -338,15 +376,19 @@
     $("token-input").focus();
   }
 
-  // A token kept from before a reload may have been changed on the server since.
-  async function recheckStoredToken() {
+  // A token kept from before a reload, or from before the server restarted (the new server may
+  // have another token), is checked again; a refused one is dropped. A failure to ask keeps it:
+  // the next command would find out anyway.
+  async function recheckStoredToken(restarted) {
     const t = token();
     if (!t) return;
     const res = await api("/v1/auth", { token: t });
     if (res.status === 401 && token() === t) {
       dropToken();
       renderMode();
-      showError(`The admin token kept for this tab was refused (${res.error}): the dashboard is read-only.`);
+      showError(restarted
+        ? `The server restarted and refused the admin token kept for this tab (${res.error}): the dashboard is read-only. Enter the server's current token to use the controls.`
+        : `The admin token kept for this tab was refused (${res.error}): the dashboard is read-only.`);
     }
   }
 
@@ -368,9 +410,11 @@
   // The polite live region ("Latest change"): screen readers hear it, everyone sees it.
   const announce = (message) => { $("announcer").textContent = message; };
 
-  function setConnection(live) {
-    $("connection").textContent = live ? "live" : "reconnecting…";
-    $("connection-indicator").classList.toggle("live", live);
+  // "live", "reconnecting" or "hidden" (the stream is closed while the tab is hidden).
+  function setConnection(how) {
+    $("connection").textContent = CONNECTION[how];
+    $("connection-indicator").classList.toggle("live", how === "live");
+    $("connection-indicator").classList.toggle("paused", how === "hidden");
   }
 
   // ------------------------------------------------------------------------------ app facts
@@ -412,7 +456,10 @@
     // Routed by a fixed route table only: no status of its own (409), but the proxy's numbers.
     const unmanaged = a.statusCode === 409 || (summary && summary.managed === false);
     if (unmanaged && (summary || a.metrics)) {
-      const slots = (a.metrics || []).map((m) => ({ slot: m.slot, version: m.version || null, backends: [], metrics: m.metrics }));
+      const slots = (a.metrics || []).map((m) => ({
+        slot: m.slot, version: m.version || null, metrics: m.metrics,
+        backends: Array.isArray(m.backends) ? m.backends.map((b) => b.addr) : [],
+      }));
       const weights = summary ? summary.weights : Object.fromEntries((a.metrics || []).map((m) => [m.slot, m.weight_bp]));
       return {
         managed: false,
@@ -431,13 +478,23 @@
     return null;
   }
 
+  // What a slot is for now, in words. A slot that serves users is never "idle"; one whose
+  // release was stopped (rolled back, aborted, failed, retired) is "stopped"; "warm for rollback"
+  // only while a promoted rollout keeps the old release running.
   function slotRole(info, slot) {
     const r = info.rollout;
     const phase = phaseName(r);
+    const sv = info.slots.find((x) => x.slot === slot);
+    const running = Boolean(sv && Array.isArray(sv.backends) && sv.backends.length);
+    const version = slotVersion(info, slot);
     if (isActive(r) && r.target === slot && phase !== "promoted") return "new release";
     if (slot === info.live) return "live";
-    if (phase === "promoted" && r.target !== slot) return "warm for rollback";
-    return slotVersion(info, slot) ? "idle" : "empty";
+    if (weightOf(info.weights, slot) > 0) return "canary (serves users)";
+    if (!version) return "empty";
+    if (!sv) return "idle"; // nothing known of its instances
+    if (!running) return "stopped";
+    if (phase === "promoted" && r.target !== slot && r.previous_version) return "warm for rollback";
+    return "idle";
   }
 
   // One sentence about an app for the live region ("web: step 2 of 3, 25 % on v2").
@@ -480,9 +537,18 @@
       state.statusError = null;
       announceChanges(res.body.apps);
       $("server-version").textContent = res.body.version ? `server ${res.body.version}` : "";
+      // The overview shows both slots' versions; for an app routed by a fixed table only its
+      // route table has the other one.
+      if (res.body.apps.some((a) => a.managed === false)) await loadRoutes();
     } else {
       state.statusError = res.error || "unexpected answer";
     }
+  }
+
+  async function loadRoutes() {
+    const res = await api("/v1/apps");
+    if (!res.ok || !Array.isArray(res.body)) return; // the overview falls back to the live version
+    state.routes = new Map(res.body.filter((x) => x && x.route).map((x) => [x.app || x.name, x.route]));
   }
 
   async function loadApp(a, withSeries) {
@@ -603,31 +669,43 @@
 
   // ------------------------------------------------------------------------------ live stream
 
+  // One EventSource per visible tab. Browsers allow six HTTP/1.1 connections per host, so a tab
+  // that is hidden closes its stream (a seventh request would otherwise wait behind six idle
+  // streams) and opens it again, reading everything, when it is shown. A watchdog replaces a
+  // stream that went silent: the server writes at least a heartbeat every 5 s, so a stream with
+  // nothing for WATCHDOG_MS is stuck, whatever the socket says.
   let source = null;
-  let streamWasDown = false;
+  let retryTimer = 0;
+  let lastMessageAt = 0;
   let hellos = 0;
 
+  const tabHidden = () => document.visibilityState === "hidden";
+
   function connect() {
-    source = new EventSource("/v1/stream");
-    source.addEventListener("open", () => {
-      setConnection(true);
-      // Back after a break: the `hello` that follows fetches the series again.
-      if (streamWasDown) {
-        streamWasDown = false;
-        requestRefresh({ view: true });
-      }
+    closeStream();
+    if (typeof EventSource !== "function") return; // then the backstop alone keeps the page fresh
+    if (tabHidden()) return void setConnection("hidden");
+    const es = new EventSource("/v1/stream");
+    source = es;
+    lastMessageAt = Date.now();
+    // Every message of any kind shows the stream is alive; one from a replaced stream is dropped.
+    const on = (type, handle) => es.addEventListener(type, (e) => {
+      if (source !== es) return;
+      lastMessageAt = Date.now();
+      if (handle) handle(e);
     });
-    source.addEventListener("error", () => {
-      setConnection(false);
-      streamWasDown = true;
+    on("open", () => setConnection("live"));
+    es.addEventListener("error", () => {
+      if (source !== es) return;
+      setConnection("reconnecting");
       // The browser retries by itself unless the answer was not a stream at all; then we do.
-      if (source.readyState === EventSource.CLOSED) {
-        source.close();
-        setTimeout(connect, 3000);
+      if (es.readyState === EventSource.CLOSED) {
+        closeStream();
+        retryTimer = setTimeout(connect, 3000);
       }
     });
-    source.addEventListener("hello", (e) => {
-      setConnection(true);
+    on("hello", (e) => {
+      setConnection("live");
       const data = parseJSON(e.data);
       hellos++;
       if (data && data.started_at !== undefined) {
@@ -638,20 +716,40 @@
       // first load already fetched the series).
       requestRefresh({ view: true, series: hellos > 1 });
     });
-    source.addEventListener("event", (e) => {
+    on("event", (e) => {
       const ev = parseJSON(e.data);
       if (ev && typeof ev.app === "string") requestRefresh({ app: ev.app });
     });
     // This connection fell behind and missed some: read everything again.
-    source.addEventListener("resync", () => requestRefresh({ view: true, series: true }));
-    source.addEventListener("sample", (e) => {
+    on("resync", () => requestRefresh({ view: true, series: true }));
+    on("sample", (e) => {
       const data = parseJSON(e.data);
       if (data && typeof data.app === "string" && data.point) onSample(data.app, data.point);
     });
+    on("heartbeat", null);
   }
 
-  function parseJSON(text) {
-    try { return JSON.parse(text); } catch (_) { return null; }
+  function closeStream() {
+    clearTimeout(retryTimer);
+    retryTimer = 0;
+    if (source) source.close();
+    source = null;
+  }
+
+  function watchdog() {
+    if (!source || Date.now() - lastMessageAt <= WATCHDOG_MS) return;
+    setConnection("reconnecting");
+    connect(); // a new stream; its `hello` fetches everything again
+  }
+
+  function onVisibilityChange() {
+    if (tabHidden()) {
+      closeStream();
+      setConnection("hidden");
+      return;
+    }
+    connect();
+    requestRefresh({ view: true, series: true });
   }
 
   function onServerRestart(hello) {
@@ -660,6 +758,8 @@
     announce("server restarted");
     // Its event log and series may have been reset: fetch them whole, not after what we had.
     if (state.app) Object.assign(state.app, { events: null, series: null, seriesState: "loading" });
+    // The new server may have another admin token.
+    recheckStoredToken(true);
   }
 
   function onSample(appName, point) {
@@ -723,8 +823,13 @@
   function renderNav() {
     const r = state.route;
     const apps = (state.status && state.status.apps) || [];
+    // Only apps with rollouts have a history: not one routed by a fixed route table.
+    const hasHistory = (name) => {
+      const known = apps.find((a) => a.app === name);
+      return Boolean(name) && (known ? known.managed !== false : !state.status);
+    };
     const managed = apps.find((a) => a.managed !== false);
-    const histApp = r.app || state.lastApp || (managed && managed.app) || null;
+    const histApp = [r.app, state.lastApp, managed && managed.app].find(hasHistory) || null;
     const link = $("nav-history");
     link.hidden = !histApp;
     if (histApp) {
@@ -754,6 +859,7 @@
     document.title = `${titles[r.name]} · cutover`;
     view.render();
     refreshAgo();
+    checkConfirmation();
   }
 
   function card(title, ...content) {
@@ -763,13 +869,16 @@
 
   // ---- overview
 
+  // On a phone the rows become stacked cards (CSS): each cell says what it is with its
+  // data-label, as the column headers are out of sight.
+  const OVERVIEW_COLUMNS = ["App", "Live version", "Phase", "Traffic", "Last decision"];
+
   function buildOverview() {
     const tbody = h("tbody");
     const msg = h("p", { class: "empty-state" });
     const tableEl = h("table", { class: "app-table" },
       h("caption", { class: "sr-only", text: "Apps and their rollouts" }),
-      h("thead", null, h("tr", null,
-        ["App", "Live version", "Phase", "Traffic", "Last decision"].map((c) => h("th", { scope: "col", text: c })))),
+      h("thead", null, h("tr", null, OVERVIEW_COLUMNS.map((c) => h("th", { scope: "col", text: c })))),
       tbody);
     const root = h("div", null,
       h("h1", { tabindex: "-1", text: "Overview" }),
@@ -784,15 +893,23 @@
           : state.statusError ? `Showing the last answer: the latest refresh failed (${state.statusError}).`
             : apps.length ? "" : "No apps are configured.";
         msg.hidden = !msg.textContent;
-        patchRows(tbody, apps, (a) => a.app, overviewRow);
+        // The route table is part of a row's data: a fixed-route app's other version shows once read.
+        const rows = apps.map((a) => (a.managed === false ? Object.assign({}, a, { route: state.routes.get(a.app) || null }) : a));
+        patchRows(tbody, rows, (a) => a.app, overviewRow);
       },
     };
   }
 
+  // Both slots with their versions and weights; an empty slot without traffic is left out.
   function summarySlots(a) {
     return SLOTS.map((slot) => {
-      const version = slot === a.live ? a.live_version
-        : a.rollout && a.rollout.target === slot ? a.rollout.version : null;
+      let version;
+      if (a.managed === false) {
+        const pool = a.route && a.route[slot];
+        version = (pool && pool.version) || (slot === a.live ? a.live_version : null);
+      } else {
+        version = slot === a.live ? a.live_version : a.rollout && a.rollout.target === slot ? a.rollout.version : null;
+      }
       return { slot, version, weight: weightOf(a.weights, slot) };
     }).filter((x) => x.version || x.weight > 0);
   }
@@ -806,16 +923,19 @@
       r ? h("span", { class: "muted" }, ` · #${r.id} ${r.version}`) : null);
     const slots = summarySlots(a);
     const d = a.last_decision;
+    // The summary carries no verdict flags: a held step reads "... is building".
+    const kind = d && verdictKind({ outcome: d.outcome, summary: d.summary, hold: /\bis building\b/.test(d.summary || "") });
+    const [app, live, ph, traffic, decision] = OVERVIEW_COLUMNS;
     return h("tr", { testid: "app-row", "data-app": a.app },
-      h("th", { scope: "row" }, h("a", { href: appHref(a.app), text: a.app })),
-      h("td", { text: a.live_version || "none" }),
-      h("td", null, phase),
-      h("td", { class: "traffic" },
+      h("th", { scope: "row", "data-label": app }, h("a", { href: appHref(a.app), text: a.app })),
+      h("td", { "data-label": live, text: a.live_version || "none" }),
+      h("td", { "data-label": ph }, phase),
+      h("td", { class: "traffic", "data-label": traffic },
         h("span", { class: "tabular", text: slots.map((x) => `${x.slot}${x.version ? ` ${x.version}` : ""} ${pct(x.weight)}`).join(" · ") || "no traffic" }),
         miniBar(a.weights)),
-      h("td", null, d
-        ? [outcomeBadge(d.outcome), " ", h("span", { text: d.summary || "" }), " ", h("span", { class: "muted" }, "(", agoEl(d.at), ")")]
-        : h("span", { class: "muted", text: "none" })));
+      h("td", { "data-label": decision }, d
+        ? [outcomeBadge(kind), " ", h("span", { text: cleanText(d.summary) }), " ", h("span", { class: "muted" }, "(", agoEl(d.at), ")")]
+        : h("span", { class: "muted", text: a.managed === false ? "none: no rollouts" : "none" })));
   }
 
   function miniBar(weights) {
@@ -846,7 +966,7 @@
     const v = {
       lede: h("div", { class: "lede" }), missing: h("div", { hidden: true }), split: h("div"), controls: h("div"),
       chartsMsg: h("p", { class: "empty-state", hidden: true }), chartGrid: h("div", { class: "charts" }),
-      rollout: h("div"), decisionsMsg: h("div"), slots: h("div"),
+      rollout: h("div"), plan: h("div"), timeline: h("div"), decisionsMsg: h("div"), slots: h("div"),
       decisions: h("ol", { class: "decisions", "aria-label": "Decisions, newest first" }),
     };
     v.charts = CHARTS.map((def) => {
@@ -860,12 +980,13 @@
     v.controlsCard = card("Controls", v.controls);
     v.rolloutCard = card("Rollout", v.rollout);
     v.rolloutHead = v.rolloutCard.querySelector("h2");
+    v.decisionsCard = card("Decisions", v.decisionsMsg, v.decisions);
     v.body = h("div", null,
       card("Traffic split", v.split),
       v.controlsCard,
       card("Last 10 minutes", v.chartsMsg, v.chartGrid),
       v.rolloutCard,
-      card("Decisions", v.decisionsMsg, v.decisions),
+      v.decisionsCard,
       card("Slots", v.slots));
     v.root = h("div", null, h("h1", { tabindex: "-1", text: name }), v.lede, v.missing, v.body);
     v.render = () => renderApp(v);
@@ -898,12 +1019,14 @@
     v.missing.hidden = true;
     const r = info.rollout;
     const phase = phaseName(r);
-    region(v.lede, JSON.stringify([info.liveVersion, phase, r && [r.id, r.phase], info.managed, a.statusError]), () => ledeContent(a, info));
+    // The lede's key leaves out what moves every second (a canary's observed time).
+    region(v.lede, JSON.stringify([info.liveVersion, phase, r && [r.id, r.phase && r.phase.step], info.managed, a.statusError]), () => ledeContent(a, info));
     region(v.split, JSON.stringify([info.weights, SLOTS.map((sl) => [slotVersion(info, sl), slotRole(info, sl)])]), () => splitContent(info));
     renderControls(v, a, info);
     renderRollout(v, a, info);
+    v.rolloutCard.hidden = v.decisionsCard.hidden = !info.managed;
     renderDecisions(v, a, info);
-    region(v.slots, JSON.stringify([info.slots, a.metrics, info.live, phase]), () => slotsContent(a, info));
+    region(v.slots, JSON.stringify([info.slots, a.metrics, info.live, info.weights, SLOTS.map((sl) => slotRole(info, sl))]), () => slotsContent(a, info));
     renderCharts();
   }
 
@@ -912,7 +1035,7 @@
     const phase = phaseName(r);
     const items = [
       h("span", { class: "item" }, "Live version:", h("strong", { testid: "live-version", text: info.liveVersion || "none" })),
-      h("span", { class: "item" }, "Phase:", phaseBadge(phase, "phase"), info.managed ? null : badge("≡", "fixed routes", "neutral")),
+      h("span", { class: "item" }, "Phase:", info.managed ? phaseBadge(phase, "phase") : badge("≡", "fixed routes (no rollouts)", "neutral", "phase")),
     ];
     if (r) {
       const total = policySteps(r.policy).length;
@@ -991,24 +1114,29 @@
     const r = info.rollout;
     const ev = a.events && r && a.events.rolloutId === r.id ? a.events : null;
     v.rolloutHead.textContent = r ? `Rollout #${r.id}: ${r.previous_version || "nothing"} → ${r.release ? r.release.version : "?"}` : "Rollout";
-    region(v.rollout, JSON.stringify([info.managed, r && [r.id, r.phase], ev && ev.lastSeq, a.eventsError]), () => {
-      if (!info.managed) return empty("This app is routed by its route table only: it has no rollouts, timeline or controls.");
+    const shown = region(v.rollout, JSON.stringify([info.managed, Boolean(r)]), () => {
+      if (!info.managed) return empty("No rollouts for this app: it is routed by a fixed route table.");
       if (!r) return empty(`No rollout yet: \`cutover deploy ${a.name} VERSION\` starts one.`);
-      const events = ev ? ev.list : [];
+      return [h("h3", { text: "Plan" }), v.plan, h("h3", { text: "What happened" }), v.timeline];
+    });
+    if (shown) v.plan.__key = v.timeline.__key = undefined; // put back in the page: draw them again
+    if (!info.managed || !r) return;
+    const events = ev ? ev.list : [];
+    // The plan follows the phase (a canary's observed time); the timeline only new events.
+    region(v.plan, JSON.stringify([r.id, r.phase, ev && ev.lastSeq]), () => stepsList(r, events, Boolean(ev) && !a.eventsError));
+    region(v.timeline, JSON.stringify([r.id, ev && ev.lastSeq, a.eventsError]), () => {
       const t0 = (events.find((e) => e.kind === "deploy") || {}).at || r.started_at;
       return [
-        h("h3", { text: "Plan" }),
-        stepsList(r, events),
-        h("h3", { text: "What happened" }),
         a.eventsError ? h("p", { class: "text-bad", text: `✗ Could not load the events: ${a.eventsError}` }) : null,
         events.length ? h("ol", { class: "events" }, timelineItems(events, t0)) : empty("No events yet."),
       ];
     });
   }
 
-  // The policy's steps as done / now / to come, derived from the phase (and, once the rollout
-  // ended, from its events: how far it got).
-  function stepsList(r, events) {
+  // The policy's steps as done / now / to come / skipped. A step is done only when the rollout's
+  // events have its `step` (or the phase proves it ran: a canary at step 3 went through 1 and 2);
+  // a first release is promoted without any step, and the plan says so.
+  function stepsList(r, events, eventsKnown) {
     const p = phaseName(r);
     const ph = r.phase || {};
     const steps = canarySteps(r.policy);
@@ -1017,48 +1145,56 @@
     const policy = r.policy || {};
     const nu = r.release ? r.release.version : "the new version";
     const old = r.previous_version;
-    // How far an ended rollout got: its last step, or the step whose gates it was asking.
-    const lastStep = events.reduce((m, e) => ((e.kind === "step" || e.kind === "gating") && e.data && isNum(e.data.step) ? Math.max(m, e.data.step) : m), -1);
-    const wasPromoted = events.some((e) => e.kind === "promoted");
+    const has = (kind) => events.some((e) => e.kind === kind);
+    const stepsOf = (kind) => events.filter((e) => e.kind === kind && e.data && isNum(e.data.step)).map((e) => e.data.step);
+
+    const ran = new Set(stepsOf("step"));
+    const current = ["canary", "gating", "paused"].includes(p) && isNum(ph.step) ? ph.step : null;
+    for (let i = 0; i < (current === null ? 0 : current); i++) ran.add(i);
+    if (p === "awaiting_confirmation" && isNum(ph.hold_step)) for (let i = 0; i <= ph.hold_step; i++) ran.add(i);
     const preparing = ["migrating", "provisioning", "verifying"].includes(p);
     const ended = ["rolled_back", "aborted", "failed"].includes(p);
+    const promoted = p === "promoted" || p === "succeeded" || has("promoted");
+    const direct = promoted && eventsKnown && ran.size === 0;
+    // Where an ended rollout stopped, if it never got promoted: its last step, or the step
+    // whose gates it was asking; -1 before any.
+    const stoppedAt = ended && !promoted ? Math.max(-1, ...ran, ...stepsOf("gating")) : null;
+    const prepStopped = ended && !promoted && stoppedAt === -1 && (p === "failed" || !has("verified"));
 
-    // Index of progress: -1 preparing, 0..n-1 the steps, n promotion, n+1 the rollback window.
-    let at;
-    let done = false;
-    if (preparing) at = -1;
-    else if (p === "canary" || p === "gating") at = ph.step;
-    else if (p === "paused") { at = ph.step; done = Boolean(ph.step_done); }
-    else if (p === "awaiting_confirmation") at = n;
-    else if (p === "promoted") at = n + 1;
-    else if (p === "succeeded") at = n + 2;
-    else if (wasPromoted) at = n + 1;
-    else if (lastStep >= 0) at = Math.min(lastStep, n - 1);
-    else at = ended && events.some((e) => e.kind === "verified") && n === 0 ? n : -1;
+    const DONE = ["done", "✓ done"], TODO = ["todo", "○ to come"], STOPPED = ["stopped", "✗ stopped here"];
+    const NOT_REACHED = ["skipped", "– not reached"], SKIPPED = ["skipped", "– skipped"], UNKNOWN = ["skipped", "? not known"];
+    const item = ([cls, label], text, extra) => h("li", { class: `state-${cls}` }, h("span", { class: "state", text: label }),
+      h("span", null, text, extra ? h("span", { class: "muted" }, " ", extra) : null));
 
-    const stateOf = (i) => {
-      if (i < at || (i === at && done)) return ["done", "✓ done"];
-      if (i === at) return ended ? ["stopped", "✗ stopped here"] : ["now", p === "paused" ? "‖ paused" : p === "awaiting_confirmation" ? "‖ waiting" : "▸ now"];
-      return ended ? ["skipped", "– not reached"] : ["todo", "○ to come"];
-    };
-    const item = (i, text, extra) => {
-      const [cls, label] = stateOf(i);
-      return h("li", { class: `state-${cls}` }, h("span", { class: "state", text: label }), h("span", null, text, extra ? h("span", { class: "muted" }, " ", extra) : null));
-    };
-    const items = [item(-1, "Prepare: migrations, start, readiness and smoke checks", preparing ? `(${p})` : null)];
+    const items = [item(preparing ? ["now", "▸ now"] : prepStopped ? STOPPED : DONE,
+      "Prepare: migrations, start, readiness and smoke checks", preparing ? `(${p})` : null)];
     steps.forEach((st, i) => {
+      let at = TODO;
       let extra = null;
-      if (i === at && p === "canary" && isNum(ph.observed_ms)) extra = `(${duration(ph.observed_ms)} of ${duration(st.duration_ms)} observed)`;
-      if (i === at && p === "gating") extra = "(asking the step gates)";
-      if (i === at && p === "paused" && ph.reason) extra = `(${ph.reason})`;
-      items.push(item(i, `Step ${i + 1} of ${total}: ${pct(st.weight_bp)} of users on ${nu} for ${duration(st.duration_ms)}${st.pause ? ", then wait for a person" : ""}`, extra));
+      if (i === current) {
+        at = p === "paused" ? (ph.step_done ? DONE : ["now", "‖ paused"]) : ["now", "▸ now"];
+        if (p === "canary" && isNum(ph.observed_ms)) extra = `(${duration(ph.observed_ms)} of ${duration(st.duration_ms)} observed)`;
+        if (p === "gating") extra = "(asking the step gates)";
+        if (p === "paused" && ph.reason) extra = `(${cleanText(ph.reason)})`;
+      } else if (i === stoppedAt) {
+        at = STOPPED;
+        if (!ran.has(i)) extra = "(at its gates)";
+      } else if (ran.has(i)) {
+        at = DONE;
+      } else if (promoted || ended) {
+        at = !eventsKnown ? UNKNOWN : promoted ? SKIPPED : NOT_REACHED;
+      }
+      items.push(item(at, `Step ${i + 1} of ${total}: ${pct(st.weight_bp)} of users on ${nu} for ${duration(st.duration_ms)}${st.pause ? ", then wait for a person" : ""}`, extra));
     });
     // The promotion is a step of the policy when it has a 10 000 bp one, else it follows the last.
     const promotion = n < total ? `Step ${n + 1} of ${total}: promotion` : "Promotion";
-    items.push(item(n, `${promotion}: all users on ${nu}${policy.confirm_promotion ? ", once confirmed" : ""}`,
-      p === "awaiting_confirmation" ? "(waiting for the confirmation)" : null));
+    let promoExtra = p === "awaiting_confirmation" ? "(waiting for the confirmation)" : null;
+    if (direct) promoExtra = old ? "· promoted directly, before any canary step" : "· promoted directly (first release: nothing to compare against)";
+    items.push(item(promoted ? DONE : p === "awaiting_confirmation" ? ["now", "‖ waiting"] : ended ? NOT_REACHED : TODO,
+      `${promotion}: all users on ${nu}${policy.confirm_promotion ? ", once confirmed" : ""}`, promoExtra));
     if (old) {
-      items.push(item(n + 1, `Rollback window: ${old} stays warm for ${duration(policy.rollback_window_ms)}`,
+      const windowAt = p === "promoted" ? ["now", "▸ now"] : p === "succeeded" ? DONE : ended && promoted ? STOPPED : ended ? NOT_REACHED : TODO;
+      items.push(item(windowAt, `Rollback window: ${old} stays warm for ${duration(policy.rollback_window_ms)}`,
         p === "promoted" && isNum(ph.until) ? ["(until ", timeEl(ph.until, clock(ph.until)), ")"] : null));
     }
     return h("ol", { class: "steps", "aria-label": "Rollout plan" }, items);
@@ -1085,7 +1221,7 @@
 
   function eventItem(e, t0) {
     const data = e.data || {};
-    const body = [h("span", { text: e.message || "" })];
+    const body = [h("span", { class: "message", text: cleanText(e.message) })];
     if (["promoted", "rolled_back", "aborted"].includes(e.kind) && isNum(data.canary_requests)) {
       const parts = [`canary served ${count(data.canary_requests)} requests, ${count(data.canary_failed_requests)} failed`];
       if (isNum(data.users_exposed)) parts.push(`about ${count(data.users_exposed)} users`);
@@ -1094,24 +1230,26 @@
       body.push(h("div", { class: "muted", text: parts.join(" · ") }));
     }
     if (e.kind === "paused" && typeof data.statistics === "string" && data.statistics) {
-      body.push(details(`pause-${e.seq}`, "Statistics", h("pre", { class: "wrap", text: data.statistics })));
+      body.push(details(`pause-${e.seq}`, "Statistics", h("pre", { class: "wrap", text: cleanText(data.statistics) })));
     }
     return eventRow(e.at, t0, e.kind, EVENT_SYMBOLS[e.kind] || "•", body);
   }
 
   function decisionRunItem(run, t0) {
-    const tally = { pass: 0, fail: 0, inconclusive: 0 };
+    const tally = new Map();
     for (const e of run) {
-      const o = e.data && e.data.verdict && e.data.verdict.outcome;
-      if (o in tally) tally[o]++;
+      const kind = verdictKind(e.data && e.data.verdict);
+      if (OUTCOMES[kind]) tally.set(kind, (tally.get(kind) || 0) + 1);
     }
     const last = run[run.length - 1];
     const lastVerdict = (last.data && last.data.verdict) || {};
-    const counts = Object.entries(tally).filter(([, n]) => n).map(([o, n]) => `${OUTCOMES[o][0]} ${n} ${o}`).join(" · ");
+    const counts = Object.keys(OUTCOMES).filter((k) => tally.get(k)).map((k) => `${OUTCOMES[k][0]} ${tally.get(k)} ${OUTCOMES[k][1]}`).join(" · ");
     const kind = run.length === 1 ? "decision" : `${run.length} decisions`;
-    return eventRow(run[0].at, t0, kind, tally.fail ? "✗" : tally.inconclusive ? "?" : "✓", [
+    const symbol = tally.get("fail") ? "✗" : tally.get("holding") ? "…" : tally.get("inconclusive") || tally.get("thin") ? "?" : "✓";
+    return eventRow(run[0].at, t0, kind, symbol, [
       run.length > 1 ? h("div", { class: "tabular", text: counts }) : null,
-      h("div", null, run.length > 1 ? "Latest: " : null, outcomeBadge(lastVerdict.outcome), " ", lastVerdict.summary || last.message || ""),
+      h("div", null, run.length > 1 ? "Latest: " : null, outcomeBadge(verdictKind(lastVerdict)), " ",
+        h("span", { class: "message", text: cleanText(lastVerdict.summary || last.message) })),
     ]);
   }
 
@@ -1156,9 +1294,9 @@
   function decisionItem(e, names, t0) {
     const verdict = (e.data && e.data.verdict) || {};
     return h("li", { class: "decision" },
-      h("h3", null, outcomeBadge(verdict.outcome),
+      h("h3", null, outcomeBadge(verdictKind(verdict)),
         h("span", { class: "muted" }, timeEl(e.at, `${relTime(e.at - t0)} (${clock(e.at)})`))),
-      h("p", { class: "summary", text: verdict.summary || e.message || "" }),
+      h("p", { class: "summary message", text: cleanText(verdict.summary || e.message) }),
       details(`dec-${e.seq}`, ["Evidence", h("span", { class: "sr-only", text: ` for the decision at ${clock(e.at)}` })],
         h("div", { class: "evidence" }, evidence(verdict, names))));
   }
@@ -1166,14 +1304,14 @@
   function evidence(verdict, names) {
     const stats = verdict.stats || {};
     const parts = [];
-    if (stats.canary) parts.push(statsTable(stats, names));
+    if (stats.canary) parts.push(statsTable(stats, names), usersTable(stats, names));
     if (stats.unavailable) parts.push(h("p", { class: "text-warn", text: `? Metrics unavailable: ${stats.unavailable}` }));
     if (Array.isArray(verdict.checks) && verdict.checks.length) parts.push(checksTable(verdict.checks));
     if (Array.isArray(stats.external) && stats.external.length) {
       parts.push(h("ul", { "aria-label": "Custom checks" }, stats.external.map((x) =>
-        h("li", null, outcomeBadge(x.outcome), " ", h("strong", { text: x.name }), `: ${x.reason || ""}`))));
+        h("li", null, outcomeBadge(x.outcome), " ", h("strong", { text: x.name }), `: ${cleanText(x.reason)}`))));
     }
-    if (verdict.reason) parts.push(h("div", null, h("p", { class: "muted", text: "Statistics" }), h("pre", { class: "wrap", text: verdict.reason })));
+    if (verdict.reason) parts.push(h("div", null, h("p", { class: "muted", text: "Statistics" }), h("pre", { class: "wrap", text: cleanText(verdict.reason) })));
     return parts;
   }
 
@@ -1189,8 +1327,22 @@
     ];
     if (has("client_errors")) rows.push(["4xx errors", (w) => count(w && w.client_errors)], ["4xx error rate", (w) => rate(w, "client_errors")]);
     rows.push(["p99 latency", (w) => millis(w && w.p99_ms)]);
-    if (has("users")) rows.push(["Users", (w) => count(w && w.users)]);
     const caption = `Window of ${duration(stats.duration_ms)}: canary against baseline${b ? "" : " (no baseline: judged on ceilings)"}`;
+    return compareTable(caption, rows, c, b, names);
+  }
+
+  // Users are counted since each release started, not per window: a table of their own.
+  function usersTable(stats, names) {
+    const c = stats.canary;
+    const b = stats.baseline || null;
+    const has = (k) => isNum(c[k]) || (b && isNum(b[k]));
+    if (!has("users")) return null;
+    const rows = [["Users so far", (w) => count(w && w.users)]];
+    if (has("users_with_client_errors")) rows.push(["Of them, got a 4xx", (w) => count(w && w.users_with_client_errors)]);
+    return compareTable("Users so far (whole rollout, estimated; not this window)", rows, c, b, names);
+  }
+
+  function compareTable(caption, rows, c, b, names) {
     return table(caption, [{ label: "Measure" }, { label: `Canary (${names.canary})`, num: true }, { label: `Baseline (${names.baseline})`, num: true }],
       rows.map(([label, f]) => h("tr", null, h("th", { scope: "row", text: label }), h("td", { class: "num", text: f(c) }), h("td", { class: "num", text: b ? f(b) : "—" }))));
   }
@@ -1221,9 +1373,9 @@
       const fromProxy = (a.metrics || []).find((x) => x.slot === slot);
       const addrs = (sv.backends && sv.backends.length ? sv.backends : (fromProxy ? fromProxy.backends.map((b) => b.addr) : [])).map(String);
       return h("tr", null,
-        h("th", { scope: "row", text: slot }),
+        h("th", { scope: "row", class: "nowrap", text: slot }),
         h("td", { text: slotVersion(info, slot) || "—" }),
-        h("td", { text: slotRole(info, slot) }),
+        h("td", { class: "role", text: slotRole(info, slot) }),
         h("td", { class: "num", text: pct(weightOf(info.weights, slot)) }),
         h("td", null, addrs.length ? h("ul", { class: "backends" }, addrs.map((addr) => h("li", null, addr, backendHealth(health.get(addr))))) : "none"),
         h("td", { class: "num", text: count(m && m.requests) }),
@@ -1231,13 +1383,10 @@
         h("td", { class: "num", text: fraction(m && m.client_error_rate) }),
         h("td", { class: "num", text: millis(m && m.latency_p99_ms) }));
     });
-    return [
-      table("Slots: counts since each release started", [
-        { label: "Slot" }, { label: "Version" }, { label: "Role" }, { label: "Weight", num: true }, { label: "Backends" },
-        { label: "Requests", num: true }, { label: "5xx rate", num: true }, { label: "4xx rate", num: true }, { label: "p99", num: true },
-      ], rows),
-      info.managed ? null : empty("This app is routed by its route table only."),
-    ];
+    return table("Slots: counts since each release started", [
+      { label: "Slot" }, { label: "Version" }, { label: "Role" }, { label: "Weight", num: true }, { label: "Backends" },
+      { label: "Requests", num: true }, { label: "5xx rate", num: true }, { label: "4xx rate", num: true }, { label: "p99", num: true },
+    ], rows);
   }
 
   function backendHealth(b) {
@@ -1252,8 +1401,11 @@
     if (!view || !view.charts || state.route.name !== "app") return;
     const a = state.app;
     if (!a) return;
-    const none = a.seriesState === "none";
-    const msg = none ? "No per-slot metrics for this router."
+    const info = appInfo(a);
+    const fixed = Boolean(info) && !info.managed;
+    const none = fixed || a.seriesState === "none";
+    const msg = fixed ? "No rollouts for this app: it is routed by a fixed route table. The server charts only apps with rollouts; the Slots table below has this app's counts per slot."
+      : none ? "No per-slot series for this app."
       : a.seriesState === "error" && !a.series ? `Could not load the metrics: ${a.seriesError}`
         : !a.series ? "Loading…" : "";
     view.chartsMsg.textContent = msg;
@@ -1271,41 +1423,72 @@
     return (f <= 1 ? 1 : f <= 2 ? 2 : f <= 5 ? 5 : 10) * mag;
   }
 
+  // A slot's samples, cut where its version changes: each run is one version's traffic, so that
+  // nothing an old version served is put down to the new one. Runs of an empty slot that served
+  // nothing are left out.
+  function versionRuns(points, slot, get) {
+    const runs = [];
+    let run = null;
+    for (const p of points) {
+      const x = p.slots.find((y) => y.slot === slot);
+      if (!x) continue;
+      const version = x.version || null;
+      if (!run || run.version !== version) runs.push((run = { slot, version, from: p.at, to: p.at, values: [], active: false }));
+      run.to = p.at;
+      run.active = run.active || x.requests > 0 || Boolean(version);
+      run.values.push([p.at, get(x)]);
+    }
+    // `until`: when the next version (or an empty slot) took over; `first`: ran from the start.
+    runs.forEach((r, i) => Object.assign(r, { first: i === 0, until: runs[i + 1] ? runs[i + 1].from : null }));
+    return runs.filter((r) => r.active).map((r) => {
+      const nums = r.values.map((v) => v[1]).filter(isNum);
+      return Object.assign(r, {
+        nums,
+        avg: nums.length ? nums.reduce((x, y) => x + y, 0) / nums.length : null,
+        max: nums.length ? Math.max(...nums) : null,
+      });
+    });
+  }
+
+  const versionName = (r) => r.version || "empty";
+  // "v1 until 10:42:03", "v4 since 10:42:03", or just "v4" when it ran the whole window.
+  const runSpan = (r) => [r.first ? null : `since ${clock(r.from)}`, r.until ? `until ${clock(r.until)}` : null].filter(Boolean).join(" ");
+  const runLabel = (r) => `${r.slot} ${versionName(r)}${runSpan(r) ? ` (${runSpan(r)})` : ""}`;
+  // The legend names every version a slot ran in the window: "green: v1 until 10:42:03, then v4".
+  function slotLegend(runs) {
+    const parts = runs.map((r, i) => {
+      const follows = i > 0 && runs[i - 1].until === r.from; // no empty stretch between them
+      const since = r.first || follows ? "" : ` since ${clock(r.from)}`;
+      return `${follows && !r.until ? "then " : ""}${versionName(r)}${since}${r.until ? ` until ${clock(r.until)}` : ""}`;
+    });
+    return runs.length === 1 ? `${runs[0].slot} ${parts[0]}` : `${runs[0].slot}: ${parts.join(", ")}`;
+  }
+
   function drawChart(c, points, interval) {
     const { def } = c;
     const width = Math.max(260, Math.round(c.box.clientWidth || 560));
     const height = 190;
-    const m = { l: 56, r: 14, t: 10, b: 26 };
+    const m = { l: 56, r: 14, t: 16, b: 26 };
     const pw = width - m.l - m.r;
     const ph = height - m.t - m.b;
     const end = points.length ? points[points.length - 1].at : serverNow();
     const start = end - SERIES_SPAN_MS;
 
-    // One series per slot that served anything or ran a version in the window, with the
-    // numbers its text alternative gives.
-    const stats = SLOTS.map((slot) => {
-      let version = null;
-      let active = false;
-      const values = points.map((p) => {
-        const x = p.slots.find((y) => y.slot === slot);
-        if (!x) return [p.at, null];
-        version = x.version || version;
-        active = active || x.requests > 0 || Boolean(x.version);
-        return [p.at, def.get(x)];
-      });
-      const nums = values.map((v) => v[1]).filter(isNum);
-      const now = nums.length ? nums[nums.length - 1] : null;
-      const avg = nums.length ? nums.reduce((p, q) => p + q, 0) / nums.length : null;
-      return { slot, version, values, active, nums, now, avg, max: nums.length ? Math.max(...nums) : null };
-    }).filter((x) => x.active);
+    // One series per slot that served anything or ran a version in the window, in runs by version.
+    const series = SLOTS.map((slot) => versionRuns(points, slot, def.get)).filter((runs) => runs.length);
+    const runs = series.flat();
+    // Only the run still going has a "now".
+    for (const r of runs) r.now = !r.until && r.to === end && r.nums.length ? r.nums[r.nums.length - 1] : null;
 
-    const max = Math.max(def.floor, ...stats.map((x) => x.max).filter(isNum));
+    const max = Math.max(def.floor, ...runs.map((r) => r.max).filter(isNum));
     const step = niceStep(max, 4);
     const top = Math.ceil(max / step - 1e-9) * step;
     const xOf = (t) => m.l + ((t - start) / SERIES_SPAN_MS) * pw;
     const yOf = (v) => m.t + ph - (v / top) * ph;
-    const label = stats.length
-      ? `${def.title} over the last 10 minutes. ` + stats.map((x) => `${x.slot}${x.version ? ` (${x.version})` : ""}: ${x.now === null ? "no data" : `now ${def.fmt(x.now)}, average ${def.fmt(x.avg)}, maximum ${def.fmt(x.max)}`}`).join("; ") + "."
+    const said = (r) => (!r.nums.length ? "no data"
+      : `${r.now === null ? "" : `now ${def.fmt(r.now)}, `}average ${def.fmt(r.avg)}, maximum ${def.fmt(r.max)}`);
+    const label = runs.length
+      ? `${def.title} over the last 10 minutes. ${runs.map((r) => `${runLabel(r)}: ${said(r)}`).join("; ")}.`
       : `${def.title}: no data in the last 10 minutes.`;
 
     const svg = s("svg", { viewBox: `0 0 ${width} ${height}`, width, height, role: "img", "aria-label": label, focusable: "false" });
@@ -1322,44 +1505,57 @@
         s("line", { class: "grid", x1: x, x2: x, y1: m.t, y2: m.t + ph }),
         s("text", { class: "tick", x, y: height - 6, "text-anchor": min === 0 ? "end" : min === 10 ? "start" : "middle", text: min === 0 ? "now" : `−${min} min` }));
     }
-    if (!stats.some((x) => x.nums.length)) {
+    if (!runs.some((r) => r.nums.length)) {
       svg.append(s("text", { class: "empty", x: m.l + pw / 2, y: m.t + ph / 2, "text-anchor": "middle", text: "no data yet" }));
     }
-    // Lines break where a value is missing or samples stopped for a while; a lone point, which
-    // a line cannot show, is a dot.
+    // Where a slot's version changed: a mark, with the new version's name where it fits.
+    let labelsEnd = -Infinity;
+    for (const r of runs.filter((q) => !q.first && xOf(q.from) >= m.l).sort((p, q) => p.from - q.from)) {
+      const x = xOf(r.from);
+      svg.append(s("line", { class: `change slot-${r.slot}`, x1: x, x2: x, y1: m.t, y2: m.t + ph }));
+      const name = `→ ${versionName(r)}`;
+      const w = name.length * 6.5;
+      const left = Math.min(x + 3, width - m.r - w);
+      if (left < labelsEnd + 6) continue;
+      labelsEnd = left + w;
+      svg.append(s("text", { class: "tick change-label", x: left, y: m.t - 4, text: name }));
+    }
+    // Lines break where the version changes, a value is missing or samples stopped for a
+    // while; a lone point, which a line cannot show, is a dot.
     const gap = Math.max(3 * interval, 3000);
-    for (const x of stats) {
-      const runs = [];
-      let run = null;
+    for (const r of runs) {
+      const pieces = [];
+      let piece = null;
       let prevAt = -Infinity;
-      for (const [at, v] of x.values) {
-        if (!isNum(v)) { run = null; continue; }
-        if (!run || at - prevAt > gap) runs.push((run = []));
-        run.push(`${xOf(at).toFixed(1)},${yOf(v).toFixed(1)}`);
+      for (const [at, v] of r.values) {
+        if (!isNum(v)) { piece = null; continue; }
+        if (!piece || at - prevAt > gap) pieces.push((piece = []));
+        piece.push(`${xOf(at).toFixed(1)},${yOf(v).toFixed(1)}`);
         prevAt = at;
       }
-      const d = runs.filter((r) => r.length > 1).map((r) => `M${r.join("L")}`).join("");
-      if (d) svg.append(s("path", { class: `line slot-${x.slot}`, d }));
-      for (const r of runs.filter((q) => q.length === 1)) {
-        const [cx, cy] = r[0].split(",");
-        svg.append(s("circle", { class: `dotmark slot-${x.slot}`, cx, cy, r: 2.5 }));
+      const d = pieces.filter((q) => q.length > 1).map((q) => `M${q.join("L")}`).join("");
+      if (d) svg.append(s("path", { class: `line slot-${r.slot}`, d }));
+      for (const q of pieces.filter((x) => x.length === 1)) {
+        const [cx, cy] = q[0].split(",");
+        svg.append(s("circle", { class: `dotmark slot-${r.slot}`, cx, cy, r: 2.5 }));
       }
     }
     c.box.replaceChildren(svg);
 
-    const legendKey = JSON.stringify(stats.map((x) => [x.slot, x.version, x.now === null]));
-    region(c.legend, legendKey, () => stats.map((x) => h("li", null,
-      s("svg", { viewBox: "0 0 28 10", "aria-hidden": "true", focusable: "false" }, s("line", { class: `line slot-${x.slot}`, x1: 1, x2: 27, y1: 5, y2: 5 })),
-      `${x.slot}${x.version ? ` ${x.version}` : ""}${x.now === null ? " (no data)" : ""}`)));
-    // The text alternative: a small table, redrawn at most every 10 s so that a screen reader
-    // reading it is not interrupted every second.
+    const legendKey = JSON.stringify(series.map((rs) => rs.map((r) => [r.slot, r.version, r.first ? 0 : r.from, r.until, r.nums.length > 0])));
+    region(c.legend, legendKey, () => series.map((rs) => h("li", null,
+      s("svg", { viewBox: "0 0 28 10", "aria-hidden": "true", focusable: "false" }, s("line", { class: `line slot-${rs[0].slot}`, x1: 1, x2: 27, y1: 5, y2: 5 })),
+      `${slotLegend(rs)}${rs.some((r) => r.nums.length) ? "" : " (no data)"}`)));
+    // The text alternative: a small table, one row per slot and version, redrawn at most every
+    // 10 s so that a screen reader reading it is not interrupted every second.
     const altKey = `${legendKey}:${Math.floor(end / 10000)}`;
     region(c.alt, altKey, () => h("table", null,
       h("caption", { text: `${def.title}, last 10 minutes` }),
-      h("thead", null, h("tr", null, ["Slot", "Now", "Average", "Maximum"].map((t) => h("th", { scope: "col", text: t })))),
-      h("tbody", null, stats.map((x) => h("tr", null,
-        h("th", { scope: "row", text: `${x.slot}${x.version ? ` ${x.version}` : ""}` }),
-        [x.now, x.avg, x.max].map((v) => h("td", { text: isNum(v) ? def.fmt(v) : "no data" })))))));
+      h("thead", null, h("tr", null, ["Slot and version", "Now", "Average", "Maximum"].map((t) => h("th", { scope: "col", text: t })))),
+      h("tbody", null, runs.map((r) => h("tr", null,
+        h("th", { scope: "row", text: runLabel(r) }),
+        h("td", { text: r.now !== null ? def.fmt(r.now) : r.until ? "no longer running" : "no data" }),
+        [r.avg, r.max].map((v) => h("td", { text: isNum(v) ? def.fmt(v) : "no data" })))))));
   }
 
   // ---- history
@@ -1375,39 +1571,56 @@
       root,
       render() {
         const hist = state.history && state.history.app === name ? state.history : null;
-        region(content, JSON.stringify(hist), () => {
+        // Keyed on what the table shows, not on the answer: a canary's window moving on must not
+        // rebuild the table (and lose focus and scroll) when no cell changed.
+        const rows = hist && hist.list ? hist.list.map(historyCells) : null;
+        region(content, JSON.stringify(hist && [hist.code, hist.error, rows]), () => {
           if (!hist) return empty("Loading…");
-          if (hist.code === 409) return empty(`${name} is routed by its route table only: it has no rollouts.`);
+          if (hist.code === 409) return empty(`No rollouts for ${name}: it is routed by a fixed route table.`);
           if (hist.code === 404) return [empty(`There is no app named “${name}”.`), h("p", null, h("a", { href: "#/", text: "Back to the overview" }))];
-          if (!hist.list) return h("p", { class: "text-bad", text: `✗ Could not load the history: ${hist.error}` });
-          if (!hist.list.length) return empty(`No rollouts of ${name} yet.`);
+          if (!rows) return h("p", { class: "text-bad", text: `✗ Could not load the history: ${hist.error}` });
+          if (!rows.length) return empty(`No rollouts of ${name} yet.`);
           return table(`Rollouts of ${name}`, [
             { label: "#", num: true }, { label: "Version" }, { label: "From" }, { label: "Started" },
-            { label: "Took", num: true }, { label: "Outcome" }, { label: "Reason" },
-          ], hist.list.map(historyRow));
+            { label: "Took", num: true }, { label: "Outcome" }, { label: "Canary requests", num: true }, { label: "Failed", num: true },
+            { label: "Reason" },
+          ], rows.map(historyRow));
         });
       },
     };
   }
 
-  function historyRow(r) {
+  // A past rollout as the history table shows it. "Took" runs from the deploy to the decision:
+  // the end of a rollback, abort or failure; for a promoted release, its promotion.
+  function historyCells(r) {
     const p = phaseName(r);
     const ph = r.phase || {};
-    const decided = (r.exposure && r.exposure.decided_at) || ph.at || ph.since;
-    // From the deploy to the decision (promotion, rollback, failure), as `cutover history`.
-    const took = (TERMINAL.has(p) || p === "promoted") && isNum(decided) ? duration(decided - r.started_at) : "running";
-    const reason = ph.reason
-      || (p === "succeeded" ? "promoted; the rollback window passed"
-        : p === "promoted" ? "promoted; in its rollback window"
-          : isActive(r) ? "in progress" : "—");
+    const e = r.exposure || {};
+    let end = null;
+    if (["rolled_back", "aborted", "failed"].includes(p)) end = ph.at;
+    else if (p === "succeeded" || p === "promoted") end = isNum(e.decided_at) ? e.decided_at : isNum(ph.at) ? ph.at : ph.since;
+    const failed = (isNum(e.canary_server_errors) ? e.canary_server_errors : 0) + (isNum(e.canary_client_errors) ? e.canary_client_errors : 0);
+    return {
+      id: r.id, version: r.release ? r.release.version : "?", from: r.previous_version || "nothing",
+      started: r.started_at, phase: p,
+      took: isNum(end) && isNum(r.started_at) ? duration(end - r.started_at) : isActive(r) ? "running" : "—",
+      requests: isNum(e.canary_requests) ? count(e.canary_requests) : "—",
+      failed: isNum(e.canary_requests) ? count(failed) : "—",
+      reason: ph.reason ? cleanText(ph.reason) : "—",
+    };
+  }
+
+  function historyRow(c) {
     return h("tr", null,
-      h("td", { class: "num", text: String(r.id) }),
-      h("th", { scope: "row", text: r.release ? r.release.version : "?" }),
-      h("td", { text: r.previous_version || "nothing" }),
-      h("td", { class: "nowrap" }, timeEl(r.started_at, isNum(r.started_at) ? localTime(r.started_at) : "—")),
-      h("td", { class: "num", text: took }),
-      h("td", null, phaseBadge(p)),
-      h("td", { text: reason }));
+      h("td", { class: "num", text: String(c.id) }),
+      h("th", { scope: "row", text: c.version }),
+      h("td", { text: c.from }),
+      h("td", { class: "nowrap" }, timeEl(c.started, isNum(c.started) ? localTime(c.started) : "—")),
+      h("td", { class: "num", text: c.took }),
+      h("td", null, phaseBadge(c.phase)),
+      h("td", { class: "num", text: c.requests }),
+      h("td", { class: "num", text: c.failed }),
+      h("td", { class: "message", text: c.reason }));
   }
 
   // ---- flags
@@ -1428,15 +1641,19 @@
           if (!f.flags) return h("p", { class: "text-bad", text: `✗ Could not load the flags: ${f.flagsError}` });
           if (!f.flags.flags.length) return empty("No flags yet.");
           return table(`Flags (revision ${f.flags.revision})`, [
-            { label: "Key" }, { label: "Type" }, { label: "State" }, { label: "Default variant" }, { label: "Rules", num: true }, { label: "Owner" },
+            { label: "Key" }, { label: "Description" }, { label: "Type" }, { label: "State" }, { label: "Default variant" },
+            { label: "Rules", num: true }, { label: "Owner" }, { label: "Expires" },
           ], f.flags.flags.map(flagRow));
         });
         // Without a flag service, say so once: the ramps card goes too.
         rampsCard.hidden = Boolean(f) && unconfigured(f.flagsCode);
         const stale = f && f.flags && Array.isArray(f.flags.stale) ? f.flags.stale : [];
         staleCard.hidden = !stale.length;
-        region(staleBox, JSON.stringify(stale), () => h("ul", null, stale.map((x) =>
-          h("li", null, h("strong", { text: x.key }), ` (${x.owner || "no owner"}): `, h("span", { class: "text-warn", text: `⚠ ${x.why || "stale"}` }), ` ${x.message || ""}`))));
+        // The message says why in full ("expired on 2020-01-01 (30 days ago): ..."): the kind
+        // alone only when there is no message.
+        region(staleBox, JSON.stringify(stale), () => h("ul", { class: "stale" }, stale.map((x) =>
+          h("li", null, h("strong", null, h("code", { text: x.key })), ` (${x.owner || "no owner"}): `,
+            h("span", { class: "text-warn" }, h("span", { "aria-hidden": "true", text: "⚠ " }), cleanText(x.message || x.why || "stale"))))));
         region(rampsBox, JSON.stringify(f && [f.ramps, f.rampsCode, f.rampsError, f.flagsCode]), () => {
           if (!f) return empty("Loading…");
           if (unconfigured(f.rampsCode)) return empty("No feature flags configured.");
@@ -1451,13 +1668,16 @@
   }
 
   function flagRow(f) {
+    const expires = f.expires ? f.expires : f.permanent ? `never (permanent: ${cleanText(f.permanent)})` : "—";
     return h("tr", null,
       h("th", { scope: "row" }, h("code", { text: f.key })),
+      h("td", { class: "message", text: f.description ? cleanText(f.description) : "—" }),
       h("td", { text: f.type || "—" }),
       h("td", null, f.enabled === false ? badge("✗", "killed", "bad") : badge("✓", "on", "good")),
       h("td", { text: f.default_variant || "—" }),
       h("td", { class: "num", text: String(Array.isArray(f.rules) ? f.rules.length : 0) }),
-      h("td", { text: f.owner || "—" }));
+      h("td", { text: f.owner || "—" }),
+      h("td", { class: f.expires ? "nowrap" : null, text: expires }));
   }
 
   function rampRow(r) {
@@ -1519,18 +1739,22 @@
     }
   }
 
-  function confirmDialog(title, text, okLabel) {
+  // The confirmation dialog; resolves true only for the confirm button. `cancel` closes it from
+  // outside (the rollout changed under it) as if the person had cancelled.
+  function confirmDialog(title, text, okLabel, danger) {
     const dlg = $("confirm-dialog");
     $("confirm-title").textContent = title;
     $("confirm-text").textContent = text;
     $("confirm-ok").textContent = okLabel;
-    if (typeof dlg.showModal !== "function") return Promise.resolve(window.confirm(text));
-    return new Promise((resolve) => {
+    $("confirm-ok").className = danger ? "danger" : "primary";
+    if (typeof dlg.showModal !== "function") return { answer: Promise.resolve(window.confirm(text)), cancel() {} };
+    let finish;
+    const answer = new Promise((resolve) => {
       const listeners = new AbortController(); // removes all three at once
-      const finish = (answer) => {
+      finish = (yes) => {
         listeners.abort();
         if (dlg.open) dlg.close();
-        resolve(answer);
+        resolve(yes);
       };
       const opts = { signal: listeners.signal };
       $("confirm-ok").addEventListener("click", () => finish(true), opts);
@@ -1538,14 +1762,58 @@
       dlg.addEventListener("close", () => finish(false), opts); // Escape closes it too
       dlg.showModal();
     });
+    return { answer, cancel: () => finish(false) };
+  }
+
+  // What a confirmation is about: the rollout, its version, its phase and step. A change of any
+  // of them while the dialog is open makes what it says untrue.
+  function rolloutSnapshot(r) {
+    if (!r) return "none";
+    const ph = r.phase || {};
+    return JSON.stringify([r.id, r.release ? r.release.version : null, phaseName(r), isNum(ph.step) ? ph.step : null]);
+  }
+
+  function currentSnapshot(name) {
+    const a = state.app;
+    const info = a && a.name === name && state.route.app === name ? appInfo(a) : null;
+    return info ? rolloutSnapshot(info.rollout) : null;
+  }
+
+  const CHANGED_WHILE_CONFIRMING = "The rollout changed while you were confirming: nothing was sent.";
+
+  // Called after every redraw: an open confirmation whose rollout changed is cancelled.
+  function checkConfirmation() {
+    const c = state.confirming;
+    if (!c || currentSnapshot(c.app) === c.snapshot) return;
+    state.confirming = null;
+    c.changed = true;
+    c.cancel();
+    // The button that opened it may have been replaced meanwhile: keep keyboard users nearby.
+    const lost = !document.activeElement || document.activeElement === document.body || $("confirm-dialog").contains(document.activeElement);
+    if (lost && view && view.controlsCard) view.controlsCard.querySelector("h2").focus();
+    const why = state.route.app === c.app ? CHANGED_WHILE_CONFIRMING : `You left the page of ${c.app} while confirming: nothing was sent.`;
+    showNotice(why);
+    announce(why);
   }
 
   async function runCommand(name, cmd) {
     const a = state.app;
     const info = a && a.name === name ? appInfo(a) : null;
-    if (!info || !info.rollout) return;
-    const [title, text, okLabel] = confirmText(cmd, name, info.rollout);
-    if (!(await confirmDialog(title, text, okLabel))) return;
+    if (!info || !info.rollout || state.confirming) return;
+    const r = info.rollout;
+    const [title, text, okLabel] = confirmText(cmd, name, r);
+    const dialog = confirmDialog(title, text, okLabel, DANGEROUS.has(cmd));
+    const confirming = { app: name, snapshot: rolloutSnapshot(r), cancel: dialog.cancel, changed: false };
+    state.confirming = confirming;
+    const yes = await dialog.answer;
+    if (state.confirming === confirming) state.confirming = null;
+    if (!yes || confirming.changed) return;
+    // A refresh may have landed in the same moment as the click.
+    if (currentSnapshot(name) !== confirming.snapshot) {
+      showNotice(CHANGED_WHILE_CONFIRMING);
+      announce(CHANGED_WHILE_CONFIRMING);
+      return;
+    }
     const t = token();
     if (!t) {
       showError("Enter the admin token first: the dashboard is read-only.");
@@ -1554,7 +1822,8 @@
     }
     state.commandBusy = true;
     renderView();
-    const res = await api(appPath(name, `/${cmd}`), { method: "POST", token: t });
+    // The rollout the dialog was about: the server refuses (409) if another one is current now.
+    const res = await api(appPath(name, `/${cmd}?rollout=${enc(r.id)}`), { method: "POST", token: t });
     state.commandBusy = false;
     state.focusControls = true;
     if (res.ok) {
@@ -1570,7 +1839,10 @@
       showError(`The server refused the admin token (${res.error}): it was forgotten and the dashboard is read-only again. Enter a valid token to ${VERBS[cmd]} ${name}.`);
     } else {
       renderView();
-      showError(`Could not ${VERBS[cmd]} ${name}: ${res.error}`);
+      requestRefresh({ app: name });
+      const outcome = res.status === 409 ? " Nothing was changed."
+        : res.status === 0 ? " It may still have been carried out: the page shows the state as the server has it." : "";
+      showError(`Could not ${VERBS[cmd]} ${name} (rollout #${r.id}): ${String(res.error).replace(/\.$/, "")}.${outcome}`);
     }
   }
 
@@ -1583,16 +1855,20 @@
     // The skip link targets #main, which the hash router would take for a route.
     $("skip-link").addEventListener("click", (e) => { e.preventDefault(); $("main").focus(); });
     window.addEventListener("hashchange", onRouteChange);
-    document.addEventListener("visibilitychange", () => {
-      if (document.visibilityState === "visible") requestRefresh({ view: true });
-    });
-    // The backstop: whatever the stream missed shows within BACKSTOP_MS.
-    setInterval(() => { requestRefresh({ view: true }); refreshAgo(); }, BACKSTOP_MS);
+    document.addEventListener("visibilitychange", onVisibilityChange);
+    // The backstop: whatever the stream missed shows within BACKSTOP_MS. A hidden tab reads
+    // nothing; it reads everything when it is shown again.
+    setInterval(() => {
+      if (tabHidden()) return;
+      requestRefresh({ view: true });
+      refreshAgo();
+    }, BACKSTOP_MS);
+    setInterval(watchdog, 2000);
 
     renderMode();
     onRouteChange();
-    recheckStoredToken();
-    if (typeof EventSource === "function") connect();
+    recheckStoredToken(false);
+    connect();
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
