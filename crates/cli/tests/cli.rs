@@ -211,6 +211,14 @@ fn demo_promotes_v2_rolls_back_v3_and_fails_v4_then_keeps_its_dashboard_up() {
     };
     assert_eq!(row("v2"), "2 v2 succeeded succeeded");
     assert_eq!(row("v3"), "3 v3 rolled_back rolled_back");
+    // The judge's failed window that rolled v3 back is counted (read back typed from the log).
+    let v3_failed_windows: u32 = stdout
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("v3") && l.contains("rolled_back"))
+        .and_then(|l| l.split_whitespace().nth(5))
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no fail column for v3 in:\n{stdout}"));
+    assert!(v3_failed_windows >= 1, "{stdout}");
     assert_eq!(row("v4"), "4 v4 failed failed");
     assert!(stdout.contains("% of user requests failed"), "{stdout}");
 

@@ -165,8 +165,16 @@ impl EventDetail {
     /// The detail of a `kind` with its `data` as stored: [`EventDetail::Unrecognized`] when
     /// this build does not know the kind or the data does not fit it.
     pub fn from_parts(kind: String, data: serde_json::Value) -> EventDetail {
-        let tagged = serde_json::json!({ "kind": kind, "data": data });
-        match serde_json::from_value::<EventDetail>(tagged) {
+        // Read from text with the kind first: serde then reads the data straight into its type.
+        // Given the data first (as a JSON value, whose keys are sorted), it buffers it in a form
+        // that loses what the text knew, and maps keyed by numbers (a verdict's status codes)
+        // no longer read back.
+        let tagged = format!(
+            "{{\"kind\":{},\"data\":{}}}",
+            serde_json::Value::String(kind.clone()),
+            data
+        );
+        match serde_json::from_str::<EventDetail>(&tagged) {
             Ok(detail) => detail,
             // Kept as written, so that nothing read is lost when it is served again.
             Err(_) => EventDetail::Unrecognized { kind, data },
@@ -447,6 +455,55 @@ mod tests {
                 "{text} read back as unrecognized"
             );
             assert_eq!(back, e, "{text}");
+        }
+    }
+
+    /// A decision that counted status codes (a map with numbers for keys) read back from the
+    /// store as an unrecognized event: the demo counted no failed decision for v3.
+    #[test]
+    fn a_decision_with_status_codes_reads_back_as_a_decision() {
+        let mut codes = std::collections::BTreeMap::new();
+        codes.insert(500u16, 6u64);
+        codes.insert(401u16, 2u64);
+        let verdict = Verdict {
+            outcome: crate::judge::Outcome::Fail,
+            reason: "5xx: canary 6.1 %".into(),
+            summary: "v3 fails 6.1 % of requests with a 5xx, v2 0 %: rolling back".into(),
+            stats: crate::judge::WindowStats {
+                canary: crate::judge::SlotWindow {
+                    requests: 98,
+                    errors: 6,
+                    codes: Some(codes),
+                    ..Default::default()
+                },
+                baseline: Some(crate::judge::SlotWindow::new(900, 0, Some(3.5))),
+                duration_ms: 1000,
+                ..Default::default()
+            },
+            checks: Vec::new(),
+            conclusive: true,
+            complete_step: false,
+            sequential: Vec::new(),
+            evidence_share: 1.0,
+            hold: false,
+        };
+        let e = event(EventDetail::Decision {
+            verdict: Box::new(verdict),
+            window_started_at: Timestamp(3),
+        });
+        let text = serde_json::to_string(&e).unwrap();
+        assert_eq!(serde_json::from_str::<Event>(&text).unwrap(), e, "{text}");
+        // As the store reads it: kind and data apart.
+        let data: serde_json::Value =
+            serde_json::from_str::<serde_json::Value>(&text).unwrap()["data"].clone();
+        assert_eq!(EventDetail::from_parts("decision".into(), data), e.detail);
+        // Status and history carry verdicts too, read from a JSON value by the CLI.
+        if let EventDetail::Decision { verdict, .. } = &e.detail {
+            let value = serde_json::to_value(verdict.as_ref()).unwrap();
+            assert_eq!(
+                &serde_json::from_value::<Verdict>(value).unwrap(),
+                verdict.as_ref()
+            );
         }
     }
 
