@@ -281,6 +281,19 @@ impl Drop for Cluster {
                 let _ = Command::new("kill").arg("-9").arg(pid.trim()).status();
             }
         }
+        // And by the HOOK_DIR they inherited: a stop hook that the killed server left half done
+        // may have removed a pid file of an app it did not get to stop (one was found running
+        // after a CI run).
+        let marker = format!("HOOK_DIR={}", self.dir.path().display());
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+            if pid != std::process::id() && environ.split(|b| *b == 0).any(|v| v == marker.as_bytes()) {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+        }
     }
 }
 

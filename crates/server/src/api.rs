@@ -117,6 +117,12 @@ pub struct DecisionSummary {
     pub outcome: Outcome,
     /// The plain sentence.
     pub summary: String,
+    /// The window passed, but the step is held: evidence of a regression is building.
+    #[serde(default)]
+    pub hold: bool,
+    /// The window had enough evidence to decide on its own.
+    #[serde(default)]
+    pub conclusive: bool,
 }
 
 impl AppSummary {
@@ -141,6 +147,8 @@ impl AppSummary {
                         at: e.event.at,
                         outcome: verdict.outcome,
                         summary: verdict.summary.clone(),
+                        hold: verdict.hold,
+                        conclusive: verdict.conclusive,
                     }),
                     _ => None,
                 }),

@@ -924,7 +924,7 @@
     const slots = summarySlots(a);
     const d = a.last_decision;
     // The summary carries no verdict flags: a held step reads "... is building".
-    const kind = d && verdictKind({ outcome: d.outcome, summary: d.summary, hold: /\bis building\b/.test(d.summary || "") });
+    const kind = d && verdictKind({ outcome: d.outcome, summary: d.summary, hold: d.hold, conclusive: d.conclusive });
     const [app, live, ph, traffic, decision] = OVERVIEW_COLUMNS;
     return h("tr", { testid: "app-row", "data-app": a.app },
       h("th", { scope: "row", "data-label": app }, h("a", { href: appHref(a.app), text: a.app })),
