@@ -894,9 +894,11 @@ async fn a_vetoing_webhook_fails_the_step_and_a_silent_confirmer_leaves_it_to_a_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_firing_page_alert_blocks_a_rollout_until_it_is_silenced() {
+async fn a_firing_page_alert_blocks_a_rollout_until_it_is_silenced_and_fails_a_step() {
     let alertmanager = cutover_test_support::monitoring::Alertmanager::start().await;
     let cluster = Cluster::new(Setup {
+        // Time for the alert to reach Alertmanager while the first step runs.
+        steps: r#"[{ weight_bp = 2500, duration_ms = 4000 }, { weight_bp = 5000, duration_ms = 600 }, { weight_bp = 10000 }]"#,
         extra: format!(
             "[app.alert_gate]\nurl = \"{}\"\nmatchers = ['severity=\"page\"']\n",
             alertmanager.url
@@ -924,6 +926,26 @@ async fn a_firing_page_alert_blocks_a_rollout_until_it_is_silenced() {
         .await;
     let (code, out) = cluster.deploy("v1", "");
     assert_eq!(code, 0, "the silence lets it through: {out}");
+
+    // An alert that fires during a canary fails the next step: the gate is asked before each
+    // step, not only before the rollout (it was not, until a review of the dashboard's gates).
+    let load = Load::start(&cluster.public);
+    assert_eq!(cluster.deploy_async("v2", None).await, 202);
+    cluster.wait_phase("canary").await;
+    alertmanager
+        .post_alert(
+            &[("alertname", "CheckoutLatency"), ("severity", "page")],
+            &[("summary", "p99 2 s")],
+        )
+        .await;
+    cluster.wait_phase("rolled_back").await;
+    let status = cluster.status().await;
+    let reason = status["rollout"]["phase"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("step gate before step 2") && reason.contains("CheckoutLatency"),
+        "{reason}"
+    );
+    load.finish().await;
 }
 
 /// The judge fed by PromQL: a real Prometheus scrapes `cutover serve` and the controller asks it,

@@ -168,6 +168,8 @@ impl Gates for ConfiguredGates {
         step: usize,
         weight_bp: u16,
     ) -> Result<(), String> {
+        // Firing alerts fail the step before any webhook is asked.
+        self.alerts_block().await?;
         let Some(n) = &self.notifier else { return Ok(()) };
         let mut e = Self::event(
             cutover_notify::EventKind::Step,
