@@ -9,7 +9,9 @@ use std::time::Duration;
 use cutover_test_support::{get_json, http_client, ChildProcess, ExampleApp};
 use serde_json::Value;
 
-const CUTOVER: &str = env!("CARGO_BIN_EXE_cutover");
+mod common;
+
+use common::CUTOVER;
 
 fn write_config(dir: &Path, v1: &ExampleApp, v2: &ExampleApp) -> std::path::PathBuf {
     let path = dir.join("cutover.toml");
@@ -190,7 +192,7 @@ fn demo_promotes_v2_rolls_back_v3_and_fails_v4_then_keeps_its_dashboard_up() {
             .map(|d| d.trim().to_string())
     });
     // Should the test fail, the demo is killed and cannot stop its instances: this does.
-    let _instances = KillInstancesOf(state_dir.clone());
+    let _instances = common::KillInstancesOf(state_dir.clone().into());
     demo.wait_for_stdout_line(Duration::from_secs(240), |line| {
         // The last line it prints before it waits.
         line.trim_start().starts_with("CLI:").then_some(())
@@ -274,32 +276,8 @@ fn demo_promotes_v2_rolls_back_v3_and_fails_v4_then_keeps_its_dashboard_up() {
         !std::path::Path::new(&token_file).exists(),
         "the state directory (and the token in it) is removed at the end"
     );
-    let left = instances_of(&state_dir);
+    let left = common::instance_pids(Path::new(&state_dir));
     assert!(left.is_empty(), "instances left running: {left:?}");
-}
-
-/// PIDs of the example-app instances whose command line names `dir`.
-fn instances_of(dir: &str) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
-            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            (cmdline.contains("example-app") && cmdline.contains(dir)).then_some(pid)
-        })
-        .collect()
-}
-
-struct KillInstancesOf(String);
-
-impl Drop for KillInstancesOf {
-    fn drop(&mut self) {
-        for pid in instances_of(&self.0) {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-        }
-    }
 }
 
 /// `cutover ... | head -1`: a reader that goes away ends the command quietly, not with a panic.

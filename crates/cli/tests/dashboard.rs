@@ -143,11 +143,7 @@ impl Drop for Server {
     fn drop(&mut self) {
         // The server first, or it would start the live slot's instances again.
         drop(self.process.take());
-        for pid in common::instance_pids(self.dir.path()) {
-            let _ = std::process::Command::new("kill")
-                .args(["-9", &pid.to_string()])
-                .status();
-        }
+        common::kill_instances(self.dir.path());
     }
 }
 

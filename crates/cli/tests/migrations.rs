@@ -162,11 +162,7 @@ impl Drop for Cluster {
             serve.kill();
         }
         // Instances outlive the server by design; the test cleans up what it started.
-        for pid in common::instance_pids(self.dir.path()) {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-        }
+        common::kill_instances(self.dir.path());
     }
 }
 

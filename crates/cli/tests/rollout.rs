@@ -254,9 +254,7 @@ impl Drop for Cluster {
             serve.kill();
         }
         // Instances outlive the server by design; the test cleans up what it started.
-        for pid in common::instance_pids(self.dir.path()) {
-            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-        }
+        common::kill_instances(self.dir.path());
     }
 }
 

@@ -85,6 +85,25 @@ pub fn instance_pids(dir: &Path) -> Vec<u32> {
     pids
 }
 
+/// Kills the example-app instances whose command line names `dir` (see [`instance_pids`]).
+#[allow(dead_code)]
+pub fn kill_instances(dir: &Path) {
+    for pid in instance_pids(dir) {
+        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    }
+}
+
+/// [`kill_instances`] when dropped, passed or failed: for a test whose server may be killed
+/// before it could stop its instances.
+#[allow(dead_code)]
+pub struct KillInstancesOf(pub std::path::PathBuf);
+
+impl Drop for KillInstancesOf {
+    fn drop(&mut self) {
+        kill_instances(&self.0);
+    }
+}
+
 /// Processes whose working directory is in `dir`: the instances of a test's releases, run from
 /// `dir/releases/...`, which outlive `cutover serve` by design.
 #[allow(dead_code)] // not every test binary that shares this module starts instances
