@@ -188,9 +188,17 @@ After=network-online.target
 Wants=network-online.target
 
 [Service]
-Type=simple
+# notify: cutover says when it serves, and after a reload or upgrade which process is now the
+# main one (MAINPID from the new process, hence NotifyAccess=all).
+Type=notify
+NotifyAccess=all
 {user_line}WorkingDirectory={dir}
 ExecStart="{exe}" serve --config "{dir}/cutover.toml"
+# `systemctl reload`: a new cutover serve takes over the listening sockets (`serve --upgrade`),
+# with the configuration read again and the binary found at the path above, so both a changed
+# cutover.toml and an upgraded cutover take effect without a refused connection. A file that
+# does not load changes nothing (the error is in the journal).
+ExecReload=/bin/kill -HUP $MAINPID
 # Only the server is stopped on `systemctl stop` or `restart`: the instances it started keep
 # serving users, and the next server adopts them. With systemd's default (control-group) a
 # restart of cutover would kill every running version of the app.

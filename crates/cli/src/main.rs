@@ -140,7 +140,12 @@ enum Command {
         cutover serve --config /srv/web/cutover.toml --log-format json\n\n\
         On stdout, one JSON line once every listener is bound: {\"event\":\"ready\",\"bound\":{...}}.\n\
         Logs go to stderr (CUTOVER_LOG=debug for more; colour only on a terminal, never with NO_COLOR).\n\
-        SIGTERM or Ctrl-C: stop accepting, finish in-flight requests, exit 0. Instances keep running.")]
+        SIGTERM or Ctrl-C: stop accepting, finish in-flight requests, exit 0. Instances keep running.\n\
+        SIGHUP: reload the configuration with no failed request: the server starts\n  \
+        `cutover serve --upgrade` of its own binary with the same file; if the file does not load,\n  \
+        that process says why and exits, and this one goes on as before.\n\
+        Upgrade cutover itself: install the new binary, then run `cutover serve --upgrade` with it\n  \
+        (or send SIGHUP, which starts the binary at the path this one was started from).")]
     Serve {
         /// The configuration file; relative paths in it are its directory's.
         #[arg(long, short, default_value = "cutover.toml", value_name = "FILE")]
@@ -148,6 +153,11 @@ enum Command {
         /// How log lines are written to stderr.
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
+        /// Take over from the `cutover serve` running on the same state directory: its listening
+        /// sockets are passed to this process, it stops accepting and drains, and this one resumes
+        /// its rollouts from the stored state. No connection is refused meanwhile.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Check a configuration file, or print what an external router needs.
     Config {
@@ -514,7 +524,24 @@ fn main() -> ExitCode {
         Command::Serve { log_format, .. } => init_logging("info", *log_format),
         _ => init_logging("warn", LogFormat::Text),
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // Fair service under many connections. On tokio's multi-thread scheduler a worker's tasks
+    // woken by I/O beyond its local queue (256) go to a shared queue that it looks at once every
+    // 61 tasks: with one worker and 1000 busy connections, the connections in the local queue
+    // were served again and again while the others waited up to a few hundred ms (p50 19 ms,
+    // p99 208 ms: bench/RESULTS.md, issue 16). The current-thread scheduler has one unbounded
+    // FIFO queue, so one worker serves every connection in turn; it is used whenever one
+    // worker is all there is (`TOKIO_WORKER_THREADS=1`, or one CPU, e.g. under `taskset`).
+    let workers = std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(1);
+    let mut builder = if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -734,7 +761,11 @@ async fn run(command: Command, before: ServerArgs) -> Result<ExitCode> {
         Command::Logs { options, server } => logs::run(&api(server)?, options).await,
         Command::Flag { command, server } => flag::run(&api(server)?, command).await,
         Command::Migrate { command, server } => migrate::run(|| api(server.clone()), command).await,
-        Command::Serve { config, .. } => serve(config).await,
+        Command::Serve {
+            config,
+            log_format,
+            upgrade,
+        } => serve(config, log_format, upgrade).await,
         Command::Config {
             command: ConfigCommand::Check { file, config },
         } => {
@@ -811,7 +842,14 @@ async fn run(command: Command, before: ServerArgs) -> Result<ExitCode> {
     }
 }
 
-async fn serve(path: PathBuf) -> Result<ExitCode> {
+async fn serve(path: PathBuf, log_format: LogFormat, upgrade: bool) -> Result<ExitCode> {
+    // The path this binary was started from, read now: after a package upgrade replaced the file,
+    // a reload (SIGHUP) starts the new binary found there.
+    let exe = std::env::current_exe().ok();
+    // Installed before the ready line: a SIGHUP sent as soon as that is out must reload, not
+    // kill (SIGHUP's default).
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let terminations = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let config = Config::load(&path)?;
     let dir = path.parent().map(PathBuf::from).unwrap_or_default();
     let dir = if dir.as_os_str().is_empty() {
@@ -831,9 +869,16 @@ async fn serve(path: PathBuf) -> Result<ExitCode> {
     } else {
         config.server.state_dir.clone()
     };
-    let running = cutover_server::start(config, token, cutover_server::StartOptions::new(&dir))
-        .await
-        .context("starting the server")?;
+    let options = cutover_server::StartOptions::new(&dir);
+    let running = if upgrade {
+        cutover_server::start_upgrade(config, token, options)
+            .await
+            .context("taking over from the running server")?
+    } else {
+        cutover_server::start(config, token, options)
+            .await
+            .context("starting the server")?
+    };
     // One machine-readable line on stdout: the addresses actually bound (ports may be 0 in the
     // config), for scripts and tests.
     out!(
@@ -842,8 +887,103 @@ async fn serve(path: PathBuf) -> Result<ExitCode> {
     );
     record_admin_url(&config_state_dir, &running.bound.admin);
     tracing::info!(admin = %running.bound.admin, "serving");
-    running.run_until(shutdown_signal()).await;
+    // Under systemd (Type=notify, NotifyAccess=all): this process is now the service's main one.
+    systemd_notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
+    let handed_over = running.handed_over();
+    let reload = reload_on_hangup(hangups, exe, path, log_format, handed_over);
+    running
+        .run_until(async {
+            tokio::select! {
+                _ = shutdown_signal(terminations) => {}
+                _ = reload => {}
+            }
+        })
+        .await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// On each SIGHUP, starts `cutover serve --upgrade` with the same configuration file; returns
+/// once a successor has taken over. A successor that fails (a configuration that does not load,
+/// say) has said why on the shared stderr; this server goes on as before.
+async fn reload_on_hangup(
+    hangups: Option<tokio::signal::unix::Signal>,
+    exe: Option<PathBuf>,
+    config: PathBuf,
+    log_format: LogFormat,
+    handed_over: impl std::future::Future<Output = ()>,
+) {
+    let mut handed_over = std::pin::pin!(handed_over);
+    let Some(mut hangups) = hangups else {
+        handed_over.await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = handed_over.as_mut() => return,
+            got = hangups.recv() => if got.is_none() {
+                handed_over.await;
+                return;
+            },
+        }
+        let Some(exe) = &exe else {
+            tracing::error!("SIGHUP: cannot reload: the path of this binary is unknown; run `cutover serve --upgrade` instead");
+            continue;
+        };
+        let format = match log_format {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        };
+        let child = tokio::process::Command::new(exe)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .args(["--log-format", format, "--upgrade"])
+            .stdin(std::process::Stdio::null())
+            .spawn();
+        match child {
+            Ok(mut child) => {
+                let pid = child.id().unwrap_or_default();
+                tracing::info!(pid, file = %config.display(), "SIGHUP: reloading: started the new server");
+                tokio::spawn(async move {
+                    // Reaped here; it outlives this process once it has taken over.
+                    if let Ok(status) = child.wait().await {
+                        if !status.success() {
+                            tracing::error!(pid, %status,
+                                "the reload failed (its error is above); still serving the previous configuration");
+                        }
+                    }
+                });
+            }
+            Err(e) => tracing::error!(exe = %exe.display(), error = %e,
+                "SIGHUP: cannot start the new server; still serving the previous configuration"),
+        }
+    }
+}
+
+/// Tells systemd about this process when it started it with `Type=notify` (`$NOTIFY_SOCKET`);
+/// nothing otherwise. A failure to tell is logged, never fatal.
+fn systemd_notify(message: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let socket = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot notify systemd");
+            return;
+        }
+    };
+    let bytes = path.as_encoded_bytes();
+    let sent = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|addr| socket.send_to_addr(message.as_bytes(), &addr))
+    } else {
+        socket.send_to(message.as_bytes(), std::path::Path::new(&path))
+    };
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
 }
 
 /// Records where the admin API listens, for a CLI whose configuration lets the port be chosen
@@ -855,16 +995,15 @@ fn record_admin_url(state_dir: &std::path::Path, admin: &impl std::fmt::Display)
     }
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
+async fn shutdown_signal(terminations: Option<tokio::signal::unix::Signal>) {
+    match terminations {
+        Some(mut term) => {
             tokio::select! {
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}
             }
         }
-        Err(_) => {
+        None => {
             let _ = tokio::signal::ctrl_c().await;
         }
     }

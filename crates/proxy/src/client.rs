@@ -22,8 +22,10 @@ use tokio::time::{Instant, Sleep};
 
 use crate::http1::{poll_fill_buf, BodyReader, Source};
 
-/// A client connection's read buffer: enough for most request heads, and kept at this size while
-/// idle (see [`poll_fill_buf`]), since idle keep-alive connections are most connections.
+/// A client connection's read buffer: enough for most request heads. It is taken when the socket
+/// has something to read and given back when the connection goes idle ([`ClientConn::release`]),
+/// so an idle keep-alive connection, the most common kind, holds no buffer at all (nginx does the
+/// same with its `client_header_buffer_size`).
 pub(crate) const CLIENT_READ_CHUNK: usize = 4096;
 
 /// A write to a client made no progress for the app's `send_timeout_ms`: the client is not
@@ -57,8 +59,17 @@ impl ClientConn {
     pub(crate) fn new(stream: TcpStream, send_timeout: Duration) -> Self {
         ClientConn {
             stream,
-            buf: BytesMut::with_capacity(CLIENT_READ_CHUNK),
+            buf: BytesMut::new(),
             send_timeout,
+        }
+    }
+
+    /// Gives back the read buffer if it holds nothing: called when the connection waits for its
+    /// next request, so that waiting costs no memory. The next [`Source::poll_fill`] takes a new
+    /// one once the socket is readable.
+    pub(crate) fn release(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            self.buf = BytesMut::new();
         }
     }
 
@@ -100,6 +111,12 @@ impl Source for ClientConn {
     }
 
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() == 0 {
+            // Released while idle: wait for bytes before taking a buffer to read them into.
+            if let Err(e) = std::task::ready!(self.stream.poll_read_ready(cx)) {
+                return Poll::Ready(Err(e));
+            }
+        }
         poll_fill_buf(&mut self.stream, &mut self.buf, CLIENT_READ_CHUNK, cx)
     }
 }

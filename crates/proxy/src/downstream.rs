@@ -64,6 +64,12 @@ use crate::http1::{BodyReader, Framing, Source};
 /// How long an unread request body is discarded before a connection that will not be reused is
 /// closed.
 pub(crate) const LINGER: Duration = Duration::from_secs(2);
+/// How long an idle keep-alive connection of a stopping listener still waits for a request
+/// (answered, with `connection: close`) before it is closed. Closing it at once would fail the
+/// request a busy client is sending at that instant, which is what every idle connection of a
+/// loaded server is about to do; waiting a moment lets those requests in. A client that sends
+/// nothing meanwhile is closed, as before.
+const STOP_GRACE: Duration = Duration::from_millis(500);
 /// Writes are gathered up to this size before they go out.
 const WRITE_BATCH: usize = 64 * 1024;
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -95,15 +101,20 @@ pub(crate) async fn serve_connection(
     shutdown: CancellationToken,
 ) -> Option<Handover> {
     let mut conn = ClientConn::new(stream, app.settings.send_timeout());
-    let mut out: Vec<u8> = Vec::with_capacity(1024);
+    // The response head is encoded here; like the read buffer, it is given back while the
+    // connection is idle.
+    let mut out: Vec<u8> = Vec::new();
     let mut stopping = pin!(shutdown.clone().cancelled_owned());
     let head_timeout = app.settings.client_idle_timeout();
     let mut head_timer = pin!(tokio::time::sleep(head_timeout));
     let mut first = true;
+    // Once the listener stops: the idle connection's last moment to send a request.
+    let mut stop_at: Option<tokio::time::Instant> = None;
     loop {
+        let deadline = tokio::time::Instant::now() + head_timeout;
         head_timer
             .as_mut()
-            .reset(tokio::time::Instant::now() + head_timeout);
+            .reset(stop_at.map_or(deadline, |at| at.min(deadline)));
         let head = loop {
             if first && !conn.buf.is_empty() {
                 let n = conn.buf.len().min(H2_PREFACE.len());
@@ -124,13 +135,18 @@ pub(crate) async fn serve_connection(
                     ParsedRequest::Bad(e) => {
                         let reason = format!("the request head: {e}");
                         tracing::debug!(app = %app.name, peer = %origin.peer, %reason, "refused a request head");
-                        let _ = refuse(&mut conn, &mut out, e.status(), &reason).await;
+                        let _ = Box::pin(refuse(&mut conn, &mut out, e.status(), &reason)).await;
                         return None;
                     }
                     ParsedRequest::Partial => {}
                 }
             }
             let idle = conn.buf.is_empty();
+            if idle {
+                // Waiting for the next request, perhaps for long: hold no buffer meanwhile.
+                conn.release();
+                out = Vec::new();
+            }
             let wait = std::future::poll_fn(|cx| {
                 if let Poll::Ready(read) = conn.poll_fill(cx) {
                     return Poll::Ready(Wait::Read(read));
@@ -138,100 +154,132 @@ pub(crate) async fn serve_connection(
                 if head_timer.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Wait::TimedOut);
                 }
-                // A stopping listener closes idle connections, and lets a head being read finish.
-                if idle && stopping.as_mut().poll(cx).is_ready() {
+                // A stopping listener closes idle connections (after a grace), and lets a head
+                // being read finish.
+                if idle && stop_at.is_none() && stopping.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Wait::Stopped);
                 }
                 Poll::Pending
             })
             .await;
             match wait {
-                Wait::Read(Ok(0)) | Wait::Read(Err(_)) | Wait::TimedOut | Wait::Stopped => return None,
+                Wait::Read(Ok(0)) | Wait::Read(Err(_)) | Wait::TimedOut => return None,
+                Wait::Stopped => {
+                    let at = tokio::time::Instant::now() + STOP_GRACE;
+                    stop_at = Some(at);
+                    if at < head_timer.deadline() {
+                        head_timer.as_mut().reset(at);
+                    }
+                }
                 Wait::Read(Ok(_)) => {}
             }
         };
         first = false;
-
-        let RequestHead {
-            request,
-            framing,
-            keep_alive,
-            expect_continue,
-            upgrade,
-        } = head;
-        // A body already known to be too large gets its 413 without a 100 Continue first, so a
-        // client that waits for the go-ahead never sends it.
-        let too_large = matches!(framing, Framing::Length(n) if n > app.settings.max_request_body_bytes);
-        if expect_continue
-            && framing != Framing::Empty
-            && !too_large
-            && request.version() == Version::HTTP_11
-            && conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err()
-        {
-            return None;
+        // Boxed: a request's state is large and lives only while the request does; unboxed, it
+        // would make every connection, idle or not, as large as it.
+        match Box::pin(exchange(conn, &mut out, head, &app, origin, &shutdown)).await {
+            Next::Again(back) => conn = back,
+            Next::Close => return None,
         }
-        let head_only = request.method() == Method::HEAD;
-        let version = request.version();
-        let (body, returned) = if framing == Framing::Empty {
-            (ClientBody::Empty, Err(conn))
-        } else {
-            let (back, returned) = oneshot::channel();
-            let body = RequestBody::new(conn, BodyReader::of(framing, CLIENT_REQUEST), back);
-            (ClientBody::Own(body), Ok(returned))
-        };
-        let (upgrade_tx, client_upgrade) = if upgrade {
-            let (tx, rx) = oneshot::channel();
-            (Some(tx), Some(ClientUpgrade::Own(rx)))
-        } else {
-            (None, None)
-        };
-        let response =
-            handler::handle(Arc::clone(&app), request.map(|()| body), origin, client_upgrade).await;
-        let body_complete;
-        (conn, body_complete) = match returned {
-            Err(conn) => (conn, true),
-            // The body is dropped by the time the handler returns; this only collects it.
-            Ok(returned) => match returned.await {
-                Ok(back) => back,
-                Err(_) => return None,
-            },
-        };
+    }
+}
 
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            let tx = upgrade_tx?;
-            let (parts, _) = response.into_parts();
-            out.clear();
-            encode_head(&mut out, parts.status, &parts.headers, &[]);
-            if conn.write_all(&out).await.is_err() {
-                return None;
+/// What becomes of a connection after a request.
+enum Next {
+    Again(ClientConn),
+    Close,
+}
+
+/// Serves one request whose head was read: runs it and writes the response.
+async fn exchange(
+    conn: ClientConn,
+    out: &mut Vec<u8>,
+    head: RequestHead,
+    app: &Arc<AppProxy>,
+    origin: Origin,
+    shutdown: &CancellationToken,
+) -> Next {
+    let mut conn = conn;
+    let RequestHead {
+        request,
+        framing,
+        keep_alive,
+        expect_continue,
+        upgrade,
+    } = head;
+    // A body already known to be too large gets its 413 without a 100 Continue first, so a
+    // client that waits for the go-ahead never sends it.
+    let too_large = matches!(framing, Framing::Length(n) if n > app.settings.max_request_body_bytes);
+    if expect_continue
+        && framing != Framing::Empty
+        && !too_large
+        && request.version() == Version::HTTP_11
+        && conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err()
+    {
+        return Next::Close;
+    }
+    let head_only = request.method() == Method::HEAD;
+    let version = request.version();
+    let (body, returned) = if framing == Framing::Empty {
+        (ClientBody::Empty, Err(conn))
+    } else {
+        let (back, returned) = oneshot::channel();
+        let body = RequestBody::new(conn, BodyReader::of(framing, CLIENT_REQUEST), back);
+        (ClientBody::Own(body), Ok(returned))
+    };
+    let (upgrade_tx, client_upgrade) = if upgrade {
+        let (tx, rx) = oneshot::channel();
+        (Some(tx), Some(ClientUpgrade::Own(rx)))
+    } else {
+        (None, None)
+    };
+    let response = handler::handle(Arc::clone(app), request.map(|()| body), origin, client_upgrade).await;
+    let body_complete;
+    (conn, body_complete) = match returned {
+        Err(conn) => (conn, true),
+        // The body is dropped by the time the handler returns; this only collects it.
+        Ok(returned) => match returned.await {
+            Ok(back) => back,
+            Err(_) => return Next::Close,
+        },
+    };
+
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(tx) = upgrade_tx else {
+            return Next::Close;
+        };
+        let (parts, _) = response.into_parts();
+        out.clear();
+        encode_head(out, parts.status, &parts.headers, &[]);
+        if conn.write_all(out).await.is_err() {
+            return Next::Close;
+        }
+        let prefix = conn.buf.split().freeze();
+        let _ = tx.send(Prefixed::new(prefix, conn.stream));
+        return Next::Close;
+    }
+
+    let reuse = keep_alive && body_complete && !shutdown.is_cancelled();
+    let kept = write_response(
+        &mut conn,
+        out,
+        response,
+        ResponseFraming {
+            head_only,
+            version,
+            keep_alive: reuse,
+        },
+    )
+    .await;
+    match kept {
+        Ok(true) => Next::Again(conn),
+        Ok(false) => {
+            if !body_complete {
+                linger(&mut conn).await;
             }
-            let prefix = conn.buf.split().freeze();
-            let _ = tx.send(Prefixed::new(prefix, conn.stream));
-            return None;
+            Next::Close
         }
-
-        let reuse = keep_alive && body_complete && !shutdown.is_cancelled();
-        let kept = write_response(
-            &mut conn,
-            &mut out,
-            response,
-            ResponseFraming {
-                head_only,
-                version,
-                keep_alive: reuse,
-            },
-        )
-        .await;
-        match kept {
-            Ok(true) => {}
-            Ok(false) => {
-                if !body_complete {
-                    linger(&mut conn).await;
-                }
-                return None;
-            }
-            Err(_) => return None,
-        }
+        Err(_) => Next::Close,
     }
 }
 
@@ -320,6 +368,7 @@ async fn write_parts(
         (true, _) => b"",
     };
     out.clear();
+    out.reserve(1024);
     encode_head(out, status, &parts.headers, &extra);
     if bodyless {
         conn.write_all(out).await?;
@@ -500,5 +549,31 @@ mod tests {
         let mut out = Vec::new();
         encode_head(&mut out, StatusCode::NOT_FOUND, &headers, &[]);
         assert_eq!(out, b"HTTP/1.1 404 Not Found\r\ndate: yesterday\r\n\r\n");
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+    use crate::config::{ListenerKind, ProxySettings};
+    use cutover_core::{RouteTable, Slot};
+
+    /// An idle keep-alive connection costs its task, and the task is this future: it must stay
+    /// small (the request's state is boxed and lives only while a request does, the buffers are
+    /// given back while idle). It was 4 KiB before issue 16; `bench/proxy.sh` measures what an
+    /// idle connection costs in all (task header, socket registration, allocator).
+    #[tokio::test]
+    async fn a_connection_task_is_small() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let app = AppProxy::new("web", ProxySettings::default(), RouteTable::empty(Slot::Blue)).unwrap();
+        let origin = Origin {
+            peer: stream.peer_addr().unwrap(),
+            kind: ListenerKind::Public,
+            tls: false,
+        };
+        let future = serve_connection(stream, app, origin, CancellationToken::new());
+        let size = std::mem::size_of_val(&future);
+        assert!(size <= 1024, "a client connection's future is {size} bytes");
     }
 }

@@ -38,3 +38,4 @@ pub use config::{HealthCheckConfig, ListenerKind, PreviewConfig, ProxySettings, 
 pub use flags::{FlagForwarding, FlagSource, FlagTraffic};
 pub use listener::{serve, tls_acceptor, TlsError};
 pub use metrics::{MetricsSnapshot, MetricsSummary, PoolMetrics};
+pub use tokio_rustls::TlsAcceptor;

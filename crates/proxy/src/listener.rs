@@ -114,7 +114,9 @@ pub async fn serve(
                         downstream::serve_connection(stream, Arc::clone(&app), origin, shutdown.clone())
                             .await;
                     if let Some(Handover::Http2(stream)) = handover {
-                        serve_hyper(stream, &builder, app, origin, &shutdown).await;
+                        // Boxed, so that hyper's connection state does not make every
+                        // plaintext connection's task as large as an HTTP/2 one.
+                        Box::pin(serve_hyper(stream, &builder, app, origin, &shutdown)).await;
                     }
                 });
             }

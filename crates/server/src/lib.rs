@@ -10,6 +10,7 @@ pub mod dashboard;
 pub mod flags;
 pub mod freeze;
 pub mod gates;
+pub mod handover;
 pub mod migrations;
 pub mod ramps;
 
@@ -75,6 +76,8 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Store(#[from] cutover_store::StoreError),
+    #[error(transparent)]
+    Handover(#[from] handover::HandoverError),
     #[error("platform: {0}")]
     Platform(#[from] cutover_platform::PlatformError),
     #[error("app {app}: {source}")]
@@ -323,10 +326,16 @@ pub struct Running {
     pub apps: BTreeMap<String, Arc<AppProxy>>,
     pub controllers: BTreeMap<String, Arc<Controller>>,
     shutdown: CancellationToken,
+    /// Cancelled once a successor (`cutover serve --upgrade`) has taken over: this server has
+    /// stopped accepting and only drains.
+    handed_over: CancellationToken,
     tasks: JoinSet<()>,
-    /// Held while serving: released (by the kernel, too, if the process dies) when dropped.
-    _state_lock: Option<nix::fcntl::Flock<std::fs::File>>,
+    /// Held while serving: released (by the kernel, too, if the process dies) when dropped, or
+    /// when a successor takes over.
+    _state_lock: StateLock,
 }
+
+type StateLock = Arc<std::sync::Mutex<Option<nix::fcntl::Flock<std::fs::File>>>>;
 
 impl Running {
     /// Stops accepting, lets open requests finish (up to each app's drain timeout), and returns
@@ -339,11 +348,24 @@ impl Running {
         }
     }
 
-    /// Waits until `signal` completes, then shuts down.
+    /// Waits until `signal` completes or a successor has taken over, then shuts down.
     pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) {
-        signal.await;
-        tracing::info!("shutting down: no new connections, finishing open requests");
+        tokio::select! {
+            // A signal future that itself ends on the hand-over must not hide it.
+            biased;
+            _ = self.handed_over.cancelled() => {
+                tracing::info!("taken over by a new cutover serve: finishing open requests, then exiting");
+            }
+            _ = signal => {
+                tracing::info!("shutting down: no new connections, finishing open requests");
+            }
+        }
         self.shutdown().await;
+    }
+
+    /// Completes once a successor has taken over.
+    pub fn handed_over(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.handed_over.clone().cancelled_owned()
     }
 }
 
@@ -497,27 +519,171 @@ pub async fn start(
     admin_token: String,
     options: StartOptions,
 ) -> Result<Running, ServeError> {
+    start_inner(config, admin_token, options, None).await
+}
+
+/// [`start`] as the successor of the server running on the same state directory: its listening
+/// sockets are taken over wherever the configuration still listens at their address, and it is
+/// told to stop (see [`handover`]) only once everything that can fail before serving has passed.
+/// An error before that leaves the running server as it was.
+pub async fn start_upgrade(
+    config: Config,
+    admin_token: String,
+    options: StartOptions,
+) -> Result<Running, ServeError> {
+    let state_dir = resolve_state_dir(&config, &options);
+    let successor = handover::Successor::connect(&state_dir).await?;
+    tracing::info!(
+        predecessor = successor.predecessor,
+        "took the listening sockets of the running cutover serve"
+    );
+    start_inner(config, admin_token, options, Some(successor)).await
+}
+
+fn resolve_state_dir(config: &Config, options: &StartOptions) -> PathBuf {
+    if config.server.state_dir.is_relative() {
+        options.config_dir.join(&config.server.state_dir)
+    } else {
+        config.server.state_dir.clone()
+    }
+}
+
+/// A listener for `field`: the predecessor's socket when it listens there, else a new one.
+fn listener_for(
+    successor: &mut Option<handover::Successor>,
+    field: String,
+    addr: SocketAddr,
+    backlog: u32,
+) -> Result<TcpListener, ServeError> {
+    let error = |source| ServeError::Bind {
+        field: field.clone(),
+        addr,
+        source,
+    };
+    if let Some(inherited) = successor.as_mut().and_then(|s| s.take(&field, addr)) {
+        // The backlog may have changed with the configuration; listen() again updates it.
+        rustix::net::listen(&inherited, i32::try_from(backlog).unwrap_or(i32::MAX))
+            .map_err(|e| error(e.into()))?;
+        inherited.set_nonblocking(true).map_err(error)?;
+        return TcpListener::from_std(inherited).map_err(error);
+    }
+    bind_listener(addr, backlog).map_err(error)
+}
+
+async fn start_inner(
+    config: Config,
+    admin_token: String,
+    options: StartOptions,
+    mut successor: Option<handover::Successor>,
+) -> Result<Running, ServeError> {
     let shutdown = CancellationToken::new();
+    let handed_over = CancellationToken::new();
     let named_tokens = match &config.admin.tokens_file {
         Some(p) if p.is_relative() => flags::load_named_tokens(&options.config_dir.join(p))?,
         Some(p) => flags::load_named_tokens(p)?,
         None => Vec::new(),
     };
-    let state_dir = if config.server.state_dir.is_relative() {
-        options.config_dir.join(&config.server.state_dir)
-    } else {
-        config.server.state_dir.clone()
+    let state_dir = resolve_state_dir(&config, &options);
+
+    // First everything that can fail without the state: routers, listeners, TLS files, keys.
+    // A successor that fails here leaves its predecessor serving as before.
+    struct AppListeners {
+        public: TcpListener,
+        preview: Option<TcpListener>,
+        tls: Option<cutover_proxy::TlsAcceptor>,
+    }
+    let mut routers: BTreeMap<String, Arc<dyn cutover_router::Router>> = BTreeMap::new();
+    let mut app_listeners: BTreeMap<String, AppListeners> = BTreeMap::new();
+    for (i, app_config) in config.apps.iter().enumerate() {
+        let external = app_config
+            .router
+            .external(&app_config.name)
+            .map_err(|source| ServeError::Router {
+                app: app_config.name.clone(),
+                source,
+            })?;
+        if let Some(router) = external {
+            routers.insert(app_config.name.clone(), router);
+            continue;
+        }
+        let Some(listen) = app_config.listen else {
+            return Err(ServeError::NoListener {
+                app: app_config.name.clone(),
+            });
+        };
+        let backlog = app_config.listen_backlog;
+        let name = &app_config.name;
+        // Errors name the configuration's field; the hand-over names listeners by app.
+        let mut bind = |field: &str, addr: SocketAddr| {
+            listener_for(&mut successor, format!("app.{name}.{field}"), addr, backlog).map_err(|e| match e {
+                ServeError::Bind { addr, source, .. } => ServeError::Bind {
+                    field: format!("app[{i}].{field}"),
+                    addr,
+                    source,
+                },
+                e => e,
+            })
+        };
+        let public = bind("listen", listen)?;
+        let preview = match app_config.preview_listen {
+            Some(addr) => Some(bind("preview_listen", addr)?),
+            None => None,
+        };
+        let tls = match &app_config.tls {
+            Some(t) => Some(
+                cutover_proxy::tls_acceptor(&t.cert_path, &t.key_path).map_err(|source| ServeError::Tls {
+                    field: format!("app[{i}].tls"),
+                    source,
+                })?,
+            ),
+            None => None,
+        };
+        app_listeners.insert(app_config.name.clone(), AppListeners { public, preview, tls });
+    }
+    let admin_listener = listener_for(&mut successor, "admin.listen".into(), config.admin.listen, 1024)?;
+    let admin_addr = admin_listener.local_addr().unwrap_or(config.admin.listen);
+    let flags_setup = match &config.flags {
+        Some(flags_config) => {
+            let keys_path = match &flags_config.api_keys_file {
+                Some(p) if p.is_relative() => options.config_dir.join(p),
+                Some(p) => p.clone(),
+                None => flags::default_keys_path(&options.config_dir),
+            };
+            let (keys, generated) = flags::load_api_keys(&keys_path)?;
+            if generated {
+                tracing::info!(file = %keys_path.display(), "generated an API key for OFREP clients");
+            }
+            let listener = listener_for(&mut successor, "flags.listen".into(), flags_config.listen, 4096)?;
+            let addr = listener.local_addr().unwrap_or(flags_config.listen);
+            Some((keys, listener, addr))
+        }
+        None => None,
     };
-    let mut state_lock = None;
+
+    // Now the state: a predecessor stops and lets go of it first.
+    let is_successor = successor.is_some();
+    if let Some(successor) = successor.take() {
+        let predecessor = successor.release_predecessor().await?;
+        tracing::info!(
+            predecessor,
+            "the previous cutover serve stopped accepting and released the state"
+        );
+    }
+    let state_lock: StateLock = Arc::new(std::sync::Mutex::new(None));
     let managed = config.apps.iter().any(|a| a.platform.is_some());
-    let store: Option<Arc<dyn Store>> = if managed || config.flags.is_some() {
-        state_lock = Some(lock_state_dir(&state_dir)?);
-        Some(Arc::new(cutover_store::SqliteStore::open(
-            &state_dir.join("state.db"),
-        )?))
-    } else {
-        None
-    };
+    let fenced: Option<Arc<cutover_store::Fenced<cutover_store::SqliteStore>>> =
+        if managed || config.flags.is_some() {
+            let lock = lock_state_dir(&state_dir)?;
+            *state_lock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(lock);
+            Some(Arc::new(cutover_store::Fenced::new(
+                cutover_store::SqliteStore::open(&state_dir.join("state.db"))?,
+            )))
+        } else {
+            None
+        };
+    let store: Option<Arc<dyn Store>> = fenced.clone().map(|f| f as Arc<dyn Store>);
     let managed_deps = if let (true, Some(store)) = (managed, &store) {
         let store = Arc::clone(store);
         Some(Deps {
@@ -534,45 +700,30 @@ pub async fn start(
         None
     };
     let mut apps = BTreeMap::new();
-    let mut routers: BTreeMap<String, Arc<dyn cutover_router::Router>> = BTreeMap::new();
     let mut bound_apps = BTreeMap::new();
     let mut listeners = Vec::new();
-    for (i, app_config) in config.apps.iter().enumerate() {
-        let external = app_config
-            .router
-            .external(&app_config.name)
-            .map_err(|source| ServeError::Router {
-                app: app_config.name.clone(),
-                source,
-            })?;
-        if let Some(router) = external {
-            routers.insert(app_config.name.clone(), router);
-            continue;
+    // Descriptors a successor may take over, duplicated: the accept loops own the originals.
+    let mut offered = Vec::new();
+    let mut offer = |name: String, configured: SocketAddr, listener: &TcpListener| {
+        use std::os::fd::AsFd;
+        let bound = listener.local_addr().unwrap_or(configured);
+        match listener.as_fd().try_clone_to_owned() {
+            Ok(fd) => offered.push((
+                handover::ListenerSpec {
+                    name,
+                    configured,
+                    bound,
+                },
+                fd,
+            )),
+            Err(e) => {
+                tracing::warn!(listener = %name, error = %e, "cannot keep this listener for an upgrade")
+            }
         }
-        let listen = app_config.listen;
-        let Some(listen) = listen else {
-            return Err(ServeError::NoListener {
-                app: app_config.name.clone(),
-            });
-        };
-        let backlog = app_config.listen_backlog;
-        let bind = |field: &str, addr: SocketAddr| {
-            let field = format!("app[{i}].{field}");
-            bind_listener(addr, backlog).map_err(|source| ServeError::Bind { field, addr, source })
-        };
-        let public = bind("listen", listen)?;
-        let preview = match app_config.preview_listen {
-            Some(addr) => Some(bind("preview_listen", addr)?),
-            None => None,
-        };
-        let tls = match &app_config.tls {
-            Some(t) => Some(
-                cutover_proxy::tls_acceptor(&t.cert_path, &t.key_path).map_err(|source| ServeError::Tls {
-                    field: format!("app[{i}].tls"),
-                    source,
-                })?,
-            ),
-            None => None,
+    };
+    for app_config in &config.apps {
+        let Some(AppListeners { public, preview, tls }) = app_listeners.remove(&app_config.name) else {
+            continue;
         };
         let initial_routes = match (&managed_deps, app_config.platform) {
             (Some(deps), Some(_)) => {
@@ -590,15 +741,21 @@ pub async fn start(
                 source,
             },
         )?;
-        let local = |l: &TcpListener, fallback| l.local_addr().unwrap_or(fallback);
+        let name = &app_config.name;
+        if let Some(listen) = app_config.listen {
+            offer(format!("app.{name}.listen"), listen, &public);
+        }
+        if let (Some(preview), Some(addr)) = (&preview, app_config.preview_listen) {
+            offer(format!("app.{name}.preview_listen"), addr, preview);
+        }
+        let local = |l: &TcpListener| l.local_addr().ok();
         bound_apps.insert(
             app_config.name.clone(),
             BoundApp {
-                listen: local(&public, listen),
-                preview: preview
-                    .as_ref()
-                    .zip(app_config.preview_listen)
-                    .map(|(l, a)| local(l, a)),
+                listen: local(&public)
+                    .or(app_config.listen)
+                    .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+                preview: preview.as_ref().and_then(local).or(app_config.preview_listen),
             },
         );
         listeners.push((Arc::clone(&app), public, ListenerKind::Public, tls.clone()));
@@ -611,32 +768,13 @@ pub async fn start(
         );
         apps.insert(app_config.name.clone(), app);
     }
-    let admin_listener = TcpListener::bind(config.admin.listen)
-        .await
-        .map_err(|source| ServeError::Bind {
-            field: "admin.listen".into(),
-            addr: config.admin.listen,
-            source,
-        })?;
-    let admin_addr = admin_listener.local_addr().unwrap_or(config.admin.listen);
-    let flags = match (&config.flags, &store) {
-        (Some(flags_config), Some(store)) => {
-            let keys_path = match &flags_config.api_keys_file {
-                Some(p) if p.is_relative() => options.config_dir.join(p),
-                Some(p) => p.clone(),
-                None => flags::default_keys_path(&options.config_dir),
-            };
-            let (keys, generated) = flags::load_api_keys(&keys_path)?;
-            if generated {
-                tracing::info!(file = %keys_path.display(), "generated an API key for OFREP clients");
+    offer("admin.listen".into(), config.admin.listen, &admin_listener);
+    let flags = match (flags_setup, &store) {
+        (Some((keys, listener, addr)), Some(store)) => {
+            if let Some(flags_config) = &config.flags {
+                offer("flags.listen".into(), flags_config.listen, &listener);
             }
             let service = flags::FlagService::load(Arc::clone(store), Arc::clone(&options.clock), keys)?;
-            let listener = bind_listener(flags_config.listen, 4096).map_err(|source| ServeError::Bind {
-                field: "flags.listen".into(),
-                addr: flags_config.listen,
-                source,
-            })?;
-            let addr = listener.local_addr().unwrap_or(flags_config.listen);
             Some((service, listener, addr))
         }
         _ => None,
@@ -659,6 +797,21 @@ pub async fn start(
             app.forward_flags(Arc::clone(&f));
             forwarding.push((app_config.name.clone(), f));
         }
+    }
+
+    // The proxies serve before the controllers start: after an upgrade, connections waiting in
+    // the inherited sockets' queues are taken at once, by the stored route tables.
+    let mut tasks = JoinSet::new();
+    for (app, listener, kind, tls) in listeners {
+        let drain = app.settings.drain_timeout();
+        tasks.spawn(cutover_proxy::serve(
+            listener,
+            app,
+            kind,
+            tls,
+            shutdown.clone(),
+            drain,
+        ));
     }
 
     let mut controllers = BTreeMap::new();
@@ -709,18 +862,6 @@ pub async fn start(
         }
     }
 
-    let mut tasks = JoinSet::new();
-    for (app, listener, kind, tls) in listeners {
-        let drain = app.settings.drain_timeout();
-        tasks.spawn(cutover_proxy::serve(
-            listener,
-            app,
-            kind,
-            tls,
-            shutdown.clone(),
-            drain,
-        ));
-    }
     let header_read_timeout = std::time::Duration::from_millis(config.admin.header_read_timeout_ms);
     let mut flags_addr = None;
     let mut ramp_runner = None;
@@ -794,6 +935,43 @@ pub async fn start(
         header_read_timeout,
         shutdown.clone(),
     ));
+
+    // Last, the door for the next upgrade.
+    match handover::bind(&state_dir, is_successor) {
+        Ok(socket) => {
+            let release: handover::Release = {
+                let (shutdown, handed_over, state_lock) =
+                    (shutdown.clone(), handed_over.clone(), Arc::clone(&state_lock));
+                let fenced = fenced.clone();
+                Box::new(move |successor| {
+                    let (shutdown, handed_over, state_lock) =
+                        (shutdown.clone(), handed_over.clone(), Arc::clone(&state_lock));
+                    let fenced = fenced.clone();
+                    Box::pin(async move {
+                        // No more accepts, no more controller steps, then no more writes: after
+                        // fence() returns, nothing this process does reaches the state.
+                        shutdown.cancel();
+                        if let Some(fenced) = fenced {
+                            let _ = tokio::task::spawn_blocking(move || fenced.fence(successor)).await;
+                        }
+                        state_lock
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .take();
+                        handed_over.cancel();
+                    })
+                })
+            };
+            tasks.spawn(handover::serve(
+                socket,
+                handover::Offered { listeners: offered },
+                release,
+                shutdown.clone(),
+            ));
+        }
+        Err(e) => tracing::warn!(dir = %state_dir.display(), error = %e,
+            "cannot open the hand-over socket: `cutover serve --upgrade` and reloads will not work"),
+    }
     Ok(Running {
         bound: Bound {
             admin: admin_addr,
@@ -803,6 +981,7 @@ pub async fn start(
         apps,
         controllers,
         shutdown,
+        handed_over,
         tasks,
         _state_lock: state_lock,
     })

@@ -12,10 +12,12 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+mod fenced;
 mod flags;
 mod memory;
 mod sqlite;
 
+pub use fenced::Fenced;
 pub use flags::{FlagChange, FlagChangeRecord, FlagSet};
 pub use memory::MemoryStore;
 pub use sqlite::SqliteStore;
@@ -32,6 +34,12 @@ pub struct StoredEvent {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// This process handed the state over to another one (`cutover serve --upgrade`) and may no
+    /// longer write it; see [`Fenced`].
+    #[error(
+        "the state was handed over to another cutover serve (pid {successor}); this one no longer writes it"
+    )]
+    Fenced { successor: u32 },
     /// The state file could not be opened or set up; `reason` says why and what to do.
     #[error("state file {path}: {reason}")]
     Open { path: String, reason: String },
