@@ -181,6 +181,8 @@ impl Backend {
             self.idle_len.fetch_sub(1, Ordering::AcqRel);
             return;
         }
+        let mut conn = conn;
+        conn.release();
         self.idle.push(IdleConnection {
             conn,
             idle_since: Instant::now(),

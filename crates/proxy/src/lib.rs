@@ -36,6 +36,6 @@ mod watch;
 pub use app::{ActivePool, ActiveTable, AppProxy};
 pub use config::{HealthCheckConfig, ListenerKind, PreviewConfig, ProxySettings, StickyConfig};
 pub use flags::{FlagForwarding, FlagSource, FlagTraffic};
-pub use listener::{serve, tls_acceptor, TlsError};
+pub use listener::{closed_connections, serve, tls_acceptor, TlsError};
 pub use metrics::{MetricsSnapshot, MetricsSummary, PoolMetrics};
 pub use tokio_rustls::TlsAcceptor;

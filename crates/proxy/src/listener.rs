@@ -30,6 +30,24 @@ pub enum TlsError {
     Config(#[from] rustls::Error),
 }
 
+/// Client connections closed since the process started, on every listener: the binary gives
+/// freed memory back to the system after many have closed (see `crates/cli/src/main.rs`).
+static CLOSED_CONNECTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many client connections have closed since the process started.
+pub fn closed_connections() -> u64 {
+    CLOSED_CONNECTIONS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Counts a connection as closed when dropped with its task, however the task ends.
+pub(crate) struct CountClosed;
+
+impl Drop for CountClosed {
+    fn drop(&mut self) {
+        CLOSED_CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// A TLS acceptor from PEM files, offering HTTP/2 and HTTP/1.1 by ALPN.
 pub fn tls_acceptor(cert_path: &Path, key_path: &Path) -> Result<TlsAcceptor, TlsError> {
     let read = |p: &Path| {
@@ -109,20 +127,24 @@ pub async fn serve(
         let shutdown = shutdown.clone();
         match &tls {
             None => {
-                connections.spawn(async move {
-                    let handover =
-                        downstream::serve_connection(stream, Arc::clone(&app), origin, shutdown.clone())
-                            .await;
-                    if let Some(Handover::Http2(stream)) = handover {
-                        // Boxed, so that hyper's connection state does not make every
-                        // plaintext connection's task as large as an HTTP/2 one.
-                        Box::pin(serve_hyper(stream, &builder, app, origin, &shutdown)).await;
-                    }
-                });
+                let http2 = move |Handover::Http2(stream), app, origin, shutdown: CancellationToken| {
+                    Box::pin(async move { serve_hyper(stream, &builder, app, origin, &shutdown).await })
+                };
+                // Spawned as it is, not inside another async block: that would hold the future
+                // twice (before and after it is first polled) in every connection's task.
+                connections.spawn(downstream::serve_connection(
+                    stream,
+                    app,
+                    origin,
+                    shutdown,
+                    http2,
+                    CountClosed,
+                ));
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 connections.spawn(async move {
+                    let _closed = CountClosed;
                     let stream =
                         match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
                             Ok(Ok(s)) => s,

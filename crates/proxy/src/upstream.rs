@@ -74,6 +74,15 @@ impl Conn {
         })
     }
 
+    /// Gives back its buffers while it waits in the pool (nginx's upstream keepalive cache does
+    /// the same): an idle connection is its socket. The next exchange takes them again.
+    pub(crate) fn release(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            self.buf = BytesMut::new();
+        }
+        self.head = Vec::new();
+    }
+
     /// Whether an idle connection can carry another request: the backend has not closed it and
     /// has sent nothing unasked.
     pub(crate) fn is_usable(&self) -> bool {
@@ -133,6 +142,7 @@ where
     };
     let mut out = std::mem::take(&mut conn.head);
     out.clear();
+    out.reserve(512);
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(

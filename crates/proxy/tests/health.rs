@@ -38,14 +38,18 @@ async fn backend(closing: Closing) -> (SocketAddr, Arc<Counts>) {
     let c = Arc::clone(&counts);
     tokio::spawn(async move {
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else { return };
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
             c.connections.fetch_add(1, Ordering::SeqCst);
             let c = Arc::clone(&c);
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 1024];
                 loop {
-                    let Ok(n) = stream.read(&mut chunk).await else { return };
+                    let Ok(n) = stream.read(&mut chunk).await else {
+                        return;
+                    };
                     if n == 0 {
                         return;
                     }
@@ -54,7 +58,9 @@ async fn backend(closing: Closing) -> (SocketAddr, Arc<Counts>) {
                         buf.drain(..end + 4);
                         c.requests.fetch_add(1, Ordering::SeqCst);
                         let answer: &[u8] = match closing {
-                            Closing::Announced => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                            Closing::Announced => {
+                                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+                            }
                             _ => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
                         };
                         if stream.write_all(answer).await.is_err() || closing != Closing::Never {
@@ -87,7 +93,11 @@ fn app_with(addr: SocketAddr) -> Arc<AppProxy> {
 }
 
 fn healthy(app: &AppProxy) -> bool {
-    app.table().pool(Slot::Blue).backends.iter().all(|b| b.is_healthy())
+    app.table()
+        .pool(Slot::Blue)
+        .backends
+        .iter()
+        .all(|b| b.is_healthy())
 }
 
 #[tokio::test]
