@@ -194,6 +194,11 @@ fn init_writes_a_unit_that_keeps_instances_across_restarts_and_systemd_accepts()
     };
     // Only the server is stopped on a restart: instances keep serving and are adopted.
     assert_eq!(value("KillMode"), ["process"], "{unit}");
+    // `systemctl reload` hands over to a new server (SIGHUP), which tells systemd it is now the
+    // main process: that needs notify and NotifyAccess=all.
+    assert_eq!(value("Type"), ["notify"], "{unit}");
+    assert_eq!(value("NotifyAccess"), ["all"], "{unit}");
+    assert_eq!(value("ExecReload"), ["/bin/kill -HUP $MAINPID"], "{unit}");
     assert_eq!(value("User"), ["daemon"], "{unit}");
     let workdir = dir.path().canonicalize().unwrap();
     assert_eq!(

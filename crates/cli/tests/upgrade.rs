@@ -347,3 +347,49 @@ fn an_upgrade_with_no_running_server_says_what_to_do() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// Under systemd (`Type=notify`, `NotifyAccess=all`) the server says when it serves, and a
+/// successor started by SIGHUP says that it is now the main process, so that systemd follows the
+/// hand-over instead of taking the old server's exit for the service's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_hears_ready_and_the_new_main_process() {
+    let dir = tempfile::Builder::new()
+        .prefix("cutover-notify-")
+        .tempdir()
+        .unwrap();
+    let config = dir.path().join("cutover.toml");
+    let _servers = KillServersOf(config.clone());
+    std::fs::write(
+        &config,
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[[app]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let receive = || {
+        let mut buf = [0u8; 512];
+        let n = socket.recv(&mut buf).expect("a notification within 30 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let (first, _) = common::serve_with_env(
+        &config,
+        TOKEN,
+        &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())],
+    );
+    let message = receive();
+    assert!(message.contains("READY=1"), "{message}");
+    assert!(message.contains(&format!("MAINPID={}", first.pid())), "{message}");
+
+    signal(first.pid(), "HUP");
+    let message = receive();
+    assert!(message.contains("READY=1"), "{message}");
+    let successor = only_server(&config).await;
+    assert_ne!(successor, first.pid());
+    assert!(message.contains(&format!("MAINPID={successor}")), "{message}");
+    signal(successor, "TERM");
+    wait_until("the server exits", Duration::from_secs(30), || {
+        std::future::ready(servers_of(&config).is_empty())
+    })
+    .await;
+}
