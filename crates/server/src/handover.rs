@@ -49,6 +49,9 @@ const MAX_LISTENERS: usize = 250;
 /// Longest the running server may take to stop its controllers and release the state.
 const RELEASE_DEADLINE: Duration = Duration::from_secs(30);
 
+/// Longest a successor may take, once it holds the sockets, to say `stop` or give up.
+const STOP_DEADLINE: Duration = Duration::from_secs(60);
+
 /// A listening socket being handed over, named by what it listens for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListenerSpec {
@@ -338,9 +341,21 @@ async fn exchange(stream: UnixStream, offered: &Offered, release: &Release) -> i
     let mut text = serde_json::to_vec(&offer).map_err(io::Error::other)?;
     text.push(b'\n');
     send_offer(stream.get_ref(), &text, offered).await?;
-    // The successor now checks its configuration; it may take as long as starting takes.
+    // The successor now checks its configuration, TLS files and new addresses. A successor that
+    // neither goes on nor gives up within STOP_DEADLINE is dropped, so it cannot hold the door
+    // shut for the next upgrade.
     line.clear();
-    let read = stream.read_line(&mut line).await?;
+    let read = tokio::time::timeout(STOP_DEADLINE, stream.read_line(&mut line))
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "the new server (pid {pid}) neither took over nor gave up within {} s",
+                    STOP_DEADLINE.as_secs()
+                ),
+            )
+        })??;
     if read == 0 {
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
