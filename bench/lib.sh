@@ -362,25 +362,15 @@ bench_nofile() {
     printf '%s\n' "$n"
 }
 
-# bench_start_backend_nginx: the backend of proxy.sh and upgrade.sh, one nginx worker on the
-# load CPU (BENCH_PIN_LOAD). `GET /` (any path but the two below) answers 200 with a small JSON
-# body from a `return`; `/1m` is a 1 MiB file of random bytes (sendfile); `/__status` is
-# stub_status (accepted connections: how many upstream connections the proxies opened). No
-# access log, keep-alive without a request limit, room for BENCH_MAX_CLIENTS upstream
-# connections (cutover opens one per request in flight).
-bench_start_backend_nginx() {
-    local dir port wc
-    dir="$BENCH_TMP/backend"
-    mkdir -p "$dir/logs" "$dir/tmp" "$dir/www"
-    head -c 1048576 /dev/urandom >"$dir/www/1m"
-    port="$(bench_free_port)"
-    wc=$((2 * BENCH_MAX_CLIENTS + 1000))
-    ((wc <= $(bench_nofile) - 100)) || wc=$(($(bench_nofile) - 100))
-    BENCH_BACKEND_BODY='{"app":"bench","version":"v1","served_by":"nginx backend"}'
-    cat >"$dir/nginx.conf" <<EOF
+# bench_nginx_preamble DIR WORKERS WORKER_CONNECTIONS: the top of an nginx.conf shared by the
+# backend and the nginx under test, up to the common lines of the open `http {` block (runs as
+# the current user, temp paths in DIR, no access log, keep-alive without a request cap).
+bench_nginx_preamble() {
+    local dir="$1" workers="$2" wc="$3"
+    cat <<EOF
 daemon off;
 master_process on;
-worker_processes 1;
+worker_processes $workers;
 worker_rlimit_nofile $(bench_nofile);
 pid $dir/nginx.pid;
 error_log $dir/logs/error.log warn;
@@ -399,6 +389,26 @@ http {
     scgi_temp_path $dir/tmp/scgi;
     keepalive_timeout 75s;
     keepalive_requests 1000000000;
+EOF
+}
+
+# bench_start_backend_nginx: the backend of proxy.sh and upgrade.sh, one nginx worker on the
+# load CPU (BENCH_PIN_LOAD). `GET /` (any path but the two below) answers 200 with a small JSON
+# body from a `return`; `/1m` is a 1 MiB file of random bytes (sendfile); `/__status` is
+# stub_status (accepted connections: how many upstream connections the proxies opened). No
+# access log, keep-alive without a request limit, room for BENCH_MAX_CLIENTS upstream
+# connections (cutover opens one per request in flight).
+bench_start_backend_nginx() {
+    local dir port wc
+    dir="$BENCH_TMP/backend"
+    mkdir -p "$dir/logs" "$dir/tmp" "$dir/www"
+    head -c 1048576 /dev/urandom >"$dir/www/1m"
+    port="$(bench_free_port)"
+    wc=$((2 * BENCH_MAX_CLIENTS + 1000))
+    ((wc <= $(bench_nofile) - 100)) || wc=$(($(bench_nofile) - 100))
+    BENCH_BACKEND_BODY='{"app":"bench","version":"v1","served_by":"nginx backend"}'
+    cat >"$dir/nginx.conf" <<EOF
+$(bench_nginx_preamble "$dir" 1 "$wc")
     sendfile on;
     tcp_nopush on;
 
@@ -454,27 +464,7 @@ bench_start_nginx() {
     # than the proxy buffers is streamed to the client, never spilled to a temp file on disk
     # (cutover and HAProxy stream).
     cat >"$dir/nginx.conf" <<EOF
-daemon off;
-master_process on;
-worker_processes $BENCH_PROXY_THREADS;
-worker_rlimit_nofile $(bench_nofile);
-pid $dir/nginx.pid;
-error_log $dir/logs/error.log warn;
-$(if [[ $(id -u) == 0 ]]; then printf 'user root root;'; fi)
-
-events {
-    worker_connections $wc;
-}
-
-http {
-    access_log off;
-    client_body_temp_path $dir/tmp/client_body;
-    proxy_temp_path $dir/tmp/proxy;
-    fastcgi_temp_path $dir/tmp/fastcgi;
-    uwsgi_temp_path $dir/tmp/uwsgi;
-    scgi_temp_path $dir/tmp/scgi;
-    keepalive_timeout 75s;
-    keepalive_requests 1000000000;
+$(bench_nginx_preamble "$dir" "$BENCH_PROXY_THREADS" "$wc")
 
     upstream backend {
         server 127.0.0.1:$upstream;
