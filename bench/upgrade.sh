@@ -87,50 +87,42 @@ URL="http://127.0.0.1:$APP_PORT/"
 EXTRA_URL="http://127.0.0.1:$EXTRA_PORT/"
 ADMIN_URL="http://127.0.0.1:$ADMIN_PORT/v1/apps/bench/metrics"
 
+# app_toml NAME PORT [PROXY_LINE]: one [[app]] on 127.0.0.1:PORT with static routes to the
+# backend, and PROXY_LINE (e.g. `client_idle_timeout_ms = 30000`) under [app.proxy] if given.
+app_toml() {
+    local name="$1" port="$2" proxy_line="${3:-}"
+    printf '\n[[app]]\nname = "%s"\nlisten = "127.0.0.1:%s"\n' "$name" "$port"
+    [[ -z $proxy_line ]] || printf '\n[app.proxy]\n%s\n' "$proxy_line"
+    cat <<EOF
+
+[app.proxy.health_check]
+interval_ms = 1000
+
+[app.routes]
+live = "blue"
+canary_weight_bp = 0
+blue = { version = "v1", backends = ["$BACKEND"] }
+green = { version = "", backends = [] }
+EOF
+}
+
 # write_config IDLE_MS EXTRA(0|1): the config file, replaced atomically (rename).
 write_config() {
     local idle_ms="$1" extra="$2"
-    cat >"$CONF.tmp" <<EOF
+    {
+        cat <<EOF
 # bench/upgrade.sh: client_idle_timeout_ms=$idle_ms, second app: $extra
 [server]
 state_dir = "$STATE"
 
 [admin]
 listen = "127.0.0.1:$ADMIN_PORT"
-
-[[app]]
-name = "bench"
-listen = "127.0.0.1:$APP_PORT"
-
-[app.proxy]
-client_idle_timeout_ms = $idle_ms
-
-[app.proxy.health_check]
-interval_ms = 1000
-
-[app.routes]
-live = "blue"
-canary_weight_bp = 0
-blue = { version = "v1", backends = ["$BACKEND"] }
-green = { version = "", backends = [] }
 EOF
-    if [[ $extra == 1 ]]; then
-        cat >>"$CONF.tmp" <<EOF
-
-[[app]]
-name = "extra"
-listen = "127.0.0.1:$EXTRA_PORT"
-
-[app.proxy.health_check]
-interval_ms = 1000
-
-[app.routes]
-live = "blue"
-canary_weight_bp = 0
-blue = { version = "v1", backends = ["$BACKEND"] }
-green = { version = "", backends = [] }
-EOF
-    fi
+        app_toml bench "$APP_PORT" "client_idle_timeout_ms = $idle_ms"
+        if [[ $extra == 1 ]]; then
+            app_toml extra "$EXTRA_PORT"
+        fi
+    } >"$CONF.tmp"
     mv -f "$CONF.tmp" "$CONF"
 }
 
@@ -399,27 +391,8 @@ reload() { # I KIND EXTRA_EXPECTATION
 # invalid_reload I: a file the new process must refuse; the running server must keep serving.
 invalid_reload() {
     local i="$1" n0 old t0 deadline others ok=true note=""
-    cat >"$CONF.tmp" <<EOF
-[server]
-state_dir = "$STATE"
-
-[admin]
-listen = "127.0.0.1:$ADMIN_PORT"
-
-[[app]]
-name = "bench"
-listen = "127.0.0.1:$APP_PORT"
-
-[app.proxy]
-client_idle_timeout_ms = 0
-
-[app.routes]
-live = "blue"
-canary_weight_bp = 0
-blue = { version = "v1", backends = ["$BACKEND"] }
-green = { version = "", backends = [] }
-EOF
-    mv -f "$CONF.tmp" "$CONF"
+    # client_idle_timeout_ms must be greater than 0
+    write_config 0 0
     n0="$(ready_count)"
     old=$CUR
     t0="$(bench_now_ms)"

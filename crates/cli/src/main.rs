@@ -900,11 +900,7 @@ async fn serve(path: PathBuf, log_format: LogFormat, upgrade: bool) -> Result<Ex
         TokenSource::File(p) => tracing::info!(file = %p.display(), "admin token from file"),
         TokenSource::Generated(p) => tracing::info!(file = %p.display(), "generated an admin token"),
     }
-    let config_state_dir = if config.server.state_dir.is_relative() {
-        dir.join(&config.server.state_dir)
-    } else {
-        config.server.state_dir.clone()
-    };
+    let config_state_dir = cutover_server::state_dir(&config, &dir);
     let options = cutover_server::StartOptions::new(&dir);
     let running = if upgrade {
         cutover_server::start_upgrade(config, token, options)
@@ -928,55 +924,49 @@ async fn serve(path: PathBuf, log_format: LogFormat, upgrade: bool) -> Result<Ex
     // With one worker (the current-thread runtime) this runs on the thread that served the
     // connections, whose heap holds their memory.
     tokio::spawn(return_memory_of_closed_connections());
-    let handed_over = running.handed_over();
-    let reload = reload_on_hangup(hangups, exe, path, log_format, handed_over);
+    // Ends on SIGTERM or Ctrl-C; a hand-over (after `serve --upgrade`, or a SIGHUP's successor)
+    // ends it too, by itself.
     running
         .run_until(async {
             tokio::select! {
                 _ = shutdown_signal(terminations) => {}
-                _ = reload => {}
+                _ = reload_on_hangup(hangups, exe, path, log_format) => {}
             }
         })
         .await;
     Ok(ExitCode::SUCCESS)
 }
 
-/// On each SIGHUP, starts `cutover serve --upgrade` with the same configuration file; returns
-/// once a successor has taken over. A successor that fails (a configuration that does not load,
-/// say) has said why on the shared stderr; this server goes on as before.
+/// On each SIGHUP, starts `cutover serve --upgrade` with the same configuration file; never
+/// returns (the server ends on the successor's hand-over, see [`cutover_server::Running`]). A
+/// successor that fails (a configuration that does not load, say) has said why on the shared
+/// stderr; this server goes on as before.
 async fn reload_on_hangup(
     hangups: Option<tokio::signal::unix::Signal>,
     exe: Option<PathBuf>,
     config: PathBuf,
     log_format: LogFormat,
-    handed_over: impl std::future::Future<Output = ()>,
 ) {
-    let mut handed_over = std::pin::pin!(handed_over);
     let Some(mut hangups) = hangups else {
-        handed_over.await;
-        return;
+        return std::future::pending().await;
     };
     loop {
-        tokio::select! {
-            _ = handed_over.as_mut() => return,
-            got = hangups.recv() => if got.is_none() {
-                handed_over.await;
-                return;
-            },
+        if hangups.recv().await.is_none() {
+            return std::future::pending().await;
         }
         let Some(exe) = &exe else {
             tracing::error!("SIGHUP: cannot reload: the path of this binary is unknown; run `cutover serve --upgrade` instead");
             continue;
         };
-        let format = match log_format {
-            LogFormat::Text => "text",
-            LogFormat::Json => "json",
-        };
+        // The value as clap spells it, so the successor parses what this one was given.
+        let format = clap::ValueEnum::to_possible_value(&log_format)
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default();
         let child = tokio::process::Command::new(exe)
             .arg("serve")
             .arg("--config")
             .arg(&config)
-            .args(["--log-format", format, "--upgrade"])
+            .args(["--log-format", &format, "--upgrade"])
             .stdin(std::process::Stdio::null())
             .spawn();
         match child {

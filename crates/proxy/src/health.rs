@@ -107,7 +107,7 @@ impl Prober {
                 }
             }
         }
-        let mut fresh = self.connect().await?;
+        let mut fresh = connect(self.addr).await?;
         let (status, reusable) = self
             .send(&mut fresh.sender)
             .await
@@ -118,30 +118,12 @@ impl Prober {
         judge(status)
     }
 
-    async fn connect(&self) -> Result<KeptConn, String> {
-        let stream = TcpStream::connect(self.addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let _ = stream.set_nodelay(true);
-        let (sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-        let task = tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(KeptConn { sender, task })
-    }
-
     /// Sends the probe; the status, and whether the connection may carry the next one.
     async fn send(
         &self,
         sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
     ) -> Result<(http::StatusCode, bool), hyper::Error> {
-        let request = Request::get(self.path.as_str())
-            .header(http::header::HOST, self.addr.to_string())
-            .header(http::header::USER_AGENT, "cutover-health-check")
-            .body(Empty::new());
-        let Ok(request) = request else {
+        let Ok(request) = request(self.addr, &self.path, false) else {
             // The path was validated with the configuration; a request that cannot be built
             // from it fails every probe, which is what the operator sees.
             return Ok((http::StatusCode::BAD_REQUEST, false));
@@ -162,6 +144,32 @@ impl Prober {
     }
 }
 
+/// A new HTTP/1.1 connection to `addr`, its hyper task aborted when dropped.
+async fn connect(addr: SocketAddr) -> Result<KeptConn, String> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(KeptConn { sender, task })
+}
+
+/// The probe's request; `close` asks the backend to close the connection after answering.
+fn request(addr: SocketAddr, path: &str, close: bool) -> Result<Request<Empty<Bytes>>, http::Error> {
+    let mut request = Request::get(path)
+        .header(http::header::HOST, addr.to_string())
+        .header(http::header::USER_AGENT, "cutover-health-check");
+    if close {
+        request = request.header(http::header::CONNECTION, "close");
+    }
+    request.body(Empty::new())
+}
+
 fn judge(status: http::StatusCode) -> Result<(), String> {
     if status.is_success() || status.is_redirection() {
         Ok(())
@@ -173,30 +181,13 @@ fn judge(status: http::StatusCode) -> Result<(), String> {
 /// One HTTP GET of `path` on a fresh connection to `addr`; Ok for 2xx and 3xx, else why not.
 /// The caller bounds the time it may take.
 pub async fn probe(addr: SocketAddr, path: &str) -> Result<(), String> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let _ = stream.set_nodelay(true);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    let conn = tokio::spawn(conn);
-    let request = Request::get(path)
-        .header(http::header::HOST, addr.to_string())
-        .header(http::header::USER_AGENT, "cutover-health-check")
-        .header(http::header::CONNECTION, "close")
-        .body(Empty::new())
-        .map_err(|e| format!("request: {e}"))?;
-    let response = sender
+    // Dropped (its task aborted) once the answer's head is in: the body is not waited for.
+    let mut conn = connect(addr).await?;
+    let request = request(addr, path, true).map_err(|e| format!("request: {e}"))?;
+    let response = conn
+        .sender
         .send_request(request)
         .await
-        .map_err(|e| format!("request: {e}"));
-    drop(sender);
-    conn.abort();
-    let status = response?.status();
-    if status.is_success() || status.is_redirection() {
-        Ok(())
-    } else {
-        Err(format!("status {}", status.as_u16()))
-    }
+        .map_err(|e| format!("request: {e}"))?;
+    judge(response.status())
 }

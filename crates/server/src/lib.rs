@@ -351,7 +351,7 @@ impl Running {
     /// Waits until `signal` completes or a successor has taken over, then shuts down.
     pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) {
         tokio::select! {
-            // A signal future that itself ends on the hand-over must not hide it.
+            // Both may be ready at once (a successor took over as SIGTERM came): say the first.
             biased;
             _ = self.handed_over.cancelled() => {
                 tracing::info!("taken over by a new cutover serve: finishing open requests, then exiting");
@@ -361,11 +361,6 @@ impl Running {
             }
         }
         self.shutdown().await;
-    }
-
-    /// Completes once a successor has taken over.
-    pub fn handed_over(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        self.handed_over.clone().cancelled_owned()
     }
 }
 
@@ -531,7 +526,7 @@ pub async fn start_upgrade(
     admin_token: String,
     options: StartOptions,
 ) -> Result<Running, ServeError> {
-    let state_dir = resolve_state_dir(&config, &options);
+    let state_dir = state_dir(&config, &options.config_dir);
     let successor = handover::Successor::connect(&state_dir).await?;
     tracing::info!(
         predecessor = successor.predecessor,
@@ -540,17 +535,20 @@ pub async fn start_upgrade(
     start_inner(config, admin_token, options, Some(successor)).await
 }
 
-fn resolve_state_dir(config: &Config, options: &StartOptions) -> PathBuf {
+/// The state directory `[server] state_dir` names, relative to the configuration's directory.
+pub fn state_dir(config: &Config, config_dir: &Path) -> PathBuf {
     if config.server.state_dir.is_relative() {
-        options.config_dir.join(&config.server.state_dir)
+        config_dir.join(&config.server.state_dir)
     } else {
         config.server.state_dir.clone()
     }
 }
 
-/// A listener for `field`: the predecessor's socket when it listens there, else a new one.
+/// The listener named `name` in a hand-over (see [`handover::ListenerSpec`]): the predecessor's
+/// socket when it listens at `addr`, else a new one. Errors name the configuration's `field`.
 fn listener_for(
     successor: &mut Option<handover::Successor>,
+    name: &str,
     field: String,
     addr: SocketAddr,
     backlog: u32,
@@ -560,7 +558,7 @@ fn listener_for(
         addr,
         source,
     };
-    if let Some(inherited) = successor.as_mut().and_then(|s| s.take(&field, addr)) {
+    if let Some(inherited) = successor.as_mut().and_then(|s| s.take(name, addr)) {
         // The backlog may have changed with the configuration; listen() again updates it.
         rustix::net::listen(&inherited, i32::try_from(backlog).unwrap_or(i32::MAX))
             .map_err(|e| error(e.into()))?;
@@ -583,7 +581,7 @@ async fn start_inner(
         Some(p) => flags::load_named_tokens(p)?,
         None => Vec::new(),
     };
-    let state_dir = resolve_state_dir(&config, &options);
+    let state_dir = state_dir(&config, &options.config_dir);
 
     // First everything that can fail without the state: routers, listeners, TLS files, keys.
     // A successor that fails here leaves its predecessor serving as before.
@@ -615,14 +613,14 @@ async fn start_inner(
         let name = &app_config.name;
         // Errors name the configuration's field; the hand-over names listeners by app.
         let mut bind = |field: &str, addr: SocketAddr| {
-            listener_for(&mut successor, format!("app.{name}.{field}"), addr, backlog).map_err(|e| match e {
-                ServeError::Bind { addr, source, .. } => ServeError::Bind {
-                    field: format!("app[{i}].{field}"),
-                    addr,
-                    source,
-                },
-                e => e,
-            })
+            let listener_name = format!("app.{name}.{field}");
+            listener_for(
+                &mut successor,
+                &listener_name,
+                format!("app[{i}].{field}"),
+                addr,
+                backlog,
+            )
         };
         let public = bind("listen", listen)?;
         let preview = match app_config.preview_listen {
@@ -640,7 +638,13 @@ async fn start_inner(
         };
         app_listeners.insert(app_config.name.clone(), AppListeners { public, preview, tls });
     }
-    let admin_listener = listener_for(&mut successor, "admin.listen".into(), config.admin.listen, 1024)?;
+    let admin_listener = listener_for(
+        &mut successor,
+        "admin.listen",
+        "admin.listen".into(),
+        config.admin.listen,
+        1024,
+    )?;
     let admin_addr = admin_listener.local_addr().unwrap_or(config.admin.listen);
     let flags_setup = match &config.flags {
         Some(flags_config) => {
@@ -653,7 +657,13 @@ async fn start_inner(
             if generated {
                 tracing::info!(file = %keys_path.display(), "generated an API key for OFREP clients");
             }
-            let listener = listener_for(&mut successor, "flags.listen".into(), flags_config.listen, 4096)?;
+            let listener = listener_for(
+                &mut successor,
+                "flags.listen",
+                "flags.listen".into(),
+                flags_config.listen,
+                4096,
+            )?;
             let addr = listener.local_addr().unwrap_or(flags_config.listen);
             Some((keys, listener, addr))
         }
