@@ -97,8 +97,22 @@ pub enum PlatformError {
     Other(String),
 }
 
-/// Starts and stops the instances of a slot. Readiness is not the platform's business: the
-/// controller probes the addresses it returns.
+/// Whether a slot's instances are ready, for platforms that know it better than a probe from
+/// cutover's host can (see [`Platform::readiness`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// Every instance is ready: route to these.
+    Ready(Vec<InstanceInfo>),
+    /// Not yet; what is still missing, for progress messages.
+    Pending(String),
+    /// It will not get ready without a change (a crash loop, an image that does not exist, a
+    /// deadline of the platform's own passed); why, with the instances' own words.
+    Failed(String),
+}
+
+/// Starts and stops the instances of a slot. Readiness is by default not the platform's
+/// business: the controller probes the addresses it returns, unless the platform answers
+/// [`Platform::readiness`].
 #[async_trait::async_trait]
 pub trait Platform: Send + Sync + std::fmt::Debug {
     /// Starts `release.instances` instances of `release` in `slot` of `app` and returns them once
@@ -127,6 +141,14 @@ pub trait Platform: Send + Sync + std::fmt::Debug {
     /// Changes nothing. A server whose store knows nothing of `app` (a new or replaced state file)
     /// adopts these rather than stopping what serves the users.
     async fn running(&self, app: &str) -> Result<Vec<(Slot, Vec<InstanceInfo>)>, PlatformError>;
+
+    /// Whether `slot`'s instances are ready, for platforms where readiness is the platform's
+    /// own verdict (Kubernetes: the Deployment's rollout status, the pods' readiness probes) and
+    /// the instances' addresses may not be reachable from cutover. `None`, the default: the
+    /// controller probes the addresses [`Platform::start`] returned.
+    async fn readiness(&self, _app: &str, _slot: Slot) -> Option<Result<Readiness, PlatformError>> {
+        None
+    }
 
     /// The last `lines` lines of the logs of `slot`'s instances, for error messages.
     fn log_tail(&self, app: &str, slot: Slot, lines: usize) -> String;
