@@ -866,6 +866,11 @@ async fn run(command: Command, before: ServerArgs) -> Result<ExitCode> {
                         &cutover_core::RouteTable::empty(cutover_core::Slot::Blue)
                     )
                 ),
+                k8s => anyhow::bail!(
+                    "app {app} is routed by a Kubernetes object ({}), which stays yours: cutover changes \
+                     only its routing fields; docs/kubernetes.md has a complete example for each router",
+                    k8s.kind()
+                ),
             }
             Ok(ExitCode::SUCCESS)
         }

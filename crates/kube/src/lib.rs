@@ -26,6 +26,7 @@ use std::path::PathBuf;
 use cutover_core::{FieldError, Slot};
 use serde::{Deserialize, Serialize};
 
+pub use kube;
 pub use platform::KubernetesPlatform;
 
 /// The field manager of every write cutover makes.

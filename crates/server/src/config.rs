@@ -181,6 +181,9 @@ pub struct AppConfig {
     /// The backends of each slot and the hooks, for `platform = "static"`.
     #[serde(default)]
     pub hosts: Option<cutover_platform::StaticHostsConfig>,
+    /// The cluster, the Deployment template and the image, for `platform = "kubernetes"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<kube_types::KubernetesConfig>,
     #[serde(default)]
     pub release: ReleaseTemplate,
     #[serde(default)]
@@ -230,7 +233,40 @@ pub enum RouterConfig {
     Haproxy(Box<cutover_router::haproxy::HaproxyConfig>),
     /// An nginx driven by a rendered include file, `nginx -t` and graceful reloads.
     Nginx(Box<cutover_router::nginx::NginxConfig>),
+    /// A Kubernetes Service switched by its selector (blue-green only).
+    KubernetesService(Box<kube_types::ServiceRouterConfig>),
+    /// A Gateway API HTTPRoute's backendRefs weights.
+    GatewayApi(Box<kube_types::GatewayRouterConfig>),
+    /// An Istio VirtualService's route weights.
+    Istio(Box<kube_types::IstioRouterConfig>),
+    /// ingress-nginx: the app's Service selector and a canary Ingress.
+    IngressNginx(Box<kube_types::IngressNginxRouterConfig>),
 }
+
+/// The types of the Kubernetes settings: cutover-kube's with the `kubernetes` feature; without
+/// it any table, which validation refuses with how to get a binary that has it.
+#[cfg(feature = "kubernetes")]
+pub mod kube_types {
+    pub use cutover_kube::routers::{
+        GatewayRouterConfig, IngressNginxRouterConfig, IstioRouterConfig, ServiceRouterConfig,
+    };
+    pub use cutover_kube::KubernetesConfig;
+}
+
+/// The types of the Kubernetes settings: without the `kubernetes` feature, any table, refused by
+/// validation.
+#[cfg(not(feature = "kubernetes"))]
+pub mod kube_types {
+    pub type KubernetesConfig = toml::Table;
+    pub type ServiceRouterConfig = toml::Table;
+    pub type GatewayRouterConfig = toml::Table;
+    pub type IstioRouterConfig = toml::Table;
+    pub type IngressNginxRouterConfig = toml::Table;
+}
+
+/// Why a binary without the `kubernetes` feature refuses Kubernetes settings.
+#[cfg(not(feature = "kubernetes"))]
+const NO_KUBERNETES: &str = "this cutover was built without Kubernetes support; build it with      `cargo build --release --features kubernetes`";
 
 impl RouterConfig {
     /// The router of an app routed by HAProxy or nginx; `None` for the built-in proxy, which
@@ -248,7 +284,23 @@ impl RouterConfig {
                 app,
                 c.as_ref().clone(),
             )?)),
+            // Made with the app's cluster connection (`crate::kube_wiring`).
+            RouterConfig::KubernetesService(_)
+            | RouterConfig::GatewayApi(_)
+            | RouterConfig::Istio(_)
+            | RouterConfig::IngressNginx(_) => None,
         })
+    }
+
+    /// Whether this router is a Kubernetes object.
+    pub fn is_kubernetes(&self) -> bool {
+        matches!(
+            self,
+            RouterConfig::KubernetesService(_)
+                | RouterConfig::GatewayApi(_)
+                | RouterConfig::Istio(_)
+                | RouterConfig::IngressNginx(_)
+        )
     }
 
     pub fn kind(&self) -> &'static str {
@@ -256,6 +308,10 @@ impl RouterConfig {
             RouterConfig::Builtin => "builtin",
             RouterConfig::Haproxy(_) => "haproxy",
             RouterConfig::Nginx(_) => "nginx",
+            RouterConfig::KubernetesService(_) => "kubernetes_service",
+            RouterConfig::GatewayApi(_) => "gateway_api",
+            RouterConfig::Istio(_) => "istio",
+            RouterConfig::IngressNginx(_) => "ingress_nginx",
         }
     }
 }
@@ -268,6 +324,8 @@ pub enum PlatformKind {
     /// Fixed backends per slot (`[app.hosts]`) on hosts the team deploys itself; the release
     /// command is the deploy hook.
     Static,
+    /// A Deployment per slot on a Kubernetes cluster (`[app.kubernetes]`); a release is an image.
+    Kubernetes,
 }
 
 impl AppConfig {
@@ -284,6 +342,7 @@ impl AppConfig {
             routes,
             platform: None,
             hosts: None,
+            kubernetes: None,
             release: ReleaseTemplate::default(),
             readiness: ReadinessConfig::default(),
             rollout: RolloutPolicy::default(),
@@ -309,8 +368,100 @@ impl AppConfig {
             prometheus: self.prometheus.clone(),
             stop_grace_ms: self.stop_grace_ms,
             migrations: self.migrations.clone(),
+            runs_images: self.platform == Some(PlatformKind::Kubernetes),
         })
     }
+}
+
+/// What is wrong with an app's `platform = "kubernetes"` and `[app.kubernetes]`.
+fn kubernetes_platform_problems(app: &AppConfig, at: &str) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    match (app.platform, &app.kubernetes) {
+        (Some(PlatformKind::Kubernetes), None) => errors.push(FieldError::new(
+            format!("{at}.kubernetes"),
+            "platform = \"kubernetes\" needs [app.kubernetes] with the Deployment manifest and the image",
+        )),
+        (Some(PlatformKind::Kubernetes), Some(_k)) => {
+            #[cfg(feature = "kubernetes")]
+            errors.extend(_k.validate(&format!("{at}.kubernetes.")));
+            #[cfg(not(feature = "kubernetes"))]
+            errors.push(FieldError::new(format!("{at}.platform"), NO_KUBERNETES));
+            if app.router == RouterConfig::Builtin {
+                errors.push(FieldError::new(
+                    format!("{at}.router"),
+                    "an app on Kubernetes is routed by the cluster: set [app.router] kind = \"kubernetes_service\", \"gateway_api\", \"istio\" or \"ingress_nginx\"",
+                ));
+            }
+            if !app.release.command.is_empty() || app.release.workdir.is_some() {
+                errors.push(FieldError::new(
+                    format!("{at}.release"),
+                    "a release on Kubernetes is an image ([app.kubernetes] image), not a command: remove command and workdir",
+                ));
+            }
+        }
+        (_, Some(_)) => errors.push(FieldError::new(
+            format!("{at}.kubernetes"),
+            "[app.kubernetes] is only for platform = \"kubernetes\"; remove it or set the platform",
+        )),
+        (_, None) => {}
+    }
+    errors
+}
+
+/// What is wrong with an app routed by a Kubernetes object.
+fn kubernetes_router_problems(app: &AppConfig, router: &RouterConfig, at: &str) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let kind = router.kind();
+    #[cfg(not(feature = "kubernetes"))]
+    errors.push(FieldError::new(format!("{at}.router.kind"), NO_KUBERNETES));
+    if app.platform != Some(PlatformKind::Kubernetes) {
+        errors.push(FieldError::new(
+            format!("{at}.router"),
+            format!("{kind} routes between the Deployments of platform = \"kubernetes\"; set that platform and [app.kubernetes]"),
+        ));
+    }
+    if app.prometheus.is_none() {
+        errors.push(FieldError::new(
+            format!("{at}.prometheus"),
+            format!("{kind} counts no requests, so the judge needs [app.prometheus] with a query per slot (docs/kubernetes.md has them for Istio and ingress-nginx)"),
+        ));
+    }
+    #[cfg(feature = "kubernetes")]
+    {
+        let names: Vec<(&str, &str)> = match router {
+            RouterConfig::KubernetesService(c) => vec![("service", c.service.as_str())],
+            RouterConfig::GatewayApi(c) => vec![("http_route", c.http_route.as_str())],
+            RouterConfig::Istio(c) => vec![("virtual_service", c.virtual_service.as_str())],
+            RouterConfig::IngressNginx(c) => {
+                vec![("ingress", c.ingress.as_str()), ("service", c.service.as_str())]
+            }
+            _ => Vec::new(),
+        };
+        for (field, name) in names {
+            if !cutover_kube::is_dns_subdomain(name) {
+                errors.push(FieldError::new(
+                    format!("{at}.router.{field}"),
+                    format!("{name:?} is not an object name: lower-case letters, digits, '-' and '.'"),
+                ));
+            }
+        }
+    }
+    for (i, step) in app.rollout.steps.iter().enumerate() {
+        let w = step.weight_bp;
+        let why = match router {
+            RouterConfig::KubernetesService(_) if w != 0 && w != 10_000 => Some(format!(
+                "{w} bp: a Service selector sends all traffic to one slot (blue-green), so it has no canary steps; use one step of 10000, or route with gateway_api, istio or ingress_nginx for canaries"
+            )),
+            RouterConfig::Istio(_) if w % 100 != 0 => Some(format!(
+                "{w} bp: Istio's weights are whole percents; use a multiple of 100 bp"
+            )),
+            _ => None,
+        };
+        if let Some(why) = why {
+            errors.push(FieldError::new(format!("{at}.rollout.steps[{i}].weight_bp"), why));
+        }
+    }
+    errors
 }
 
 fn default_routes() -> RouteTable {
@@ -577,6 +728,7 @@ impl Config {
                         RouterConfig::Haproxy(c) => errors.extend(c.validate(&format!("{at}.router."))),
                         RouterConfig::Nginx(c) => errors.extend(c.validate(&format!("{at}.router."))),
                         RouterConfig::Builtin => {}
+                        k8s => errors.extend(kubernetes_router_problems(app, k8s, &at)),
                     }
                 }
             }
@@ -713,6 +865,7 @@ impl Config {
                     }
                 }
             }
+            errors.extend(kubernetes_platform_problems(app, &at));
             match (app.platform, &app.hosts) {
                 (Some(PlatformKind::Static), Some(hosts)) => errors.extend(hosts.validate(&format!("{at}.hosts."))),
                 (Some(PlatformKind::Static), None) => errors.push(FieldError::new(

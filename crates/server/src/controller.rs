@@ -23,7 +23,7 @@ use cutover_core::{
 };
 use cutover_monitoring::{CheckOutcome, CustomMetric, MetricSource, SlotMeasurement, WindowQuery};
 use cutover_platform::local::ProcessSecrets;
-use cutover_platform::Platform;
+use cutover_platform::{Platform, Readiness};
 use cutover_router::{CounterSource, Router};
 use cutover_store::{Store, StoreError, StoredEvent};
 use serde::{Deserialize, Serialize};
@@ -50,6 +50,8 @@ pub struct ManagedConfig {
     pub stop_grace_ms: u64,
     /// Expand/contract schema migrations: the expand half runs before each release starts.
     pub migrations: Option<crate::migrations::MigrationsConfig>,
+    /// The platform runs images (Kubernetes), so a release needs no command.
+    pub runs_images: bool,
 }
 
 impl Default for ManagedConfig {
@@ -63,6 +65,7 @@ impl Default for ManagedConfig {
             prometheus: None,
             stop_grace_ms: 10_000,
             migrations: None,
+            runs_images: false,
         }
     }
 }
@@ -529,7 +532,7 @@ impl Controller {
             .command
             .clone()
             .unwrap_or_else(|| template.command.clone());
-        if command.trim().is_empty() {
+        if command.trim().is_empty() && !self.config.runs_images {
             errors.push(FieldError::new(
                 "command",
                 format!("app {} has no release command in its configuration ([app.release] command); pass one with --cmd", self.name),
@@ -1058,7 +1061,13 @@ impl Controller {
             let instances = self.platform.start(&self.name, slot, release).await.map_err(|e| e.to_string())?;
             let addrs: Vec<SocketAddr> = instances.iter().map(|i| i.addr).collect();
             let remaining = deadline.since(self.clock.now());
+            // A platform that judges readiness itself (Kubernetes) also says when an instance
+            // will not come up; the probes and the exit watch are for the others.
+            let judged_by_platform = self.platform.readiness(&self.name, slot).await.is_some();
             let exited = async {
+                if judged_by_platform {
+                    return std::future::pending().await;
+                }
                 loop {
                     tokio::time::sleep(Duration::from_millis(self.config.readiness.interval_ms)).await;
                     if let Ok(list) = self.platform.instances(&self.name, slot).await {
@@ -1107,14 +1116,22 @@ impl Controller {
                     report_at += Duration::from_secs(15);
                 }
             };
-            tokio::select! {
-                ready = checks::wait_ready(&addrs, &self.config.readiness, remaining, &progress) => {
-                    ready.map_err(|e| format!("not ready within the readiness deadline ({} s): {e}", release_deadline_secs(&self.config)))?;
+            let ready = async {
+                if judged_by_platform {
+                    self.wait_platform_ready(slot, remaining, &progress).await
+                } else {
+                    checks::wait_ready(&addrs, &self.config.readiness, remaining, &progress)
+                        .await
+                        .map(|()| addrs.clone())
                 }
-                why = exited => return Err(why),
-                why = not_ready_yet => return Err(why),
+            };
+            tokio::select! {
+                ready = ready => {
+                    ready.map_err(|e| format!("not ready within the readiness deadline ({} s): {e}", release_deadline_secs(&self.config)))
+                }
+                why = exited => Err(why),
+                why = not_ready_yet => Err(why),
             }
-            Ok(addrs)
         }
         .await;
         result.map_err(|reason| {
@@ -1127,6 +1144,37 @@ impl Controller {
             // The reason goes to events, webhooks and logs: never with the release's values.
             release.env.mask_values(&reason)
         })
+    }
+
+    /// Polls the platform's own readiness verdict until the slot is ready (its instances'
+    /// addresses), fails, or `deadline` passes. An error reaching the platform is not a verdict:
+    /// it is reported as progress and asked again.
+    async fn wait_platform_ready(
+        &self,
+        slot: Slot,
+        deadline: Duration,
+        progress: &std::sync::Mutex<String>,
+    ) -> Result<Vec<SocketAddr>, String> {
+        let started = tokio::time::Instant::now();
+        let interval = Duration::from_millis(self.config.readiness.interval_ms.max(50));
+        loop {
+            let now = match self.platform.readiness(&self.name, slot).await {
+                Some(Ok(Readiness::Ready(instances))) => {
+                    return Ok(instances.iter().map(|i| i.addr).collect());
+                }
+                Some(Ok(Readiness::Failed(why))) => return Err(why),
+                Some(Ok(Readiness::Pending(what))) => what,
+                Some(Err(e)) => e.to_string(),
+                None => "the platform stopped judging readiness".to_string(),
+            };
+            if let Ok(mut p) = progress.lock() {
+                p.clone_from(&now);
+            }
+            if started.elapsed() >= deadline {
+                return Err(now);
+            }
+            tokio::time::sleep(interval).await;
+        }
     }
 
     async fn provision(self: Arc<Self>, slot: Slot, release: ReleaseSpec, deadline: Timestamp, epoch: u64) {

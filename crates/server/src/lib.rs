@@ -11,6 +11,8 @@ pub mod flags;
 pub mod freeze;
 pub mod gates;
 pub mod handover;
+#[cfg(feature = "kubernetes")]
+mod kube_wiring;
 pub mod migrations;
 pub mod ramps;
 
@@ -90,6 +92,9 @@ pub enum ServeError {
         app: String,
         source: cutover_router::RouterError,
     },
+    /// The app's cluster could not be reached or its settings are unusable.
+    #[error("app {app}: {reason}")]
+    Kubernetes { app: String, reason: String },
     #[error(
         "state directory {path} is in use by another cutover serve ({holder}); two servers on one \
          state directory would fight over its apps and instances: stop the other one, or give this \
@@ -592,7 +597,14 @@ async fn start_inner(
     }
     let mut routers: BTreeMap<String, Arc<dyn cutover_router::Router>> = BTreeMap::new();
     let mut app_listeners: BTreeMap<String, AppListeners> = BTreeMap::new();
+    #[cfg(feature = "kubernetes")]
+    let mut clusters = kube_wiring::Clusters::default();
     for (i, app_config) in config.apps.iter().enumerate() {
+        #[cfg(feature = "kubernetes")]
+        if let Some(router) = clusters.router(app_config, &options.config_dir).await? {
+            routers.insert(app_config.name.clone(), router);
+            continue;
+        }
         let external = app_config
             .router
             .external(&app_config.name)
@@ -855,6 +867,8 @@ async fn start_inner(
                 (Some(config::PlatformKind::Static), Some(hosts)) => Arc::new(
                     cutover_platform::StaticHostsPlatform::new(&app_config.name, hosts.clone(), &state_dir)?,
                 ),
+                #[cfg(feature = "kubernetes")]
+                (Some(config::PlatformKind::Kubernetes), _) => clusters.platform(app_config)?,
                 _ => Arc::clone(&deps.platform),
             };
             let deps = Deps {
