@@ -265,7 +265,7 @@ impl Platform for KubernetesPlatform {
         let template = self.template().await.map_err(|e| start_error(e.to_string()))?;
         let now = started_at_now();
         let deployment = slot_deployment(&template, &self.config, &self.namespace, app, slot, release, &now)
-            .map_err(|reason| start_error(reason))?;
+            .map_err(&start_error)?;
         let name = slot_object_name(app, slot);
         let params = PatchParams::apply(FIELD_MANAGER).force();
         self.deployments()
@@ -749,6 +749,11 @@ pub fn slot_deployment(
         .unwrap_or_default();
     pod_labels.extend(slot_labels(app, slot));
     pod_labels.insert(LABEL_VERSION.into(), json!(version_label(&release.version)));
+    // The label meshes and dashboards read the version from (Istio's `destination_version`).
+    pod_labels.insert(
+        "app.kubernetes.io/version".into(),
+        json!(version_label(&release.version)),
+    );
     pod_meta.insert("labels".into(), Value::Object(pod_labels));
     let mut pod_annotations = pod_meta
         .get("annotations")

@@ -371,6 +371,11 @@ impl Router for KubeRouter {
     async fn apply(&self, table: &RouteTable) -> Result<(), RouterError> {
         table.validate().map_err(|e| self.refused(e.to_string()))?;
         self.object.check(table).map_err(|why| self.refused(why))?;
+        if routes_to_no_release(table) {
+            // Before the first release there is nothing of cutover's to send traffic to: the
+            // object stays as its owner left it (it may still serve what ran before cutover).
+            return Ok(());
+        }
         let current = self.current().await?;
         let spec = current.get("spec").cloned().unwrap_or(Value::Null);
         let now = self.shares(&current).await.ok();
@@ -445,6 +450,22 @@ impl Router for KubeRouter {
     fn drain_timeout(&self) -> Duration {
         self.drain
     }
+
+    async fn reconcile(&self, wanted: &RouteTable) -> Result<bool, RouterError> {
+        if routes_to_no_release(wanted) || self.applied().await.ok().as_ref() == Some(wanted) {
+            return Ok(false);
+        }
+        self.apply(wanted).await?;
+        Ok(true)
+    }
+}
+
+/// Whether every slot `table` sends traffic to is without a release (an app before its first
+/// deploy).
+fn routes_to_no_release(table: &RouteTable) -> bool {
+    Slot::ALL
+        .into_iter()
+        .all(|slot| table.weight_of(slot) == 0 || table.pool(slot).version.is_empty())
 }
 
 /// The app's Service: `spec.selector` picks the live slot.

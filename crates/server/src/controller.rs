@@ -319,17 +319,10 @@ impl Controller {
         });
         let (target_ready, live_ready) = match state.active_rollout() {
             Some(r) => (
-                checks::all_ready(&state.slot(r.target).backends, &controller.config.readiness).await,
-                checks::all_ready(
-                    &state.slot(r.target.other()).backends,
-                    &controller.config.readiness,
-                )
-                .await,
+                controller.slot_ready(&state, r.target).await,
+                controller.slot_ready(&state, r.target.other()).await,
             ),
-            None => (
-                false,
-                checks::all_ready(&state.slot(state.live).backends, &controller.config.readiness).await,
-            ),
+            None => (false, controller.slot_ready(&state, state.live).await),
         };
         let target_gone = match state.active_rollout() {
             Some(r) if !target_ready => controller.slot_gone(r.target).await,
@@ -1029,6 +1022,15 @@ impl Controller {
                     }
                 });
             }
+        }
+    }
+
+    /// Whether `slot`'s instances are ready now: the platform's verdict where it judges
+    /// readiness itself, else a probe of each recorded backend.
+    async fn slot_ready(&self, state: &AppState, slot: Slot) -> bool {
+        match self.platform.readiness(&self.name, slot).await {
+            Some(verdict) => matches!(verdict, Ok(Readiness::Ready(_))),
+            None => checks::all_ready(&state.slot(slot).backends, &self.config.readiness).await,
         }
     }
 

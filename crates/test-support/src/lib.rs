@@ -9,6 +9,8 @@
 pub mod browser;
 pub mod fakes;
 pub mod haproxy;
+pub mod k8s_schema;
+pub mod kube_apiserver;
 pub mod monitoring;
 pub mod nginx;
 pub mod postgres;
