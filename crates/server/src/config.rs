@@ -420,6 +420,14 @@ fn kubernetes_router_problems(app: &AppConfig, router: &RouterConfig, at: &str) 
             format!("{kind} routes between the Deployments of platform = \"kubernetes\"; set that platform and [app.kubernetes]"),
         ));
     }
+    if app.proxy != ProxySettings::default() {
+        errors.push(FieldError::new(
+            format!("{at}.proxy"),
+            format!(
+                "[app.proxy] (sticky users, health checks, timeouts) is a setting of cutover's own proxy; {kind} splits each request by weight or switches everyone at once, so it cannot keep a user on one version: remove it, and use the data plane's own session affinity if users must stay put"
+            ),
+        ));
+    }
     if app.prometheus.is_none() {
         errors.push(FieldError::new(
             format!("{at}.prometheus"),
