@@ -600,6 +600,31 @@ async fn whole_rollouts(kind: Kind) {
     assert!(phase == "succeeded" || phase == "promoted", "{phase}");
     assert_eq!(rig.share_of("v6"), 10_000, "v6 takes all traffic");
     rig.assert_no_outage();
+
+    // Everything cutover wrote along the way passes the published schemas; the only writes that
+    // are not objects are the scale-downs, patches of the scale subresource.
+    let (objects, patches): (Vec<Value>, Vec<Value>) = rig
+        .server
+        .writes("cutover")
+        .into_iter()
+        .partition(|w| w.get("kind").is_some());
+    assert!(
+        patches
+            .iter()
+            .all(|p| *p == serde_json::json!({"spec": {"replicas": 0}})),
+        "{patches:?}"
+    );
+    let writes: Vec<Value> = objects
+        .into_iter()
+        .map(|mut w| {
+            // The schema models carry Istio's networking API as v1beta1; v1 is the same schema.
+            if w["apiVersion"] == "networking.istio.io/v1" {
+                w["apiVersion"] = serde_json::json!("networking.istio.io/v1beta1");
+            }
+            w
+        })
+        .collect();
+    cutover_test_support::k8s_schema::validate_apply_patch(&writes).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
