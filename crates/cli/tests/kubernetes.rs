@@ -531,6 +531,14 @@ async fn whole_rollouts(kind: Kind) {
     assert_eq!(code, 0, "{out}");
     assert_eq!(rig.share_of("v1"), 10_000);
 
+    // A secret by reference would be written into the Deployment in plain text: refused, and
+    // nothing is written.
+    let writes_before = rig.server.writes("cutover").len();
+    let (code, out) = rig.cli(&["deploy", "shop", "v1-secret", "--secret", "DB_PASSWORD=env:HOME"]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("secretKeyRef"), "{out}");
+    assert_eq!(rig.server.writes("cutover").len(), writes_before);
+
     // A good release is promoted; the old slot stays warm through the rollback window.
     let (code, out) = rig.deploy("v2");
     assert_eq!(code, 0, "{out}");

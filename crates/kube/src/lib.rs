@@ -213,7 +213,8 @@ pub(crate) fn describe_api_error(error: &kube::Error) -> String {
                 401 => "; the credentials of the kubeconfig were refused: renew the token or certificate",
                 403 => "; cutover's ServiceAccount lacks a permission: see the Role in docs/kubernetes.md",
                 404 => "; the object or its API does not exist in the cluster (a CRD not installed?)",
-                409 => "; another writer changed the object at the same time: it is retried",
+                409 => "; another writer changed the object at the same time: try again",
+                422 => "; the cluster refused the object as invalid: if a field that cannot change (a Deployment's selector) changed in the manifest, keep it as it was, or delete the slot's Deployment while it serves no traffic",
                 _ => "",
             };
             format!("{} ({} {}){hint}", status.message, status.code, status.reason)

@@ -203,16 +203,26 @@ impl KubernetesPlatform {
             }
         }
         let mut text = String::new();
-        let mut logs_of = None;
         for pod in pods.iter().filter(|p| !pod_ready(p)) {
             let name = pod.metadata.name.clone().unwrap_or_default();
             text.push_str(&format!("pod {name}: {}\n", pod_state(pod)));
-            if logs_of.is_none() {
-                logs_of = Some(name);
-            }
         }
-        if let Some(name) = logs_of {
-            let container = self.config.container.clone();
+        // The logs of the pod that failed (else the first that is not ready), of the release's
+        // container: a pod with sidecars has no default container to read.
+        let limit = self.config.crash_loop_restarts;
+        let logs_of = pods
+            .iter()
+            .find(|p| pod_failed(p, limit).is_some())
+            .or_else(|| pods.iter().find(|p| !pod_ready(p)));
+        if let Some(pod) = logs_of {
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let container = self.config.container.clone().or_else(|| {
+                pod.spec
+                    .as_ref()
+                    .and_then(|s| s.containers.first())
+                    .map(|c| c.name.clone())
+            });
+            let mut why_not = String::new();
             for previous in [true, false] {
                 let params = LogParams {
                     container: container.clone(),
@@ -220,19 +230,23 @@ impl KubernetesPlatform {
                     previous,
                     ..LogParams::default()
                 };
-                if let Ok(lines) = self.pods().logs(&name, &params).await {
-                    if !lines.trim().is_empty() {
-                        text.push_str(&format!(
-                            "last lines of pod {name}{}:\n{lines}",
-                            if previous {
-                                " (the container that exited)"
-                            } else {
-                                ""
-                            }
-                        ));
+                match self.pods().logs(&name, &params).await {
+                    Ok(lines) if !lines.trim().is_empty() => {
+                        let which = if previous {
+                            " (the container that exited)"
+                        } else {
+                            ""
+                        };
+                        text.push_str(&format!("last lines of pod {name}{which}:\n{lines}"));
+                        why_not.clear();
                         break;
                     }
+                    Ok(_) => {}
+                    Err(e) => why_not = crate::describe_api_error(&e),
                 }
+            }
+            if !why_not.is_empty() {
+                text.push_str(&format!("the logs of pod {name} could not be read: {why_not}\n"));
             }
         }
         if let Ok(mut seen) = self.seen.lock() {
@@ -436,6 +450,11 @@ impl KubernetesPlatform {
         match rollout_status(&deployment) {
             RolloutStatus::Done => {
                 let ready: Vec<Pod> = pods.into_iter().filter(pod_ready).collect();
+                if ready.is_empty() {
+                    return Ok(Readiness::Pending(
+                        "no pod of the new version is ready yet".into(),
+                    ));
+                }
                 Ok(Readiness::Ready(self.instances_of(&ready)))
             }
             RolloutStatus::Failed(why) => {
@@ -524,6 +543,10 @@ pub fn rollout_status(d: &Deployment) -> RolloutStatus {
         ));
     }
     let wanted = d.spec.replicas.unwrap_or(1);
+    if wanted == 0 {
+        // `kubectl rollout status` calls this done; for cutover a slot without pods is not ready.
+        return RolloutStatus::Waiting("the Deployment is scaled to zero".into());
+    }
     let updated = status.updated_replicas.unwrap_or(0);
     let replicas = status.replicas.unwrap_or(0);
     let available = status.available_replicas.unwrap_or(0);
@@ -690,10 +713,12 @@ pub fn slot_deployment(
         .filter_map(|c| c.get("name").and_then(Value::as_str).map(str::to_string))
         .collect();
     let index = match &config.container {
-        Some(wanted) => names
-            .iter()
-            .position(|n| n == wanted)
-            .ok_or_else(|| format!("it has no container {wanted:?} (it has {})", names.join(", ")))?,
+        Some(wanted) => names.iter().position(|n| n == wanted).ok_or_else(|| {
+            format!(
+                "[app.kubernetes] container: the template has no container {wanted:?} (it has {})",
+                names.join(", ")
+            )
+        })?,
         None if containers.is_empty() => return Err("the template Deployment has no containers".into()),
         None => 0,
     };
@@ -965,7 +990,7 @@ spec:
         )
         .unwrap_err();
         assert!(
-            err.contains("no container \"api\" (it has sidecar, web)"),
+            err.contains("container: the template has no container \"api\" (it has sidecar, web)"),
             "{err}"
         );
     }

@@ -2,10 +2,10 @@
 //!
 //! | kind | object | what cutover owns | canary weights |
 //! | --- | --- | --- | --- |
-//! | `kubernetes_service` | the app's Service | `spec.selector` keys `cutover.dev/app`, `cutover.dev/slot` | no: blue-green only |
+//! | `kubernetes_service` | the app's Service | `spec.selector` (atomic in the API: the owner's keys as they are, plus `cutover.dev/app`, `cutover.dev/slot`) | no: blue-green only |
 //! | `gateway_api` | an HTTPRoute | `spec.rules` (the list is atomic in the CRD), `backendRefs` of the rules that point at the slot Services | 0.01 % steps |
 //! | `istio` | a VirtualService | `spec.http` (atomic), `route` of the routes that point at the slot Services | 1 % steps |
-//! | `ingress_nginx` | the app's Service, and a canary Ingress `<ingress>-canary` cutover makes | the selector keys, and the whole canary Ingress | 0.01 % steps |
+//! | `ingress_nginx` | the app's Service, and a canary Ingress `<ingress>-canary` cutover makes | the selector, and the whole canary Ingress (the paths of the app's Ingress that send to the app's Service) | 0.01 % steps |
 //!
 //! The slot Services are the platform's `<app>-blue` and `<app>-green`.
 //!
@@ -108,6 +108,11 @@ pub(crate) trait RouteObject: Send + Sync + std::fmt::Debug {
     /// The share of each slot `[blue, green]`, in basis points, the object routes by; an error
     /// when it routes by something cutover did not write.
     fn read(&self, current: &Value) -> Result<[u32; 2], String>;
+    /// Whether it sends to the slot Services (`<app>-blue`, `<app>-green`) rather than to pods
+    /// by label.
+    fn uses_slot_services(&self) -> bool {
+        false
+    }
 }
 
 /// A [`Router`] over one route object; see the module docs.
@@ -147,6 +152,7 @@ impl KubeRouter {
         let object = WeightedRoutes {
             kind: RouteKind::HttpRoute,
             name: config.http_route.clone(),
+            namespace: namespace.to_string(),
             hosts: slot_hosts(app),
         };
         Self::new(client, namespace, app, object, config.drain_timeout_ms)
@@ -156,6 +162,7 @@ impl KubeRouter {
         let object = WeightedRoutes {
             kind: RouteKind::VirtualService,
             name: config.virtual_service.clone(),
+            namespace: namespace.to_string(),
             hosts: slot_hosts(app),
         };
         Self::new(client, namespace, app, object, config.drain_timeout_ms)
@@ -176,6 +183,7 @@ impl KubeRouter {
         );
         router.canary_ingress = Some(std::sync::Arc::new(CanaryIngress {
             ingress: config.ingress.clone(),
+            service: config.service.clone(),
             hosts: slot_hosts(app),
         }));
         router
@@ -279,6 +287,24 @@ impl KubeRouter {
                 return Err(self.refused(format!(
                     "not sending traffic to slot {slot}: its Deployment {name} has no available pod ({available} of {replicas}); it may have been scaled down"
                 )));
+            }
+            let by_service = self.object.uses_slot_services()
+                || (self.canary_ingress.is_some() && slot == table.live.other());
+            if by_service {
+                let services: Api<k8s_openapi::api::core::v1::Service> =
+                    Api::namespaced(self.client.clone(), &self.namespace);
+                let found = services.get_opt(&name).await.map_err(|e| {
+                    self.unavailable(format!(
+                        "reading Service {name}: {}",
+                        crate::describe_api_error(&e)
+                    ))
+                })?;
+                if found.is_none() {
+                    return Err(self.refused(format!(
+                        "not sending traffic to slot {slot}: its Service {}/{name} does not exist; cutover makes it when the slot starts if the container has a port: add `ports` to the container in the manifest, or set [app.kubernetes] service_port",
+                        self.namespace
+                    )));
+                }
             }
             if let RolloutStatus::Waiting(why) | RolloutStatus::Failed(why) = rollout_status(&d) {
                 return Err(self.refused(format!(
@@ -396,11 +422,17 @@ impl Router for KubeRouter {
             },
             "spec": owned,
         });
-        // Order matters for ingress-nginx: the canary Ingress gets its share only once the
-        // Service (and so the main Ingress) sends to the live slot, and loses it first.
+        // ingress-nginx: when the live slot changes, everything first goes through the canary
+        // Ingress to the new live slot, then the Service switches to it, then the canary Ingress
+        // gets its new share; at no moment does anyone go back to the old slot.
+        let service_live =
+            self.object
+                .read(&spec)
+                .ok()
+                .map(|s| if s[0] == WHOLE { Slot::Blue } else { Slot::Green });
         if let Some(canary) = &self.canary_ingress {
-            if table.canary_weight_bp == 0 {
-                canary.apply(self, table).await?;
+            if service_live.is_some_and(|live| live != table.live) {
+                canary.apply(self, table.live, WHOLE).await?;
             }
         }
         let written = self
@@ -419,9 +451,9 @@ impl Router for KubeRouter {
                 ))
             })?;
         if let Some(canary) = &self.canary_ingress {
-            if table.canary_weight_bp != 0 {
-                canary.apply(self, table).await?;
-            }
+            canary
+                .apply(self, table.live.other(), u32::from(table.canary_weight_bp))
+                .await?;
         }
         let written = serde_json::to_value(written).map_err(|e| self.unavailable(e.to_string()))?;
         let found = self.table_of(&written).await?;
@@ -536,7 +568,16 @@ impl RouteObject for ServiceSelector {
         } else {
             Self::selected(table)
         };
-        Ok(json!({"selector": {LABEL_APP: self.app, LABEL_SLOT: slot.to_string()}}))
+        // `spec.selector` is an atomic map in the Service API: an apply owns it whole, so it
+        // carries the owner's keys as they are, with cutover's two.
+        let mut selector = current
+            .get("selector")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        selector.insert(LABEL_APP.into(), json!(self.app));
+        selector.insert(LABEL_SLOT.into(), json!(slot.to_string()));
+        Ok(json!({ "selector": Value::Object(selector) }))
     }
 
     fn read(&self, current: &Value) -> Result<[u32; 2], String> {
@@ -568,6 +609,7 @@ enum RouteKind {
 struct WeightedRoutes {
     kind: RouteKind,
     name: String,
+    namespace: String,
     hosts: [String; 2],
 }
 
@@ -592,11 +634,16 @@ impl WeightedRoutes {
             }
             // Istio's short names are in the VirtualService's namespace; `x.ns.svc.cluster.local`
             // names the same Service.
-            RouteKind::VirtualService => reference
-                .pointer("/destination/host")?
-                .as_str()?
-                .split('.')
-                .next()?,
+            RouteKind::VirtualService => {
+                let host = reference.pointer("/destination/host")?.as_str()?;
+                let mut labels = host.split('.');
+                let name = labels.next()?;
+                // `shop-blue.other-ns.svc.cluster.local` is another namespace's Service.
+                if labels.next().is_some_and(|ns| ns != self.namespace) {
+                    return None;
+                }
+                name
+            }
         };
         Slot::ALL.into_iter().find(|s| self.hosts[s.index()] == name)
     }
@@ -609,27 +656,39 @@ impl WeightedRoutes {
         }
     }
 
+    /// The reference to `slot`'s Service with `weight`, made from `like` (the rule's reference
+    /// to that slot, else to the other one): its other fields (port, filters, headers) are the
+    /// owner's and stay as they are.
     fn reference(&self, slot: Slot, weight: u32, like: Option<&Value>) -> Value {
+        let host = self.hosts[slot.index()].clone();
+        let mut r = like
+            .cloned()
+            .filter(Value::is_object)
+            .unwrap_or_else(|| json!({}));
         match self.kind {
             RouteKind::HttpRoute => {
-                let mut r = json!({"kind": "Service", "name": self.hosts[slot.index()], "weight": weight});
-                if let Some(port) = like.and_then(|l| l.get("port")) {
-                    r["port"] = port.clone();
+                r["name"] = json!(host);
+                if r.get("kind").is_none() {
+                    r["kind"] = json!("Service");
                 }
-                r
             }
             RouteKind::VirtualService => {
-                let mut destination = json!({"host": self.hosts[slot.index()]});
-                if let Some(port) = like.and_then(|l| l.pointer("/destination/port")) {
-                    destination["port"] = port.clone();
+                if !r.get("destination").is_some_and(Value::is_object) {
+                    r["destination"] = json!({});
                 }
-                json!({"destination": destination, "weight": weight})
+                r["destination"]["host"] = json!(host);
             }
         }
+        r["weight"] = json!(weight);
+        r
     }
 }
 
 impl RouteObject for WeightedRoutes {
+    fn uses_slot_services(&self) -> bool {
+        true
+    }
+
     fn gvk(&self) -> GroupVersionKind {
         match self.kind {
             RouteKind::HttpRoute => GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute"),
@@ -753,6 +812,8 @@ impl RouteObject for WeightedRoutes {
 #[derive(Debug)]
 struct CanaryIngress {
     ingress: String,
+    /// The app's Service, to which the paths the canary copies send.
+    service: String,
     hosts: [String; 2],
 }
 
@@ -769,36 +830,49 @@ impl CanaryIngress {
         GroupVersionKind::gvk("networking.k8s.io", "v1", "Ingress")
     }
 
-    /// The canary Ingress for `table`, made from the app's Ingress as it is now.
-    fn render(&self, main: &Value, table: &RouteTable, namespace: &str) -> Result<Value, String> {
-        let canary_slot = table.live.other();
-        let mut rules = main
+    /// The canary Ingress sending `weight` (basis points) to `slot`, made from the app's Ingress
+    /// as it is now: its hosts and the paths that send to the app's Service (`service`), nothing
+    /// else, each to the slot's Service on its `http` port.
+    fn render(&self, main: &Value, slot: Slot, weight: u32, namespace: &str) -> Result<Value, String> {
+        let rules = main
             .pointer("/spec/rules")
             .and_then(Value::as_array)
-            .cloned()
             .ok_or_else(|| format!("Ingress {} has no spec.rules", self.ingress))?;
-        let mut port = None;
-        for rule in &mut rules {
-            for path in rule
-                .pointer_mut("/http/paths")
-                .and_then(Value::as_array_mut)
+        let mut canary_rules = Vec::new();
+        for rule in rules {
+            let paths: Vec<Value> = rule
+                .pointer("/http/paths")
+                .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
-            {
-                if port.is_none() {
-                    port = path.pointer("/backend/service/port").cloned();
-                }
-                let mut backend = json!({"service": {"name": self.hosts[canary_slot.index()]}});
-                if let Some(p) = path.pointer("/backend/service/port") {
-                    backend["service"]["port"] = p.clone();
-                }
-                path["backend"] = backend;
+                .filter(|p| {
+                    p.pointer("/backend/service/name").and_then(Value::as_str) == Some(self.service.as_str())
+                })
+                .map(|p| {
+                    let mut path = p.clone();
+                    path["backend"] =
+                        json!({"service": {"name": self.hosts[slot.index()], "port": {"name": "http"}}});
+                    path
+                })
+                .collect();
+            if paths.is_empty() {
+                continue;
             }
+            let mut canary_rule = json!({"http": {"paths": paths}});
+            if let Some(host) = rule.get("host") {
+                canary_rule["host"] = host.clone();
+            }
+            canary_rules.push(canary_rule);
         }
-        let class = main.pointer("/spec/ingressClassName").cloned();
-        let mut spec = json!({ "rules": rules });
-        if let Some(class) = class {
-            spec["ingressClassName"] = class;
+        if canary_rules.is_empty() {
+            return Err(format!(
+                "no path of Ingress {} sends to Service {}: the canary Ingress copies those paths",
+                self.ingress, self.service
+            ));
+        }
+        let mut spec = json!({ "rules": canary_rules });
+        if let Some(class) = main.pointer("/spec/ingressClassName") {
+            spec["ingressClassName"] = class.clone();
         }
         if let Some(tls) = main.pointer("/spec/tls") {
             spec["tls"] = tls.clone();
@@ -812,7 +886,7 @@ impl CanaryIngress {
                 "labels": {crate::LABEL_MANAGED_BY: FIELD_MANAGER},
                 "annotations": {
                     NGINX_CANARY: "true",
-                    NGINX_WEIGHT: table.canary_weight_bp.to_string(),
+                    NGINX_WEIGHT: weight.to_string(),
                     NGINX_WEIGHT_TOTAL: WHOLE.to_string(),
                 },
             },
@@ -820,7 +894,7 @@ impl CanaryIngress {
         }))
     }
 
-    async fn apply(&self, router: &KubeRouter, table: &RouteTable) -> Result<(), RouterError> {
+    async fn apply(&self, router: &KubeRouter, slot: Slot, weight: u32) -> Result<(), RouterError> {
         let api = router.api(&Self::gvk());
         let main = api
             .get_opt(&self.ingress)
@@ -840,7 +914,7 @@ impl CanaryIngress {
             })?;
         let main = serde_json::to_value(main).map_err(|e| router.unavailable(e.to_string()))?;
         let body = self
-            .render(&main, table, &router.namespace)
+            .render(&main, slot, weight, &router.namespace)
             .map_err(|why| router.refused(why))?;
         api.patch(
             &self.name(),
@@ -952,6 +1026,7 @@ mod tests {
         WeightedRoutes {
             kind: RouteKind::HttpRoute,
             name: "shop".into(),
+            namespace: "ns".into(),
             hosts: slot_hosts("shop"),
         }
     }
@@ -966,9 +1041,10 @@ mod tests {
         s.check(&table(Slot::Blue, 10_000)).unwrap();
         let spec = json!({"selector": {"app": "shop"}});
         let owned = s.render(&table(Slot::Blue, 10_000), &spec).unwrap();
+        // The selector is atomic in the Service API: the owner's keys ride along, unchanged.
         assert_eq!(
             owned,
-            json!({"selector": {LABEL_APP: "shop", LABEL_SLOT: "green"}})
+            json!({"selector": {"app": "shop", LABEL_APP: "shop", LABEL_SLOT: "green"}})
         );
         assert!(s.render(&table(Slot::Blue, 0), &json!({"selector": {}})).is_err());
         assert!(s.render(&table(Slot::Blue, 0), &json!({})).is_err());
@@ -1015,6 +1091,7 @@ mod tests {
         let r = WeightedRoutes {
             kind: RouteKind::VirtualService,
             name: "shop".into(),
+            namespace: "ns".into(),
             hosts: slot_hosts("shop"),
         };
         assert!(r

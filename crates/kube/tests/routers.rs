@@ -243,32 +243,27 @@ async fn a_gitops_tool_that_applies_its_own_fields_again_does_not_undo_cutovers(
     let wanted = table(Slot::Green, 0, "v1", "v2");
     router.apply(&wanted).await.unwrap();
     // The GitOps tool syncs its manifest again (server-side apply, its own manager, no force).
-    match kind {
-        RouterKind::Service | RouterKind::IngressNginx => {
-            // Its selector key is its own; cutover's keys are cutover's: no conflict, no change.
-            let object = json!({
-                "apiVersion": "v1", "kind": "Service",
-                "metadata": {"name": "shop", "namespace": NS, "labels": {"team": "checkout"}},
-                "spec": {"selector": {"app": "shop"}, "ports": [{"port": 80, "targetPort": 8080}]},
-            });
-            cluster.server.apply_as("argocd", object, false).unwrap();
-            assert_eq!(router.applied().await.unwrap(), wanted);
-        }
-        RouterKind::Gateway | RouterKind::Istio => {
-            // The rules list is atomic in these CRDs, so cutover owns it whole: a sync of other
-            // weights is a conflict the tool reports, not a silent flip of the traffic
-            // (docs/kubernetes.md: tell the tool to leave fields managed by cutover alone).
-            let (api_version, k) = kind.api_version_kind();
-            let spec = if kind == RouterKind::Gateway {
-                json!({"rules": [{"backendRefs": [{"name": "shop-blue", "port": 8080}]}]})
-            } else {
-                json!({"http": [{"route": [{"destination": {"host": "shop-blue"}}]}]})
-            };
-            let object = json!({"apiVersion": api_version, "kind": k, "metadata": {"name": "shop", "namespace": NS}, "spec": spec});
-            let err = cluster.server.apply_as("argocd", object, false).unwrap_err();
-            assert!(err.contains("conflict") || err.contains("Conflict"), "{err}");
-            assert_eq!(router.applied().await.unwrap(), wanted);
-        }
+    // Every field cutover writes is in a map or list the API declares atomic (a Service's
+    // selector, an HTTPRoute's rules, a VirtualService's http routes), so cutover owns it whole:
+    // a sync of the tool's own values is a conflict the tool reports, never a silent switch of
+    // the traffic (docs/kubernetes.md: tell the tool to leave fields managed by cutover alone).
+    let (api_version, k) = kind.api_version_kind();
+    let spec = match kind {
+        RouterKind::Service | RouterKind::IngressNginx => json!({"selector": {"app": "shop"}}),
+        RouterKind::Gateway => json!({"rules": [{"backendRefs": [{"name": "shop-blue", "port": 8080}]}]}),
+        RouterKind::Istio => json!({"http": [{"route": [{"destination": {"host": "shop-blue"}}]}]}),
+    };
+    let object = json!({"apiVersion": api_version, "kind": k, "metadata": {"name": "shop", "namespace": NS}, "spec": spec});
+    let err = cluster.server.apply_as("argocd", object, false).unwrap_err();
+    assert!(err.contains("conflict") || err.contains("Conflict"), "{err}");
+    assert_eq!(router.applied().await.unwrap(), wanted);
+    // The tool's other fields stay its own: applying those alone is no conflict.
+    if matches!(kind, RouterKind::Service | RouterKind::IngressNginx) {
+        let labels = json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "shop", "namespace": NS, "labels": {"team": "payments"}},
+            "spec": {"ports": [{"port": 80, "targetPort": 8080}]}});
+        cluster.server.apply_as("argocd", labels, false).unwrap();
+        assert_eq!(router.applied().await.unwrap(), wanted);
     }
 }
 
@@ -344,4 +339,137 @@ async fn a_service_without_a_selector_is_never_given_one_that_could_select_every
     assert!(service["spec"]
         .get("selector")
         .is_none_or(|s| s.as_object().is_none_or(|m| m.is_empty())));
+}
+
+#[tokio::test]
+async fn no_weight_to_a_slot_whose_service_is_missing() {
+    let cluster = Cluster::start().await;
+    // A manifest whose container declares no port: cutover cannot make the slot Services.
+    std::fs::write(
+        cluster.dir.path().join("deploy.yaml"),
+        common::MANIFEST.replace("          ports: [{containerPort: 8080}]\n", ""),
+    )
+    .unwrap();
+    cluster.create_user_objects(RouterKind::Gateway);
+    let platform = cluster.platform().await;
+    cluster.start_ready(&platform, Slot::Blue, "v1").await;
+    assert!(cluster.server.get("v1", "Service", NS, "shop-blue").is_none());
+    let router = cluster.router(RouterKind::Gateway).await;
+    let why = refused(router.apply(&table(Slot::Blue, 0, "v1", "")).await);
+    assert!(
+        why.contains("Service shop-ns/shop-blue does not exist") && why.contains("service_port"),
+        "{why}"
+    );
+}
+
+/// Replays cutover's writes to the Service and the canary Ingress in order: the share of each
+/// slot after each write, as ingress-nginx would route.
+fn ingress_nginx_shares_after_each_write(cluster: &Cluster) -> Vec<[u32; 2]> {
+    let mut live: Option<usize> = None;
+    let mut canary: Option<(usize, u32)> = None;
+    let index = |name: &str| usize::from(name == "shop-green");
+    let mut out = Vec::new();
+    for w in cluster.server.writes("cutover") {
+        match w["kind"].as_str() {
+            Some("Service") if w["metadata"]["name"] == "shop" => {
+                live = Some(usize::from(w["spec"]["selector"]["cutover.dev/slot"] == "green"));
+            }
+            Some("Ingress") => {
+                let weight: u32 = w["metadata"]["annotations"]["nginx.ingress.kubernetes.io/canary-weight"]
+                    .as_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                let to = w["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"]
+                    .as_str()
+                    .unwrap();
+                canary = Some((index(to), weight));
+            }
+            _ => continue,
+        }
+        let Some(live) = live else { continue };
+        let mut shares = [0, 0];
+        shares[live] = 10_000;
+        if let Some((to, weight)) = canary {
+            shares[live] -= weight;
+            shares[to] += weight;
+        }
+        out.push(shares);
+    }
+    out
+}
+
+#[tokio::test]
+async fn ingress_nginx_promotion_and_rollback_never_send_users_back_and_forth() {
+    let (cluster, _platform, router) = rig(RouterKind::IngressNginx).await;
+    router.apply(&table(Slot::Blue, 0, "v1", "v2")).await.unwrap();
+    router.apply(&table(Slot::Blue, 5_000, "v1", "v2")).await.unwrap();
+    let from = ingress_nginx_shares_after_each_write(&cluster).len();
+    // Promotion: green becomes live, and no write in between gives blue more than it had.
+    router.apply(&table(Slot::Green, 0, "v1", "v2")).await.unwrap();
+    let during = ingress_nginx_shares_after_each_write(&cluster);
+    for shares in &during[from..] {
+        assert!(
+            shares[1] >= 5_000,
+            "green lost users on the way to all of them: {during:?}"
+        );
+    }
+    assert_eq!(*during.last().unwrap(), [0, 10_000]);
+    // And back (a rollback within the window): green never gains on the way.
+    let from = during.len();
+    router.apply(&table(Slot::Blue, 0, "v1", "v2")).await.unwrap();
+    let back = ingress_nginx_shares_after_each_write(&cluster);
+    let mut green = 10_000;
+    for shares in &back[from..] {
+        assert!(
+            shares[1] <= green,
+            "green gained users during the rollback: {back:?}"
+        );
+        green = shares[1];
+    }
+    assert_eq!(*back.last().unwrap(), [10_000, 0]);
+}
+
+#[tokio::test]
+async fn the_canary_ingress_copies_only_the_apps_paths_to_the_slot_services_port() {
+    let cluster = Cluster::start().await;
+    cluster.create_user_objects(RouterKind::IngressNginx);
+    // The app's Ingress also sends /admin to another Service.
+    cluster
+        .server
+        .apply_as(
+            "argocd",
+            json!({
+                "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                "metadata": {"name": "shop", "namespace": NS},
+                "spec": {"ingressClassName": "nginx", "rules": [
+                    {"host": "shop.example.com", "http": {"paths": [
+                        {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "shop", "port": {"number": 80}}}},
+                        {"path": "/admin", "pathType": "Prefix", "backend": {"service": {"name": "admin", "port": {"number": 80}}}},
+                    ]}},
+                    {"host": "admin.example.com", "http": {"paths": [
+                        {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "admin", "port": {"number": 80}}}},
+                    ]}},
+                ]},
+            }),
+            false,
+        )
+        .unwrap();
+    let platform = cluster.platform().await;
+    cluster.start_ready(&platform, Slot::Blue, "v1").await;
+    cluster.start_ready(&platform, Slot::Green, "v2").await;
+    let router = cluster.router(RouterKind::IngressNginx).await;
+    router.apply(&table(Slot::Blue, 2_500, "v1", "v2")).await.unwrap();
+    let canary = cluster
+        .server
+        .get("networking.k8s.io/v1", "Ingress", NS, "shop-canary")
+        .unwrap();
+    assert_eq!(
+        canary["spec"]["rules"],
+        json!([{"host": "shop.example.com", "http": {"paths": [
+            {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "shop-green", "port": {"name": "http"}}}},
+        ]}}])
+    );
+    let slot_service = cluster.server.get("v1", "Service", NS, "shop-green").unwrap();
+    assert_eq!(slot_service["spec"]["ports"][0]["name"], "http");
 }

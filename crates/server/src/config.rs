@@ -386,7 +386,7 @@ fn kubernetes_platform_problems(app: &AppConfig, at: &str) -> Vec<FieldError> {
             errors.extend(_k.validate(&format!("{at}.kubernetes.")));
             #[cfg(not(feature = "kubernetes"))]
             errors.push(FieldError::new(format!("{at}.platform"), NO_KUBERNETES));
-            if app.router == RouterConfig::Builtin {
+            if !app.router.is_kubernetes() {
                 errors.push(FieldError::new(
                     format!("{at}.router"),
                     "an app on Kubernetes is routed by the cluster: set [app.router] kind = \"kubernetes_service\", \"gateway_api\", \"istio\" or \"ingress_nginx\"",

@@ -565,6 +565,16 @@ impl Controller {
             }
         }
         errors.extend(release.override_env(&request.env, &request.secrets));
+        if self.config.runs_images && !release.secrets.is_empty() {
+            errors.push(FieldError::new(
+                "secrets",
+                format!(
+                    "app {} runs on Kubernetes, where cutover would have to write the values of {} into the Deployment for anyone who can read it; reference a Kubernetes Secret from the manifest instead (env valueFrom.secretKeyRef, or envFrom)",
+                    self.name,
+                    release.secrets.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
         // References are checked now so a missing file or variable is a 400, not a failed
         // rollout; they are read again when the instances start.
         errors.extend(release.check_env(&ProcessSecrets));
@@ -1013,6 +1023,25 @@ impl Controller {
                 let this = Arc::clone(self);
                 tokio::spawn(async move {
                     tokio::time::sleep(drain_for).await;
+                    // Never stop a slot the router still sends traffic to (someone put weight
+                    // back behind cutover's back): the reconcile takes it away, then the drain
+                    // runs again. Bounded; a router that cannot be read does not block a stop.
+                    let mut routed = false;
+                    for _ in 0..10 {
+                        routed = matches!(this.router.applied().await,
+                            Ok(t) if t.weight_of(slot) > 0 && !t.pool(slot).version.is_empty());
+                        if !routed {
+                            break;
+                        }
+                        tracing::warn!(app = %this.name, %slot, router = %this.router.describe(),
+                            "the router still sends traffic to the slot to stop; waiting for the reconcile and the drain before stopping it");
+                        tokio::time::sleep(drain_for.max(Duration::from_secs(1))).await;
+                    }
+                    if routed {
+                        tracing::error!(app = %this.name, %slot, router = %this.router.describe(),
+                            "not stopping the slot: the router still sends it traffic; it is stopped with the next release");
+                        return;
+                    }
                     if this.slot_epochs[slot.index()].load(Ordering::SeqCst) != epoch {
                         return;
                     }
@@ -1055,6 +1084,11 @@ impl Controller {
         release: &ReleaseSpec,
         deadline: Timestamp,
     ) -> Result<Vec<SocketAddr>, String> {
+        // Never resolved for a platform that would write the values into an object others read
+        // (refused at deploy already; a release stored by an older version could still have them).
+        if self.config.runs_images && !release.secrets.is_empty() {
+            return Err("secrets by reference cannot be passed to a Kubernetes Deployment without writing their values into it; reference a Kubernetes Secret from the manifest".into());
+        }
         // Secret references are read now, at every start, and their values are never stored.
         let release = &release
             .resolve_secrets(&ProcessSecrets)

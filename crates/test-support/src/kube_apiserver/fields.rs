@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
-use super::resources::{key_default, list_keys, ResourceType};
+use super::resources::{atomic_map, key_default, list_keys, ResourceType};
 use super::store::{canonical_json, now_rfc3339};
 
 pub(crate) type Path = Vec<String>;
@@ -124,6 +124,9 @@ fn walk_value<'a>(
 ) -> Result<(), String> {
     match value {
         Value::Null => {}
+        Value::Object(map) if !map.is_empty() && atomic_map(rt, names) => {
+            out.insert(path.clone());
+        }
         Value::Object(map) if !map.is_empty() => walk_fields(rt, map, path, names, out)?,
         Value::Array(items) if !items.is_empty() => match list_keys(rt, names) {
             Some(keys) => {
@@ -598,6 +601,7 @@ pub(crate) fn apply(
 fn merge_applied<'a>(rt: &ResourceType, live: &mut Value, applied: &'a Value, names: &mut Vec<&'a str>) {
     match applied {
         Value::Null => {}
+        Value::Object(_) if atomic_map(rt, names) => *live = without_nulls(applied),
         Value::Object(fields) => {
             if !live.is_object() {
                 *live = json!({});

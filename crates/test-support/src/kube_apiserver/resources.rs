@@ -130,6 +130,13 @@ pub(crate) fn by_kind(api_version: &str, kind: &str) -> Option<usize> {
         .position(|r| r.api_version() == api_version && r.kind == kind)
 }
 
+/// Whether the map at `names` is atomic (`mapType=atomic`, `structType=atomic`): owned and
+/// replaced whole by an apply, like an atomic list. Only the ones cutover's objects use are
+/// known: a Service's `spec.selector` and a Deployment's label selector.
+pub(crate) fn atomic_map(rt: &ResourceType, names: &[&str]) -> bool {
+    rt.builtin && names == ["spec", "selector"] && (rt.is("", "services") || rt.is("apps", "deployments"))
+}
+
 /// The key fields of the list at `names` (field names from the root, list items skipped), when
 /// Kubernetes declares it `listType=map`; `None` for atomic lists. Only the lists cutover's
 /// objects use are known; every other list is treated as atomic.
