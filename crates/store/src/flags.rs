@@ -53,7 +53,7 @@ pub struct FlagChangeRecord {
 
 /// What a change writes, decided from what is stored.
 #[derive(Debug)]
-pub(crate) struct PlannedChange {
+pub struct PlannedChange {
     /// The flag to store, its revision set; `None` to archive.
     pub after: Option<Flag>,
     /// The flag's revision as of this change, kept in the audit so a flag archived and created
@@ -63,7 +63,7 @@ pub(crate) struct PlannedChange {
 
 /// Checks of a change that need nothing stored; run before a backend touches anything, so a
 /// refused change writes nothing.
-pub(crate) fn check_change(change: &FlagChange) -> Result<(), StoreError> {
+pub fn check_change(change: &FlagChange) -> Result<(), StoreError> {
     let key = &change.key;
     if let Some(after) = &change.after {
         if &after.key != key {
@@ -82,7 +82,7 @@ pub(crate) fn check_change(change: &FlagChange) -> Result<(), StoreError> {
 
 /// Applies the compare and swap and computes the new revision. `stored` is the flag as stored,
 /// `last_revision` the highest revision the key ever had (archived flags included).
-pub(crate) fn plan_change(
+pub fn plan_change(
     change: &FlagChange,
     stored: Option<&Flag>,
     last_revision: u64,
@@ -130,7 +130,7 @@ pub(crate) fn plan_change(
 }
 
 /// The flag as JSON, checked to read back.
-pub(crate) fn encode_flag(flag: &Flag) -> Result<String, StoreError> {
+pub fn encode_flag(flag: &Flag) -> Result<String, StoreError> {
     let unstorable = |reason: String| StoreError::UnstorableFlag {
         key: flag.key.clone(),
         reason,
@@ -162,7 +162,7 @@ pub(crate) fn flag_i64(key: &str, what: &str, value: u64) -> Result<i64, StoreEr
 /// A ramp as JSON, checked to read back. A verdict with a number JSON cannot hold (an infinite
 /// e-value, say) would not read back; the ramp is then stored without its verdicts' details,
 /// keeping every decision's sentence, rather than not at all.
-pub(crate) fn encode_ramp(ramp: &cutover_flags::ramp::Ramp) -> Result<String, StoreError> {
+pub fn encode_ramp(ramp: &cutover_flags::ramp::Ramp) -> Result<String, StoreError> {
     let unstorable = |reason: String| StoreError::UnstorableFlag {
         key: ramp.flag.clone(),
         reason,

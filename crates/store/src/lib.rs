@@ -18,6 +18,21 @@ mod memory;
 mod sqlite;
 
 pub use fenced::Fenced;
+
+/// For backends in other crates (etcd): the checks every backend runs before it writes, so that
+/// all of them refuse exactly the same states, flags and ramps.
+pub mod backend {
+    pub use crate::flags::{check_change, encode_flag, encode_ramp, plan_change, PlannedChange};
+
+    /// Refuses a commit that would not read back, as [`crate::Store::commit_ending`] must.
+    pub fn check_commit(
+        state: &cutover_core::rollout::AppState,
+        events: &[cutover_core::rollout::Event],
+        ended: &[cutover_core::rollout::Rollout],
+    ) -> Result<(), crate::StoreError> {
+        crate::encode_commit(state, events, ended).map(|_| ())
+    }
+}
 pub use flags::{FlagChange, FlagChangeRecord, FlagSet};
 pub use memory::MemoryStore;
 pub use sqlite::SqliteStore;
@@ -40,6 +55,10 @@ pub enum StoreError {
         "the state was handed over to another cutover serve (pid {successor}); this one no longer writes it"
     )]
     Fenced { successor: u32 },
+    /// This process is not (or no longer) the one that may write the shared state: another
+    /// controller holds the leadership. Nothing was written.
+    #[error("not written: {reason}")]
+    NotLeader { reason: String },
     /// The state file could not be opened or set up; `reason` says why and what to do.
     #[error("state file {path}: {reason}")]
     Open { path: String, reason: String },

@@ -7,6 +7,7 @@
 //! test, and polling for conditions with a deadline instead of sleeping.
 
 pub mod browser;
+pub mod etcd;
 pub mod fakes;
 pub mod haproxy;
 pub mod k8s_schema;
