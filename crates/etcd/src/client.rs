@@ -33,7 +33,8 @@ struct Job {
     reply: mpsc::Sender<Reply>,
 }
 
-/// A client of one etcd cluster; see the module docs.
+/// A client of one etcd cluster; see the module docs. Clones share the runtime thread.
+#[derive(Clone)]
 pub struct Client {
     endpoints: Vec<String>,
     jobs: tokio::sync::mpsc::UnboundedSender<Job>,
@@ -153,6 +154,15 @@ pub struct Kv {
     pub mod_revision: i64,
 }
 
+/// A 64-bit number of a gateway answer (they come as strings).
+pub fn number(value: Option<&Value>) -> i64 {
+    match value {
+        Some(Value::String(s)) => s.parse().unwrap_or(0),
+        Some(Value::Number(n)) => n.as_i64().unwrap_or(0),
+        _ => 0,
+    }
+}
+
 pub fn b64(text: &str) -> String {
     B64.encode(text.as_bytes())
 }
@@ -162,14 +172,6 @@ fn unb64(text: &str) -> String {
         .ok()
         .and_then(|bytes| String::from_utf8(bytes).ok())
         .unwrap_or_default()
-}
-
-fn number(value: Option<&Value>) -> i64 {
-    match value {
-        Some(Value::String(s)) => s.parse().unwrap_or(0),
-        Some(Value::Number(n)) => n.as_i64().unwrap_or(0),
-        _ => 0,
-    }
 }
 
 fn header_revision(answer: &Value) -> i64 {

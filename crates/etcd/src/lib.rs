@@ -32,6 +32,7 @@
 //! | `ramps/<flag>/<id, 20 digits>` | one guarded ramp |
 
 mod client;
+pub mod election;
 
 use cutover_core::rollout::{AppState, Event, Rollout};
 use cutover_flags::ramp::Ramp;
@@ -43,6 +44,7 @@ use serde::Serialize;
 
 use client::{delete, mod_revision_is, put, value_is};
 pub use client::{Client, EtcdError, Kv};
+pub use election::{Election, Leadership};
 
 /// Attempts of one write when other writers keep winning the compare and swap.
 const WRITE_ATTEMPTS: usize = 20;
