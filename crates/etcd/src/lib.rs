@@ -33,6 +33,7 @@
 
 mod client;
 pub mod election;
+pub mod follow;
 
 use cutover_core::rollout::{AppState, Event, Rollout};
 use cutover_flags::ramp::Ramp;
@@ -44,6 +45,11 @@ use serde::Serialize;
 
 use client::{delete, mod_revision_is, put, value_is};
 pub use client::{Client, EtcdError, Kv};
+
+/// The operations and comparisons of a transaction ([`Client::txn`]).
+pub mod client_ops {
+    pub use crate::client::{delete, mod_revision_is, put, value_is};
+}
 pub use election::{Election, Leadership};
 
 /// Attempts of one write when other writers keep winning the compare and swap.
