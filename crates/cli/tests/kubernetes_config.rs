@@ -119,11 +119,7 @@ fn the_pages_objects_pass_the_published_schemas() {
     let mut objects = Vec::new();
     for block in blocks(&doc(), "yaml") {
         for document in serde_yaml_ng::Deserializer::from_str(&block) {
-            let mut value: serde_json::Value = serde::Deserialize::deserialize(document).unwrap();
-            // The schema models carry Istio's networking API as v1beta1; v1 is the same schema.
-            if value["apiVersion"] == "networking.istio.io/v1" {
-                value["apiVersion"] = serde_json::json!("networking.istio.io/v1beta1");
-            }
+            let value: serde_json::Value = serde::Deserialize::deserialize(document).unwrap();
             objects.push(value);
         }
     }

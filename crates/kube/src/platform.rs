@@ -338,17 +338,9 @@ impl Platform for KubernetesPlatform {
     }
 
     async fn running(&self, app: &str) -> Result<Vec<(Slot, Vec<InstanceInfo>)>, PlatformError> {
-        let list = self
-            .deployments()
-            .list(&ListParams::default().labels(&Self::selector(app, None)))
-            .await
-            .map_err(|e| {
-                PlatformError::Other(
-                    KubeError::api(format!("listing the Deployments of {app}"), e).to_string(),
-                )
-            })?;
+        let list = self.app_deployments(app).await?;
         let mut found = Vec::new();
-        for d in list.items {
+        for d in list {
             let Some(slot) = label_slot(&d) else { continue };
             let replicas = d.spec.replicas.unwrap_or(1);
             let available = d.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0);
@@ -393,6 +385,21 @@ impl Platform for KubernetesPlatform {
 impl KubernetesPlatform {
     /// `(slot, version, replicas)` of each slot Deployment of `app` in the cluster.
     async fn slot_deployments(&self, app: &str) -> Result<Vec<(Slot, String, i32)>, PlatformError> {
+        Ok(self
+            .app_deployments(app)
+            .await?
+            .iter()
+            .filter_map(|d| {
+                let slot = label_slot(d)?;
+                let version = d.metadata.annotations.as_ref()?.get(ANNOTATION_VERSION)?.clone();
+                let replicas = d.spec.replicas.unwrap_or(1);
+                Some((slot, version, replicas))
+            })
+            .collect())
+    }
+
+    /// The Deployments labelled as `app`'s, both slots.
+    async fn app_deployments(&self, app: &str) -> Result<Vec<Deployment>, PlatformError> {
         let list = self
             .deployments()
             .list(&ListParams::default().labels(&Self::selector(app, None)))
@@ -402,16 +409,7 @@ impl KubernetesPlatform {
                     KubeError::api(format!("listing the Deployments of {app}"), e).to_string(),
                 )
             })?;
-        Ok(list
-            .items
-            .iter()
-            .filter_map(|d| {
-                let slot = label_slot(d)?;
-                let version = d.metadata.annotations.as_ref()?.get(ANNOTATION_VERSION)?.clone();
-                let replicas = d.spec.replicas.unwrap_or(1);
-                Some((slot, version, replicas))
-            })
-            .collect())
+        Ok(list.items)
     }
 
     /// `kubectl rollout status`, plus a look at the pods for failures no wait fixes.
