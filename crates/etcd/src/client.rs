@@ -11,6 +11,9 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use serde_json::{json, Value};
 
+/// Keys read per request when paging through a range.
+pub(crate) const PAGE: usize = 500;
+
 /// How long one request to one endpoint may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -138,6 +141,26 @@ impl Client {
         Ok((kvs(&answer), header_revision(&answer)))
     }
 
+    /// Every key from the start of `prefix`, in key order, page by page, at `revision` (0: now);
+    /// all pages are read at the revision of the first.
+    pub fn range_all(&self, prefix: &str, revision: i64) -> Result<Vec<Kv>, EtcdError> {
+        let mut all = Vec::new();
+        let mut from = prefix.to_string();
+        let mut at = revision;
+        loop {
+            let (page, read_at) = self.range(prefix, &from, PAGE, false, at)?;
+            at = read_at;
+            let full = page.len() == PAGE;
+            if let (true, Some(last)) = (full, page.last()) {
+                from = format!("{}\0", last.key);
+            }
+            all.extend(page);
+            if !full {
+                return Ok(all);
+            }
+        }
+    }
+
     /// A transaction: when every comparison holds, the `success` operations run, all at once.
     /// Returns whether they did.
     pub fn txn(&self, compare: Vec<Value>, success: Vec<Value>) -> Result<bool, EtcdError> {
@@ -167,7 +190,7 @@ pub fn b64(text: &str) -> String {
     B64.encode(text.as_bytes())
 }
 
-fn unb64(text: &str) -> String {
+pub(crate) fn unb64(text: &str) -> String {
     B64.decode(text)
         .ok()
         .and_then(|bytes| String::from_utf8(bytes).ok())
@@ -193,7 +216,7 @@ fn kvs(answer: &Value) -> Vec<Kv> {
 }
 
 /// The first key after every key that starts with `prefix`.
-fn prefix_end(prefix: &str) -> String {
+pub(crate) fn prefix_end(prefix: &str) -> String {
     let mut bytes = prefix.as_bytes().to_vec();
     while let Some(last) = bytes.pop() {
         if last < 0xff {

@@ -13,12 +13,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use crate::client::{b64, number};
+use crate::client::{b64, number, prefix_end, unb64};
 
 /// Pause before the next attempt after a failure, doubling up to [`MAX_BACK_OFF`].
 const FIRST_BACK_OFF: Duration = Duration::from_millis(100);
@@ -34,11 +32,7 @@ pub struct Snapshot {
 }
 
 fn text(value: Option<&Value>) -> String {
-    value
-        .and_then(Value::as_str)
-        .and_then(|s| B64.decode(s).ok())
-        .and_then(|bytes| String::from_utf8(bytes).ok())
-        .unwrap_or_default()
+    unb64(value.and_then(Value::as_str).unwrap_or(""))
 }
 
 /// How a watch ended.
@@ -65,13 +59,7 @@ pub async fn follow(endpoints: Vec<String>, prefix: &str, mut on_change: impl Fn
             return;
         }
     };
-    let range_end = {
-        let mut bytes = prefix.as_bytes().to_vec();
-        if let Some(last) = bytes.last_mut() {
-            *last = last.saturating_add(1);
-        }
-        String::from_utf8_lossy(&bytes).into_owned()
-    };
+    let range_end = prefix_end(prefix);
     let mut endpoint = 0usize;
     let mut back_off = FIRST_BACK_OFF;
     let mut snapshot: Option<Snapshot> = None;

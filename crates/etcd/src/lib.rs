@@ -43,7 +43,7 @@ use cutover_store::{FlagChange, FlagChangeRecord, FlagSet, Store, StoreError, St
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use client::{delete, mod_revision_is, put, value_is};
+use client::{delete, mod_revision_is, put, value_is, PAGE};
 pub use client::{Client, EtcdError, Kv};
 
 /// The operations and comparisons of a transaction ([`Client::txn`]).
@@ -54,8 +54,6 @@ pub use election::{Election, Leadership};
 
 /// Attempts of one write when other writers keep winning the compare and swap.
 const WRITE_ATTEMPTS: usize = 20;
-/// Keys read per request when paging.
-const PAGE: usize = 500;
 
 /// The leader key and the identity a fenced store writes as.
 #[derive(Debug, Clone)]
@@ -223,17 +221,11 @@ impl Store for EtcdStore {
 
     fn apps(&self) -> Result<Vec<String>, StoreError> {
         let prefix = self.key("appnames/");
-        let mut names = Vec::new();
-        let mut from = prefix.clone();
-        loop {
-            let (page, _) = self.client.range(&prefix, &from, PAGE, false, 0).map_err(io)?;
-            names.extend(page.iter().map(|kv| kv.key[prefix.len()..].to_string()));
-            match page.last() {
-                Some(last) if page.len() == PAGE => from = format!("{}\0", last.key),
-                _ => break,
-            }
-        }
-        Ok(names)
+        let names = self.client.range_all(&prefix, 0).map_err(io)?;
+        Ok(names
+            .into_iter()
+            .map(|kv| kv.key[prefix.len()..].to_string())
+            .collect())
     }
 
     fn commit_ending(
@@ -327,21 +319,18 @@ impl Store for EtcdStore {
             .range(&revision_key, &revision_key, 1, false, 0)
             .map_err(io)?;
         let revision = found.first().and_then(|kv| kv.value.parse().ok()).unwrap_or(0);
-        let mut flags: Vec<Flag> = Vec::new();
-        let mut from = prefix.clone();
-        loop {
-            let (page, _) = self.client.range(&prefix, &from, PAGE, false, at).map_err(io)?;
-            for kv in &page {
-                flags.push(serde_json::from_str(&kv.value).map_err(|e| StoreError::Corrupt {
+        let flags = self
+            .client
+            .range_all(&prefix, at)
+            .map_err(io)?
+            .iter()
+            .map(|kv| {
+                serde_json::from_str::<Flag>(&kv.value).map_err(|e| StoreError::Corrupt {
                     app: "(flags)".into(),
                     reason: format!("etcd key {}: {e}", kv.key),
-                })?);
-            }
-            match page.last() {
-                Some(last) if page.len() == PAGE => from = format!("{}\0", last.key),
-                _ => break,
-            }
-        }
+                })
+            })
+            .collect::<Result<Vec<Flag>, StoreError>>()?;
         Ok(FlagSet { revision, flags })
     }
 

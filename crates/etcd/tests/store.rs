@@ -66,10 +66,7 @@ async fn a_writer_that_is_not_the_leader_commits_nothing() {
     let base = store(&cluster);
     let leader_key = "/test-leader";
     base.client()
-        .txn(
-            vec![],
-            vec![serde_json::json!({"request_put": {"key": b64(leader_key), "value": b64("a")}})],
-        )
+        .txn(vec![], vec![cutover_etcd::client_ops::put(leader_key, "a")])
         .unwrap();
     let prefix = format!("/fenced-{}/", std::process::id());
     let a = EtcdStore::new(cluster.endpoints(), &prefix)
@@ -112,9 +109,4 @@ async fn the_store_survives_a_member_and_says_when_none_answers() {
         2,
         "nothing lost across a restart"
     );
-}
-
-fn b64(text: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(text)
 }

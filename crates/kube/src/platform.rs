@@ -164,7 +164,8 @@ impl KubernetesPlatform {
                 version,
                 pid: None,
                 log_path: None,
-                exited: pod_given_up(pod, self.config.crash_loop_restarts),
+                // A crash-looping or failed pod counts as an instance that died.
+                exited: pod_failed(pod, self.config.crash_loop_restarts),
             });
         }
         out
@@ -500,7 +501,8 @@ fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or("")
 }
 
-/// Now as RFC 3339 with milliseconds, for [`ANNOTATION_STARTED_AT`] (ordered as text).
+/// Now as zero-padded milliseconds since the epoch, for [`ANNOTATION_STARTED_AT`] (ordered as
+/// text).
 fn started_at_now() -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -627,12 +629,6 @@ fn pod_failed(pod: &Pod, crash_loop_restarts: u32) -> Option<String> {
         }
     }
     None
-}
-
-/// An instance's `exited`: set for pods that crash-loop or failed, so the controller treats
-/// them like an instance that died.
-fn pod_given_up(pod: &Pod, crash_loop_restarts: u32) -> Option<String> {
-    pod_failed(pod, crash_loop_restarts)
 }
 
 fn container_port(pod: &Pod, container: Option<&str>) -> Option<u16> {

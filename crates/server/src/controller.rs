@@ -1099,7 +1099,9 @@ impl Controller {
             let remaining = deadline.since(self.clock.now());
             // A platform that judges readiness itself (Kubernetes) also says when an instance
             // will not come up; the probes and the exit watch are for the others.
-            let judged_by_platform = self.platform.readiness(&self.name, slot).await.is_some();
+            // The first verdict also tells whether there will be any; it is the wait's first look.
+            let first_verdict = self.platform.readiness(&self.name, slot).await;
+            let judged_by_platform = first_verdict.is_some();
             let exited = async {
                 if judged_by_platform {
                     return std::future::pending().await;
@@ -1154,7 +1156,7 @@ impl Controller {
             };
             let ready = async {
                 if judged_by_platform {
-                    self.wait_platform_ready(slot, remaining, &progress).await
+                    self.wait_platform_ready(slot, remaining, &progress, first_verdict).await
                 } else {
                     checks::wait_ready(&addrs, &self.config.readiness, remaining, &progress)
                         .await
@@ -1182,19 +1184,20 @@ impl Controller {
         })
     }
 
-    /// Polls the platform's own readiness verdict until the slot is ready (its instances'
-    /// addresses), fails, or `deadline` passes. An error reaching the platform is not a verdict:
-    /// it is reported as progress and asked again.
+    /// Polls the platform's own readiness verdict, starting from `verdict`, until the slot is
+    /// ready (its instances' addresses), fails, or `deadline` passes. An error reaching the
+    /// platform is not a verdict: it is reported as progress and asked again.
     async fn wait_platform_ready(
         &self,
         slot: Slot,
         deadline: Duration,
         progress: &std::sync::Mutex<String>,
+        mut verdict: Option<Result<Readiness, cutover_platform::PlatformError>>,
     ) -> Result<Vec<SocketAddr>, String> {
         let started = tokio::time::Instant::now();
         let interval = Duration::from_millis(self.config.readiness.interval_ms.max(50));
         loop {
-            let now = match self.platform.readiness(&self.name, slot).await {
+            let now = match verdict {
                 Some(Ok(Readiness::Ready(instances))) => {
                     return Ok(instances.iter().map(|i| i.addr).collect());
                 }
@@ -1210,6 +1213,7 @@ impl Controller {
                 return Err(now);
             }
             tokio::time::sleep(interval).await;
+            verdict = self.platform.readiness(&self.name, slot).await;
         }
     }
 
