@@ -156,6 +156,7 @@ pub async fn run(options: DemoOptions) -> Result<ExitCode> {
             ..AdminConfig::default()
         },
         apps: vec![app],
+        store: Default::default(),
         flags: Some(cutover_server::config::FlagsConfig {
             listen: loopback,
             ..cutover_server::config::FlagsConfig::default()

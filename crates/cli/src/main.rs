@@ -195,6 +195,29 @@ enum Command {
         #[arg(long)]
         upgrade: bool,
     },
+    /// A proxy of a fleet: serve the apps' listeners, routing by the tables the elected
+    /// controller keeps in etcd ([store] kind = "etcd").
+    #[command(after_help = "Examples:\n  \
+        cutover proxy --config /etc/cutover/cutover.toml\n  \
+        cutover proxy --config cutover.toml --id edge-2 --admin-listen 127.0.0.1:9101\n\n\
+        On stdout, one JSON line once every listener is bound: {\"event\":\"ready\",\"bound\":{...}}.\n\
+        Its admin listener serves /healthz (503 while its tables are not confirmed against etcd for\n\
+        [store] stale_after_ms), /metrics, and the counters the controller judges from (admin token).\n\
+        Every process of the fleet needs the same admin token (CUTOVER_ADMIN_TOKEN or [admin] token_file).")]
+    Proxy {
+        /// The configuration file shared by the fleet.
+        #[arg(long, short, default_value = "cutover.toml", value_name = "FILE")]
+        config: PathBuf,
+        /// This proxy's name in the fleet, shown by `cutover status` (default: host name and pid).
+        #[arg(long)]
+        id: Option<String>,
+        /// Its admin listener, instead of [admin] listen.
+        #[arg(long, value_name = "ADDR")]
+        admin_listen: Option<std::net::SocketAddr>,
+        /// How log lines are written to stderr.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
     /// Check a configuration file, or print what an external router needs.
     Config {
         #[command(subcommand)]
@@ -557,7 +580,9 @@ fn main() -> ExitCode {
     }
     // Only the server tells its story in logs; other commands print their own output.
     match &cli.command {
-        Command::Serve { log_format, .. } => init_logging("info", *log_format),
+        Command::Serve { log_format, .. } | Command::Proxy { log_format, .. } => {
+            init_logging("info", *log_format)
+        }
         _ => init_logging("warn", LogFormat::Text),
     }
     // Fair service under many connections. On tokio's multi-thread scheduler a worker's tasks
@@ -617,6 +642,7 @@ fn command_name(command: &Command) -> String {
     let name = match command {
         Command::Init(_) => "init",
         Command::Serve { .. } => "serve",
+        Command::Proxy { .. } => "proxy",
         Command::Config { .. } => "config",
         Command::Demo(_) => "demo",
         Command::Simulate(_) => "simulate",
@@ -802,6 +828,12 @@ async fn run(command: Command, before: ServerArgs) -> Result<ExitCode> {
             log_format,
             upgrade,
         } => serve(config, log_format, upgrade).await,
+        Command::Proxy {
+            config,
+            id,
+            admin_listen,
+            log_format: _,
+        } => proxy(config, id, admin_listen).await,
         Command::Config {
             command: ConfigCommand::Check { file, config },
         } => {
@@ -939,6 +971,40 @@ async fn serve(path: PathBuf, log_format: LogFormat, upgrade: bool) -> Result<Ex
             }
         })
         .await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn proxy(
+    path: PathBuf,
+    id: Option<String>,
+    admin_listen: Option<std::net::SocketAddr>,
+) -> Result<ExitCode> {
+    let terminations = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let config = Config::load(&path)?;
+    let dir = match path.parent().map(PathBuf::from) {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => PathBuf::from("."),
+    };
+    let (token, source) =
+        cutover_server::resolve_admin_token(&config, &dir, std::env::var("CUTOVER_ADMIN_TOKEN").ok())?;
+    if let TokenSource::Generated(p) = &source {
+        tracing::warn!(file = %p.display(), "generated an admin token: the controller cannot read this proxy's counters unless it has the same one");
+    }
+    let options = cutover_server::StartOptions::new(&dir);
+    let running = cutover_server::start_proxy(
+        config,
+        token,
+        options,
+        cutover_server::fleet::ProxyOptions { id, admin_listen },
+    )
+    .await
+    .context("starting the proxy")?;
+    out!(
+        "{}",
+        serde_json::json!({ "event": "ready", "bound": running.bound })
+    );
+    tracing::info!(admin = %running.bound.admin, "proxying");
+    running.run_until(shutdown_signal(terminations)).await;
     Ok(ExitCode::SUCCESS)
 }
 

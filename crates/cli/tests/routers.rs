@@ -3,8 +3,6 @@
 //! runs a deploy hook that (re)starts the example app on the slot's fixed ports, the way a team's
 //! own deploy script would on its hosts.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use cutover_router::haproxy::{render_config, HaproxyConfig};
@@ -18,38 +16,6 @@ mod common;
 
 use common::CUTOVER;
 const TOKEN: &str = "routers-test-token";
-
-/// The deploy hook: stops what runs on each of the slot's ports, then starts the new version
-/// there in the background. A version whose name contains "bad" answers half its requests 500.
-const DEPLOY_HOOK: &str = r#"#!/bin/sh
-set -eu
-for addr in $(echo "$CUTOVER_BACKENDS" | tr ',' ' '); do
-  port="${addr##*:}"
-  "$HOOK_DIR/stop-port.sh" "$port"
-  extra=""
-  case "$CUTOVER_VERSION" in *bad*) extra="--error-rate 0.5" ;; esac
-  "$CUTOVER_BIN" example-app --port "$port" --version-label "$CUTOVER_VERSION" $extra \
-    </dev/null >>"$HOOK_DIR/app-$port.log" 2>&1 &
-  echo $! >"$HOOK_DIR/app-$port.pid"
-done
-echo "deployed $CUTOVER_VERSION to $CUTOVER_SLOT ($CUTOVER_BACKENDS)"
-"#;
-
-/// Stops the app on one port and waits (bounded) until it is gone, so the port is free again.
-const STOP_PORT: &str = r#"#!/bin/sh
-pidfile="$HOOK_DIR/app-$1.pid"
-[ -f "$pidfile" ] || exit 0
-pid="$(cat "$pidfile")"
-kill "$pid" 2>/dev/null || true
-i=0
-while kill -0 "$pid" 2>/dev/null && [ $i -lt 200 ]; do sleep 0.05; i=$((i + 1)); done
-kill -9 "$pid" 2>/dev/null || true
-rm -f "$pidfile"
-"#;
-
-const STOP_HOOK: &str = r#"#!/bin/sh
-for addr in $(echo "$CUTOVER_BACKENDS" | tr ',' ' '); do "$HOOK_DIR/stop-port.sh" "${addr##*:}"; done
-"#;
 
 /// How traffic reaches the app in a test.
 enum RouterSetup {
@@ -80,15 +46,7 @@ impl Cluster {
             .prefix("cutover-routers-test-")
             .tempdir()
             .unwrap();
-        for (name, text) in [
-            ("deploy.sh", DEPLOY_HOOK),
-            ("stop-port.sh", STOP_PORT),
-            ("stop.sh", STOP_HOOK),
-        ] {
-            let path = dir.path().join(name);
-            std::fs::write(&path, text).unwrap();
-            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        }
+        common::hosts::write_hooks(dir.path());
         let (blue, green) = (free_port(), free_port());
         let (router_config, router_process) = match router {
             RouterSetup::Builtin => (
@@ -255,19 +213,8 @@ smoke = [{{ path = "/health/ready" }}]
     }
 
     fn running_apps(&self) -> usize {
-        pid_files(self.dir.path()).len()
+        common::hosts::pid_files(self.dir.path()).len()
     }
-}
-
-fn pid_files(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|e| e == "pid"))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 impl Drop for Cluster {
@@ -275,25 +222,7 @@ impl Drop for Cluster {
         if let Some(mut serve) = self.serve.take() {
             serve.kill();
         }
-        // The hook's apps run detached from this process: stop them by their pid files.
-        for pidfile in pid_files(self.dir.path()) {
-            if let Ok(pid) = std::fs::read_to_string(&pidfile) {
-                let _ = Command::new("kill").arg("-9").arg(pid.trim()).status();
-            }
-        }
-        // And by the HOOK_DIR they inherited: a stop hook that the killed server left half done
-        // may have removed a pid file of an app it did not get to stop (one was found running
-        // after a CI run).
-        let marker = format!("HOOK_DIR={}", self.dir.path().display());
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-                continue;
-            };
-            let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
-            if pid != std::process::id() && environ.split(|b| *b == 0).any(|v| v == marker.as_bytes()) {
-                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            }
-        }
+        common::hosts::kill_hook_apps(self.dir.path());
     }
 }
 

@@ -36,10 +36,150 @@ struct Job {
     reply: mpsc::Sender<Reply>,
 }
 
+/// How to reach a cluster beyond its endpoints: TLS and authentication.
+#[derive(Clone, Default)]
+pub struct ClientOptions {
+    /// PEM of the CA that signed the members' certificates (added to the system's roots).
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM of a client certificate followed by its private key.
+    pub identity_pem: Option<Vec<u8>>,
+    /// User and password for clusters with authentication on. Never logged or shown.
+    pub credentials: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("ca_pem", &self.ca_pem.is_some())
+            .field("identity_pem", &self.identity_pem.is_some())
+            .field("user", &self.credentials.as_ref().map(|(u, _)| u))
+            .finish()
+    }
+}
+
+/// What every request to the cluster goes through: the HTTP client (with TLS settings) and the
+/// authentication token, fetched on first use and again when etcd says it expired.
+#[derive(Clone)]
+pub struct Connection {
+    http: reqwest::Client,
+    credentials: Option<(String, String)>,
+    token: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl Connection {
+    fn new(
+        endpoints: Vec<String>,
+        options: &ClientOptions,
+        timeout: Option<Duration>,
+    ) -> Result<Self, EtcdError> {
+        let unreachable = |reason: String| EtcdError::Unreachable {
+            endpoints: endpoints.join(","),
+            reason,
+        };
+        let mut builder = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(2))
+            .use_rustls_tls();
+        if let Some(timeout) = timeout {
+            builder = builder.timeout(timeout);
+        }
+        if let Some(pem) = &options.ca_pem {
+            let ca = reqwest::Certificate::from_pem(pem)
+                .map_err(|e| EtcdError::Refused(format!("the CA file is not a PEM certificate: {e}")))?;
+            builder = builder.add_root_certificate(ca);
+        }
+        if let Some(pem) = &options.identity_pem {
+            let identity = reqwest::Identity::from_pem(pem).map_err(|e| {
+                EtcdError::Refused(format!("the client certificate and key are not usable PEM: {e}"))
+            })?;
+            builder = builder.identity(identity);
+        }
+        let http = builder.build().map_err(|e| unreachable(e.to_string()))?;
+        Ok(Connection {
+            http,
+            credentials: options.credentials.clone(),
+            token: Default::default(),
+        })
+    }
+
+    /// The `Authorization` header's value, authenticating first if needed.
+    pub(crate) async fn token(&self, base: &str, renew: bool) -> Result<Option<String>, EtcdError> {
+        let Some((name, password)) = &self.credentials else {
+            return Ok(None);
+        };
+        if !renew {
+            if let Some(t) = self
+                .token
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+            {
+                return Ok(Some(t));
+            }
+        }
+        let url = format!("{base}/v3/auth/authenticate");
+        let answer: Value = self
+            .http
+            .post(&url)
+            .json(&json!({ "name": name, "password": password }))
+            .send()
+            .await
+            .map_err(|e| EtcdError::Unreachable {
+                endpoints: base.to_string(),
+                reason: e.to_string(),
+            })?
+            .json()
+            .await
+            .map_err(|e| EtcdError::Refused(format!("{url}: unreadable answer: {e}")))?;
+        let Some(token) = answer.get("token").and_then(Value::as_str) else {
+            let why = answer
+                .get("error")
+                .or_else(|| answer.get("message"))
+                .and_then(Value::as_str)
+                .unwrap_or("no token in the answer");
+            return Err(EtcdError::Refused(format!(
+                "authenticating as etcd user {name:?} failed: {why}; check store.username and store.password_file"
+            )));
+        };
+        *self
+            .token
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(token.to_string());
+        Ok(Some(token.to_string()))
+    }
+
+    /// A POST of `body` to `{base}{path}`, authenticated when the cluster wants it; renews an
+    /// expired token once.
+    pub(crate) async fn post(
+        &self,
+        base: &str,
+        path: &str,
+        body: &Value,
+    ) -> Result<reqwest::Response, String> {
+        let url = format!("{base}{path}");
+        let mut renew = false;
+        loop {
+            let token = self.token(base, renew).await.map_err(|e| e.to_string())?;
+            let mut request = self.http.post(&url).json(body);
+            if let Some(t) = &token {
+                request = request.header("Authorization", t);
+            }
+            let response = request.send().await.map_err(|e| format!("{url}: {e}"))?;
+            // etcd answers 401 for a missing or expired token (simple tokens last minutes).
+            if response.status() == reqwest::StatusCode::UNAUTHORIZED && token.is_some() && !renew {
+                renew = true;
+                continue;
+            }
+            return Ok(response);
+        }
+    }
+}
+
 /// A client of one etcd cluster; see the module docs. Clones share the runtime thread.
 #[derive(Clone)]
 pub struct Client {
     endpoints: Vec<String>,
+    connection: Connection,
     jobs: tokio::sync::mpsc::UnboundedSender<Job>,
 }
 
@@ -54,6 +194,11 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// A client of the cluster at `endpoints` (`http://127.0.0.1:2379`, ...), tried in turn.
     pub fn new(endpoints: Vec<String>) -> Result<Client, EtcdError> {
+        Client::with_options(endpoints, &ClientOptions::default())
+    }
+
+    /// A client with TLS settings and credentials.
+    pub fn with_options(endpoints: Vec<String>, options: &ClientOptions) -> Result<Client, EtcdError> {
         let unreachable = |reason: String| EtcdError::Unreachable {
             endpoints: endpoints.join(","),
             reason,
@@ -61,12 +206,8 @@ impl Client {
         if endpoints.is_empty() {
             return Err(unreachable("no endpoint given".into()));
         }
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(REQUEST_TIMEOUT)
-            .connect_timeout(Duration::from_secs(2))
-            .build()
-            .map_err(|e| unreachable(e.to_string()))?;
+        let connection = Connection::new(endpoints.clone(), options, Some(REQUEST_TIMEOUT))?;
+        let http = connection.clone();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -87,11 +228,22 @@ impl Client {
                 });
             })
             .map_err(|e| unreachable(format!("starting the client's thread: {e}")))?;
-        Ok(Client { endpoints, jobs })
+        // Long-lived requests (watches) need a client without the per-request timeout.
+        let connection = Connection::new(endpoints.clone(), options, None)?;
+        Ok(Client {
+            endpoints,
+            connection,
+            jobs,
+        })
     }
 
     pub fn endpoints(&self) -> &[String] {
         &self.endpoints
+    }
+
+    /// The connection settings, for streaming requests made outside the client's thread.
+    pub fn connection(&self) -> &Connection {
+        &self.connection
     }
 
     /// `POST {endpoint}{path}` with `body`, on the first endpoint that answers.
@@ -246,7 +398,7 @@ pub fn delete(key: &str) -> Value {
 }
 
 async fn send(
-    http: &reqwest::Client,
+    http: &Connection,
     endpoints: &[String],
     preferred: &AtomicUsize,
     path: &str,
@@ -256,8 +408,9 @@ async fn send(
     let mut last_error = String::new();
     for i in 0..endpoints.len() {
         let index = (first + i) % endpoints.len();
-        let url = format!("{}{path}", endpoints[index].trim_end_matches('/'));
-        match http.post(&url).json(body).send().await {
+        let base = endpoints[index].trim_end_matches('/');
+        let url = format!("{base}{path}");
+        match http.post(base, path, body).await {
             Ok(response) => {
                 let status = response.status();
                 let answer: Value = match response.json().await {
@@ -284,7 +437,7 @@ async fn send(
                 }
                 return Err(EtcdError::Refused(format!("{url}: {status} {message}")));
             }
-            Err(e) => last_error = format!("{url}: {e}"),
+            Err(e) => last_error = e,
         }
     }
     Err(EtcdError::Unreachable {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use crate::client::{b64, number, prefix_end, unb64};
+use crate::client::{b64, number, prefix_end, unb64, Client, Connection};
 
 /// Pause before the next attempt after a failure, doubling up to [`MAX_BACK_OFF`].
 const FIRST_BACK_OFF: Duration = Duration::from_millis(100);
@@ -47,18 +47,9 @@ enum WatchEnd {
 
 /// Follows `prefix` on the cluster at `endpoints` until `on_change` returns `false`; see the
 /// module docs. `on_change` is called with the first snapshot and after every change.
-pub async fn follow(endpoints: Vec<String>, prefix: &str, mut on_change: impl FnMut(&Snapshot) -> bool) {
-    let http = match reqwest::Client::builder()
-        .no_proxy()
-        .connect_timeout(Duration::from_secs(2))
-        .build()
-    {
-        Ok(http) => http,
-        Err(e) => {
-            tracing::error!(error = %e, "etcd follower: no HTTP client");
-            return;
-        }
-    };
+pub async fn follow(client: &Client, prefix: &str, mut on_change: impl FnMut(&Snapshot) -> bool) {
+    let http = client.connection().clone();
+    let endpoints = client.endpoints().to_vec();
     let range_end = prefix_end(prefix);
     let mut endpoint = 0usize;
     let mut back_off = FIRST_BACK_OFF;
@@ -116,18 +107,15 @@ pub async fn follow(endpoints: Vec<String>, prefix: &str, mut on_change: impl Fn
 }
 
 async fn list(
-    http: &reqwest::Client,
+    http: &Connection,
     base: &str,
     prefix: &str,
     range_end: &str,
 ) -> Result<(i64, BTreeMap<String, String>), String> {
-    let answer: Value = http
-        .post(format!("{base}/v3/kv/range"))
-        .timeout(Duration::from_secs(5))
-        .json(&json!({"key": b64(prefix), "range_end": b64(range_end)}))
-        .send()
+    let body = json!({"key": b64(prefix), "range_end": b64(range_end)});
+    let answer: Value = tokio::time::timeout(Duration::from_secs(5), http.post(base, "/v3/kv/range", &body))
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|_| format!("{base}: no answer in 5 s"))??
         .error_for_status()
         .map_err(|e| e.to_string())?
         .json()
@@ -151,7 +139,7 @@ async fn list(
 }
 
 async fn watch(
-    http: &reqwest::Client,
+    http: &Connection,
     base: &str,
     prefix: &str,
     range_end: &str,
@@ -163,10 +151,10 @@ async fn watch(
         "range_end": b64(range_end),
         "start_revision": (current.revision + 1).to_string(),
     }});
-    let response = match http.post(format!("{base}/v3/watch")).json(&request).send().await {
+    let response = match http.post(base, "/v3/watch", &request).await {
         Ok(r) if r.status().is_success() => r,
         Ok(r) => return WatchEnd::Broken(format!("watch answered {}", r.status())),
-        Err(e) => return WatchEnd::Broken(e.to_string()),
+        Err(e) => return WatchEnd::Broken(e),
     };
     let mut body = response.bytes_stream();
     let mut pending: Vec<u8> = Vec::new();

@@ -43,8 +43,8 @@ use cutover_store::{FlagChange, FlagChangeRecord, FlagSet, Store, StoreError, St
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+pub use client::{b64, number, Client, ClientOptions, Connection, EtcdError, Kv};
 use client::{delete, mod_revision_is, put, value_is, PAGE};
-pub use client::{Client, EtcdError, Kv};
 
 /// The operations and comparisons of a transaction ([`Client::txn`]).
 pub mod client_ops {
@@ -90,15 +90,23 @@ fn seq_key(n: u64) -> String {
 impl EtcdStore {
     /// A store of the cluster at `endpoints` under `prefix` (e.g. `/cutover/`), unfenced.
     pub fn new(endpoints: Vec<String>, prefix: &str) -> Result<EtcdStore, StoreError> {
+        Ok(EtcdStore::with_client(
+            Client::new(endpoints).map_err(io)?,
+            prefix,
+        ))
+    }
+
+    /// A store through `client` (with its TLS and credentials) under `prefix`, unfenced.
+    pub fn with_client(client: Client, prefix: &str) -> EtcdStore {
         let mut prefix = prefix.to_string();
         if !prefix.ends_with('/') {
             prefix.push('/');
         }
-        Ok(EtcdStore {
-            client: Client::new(endpoints).map_err(io)?,
+        EtcdStore {
+            client,
             prefix,
             fence: None,
-        })
+        }
     }
 
     /// This store, writing only while `leader_key` holds `identity`.

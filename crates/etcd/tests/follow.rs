@@ -26,7 +26,8 @@ impl Seen {
         let log = Arc::clone(&seen);
         let prefix = prefix.to_string();
         let task = tokio::spawn(async move {
-            follow(endpoints, &prefix, |s| {
+            let client = cutover_etcd::Client::new(endpoints).unwrap();
+            follow(&client, &prefix, |s| {
                 log.lock().unwrap().push(s.clone());
                 true
             })

@@ -183,6 +183,12 @@ impl StaticHostsPlatform {
         std::fs::rename(&tmp, &path).map_err(state_error)
     }
 
+    /// Records what runs in `slot` without running a hook: for a controller that takes over a
+    /// fleet's app and learns from the shared state what another host deployed.
+    pub fn remember(&self, slot: Slot, version: Option<&str>) -> Result<(), PlatformError> {
+        self.set_version(slot, version)
+    }
+
     fn set_version(&self, slot: Slot, version: Option<&str>) -> Result<(), PlatformError> {
         let mut versions = self.lock();
         match version {

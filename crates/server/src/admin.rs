@@ -75,6 +75,16 @@ pub struct AdminState {
     /// The listener is on loopback only: requests must name a loopback host (see
     /// [`crate::dashboard::loopback_host_only`]).
     pub loopback_only: bool,
+    /// In a fleet (`[store] kind = "etcd"`): where status reads the proxies.
+    pub fleet: Option<FleetHandle>,
+}
+
+/// What the admin API needs to show a fleet.
+#[derive(Debug, Clone)]
+pub struct FleetHandle {
+    pub client: cutover_etcd::Client,
+    pub keys: crate::fleet::Keys,
+    pub lease_ms: u64,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -535,7 +545,22 @@ async fn status(
     Path(app): Path<String>,
 ) -> Result<Json<crate::controller::StatusView>, ApiError> {
     let controller = find_controller(&state, &app)?;
-    Ok(Json(controller.status().await?))
+    let mut view = controller.status().await?;
+    if let Some(fleet) = &state.fleet {
+        // The fleet's part of status is what it is right now; etcd being unreachable is said
+        // in it rather than failing the whole status.
+        view.fleet = Some(
+            crate::fleet::status(&fleet.client, &fleet.keys, &app, fleet.lease_ms)
+                .await
+                .unwrap_or_else(|e| crate::fleet::FleetStatus {
+                    leader: None,
+                    generation: None,
+                    proxies: Vec::new(),
+                    error: Some(e),
+                }),
+        );
+    }
+    Ok(Json(view))
 }
 
 #[derive(Debug, Deserialize)]

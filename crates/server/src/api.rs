@@ -27,6 +27,9 @@ pub struct StatusView {
     /// The last ten `decision` events of the current rollout, oldest first.
     pub recent_decisions: Vec<StoredEvent>,
     pub now: Timestamp,
+    /// In a fleet: the leader, the stored table's generation and every proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<crate::fleet::FleetStatus>,
 }
 
 impl StatusView {

@@ -30,6 +30,163 @@ pub struct Config {
     /// Off unless the table is present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flags: Option<FlagsConfig>,
+    /// Where the state lives: the embedded SQLite file (default), or etcd for a fleet.
+    #[serde(default)]
+    pub store: StoreConfig,
+}
+
+/// `[store]`: the embedded SQLite file, or an etcd cluster shared by a fleet of controllers
+/// (one elected leader) and proxies (`cutover proxy`) on several hosts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub kind: StoreKind,
+    /// etcd members' client URLs (`http://10.0.0.5:2379`, `https://...` with TLS), tried in turn.
+    pub endpoints: Vec<String>,
+    /// Every key cutover writes starts with this; several installations may share a cluster.
+    pub prefix: String,
+    /// PEM file of the CA that signed the members' certificates (https endpoints).
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate and key, for clusters that require client certificates.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// etcd user, for clusters with authentication on; its password is read from
+    /// `password_file` (0600), never from this file.
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// How long a controller's leadership outlives its last renewal: a standby takes over within
+    /// this long of the leader's death.
+    pub leader_lease_ms: u64,
+    /// A proxy that has not confirmed its route tables against etcd for this long says it is
+    /// stale on its health endpoint and in its metrics (it keeps serving the last tables).
+    pub stale_after_ms: u64,
+}
+
+/// Which store `[store] kind` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    #[default]
+    Sqlite,
+    Etcd,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            kind: StoreKind::Sqlite,
+            endpoints: Vec::new(),
+            prefix: "/cutover/".into(),
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            username: None,
+            password_file: None,
+            leader_lease_ms: 5_000,
+            stale_after_ms: 5_000,
+        }
+    }
+}
+
+impl StoreConfig {
+    pub fn is_etcd(&self) -> bool {
+        self.kind == StoreKind::Etcd
+    }
+
+    /// What is wrong with `[store]`, alone and with the apps a fleet would run.
+    fn problems(&self, apps: &[AppConfig], flags: bool) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        if !self.is_etcd() {
+            let set = [
+                ("endpoints", !self.endpoints.is_empty()),
+                ("ca_file", self.ca_file.is_some()),
+                ("cert_file", self.cert_file.is_some()),
+                ("username", self.username.is_some()),
+            ];
+            for (field, _) in set.iter().filter(|(_, set)| *set) {
+                errors.push(FieldError::new(
+                    format!("store.{field}"),
+                    "only means something with kind = \"etcd\"; set it, or remove this key",
+                ));
+            }
+            return errors;
+        }
+        if self.endpoints.is_empty() {
+            errors.push(FieldError::new(
+                "store.endpoints",
+                "kind = \"etcd\" needs the members' client URLs, e.g. [\"http://10.0.0.5:2379\"]",
+            ));
+        }
+        for (i, e) in self.endpoints.iter().enumerate() {
+            let scheme_ok = e.starts_with("http://") || e.starts_with("https://");
+            if !scheme_ok || reqwest::Url::parse(e).is_err() {
+                errors.push(FieldError::new(
+                    format!("store.endpoints[{i}]"),
+                    format!("{e:?} is not an http:// or https:// URL of an etcd member"),
+                ));
+            }
+        }
+        if !self.prefix.starts_with('/') || !self.prefix.ends_with('/') || self.prefix.len() < 2 {
+            errors.push(FieldError::new(
+                "store.prefix",
+                format!(
+                    "{:?} must start and end with '/', e.g. \"/cutover/\"",
+                    self.prefix
+                ),
+            ));
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            errors.push(FieldError::new(
+                "store.cert_file",
+                "a client certificate needs both cert_file and key_file",
+            ));
+        }
+        if self.username.is_some() != self.password_file.is_some() {
+            errors.push(FieldError::new(
+                "store.username",
+                "etcd authentication needs both username and password_file",
+            ));
+        }
+        if !(1_000..=600_000).contains(&self.leader_lease_ms) {
+            errors.push(FieldError::new(
+                "store.leader_lease_ms",
+                "must be between 1000 and 600000 (etcd leases are whole seconds)",
+            ));
+        }
+        if !(500..=3_600_000).contains(&self.stale_after_ms) {
+            errors.push(FieldError::new(
+                "store.stale_after_ms",
+                "must be between 500 and 3600000",
+            ));
+        }
+        if flags {
+            errors.push(FieldError::new(
+                "flags",
+                "the flag service does not run in a fleet yet: keep it on a SQLite installation",
+            ));
+        }
+        for (i, app) in apps.iter().enumerate() {
+            match app.platform {
+                Some(PlatformKind::Local) => errors.push(FieldError::new(
+                    format!("app[{i}].platform"),
+                    "\"local\" processes cannot be adopted by a standby controller on another host: \
+                     in a fleet use platform = \"static\" (or \"kubernetes\")",
+                )),
+                None => errors.push(FieldError::new(
+                    format!("app[{i}].platform"),
+                    "an app in a fleet is managed by the elected controller: set platform = \"static\" or \"kubernetes\"",
+                )),
+                _ => {}
+            }
+            if app.flags.is_some() {
+                errors.push(FieldError::new(
+                    format!("app[{i}].flags"),
+                    "flag forwarding does not run in a fleet's proxies yet; remove [app.flags]",
+                ));
+            }
+        }
+        errors
+    }
 }
 
 /// `[flags]`: where OpenFeature clients evaluate flags, and with which keys.
@@ -673,6 +830,7 @@ impl Config {
                 ));
             }
         }
+        errors.extend(self.store.problems(&self.apps, self.flags.is_some()));
         let mut names = HashSet::new();
         // Every listener cutover binds, with its field, to find the ones that would collide.
         let mut listeners = vec![("admin.listen".to_string(), self.admin.listen)];

@@ -654,6 +654,7 @@ impl Controller {
             slots,
             recent_decisions,
             now: self.clock.now(),
+            fleet: None,
         })
     }
 

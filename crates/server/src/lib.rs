@@ -8,6 +8,7 @@ pub mod config;
 pub mod controller;
 pub mod dashboard;
 pub mod flags;
+pub mod fleet;
 pub mod freeze;
 pub mod gates;
 pub mod handover;
@@ -108,6 +109,8 @@ pub enum ServeError {
     StateDirOpen { path: String, mode: u32 },
     #[error("state directory {path}: {reason}; check that it is writable")]
     StateDir { path: String, reason: String },
+    #[error("store (etcd): {0}")]
+    Fleet(String),
     #[error("app {app} has no listen address; set listen in its [[app]] table")]
     NoListener { app: String },
     #[error("app {app}: alert gate: {source}")]
@@ -371,7 +374,7 @@ impl Running {
 
 /// A listener on `addr` whose queue of connections waiting to be accepted holds `backlog` (the
 /// kernel caps it at `net.core.somaxconn`); `TcpListener::bind` always asks for 128.
-fn bind_listener(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+pub(crate) fn bind_listener(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
@@ -388,7 +391,7 @@ fn bind_listener(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener>
 ///
 /// Not `axum::serve`: that has no timer, so a client trickling a request head holds a connection
 /// (and a task) forever. Here a head must arrive whole within `header_read_timeout`.
-async fn serve_api(
+pub(crate) async fn serve_api(
     name: &'static str,
     listener: TcpListener,
     router: axum::Router,
@@ -519,7 +522,21 @@ pub async fn start(
     admin_token: String,
     options: StartOptions,
 ) -> Result<Running, ServeError> {
+    if config.store.is_etcd() {
+        return fleet::start_controller(config, admin_token, options).await;
+    }
     start_inner(config, admin_token, options, None).await
+}
+
+/// `cutover proxy`: a proxy of a fleet, routing by the tables the elected controller keeps in
+/// etcd (see [`fleet`]).
+pub async fn start_proxy(
+    config: Config,
+    admin_token: String,
+    options: StartOptions,
+    proxy: fleet::ProxyOptions,
+) -> Result<Running, ServeError> {
+    fleet::start_proxy(config, admin_token, options, proxy).await
 }
 
 /// [`start`] as the successor of the server running on the same state directory: its listening
@@ -531,6 +548,12 @@ pub async fn start_upgrade(
     admin_token: String,
     options: StartOptions,
 ) -> Result<Running, ServeError> {
+    if config.store.is_etcd() {
+        return Err(ServeError::Fleet(
+            "a fleet's controller is upgraded by restarting it: a standby takes over meanwhile;              `cutover serve --upgrade` is for the single-host SQLite installation"
+                .into(),
+        ));
+    }
     let state_dir = state_dir(&config, &options.config_dir);
     let successor = handover::Successor::connect(&state_dir).await?;
     tracing::info!(
@@ -951,6 +974,7 @@ async fn start_inner(
         ramps: ramp_runner,
         live,
         loopback_only: admin_addr.ip().is_loopback(),
+        fleet: None,
     });
     tasks.spawn(serve_api(
         "admin",

@@ -40,6 +40,7 @@ fn config(v1: &ExampleApp, v2: &ExampleApp, tls: Option<TlsConfig>) -> Config {
             ..AppConfig::static_routes("web", loopback(), routes)
         }],
         flags: None,
+        store: Default::default(),
     }
 }
 

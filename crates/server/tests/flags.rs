@@ -82,6 +82,7 @@ async fn start() -> Server {
             ..AdminConfig::default()
         },
         apps: vec![AppConfig::static_routes("web", loopback, routes)],
+        store: Default::default(),
         flags: Some(FlagsConfig {
             listen: loopback,
             api_keys_file: Some(keys),

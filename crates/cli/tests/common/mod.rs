@@ -1,5 +1,7 @@
 //! What the whole-rollout tests share: running `cutover serve` and the `cutover` CLI.
 
+pub mod hosts;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;

@@ -449,6 +449,7 @@ mod tests {
             admin: Default::default(),
             apps: Vec::new(),
             flags: None,
+            store: Default::default(),
         });
         let app = vec![Step::Key("app".into())];
         s.dropped.push((app.clone(), 1));
