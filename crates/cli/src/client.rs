@@ -887,12 +887,50 @@ fn status_lines(status: &StatusView, verbose: bool) -> Vec<String> {
     if let Some(exposure) = rollout.and_then(exposure_line) {
         lines.push(exposure);
     }
+    if let Some(fleet) = &status.fleet {
+        lines.extend(fleet_lines(fleet));
+    }
     if !status.recent_decisions.is_empty() {
         lines.push("latest decisions:".into());
         for d in status.recent_decisions.iter().rev().take(5) {
             lines.extend(event_lines(d, verbose));
         }
     }
+    lines
+}
+
+/// The fleet: who leads, and each proxy with the table generation it routes by.
+fn fleet_lines(fleet: &cutover_server::fleet::FleetStatus) -> Vec<String> {
+    let mut lines = Vec::new();
+    if let Some(error) = &fleet.error {
+        lines.push(format!("fleet: cannot be read: {}", one_line(error)));
+        return lines;
+    }
+    lines.push(format!(
+        "fleet: leader {}; route table generation {}; {} prox{}",
+        fleet.leader.as_deref().unwrap_or("none"),
+        fleet.generation.map_or("-".to_string(), |g| g.to_string()),
+        fleet.proxies.len(),
+        if fleet.proxies.len() == 1 { "y" } else { "ies" }
+    ));
+    let mut table = Table::new(&[
+        ("proxy", Align::Left),
+        ("generation", Align::Right),
+        ("last contact", Align::Right),
+        ("confirmed", Align::Right),
+        ("state", Align::Left),
+    ]);
+    for p in &fleet.proxies {
+        table.row(vec![
+            p.id.clone(),
+            p.generation.map_or("-".to_string(), |g| g.to_string()),
+            format!("{} ago", duration(p.last_contact_ms)),
+            p.confirmed_ago_ms
+                .map_or("never".to_string(), |c| format!("{} ago", duration(c))),
+            p.problem.clone().unwrap_or_else(|| "ok".into()),
+        ]);
+    }
+    lines.extend(table.lines());
     lines
 }
 

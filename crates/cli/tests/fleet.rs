@@ -546,6 +546,15 @@ async fn proxies_keep_serving_through_etcd_failures_and_a_partitioned_one_shows(
         },
     )
     .await;
+    // `cutover status` says so, for people.
+    let leader = fleet.leader().await;
+    let (code, text) = tokio::task::spawn_blocking(move || common::cli(&leader, TOKEN, &["status", "web"]))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("fleet: leader"), "{text}");
+    let cut_line = text.lines().find(|l| l.contains("p-cut")).unwrap_or_default();
+    assert!(cut_line.contains("no contact with etcd"), "{text}");
     // It still serves the last table it had.
     let answer = http_client()
         .get(format!("{}/", cut.public))

@@ -110,3 +110,49 @@ async fn the_store_survives_a_member_and_says_when_none_answers() {
         "nothing lost across a restart"
     );
 }
+
+/// A cluster with authentication on: the store authenticates as its user, and a wrong password
+/// is refused with a message that names the user and the settings to check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_with_authentication_is_used_as_its_user() {
+    let cluster = EtcdCluster::start(3).await;
+    let admin = cutover_etcd::Client::new(cluster.endpoints()).unwrap();
+    for (path, body) in [
+        (
+            "/v3/auth/user/add",
+            serde_json::json!({"name": "root", "password": "root-password"}),
+        ),
+        ("/v3/auth/role/add", serde_json::json!({"name": "root"})),
+        (
+            "/v3/auth/user/grant",
+            serde_json::json!({"user": "root", "role": "root"}),
+        ),
+        ("/v3/auth/enable", serde_json::json!({})),
+    ] {
+        admin.call(path, body).unwrap();
+    }
+    // Without credentials, etcd refuses.
+    let anonymous = EtcdStore::new(cluster.endpoints(), "/auth-test/").unwrap();
+    assert!(anonymous.apps().is_err());
+    let client = |password: &str| {
+        cutover_etcd::Client::with_options(
+            cluster.endpoints(),
+            &cutover_etcd::ClientOptions {
+                credentials: Some(("root".into(), password.into())),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    let store = EtcdStore::with_client(client("root-password"), "/auth-test/");
+    let state = AppState::new("web");
+    store.commit(&state, &[event(1)]).unwrap();
+    assert_eq!(store.apps().unwrap(), vec!["web".to_string()]);
+    let wrong = EtcdStore::with_client(client("not-it"), "/auth-test/");
+    let error = wrong.apps().unwrap_err().to_string();
+    assert!(
+        error.contains("\"root\"") && error.contains("password_file"),
+        "{error}"
+    );
+    assert!(!error.contains("not-it"), "the password is never shown: {error}");
+}

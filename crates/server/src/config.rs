@@ -1282,6 +1282,56 @@ mod tests {
     }
 
     #[test]
+    fn an_etcd_store_is_checked_with_every_problem_at_once() {
+        let text = r#"
+[store]
+kind = "etcd"
+endpoints = ["10.0.0.5:2379", "http://10.0.0.6:2379"]
+prefix = "cutover"
+cert_file = "client.pem"
+username = "cutover"
+leader_lease_ms = 10
+
+[flags]
+
+[[app]]
+name = "web"
+listen = "127.0.0.1:8080"
+platform = "local"
+
+[app.release]
+command = "./web --port {port}"
+"#;
+        let found = problems(text);
+        for expected in [
+            "store.endpoints[0]",
+            "store.prefix",
+            "store.cert_file",
+            "store.username",
+            "store.leader_lease_ms",
+            "app[0].platform",
+            "flags",
+        ] {
+            assert!(
+                found.iter().any(|p| p.contains(expected)),
+                "{expected} missing from {found:#?}"
+            );
+        }
+        assert!(
+            found.iter().any(|p| p.contains("cannot be adopted by a standby")),
+            "{found:#?}"
+        );
+        // etcd keys without kind = "etcd" are a mistake too, not ignored.
+        let found = problems("[store]\nendpoints = [\"http://a:2379\"]\n[[app]]\nname = \"web\"\nlisten = \"127.0.0.1:1\"\n[app.routes]\nlive = \"blue\"\nblue = { version = \"v1\", backends = [\"127.0.0.1:2\"] }\n");
+        assert!(
+            found
+                .iter()
+                .any(|p| p.contains("store.endpoints") && p.contains("kind = \"etcd\"")),
+            "{found:#?}"
+        );
+    }
+
+    #[test]
     fn external_routers_and_static_hosts_are_configured_in_their_tables() {
         let text = r#"
 [[app]]
