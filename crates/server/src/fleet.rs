@@ -677,6 +677,12 @@ pub async fn start_proxy(
         apps.insert(app_config.name.clone(), app);
     }
     let admin_addr = proxy_options.admin_listen.unwrap_or(config.admin.listen);
+    if !admin_addr.ip().is_loopback() && !config.admin.allow_non_loopback {
+        return Err(fleet_error(format!(
+            "--admin-listen {admin_addr} is not a loopback address; the controllers read this proxy's \
+             counters there, so set [admin] allow_non_loopback = true to listen elsewhere, as a deliberate act"
+        )));
+    }
     let admin_listener = crate::bind_listener(admin_addr, 1024).map_err(|source| ServeError::Bind {
         field: "admin.listen".into(),
         addr: admin_addr,
@@ -1145,9 +1151,10 @@ async fn lead_when_elected(
     };
     let leadership = Arc::new(leadership);
     tracing::info!(identity = %dispatch.identity, "elected: resuming the apps from the stored state");
-    // Renewals start before the controllers: starting them may take longer than the lease.
+    // Renewals start before the controllers: starting them may take longer than the lease. The
+    // task holds the only reference, so that it can resign at shutdown.
     let renewals = {
-        let (leadership, shutdown) = (Arc::clone(&leadership), shutdown.clone());
+        let shutdown = shutdown.clone();
         let lease_ms = config.store.leader_lease_ms;
         tokio::spawn(async move {
             let every = Duration::from_millis((lease_ms / 3).max(300));
