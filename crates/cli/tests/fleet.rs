@@ -424,19 +424,21 @@ async fn a_rollout_through_three_proxies_survives_kill_9_of_the_leader() {
     assert!(failures.is_empty(), "failed requests: {failures:?}");
     assert!(sent > 100, "{sent}");
     assert_sticky(&seen);
+    // The dashboard's overview on the leader lists the app, though its proxies run elsewhere.
+    let (code, overview) = get(&format!("{new_leader}/v1/status")).await;
+    assert_eq!(code, 200, "{overview}");
+    assert_eq!(overview["apps"][0]["app"], "web", "{overview:#}");
     // The new leader leads in etcd's eyes too.
     let leader_key = status["fleet"]["leader"].as_str().unwrap_or("");
     assert!(leader_key.contains(&new_leader), "{status:#}");
 }
 
-/// A user on one proxy sees one version at a time and moves from v1 to v2 once, never back.
+/// A user on one proxy sees one version at a time and only ever moves to a newer one (v1, v2,
+/// v3 in the order deployed), never back.
 fn assert_sticky(seen: &Seen) {
     for ((user, proxy), versions) in seen {
-        let allowed = [vec!["v1"], vec!["v2"], vec!["v1", "v2"]];
         assert!(
-            allowed
-                .iter()
-                .any(|a| *a == versions.iter().map(String::as_str).collect::<Vec<_>>()),
+            versions.windows(2).all(|w| w[0] < w[1]),
             "user {user} on proxy {proxy} saw {versions:?}"
         );
     }
@@ -463,8 +465,13 @@ async fn proxies_keep_serving_through_etcd_failures_and_a_partitioned_one_shows(
     fleet.wait_proxies_caught_up().await;
     fleet.etcd.restart(0).await;
 
-    // The whole cluster restarts: the proxies serve the last table meanwhile, then confirm it.
+    // The whole cluster restarts: the proxies serve the last table meanwhile, then confirm it,
+    // and follow the next change.
     fleet.etcd.restart_all().await;
+    fleet.wait_proxies_caught_up().await;
+    let (code, out) = fleet.deploy("v3").await;
+    assert_eq!(code, 0, "{out}");
+    fleet.wait_live("v3").await;
     let status = fleet.wait_proxies_caught_up().await;
     for p in &fleet.proxies {
         wait_until(
@@ -563,7 +570,7 @@ async fn proxies_keep_serving_through_etcd_failures_and_a_partitioned_one_shows(
         .await
         .unwrap();
     assert!(answer.status().is_success());
-    assert_eq!(answer.headers()["x-app-version"], "v2");
+    assert_eq!(answer.headers()["x-app-version"], "v3");
     fleet.proxies.push(cut);
     let (sent, failures, seen) = users.finish().await;
     assert_sticky(&seen);
@@ -572,6 +579,66 @@ async fn proxies_keep_serving_through_etcd_failures_and_a_partitioned_one_shows(
         failures.len()
     );
     assert!(failures.is_empty(), "failed requests: {failures:?}");
+}
+
+/// The judge sees the whole fleet: a proxy that stops answering (SIGSTOP: alive, registered,
+/// silent) makes every window inconclusive rather than a pass on the other proxies' traffic,
+/// and the rollout goes on once it answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_that_does_not_report_makes_the_window_inconclusive() {
+    let fleet = Fleet::start().await;
+    let (code, out) = fleet.deploy("v1").await;
+    assert_eq!(code, 0, "{out}");
+    fleet.wait_live("v1").await;
+    fleet.wait_proxies_caught_up().await;
+    // Users reach the two proxies that answer; the third is stopped.
+    let publics: Vec<String> = fleet.proxies[..2].iter().map(|p| p.public.clone()).collect();
+    let users = Users::start(publics);
+    let silent = fleet.proxies[2].process.as_ref().unwrap().pid().to_string();
+    assert!(Command::new("kill")
+        .args(["-STOP", &silent])
+        .status()
+        .unwrap()
+        .success());
+    let leader = fleet.leader().await;
+    let (code, out) = tokio::task::spawn_blocking(move || {
+        common::cli(&leader, TOKEN, &["deploy", "web", "v2", "--no-follow"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}");
+    // While it stays registered (its lease outlives a short silence), no window passes.
+    let (said, status) = poll_for(
+        "a window is inconclusive for the silent proxy",
+        Duration::from_secs(60),
+        || async {
+            let s = fleet.status().await;
+            let said = s["recent_decisions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|d| d["message"].as_str())
+                .find(|m| m.contains("proxy p3 did not report"))
+                .map(str::to_string);
+            said.map(|m| (m, s))
+        },
+    )
+    .await;
+    println!("{said}");
+    assert_eq!(status["rollout"]["phase"]["phase"], "canary", "{status:#}");
+    assert!(
+        status["rollout"]["phase"]["step"].as_u64() == Some(0),
+        "no step passed on part of the traffic: {status:#}"
+    );
+    assert!(Command::new("kill")
+        .args(["-CONT", &silent])
+        .status()
+        .unwrap()
+        .success());
+    fleet.wait_live("v2").await;
+    let (_, failures, seen) = users.finish().await;
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    assert_sticky(&seen);
 }
 
 /// A TCP relay to one etcd member that the test can cut: connections in flight are dropped and

@@ -79,10 +79,13 @@ impl MetricSource for CounterSource {
 
 impl CounterSource {
     async fn read_now(&self) -> Result<[SlotCounters; 2], MetricError> {
-        self.router
-            .counters()
-            .await
-            .map_err(|e| self.unavailable(e.to_string()))
+        self.router.counters().await.map_err(|e| {
+            // The source's name already says which router: its reason alone, not the name twice.
+            self.unavailable(match e {
+                crate::RouterError::Unavailable { reason, .. } => reason,
+                other => other.to_string(),
+            })
+        })
     }
 
     /// The counts of `q`'s slot between the window's first reading and `now`.

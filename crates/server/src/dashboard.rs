@@ -248,13 +248,18 @@ async fn asset(Path(file): Path<String>) -> Result<Response, ApiError> {
 
 async fn overview(State(state): State<Arc<AdminState>>) -> Result<Json<Overview>, ApiError> {
     let mut apps = Vec::new();
-    for (name, app) in &state.apps {
-        match state.controllers.get(name) {
-            Some(controller) => {
+    // Apps with a proxy here, and apps with only a controller here (an external router, or a
+    // fleet's leader, whose proxies run elsewhere).
+    let names: std::collections::BTreeSet<&String> =
+        state.apps.keys().chain(state.controllers.keys()).collect();
+    for name in names {
+        match (state.controllers.get(name), state.apps.get(name)) {
+            (Some(controller), _) => {
                 let status = controller.status().await.map_err(ApiError::from)?;
                 apps.push(AppSummary::of_status(&status));
             }
-            None => {
+            (None, None) => {}
+            (None, Some(app)) => {
                 let table = app.table();
                 let route = &table.route;
                 apps.push(AppSummary {

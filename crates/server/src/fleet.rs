@@ -70,6 +70,10 @@ impl Keys {
             prefix: prefix.to_string(),
         }
     }
+    /// Everything of the fleet, what a controller's [`FleetCache`] follows.
+    pub fn fleet_prefix(&self) -> String {
+        format!("{}fleet/", self.prefix)
+    }
     pub fn leader(&self) -> String {
         format!("{}fleet/leader", self.prefix)
     }
@@ -286,6 +290,58 @@ pub async fn status(client: &Client, keys: &Keys, app: &str, lease_ms: u64) -> R
     })
 }
 
+/// What the leader knows of the fleet without asking etcd: `fleet/` followed with one watch (a
+/// consistent snapshot at one revision, kept current), so that thousands of apps' controllers
+/// do not each read etcd on every tick. Reads that decide something safe-or-not (whether a
+/// table is applied) may lag the cluster by the watch's delay; they then err on the side of
+/// waiting, since a snapshot shows the proxies and the stored table as of one revision.
+#[derive(Debug, Default)]
+pub struct FleetCache {
+    snapshot: std::sync::RwLock<Option<Arc<cutover_etcd::follow::Snapshot>>>,
+}
+
+impl FleetCache {
+    /// Starts following `fleet/` until `shutdown`.
+    pub fn start(client: &Client, keys: &Keys, shutdown: CancellationToken) -> Arc<FleetCache> {
+        let cache = Arc::new(FleetCache::default());
+        let (c, prefix, target) = (client.clone(), keys.fleet_prefix(), Arc::clone(&cache));
+        tokio::spawn(async move {
+            let follow = cutover_etcd::follow::follow(&c, &prefix, |snapshot| {
+                *target.snapshot.write().unwrap_or_else(PoisonError::into_inner) =
+                    Some(Arc::new(snapshot.clone()));
+                true
+            });
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = follow => {}
+            }
+        });
+        cache
+    }
+
+    fn get(&self) -> Option<Arc<cutover_etcd::follow::Snapshot>> {
+        self.snapshot
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The stored table of `app` and the registered proxies, as of one revision.
+    fn view(&self, app: &str) -> Option<(Option<StoredTable>, Vec<ProxyRecord>)> {
+        let snapshot = self.get()?;
+        let table = snapshot
+            .keys
+            .get(&format!("routes/{app}"))
+            .and_then(|v| serde_json::from_str(v).ok());
+        let proxies = snapshot
+            .keys
+            .range("proxies/".to_string().."proxies0".to_string())
+            .filter_map(|(_, v)| serde_json::from_str(v).ok())
+            .collect();
+        Some((table, proxies))
+    }
+}
+
 /// The controller's router of one app in a fleet; see the module docs.
 #[derive(Debug)]
 pub struct FleetRouter {
@@ -296,11 +352,13 @@ pub struct FleetRouter {
     drain: Duration,
     token: String,
     http: reqwest::Client,
+    cache: Option<Arc<FleetCache>>,
 }
 
 impl FleetRouter {
     pub fn new(client: Client, keys: Keys, app: &str, identity: &str, drain: Duration, token: &str) -> Self {
         FleetRouter {
+            cache: None,
             client,
             keys,
             app: app.to_string(),
@@ -313,6 +371,77 @@ impl FleetRouter {
                 .build()
                 .unwrap_or_default(),
         }
+    }
+
+    /// This router, reading the stored table and the proxies from `cache` instead of etcd.
+    pub fn with_cache(mut self, cache: Arc<FleetCache>) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// The stored table and the proxies: from the cache when it has a snapshot, else from etcd.
+    async fn view(&self) -> Result<(Option<StoredTable>, Vec<ProxyRecord>), RouterError> {
+        if let Some(view) = self.cache.as_ref().and_then(|c| c.view(&self.app)) {
+            return Ok(view);
+        }
+        let table = stored_table(&self.client, &self.keys, &self.app)
+            .await
+            .map_err(|e| self.unavailable(e))?
+            .map(|(t, _)| t);
+        let proxies = proxies(&self.client, &self.keys)
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        Ok((table, proxies))
+    }
+
+    /// Writes `table` unless etcd already holds it; returns whether it wrote.
+    async fn write(&self, table: &RouteTable) -> Result<bool, RouterError> {
+        table.validate().map_err(|e| RouterError::Refused {
+            router: self.describe(),
+            reason: e.to_string(),
+        })?;
+        for _ in 0..10 {
+            let current = stored_table(&self.client, &self.keys, &self.app)
+                .await
+                .map_err(|e| self.unavailable(e))?;
+            if current.as_ref().is_some_and(|(t, _)| t.table == *table) {
+                return Ok(false);
+            }
+            let (generation, revision) = current.map_or((0, 0), |(t, r)| (t.generation, r));
+            let value = serde_json::to_string(&StoredTable {
+                generation: generation + 1,
+                table: table.clone(),
+            })
+            .map_err(|e| self.unavailable(e.to_string()))?;
+            let key = self.keys.routes(&self.app);
+            let leader_key = self.keys.leader();
+            let compare = vec![
+                client_ops::mod_revision_is(&key, revision),
+                client_ops::value_is(&leader_key, &self.identity),
+            ];
+            let c = self.client.clone();
+            let put = vec![client_ops::put(&key, &value)];
+            let won = blocking(move || c.txn(compare, put))
+                .await
+                .map_err(|e| self.unavailable(e))?
+                .map_err(|e| self.unavailable(e.to_string()))?;
+            if won {
+                return Ok(true);
+            }
+            let c = self.client.clone();
+            let leader = blocking(move || c.get(&leader_key))
+                .await
+                .map_err(|e| self.unavailable(e))?
+                .map_err(|e| self.unavailable(e.to_string()))?;
+            if leader.as_ref().map(|(v, _)| v.as_str()) != Some(self.identity.as_str()) {
+                return Err(self.unavailable(format!(
+                    "this controller ({}) is no longer the leader (the leader key holds {}): the table was not written",
+                    self.identity,
+                    leader.map_or("nothing".to_string(), |(v, _)| v)
+                )));
+            }
+        }
+        Err(self.unavailable("the stored table kept changing under this write; it will be tried again"))
     }
 
     fn unavailable(&self, reason: impl Into<String>) -> RouterError {
@@ -411,68 +540,21 @@ pub fn sum_counters(readings: &[(String, [SlotCounters; 2])]) -> Result<[SlotCou
 #[async_trait]
 impl Router for FleetRouter {
     fn describe(&self) -> String {
-        format!("fleet proxies (etcd {})", self.keys.routes(&self.app))
+        format!(
+            "fleet's proxies (table at etcd key {})",
+            self.keys.routes(&self.app)
+        )
     }
 
     async fn apply(&self, table: &RouteTable) -> Result<(), RouterError> {
-        table.validate().map_err(|e| RouterError::Refused {
-            router: self.describe(),
-            reason: e.to_string(),
-        })?;
-        for _ in 0..10 {
-            let current = stored_table(&self.client, &self.keys, &self.app)
-                .await
-                .map_err(|e| self.unavailable(e))?;
-            if current.as_ref().is_some_and(|(t, _)| t.table == *table) {
-                return Ok(());
-            }
-            let (generation, revision) = current.map_or((0, 0), |(t, r)| (t.generation, r));
-            let value = serde_json::to_string(&StoredTable {
-                generation: generation + 1,
-                table: table.clone(),
-            })
-            .map_err(|e| self.unavailable(e.to_string()))?;
-            let key = self.keys.routes(&self.app);
-            let leader_key = self.keys.leader();
-            let compare = vec![
-                client_ops::mod_revision_is(&key, revision),
-                client_ops::value_is(&leader_key, &self.identity),
-            ];
-            let c = self.client.clone();
-            let put = vec![client_ops::put(&key, &value)];
-            let won = blocking(move || c.txn(compare, put))
-                .await
-                .map_err(|e| self.unavailable(e))?
-                .map_err(|e| self.unavailable(e.to_string()))?;
-            if won {
-                return Ok(());
-            }
-            let c = self.client.clone();
-            let leader = blocking(move || c.get(&leader_key))
-                .await
-                .map_err(|e| self.unavailable(e))?
-                .map_err(|e| self.unavailable(e.to_string()))?;
-            if leader.as_ref().map(|(v, _)| v.as_str()) != Some(self.identity.as_str()) {
-                return Err(self.unavailable(format!(
-                    "this controller ({}) is no longer the leader (the leader key holds {}): the table was not written",
-                    self.identity,
-                    leader.map_or("nothing".to_string(), |(v, _)| v)
-                )));
-            }
-        }
-        Err(self.unavailable("the stored table kept changing under this write; it will be tried again"))
+        self.write(table).await.map(|_| ())
     }
 
     async fn applied(&self) -> Result<RouteTable, RouterError> {
-        let Some((stored, _)) = stored_table(&self.client, &self.keys, &self.app)
-            .await
-            .map_err(|e| self.unavailable(e))?
-        else {
+        let (stored, proxies) = self.view().await?;
+        let Some(stored) = stored else {
             return Err(self.unavailable("no table stored yet"));
         };
-        let proxies = proxies(&self.client, &self.keys)
-            .await
-            .map_err(|e| self.unavailable(e))?;
         for p in &proxies {
             let routed = p.generations.get(&self.app).copied().unwrap_or(0);
             if routed < stored.generation {
@@ -486,20 +568,16 @@ impl Router for FleetRouter {
     }
 
     async fn reconcile(&self, wanted: &RouteTable) -> Result<bool, RouterError> {
-        let stored = stored_table(&self.client, &self.keys, &self.app)
-            .await
-            .map_err(|e| self.unavailable(e))?;
-        if stored.is_some_and(|(t, _)| t.table == *wanted) {
+        let (stored, _) = self.view().await?;
+        if stored.is_some_and(|t| t.table == *wanted) {
             return Ok(false);
         }
-        self.apply(wanted).await?;
-        Ok(true)
+        // The cache may only lag: `write` reads etcd itself and writes only a real difference.
+        self.write(wanted).await
     }
 
     async fn counters(&self) -> Result<[SlotCounters; 2], RouterError> {
-        let proxies = proxies(&self.client, &self.keys)
-            .await
-            .map_err(|e| self.unavailable(e))?;
+        let (_, proxies) = self.view().await?;
         if proxies.is_empty() {
             return Err(self.unavailable("no proxy of the fleet is registered: nothing is counted"));
         }
@@ -1234,6 +1312,7 @@ async fn lead(
         Some(p) => crate::flags::load_named_tokens(p)?,
         None => Vec::new(),
     };
+    let cache = FleetCache::start(client, keys, shutdown.clone());
     #[cfg(feature = "kubernetes")]
     let mut clusters = crate::kube_wiring::Clusters::default();
     let mut controllers = BTreeMap::new();
@@ -1258,14 +1337,17 @@ async fn lead(
                     }
                 })? {
                     Some(r) => r,
-                    None => Arc::new(FleetRouter::new(
-                        client.clone(),
-                        keys.clone(),
-                        &app_config.name,
-                        &dispatch.identity,
-                        app_config.proxy.drain_timeout(),
-                        &admin_token,
-                    )),
+                    None => Arc::new(
+                        FleetRouter::new(
+                            client.clone(),
+                            keys.clone(),
+                            &app_config.name,
+                            &dispatch.identity,
+                            app_config.proxy.drain_timeout(),
+                            &admin_token,
+                        )
+                        .with_cache(Arc::clone(&cache)),
+                    ),
                 },
             }
         };

@@ -451,6 +451,7 @@
         managed: true, live: st.live, liveVersion: liveSlot ? liveSlot.version : null,
         weights: st.weights || {}, rollout: st.rollout || null, slots,
         decisions: Array.isArray(st.recent_decisions) ? st.recent_decisions : [],
+        fleet: st.fleet || null,
       };
     }
     // Routed by a fixed route table only: no status of its own (409), but the proxy's numbers.
@@ -966,7 +967,7 @@
     const v = {
       lede: h("div", { class: "lede" }), missing: h("div", { hidden: true }), split: h("div"), controls: h("div"),
       chartsMsg: h("p", { class: "empty-state", hidden: true }), chartGrid: h("div", { class: "charts" }),
-      rollout: h("div"), plan: h("div"), timeline: h("div"), decisionsMsg: h("div"), slots: h("div"),
+      rollout: h("div"), plan: h("div"), timeline: h("div"), decisionsMsg: h("div"), slots: h("div"), fleet: h("div"),
       decisions: h("ol", { class: "decisions", "aria-label": "Decisions, newest first" }),
     };
     v.charts = CHARTS.map((def) => {
@@ -988,6 +989,10 @@
       v.rolloutCard,
       v.decisionsCard,
       card("Slots", v.slots));
+    // A fleet's proxies (docs/fleet.md): shown only when the status has them.
+    v.fleetCard = card("Fleet", v.fleet);
+    v.fleetCard.hidden = true;
+    v.body.append(v.fleetCard);
     v.root = h("div", null, h("h1", { tabindex: "-1", text: name }), v.lede, v.missing, v.body);
     v.render = () => renderApp(v);
     // Charts are drawn at the width they get, so that their text is never scaled down.
@@ -1027,6 +1032,13 @@
     v.rolloutCard.hidden = v.decisionsCard.hidden = !info.managed;
     renderDecisions(v, a, info);
     region(v.slots, JSON.stringify([info.slots, a.metrics, info.live, info.weights, SLOTS.map((sl) => slotRole(info, sl))]), () => slotsContent(a, info));
+    v.fleetCard.hidden = !info.fleet;
+    if (info.fleet) {
+      // Contact ages move every second; the key keeps them to the second so the table is not rebuilt more often.
+      const key = JSON.stringify([info.fleet.leader, info.fleet.generation, info.fleet.error,
+        (info.fleet.proxies || []).map((p) => [p.id, p.generation, p.lagging, p.problem, Math.round((p.last_contact_ms || 0) / 1000)])]);
+      region(v.fleet, key, () => fleetContent(info.fleet));
+    }
     renderCharts();
   }
 
@@ -1387,6 +1399,25 @@
       { label: "Slot" }, { label: "Version" }, { label: "Role" }, { label: "Weight", num: true }, { label: "Backends" },
       { label: "Requests", num: true }, { label: "5xx rate", num: true }, { label: "4xx rate", num: true }, { label: "p99", num: true },
     ], rows);
+  }
+
+  function fleetContent(fleet) {
+    if (fleet.error) return h("p", { class: "text-bad", text: `✗ The fleet could not be read: ${fleet.error}` });
+    const proxies = Array.isArray(fleet.proxies) ? fleet.proxies : [];
+    const seconds = (ms) => (isNum(ms) ? `${(ms / 1000).toFixed(1)} s ago` : "never");
+    const rows = proxies.map((p) => h("tr", null,
+      h("th", { scope: "row", class: "nowrap", text: p.id }),
+      h("td", { class: "num", text: isNum(p.generation) ? String(p.generation) : "—" }),
+      h("td", { class: "num", text: seconds(p.last_contact_ms) }),
+      h("td", { class: "num", text: seconds(p.confirmed_ago_ms) }),
+      h("td", null, p.lagging ? h("span", { class: "text-bad", text: `✗ ${p.problem || "lagging"}` }) : h("span", { class: "text-good", text: "✓ up to date" }))));
+    return [
+      h("p", { text: `Leader: ${fleet.leader || "none"} · route table generation ${isNum(fleet.generation) ? fleet.generation : "—"} · ${proxies.length} ${proxies.length === 1 ? "proxy" : "proxies"}` }),
+      proxies.length ? table("Proxies of the fleet", [
+        { label: "Proxy" }, { label: "Generation", num: true }, { label: "Last contact", num: true },
+        { label: "Confirmed", num: true }, { label: "State" },
+      ], rows) : h("p", { class: "empty-state", text: "No proxy is registered: nothing routes this app's traffic." }),
+    ];
   }
 
   function backendHealth(b) {
