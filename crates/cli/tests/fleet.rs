@@ -428,6 +428,12 @@ async fn a_rollout_through_three_proxies_survives_kill_9_of_the_leader() {
     let (code, overview) = get(&format!("{new_leader}/v1/status")).await;
     assert_eq!(code, 200, "{overview}");
     assert_eq!(overview["apps"][0]["app"], "web", "{overview:#}");
+    let (code, apps) = get(&format!("{new_leader}/v1/apps")).await;
+    assert_eq!(code, 200, "{apps}");
+    assert_eq!(
+        apps[0]["app"], "web",
+        "`cutover apps` lists the fleet's app: {apps:#}"
+    );
     // The new leader leads in etcd's eyes too.
     let leader_key = status["fleet"]["leader"].as_str().unwrap_or("");
     assert!(leader_key.contains(&new_leader), "{status:#}");

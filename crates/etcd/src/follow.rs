@@ -29,6 +29,9 @@ pub struct Snapshot {
     pub keys: BTreeMap<String, String>,
     /// How many times the follower had to list again because its resume point was compacted.
     pub relists: u64,
+    /// The keys the last change touched; `None` after a listing, when any key may have changed.
+    /// Lets a follower of many keys update its own copy instead of copying the whole map.
+    pub changed: Option<Vec<String>>,
 }
 
 fn text(value: Option<&Value>) -> String {
@@ -68,6 +71,7 @@ pub async fn follow(client: &Client, prefix: &str, mut on_change: impl FnMut(&Sn
                         revision,
                         keys,
                         relists,
+                        changed: None,
                     };
                     if !on_change(&s) {
                         return;
@@ -182,10 +186,12 @@ async fn watch(
             let Some(events) = events.filter(|e| !e.is_empty()) else {
                 continue;
             };
+            let mut changed = Vec::with_capacity(events.len());
             for event in events {
                 let kv = event.get("kv").cloned().unwrap_or(Value::Null);
                 let key = text(kv.get("key"));
                 let key = key[prefix.len().min(key.len())..].to_string();
+                changed.push(key.clone());
                 if event.get("type").and_then(Value::as_str) == Some("DELETE") {
                     current.keys.remove(&key);
                 } else {
@@ -194,6 +200,7 @@ async fn watch(
                 current.revision = current.revision.max(number(kv.get("mod_revision")));
             }
             current.revision = current.revision.max(number(result.pointer("/header/revision")));
+            current.changed = Some(changed);
             if !on_change(current) {
                 return WatchEnd::Stopped;
             }

@@ -296,7 +296,20 @@ fn routes_view(app: &AppProxy) -> RoutesView {
 }
 
 async fn list_apps(State(state): State<Arc<AdminState>>) -> Json<Vec<RoutesView>> {
-    Json(state.apps.values().map(|a| routes_view(a)).collect())
+    let mut views: Vec<RoutesView> = state.apps.values().map(|a| routes_view(a)).collect();
+    // Apps whose proxy is not this process (an external router, a fleet's proxies): the table
+    // their state calls for; generation 0 says no proxy here counts its changes.
+    for (name, controller) in &state.controllers {
+        if !state.apps.contains_key(name) {
+            views.push(RoutesView {
+                app: name.clone(),
+                generation: 0,
+                route: cutover_core::rollout::route_table(&controller.state().await),
+            });
+        }
+    }
+    views.sort_by(|a, b| a.app.cmp(&b.app));
+    Json(views)
 }
 
 async fn get_routes(

@@ -294,7 +294,9 @@ impl Controller {
             ),
             None => (Arc::new(CounterSource::new(Arc::clone(&router))), Vec::new()),
         };
-        let (events, _) = broadcast::channel(1024);
+        // A subscriber that falls behind reads what it missed from the store (see the event
+        // stream), so the buffer need not be deep; tokio allocates all of it up front, per app.
+        let (events, _) = broadcast::channel(64);
         let controller = Arc::new(Controller {
             name: name.to_string(),
             config,

@@ -297,7 +297,8 @@ pub async fn status(client: &Client, keys: &Keys, app: &str, lease_ms: u64) -> R
 /// waiting, since a snapshot shows the proxies and the stored table as of one revision.
 #[derive(Debug, Default)]
 pub struct FleetCache {
-    snapshot: std::sync::RwLock<Option<Arc<cutover_etcd::follow::Snapshot>>>,
+    /// `fleet/`'s keys (without the prefix) and values; `None` until the first listing.
+    keys: std::sync::RwLock<Option<BTreeMap<String, String>>>,
 }
 
 impl FleetCache {
@@ -307,8 +308,19 @@ impl FleetCache {
         let (c, prefix, target) = (client.clone(), keys.fleet_prefix(), Arc::clone(&cache));
         tokio::spawn(async move {
             let follow = cutover_etcd::follow::follow(&c, &prefix, |snapshot| {
-                *target.snapshot.write().unwrap_or_else(PoisonError::into_inner) =
-                    Some(Arc::new(snapshot.clone()));
+                let mut keys = target.keys.write().unwrap_or_else(PoisonError::into_inner);
+                match (&snapshot.changed, keys.as_mut()) {
+                    // One change among thousands of apps' keys: copy what changed, not the map.
+                    (Some(changed), Some(mine)) => {
+                        for key in changed {
+                            match snapshot.keys.get(key) {
+                                Some(value) => mine.insert(key.clone(), value.clone()),
+                                None => mine.remove(key),
+                            };
+                        }
+                    }
+                    _ => *keys = Some(snapshot.keys.clone()),
+                }
                 true
             });
             tokio::select! {
@@ -319,22 +331,14 @@ impl FleetCache {
         cache
     }
 
-    fn get(&self) -> Option<Arc<cutover_etcd::follow::Snapshot>> {
-        self.snapshot
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
     /// The stored table of `app` and the registered proxies, as of one revision.
     fn view(&self, app: &str) -> Option<(Option<StoredTable>, Vec<ProxyRecord>)> {
-        let snapshot = self.get()?;
-        let table = snapshot
-            .keys
+        let keys = self.keys.read().unwrap_or_else(PoisonError::into_inner);
+        let keys = keys.as_ref()?;
+        let table = keys
             .get(&format!("routes/{app}"))
             .and_then(|v| serde_json::from_str(v).ok());
-        let proxies = snapshot
-            .keys
+        let proxies = keys
             .range("proxies/".to_string().."proxies0".to_string())
             .filter_map(|(_, v)| serde_json::from_str(v).ok())
             .collect();
