@@ -102,6 +102,15 @@ impl Connection {
         })
     }
 
+    /// Drops the authentication token, so the next request authenticates again (etcd forgets
+    /// simple tokens when it restarts, and a watch refused for its token says so in its body).
+    pub(crate) fn forget_token(&self) {
+        *self
+            .token
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+
     /// The `Authorization` header's value, authenticating first if needed.
     pub(crate) async fn token(&self, base: &str, renew: bool) -> Result<Option<String>, EtcdError> {
         let Some((name, password)) = &self.credentials else {
@@ -213,17 +222,22 @@ impl Client {
             .build()
             .map_err(|e| unreachable(format!("starting the client's runtime: {e}")))?;
         let (jobs, mut queue) = tokio::sync::mpsc::unbounded_channel::<Job>();
-        let targets = endpoints.clone();
+        let targets = std::sync::Arc::new(endpoints.clone());
         std::thread::Builder::new()
             .name("cutover-etcd".into())
             .spawn(move || {
                 // The endpoint that answered last is tried first.
-                let preferred = AtomicUsize::new(0);
+                let preferred = std::sync::Arc::new(AtomicUsize::new(0));
                 runtime.block_on(async move {
+                    // Each request on its own: a slow answer (a member without quorum, a lease
+                    // renewal) never holds up the others. Each caller waits for its own.
                     while let Some(job) = queue.recv().await {
-                        let reply = send(&http, &targets, &preferred, job.path, &job.body).await;
-                        // The caller may have given up waiting; nothing to do then.
-                        let _ = job.reply.send(reply);
+                        let (http, targets, preferred) = (http.clone(), targets.clone(), preferred.clone());
+                        tokio::spawn(async move {
+                            let reply = send(&http, &targets, &preferred, job.path, &job.body).await;
+                            // The caller may have given up waiting; nothing to do then.
+                            let _ = job.reply.send(reply);
+                        });
                     }
                 });
             })
@@ -256,7 +270,16 @@ impl Client {
         self.jobs.send(Job { path, body, reply }).map_err(|_| gone())?;
         let budget = REQUEST_TIMEOUT * u32::try_from(self.endpoints.len()).unwrap_or(u32::MAX).max(1)
             + Duration::from_secs(1);
-        answer.recv_timeout(budget).map_err(|_| gone())?
+        match answer.recv_timeout(budget) {
+            Ok(reply) => reply,
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(EtcdError::Unreachable {
+                endpoints: self.endpoints.join(","),
+                reason: format!(
+                    "no answer to {path} within {budget:?}; the request may still complete, so a write's outcome is unknown until read back"
+                ),
+            }),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(gone()),
+        }
     }
 
     /// The value and mod revision of `key`.

@@ -180,6 +180,10 @@ async fn watch(
                 return WatchEnd::Compacted;
             }
             if result.get("canceled").and_then(Value::as_bool) == Some(true) {
+                let reason = result.get("cancel_reason").and_then(Value::as_str).unwrap_or("");
+                if reason.contains("token") || reason.contains("permission") || reason.contains("auth") {
+                    http.forget_token();
+                }
                 return WatchEnd::Broken(format!("watch cancelled: {result}"));
             }
             let events = result.get("events").and_then(Value::as_array);
@@ -199,7 +203,9 @@ async fn watch(
                 }
                 current.revision = current.revision.max(number(kv.get("mod_revision")));
             }
-            current.revision = current.revision.max(number(result.pointer("/header/revision")));
+            // Not the header's revision: while catching up, etcd sends events in batches with
+            // the current revision in the header, and resuming from it after a break would skip
+            // the events of the batches not yet received.
             current.changed = Some(changed);
             if !on_change(current) {
                 return WatchEnd::Stopped;

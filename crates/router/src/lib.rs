@@ -161,6 +161,15 @@ pub trait Router: Send + Sync + std::fmt::Debug {
     /// How long a slot that lost its traffic may keep serving the requests it had.
     fn drain_timeout(&self) -> Duration;
 
+    /// Whether traffic may still reach `slot`, asked before the slot is stopped: the applied
+    /// table gives it weight. A router that cannot be read does not block a stop here; a router
+    /// that may route by more than one table at once (a fleet of proxies) answers `true` unless
+    /// it knows every copy has moved on.
+    async fn still_routes(&self, slot: cutover_core::Slot) -> bool {
+        matches!(self.applied().await,
+            Ok(t) if t.weight_of(slot) > 0 && !t.pool(slot).version.is_empty())
+    }
+
     /// Makes the router route by `wanted` again if it lost that state (a restart or a reload).
     /// Returns whether it had to. Called by the controller on its ticks.
     async fn reconcile(&self, wanted: &RouteTable) -> Result<bool, RouterError> {

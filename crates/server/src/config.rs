@@ -97,11 +97,20 @@ impl StoreConfig {
     fn problems(&self, apps: &[AppConfig], flags: bool) -> Vec<FieldError> {
         let mut errors = Vec::new();
         if !self.is_etcd() {
+            let defaults = StoreConfig::default();
             let set = [
                 ("endpoints", !self.endpoints.is_empty()),
+                ("prefix", self.prefix != defaults.prefix),
                 ("ca_file", self.ca_file.is_some()),
                 ("cert_file", self.cert_file.is_some()),
+                ("key_file", self.key_file.is_some()),
                 ("username", self.username.is_some()),
+                ("password_file", self.password_file.is_some()),
+                (
+                    "leader_lease_ms",
+                    self.leader_lease_ms != defaults.leader_lease_ms,
+                ),
+                ("stale_after_ms", self.stale_after_ms != defaults.stale_after_ms),
             ];
             for (field, _) in set.iter().filter(|(_, set)| *set) {
                 errors.push(FieldError::new(
@@ -119,11 +128,18 @@ impl StoreConfig {
         }
         for (i, e) in self.endpoints.iter().enumerate() {
             let scheme_ok = e.starts_with("http://") || e.starts_with("https://");
-            if !scheme_ok || reqwest::Url::parse(e).is_err() {
-                errors.push(FieldError::new(
+            match reqwest::Url::parse(e) {
+                Ok(url) if scheme_ok && (!url.username().is_empty() || url.password().is_some()) => errors
+                    .push(FieldError::new(
+                        format!("store.endpoints[{i}]"),
+                        "credentials do not belong in an endpoint URL (it is shown in messages): \
+                         use store.username and store.password_file",
+                    )),
+                Ok(_) if scheme_ok => {}
+                _ => errors.push(FieldError::new(
                     format!("store.endpoints[{i}]"),
                     format!("{e:?} is not an http:// or https:// URL of an etcd member"),
-                ));
+                )),
             }
         }
         if !self.prefix.starts_with('/') || !self.prefix.ends_with('/') || self.prefix.len() < 2 {
@@ -1286,7 +1302,7 @@ mod tests {
         let text = r#"
 [store]
 kind = "etcd"
-endpoints = ["10.0.0.5:2379", "http://10.0.0.6:2379"]
+endpoints = ["10.0.0.5:2379", "http://root:secret@10.0.0.6:2379"]
 prefix = "cutover"
 cert_file = "client.pem"
 username = "cutover"
@@ -1305,6 +1321,7 @@ command = "./web --port {port}"
         let found = problems(text);
         for expected in [
             "store.endpoints[0]",
+            "store.endpoints[1]",
             "store.prefix",
             "store.cert_file",
             "store.username",
@@ -1318,7 +1335,8 @@ command = "./web --port {port}"
             );
         }
         assert!(
-            found.iter().any(|p| p.contains("cannot be adopted by a standby")),
+            found.iter().any(|p| p.contains("cannot be adopted by a standby"))
+                && !found.iter().any(|p| p.contains("secret")),
             "{found:#?}"
         );
         // etcd keys without kind = "etcd" are a mistake too, not ignored.

@@ -1031,8 +1031,7 @@ impl Controller {
                     // runs again. Bounded; a router that cannot be read does not block a stop.
                     let mut routed = false;
                     for _ in 0..10 {
-                        routed = matches!(this.router.applied().await,
-                            Ok(t) if t.weight_of(slot) > 0 && !t.pool(slot).version.is_empty());
+                        routed = this.router.still_routes(slot).await;
                         if !routed {
                             break;
                         }

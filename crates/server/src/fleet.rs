@@ -58,6 +58,16 @@ pub const LOST_LEADERSHIP_EXIT: i32 = 75;
 /// How often a proxy renews its registration and confirms its tables.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
+/// The admin token, kept out of `Debug` output (and so out of logs).
+#[derive(Clone)]
+struct Token(String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// The keys of the fleet under the store's prefix.
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -299,6 +309,42 @@ pub async fn status(client: &Client, keys: &Keys, app: &str, lease_ms: u64) -> R
 pub struct FleetCache {
     /// `fleet/`'s keys (without the prefix) and values; `None` until the first listing.
     keys: std::sync::RwLock<Option<BTreeMap<String, String>>>,
+    /// The revision the keys are current at.
+    revision: std::sync::atomic::AtomicI64,
+}
+
+/// Returns once the cache has stayed behind etcd for two checks in a row (a watch that hangs
+/// without breaking: a member cut off from its quorum goes silent rather than failing).
+async fn behind(client: &Client, prefix: &str, cache: &FleetCache) {
+    let mut suspect: Option<i64> = None;
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let (c, p) = (client.clone(), prefix.to_string());
+        let range_end = format!("{}0", p.trim_end_matches('/'));
+        let newest = blocking(move || {
+            c.call(
+                "/v3/kv/range",
+                json!({ "key": cutover_etcd::b64(&p), "range_end": cutover_etcd::b64(&range_end), "keys_only": true }),
+            )
+        })
+        .await;
+        let Ok(Ok(answer)) = newest else { continue };
+        let newest = answer
+            .get("kvs")
+            .and_then(serde_json::Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|kv| cutover_etcd::number(kv.get("mod_revision")))
+            .max()
+            .unwrap_or(0);
+        let have = cache.revision.load(std::sync::atomic::Ordering::Relaxed);
+        suspect = match suspect {
+            // Still at the revision it had at the last check, with newer changes in etcd.
+            Some(was) if was == have && newest > have => return,
+            _ if newest > have => Some(have),
+            _ => None,
+        };
+    }
 }
 
 impl FleetCache {
@@ -307,25 +353,33 @@ impl FleetCache {
         let cache = Arc::new(FleetCache::default());
         let (c, prefix, target) = (client.clone(), keys.fleet_prefix(), Arc::clone(&cache));
         tokio::spawn(async move {
-            let follow = cutover_etcd::follow::follow(&c, &prefix, |snapshot| {
-                let mut keys = target.keys.write().unwrap_or_else(PoisonError::into_inner);
-                match (&snapshot.changed, keys.as_mut()) {
-                    // One change among thousands of apps' keys: copy what changed, not the map.
-                    (Some(changed), Some(mine)) => {
-                        for key in changed {
-                            match snapshot.keys.get(key) {
-                                Some(value) => mine.insert(key.clone(), value.clone()),
-                                None => mine.remove(key),
-                            };
+            loop {
+                let follow = cutover_etcd::follow::follow(&c, &prefix, |snapshot| {
+                    target
+                        .revision
+                        .store(snapshot.revision, std::sync::atomic::Ordering::Relaxed);
+                    let mut keys = target.keys.write().unwrap_or_else(PoisonError::into_inner);
+                    match (&snapshot.changed, keys.as_mut()) {
+                        // One change among thousands of apps' keys: copy what changed, not the map.
+                        (Some(changed), Some(mine)) => {
+                            for key in changed {
+                                match snapshot.keys.get(key) {
+                                    Some(value) => mine.insert(key.clone(), value.clone()),
+                                    None => mine.remove(key),
+                                };
+                            }
                         }
+                        _ => *keys = Some(snapshot.keys.clone()),
                     }
-                    _ => *keys = Some(snapshot.keys.clone()),
+                    true
+                });
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = follow => {}
+                    _ = behind(&c, &prefix, &target) => {
+                        tracing::warn!("the fleet watch is behind etcd: listing and watching again");
+                    }
                 }
-                true
-            });
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = follow => {}
             }
         });
         cache
@@ -354,7 +408,7 @@ pub struct FleetRouter {
     app: String,
     identity: String,
     drain: Duration,
-    token: String,
+    token: Token,
     http: reqwest::Client,
     cache: Option<Arc<FleetCache>>,
 }
@@ -368,7 +422,7 @@ impl FleetRouter {
             app: app.to_string(),
             identity: identity.to_string(),
             drain,
-            token: token.to_string(),
+            token: Token(token.to_string()),
             http: reqwest::Client::builder()
                 .no_proxy()
                 .timeout(Duration::from_secs(2))
@@ -438,11 +492,13 @@ impl FleetRouter {
                 .map_err(|e| self.unavailable(e))?
                 .map_err(|e| self.unavailable(e.to_string()))?;
             if leader.as_ref().map(|(v, _)| v.as_str()) != Some(self.identity.as_str()) {
-                return Err(self.unavailable(format!(
-                    "this controller ({}) is no longer the leader (the leader key holds {}): the table was not written",
-                    self.identity,
+                // Fenced off: another controller leads (or nobody). Nothing of this one's may
+                // act any more, platform calls included.
+                lost(&format!(
+                    "writing the table of app {} was refused: the leader key holds {}",
+                    self.app,
                     leader.map_or("nothing".to_string(), |(v, _)| v)
-                )));
+                ));
             }
         }
         Err(self.unavailable("the stored table kept changing under this write; it will be tried again"))
@@ -460,7 +516,7 @@ impl FleetRouter {
         let response = self
             .http
             .get(&url)
-            .bearer_auth(&self.token)
+            .bearer_auth(&self.token.0)
             .send()
             .await
             .map_err(|e| format!("proxy {} did not report ({url}): {e}", proxy.id))?;
@@ -593,6 +649,18 @@ impl Router for FleetRouter {
         sum_counters(&readings).map_err(|e| self.unavailable(e))
     }
 
+    async fn still_routes(&self, slot: Slot) -> bool {
+        // Anything short of "the stored table gives it nothing and every proxy routes by that
+        // table" may still send it traffic: a proxy behind, or a view that cannot be read.
+        let Ok((Some(stored), proxies)) = self.view().await else {
+            return true;
+        };
+        stored.table.weight_of(slot) > 0
+            || proxies
+                .iter()
+                .any(|p| p.generations.get(&self.app).copied().unwrap_or(0) < stored.generation)
+    }
+
     fn drain_timeout(&self) -> Duration {
         self.drain
     }
@@ -620,8 +688,11 @@ struct ProxyState {
     confirmed: Mutex<Option<(Instant, u64)>>,
     started: Instant,
     stale_after: Duration,
-    token: String,
+    token: Token,
     id: String,
+    /// Why the last table of an app was refused, if it was: shown on `/healthz`, since such a
+    /// proxy can never confirm its tables and etcd is not to blame.
+    refused: Mutex<BTreeMap<String, String>>,
 }
 
 impl ProxyState {
@@ -654,18 +725,29 @@ impl ProxyState {
             if applied.get(app).is_some_and(|(v, _)| v == value) {
                 continue;
             }
-            match serde_json::from_str::<StoredTable>(value) {
+            let refusal = match serde_json::from_str::<StoredTable>(value) {
                 Ok(stored) => match proxy.apply(stored.table) {
                     Ok(_) => {
                         tracing::info!(app, generation = stored.generation, "routing by a new table");
                         applied.insert(app.clone(), (value.clone(), stored.generation));
+                        None
                     }
-                    Err(e) => {
-                        tracing::error!(app, error = %e, "the stored table was refused; keeping the last one")
-                    }
+                    Err(e) => Some(format!(
+                        "the stored table of app {app} was refused ({e}); routing by the last one"
+                    )),
                 },
-                Err(e) => {
-                    tracing::error!(app, error = %e, "the stored table is unreadable; keeping the last one")
+                Err(e) => Some(format!(
+                    "the stored table of app {app} is unreadable ({e}); routing by the last one"
+                )),
+            };
+            let mut refused = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
+            match refusal {
+                Some(why) => {
+                    tracing::error!(app, "{why}");
+                    refused.insert(app.clone(), why);
+                }
+                None => {
+                    refused.remove(app);
                 }
             }
         }
@@ -759,6 +841,12 @@ pub async fn start_proxy(
         apps.insert(app_config.name.clone(), app);
     }
     let admin_addr = proxy_options.admin_listen.unwrap_or(config.admin.listen);
+    if admin_addr.ip().is_unspecified() {
+        return Err(fleet_error(format!(
+            "admin address {admin_addr}: the controllers read this proxy's counters at the address it \
+             registers, so give one they can reach, e.g. --admin-listen 10.0.1.5:9181"
+        )));
+    }
     if !admin_addr.ip().is_loopback() && !config.admin.allow_non_loopback {
         return Err(fleet_error(format!(
             "--admin-listen {admin_addr} is not a loopback address; the controllers read this proxy's \
@@ -782,8 +870,9 @@ pub async fn start_proxy(
         confirmed: Mutex::new(None),
         started: Instant::now(),
         stale_after: Duration::from_millis(config.store.stale_after_ms),
-        token: admin_token,
+        token: Token(admin_token),
         id: id.clone(),
+        refused: Mutex::new(BTreeMap::new()),
     });
 
     let mut tasks = JoinSet::new();
@@ -1004,11 +1093,22 @@ async fn proxy_health(State(state): State<Arc<ProxyState>>) -> Response {
     });
     if state.stale() {
         let mut body = body;
-        body["error"] = json!(format!(
-            "the route tables have not been confirmed against etcd for {:.1} s (stale_after_ms {}): serving the last tables",
-            unconfirmed.as_secs_f64(),
-            state.stale_after.as_millis()
-        ));
+        let refused: Vec<String> = state
+            .refused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        body["error"] = json!(if refused.is_empty() {
+            format!(
+                "the route tables have not been confirmed against etcd for {:.1} s (stale_after_ms {}): serving the last tables",
+                unconfirmed.as_secs_f64(),
+                state.stale_after.as_millis()
+            )
+        } else {
+            refused.join("; ")
+        });
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     } else {
         Json(body).into_response()
@@ -1056,7 +1156,7 @@ async fn proxy_counters(
     query: Result<Query<CountersQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let authorized = crate::admin::bearer_token(&headers)
-        .is_some_and(|t| constant_time_eq::constant_time_eq(t.as_bytes(), state.token.as_bytes()));
+        .is_some_and(|t| constant_time_eq::constant_time_eq(t.as_bytes(), state.token.0.as_bytes()));
     if !authorized {
         return (
             StatusCode::UNAUTHORIZED,
@@ -1238,6 +1338,33 @@ async fn lead_when_elected(
     let renewals = {
         let shutdown = shutdown.clone();
         let lease_ms = config.store.leader_lease_ms;
+        // The watchdog: the leadership is certain only until the lease granted at the last
+        // renewal's *sending* runs out, whatever the renewals are doing (one may hang).
+        let renewed_at = Arc::new(Mutex::new(Instant::now()));
+        {
+            let (renewed_at, shutdown) = (Arc::clone(&renewed_at), shutdown.clone());
+            let margin = Duration::from_millis(lease_ms / 5);
+            let lease = Duration::from_millis(lease_ms);
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                    let since = renewed_at
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .elapsed();
+                    if since + margin >= lease {
+                        lost(&format!(
+                            "no renewal confirmed for {:.1} s of a {:.1} s lease",
+                            since.as_secs_f64(),
+                            lease.as_secs_f64()
+                        ));
+                    }
+                }
+            });
+        }
         tokio::spawn(async move {
             let every = Duration::from_millis((lease_ms / 3).max(300));
             let mut last_renewed = Instant::now();
@@ -1253,8 +1380,12 @@ async fn lead_when_elected(
                     _ = tokio::time::sleep(every) => {}
                 }
                 let l = Arc::clone(&leadership);
+                let sent = Instant::now();
                 match blocking(move || l.keep_alive()).await {
-                    Ok(Ok(true)) => last_renewed = Instant::now(),
+                    Ok(Ok(true)) => {
+                        last_renewed = sent;
+                        *renewed_at.lock().unwrap_or_else(PoisonError::into_inner) = sent;
+                    }
                     Ok(Ok(false)) => lost("the lease expired and another controller may lead"),
                     Ok(Err(e)) if last_renewed.elapsed() >= Duration::from_millis(lease_ms) => {
                         lost(&format!("no renewal for the whole lease ({e})"))
