@@ -156,3 +156,41 @@ async fn a_cluster_with_authentication_is_used_as_its_user() {
     );
     assert!(!error.contains("not-it"), "the password is never shown: {error}");
 }
+
+/// A cluster with TLS on its client URLs: the store (and a follower) reach it through the CA
+/// they were given; a client without it is refused, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_behind_tls_is_reached_through_its_ca() {
+    let cluster = EtcdCluster::start_tls(3).await;
+    assert!(cluster.endpoints()[0].starts_with("https://"));
+    let options = cutover_etcd::ClientOptions {
+        ca_pem: Some(cluster.ca_pem().unwrap().as_bytes().to_vec()),
+        ..Default::default()
+    };
+    let client = cutover_etcd::Client::with_options(cluster.endpoints(), &options).unwrap();
+    let store = EtcdStore::with_client(client.clone(), "/tls-test/");
+    store.commit(&AppState::new("web"), &[event(1)]).unwrap();
+    assert_eq!(store.apps().unwrap(), vec!["web".to_string()]);
+    // The follower goes through the same TLS settings.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let follower = tokio::spawn(async move {
+        let mut tx = Some(tx);
+        cutover_etcd::follow::follow(&client, "/tls-test/appnames/", |s| {
+            if let Some(tx) = tx.take() {
+                let _ = tx.send(s.keys.keys().cloned().collect::<Vec<_>>());
+            }
+            false
+        })
+        .await;
+    });
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(20), rx)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen, vec!["web".to_string()]);
+    follower.await.unwrap();
+    // Without the CA, the certificate is not trusted.
+    let untrusting = EtcdStore::new(cluster.endpoints(), "/tls-test/").unwrap();
+    let error = untrusting.apps().unwrap_err().to_string();
+    assert!(error.contains("https://127.0.0.1"), "{error}");
+}

@@ -24,35 +24,89 @@ pub struct EtcdCluster {
     dir: TempDir,
     members: Vec<Member>,
     token: String,
+    /// With TLS on the client URLs: the certificate (self-signed, for 127.0.0.1) in PEM, which
+    /// clients trust as their CA, and the files the members read.
+    tls: Option<Tls>,
+}
+
+struct Tls {
+    pem: String,
+    cert: PathBuf,
+    key: PathBuf,
 }
 
 impl EtcdCluster {
     /// Starts a cluster of `size` members and waits until every member is healthy.
     pub async fn start(size: usize) -> EtcdCluster {
+        EtcdCluster::start_with(size, false).await
+    }
+
+    /// [`EtcdCluster::start`] with TLS on the client URLs (`https://`), under a certificate
+    /// [`EtcdCluster::ca_pem`] gives.
+    pub async fn start_tls(size: usize) -> EtcdCluster {
+        EtcdCluster::start_with(size, true).await
+    }
+
+    /// The PEM a client must trust to reach a TLS cluster.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.tls.as_ref().map(|t| t.pem.as_str())
+    }
+
+    async fn start_with(size: usize, tls: bool) -> EtcdCluster {
         let bin = find_bin("etcd", "etcd-server");
         let dir = TempDir::new("etcd");
-        let members = (0..size)
-            .map(|i| Member {
-                name: format!("m{i}"),
-                client_port: free_port(),
-                peer_port: free_port(),
-                process: None,
-            })
-            .collect();
-        let token = format!("cutover-test-{}-{}", std::process::id(), free_port());
+        let tls = tls.then(|| {
+            let generated =
+                rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+                    .expect("generating etcd's certificate");
+            let (cert, key) = (dir.path().join("etcd.pem"), dir.path().join("etcd-key.pem"));
+            let pem = generated.cert.pem();
+            std::fs::write(&cert, &pem).expect("writing etcd's certificate");
+            std::fs::write(&key, generated.key_pair.serialize_pem()).expect("writing etcd's key");
+            Tls { pem, cert, key }
+        });
         let mut cluster = EtcdCluster {
             bin,
             dir,
-            members,
-            token,
+            members: Vec::new(),
+            token: String::new(),
+            tls,
         };
-        for i in 0..size {
-            cluster.spawn(i);
+        // A port free a moment ago may be taken meanwhile by another test's process (an
+        // outgoing connection's ephemeral port, say): a member that cannot bind is started
+        // again, with the whole cluster, on other ports.
+        for attempt in 1..=5 {
+            cluster.members = (0..size)
+                .map(|i| Member {
+                    name: format!("m{i}"),
+                    client_port: free_port(),
+                    peer_port: free_port(),
+                    process: None,
+                })
+                .collect();
+            cluster.token = format!("cutover-test-{}-{}", std::process::id(), free_port());
+            for i in 0..size {
+                cluster.spawn(i);
+            }
+            let mut failed = None;
+            for i in 0..size {
+                if let Err(why) = cluster.try_wait_healthy(i).await {
+                    failed = Some(why);
+                    break;
+                }
+            }
+            match failed {
+                None => return cluster,
+                Some(why) if why.contains("address already in use") && attempt < 5 => {
+                    for i in 0..size {
+                        cluster.kill(i);
+                        let _ = std::fs::remove_dir_all(cluster.dir.path().join(&cluster.members[i].name));
+                    }
+                }
+                Some(why) => panic!("{why}"),
+            }
         }
-        for i in 0..size {
-            cluster.wait_healthy(i).await;
-        }
-        cluster
+        unreachable!("the last attempt returns or panics")
     }
 
     fn initial_cluster(&self) -> String {
@@ -66,8 +120,9 @@ impl EtcdCluster {
     fn spawn(&mut self, i: usize) {
         let initial = self.initial_cluster();
         let data = self.dir.path().join(&self.members[i].name);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         let member = &mut self.members[i];
-        let client = format!("http://127.0.0.1:{}", member.client_port);
+        let client = format!("{scheme}://127.0.0.1:{}", member.client_port);
         let peer = format!("http://127.0.0.1:{}", member.peer_port);
         let mut cmd = Command::new(&self.bin);
         cmd.arg("--name")
@@ -96,22 +151,44 @@ impl EtcdCluster {
             // Fast elections on loopback: a dead leader is replaced within about a second.
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .args(["--log-level", "warn"]);
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key);
+        }
         member.process = Some(ChildProcess::spawn(&format!("etcd-{}", member.name), cmd));
     }
 
     async fn wait_healthy(&mut self, i: usize) {
-        let url = format!("http://127.0.0.1:{}/health", self.members[i].client_port);
-        let client = http_client();
+        if let Err(why) = self.try_wait_healthy(i).await {
+            panic!("{why}");
+        }
+    }
+
+    /// Waits until member `i` is healthy; `Err` with its output if it exited.
+    async fn try_wait_healthy(&mut self, i: usize) -> Result<(), String> {
+        let url = format!("{}/health", self.endpoints()[i]);
+        let client = match &self.tls {
+            Some(tls) => reqwest::Client::builder()
+                .no_proxy()
+                .add_root_certificate(
+                    reqwest::Certificate::from_pem(tls.pem.as_bytes()).expect("etcd's certificate"),
+                )
+                .build()
+                .expect("a client of etcd over TLS"),
+            None => http_client(),
+        };
         let start = Instant::now();
         loop {
             let member = &mut self.members[i];
             if let Some(process) = member.process.as_mut() {
                 if let Some(status) = process.try_exit_status() {
-                    panic!(
+                    return Err(format!(
                         "etcd member {} exited with {status}: {}",
                         member.name,
                         process.stderr()
-                    );
+                    ));
                 }
             }
             // A member without a quorum may hold the request: ask again rather than wait.
@@ -120,7 +197,7 @@ impl EtcdCluster {
             });
             if let Ok(Some(body)) = asked.await {
                 if body.contains("\"health\":\"true\"") {
-                    return;
+                    return Ok(());
                 }
             }
             assert!(
@@ -136,7 +213,10 @@ impl EtcdCluster {
     pub fn endpoints(&self) -> Vec<String> {
         self.members
             .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .map(|m| {
+                let scheme = if self.tls.is_some() { "https" } else { "http" };
+                format!("{scheme}://127.0.0.1:{}", m.client_port)
+            })
             .collect()
     }
 
