@@ -990,11 +990,12 @@ async fn confirm_and_register(
             _ = tokio::time::sleep(HEARTBEAT) => {}
         }
         let (c, prefix) = (client.clone(), keys.routes_prefix());
+        let skip = prefix.len();
         match blocking(move || c.range_all(&prefix, 0)).await {
             Ok(Ok(kvs)) => {
                 let now: BTreeMap<String, String> = kvs
                     .into_iter()
-                    .map(|kv| (kv.key[prefix_len(&keys)..].to_string(), kv.value))
+                    .map(|kv| (kv.key[skip..].to_string(), kv.value))
                     .collect();
                 if state.matches(&now) {
                     *state.confirmed.lock().unwrap_or_else(PoisonError::into_inner) =
@@ -1042,10 +1043,6 @@ async fn confirm_and_register(
             Err(e) => tracing::warn!(error = %e, "cannot renew this proxy's registration in etcd"),
         }
     }
-}
-
-fn prefix_len(keys: &Keys) -> usize {
-    keys.routes_prefix().len()
 }
 
 /// Writes the registration under `lease` (renewed), or under a new lease if that one is gone.
